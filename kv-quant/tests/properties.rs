@@ -1,0 +1,158 @@
+//! The format's guarantees (crate docs), over arbitrary rows across the whole f32 and bf16 range.
+
+use half::{bf16, f16};
+use kv_quant::{Element, MAX_SCALE, QMAX, dequantize_row, quantize_row};
+use proptest::prelude::*;
+
+/// Rows whose largest magnitude is below this are stored as zeros (format step 4).
+const FLUSH_BELOW: f32 = QMAX * f32::MIN_POSITIVE;
+/// Values above this saturate (format step 5).
+fn saturation() -> f32 {
+    QMAX * MAX_SCALE.to_f32()
+}
+
+/// Any finite f32: uniform bit patterns spread magnitudes evenly over the exponent range.
+fn any_finite() -> impl Strategy<Value = f32> {
+    prop_oneof![any::<u32>().prop_map(f32::from_bits).prop_filter("finite", |x| x.is_finite()), Just(0.0f32),]
+}
+
+/// A row whose values share a magnitude range (as K/V rows do) or span the whole range.
+fn row(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<f32>> {
+    prop_oneof![
+        prop::collection::vec(any_finite(), len.clone()),
+        (-120i32..120, prop::collection::vec(-1.0f32..1.0, len))
+            .prop_map(|(exp, unit)| unit.into_iter().map(|u| u * 2f32.powi(exp)).collect()),
+    ]
+}
+
+fn round_trip<E: Element>(row: &[E]) -> (Vec<i8>, bf16, Vec<f32>) {
+    let mut codes = vec![0i8; row.len()];
+    let scale = quantize_row(row, &mut codes).unwrap();
+    let mut back = vec![0f32; row.len()];
+    dequantize_row(&codes, scale, &mut back).unwrap();
+    (codes, scale, back)
+}
+
+fn amax(row: &[f32]) -> f32 {
+    row.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+/// Every element is within half a step of the stored scale, up to f32 rounding of the division
+/// and product, and for saturated or flushed rows up to the documented edge.
+fn assert_half_step_bound(row: &[f32], scale: bf16, back: &[f32]) -> Result<(), TestCaseError> {
+    let step = scale.to_f32() as f64;
+    for (&x, &y) in row.iter().zip(back) {
+        let err = (x as f64 - y as f64).abs();
+        let rounding = (x.abs() as f64) * 2f64.powi(-22);
+        let beyond_saturation = (x.abs() as f64 - saturation() as f64).max(0.0);
+        let bound = if amax(row) < FLUSH_BELOW {
+            FLUSH_BELOW as f64
+        } else {
+            step / 2.0 + rounding + beyond_saturation
+        };
+        prop_assert!(err <= bound, "x={x:e} y={y:e} err={err:e} bound={bound:e} scale={step:e}");
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn error_is_at_most_half_a_step(row in row(1..160)) {
+        let (_, scale, back) = round_trip(&row);
+        assert_half_step_bound(&row, scale, &back)?;
+    }
+
+    #[test]
+    fn scale_is_within_bf16_rounding_of_ideal(row in row(1..160)) {
+        let (_, scale, _) = round_trip(&row);
+        let ideal = amax(&row) as f64 / QMAX as f64;
+        let stored = scale.to_f32() as f64;
+        if amax(&row) < FLUSH_BELOW {
+            // Flushed, unless amax / 127 is a subnormal that bf16 rounds up to the first normal.
+            prop_assert!(stored == 0.0 || stored == f32::MIN_POSITIVE as f64, "stored {stored:e}");
+        } else if amax(&row) <= saturation() {
+            prop_assert!((stored - ideal).abs() <= ideal * 2f64.powi(-8) * 1.0001, "ideal {ideal:e} stored {stored:e}");
+        }
+    }
+
+    #[test]
+    fn codes_use_the_full_range(row in row(1..160)) {
+        let (codes, _, _) = round_trip(&row);
+        if amax(&row) >= FLUSH_BELOW {
+            prop_assert!(codes.iter().any(|q| q.unsigned_abs() == 127), "codes {codes:?}");
+        }
+        prop_assert!(codes.iter().all(|&q| q != i8::MIN));
+    }
+
+    #[test]
+    fn requantizing_gives_the_same_codes(row in row(1..160)) {
+        let (codes, scale, back) = round_trip(&row);
+        let (codes2, scale2, back2) = round_trip(&back);
+        prop_assert_eq!(codes, codes2);
+        prop_assert_eq!(scale.to_bits(), scale2.to_bits());
+        prop_assert_eq!(back, back2);
+    }
+
+    #[test]
+    fn bf16_and_f16_inputs_quantize_like_their_f32_values(row in prop::collection::vec(-70000.0f32..70000.0, 1..160)) {
+        let as_bf16: Vec<bf16> = row.iter().map(|&x| bf16::from_f32(x)).collect();
+        let widened: Vec<f32> = as_bf16.iter().map(|x| x.to_f32()).collect();
+        prop_assert_eq!(round_trip(&as_bf16), round_trip(&widened));
+        let as_f16: Vec<f16> = row.iter().map(|&x| f16::from_f32(x)).filter(|x| x.is_finite()).collect();
+        let widened: Vec<f32> = as_f16.iter().map(|x| x.to_f32()).collect();
+        prop_assert_eq!(round_trip(&as_f16), round_trip(&widened));
+    }
+
+    #[test]
+    fn bf16_output_adds_only_its_own_rounding(row in row(1..160)) {
+        let (codes, scale, back) = round_trip(&row);
+        let mut narrow = vec![bf16::ZERO; row.len()];
+        dequantize_row(&codes, scale, &mut narrow).unwrap();
+        for (y, z) in back.iter().zip(&narrow) {
+            prop_assert_eq!(z.to_bits(), bf16::from_f32(*y).to_bits());
+        }
+    }
+
+    #[test]
+    fn f16_rows_read_back_into_f16_without_infinity(row in prop::collection::vec(-65504.0f32..=65504.0, 1..160)) {
+        let input: Vec<f16> = row.iter().map(|&x| f16::from_f32(x)).collect();
+        let mut codes = vec![0i8; row.len()];
+        let scale = quantize_row(&input, &mut codes).unwrap();
+        let mut back = vec![f16::ZERO; row.len()];
+        dequantize_row(&codes, scale, &mut back).unwrap();
+        prop_assert!(back.iter().all(|y| y.is_finite()));
+    }
+
+    #[test]
+    fn zero_rows_are_exact(len in 1usize..160) {
+        let (codes, scale, back) = round_trip(&vec![0.0f32; len]);
+        prop_assert!(codes.iter().all(|&q| q == 0));
+        prop_assert_eq!(scale, bf16::ZERO);
+        prop_assert!(back.iter().all(|&y| y == 0.0));
+    }
+
+    #[test]
+    fn any_non_finite_element_poisons_the_row(mut row in row(1..160), at in any::<prop::sample::Index>(),
+                                              bad in prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(f32::NEG_INFINITY)]) {
+        let i = at.index(row.len());
+        row[i] = bad;
+        let (codes, scale, back) = round_trip(&row);
+        prop_assert!(scale.is_nan());
+        prop_assert!(codes.iter().all(|&q| q == 0));
+        prop_assert!(back.iter().all(|y| y.is_nan()));
+    }
+}
+
+#[test]
+fn f16_saturation_case_is_exercised() {
+    // 65504 / 127 rounds up in bf16 (516.0 -> 516, exact: 515.78 -> 516), so 127 * s = 65532 > 65504.
+    let row = [f16::MAX, f16::from_f32(1.0)];
+    let mut codes = [0i8; 2];
+    let scale = quantize_row(&row, &mut codes).unwrap();
+    assert!(127.0 * scale.to_f32() > f16::MAX.to_f32());
+    let mut back = [f16::ZERO; 2];
+    dequantize_row(&codes, scale, &mut back).unwrap();
+    assert_eq!(back[0], f16::MAX);
+}
