@@ -1,0 +1,325 @@
+//! The continuous-batching policy: which sequences run in the next model step.
+
+use std::collections::{HashMap, VecDeque};
+
+use kv_cache::BlockManager;
+
+use crate::{FinishReason, SamplingParams, ScheduleError, SeqId, Sequence, Status};
+
+/// Limits of the scheduler and the cache it manages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    /// Sequences in one step, and running at once (nano-vllm and vLLM: 512).
+    pub max_num_seqs: usize,
+    /// Tokens computed in one step, prefill and decode alike; longer prefills are split into
+    /// chunks (nano-vllm: 16384).
+    pub max_num_batched_tokens: usize,
+    /// Longest sequence, prompt plus generated tokens (the model's context length or less).
+    pub max_model_len: usize,
+    /// Blocks in the KV cache.
+    pub num_blocks: usize,
+    /// Slots per block (nano-vllm: 256).
+    pub block_size: usize,
+    /// The model's end-of-sequence tokens.
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl SchedulerConfig {
+    /// nano-vllm's limits for a cache of `num_blocks` blocks of `block_size`.
+    pub fn new(num_blocks: usize, block_size: usize, max_model_len: usize) -> Self {
+        SchedulerConfig {
+            max_num_seqs: 512,
+            max_num_batched_tokens: 16384,
+            max_model_len,
+            num_blocks,
+            block_size,
+            eos_token_ids: Vec::new(),
+        }
+    }
+}
+
+/// What a step does: prefill steps compute prompts (in chunks), decode steps one token each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Prompt tokens, possibly in chunks, possibly after a prefix-cache hit.
+    Prefill,
+    /// One new token per sequence.
+    Decode,
+}
+
+/// One sequence's share of a step: compute the K/V of tokens `start..start + num_tokens`, and if
+/// `samples`, sample its next token from the logits of the last of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduledSeq {
+    /// The sequence.
+    pub id: SeqId,
+    /// First token to compute; earlier ones are read from the cache.
+    pub start: usize,
+    /// Tokens to compute.
+    pub num_tokens: usize,
+    /// Whether this chunk reaches the end of the sequence, so a token is sampled.
+    pub samples: bool,
+}
+
+/// The sequences of one model step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Prefill or decode.
+    pub phase: Phase,
+    /// The sequences, in the order the model sees them.
+    pub seqs: Vec<ScheduledSeq>,
+}
+
+impl Batch {
+    /// Whether there is nothing to run.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Tokens the model computes in this step.
+    pub fn num_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.num_tokens).sum()
+    }
+
+    /// Sequences that sample a token in this step.
+    pub fn num_samples(&self) -> usize {
+        self.seqs.iter().filter(|s| s.samples).count()
+    }
+}
+
+/// nano-vllm's scheduler: prefill first; decode otherwise, preempting the newest running
+/// sequence (to be recomputed later) when blocks run out. Requests that could never run are
+/// refused when added, so one bad request never stalls the others.
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    blocks: BlockManager,
+    seqs: HashMap<SeqId, Sequence>,
+    waiting: VecDeque<SeqId>,
+    running: VecDeque<SeqId>,
+    next_id: SeqId,
+    num_preemptions: usize,
+}
+
+impl Scheduler {
+    /// A scheduler with an empty cache of `config.num_blocks` blocks.
+    pub fn new(config: SchedulerConfig) -> Result<Self, ScheduleError> {
+        for (field, value) in [
+            ("max_num_seqs", config.max_num_seqs),
+            ("max_num_batched_tokens", config.max_num_batched_tokens),
+            ("max_model_len", config.max_model_len),
+        ] {
+            if value == 0 {
+                return Err(ScheduleError::InvalidConfig { field, value });
+            }
+        }
+        let blocks = BlockManager::new(config.num_blocks, config.block_size)?;
+        Ok(Scheduler {
+            config,
+            blocks,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: VecDeque::new(),
+            next_id: 0,
+            num_preemptions: 0,
+        })
+    }
+
+    /// Queue a request, or refuse it (alone) if it could never complete.
+    pub fn add(&mut self, prompt: Vec<u32>, params: SamplingParams) -> Result<SeqId, ScheduleError> {
+        params.validate()?;
+        if prompt.is_empty() {
+            return Err(ScheduleError::EmptyPrompt);
+        }
+        let total = prompt.len().saturating_add(params.max_tokens);
+        if total > self.config.max_model_len {
+            return Err(ScheduleError::TooLong {
+                prompt_len: prompt.len(),
+                max_tokens: params.max_tokens,
+                total,
+                max_model_len: self.config.max_model_len,
+            });
+        }
+        let needed_blocks = self.blocks.blocks_for(total);
+        if needed_blocks > self.blocks.num_blocks() {
+            return Err(ScheduleError::NeverFits {
+                tokens: total,
+                needed_blocks,
+                block_size: self.blocks.block_size(),
+                total_blocks: self.blocks.num_blocks(),
+            });
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.seqs.insert(id, Sequence::new(id, prompt, params));
+        self.waiting.push_back(id);
+        Ok(id)
+    }
+
+    /// Whether every request added has finished.
+    pub fn is_finished(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// A sequence that has not finished yet.
+    pub fn sequence(&self, id: SeqId) -> Option<&Sequence> {
+        self.seqs.get(&id)
+    }
+
+    /// The block manager, for the cache geometry and its statistics.
+    pub fn block_manager(&self) -> &BlockManager {
+        &self.blocks
+    }
+
+    /// The limits this scheduler runs with.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// Sequences preempted so far.
+    pub fn num_preemptions(&self) -> usize {
+        self.num_preemptions
+    }
+
+    /// Sequences holding blocks.
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Sequences queued without blocks.
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Choose the next step: unfinished prefills and new prompts first, otherwise one decode
+    /// token for each running sequence. Empty when nothing can run.
+    pub fn schedule(&mut self) -> Batch {
+        let prefill = self.schedule_prefill();
+        if !prefill.is_empty() {
+            return Batch { phase: Phase::Prefill, seqs: prefill };
+        }
+        Batch { phase: Phase::Decode, seqs: self.schedule_decode() }
+    }
+
+    /// Record a step's results: `sampled` holds one token for each scheduled sequence that
+    /// samples, in batch order. Returns the sequences that finished, which leave the scheduler.
+    pub fn postprocess(&mut self, batch: &Batch, sampled: &[u32]) -> Result<Vec<Sequence>, ScheduleError> {
+        if sampled.len() != batch.num_samples() {
+            return Err(ScheduleError::StepOutput { expected: batch.num_samples(), got: sampled.len() });
+        }
+        let mut sampled = sampled.iter();
+        let mut finished = Vec::new();
+        for item in &batch.seqs {
+            let seq = self.seqs.get_mut(&item.id).expect("scheduled sequences are live");
+            seq.num_computed_tokens = item.start + item.num_tokens;
+            self.blocks.register_computed(&mut seq.block_table, &seq.token_ids, seq.num_computed_tokens);
+            if !item.samples {
+                continue;
+            }
+            let token = *sampled.next().expect("counted above");
+            seq.token_ids.push(token);
+            if let Some(reason) = finish_reason(seq, token, &self.config.eos_token_ids) {
+                seq.finish_reason = Some(reason);
+                seq.status = Status::Finished;
+                self.blocks.deallocate(&mut seq.block_table);
+                finished.push(item.id);
+            }
+        }
+        self.running.retain(|id| !finished.contains(id));
+        Ok(finished.iter().map(|id| self.seqs.remove(id).expect("finished sequences are live")).collect())
+    }
+
+    /// Continue chunked prefills, then admit waiting sequences while blocks, the token budget and
+    /// `max_num_seqs` allow; the last one admitted may be chunked. A chunked prefill that leaves a
+    /// single token is finished by the next decode step, which computes exactly that token.
+    fn schedule_prefill(&mut self) -> Vec<ScheduledSeq> {
+        let mut budget = self.config.max_num_batched_tokens;
+        let mut items = Vec::new();
+        for &id in &self.running {
+            let seq = &self.seqs[&id];
+            let prefilling = seq.num_computed_tokens + 1 < seq.len();
+            if prefilling && budget > 0 && items.len() < self.config.max_num_seqs {
+                items.push(chunk(seq, &mut budget));
+            }
+        }
+        while let Some(&id) = self.waiting.front() {
+            if budget == 0
+                || items.len() >= self.config.max_num_seqs
+                || self.running.len() >= self.config.max_num_seqs
+            {
+                break;
+            }
+            let seq = self.seqs.get_mut(&id).expect("waiting sequences are live");
+            let Ok((table, cached)) = self.blocks.allocate(&seq.token_ids) else { break };
+            seq.block_table = table;
+            seq.num_cached_tokens = cached;
+            seq.num_computed_tokens = cached;
+            seq.status = Status::Running;
+            items.push(chunk(seq, &mut budget));
+            self.waiting.pop_front();
+            self.running.push_back(id);
+        }
+        items
+    }
+
+    /// One token for each running sequence, oldest first, within `max_num_seqs` and the token
+    /// budget; when blocks run out, preempt the newest (or the sequence itself when it is the only
+    /// one left).
+    fn schedule_decode(&mut self) -> Vec<ScheduledSeq> {
+        let limit = self.config.max_num_seqs.min(self.config.max_num_batched_tokens);
+        let mut items = Vec::new();
+        let mut scheduled = VecDeque::new();
+        while items.len() < limit {
+            let Some(id) = self.running.pop_front() else { break };
+            let len = self.seqs[&id].len();
+            loop {
+                let seq = self.seqs.get_mut(&id).expect("running sequences are live");
+                if self.blocks.may_append(&mut seq.block_table, len).is_ok() {
+                    items.push(ScheduledSeq { id, start: len - 1, num_tokens: 1, samples: true });
+                    scheduled.push_back(id);
+                    break;
+                }
+                match self.running.pop_back() {
+                    Some(victim) => self.preempt(victim),
+                    None => {
+                        self.preempt(id);
+                        break;
+                    }
+                }
+            }
+        }
+        scheduled.append(&mut self.running);
+        self.running = scheduled;
+        items
+    }
+
+    /// Release a sequence's blocks and queue it first, to be prefilled again from its tokens.
+    fn preempt(&mut self, id: SeqId) {
+        let seq = self.seqs.get_mut(&id).expect("preempted sequences are live");
+        self.blocks.deallocate(&mut seq.block_table);
+        seq.status = Status::Waiting;
+        seq.num_cached_tokens = 0;
+        seq.num_computed_tokens = 0;
+        self.waiting.push_front(id);
+        self.num_preemptions += 1;
+    }
+}
+
+/// The next prefill chunk of `seq`, as much as `budget` allows.
+fn chunk(seq: &Sequence, budget: &mut usize) -> ScheduledSeq {
+    let remaining = seq.len() - seq.num_computed_tokens;
+    let num_tokens = remaining.min(*budget);
+    *budget -= num_tokens;
+    ScheduledSeq { id: seq.id, start: seq.num_computed_tokens, num_tokens, samples: num_tokens == remaining }
+}
+
+fn finish_reason(seq: &Sequence, token: u32, eos_token_ids: &[u32]) -> Option<FinishReason> {
+    let params = &seq.params;
+    if params.stop_token_ids.contains(&token) || (!params.ignore_eos && eos_token_ids.contains(&token)) {
+        Some(FinishReason::Stop)
+    } else if seq.completion().len() >= params.max_tokens {
+        Some(FinishReason::Length)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,276 @@
+//! The scheduler driven by a fake model whose next token is a hash of every token it reads back
+//! from a simulated KV cache through the block table. A request's output therefore depends only
+//! on its own tokens, so every schedule (tight budgets, preemption, chunked prefill, prefix hits)
+//! must reproduce the output of an unconstrained run, token for token; and a block table that
+//! points at the wrong K/V changes the output or trips an assertion.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use scheduler::{Batch, Phase, SamplingParams, ScheduleError, Scheduler, SchedulerConfig, SeqId};
+
+const VOCAB: u32 = 64;
+const EOS: u32 = 0;
+
+/// A simulated KV cache: which (token, position) each slot holds.
+struct FakeModel {
+    slots: Vec<Option<(u32, usize)>>,
+}
+
+impl FakeModel {
+    fn new(scheduler: &Scheduler) -> Self {
+        let m = scheduler.block_manager();
+        FakeModel { slots: vec![None; m.num_blocks() * m.block_size()] }
+    }
+
+    /// Writes the K/V of every scheduled token, then reads each sampling sequence's whole history
+    /// back through its block table and hashes it.
+    fn step(&mut self, scheduler: &Scheduler, batch: &Batch) -> Vec<u32> {
+        let block_size = scheduler.block_manager().block_size();
+        for item in &batch.seqs {
+            let seq = scheduler.sequence(item.id).unwrap();
+            for pos in item.start..item.start + item.num_tokens {
+                let slot = seq.block_table.slot(pos, block_size).unwrap_or_else(|| {
+                    panic!("no slot: {item:?} {pos} len {} table {:?}", seq.len(), seq.block_table)
+                });
+                self.slots[slot] = Some((seq.token_ids[pos], pos));
+            }
+        }
+        let mut sampled = Vec::new();
+        for item in batch.seqs.iter().filter(|s| s.samples) {
+            let seq = scheduler.sequence(item.id).unwrap();
+            let end = item.start + item.num_tokens;
+            assert_eq!(end, seq.len(), "a sampling chunk ends at the last token");
+            let mut hash = 0xcbf29ce484222325u64;
+            for pos in 0..end {
+                let slot = seq.block_table.slot(pos, block_size).unwrap();
+                assert_eq!(self.slots[slot], Some((seq.token_ids[pos], pos)), "seq {} pos {pos}", item.id);
+                hash = (hash ^ u64::from(seq.token_ids[pos])).wrapping_mul(0x100000001b3);
+            }
+            sampled.push((hash >> 33) as u32 % VOCAB);
+        }
+        sampled
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Request {
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    ignore_eos: bool,
+}
+
+#[derive(Debug, Default)]
+struct Run {
+    outputs: BTreeMap<SeqId, Vec<u32>>,
+    preemptions: usize,
+    cached_tokens: usize,
+    chunked: bool,
+    max_running: usize,
+}
+
+fn run(config: SchedulerConfig, requests: &[Request]) -> Run {
+    let max_model_len = config.max_model_len;
+    let mut scheduler = Scheduler::new(config).unwrap();
+    for r in requests {
+        let params = SamplingParams { ignore_eos: r.ignore_eos, ..SamplingParams::greedy(r.max_tokens) };
+        scheduler.add(r.prompt.clone(), params).unwrap();
+    }
+    let mut model = FakeModel::new(&scheduler);
+    let mut result = Run::default();
+    // A generous bound on steps: every request needs at most its length in steps, and each
+    // preemption costs one recompute of at most max_model_len tokens.
+    let mut steps_left = requests.iter().map(|r| r.prompt.len() + r.max_tokens).sum::<usize>() * 4 + 100;
+    while !scheduler.is_finished() {
+        steps_left = steps_left.checked_sub(1).expect("a request starved");
+        let batch = scheduler.schedule();
+        assert!(!batch.is_empty(), "nothing scheduled with requests pending");
+        assert!(batch.num_tokens() <= scheduler.config().max_num_batched_tokens);
+        assert!(batch.seqs.len() <= scheduler.config().max_num_seqs);
+        if batch.phase == Phase::Decode {
+            assert!(batch.seqs.iter().all(|s| s.num_tokens == 1 && s.samples));
+        }
+        for item in &batch.seqs {
+            let seq = scheduler.sequence(item.id).unwrap();
+            if item.start == seq.num_cached_tokens && batch.phase == Phase::Prefill {
+                result.cached_tokens += seq.num_cached_tokens;
+            }
+            result.chunked |= !item.samples;
+            assert!(seq.len() <= max_model_len);
+        }
+        result.max_running = result.max_running.max(scheduler.num_running());
+        let sampled = model.step(&scheduler, &batch);
+        for seq in scheduler.postprocess(&batch, &sampled).unwrap() {
+            result.outputs.insert(seq.id, seq.completion().to_vec());
+        }
+    }
+    result.preemptions = scheduler.num_preemptions();
+    assert_eq!(scheduler.block_manager().num_free_blocks(), scheduler.block_manager().num_blocks());
+    result
+}
+
+fn config(
+    num_blocks: usize,
+    block_size: usize,
+    max_num_batched_tokens: usize,
+    max_num_seqs: usize,
+) -> SchedulerConfig {
+    SchedulerConfig {
+        max_num_seqs,
+        max_num_batched_tokens,
+        max_model_len: 4096,
+        num_blocks,
+        block_size,
+        eos_token_ids: vec![EOS],
+    }
+}
+
+/// Requests with shared stems (prefix hits) and their own tails.
+fn workload(seed: u64, count: usize, max_prompt: usize, max_tokens: usize) -> Vec<Request> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = |n: usize| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) as usize) % n
+    };
+    let stems: Vec<Vec<u32>> =
+        (0..3).map(|_| (0..max_prompt).map(|_| 1 + next(VOCAB as usize - 1) as u32).collect()).collect();
+    (0..count)
+        .map(|_| {
+            let stem = &stems[next(3)];
+            let mut prompt = stem[..next(max_prompt)].to_vec();
+            prompt.extend((0..1 + next(8)).map(|_| 1 + next(VOCAB as usize - 1) as u32));
+            Request { prompt, max_tokens: 1 + next(max_tokens), ignore_eos: next(2) == 0 }
+        })
+        .collect()
+}
+
+fn unconstrained(requests: &[Request]) -> Run {
+    run(config(100_000, 16, 1 << 20, 1 << 20), requests)
+}
+
+/// Blocks for the largest request alone: the tightest cache that must still finish everything.
+fn tightest_blocks(requests: &[Request], block_size: usize) -> usize {
+    requests.iter().map(|r| (r.prompt.len() + r.max_tokens).div_ceil(block_size)).max().unwrap()
+}
+
+#[test]
+fn a_tight_cache_preempts_and_still_gives_the_unconstrained_tokens() {
+    let requests = workload(7, 40, 60, 40);
+    let reference = unconstrained(&requests);
+    assert_eq!(reference.preemptions, 0);
+    let tight = run(config(tightest_blocks(&requests, 4), 4, 64, 8), &requests);
+    assert!(tight.preemptions > 0, "the workload is meant to preempt");
+    assert!(tight.chunked, "the workload is meant to chunk prefills");
+    assert_eq!(tight.outputs, reference.outputs);
+}
+
+#[test]
+fn shared_prefixes_are_served_from_the_cache() {
+    let requests = workload(3, 30, 80, 10);
+    // Admitted a few at a time, later prompts find the stems that earlier ones computed.
+    let staggered = run(config(400, 8, 256, 4), &requests);
+    assert!(staggered.cached_tokens > 0, "stems are shared, so some prompt blocks are hits");
+    assert_eq!(staggered.outputs, unconstrained(&requests).outputs);
+}
+
+#[test]
+fn max_num_seqs_bounds_the_running_set() {
+    let requests = workload(11, 30, 20, 20);
+    let limited = run(config(1000, 16, 4096, 3), &requests);
+    assert!(limited.max_running <= 3);
+    assert_eq!(limited.outputs, unconstrained(&requests).outputs);
+}
+
+#[test]
+fn bad_requests_are_rejected_alone_and_the_others_finish() {
+    let mut scheduler =
+        Scheduler::new(SchedulerConfig { eos_token_ids: vec![EOS], ..SchedulerConfig::new(4, 4, 32) })
+            .unwrap();
+    let ok = scheduler.add(vec![5, 6, 7], SamplingParams::greedy(5)).unwrap();
+    assert_eq!(scheduler.add(vec![], SamplingParams::greedy(5)), Err(ScheduleError::EmptyPrompt));
+    assert!(matches!(
+        scheduler.add(vec![1; 30], SamplingParams::greedy(5)),
+        Err(ScheduleError::TooLong { total: 35, max_model_len: 32, .. })
+    ));
+    let never = scheduler.add(vec![1; 10], SamplingParams::greedy(10)).unwrap_err();
+    assert_eq!(
+        never.to_string(),
+        "request can never fit in the KV cache: 20 tokens need 5 blocks of 4, the cache has 4"
+    );
+    assert!(matches!(
+        scheduler.add(vec![1], SamplingParams { temperature: -1.0, ..Default::default() }),
+        Err(ScheduleError::InvalidSampling { field: "temperature", .. })
+    ));
+    let ok2 =
+        scheduler.add(vec![8, 9], SamplingParams { ignore_eos: true, ..SamplingParams::greedy(14) }).unwrap();
+    let mut model = FakeModel::new(&scheduler);
+    let mut done = Vec::new();
+    while !scheduler.is_finished() {
+        let batch = scheduler.schedule();
+        let sampled = model.step(&scheduler, &batch);
+        done.extend(scheduler.postprocess(&batch, &sampled).unwrap().into_iter().map(|s| s.id));
+    }
+    done.sort();
+    assert_eq!(done, [ok, ok2]);
+}
+
+#[test]
+fn a_wrong_step_output_is_an_error() {
+    let mut scheduler = Scheduler::new(SchedulerConfig::new(4, 4, 32)).unwrap();
+    scheduler.add(vec![1, 2], SamplingParams::greedy(2)).unwrap();
+    let batch = scheduler.schedule();
+    assert_eq!(
+        scheduler.postprocess(&batch, &[]).unwrap_err(),
+        ScheduleError::StepOutput { expected: 1, got: 0 }
+    );
+}
+
+#[test]
+fn eos_and_stop_tokens_end_a_request_unless_ignored() {
+    let mut scheduler =
+        Scheduler::new(SchedulerConfig { eos_token_ids: vec![7], ..SchedulerConfig::new(8, 4, 64) }).unwrap();
+    let stops = scheduler.add(vec![1], SamplingParams::greedy(10)).unwrap();
+    let ignores =
+        scheduler.add(vec![1], SamplingParams { ignore_eos: true, ..SamplingParams::greedy(3) }).unwrap();
+    let stop_token = scheduler
+        .add(vec![1], SamplingParams { stop_token_ids: vec![9], ..SamplingParams::greedy(10) })
+        .unwrap();
+    let mut finished = BTreeMap::new();
+    let mut step = 0;
+    while !scheduler.is_finished() {
+        let batch = scheduler.schedule();
+        // Every sequence gets 7 (EOS) on step 1 and 9 on step 2.
+        let token = [3, 7, 9][step.min(2)];
+        let sampled = vec![token; batch.num_samples()];
+        for seq in scheduler.postprocess(&batch, &sampled).unwrap() {
+            finished.insert(seq.id, (seq.completion().to_vec(), seq.finish_reason.unwrap()));
+        }
+        step += 1;
+    }
+    use scheduler::FinishReason::{Length, Stop};
+    assert_eq!(finished[&stops], (vec![3, 7], Stop));
+    assert_eq!(finished[&ignores], (vec![3, 7, 9], Length));
+    assert_eq!(finished[&stop_token], (vec![3, 7], Stop), "EOS still stops it");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn any_schedule_gives_the_unconstrained_tokens(
+        seed in any::<u64>(),
+        count in 1usize..25,
+        max_prompt in 1usize..60,
+        max_tokens in 1usize..30,
+        block_size in 1usize..9,
+        extra_blocks in 0usize..20,
+        budget in 1usize..128,
+        max_num_seqs in 1usize..10,
+    ) {
+        let requests = workload(seed, count, max_prompt, max_tokens);
+        let reference = unconstrained(&requests);
+        let num_blocks = tightest_blocks(&requests, block_size) + extra_blocks;
+        let constrained = run(config(num_blocks, block_size, budget, max_num_seqs), &requests);
+        prop_assert_eq!(constrained.outputs, reference.outputs);
+    }
+}
