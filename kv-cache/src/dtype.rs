@@ -40,58 +40,42 @@ pub struct Bf16;
 #[derive(Debug, Clone, Copy)]
 pub struct F16;
 
+/// Rows of f32 values: the exact reference the other dtypes are measured against.
+#[derive(Debug, Clone, Copy)]
+pub struct F32;
+
 /// Rows of INT8 codes with a bf16 scale, in the kv-quant format.
 #[derive(Debug, Clone, Copy)]
 pub struct Int8;
 
-/// Shared by the 16-bit float dtypes, which differ only in their element type.
-fn store_floats<E: Element>(src: &[f32], dst: &mut [E]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = E::from_f32(s);
-    }
+/// The float dtypes differ only in their element type.
+macro_rules! float_storage {
+    ($dtype:ty, $elem:ty, $name:expr) => {
+        impl StorageDtype for $dtype {
+            type Elem = $elem;
+            type RowMeta = ();
+            const DTYPE: CacheDtype = $name;
+
+            fn store_row(src: &[f32], dst: &mut [$elem]) {
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = <$elem as Element>::from_f32(s);
+                }
+            }
+            fn dot(row: &[$elem], _: (), q: &[f32]) -> f32 {
+                row.iter().zip(q).map(|(k, q)| k.to_f32() * q).sum()
+            }
+            fn add_scaled(row: &[$elem], _: (), weight: f32, acc: &mut [f32]) {
+                for (a, v) in acc.iter_mut().zip(row) {
+                    *a += weight * v.to_f32();
+                }
+            }
+        }
+    };
 }
 
-fn dot_floats<E: Element>(row: &[E], q: &[f32]) -> f32 {
-    row.iter().zip(q).map(|(k, q)| k.to_f32() * q).sum()
-}
-
-fn add_scaled_floats<E: Element>(row: &[E], weight: f32, acc: &mut [f32]) {
-    for (a, v) in acc.iter_mut().zip(row) {
-        *a += weight * v.to_f32();
-    }
-}
-
-impl StorageDtype for Bf16 {
-    type Elem = bf16;
-    type RowMeta = ();
-    const DTYPE: CacheDtype = CacheDtype::Bf16;
-
-    fn store_row(src: &[f32], dst: &mut [bf16]) {
-        store_floats(src, dst)
-    }
-    fn dot(row: &[bf16], _: (), q: &[f32]) -> f32 {
-        dot_floats(row, q)
-    }
-    fn add_scaled(row: &[bf16], _: (), weight: f32, acc: &mut [f32]) {
-        add_scaled_floats(row, weight, acc)
-    }
-}
-
-impl StorageDtype for F16 {
-    type Elem = f16;
-    type RowMeta = ();
-    const DTYPE: CacheDtype = CacheDtype::F16;
-
-    fn store_row(src: &[f32], dst: &mut [f16]) {
-        store_floats(src, dst)
-    }
-    fn dot(row: &[f16], _: (), q: &[f32]) -> f32 {
-        dot_floats(row, q)
-    }
-    fn add_scaled(row: &[f16], _: (), weight: f32, acc: &mut [f32]) {
-        add_scaled_floats(row, weight, acc)
-    }
-}
+float_storage!(Bf16, bf16, CacheDtype::Bf16);
+float_storage!(F16, f16, CacheDtype::F16);
+float_storage!(F32, f32, CacheDtype::F32);
 
 impl StorageDtype for Int8 {
     type Elem = i8;
@@ -127,6 +111,7 @@ mod tests {
             assert_eq!(row_bytes::<Bf16>(head_dim), Bf16::DTYPE.row_bytes(head_dim));
             assert_eq!(row_bytes::<F16>(head_dim), F16::DTYPE.row_bytes(head_dim));
             assert_eq!(row_bytes::<Int8>(head_dim), Int8::DTYPE.row_bytes(head_dim));
+            assert_eq!(row_bytes::<F32>(head_dim), F32::DTYPE.row_bytes(head_dim));
         }
     }
 

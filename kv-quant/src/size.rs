@@ -13,24 +13,27 @@ pub enum CacheDtype {
     F16,
     /// INT8 codes plus one bf16 scale per (token, kv head) row: this crate's format.
     Int8,
+    /// f32 values: the exact oracle that the other dtypes and HF transformers are compared with.
+    F32,
 }
 
 impl CacheDtype {
     /// Every dtype, in the order reports print them.
-    pub const ALL: [CacheDtype; 3] = [CacheDtype::Bf16, CacheDtype::F16, CacheDtype::Int8];
+    pub const ALL: [CacheDtype; 4] = [CacheDtype::Bf16, CacheDtype::F16, CacheDtype::Int8, CacheDtype::F32];
 
     /// Bytes of one element of a row.
     pub const fn element_bytes(self) -> usize {
         match self {
             CacheDtype::Bf16 | CacheDtype::F16 => 2,
             CacheDtype::Int8 => 1,
+            CacheDtype::F32 => 4,
         }
     }
 
     /// Bytes of per-row side data (the INT8 scale).
     pub const fn row_side_bytes(self) -> usize {
         match self {
-            CacheDtype::Bf16 | CacheDtype::F16 => 0,
+            CacheDtype::Bf16 | CacheDtype::F16 | CacheDtype::F32 => 0,
             CacheDtype::Int8 => 2,
         }
     }
@@ -58,6 +61,7 @@ impl CacheDtype {
             CacheDtype::Bf16 => "bf16",
             CacheDtype::F16 => "f16",
             CacheDtype::Int8 => "int8",
+            CacheDtype::F32 => "f32",
         }
     }
 }
@@ -70,7 +74,7 @@ impl fmt::Display for CacheDtype {
 
 /// A name that is not a cache dtype.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown KV cache dtype {0:?}: expected bf16, f16 or int8")]
+#[error("unknown KV cache dtype {0:?}: expected bf16, f16, int8 or f32")]
 pub struct UnknownCacheDtype(pub String);
 
 impl FromStr for CacheDtype {
@@ -101,7 +105,7 @@ mod tests {
         }
         assert_eq!(
             "fp8".parse::<CacheDtype>().unwrap_err().to_string(),
-            "unknown KV cache dtype \"fp8\": expected bf16, f16 or int8"
+            "unknown KV cache dtype \"fp8\": expected bf16, f16, int8 or f32"
         );
     }
 }

@@ -1,0 +1,134 @@
+//! The Qwen3 model's weights, packed for the forward pass.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use ndarray::{Array2, Axis, concatenate};
+use rand::{SeedableRng, rngs::StdRng};
+use rand_distr::{Distribution, Normal};
+
+use crate::weights::{expected_tensors, load_tensors};
+use crate::{ModelError, Qwen3Config};
+
+/// One decoder layer, with Q/K/V and gate/up packed into single matrices (one GEMM each).
+#[derive(Debug, Clone)]
+pub(crate) struct DecoderLayer {
+    pub(crate) input_norm: Vec<f32>,
+    /// `[q_proj; k_proj; v_proj]`: `[(heads + 2 kv_heads) * head_dim, hidden]`.
+    pub(crate) qkv: Array2<f32>,
+    pub(crate) q_norm: Vec<f32>,
+    pub(crate) k_norm: Vec<f32>,
+    pub(crate) o_proj: Array2<f32>,
+    pub(crate) post_norm: Vec<f32>,
+    /// `[gate_proj; up_proj]`: `[2 * intermediate, hidden]`.
+    pub(crate) gate_up: Array2<f32>,
+    pub(crate) down: Array2<f32>,
+}
+
+/// A dense Qwen3 model in f32, for the CPU forward pass.
+///
+/// Weights are widened to f32 once at load (bf16 checkpoints double in memory): the GEMM crate
+/// computes in f32, and the CPU path is the exact reference the GPU path is checked against.
+#[derive(Debug, Clone)]
+pub struct Qwen3Model {
+    pub(crate) config: Qwen3Config,
+    pub(crate) embed_tokens: Array2<f32>,
+    pub(crate) layers: Vec<DecoderLayer>,
+    pub(crate) norm: Vec<f32>,
+    /// `None` when the head is tied to the embedding.
+    pub(crate) lm_head: Option<Array2<f32>>,
+}
+
+impl Qwen3Model {
+    /// Load `config.json` and the safetensors checkpoint of a model directory.
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        check_model_dir(dir)?;
+        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+        let tensors = load_tensors(dir, &config)?;
+        Ok(Self::from_tensors(config, tensors))
+    }
+
+    /// A model with random weights drawn from `seed` (vLLM's `--load-format dummy`): for
+    /// benchmarks and tests, with no checkpoint. Norm weights are 1, matrices N(0, std^2).
+    pub fn random(config: Qwen3Config, seed: u64, std: f32) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let normal = Normal::new(0.0f32, std).expect("std is finite and positive");
+        let tensors = expected_tensors(&config)
+            .into_iter()
+            .map(|(name, shape)| {
+                let len = shape.iter().product();
+                let values = if shape.len() == 1 { vec![1.0; len] } else { (0..len).map(|_| normal.sample(&mut rng)).collect() };
+                (name, values)
+            })
+            .collect();
+        Self::from_tensors(config, tensors)
+    }
+
+    /// The model's architecture.
+    pub fn config(&self) -> &Qwen3Config {
+        &self.config
+    }
+
+    fn from_tensors(config: Qwen3Config, tensors: HashMap<String, Vec<f32>>) -> Self {
+        let mut store = Tensors { shapes: expected_tensors(&config), tensors };
+        let layers = (0..config.num_hidden_layers)
+            .map(|l| {
+                let p = format!("model.layers.{l}");
+                let stack = |store: &mut Tensors, names: &[&str]| {
+                    let parts: Vec<Array2<f32>> = names.iter().map(|n| store.matrix(&format!("{p}.{n}"))).collect();
+                    let views: Vec<_> = parts.iter().map(|m| m.view()).collect();
+                    concatenate(Axis(0), &views).expect("packed matrices share their column count")
+                };
+                DecoderLayer {
+                    input_norm: store.vector(&format!("{p}.input_layernorm.weight")),
+                    qkv: stack(&mut store, &["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"]),
+                    q_norm: store.vector(&format!("{p}.self_attn.q_norm.weight")),
+                    k_norm: store.vector(&format!("{p}.self_attn.k_norm.weight")),
+                    o_proj: store.matrix(&format!("{p}.self_attn.o_proj.weight")),
+                    post_norm: store.vector(&format!("{p}.post_attention_layernorm.weight")),
+                    gate_up: stack(&mut store, &["mlp.gate_proj.weight", "mlp.up_proj.weight"]),
+                    down: store.matrix(&format!("{p}.mlp.down_proj.weight")),
+                }
+            })
+            .collect();
+        Qwen3Model {
+            embed_tokens: store.matrix("model.embed_tokens.weight"),
+            norm: store.vector("model.norm.weight"),
+            lm_head: (!config.tie_word_embeddings).then(|| store.matrix("lm_head.weight")),
+            layers,
+            config,
+        }
+    }
+}
+
+/// Checked tensors by name, taken out one at a time as the model is assembled.
+struct Tensors {
+    shapes: BTreeMap<String, Vec<usize>>,
+    tensors: HashMap<String, Vec<f32>>,
+}
+
+impl Tensors {
+    fn vector(&mut self, name: &str) -> Vec<f32> {
+        self.tensors.remove(name).expect("load_tensors checked every name")
+    }
+
+    fn matrix(&mut self, name: &str) -> Array2<f32> {
+        let (rows, cols) = (self.shapes[name][0], self.shapes[name][1]);
+        let values = self.vector(name);
+        Array2::from_shape_vec((rows, cols), values).expect("load_tensors checked every shape")
+    }
+}
+
+fn check_model_dir(dir: &Path) -> Result<(), ModelError> {
+    let problem = match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "no such directory".to_owned(),
+        Err(e) => format!("cannot be read ({e})"),
+        Ok(meta) if !meta.is_dir() => "is a file, expected a model directory".to_owned(),
+        Ok(_) => match std::fs::read_dir(dir) {
+            Err(e) => format!("cannot be read ({e})"),
+            Ok(_) if !dir.join("config.json").is_file() => "not a model directory: no config.json".to_owned(),
+            Ok(_) => return Ok(()),
+        },
+    };
+    Err(ModelError::ModelDir { path: dir.to_owned(), problem })
+}
