@@ -57,11 +57,35 @@ impl Qwen3Config {
         };
         let model_type = string_field(obj, "model_type")?;
         if model_type != "qwen3" {
-            return Err(config_error("model_type", &Value::String(model_type), "only \"qwen3\" (dense Qwen3) is implemented"));
+            return Err(config_error(
+                "model_type",
+                &Value::String(model_type),
+                "only \"qwen3\" (dense Qwen3) is implemented",
+            ));
         }
-        reject_unless(obj, "attention_bias", |v| v.is_null() || v == &Value::Bool(false), "attention biases are not implemented")?;
-        reject_unless(obj, "use_sliding_window", |v| v.is_null() || v == &Value::Bool(false), "sliding-window attention is not implemented")?;
-        reject_unless(obj, "hidden_act", |v| v.is_null() || v.as_str() == Some("silu"), "only \"silu\" is implemented")?;
+        reject_unless(
+            obj,
+            "attention_bias",
+            |v| v.is_null() || v == &Value::Bool(false),
+            "attention biases are not implemented",
+        )?;
+        reject_unless(
+            obj,
+            "use_sliding_window",
+            |v| v.is_null() || v == &Value::Bool(false),
+            "sliding-window attention is not implemented",
+        )?;
+        reject_unless(
+            obj,
+            "hidden_act",
+            |v| v.is_null() || v.as_str() == Some("silu"),
+            "only \"silu\" is implemented",
+        )?;
+        if let Some(kinds) = obj.get("layer_types").and_then(Value::as_array)
+            && let Some(other) = kinds.iter().find(|k| k.as_str() != Some("full_attention"))
+        {
+            return Err(config_error("layer_types", other, "only \"full_attention\" layers are implemented"));
+        }
         let rope_theta = rope_theta(obj)?;
         let hidden_size = dim_field(obj, "hidden_size")?;
         let num_attention_heads = dim_field(obj, "num_attention_heads")?;
@@ -90,7 +114,11 @@ impl Qwen3Config {
             Some(_) => dim_field(obj, "head_dim")?,
         };
         if head_dim % 2 != 0 {
-            return Err(config_error("head_dim", &Value::from(head_dim), "must be even for rotary embeddings"));
+            return Err(config_error(
+                "head_dim",
+                &Value::from(head_dim),
+                "must be even for rotary embeddings",
+            ));
         }
         let rms_norm_eps = float_field(obj, "rms_norm_eps", Some(1e-6))?;
         Ok(Qwen3Config {
@@ -107,9 +135,13 @@ impl Qwen3Config {
             tie_word_embeddings: match obj.get("tie_word_embeddings") {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => *b,
-                Some(other) => return Err(config_error("tie_word_embeddings", other, "expected true or false")),
+                Some(other) => {
+                    return Err(config_error("tie_word_embeddings", other, "expected true or false"));
+                }
             },
-            torch_dtype: ["torch_dtype", "dtype"].iter().find_map(|k| obj.get(*k)?.as_str().map(str::to_owned)),
+            torch_dtype: ["torch_dtype", "dtype"]
+                .iter()
+                .find_map(|k| obj.get(*k)?.as_str().map(str::to_owned)),
         })
     }
 
@@ -159,9 +191,10 @@ impl GenerationConfig {
         };
         let eos_token_ids = match value.get("eos_token_id") {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(ids)) => {
-                ids.iter().map(|id| as_token(id).ok_or_else(|| invalid("eos_token_id", id))).collect::<Result<_, _>>()?
-            }
+            Some(Value::Array(ids)) => ids
+                .iter()
+                .map(|id| as_token(id).ok_or_else(|| invalid("eos_token_id", id)))
+                .collect::<Result<_, _>>()?,
             Some(id) => vec![as_token(id).ok_or_else(|| invalid("eos_token_id", id))?],
         };
         Ok(GenerationConfig {
@@ -179,7 +212,8 @@ fn as_token(value: &Value) -> Option<u32> {
 
 pub(crate) fn read_json(path: &Path) -> Result<Value, ModelError> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.to_owned(), problem: e.to_string() })
+    serde_json::from_str(&text)
+        .map_err(|e| ModelError::Json { path: path.to_owned(), problem: e.to_string() })
 }
 
 fn config_error(field: &'static str, value: &Value, problem: &str) -> ModelError {
@@ -206,7 +240,11 @@ fn dim_field(obj: &Map<String, Value>, field: &'static str) -> Result<usize, Mod
     }
 }
 
-fn float_field(obj: &Map<String, Value>, field: &'static str, default: Option<f64>) -> Result<f64, ModelError> {
+fn float_field(
+    obj: &Map<String, Value>,
+    field: &'static str,
+    default: Option<f64>,
+) -> Result<f64, ModelError> {
     match (obj.get(field), default) {
         (None | Some(Value::Null), Some(d)) => Ok(d),
         (None, None) => Err(config_error(field, &Value::Null, "missing")),
@@ -236,13 +274,20 @@ fn rope_theta(obj: &Map<String, Value>) -> Result<f64, ModelError> {
         if let Some(Value::Object(params)) = obj.get(field) {
             let kind = params.get("rope_type").or_else(|| params.get("type"));
             if let Some(kind) = kind.filter(|k| k.as_str() != Some("default")) {
-                let field = if field == "rope_scaling" { "rope_scaling.rope_type" } else { "rope_parameters.rope_type" };
+                let field = if field == "rope_scaling" {
+                    "rope_scaling.rope_type"
+                } else {
+                    "rope_parameters.rope_type"
+                };
                 return Err(config_error(field, kind, "only the default RoPE is implemented"));
             }
         }
     }
     if let Some(theta) = obj.get("rope_parameters").and_then(|p| p.get("rope_theta")) {
-        return theta.as_f64().filter(|t| *t > 0.0).ok_or_else(|| config_error("rope_parameters.rope_theta", theta, "expected a positive number"));
+        return theta
+            .as_f64()
+            .filter(|t| *t > 0.0)
+            .ok_or_else(|| config_error("rope_parameters.rope_theta", theta, "expected a positive number"));
     }
     float_field(obj, "rope_theta", Some(10000.0))
 }
@@ -271,7 +316,10 @@ mod tests {
     #[test]
     fn parses_qwen3_0_6b() {
         let c = Qwen3Config::from_json_str(QWEN3_0_6B).unwrap();
-        assert_eq!((c.hidden_size, c.num_attention_heads, c.head_dim, c.num_key_value_heads), (1024, 16, 128, 8));
+        assert_eq!(
+            (c.hidden_size, c.num_attention_heads, c.head_dim, c.num_key_value_heads),
+            (1024, 16, 128, 8)
+        );
         assert_eq!(c.rope_theta, 1e6);
         assert!(c.tie_word_embeddings);
         // 0.6B parameters, as the name says (0.44B without the embedding).
@@ -287,15 +335,36 @@ mod tests {
     #[test]
     fn unsupported_configs_name_the_field_and_value() {
         let cases = [
-            (with("model_type", r#""llama""#), "config.json: model_type = \"llama\": only \"qwen3\" (dense Qwen3) is implemented"),
-            (with("attention_bias", "true"), "config.json: attention_bias = true: attention biases are not implemented"),
-            (with("num_key_value_heads", "3"), "config.json: num_key_value_heads = 3: must divide num_attention_heads (16)"),
-            (with("rope_scaling", r#"{"rope_type": "yarn", "factor": 4.0}"#), "config.json: rope_scaling.rope_type = \"yarn\": only the default RoPE is implemented"),
-            (with("hidden_size", r#""big""#), "config.json: hidden_size = \"big\": expected a positive integer"),
+            (
+                with("model_type", r#""llama""#),
+                "config.json: model_type = \"llama\": only \"qwen3\" (dense Qwen3) is implemented",
+            ),
+            (
+                with("attention_bias", "true"),
+                "config.json: attention_bias = true: attention biases are not implemented",
+            ),
+            (
+                with("num_key_value_heads", "3"),
+                "config.json: num_key_value_heads = 3: must divide num_attention_heads (16)",
+            ),
+            (
+                with("rope_scaling", r#"{"rope_type": "yarn", "factor": 4.0}"#),
+                "config.json: rope_scaling.rope_type = \"yarn\": only the default RoPE is implemented",
+            ),
+            (
+                with("hidden_size", r#""big""#),
+                "config.json: hidden_size = \"big\": expected a positive integer",
+            ),
             (with("hidden_size", "0"), "config.json: hidden_size = 0: must be at least 1"),
             (with("hidden_size", "-4"), "config.json: hidden_size = -4: expected a positive integer"),
-            (with("vocab_size", "10000000000000"), "config.json: vocab_size = 10000000000000: absurdly large (limit 1048576)"),
-            (with("use_sliding_window", "true"), "config.json: use_sliding_window = true: sliding-window attention is not implemented"),
+            (
+                with("vocab_size", "10000000000000"),
+                "config.json: vocab_size = 10000000000000: absurdly large (limit 1048576)",
+            ),
+            (
+                with("use_sliding_window", "true"),
+                "config.json: use_sliding_window = true: sliding-window attention is not implemented",
+            ),
         ];
         for (text, message) in cases {
             assert_eq!(Qwen3Config::from_json_str(&text).unwrap_err().to_string(), message);
@@ -306,6 +375,11 @@ mod tests {
             Qwen3Config::from_json_str(&v.to_string()).unwrap_err().to_string(),
             "config.json: num_hidden_layers = null: missing"
         );
-        assert!(Qwen3Config::from_json_str("{not json").unwrap_err().to_string().starts_with("config.json: key must be a string"));
+        assert!(
+            Qwen3Config::from_json_str("{not json")
+                .unwrap_err()
+                .to_string()
+                .starts_with("config.json: key must be a string")
+        );
     }
 }

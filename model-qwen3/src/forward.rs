@@ -73,13 +73,24 @@ impl Qwen3Model {
     }
 
     /// Checks the batch against the model and the cache, and lays out its tokens.
-    fn check_batch<T: StorageDtype>(&self, seqs: &[SeqInput<'_>], cache: &KvCache<T>) -> Result<Vec<TokenSlot>, ModelError> {
+    fn check_batch<T: StorageDtype>(
+        &self,
+        seqs: &[SeqInput<'_>],
+        cache: &KvCache<T>,
+    ) -> Result<Vec<TokenSlot>, ModelError> {
         let layout = cache.layout();
         let c = &self.config;
-        if (layout.num_layers, layout.kv_heads, layout.head_dim) != (c.num_hidden_layers, c.num_key_value_heads, c.head_dim) {
+        if (layout.num_layers, layout.kv_heads, layout.head_dim)
+            != (c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
+        {
             return Err(ModelError::Input(format!(
                 "KV cache of {} layers x {} kv heads x {} does not fit a model of {} x {} x {}",
-                layout.num_layers, layout.kv_heads, layout.head_dim, c.num_hidden_layers, c.num_key_value_heads, c.head_dim
+                layout.num_layers,
+                layout.kv_heads,
+                layout.head_dim,
+                c.num_hidden_layers,
+                c.num_key_value_heads,
+                c.head_dim
             )));
         }
         let mut tokens = Vec::new();
@@ -89,7 +100,10 @@ impl Qwen3Model {
             }
             for (offset, &id) in seq.tokens.iter().enumerate() {
                 if id as usize >= c.vocab_size {
-                    return Err(ModelError::Input(format!("token id {id} is outside the vocabulary of {}", c.vocab_size)));
+                    return Err(ModelError::Input(format!(
+                        "token id {id} is outside the vocabulary of {}",
+                        c.vocab_size
+                    )));
                 }
                 let pos = seq.start + offset;
                 let slot = seq.block_table.slot(pos, layout.block_size).ok_or_else(|| {
@@ -116,7 +130,14 @@ impl Qwen3Model {
     }
 
     /// Per-head RMSNorm of Q and K (Qwen3's q_norm/k_norm), then NeoX-style RoPE, in place.
-    fn norm_and_rotate(&self, qkv: &mut Array2<f32>, tokens: &[TokenSlot], q_norm: &[f32], k_norm: &[f32], inv_freq: &[f32]) {
+    fn norm_and_rotate(
+        &self,
+        qkv: &mut Array2<f32>,
+        tokens: &[TokenSlot],
+        q_norm: &[f32],
+        k_norm: &[f32],
+        inv_freq: &[f32],
+    ) {
         let d = self.config.head_dim;
         let (_, k_end) = self.qkv_bounds();
         let q_heads = self.config.num_attention_heads;

@@ -57,7 +57,11 @@ impl Qwen3Model {
             .into_iter()
             .map(|(name, shape)| {
                 let len = shape.iter().product();
-                let values = if shape.len() == 1 { vec![1.0; len] } else { (0..len).map(|_| normal.sample(&mut rng)).collect() };
+                let values = if shape.len() == 1 {
+                    vec![1.0; len]
+                } else {
+                    (0..len).map(|_| normal.sample(&mut rng)).collect()
+                };
                 (name, values)
             })
             .collect();
@@ -75,13 +79,17 @@ impl Qwen3Model {
             .map(|l| {
                 let p = format!("model.layers.{l}");
                 let stack = |store: &mut Tensors, names: &[&str]| {
-                    let parts: Vec<Array2<f32>> = names.iter().map(|n| store.matrix(&format!("{p}.{n}"))).collect();
+                    let parts: Vec<Array2<f32>> =
+                        names.iter().map(|n| store.matrix(&format!("{p}.{n}"))).collect();
                     let views: Vec<_> = parts.iter().map(|m| m.view()).collect();
                     concatenate(Axis(0), &views).expect("packed matrices share their column count")
                 };
                 DecoderLayer {
                     input_norm: store.vector(&format!("{p}.input_layernorm.weight")),
-                    qkv: stack(&mut store, &["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"]),
+                    qkv: stack(
+                        &mut store,
+                        &["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"],
+                    ),
                     q_norm: store.vector(&format!("{p}.self_attn.q_norm.weight")),
                     k_norm: store.vector(&format!("{p}.self_attn.k_norm.weight")),
                     o_proj: store.matrix(&format!("{p}.self_attn.o_proj.weight")),

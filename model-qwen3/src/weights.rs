@@ -48,7 +48,10 @@ fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     if !index_path.exists() {
         let single = dir.join("model.safetensors");
         if !single.is_file() {
-            return Err(ModelError::checkpoint(single, "missing: no model.safetensors and no model.safetensors.index.json"));
+            return Err(ModelError::checkpoint(
+                single,
+                "missing: no model.safetensors and no model.safetensors.index.json",
+            ));
         }
         return Ok(vec![single]);
     }
@@ -59,7 +62,10 @@ fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let mut files: Vec<String> = Vec::new();
     for (tensor, file) in map {
         let Some(file) = file.as_str() else {
-            return Err(ModelError::checkpoint(&index_path, format!("weight_map[{tensor:?}] is not a file name")));
+            return Err(ModelError::checkpoint(
+                &index_path,
+                format!("weight_map[{tensor:?}] is not a file name"),
+            ));
         };
         if !files.iter().any(|f| f == file) {
             files.push(file.to_owned());
@@ -72,7 +78,10 @@ fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
             if path.is_file() {
                 Ok(path)
             } else {
-                Err(ModelError::checkpoint(&index_path, format!("names shard {file:?}, which is not in {}", dir.display())))
+                Err(ModelError::checkpoint(
+                    &index_path,
+                    format!("names shard {file:?}, which is not in {}", dir.display()),
+                ))
             }
         })
         .collect()
@@ -80,7 +89,10 @@ fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 
 /// Load every tensor of the checkpoint in `dir` as f32, after checking each name, dtype and shape
 /// against `config`. Tensors are widened as they are read from the memory-mapped files.
-pub(crate) fn load_tensors(dir: &Path, config: &Qwen3Config) -> Result<HashMap<String, Vec<f32>>, ModelError> {
+pub(crate) fn load_tensors(
+    dir: &Path,
+    config: &Qwen3Config,
+) -> Result<HashMap<String, Vec<f32>>, ModelError> {
     let expected = expected_tensors(config);
     let mut loaded = HashMap::new();
     for path in checkpoint_files(dir)? {
@@ -91,12 +103,16 @@ pub(crate) fn load_tensors(dir: &Path, config: &Qwen3Config) -> Result<HashMap<S
         let mut names = tensors.names();
         names.sort();
         for name in names {
-            let view = tensors.tensor(name).map_err(|e| ModelError::checkpoint(&path, format!("{name}: {e}")))?;
+            let view =
+                tensors.tensor(name).map_err(|e| ModelError::checkpoint(&path, format!("{name}: {e}")))?;
             let Some(shape) = expected.get(name) else {
                 if name == "lm_head.weight" && config.tie_word_embeddings {
                     continue; // some tied checkpoints store the head anyway; the embedding is used
                 }
-                return Err(ModelError::checkpoint(&path, format!("unexpected tensor {name} (not part of a Qwen3 model of this config)")));
+                return Err(ModelError::checkpoint(
+                    &path,
+                    format!("unexpected tensor {name} (not part of a Qwen3 model of this config)"),
+                ));
             };
             if view.shape() != shape.as_slice() {
                 return Err(ModelError::checkpoint(
@@ -104,10 +120,17 @@ pub(crate) fn load_tensors(dir: &Path, config: &Qwen3Config) -> Result<HashMap<S
                     format!("{name} has shape {:?}, config.json implies {:?}", view.shape(), shape),
                 ));
             }
-            let values = widen(view.dtype(), view.data())
-                .ok_or_else(|| ModelError::checkpoint(&path, format!("{name} has dtype {:?}; expected BF16, F16 or F32", view.dtype())))?;
+            let values = widen(view.dtype(), view.data()).ok_or_else(|| {
+                ModelError::checkpoint(
+                    &path,
+                    format!("{name} has dtype {:?}; expected BF16, F16 or F32", view.dtype()),
+                )
+            })?;
             if loaded.insert(name.to_owned(), values).is_some() {
-                return Err(ModelError::checkpoint(&path, format!("tensor {name} appears in more than one file")));
+                return Err(ModelError::checkpoint(
+                    &path,
+                    format!("tensor {name} appears in more than one file"),
+                ));
             }
         }
     }
@@ -129,9 +152,13 @@ fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
 /// Little-endian bf16, f16 or f32 bytes as f32 values.
 fn widen(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     let values = match dtype {
-        Dtype::BF16 => bytes.par_chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => {
+            bytes.par_chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        }
         Dtype::F16 => bytes.par_chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::F32 => bytes.par_chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F32 => {
+            bytes.par_chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        }
         _ => return None,
     };
     Some(values)
