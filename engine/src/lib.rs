@@ -1,4 +1,46 @@
 //! The nanovllm engine: composes the Qwen3 model, the paged KV cache and the scheduler into an
-//! LLM that takes prompts and returns generated text.
+//! [`LLM`] that takes prompts and returns completions, as nano-vllm's `LLM` does.
 //!
-//! Empty for now: the engine comes with the end-to-end issue.
+//! This crate's one job is the composition: loading a model directory (or fetching a Hugging Face
+//! model id), tokenizing and applying the chat template, running the scheduler's batches through
+//! the model with the KV cache in the dtype chosen at run time, and sampling. The CPU path needs no
+//! CUDA; the `cuda` feature is reserved for the GPU backend.
+//!
+//! # Example
+//!
+//! ```
+//! use engine::{EngineConfig, LLM, Prompt};
+//! use model_qwen3::{GenerationConfig, Qwen3Config, Qwen3Model};
+//! use scheduler::SamplingParams;
+//!
+//! let config = Qwen3Config::from_json_str(r#"{
+//!     "model_type": "qwen3", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+//!     "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64, "vocab_size": 100,
+//!     "max_position_embeddings": 256, "tie_word_embeddings": true
+//! }"#)?;
+//! let model = Qwen3Model::random(config, 0, 0.5);
+//! let settings = EngineConfig { kv_cache_dtype: "int8".parse()?, block_size: 16, ..EngineConfig::default() };
+//! let mut llm = LLM::new(model, GenerationConfig::default(), settings)?;
+//! let prompts = vec![Prompt::Tokens(vec![1, 2, 3]), Prompt::Tokens(vec![4, 5])];
+//! let outputs = llm.generate(prompts, &SamplingParams::greedy(8))?;
+//! assert!(outputs.iter().all(|c| c.as_ref().unwrap().token_ids.len() == 8));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod cache;
+mod chat;
+mod error;
+mod hub;
+mod llm;
+mod progress;
+mod sampler;
+mod tokenizer;
+
+pub use chat::{ChatTemplate, Message};
+pub use error::EngineError;
+pub use hub::resolve_model;
+pub use kv_cache::CacheDtype;
+pub use llm::{Completion, EngineConfig, LLM, LoadFormat, Prompt, StepOutput};
+pub use sampler::{Sampler, argmax};
+pub use scheduler::{FinishReason, SamplingParams};
+pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -1,0 +1,40 @@
+//! The KV cache in the dtype chosen at run time.
+
+use kv_cache::{Bf16, CacheDtype, CacheLayout, F16, F32, Int8, KvCache};
+use model_qwen3::{ModelError, Qwen3Model, SeqInput};
+
+use crate::EngineError;
+
+/// A `KvCache` of any storage dtype: the model's forward pass is generic over the dtype, and this
+/// is the one place the runtime choice becomes a type.
+#[derive(Debug)]
+pub(crate) enum AnyCache {
+    Bf16(KvCache<Bf16>),
+    F16(KvCache<F16>),
+    Int8(KvCache<Int8>),
+    F32(KvCache<F32>),
+}
+
+impl AnyCache {
+    pub(crate) fn new(dtype: CacheDtype, layout: CacheLayout) -> Result<Self, EngineError> {
+        Ok(match dtype {
+            CacheDtype::Bf16 => AnyCache::Bf16(KvCache::new(layout)?),
+            CacheDtype::F16 => AnyCache::F16(KvCache::new(layout)?),
+            CacheDtype::Int8 => AnyCache::Int8(KvCache::new(layout)?),
+            CacheDtype::F32 => AnyCache::F32(KvCache::new(layout)?),
+        })
+    }
+
+    pub(crate) fn forward(
+        &mut self,
+        model: &Qwen3Model,
+        inputs: &[SeqInput<'_>],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        match self {
+            AnyCache::Bf16(cache) => model.forward(inputs, cache),
+            AnyCache::F16(cache) => model.forward(inputs, cache),
+            AnyCache::Int8(cache) => model.forward(inputs, cache),
+            AnyCache::F32(cache) => model.forward(inputs, cache),
+        }
+    }
+}

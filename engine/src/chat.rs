@@ -1,0 +1,71 @@
+//! Chat templates from `tokenizer_config.json`, rendered like HF's `apply_chat_template`.
+
+use std::path::Path;
+
+use minijinja::{Environment, context};
+
+use crate::EngineError;
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// "system", "user" or "assistant".
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+impl Message {
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Message { role: "user".into(), content: content.into() }
+    }
+}
+
+/// A model's chat template (Jinja, rendered with minijinja and its Python-compatible methods).
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+}
+
+impl ChatTemplate {
+    /// The `chat_template` of a `tokenizer_config.json`; `None` if the file or the field is absent.
+    pub fn from_tokenizer_config(path: &Path) -> Result<Option<Self>, EngineError> {
+        let Ok(text) = std::fs::read_to_string(path) else { return Ok(None) };
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| EngineError::ChatTemplate(format!("{}: {e}", path.display())))?;
+        match config.get("chat_template").and_then(|t| t.as_str()) {
+            Some(source) => Self::new(source).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Compile a template.
+    pub fn new(source: &str) -> Result<Self, EngineError> {
+        // As HF's apply_chat_template: trim_blocks and lstrip_blocks, Python string methods, and a
+        // raise_exception function for templates that refuse a conversation.
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+        });
+        env.add_template_owned("chat", source.to_owned())
+            .map_err(|e| EngineError::ChatTemplate(e.to_string()))?;
+        Ok(ChatTemplate { env })
+    }
+
+    /// Render `messages` as HF does with `add_generation_prompt=True`; `enable_thinking` is
+    /// Qwen3's switch (false adds an empty think block so the model answers directly).
+    pub fn render(&self, messages: &[Message], enable_thinking: bool) -> Result<String, EngineError> {
+        let messages: Vec<_> = messages
+            .iter()
+            .map(|m| context! { role => m.role.clone(), content => m.content.clone() })
+            .collect();
+        let template = self.env.get_template("chat").map_err(|e| EngineError::ChatTemplate(e.to_string()))?;
+        template
+            .render(context! { messages, add_generation_prompt => true, enable_thinking })
+            .map_err(|e| EngineError::ChatTemplate(e.to_string()))
+    }
+}
