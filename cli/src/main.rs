@@ -1,14 +1,36 @@
-//! `nanovllm-cli`: generate and benchmark from the command line.
+//! `nanovllm-cli`: generate text with Qwen3 models from the command line.
 
-use clap::Parser;
+mod generate;
+mod prompts;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 
 /// nanovllm: a small LLM inference engine for Qwen3 with an INT8 KV cache.
-///
-/// Commands (generate, bench, eval) arrive with the engine; this build only reports its version.
 #[derive(Parser)]
 #[command(name = "nanovllm-cli", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text for one prompt (streamed) or a file of prompts (batched).
+    Generate(generate::GenerateArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

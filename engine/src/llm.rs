@@ -119,6 +119,7 @@ pub struct LLM {
     model: Qwen3Model,
     tokenizer: Option<Tokenizer>,
     chat_template: Option<ChatTemplate>,
+    generation: GenerationConfig,
     scheduler: Scheduler,
     cache: AnyCache,
     samplers: HashMap<SeqId, Sampler>,
@@ -187,6 +188,7 @@ impl LLM {
             model,
             tokenizer: None,
             chat_template: None,
+            generation,
             scheduler,
             samplers: HashMap::new(),
             seeds: StdRng::seed_from_u64(config.seed),
@@ -197,6 +199,18 @@ impl LLM {
     /// The tokenizer, if the model directory had one.
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
         self.tokenizer.as_ref()
+    }
+
+    /// Sampling parameters with the checkpoint's suggested defaults (`generation_config.json`)
+    /// where it gives them, and nano-vllm's otherwise.
+    pub fn default_sampling(&self) -> SamplingParams {
+        let defaults = SamplingParams::default();
+        SamplingParams {
+            temperature: self.generation.temperature.unwrap_or(defaults.temperature),
+            top_k: self.generation.top_k.filter(|&k| k > 0).or(defaults.top_k),
+            top_p: self.generation.top_p.unwrap_or(defaults.top_p),
+            ..defaults
+        }
     }
 
     /// The model.

@@ -1,0 +1,213 @@
+//! `nanovllm-cli generate` as a user runs it: the demo works offline, and every bad input gives one
+//! clear line on stderr and a non-zero exit, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn demo() -> String {
+    repo().join("models/tiny-random-qwen3").display().to_string()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    repo().join("model-qwen3/tests/fixtures").join(name)
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nanovllm-cli"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", std::env::temp_dir().join("nanovllm-cli-test-hf-home"))
+        .output()
+        .unwrap()
+}
+
+/// Asserts a failure with exactly one line on stderr containing `needle`, and returns that line.
+fn assert_one_line_error(output: &Output, needle: &str) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "expected failure, stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("device: ")).collect();
+    assert_eq!(lines.len(), 1, "stderr: {stderr}");
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"));
+    lines[0].to_owned()
+}
+
+#[test]
+fn the_demo_generates_offline() {
+    let output = cli(&[
+        "generate",
+        "--model",
+        &demo(),
+        "--load-format",
+        "dummy",
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "8",
+        "--chat",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!String::from_utf8_lossy(&output.stdout).trim().is_empty());
+}
+
+#[test]
+fn greedy_token_ids_from_a_prompts_file_match_hf_for_every_cache_dtype() {
+    let model = fixture("gqa-tied").display().to_string();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("gqa-tied").join("hf_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let case = &reference["prompts"][3];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prompts.jsonl");
+    std::fs::write(&path, format!("{{\"prompt_token_ids\": {}}}\n", case["prompt"])).unwrap();
+    let file = path.display().to_string();
+    for dtype in ["f32", "bf16", "int8"] {
+        let output = cli(&[
+            "generate",
+            "--model",
+            &model,
+            "--prompts-file",
+            &file,
+            "--kv-cache-dtype",
+            dtype,
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--max-tokens",
+            "24",
+            "--json",
+            "--block-size",
+            "16",
+        ]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let generated = &result["token_ids"];
+        if dtype == "f32" {
+            assert_eq!(generated, &case["greedy"]);
+        } else {
+            assert_eq!(
+                generated.as_array().unwrap()[..4],
+                case["greedy"].as_array().unwrap()[..4],
+                "{dtype}"
+            );
+        }
+    }
+    // Without a tokenizer, a text prompt is refused with a clear line.
+    assert_one_line_error(
+        &cli(&["generate", "--model", &model, "--prompt", "hello"]),
+        "text prompts need a tokenizer",
+    );
+}
+
+#[test]
+fn a_missing_directory() {
+    let output = cli(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"]);
+    assert_one_line_error(&output, "/nonexistent/model: no such directory");
+}
+
+#[test]
+fn a_model_id_that_is_not_cached_offline() {
+    let output = cli(&["generate", "--model", "Qwen/Qwen3-0.6B", "--prompt", "hi"]);
+    assert_one_line_error(
+        &output,
+        "model Qwen/Qwen3-0.6B: not a local directory, and not in the Hugging Face cache (HF_HUB_OFFLINE is set)",
+    );
+}
+
+#[test]
+fn a_config_of_another_architecture_and_a_truncated_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("gqa-tied").join(file), dir.path().join(file)).unwrap();
+    }
+    let model = dir.path().display().to_string();
+    let checkpoint = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&checkpoint).unwrap();
+    std::fs::write(&checkpoint, &bytes[..1000]).unwrap();
+    assert_one_line_error(
+        &cli(&["generate", "--model", &model, "--prompt", "hi"]),
+        "not a valid safetensors file",
+    );
+    let config =
+        std::fs::read_to_string(dir.path().join("config.json")).unwrap().replace("\"qwen3\"", "\"mistral\"");
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    assert_one_line_error(
+        &cli(&["generate", "--model", &model, "--prompt", "hi"]),
+        "model_type = \"mistral\"",
+    );
+}
+
+#[test]
+fn a_prompt_longer_than_the_model_allows() {
+    let long = "word ".repeat(300);
+    let output = cli(&[
+        "generate",
+        "--model",
+        &demo(),
+        "--load-format",
+        "dummy",
+        "--max-model-len",
+        "256",
+        "--prompt",
+        &long,
+    ]);
+    assert_one_line_error(
+        &output,
+        "error: request too long: prompt of 301 tokens + max_tokens 128 = 429 > max_model_len 256",
+    );
+}
+
+#[test]
+fn bad_sampling_values_and_devices() {
+    let base = ["generate", "--model", &demo(), "--load-format", "dummy", "--prompt", "hi"];
+    let with = |extra: &[&str]| cli(&[&base[..], extra].concat());
+    assert_one_line_error(&with(&["--temperature=-1"]), "temperature = -1");
+    assert_one_line_error(&with(&["--top-p", "1.5"]), "top_p = 1.5");
+    assert_one_line_error(&with(&["--max-tokens", "0"]), "max_tokens = 0");
+    assert_one_line_error(&with(&["--device", "cuda"]), "--device cuda");
+    assert_one_line_error(
+        &with(&["--kv-cache-memory-gib", "0.0001"]),
+        "less than one sequence of max_model_len 4096",
+    );
+}
+
+#[test]
+fn a_prompts_file_runs_the_good_lines_and_names_the_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &path,
+        "Hello there\n{\"prompt_token_ids\": [1, 2, 3]}\n\n{\"prompt_token_ids\": [999999]}\nBye\n",
+    )
+    .unwrap();
+    let file = path.display().to_string();
+    let output = cli(&[
+        "generate",
+        "--model",
+        &demo(),
+        "--load-format",
+        "dummy",
+        "--prompts-file",
+        &file,
+        "--max-tokens",
+        "4",
+        "--json",
+    ]);
+    let line =
+        assert_one_line_error(&output, "prompts.jsonl:4: invalid engine setting prompt token id = 999999");
+    assert!(line.contains("outside the vocabulary of 151936"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|l| l["line"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 5]);
+    std::fs::write(&path, [0x66, 0x6f, 0xff, 0x0a]).unwrap();
+    let output = cli(&["generate", "--model", &demo(), "--load-format", "dummy", "--prompts-file", &file]);
+    assert_one_line_error(&output, "not UTF-8 text");
+    std::fs::write(&path, "{\"prompt\": 3}\n").unwrap();
+    let output = cli(&["generate", "--model", &demo(), "--load-format", "dummy", "--prompts-file", &file]);
+    assert_one_line_error(&output, "prompts.jsonl:1: expected an object with \"prompt\"");
+}
