@@ -58,3 +58,6 @@ pub use error::CacheError;
 pub use hash::block_hash;
 pub use kv_quant::CacheDtype;
 pub use store::{CacheLayout, KvCache, Row};
+
+#[cfg(feature = "cuda")]
+pub mod cuda;

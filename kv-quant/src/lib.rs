@@ -71,3 +71,6 @@ pub use element::Element;
 pub use error::QuantError;
 pub use row::{MAX_SCALE, QMAX, dequantize_row, quantize_row, scale_for_amax};
 pub use size::{CacheDtype, UnknownCacheDtype};
+
+#[cfg(feature = "cuda")]
+pub mod cuda;

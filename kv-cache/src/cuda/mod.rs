@@ -1,0 +1,268 @@
+//! The paged KV cache on the GPU: its storage, the store kernel (quantize on write) and paged
+//! decode attention, for bf16 and INT8 rows. Kernel sources sit beside this file; KERNELS.md at the
+//! crate root indexes them.
+
+use half::bf16;
+use kv_quant::cuda::cudarc::driver::{CudaFunction, CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use kv_quant::cuda::{Gpu, GpuError, INT8_KV_CUH};
+
+use crate::{CacheDtype, CacheLayout};
+
+const STORE_CU: &str = include_str!("store.cu");
+const DECODE_CU: &str = include_str!("decode_attention.cu");
+
+/// Tokens per split of decode attention: a long context is cut into splits of this many tokens,
+/// each a thread block, so that one sequence still fills the GPU.
+pub const PARTITION: usize = 512;
+const THREADS: u32 = 128;
+
+/// One layer's K or V plane, and its scales for INT8.
+#[derive(Debug)]
+pub struct GpuPlane {
+    /// `[slots][kv_heads][head_dim]` elements (int8 codes or bf16 bits), as bytes.
+    pub data: CudaSlice<u8>,
+    /// `[slots][kv_heads]` bf16 scales (one dummy element for bf16 caches).
+    pub scales: CudaSlice<bf16>,
+}
+
+/// The KV cache in GPU memory, in the layout of [`KvCache`](crate::KvCache).
+#[derive(Debug)]
+pub struct GpuKvCache {
+    /// bf16 or INT8.
+    pub dtype: CacheDtype,
+    /// The shape.
+    pub layout: CacheLayout,
+    /// K planes, one per layer.
+    pub keys: Vec<GpuPlane>,
+    /// V planes, one per layer.
+    pub values: Vec<GpuPlane>,
+}
+
+impl GpuKvCache {
+    /// A zeroed cache (bf16 and INT8 only: the GPU kernels read those).
+    pub fn new(gpu: &Gpu, layout: CacheLayout, dtype: CacheDtype) -> Result<Self, GpuError> {
+        if !matches!(dtype, CacheDtype::Bf16 | CacheDtype::Int8) {
+            return Err(GpuError::Unsupported(format!(
+                "a {dtype} KV cache (the GPU kernels read bf16 and int8)"
+            )));
+        }
+        let rows = layout.num_slots() * layout.kv_heads;
+        let plane = || -> Result<GpuPlane, GpuError> {
+            let scales = if dtype == CacheDtype::Int8 { rows } else { 1 };
+            Ok(GpuPlane {
+                data: gpu.stream.alloc_zeros::<u8>(rows * layout.head_dim * dtype.element_bytes())?,
+                scales: gpu.stream.alloc_zeros::<bf16>(scales)?,
+            })
+        };
+        let keys = (0..layout.num_layers).map(|_| plane()).collect::<Result<_, _>>()?;
+        let values = (0..layout.num_layers).map(|_| plane()).collect::<Result<_, _>>()?;
+        Ok(GpuKvCache { dtype, layout, keys, values })
+    }
+}
+
+/// Scratch of decode attention's splits, sized for a batch and a longest context.
+#[derive(Debug)]
+pub struct DecodeWorkspace {
+    partial_out: CudaSlice<f32>,
+    partial_max: CudaSlice<f32>,
+    partial_sum: CudaSlice<f32>,
+    max_splits: usize,
+}
+
+impl DecodeWorkspace {
+    /// Room for `batch` sequences of `heads` query heads and contexts up to `max_context`.
+    pub fn new(
+        gpu: &Gpu,
+        batch: usize,
+        heads: usize,
+        head_dim: usize,
+        max_context: usize,
+    ) -> Result<Self, GpuError> {
+        let max_splits = max_context.div_ceil(PARTITION).max(1);
+        let stats = batch * heads * max_splits;
+        Ok(DecodeWorkspace {
+            partial_out: gpu.stream.alloc_zeros(stats * head_dim)?,
+            partial_max: gpu.stream.alloc_zeros(stats)?,
+            partial_sum: gpu.stream.alloc_zeros(stats)?,
+            max_splits,
+        })
+    }
+}
+
+/// The compiled store and attention kernels for one cache shape.
+#[derive(Debug)]
+pub struct CacheKernels {
+    store: CudaFunction,
+    partial: CudaFunction,
+    reduce: CudaFunction,
+    head_dim: usize,
+    group: usize,
+}
+
+impl CacheKernels {
+    /// Compile (or fetch) the kernels for `dtype`, with the head size, the query heads per kv head
+    /// and the block size as compile-time constants.
+    pub fn new(
+        gpu: &Gpu,
+        dtype: CacheDtype,
+        head_dim: usize,
+        group: usize,
+        block_size: usize,
+    ) -> Result<Self, GpuError> {
+        if !head_dim.is_multiple_of(32) || head_dim > 256 {
+            return Err(GpuError::Unsupported(format!(
+                "head_dim {head_dim} (a multiple of 32, at most 256)"
+            )));
+        }
+        if !(1..=8).contains(&group) {
+            return Err(GpuError::Unsupported(format!("{group} query heads per kv head (1 to 8)")));
+        }
+        if block_size == 0 {
+            return Err(GpuError::Unsupported("block size 0".into()));
+        }
+        let int8 = u8::from(dtype == CacheDtype::Int8).to_string();
+        let store = gpu.module(
+            "store_kv",
+            &format!("{INT8_KV_CUH}\n{STORE_CU}"),
+            &[("HEAD_DIM", head_dim.to_string()), ("INT8", int8.clone())],
+        )?;
+        let decode = gpu.module(
+            "decode_attention",
+            &format!("{INT8_KV_CUH}\n{DECODE_CU}"),
+            &[
+                ("HEAD_DIM", head_dim.to_string()),
+                ("GROUP", group.to_string()),
+                ("INT8", int8),
+                ("BLOCK_SIZE", block_size.to_string()),
+                ("PARTITION", PARTITION.to_string()),
+                ("THREADS", THREADS.to_string()),
+            ],
+        )?;
+        Ok(CacheKernels {
+            store: store.load_function("store_kv")?,
+            partial: decode.load_function("decode_attention_partial")?,
+            reduce: decode.load_function("decode_attention_reduce")?,
+            head_dim,
+            group,
+        })
+    }
+
+    /// Write `num_tokens` tokens' K and V (bf16, `[token][kv_head][head_dim]` with `src_stride`
+    /// elements between tokens) into `layer` at `slots` (negative: skipped).
+    #[allow(clippy::too_many_arguments)]
+    pub fn store(
+        &self,
+        gpu: &Gpu,
+        cache: &mut GpuKvCache,
+        layer: usize,
+        key: &CudaView<'_, bf16>,
+        value: &CudaView<'_, bf16>,
+        src_stride: usize,
+        slots: &CudaSlice<i64>,
+        num_tokens: usize,
+    ) -> Result<(), GpuError> {
+        let kv_heads = cache.layout.kv_heads as i32;
+        let rows = (num_tokens * cache.layout.kv_heads * 2) as u32;
+        let warps_per_block = THREADS / 32;
+        let config = LaunchConfig {
+            grid_dim: (rows.div_ceil(warps_per_block), 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (keys, values) = (&mut cache.keys[layer], &mut cache.values[layer]);
+        let (stride, tokens) = (src_stride as i64, num_tokens as i32);
+        let mut launch = gpu.stream.launch_builder(&self.store);
+        launch
+            .arg(key)
+            .arg(value)
+            .arg(&stride)
+            .arg(slots)
+            .arg(&mut keys.data)
+            .arg(&mut values.data)
+            .arg(&mut keys.scales)
+            .arg(&mut values.scales)
+            .arg(&tokens)
+            .arg(&kv_heads);
+        // SAFETY: the arguments match store_kv's signature; every row index the kernel forms is
+        // below num_tokens * kv_heads of the inputs, and every slot the caller passes is a slot of
+        // this cache (the block manager hands out no others).
+        #[allow(unsafe_code)]
+        unsafe {
+            launch.launch(config)?;
+        }
+        Ok(())
+    }
+
+    /// Decode attention of `batch` single-token queries (`q`: `[batch][heads][head_dim]` bf16) over
+    /// `layer`, each sequence's blocks in `block_tables` (`[batch][max_blocks]` i32) and its length
+    /// in `context_lens`; writes `out` (`[batch][heads][head_dim]` bf16).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode(
+        &self,
+        gpu: &Gpu,
+        cache: &GpuKvCache,
+        layer: usize,
+        q: &CudaView<'_, bf16>,
+        block_tables: &CudaSlice<i32>,
+        max_blocks: usize,
+        context_lens: &CudaSlice<i32>,
+        batch: usize,
+        workspace: &mut DecodeWorkspace,
+        out: &mut CudaSlice<bf16>,
+    ) -> Result<(), GpuError> {
+        let kv_heads = cache.layout.kv_heads;
+        let heads = (kv_heads * self.group) as i32;
+        let softmax_scale = 1.0f32 / (self.head_dim as f32).sqrt();
+        let (max_blocks, kv_heads_arg, max_splits) =
+            (max_blocks as i32, kv_heads as i32, workspace.max_splits as i32);
+        let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
+        let config = LaunchConfig {
+            grid_dim: (workspace.max_splits as u32, kv_heads as u32, batch as u32),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = gpu.stream.launch_builder(&self.partial);
+        launch
+            .arg(q)
+            .arg(&keys.data)
+            .arg(&values.data)
+            .arg(&keys.scales)
+            .arg(&values.scales)
+            .arg(block_tables)
+            .arg(&max_blocks)
+            .arg(context_lens)
+            .arg(&mut workspace.partial_out)
+            .arg(&mut workspace.partial_max)
+            .arg(&mut workspace.partial_sum)
+            .arg(&kv_heads_arg)
+            .arg(&max_splits)
+            .arg(&softmax_scale);
+        // SAFETY: the arguments match decode_attention_partial's signature; the caller's block
+        // tables name blocks of this cache and its context lengths fit their tables and the
+        // workspace's max_splits.
+        #[allow(unsafe_code)]
+        unsafe {
+            launch.launch(config)?;
+        }
+        let config = LaunchConfig {
+            grid_dim: (heads as u32, batch as u32, 1),
+            block_dim: (self.head_dim as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = gpu.stream.launch_builder(&self.reduce);
+        launch
+            .arg(&workspace.partial_out)
+            .arg(&workspace.partial_max)
+            .arg(&workspace.partial_sum)
+            .arg(context_lens)
+            .arg(out)
+            .arg(&heads)
+            .arg(&max_splits);
+        // SAFETY: as above; the reduce kernel reads only the splits the partial kernel wrote.
+        #[allow(unsafe_code)]
+        unsafe {
+            launch.launch(config)?;
+        }
+        Ok(())
+    }
+}

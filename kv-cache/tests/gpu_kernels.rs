@@ -1,0 +1,320 @@
+//! The CUDA store and decode-attention kernels against the CPU reference, on fresh random inputs
+//! each run, with outputs poisoned first. Skips (saying why) where there is no GPU.
+//!
+//! On the GPU machine: `cargo test --release -p kv-cache --features cuda --test gpu_kernels`
+//! (or the test binary it builds, carried there).
+#![cfg(feature = "cuda")]
+
+use half::bf16;
+use kv_cache::cuda::{CacheKernels, DecodeWorkspace, GpuKvCache};
+use kv_cache::{CacheDtype, CacheLayout};
+use kv_quant::cuda::Gpu;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+fn gpu() -> Option<Gpu> {
+    match Gpu::open() {
+        Ok(gpu) => Some(gpu),
+        Err(e) => {
+            eprintln!("skipping GPU kernel test: {e}");
+            None
+        }
+    }
+}
+
+fn rng() -> StdRng {
+    let seed: u64 = rand::rng().random();
+    eprintln!("seed {seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+/// `rows` rows of `dim` values, each row with its own magnitude (2^-8 to 2^8).
+fn random_rows(rng: &mut StdRng, rows: usize, dim: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * dim);
+    for _ in 0..rows {
+        let magnitude = 2f32.powi(rng.random_range(-8..=8));
+        out.extend((0..dim).map(|_| rng.random_range(-1.0f32..1.0) * magnitude));
+    }
+    out
+}
+
+fn to_bf16(values: &[f32]) -> Vec<bf16> {
+    values.iter().map(|&x| bf16::from_f32(x)).collect()
+}
+
+#[test]
+fn store_matches_the_reference_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng();
+    for dtype in [CacheDtype::Int8, CacheDtype::Bf16] {
+        for head_dim in [64, 128] {
+            let (kv_heads, q_heads, tokens) = (8, 16, 333);
+            let layout = CacheLayout { num_layers: 2, num_blocks: 80, block_size: 16, kv_heads, head_dim };
+            // Tokens come as rows of a packed [q | k | v] projection, as the model produces them.
+            let stride = (q_heads + 2 * kv_heads) * head_dim;
+            let mut qkv = to_bf16(&random_rows(&mut rng, tokens * (stride / head_dim), head_dim));
+            let row_start = |t: usize, is_value: bool, h: usize| {
+                t * stride + (q_heads + h + if is_value { kv_heads } else { 0 }) * head_dim
+            };
+            qkv[row_start(0, false, 3)..][..head_dim].fill(bf16::ZERO);
+            qkv[row_start(5, true, 0) + 7] = bf16::NAN;
+            qkv[row_start(6, false, 1) + 2] = bf16::INFINITY;
+            let mut all_slots: Vec<i64> = (0..layout.num_slots() as i64).collect();
+            all_slots.shuffle(&mut rng);
+            let mut slots = all_slots[..tokens].to_vec();
+            for s in slots.iter_mut().step_by(17) {
+                *s = -1; // padding
+            }
+            let mut cache = GpuKvCache::new(&gpu, layout, dtype).unwrap();
+            let poison = vec![0x5Au8; cache.keys[1].data.len()];
+            let poison_scales = vec![bf16::from_bits(0x5A5A); cache.keys[1].scales.len()];
+            for plane in [&mut cache.keys[1], &mut cache.values[1]] {
+                gpu.stream.memcpy_htod(&poison, &mut plane.data).unwrap();
+                gpu.stream.memcpy_htod(&poison_scales, &mut plane.scales).unwrap();
+            }
+            let kernels = CacheKernels::new(&gpu, dtype, head_dim, q_heads / kv_heads, 16).unwrap();
+            let qkv_gpu = gpu.stream.clone_htod(&qkv).unwrap();
+            let slots_gpu = gpu.stream.clone_htod(&slots).unwrap();
+            let key = qkv_gpu.slice(q_heads * head_dim..);
+            let value = qkv_gpu.slice((q_heads + kv_heads) * head_dim..);
+            kernels.store(&gpu, &mut cache, 1, &key, &value, stride, &slots_gpu, tokens).unwrap();
+            for (is_value, plane) in [(false, &cache.keys[1]), (true, &cache.values[1])] {
+                let data = gpu.stream.clone_dtoh(&plane.data).unwrap();
+                let scales = gpu.stream.clone_dtoh(&plane.scales).unwrap();
+                let mut written = vec![false; layout.num_slots()];
+                for (t, &slot) in slots.iter().enumerate() {
+                    if slot < 0 {
+                        continue;
+                    }
+                    written[slot as usize] = true;
+                    for h in 0..kv_heads {
+                        let src = &qkv[row_start(t, is_value, h)..][..head_dim];
+                        let row = slot as usize * kv_heads + h;
+                        match dtype {
+                            CacheDtype::Int8 => {
+                                let mut codes = vec![0i8; head_dim];
+                                let scale = kv_quant::quantize_row(src, &mut codes).unwrap();
+                                let got: Vec<i8> =
+                                    data[row * head_dim..][..head_dim].iter().map(|&b| b as i8).collect();
+                                assert_eq!(
+                                    got, codes,
+                                    "{dtype} d{head_dim} token {t} head {h} value {is_value}"
+                                );
+                                assert_eq!(
+                                    scales[row].to_bits(),
+                                    scale.to_bits(),
+                                    "scale of token {t} head {h}"
+                                );
+                            }
+                            _ => {
+                                let got: Vec<u16> = data[row * head_dim * 2..][..head_dim * 2]
+                                    .chunks_exact(2)
+                                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                                    .collect();
+                                let expected: Vec<u16> = src.iter().map(|x| x.to_bits()).collect();
+                                assert_eq!(got, expected);
+                            }
+                        }
+                    }
+                }
+                let row_bytes = head_dim * dtype.element_bytes();
+                for (slot, _) in written.iter().enumerate().filter(|(_, w)| !**w) {
+                    let bytes = &data[slot * kv_heads * row_bytes..][..kv_heads * row_bytes];
+                    assert!(bytes.iter().all(|&b| b == 0x5A), "slot {slot} was written");
+                }
+            }
+        }
+    }
+}
+
+struct DecodeCase {
+    dtype: CacheDtype,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    block_size: usize,
+    contexts: Vec<usize>,
+}
+
+/// The reference: each query head over its kv head's rows, as the CPU reads them, in f64.
+fn reference(case: &DecodeCase, q: &[bf16], keys: &[f32], values: &[f32], tables: &[Vec<i32>]) -> Vec<f32> {
+    let (d, group) = (case.head_dim, case.heads / case.kv_heads);
+    let mut out = Vec::new();
+    for (b, &context) in case.contexts.iter().enumerate() {
+        for h in 0..case.heads {
+            let kv_head = h / group;
+            let query = &q[(b * case.heads + h) * d..][..d];
+            let rows: Vec<usize> = (0..context)
+                .map(|pos| {
+                    (tables[b][pos / case.block_size] as usize * case.block_size + pos % case.block_size)
+                        * case.kv_heads
+                        + kv_head
+                })
+                .collect();
+            let scores: Vec<f64> = rows
+                .iter()
+                .map(|&r| {
+                    let dot: f64 =
+                        keys[r * d..][..d].iter().zip(query).map(|(&k, q)| k as f64 * q.to_f64()).sum();
+                    dot / (d as f64).sqrt()
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for i in 0..d {
+                let o: f64 = rows.iter().zip(&weights).map(|(&r, w)| w * values[r * d + i] as f64).sum();
+                out.push((o / total) as f32);
+            }
+        }
+    }
+    out
+}
+
+/// Random rows stored as the cache stores them: the device bytes and the rows as f32.
+fn stored_rows(rng: &mut StdRng, dtype: CacheDtype, rows: usize, d: usize) -> (Vec<u8>, Vec<bf16>, Vec<f32>) {
+    let raw = random_rows(rng, rows, d);
+    match dtype {
+        CacheDtype::Int8 => {
+            let mut codes = vec![0i8; rows * d];
+            let mut scales = vec![bf16::ZERO; rows];
+            kv_quant::quantize_rows(&raw, d, &mut codes, &mut scales).unwrap();
+            let mut back = vec![0f32; rows * d];
+            kv_quant::dequantize_rows(&codes, &scales, d, &mut back).unwrap();
+            (codes.iter().map(|&c| c as u8).collect(), scales, back)
+        }
+        _ => {
+            let values = to_bf16(&raw);
+            let bytes = values.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
+            (bytes, vec![bf16::ZERO], values.iter().map(|v| v.to_f32()).collect())
+        }
+    }
+}
+
+#[test]
+fn decode_attention_matches_the_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng();
+    let contexts = vec![1, 17, 511, 512, 513, 1500, 3000];
+    let cases = [
+        DecodeCase {
+            dtype: CacheDtype::Int8,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 16,
+            contexts: contexts.clone(),
+        },
+        DecodeCase {
+            dtype: CacheDtype::Bf16,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 16,
+            contexts: contexts.clone(),
+        },
+        DecodeCase {
+            dtype: CacheDtype::Int8,
+            heads: 16,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 256,
+            contexts: vec![5, 700, 2049],
+        },
+        DecodeCase {
+            dtype: CacheDtype::Bf16,
+            heads: 16,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 64,
+            contexts: vec![5, 700, 2049],
+        },
+        DecodeCase {
+            dtype: CacheDtype::Int8,
+            heads: 4,
+            kv_heads: 4,
+            head_dim: 64,
+            block_size: 32,
+            contexts: vec![3, 1025],
+        },
+        DecodeCase {
+            dtype: CacheDtype::Int8,
+            heads: 64,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 16,
+            contexts: vec![2, 600],
+        },
+    ];
+    for case in &cases {
+        let bs = case.block_size;
+        let needed: usize = case.contexts.iter().map(|c| c.div_ceil(bs)).sum();
+        let num_blocks = needed + 3;
+        let mut free: Vec<i32> = (0..num_blocks as i32).collect();
+        free.shuffle(&mut rng);
+        let max_blocks = case.contexts.iter().map(|c| c.div_ceil(bs)).max().unwrap();
+        let tables: Vec<Vec<i32>> =
+            case.contexts.iter().map(|c| free.drain(..c.div_ceil(bs)).collect()).collect();
+        let layout = CacheLayout {
+            num_layers: 1,
+            num_blocks,
+            block_size: bs,
+            kv_heads: case.kv_heads,
+            head_dim: case.head_dim,
+        };
+        let rows = layout.num_slots() * case.kv_heads;
+        let (k_bytes, k_scales, keys) = stored_rows(&mut rng, case.dtype, rows, case.head_dim);
+        let (v_bytes, v_scales, values) = stored_rows(&mut rng, case.dtype, rows, case.head_dim);
+        let mut cache = GpuKvCache::new(&gpu, layout, case.dtype).unwrap();
+        gpu.stream.memcpy_htod(&k_bytes, &mut cache.keys[0].data).unwrap();
+        gpu.stream.memcpy_htod(&v_bytes, &mut cache.values[0].data).unwrap();
+        gpu.stream.memcpy_htod(&k_scales, &mut cache.keys[0].scales).unwrap();
+        gpu.stream.memcpy_htod(&v_scales, &mut cache.values[0].scales).unwrap();
+        let batch = case.contexts.len();
+        let q = to_bf16(&random_rows(&mut rng, batch * case.heads, case.head_dim));
+        let flat_tables: Vec<i32> = tables
+            .iter()
+            .flat_map(|t| t.iter().copied().chain(std::iter::repeat(-1)).take(max_blocks))
+            .collect();
+        let lens: Vec<i32> = case.contexts.iter().map(|&c| c as i32).collect();
+        let kernels =
+            CacheKernels::new(&gpu, case.dtype, case.head_dim, case.heads / case.kv_heads, bs).unwrap();
+        let max_context = *case.contexts.iter().max().unwrap();
+        let mut workspace =
+            DecodeWorkspace::new(&gpu, batch, case.heads, case.head_dim, max_context).unwrap();
+        let q_gpu = gpu.stream.clone_htod(&q).unwrap();
+        let tables_gpu = gpu.stream.clone_htod(&flat_tables).unwrap();
+        let lens_gpu = gpu.stream.clone_htod(&lens).unwrap();
+        let mut out = gpu.stream.clone_htod(&vec![bf16::NAN; q.len()]).unwrap();
+        kernels
+            .decode(
+                &gpu,
+                &cache,
+                0,
+                &q_gpu.slice(..),
+                &tables_gpu,
+                max_blocks,
+                &lens_gpu,
+                batch,
+                &mut workspace,
+                &mut out,
+            )
+            .unwrap();
+        let got: Vec<f32> = gpu.stream.clone_dtoh(&out).unwrap().iter().map(|x| x.to_f32()).collect();
+        let expected = reference(case, &q, &keys, &values, &tables);
+        assert!(got.iter().all(|x| x.is_finite()), "unwritten or NaN outputs");
+        let err: f64 = got.iter().zip(&expected).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+        let norm: f64 = expected.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+        eprintln!(
+            "{} heads {}/{} d{} block {}: relative L2 error {:.2e}",
+            case.dtype,
+            case.heads,
+            case.kv_heads,
+            case.head_dim,
+            bs,
+            err / norm
+        );
+        assert!(err / norm < 1e-2, "relative L2 error {:.3e}", err / norm);
+    }
+}

@@ -1,0 +1,96 @@
+//! CUDA support shared by every crate with kernels: finding the GPU, compiling CUDA C to PTX with
+//! NVRTC for the device's own compute capability (with an on-disk cache), and the device-side INT8
+//! helpers of the format (`int8_kv.cuh`).
+//!
+//! cudarc loads libcuda and libnvrtc at run time, so this builds where no CUDA is installed; a
+//! machine without them gets [`GpuError::Unavailable`], never a panic.
+
+mod module_cache;
+
+use std::sync::Arc;
+
+pub use cudarc;
+use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError};
+
+pub use module_cache::ModuleCache;
+
+/// The device-side INT8 helpers (bf16 conversion, the scale of a row, one code), to prepend to
+/// kernel sources.
+pub const INT8_KV_CUH: &str = include_str!("int8_kv.cuh");
+
+/// What can go wrong on the GPU path.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// No usable NVIDIA driver or GPU on this machine.
+    #[error("no CUDA GPU available: {0}")]
+    Unavailable(String),
+    /// A CUDA driver call failed.
+    #[error("CUDA driver error: {0}")]
+    Driver(#[from] DriverError),
+    /// A kernel did not compile.
+    #[error("NVRTC could not compile {name}: {log}")]
+    Compile {
+        /// The kernel module.
+        name: String,
+        /// The compiler's log.
+        log: String,
+    },
+    /// Shapes that the kernels do not support.
+    #[error("unsupported by the CUDA kernels: {0}")]
+    Unsupported(String),
+}
+
+/// A GPU: its context, the stream work is queued on, and its compiled modules.
+#[derive(Debug, Clone)]
+pub struct Gpu {
+    /// The CUDA context of device 0.
+    pub ctx: Arc<CudaContext>,
+    /// The stream every kernel of the engine runs on.
+    pub stream: Arc<CudaStream>,
+    /// Compiled kernel modules, by source and defines.
+    pub modules: Arc<ModuleCache>,
+}
+
+impl Gpu {
+    /// The first GPU, or why there is none (no driver library, no device).
+    pub fn open() -> Result<Self, GpuError> {
+        // SAFETY: only probes whether the driver library can be loaded.
+        #[allow(unsafe_code)]
+        let driver = unsafe { cudarc::driver::sys::is_culib_present() };
+        if !driver {
+            return Err(GpuError::Unavailable("libcuda is not installed".into()));
+        }
+        // SAFETY: as above, for libnvrtc.
+        #[allow(unsafe_code)]
+        let nvrtc = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+        if !nvrtc {
+            return Err(GpuError::Unavailable(
+                "libnvrtc (the CUDA runtime compiler) is not installed".into(),
+            ));
+        }
+        let count = CudaContext::device_count().map_err(|e| GpuError::Unavailable(e.to_string()))?;
+        if count < 1 {
+            return Err(GpuError::Unavailable("the driver reports no device".into()));
+        }
+        let ctx = CudaContext::new(0)?;
+        let (major, minor) = ctx.compute_capability()?;
+        let stream = ctx.default_stream();
+        Ok(Gpu { modules: Arc::new(ModuleCache::new(major, minor)), ctx, stream })
+    }
+
+    /// The device's name and compute capability, for logs.
+    pub fn describe(&self) -> String {
+        let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        format!("{name} (sm_{})", self.modules.arch_number())
+    }
+
+    /// Compile (or fetch from the caches) a module from `source` with `#define`s prepended.
+    pub fn module(
+        &self,
+        name: &str,
+        source: &str,
+        defines: &[(&str, String)],
+    ) -> Result<Arc<CudaModule>, GpuError> {
+        self.modules.load(&self.ctx, name, source, defines)
+    }
+}
