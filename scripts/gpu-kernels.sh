@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Run on the GPU machine: the cache kernels' checks against the CPU reference, then their timings.
+# Run on the GPU machine, from the repository root: every GPU check against the CPU reference
+# (kernels, then the whole model), then the kernel timings.
 # Build here first (no CUDA needed):
-#   cargo test --release -p kv-cache --features cuda --test gpu_kernels --no-run
+#   cargo test --release -p kv-cache -p model-qwen3 --features kv-cache/cuda,model-qwen3/cuda --test gpu_kernels --test gpu_model --no-run
 #   cargo build --release -p kv-cache --features cuda --example bench_kernels
-# and carry target/release/deps/gpu_kernels-* and target/release/examples/bench_kernels there.
-# Logs and bench_kernels.json go to $OUT (or ./gpu-out).
+# and carry target/release/deps/gpu_kernels-*, target/release/deps/gpu_model-* and
+# target/release/examples/bench_kernels there. Logs and bench_kernels.json go to $OUT (or ./gpu-out).
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 export OUT=$out
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
 status=0
-for test in target/release/deps/gpu_kernels-*; do
-  [ -x "$test" ] || continue
-  timeout 120 "$test" --nocapture --test-threads 1 2>&1 | tee "$out/gpu_kernels.log" || status=1
+for test in target/release/deps/gpu_kernels-* target/release/deps/gpu_model-*; do
+  [ -x "$test" ] && [ "${test%.d}" = "$test" ] || continue
+  name=$(basename "${test%-*}")
+  timeout 180 "$test" --nocapture --test-threads 1 2>&1 | tee "$out/$name.log" || status=1
 done
-timeout 300 target/release/examples/bench_kernels 4.27 2>&1 | tee "$out/bench_kernels.log" || status=1
+if [ "${1:-}" != "--no-bench" ]; then
+  timeout 300 target/release/examples/bench_kernels 4.27 2>&1 | tee "$out/bench_kernels.log" || status=1
+fi
 exit $status

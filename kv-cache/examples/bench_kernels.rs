@@ -144,6 +144,7 @@ fn bench_decode(
             &caches[i % copies],
             0,
             &q.slice(..),
+            shape.heads * d,
             &tables,
             blocks_per_seq,
             &lens,

@@ -293,6 +293,7 @@ fn decode_attention_matches_the_reference() {
                 &cache,
                 0,
                 &q_gpu.slice(..),
+                case.heads * case.head_dim,
                 &tables_gpu,
                 max_blocks,
                 &lens_gpu,

@@ -50,6 +50,10 @@ pub enum ModelError {
     /// A forward-pass input that does not fit the model or the cache.
     #[error("invalid model input: {0}")]
     Input(String),
+    /// The GPU path failed.
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Gpu(#[from] kv_quant::cuda::GpuError),
     /// The KV cache refused an access.
     #[error(transparent)]
     Cache(#[from] kv_cache::CacheError),

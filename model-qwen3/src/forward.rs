@@ -123,7 +123,7 @@ impl Qwen3Model {
     }
 
     /// RoPE frequencies as HF computes them in f32: `1 / theta^(2i / head_dim)`.
-    fn inv_freq(&self) -> Vec<f32> {
+    pub(crate) fn inv_freq(&self) -> Vec<f32> {
         let d = self.config.head_dim;
         let theta = self.config.rope_theta as f32;
         (0..d / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32)).collect()

@@ -29,6 +29,8 @@
 //! ```
 
 mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod error;
 mod forward;
 mod model;

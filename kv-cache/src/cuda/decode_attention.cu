@@ -47,7 +47,8 @@ __device__ float block_reduce(float x, bool is_max, float* scratch) {
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS) decode_attention_partial(
-    const bf16_t* __restrict__ q,               // [batch][kv_heads * GROUP][HEAD_DIM]
+    const bf16_t* __restrict__ q,               // [batch][kv_heads * GROUP][HEAD_DIM], batch stride q_stride
+    long long q_stride,
     const void* __restrict__ key_cache,         // [slots][kv_heads][HEAD_DIM]
     const void* __restrict__ value_cache,
     const bf16_t* __restrict__ key_scale,       // [slots][kv_heads] (INT8 only)
@@ -75,7 +76,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) decode_attention_partial(
 
     for (int i = threadIdx.x; i < GROUP * HEAD_DIM; i += THREADS) {
         const int g = i / HEAD_DIM;
-        s_q[g][i % HEAD_DIM] = bf16_to_float(q[((long long)b * heads + kv_head * GROUP + g) * HEAD_DIM + i % HEAD_DIM]) * softmax_scale;
+        s_q[g][i % HEAD_DIM] = bf16_to_float(q[(long long)b * q_stride + (kv_head * GROUP + g) * HEAD_DIM + i % HEAD_DIM]) * softmax_scale;
     }
     __syncthreads();
 

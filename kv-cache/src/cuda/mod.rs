@@ -193,9 +193,11 @@ impl CacheKernels {
         Ok(())
     }
 
-    /// Decode attention of `batch` single-token queries (`q`: `[batch][heads][head_dim]` bf16) over
-    /// `layer`, each sequence's blocks in `block_tables` (`[batch][max_blocks]` i32) and its length
-    /// in `context_lens`; writes `out` (`[batch][heads][head_dim]` bf16).
+    /// Decode attention of `batch` single-token queries (`q`: `[batch][heads][head_dim]` bf16, with
+    /// `q_stride` elements between queries) over `layer`, each query's blocks in `block_tables`
+    /// (`[batch][max_blocks]` i32) and its context length in `context_lens`; writes `out`
+    /// (`[batch][heads][head_dim]` bf16). A prefill token at position `p` is a query with context
+    /// `p + 1`, so this also serves prefill (slowly: each token reads its whole context).
     #[allow(clippy::too_many_arguments)]
     pub fn decode(
         &self,
@@ -203,6 +205,7 @@ impl CacheKernels {
         cache: &GpuKvCache,
         layer: usize,
         q: &CudaView<'_, bf16>,
+        q_stride: usize,
         block_tables: &CudaSlice<i32>,
         max_blocks: usize,
         context_lens: &CudaSlice<i32>,
@@ -222,8 +225,10 @@ impl CacheKernels {
             shared_mem_bytes: 0,
         };
         let mut launch = gpu.stream.launch_builder(&self.partial);
+        let q_stride = q_stride as i64;
         launch
             .arg(q)
+            .arg(&q_stride)
             .arg(&keys.data)
             .arg(&values.data)
             .arg(&keys.scales)

@@ -35,6 +35,9 @@ pub enum GpuError {
         /// The compiler's log.
         log: String,
     },
+    /// A cuBLAS call failed.
+    #[error("cuBLAS error: {0}")]
+    Blas(String),
     /// Shapes that the kernels do not support.
     #[error("unsupported by the CUDA kernels: {0}")]
     Unsupported(String),

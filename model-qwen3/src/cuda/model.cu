@@ -1,0 +1,69 @@
+// The Qwen3 model's own kernels (the cache kernels live in kv-cache). Defines: HEAD_DIM.
+// The residual stream is f32; matrix inputs and outputs are bf16 (cuBLAS, f32 accumulation).
+
+// out[t] = table[ids[t]]
+extern "C" __global__ void embedding(const int* __restrict__ ids, const bf16_t* __restrict__ table,
+                                     float* __restrict__ x, int hidden) {
+    const long long t = blockIdx.x;
+    const bf16_t* row = table + (long long)ids[t] * hidden;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) x[t * hidden + i] = bf16_to_float(row[i]);
+}
+
+__device__ float block_sum(float v, float* scratch) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x / 32] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < (blockDim.x + 31) / 32; ++w) total += scratch[w];
+    return total;
+}
+
+// Residual add, then RMSNorm: x[r] += delta[r] (if delta), out[i] = norm(x[rows[i]]) (rows: null for
+// every row). One block per output row.
+extern "C" __global__ void add_rms_norm(float* __restrict__ x, const bf16_t* __restrict__ delta,
+                                        const int* __restrict__ rows, const float* __restrict__ weight,
+                                        bf16_t* __restrict__ out, int hidden, float eps) {
+    __shared__ float scratch[32];
+    const long long r = rows ? rows[blockIdx.x] : blockIdx.x;
+    float* row = x + r * hidden;
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        float v = row[i];
+        if (delta) { v += bf16_to_float(delta[r * hidden + i]); row[i] = v; }
+        sum += v * v;
+    }
+    const float inverse = rsqrtf(block_sum(sum, scratch) / hidden + eps);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+        out[(long long)blockIdx.x * hidden + i] = float_to_bf16(weight[i] * (row[i] * inverse));
+}
+
+// Per-head RMSNorm of q and k, then NeoX RoPE, in place on the packed qkv rows. Grid (tokens,
+// heads + kv_heads), HEAD_DIM / 2 threads: thread i owns elements i and i + HEAD_DIM / 2.
+extern "C" __global__ void qk_norm_rope(bf16_t* __restrict__ qkv, const int* __restrict__ positions,
+                                        const float* __restrict__ q_weight, const float* __restrict__ k_weight,
+                                        const float* __restrict__ inv_freq, int heads, long long stride, float eps) {
+    __shared__ float scratch[32];
+    const int head = blockIdx.y, i = threadIdx.x, half = HEAD_DIM / 2;
+    bf16_t* x = qkv + (long long)blockIdx.x * stride + (long long)head * HEAD_DIM;
+    const float* w = head < heads ? q_weight : k_weight;
+    float a = bf16_to_float(x[i]), b = bf16_to_float(x[i + half]);
+    const float inverse = rsqrtf(block_sum(a * a + b * b, scratch) / HEAD_DIM + eps);
+    a = w[i] * (a * inverse);
+    b = w[i + half] * (b * inverse);
+    float s, c;
+    sincosf((float)positions[blockIdx.x] * inv_freq[i], &s, &c);
+    x[i] = float_to_bf16(a * c - b * s);
+    x[i + half] = float_to_bf16(b * c + a * s);
+}
+
+// out[t][i] = silu(gate_up[t][i]) * gate_up[t][inter + i]
+extern "C" __global__ void silu_mul(const bf16_t* __restrict__ gate_up, bf16_t* __restrict__ out,
+                                    int inter, long long n) {
+    for (long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x; j < n; j += (long long)gridDim.x * blockDim.x) {
+        const long long t = j / inter, i = j % inter;
+        const float g = bf16_to_float(gate_up[t * 2 * inter + i]);
+        const float u = bf16_to_float(gate_up[t * 2 * inter + inter + i]);
+        out[j] = float_to_bf16(g / (1.0f + expf(-g)) * u);
+    }
+}

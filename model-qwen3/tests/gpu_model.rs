@@ -1,0 +1,145 @@
+//! The GPU forward pass against the CPU forward pass (itself checked against HF transformers), for
+//! bf16 and INT8 caches: batched prefill, chunked prefill after a prefix, and decode steps.
+//! Skips (saying why) where there is no GPU.
+//!
+//! On the GPU machine: the binary of `cargo test --release -p model-qwen3 --features cuda --test gpu_model --no-run`.
+#![cfg(feature = "cuda")]
+
+use std::path::Path;
+
+use kv_cache::{BlockManager, BlockTable, CacheDtype, F32, KvCache};
+use kv_quant::cuda::Gpu;
+use model_qwen3::cuda::GpuQwen3;
+use model_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
+
+const BLOCK_SIZE: usize = 16;
+const NUM_BLOCKS: usize = 256;
+
+fn gpu() -> Option<Gpu> {
+    match Gpu::open() {
+        Ok(gpu) => Some(gpu),
+        Err(e) => {
+            eprintln!("skipping GPU model test: {e}");
+            None
+        }
+    }
+}
+
+fn argmax(x: &[f32]) -> usize {
+    x.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
+}
+
+/// `max |a - b| / max |b|`.
+fn relative_error(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// Prompts of several lengths, then `steps` decode steps with fixed tokens, all sequences batched;
+/// returns every step's logits per sequence. `chunk` splits each prompt's prefill.
+fn run(
+    mut forward: impl FnMut(&[SeqInput<'_>]) -> Vec<Vec<f32>>,
+    prompts: &[Vec<u32>],
+    steps: usize,
+    chunk: usize,
+) -> Vec<Vec<Vec<f32>>> {
+    let mut blocks = BlockManager::new(NUM_BLOCKS, BLOCK_SIZE).unwrap();
+    let mut tokens: Vec<Vec<u32>> = prompts.to_vec();
+    let mut tables: Vec<BlockTable> = tokens.iter().map(|t| blocks.allocate(t).unwrap().0).collect();
+    let mut logits: Vec<Vec<Vec<f32>>> = vec![Vec::new(); prompts.len()];
+    let longest = prompts.iter().map(Vec::len).max().unwrap();
+    let mut start = 0;
+    while start < longest {
+        let inputs: Vec<SeqInput> = tokens
+            .iter()
+            .zip(&tables)
+            .filter(|(t, _)| start < t.len())
+            .map(|(t, table)| {
+                let end = start.saturating_add(chunk).min(t.len());
+                SeqInput { tokens: &t[start..end], start, block_table: table, logits: end == t.len() }
+            })
+            .collect();
+        let wanted: Vec<usize> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| start < t.len() && start.saturating_add(chunk) >= t.len())
+            .map(|(i, _)| i)
+            .collect();
+        for (i, l) in wanted.into_iter().zip(forward(&inputs)) {
+            logits[i].push(l);
+        }
+        start = start.saturating_add(chunk);
+    }
+    for step in 0..steps {
+        for (i, (t, table)) in tokens.iter_mut().zip(&mut tables).enumerate() {
+            t.push(((i * 31 + step * 7) % 97) as u32 + 3);
+            blocks.may_append(table, t.len()).unwrap();
+        }
+        let inputs: Vec<SeqInput> = tokens
+            .iter()
+            .zip(&tables)
+            .map(|(t, table)| SeqInput {
+                tokens: &t[t.len() - 1..],
+                start: t.len() - 1,
+                block_table: table,
+                logits: true,
+            })
+            .collect();
+        for (i, l) in forward(&inputs).into_iter().enumerate() {
+            logits[i].push(l);
+        }
+    }
+    logits
+}
+
+fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
+    let mut cpu_cache = KvCache::<F32>::new(model.cache_layout(NUM_BLOCKS, BLOCK_SIZE)).unwrap();
+    let expected = run(|inputs| model.forward(inputs, &mut cpu_cache).unwrap(), prompts, 8, usize::MAX);
+    for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
+        for chunk in [usize::MAX, 48] {
+            let mut gpu_model = GpuQwen3::new(gpu, model, dtype, NUM_BLOCKS, BLOCK_SIZE).unwrap();
+            let got = run(|inputs| gpu_model.forward(inputs).unwrap(), prompts, 8, chunk);
+            let (mut worst, mut agree, mut count) = (0.0f32, 0, 0);
+            for (g, e) in got.iter().flatten().zip(expected.iter().flatten()) {
+                assert!(g.iter().all(|x| x.is_finite()), "{name} {dtype}: non-finite logits");
+                worst = worst.max(relative_error(g, e));
+                agree += usize::from(argmax(g) == argmax(e));
+                count += 1;
+            }
+            let chunk_name = if chunk == usize::MAX { "whole".to_owned() } else { chunk.to_string() };
+            eprintln!(
+                "{name}, {dtype} cache, prefill chunks {chunk_name}: worst relative logit error {worst:.3e}, top-1 agreement {agree}/{count}"
+            );
+            assert!(worst < 5e-2, "{name} {dtype}: relative error {worst}");
+            assert!(agree * 10 >= count * 9, "{name} {dtype}: top-1 agreement {agree}/{count}");
+        }
+    }
+}
+
+#[test]
+fn gpu_logits_match_the_cpu_reference() {
+    let Some(gpu) = gpu() else { return };
+    eprintln!("{}", gpu.describe());
+    // The binary may run from a copy of the repository on the GPU machine: fall back to the path
+    // relative to the repository root.
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let crate_dir = if crate_dir.exists() { crate_dir } else { Path::new("model-qwen3") };
+    let fixture = crate_dir.join("tests/fixtures/head-dim-128");
+    let model = Qwen3Model::load(&fixture).unwrap();
+    let prompts: Vec<Vec<u32>> = [1usize, 6, 17, 64, 150]
+        .iter()
+        .map(|&n| (0..n as u32).map(|i| (i * 37 + 11) % 384).collect())
+        .collect();
+    compare("head-dim-128 fixture (HF weights)", &model, &gpu, &prompts);
+
+    let config = Qwen3Config::from_json_str(
+        r#"{"model_type": "qwen3", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 4, "head_dim": 64, "intermediate_size": 512, "vocab_size": 1000,
+            "max_position_embeddings": 4096, "tie_word_embeddings": false, "rope_theta": 1000000}"#,
+    )
+    .unwrap();
+    let model = Qwen3Model::random(config, 3, 0.08);
+    let prompts: Vec<Vec<u32>> =
+        [3usize, 100, 513].iter().map(|&n| (0..n as u32).map(|i| (i * 13 + 5) % 1000).collect()).collect();
+    compare("random MHA, head_dim 64, untied", &model, &gpu, &prompts);
+}
