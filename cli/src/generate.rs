@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::{Args, ValueEnum};
-use engine::{CacheDtype, EngineConfig, LLM, LoadFormat, Prompt, SamplingParams, StreamDecoder};
+use engine::{
+    CacheDtype, DeviceChoice, EngineConfig, LLM, LoadFormat, Prompt, SamplingParams, StreamDecoder,
+};
 
 use crate::prompts::read_prompts_file;
 
@@ -45,7 +47,8 @@ pub(crate) struct GenerateArgs {
     /// With --chat: ask Qwen3 to answer without a thinking section (enable_thinking=false).
     #[arg(long, requires = "chat")]
     no_thinking: bool,
-    /// KV cache dtype: bf16, int8 (1.97x the tokens), f16, or f32 (exact reference).
+    /// KV cache dtype: bf16, int8 (1.97x the tokens), f16 or f32 (exact reference; f16 and f32 on
+    /// the CPU only).
     #[arg(long, default_value = "bf16")]
     kv_cache_dtype: CacheDtype,
     /// Sampling temperature (0: greedy). Default: the model's generation_config.json, else 1.
@@ -72,9 +75,13 @@ pub(crate) struct GenerateArgs {
     /// Where the weights come from.
     #[arg(long, value_enum, default_value = "safetensors")]
     load_format: Format,
-    /// Memory for the KV cache, in GiB.
-    #[arg(long, default_value_t = 0.25)]
-    kv_cache_memory_gib: f64,
+    /// Memory for the KV cache, in GiB (emulates a smaller GPU). Default: 0.25 on the CPU; on a
+    /// GPU, what --gpu-memory-utilization leaves after the weights and activations.
+    #[arg(long)]
+    kv_cache_memory_gib: Option<f64>,
+    /// Fraction of the GPU's memory the engine may use in all.
+    #[arg(long, default_value_t = 0.9)]
+    gpu_memory_utilization: f64,
     /// Token slots per KV cache block.
     #[arg(long, default_value_t = 256)]
     block_size: usize,
@@ -93,14 +100,25 @@ pub(crate) struct GenerateArgs {
 }
 
 pub(crate) fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
-    pick_device(args.device)?;
-    if !(args.kv_cache_memory_gib.is_finite() && args.kv_cache_memory_gib > 0.0) {
-        bail!("--kv-cache-memory-gib {}: must be a positive number", args.kv_cache_memory_gib);
+    let choice = match args.device {
+        Device::Auto => DeviceChoice::Auto,
+        Device::Cpu => DeviceChoice::Cpu,
+        Device::Cuda => DeviceChoice::Cuda,
+    };
+    let (device, line) = engine::resolve_device(choice)?;
+    eprintln!("{line}");
+    if let Some(gib) = args.kv_cache_memory_gib.filter(|g| !(g.is_finite() && *g > 0.0)) {
+        bail!("--kv-cache-memory-gib {gib}: must be a positive number");
+    }
+    if !(args.gpu_memory_utilization > 0.0 && args.gpu_memory_utilization <= 1.0) {
+        bail!("--gpu-memory-utilization {}: must be in (0, 1]", args.gpu_memory_utilization);
     }
     let dir = engine::resolve_model(&args.model)?;
     let config = EngineConfig {
         kv_cache_dtype: args.kv_cache_dtype,
-        kv_cache_memory_bytes: (args.kv_cache_memory_gib * (1u64 << 30) as f64) as usize,
+        device,
+        kv_cache_memory_bytes: args.kv_cache_memory_gib.map(|gib| (gib * (1u64 << 30) as f64) as usize),
+        gpu_memory_utilization: args.gpu_memory_utilization,
         block_size: args.block_size,
         max_num_seqs: args.max_num_seqs,
         max_num_batched_tokens: args.max_num_batched_tokens,
@@ -113,6 +131,7 @@ pub(crate) fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         Format::Dummy => LoadFormat::Dummy,
     };
     let mut llm = LLM::load(&dir, config, format)?;
+    eprintln!("{}", llm.describe_cache());
     let defaults = llm.default_sampling();
     let params = SamplingParams {
         temperature: args.temperature.unwrap_or(defaults.temperature),
@@ -129,15 +148,6 @@ pub(crate) fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         (None, Some(path)) => generate_batch(&mut llm, read_prompts_file(path)?, &args, &params),
         (None, None) => unreachable!("clap requires --prompt or --prompts-file"),
     }
-}
-
-fn pick_device(device: Device) -> anyhow::Result<()> {
-    match device {
-        Device::Cuda => bail!("--device cuda: this build has no CUDA backend yet; use --device cpu"),
-        Device::Auto => eprintln!("device: cpu (this build has no CUDA backend)"),
-        Device::Cpu => {}
-    }
-    Ok(())
 }
 
 fn with_template(llm: &LLM, text: String, args: &GenerateArgs) -> anyhow::Result<Prompt> {

@@ -36,6 +36,13 @@ pub enum EngineError {
         /// What went wrong.
         problem: String,
     },
+    /// The requested device cannot be used.
+    #[error("--device: {0}")]
+    Device(String),
+    /// The GPU failed.
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Gpu(#[from] kv_quant::cuda::GpuError),
     /// An engine setting out of range.
     #[error("invalid engine setting {field} = {value}: {problem}")]
     Config {

@@ -3,8 +3,9 @@
 //!
 //! This crate's one job is the composition: loading a model directory (or fetching a Hugging Face
 //! model id), tokenizing and applying the chat template, running the scheduler's batches through
-//! the model with the KV cache in the dtype chosen at run time, and sampling. The CPU path needs no
-//! CUDA; the `cuda` feature is reserved for the GPU backend.
+//! the model on the CPU or a GPU with the KV cache in the dtype chosen at run time, and sampling.
+//! The default build needs no CUDA; the `cuda` feature adds the GPU backend (and still builds
+//! without CUDA installed).
 //!
 //! # Example
 //!
@@ -27,6 +28,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod backend;
 mod cache;
 mod chat;
 mod error;
@@ -36,6 +38,7 @@ mod progress;
 mod sampler;
 mod tokenizer;
 
+pub use backend::{Device, DeviceChoice, resolve_device};
 pub use chat::{ChatTemplate, Message};
 pub use error::EngineError;
 pub use hub::resolve_model;

@@ -9,6 +9,7 @@ use model_qwen3::{GenerationConfig, Qwen3Model, SeqInput};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use scheduler::{FinishReason, Phase, SamplingParams, Scheduler, SchedulerConfig, SeqId, Sequence};
 
+use crate::backend::{Backend, Device};
 use crate::cache::AnyCache;
 use crate::progress::Progress;
 use crate::{ChatTemplate, EngineError, Message, Sampler, Tokenizer};
@@ -28,8 +29,13 @@ pub enum LoadFormat {
 pub struct EngineConfig {
     /// Storage dtype of the KV cache.
     pub kv_cache_dtype: CacheDtype,
-    /// Bytes for the KV cache (all layers, K and V, scales included).
-    pub kv_cache_memory_bytes: usize,
+    /// Where the model runs.
+    pub device: Device,
+    /// Bytes for the KV cache (all layers, K and V, scales included). `None`: 256 MiB on the CPU;
+    /// on a GPU, what `gpu_memory_utilization` leaves after the weights and the activations.
+    pub kv_cache_memory_bytes: Option<usize>,
+    /// Fraction of the GPU's memory the engine may take in all (nano-vllm: 0.9).
+    pub gpu_memory_utilization: f64,
     /// Token slots per cache block.
     pub block_size: usize,
     /// Sequences running at once.
@@ -48,7 +54,9 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             kv_cache_dtype: CacheDtype::Bf16,
-            kv_cache_memory_bytes: 256 << 20,
+            device: Device::Cpu,
+            kv_cache_memory_bytes: None,
+            gpu_memory_utilization: 0.9,
             block_size: 256,
             max_num_seqs: 512,
             max_num_batched_tokens: 16384,
@@ -121,7 +129,7 @@ pub struct LLM {
     chat_template: Option<ChatTemplate>,
     generation: GenerationConfig,
     scheduler: Scheduler,
-    cache: AnyCache,
+    backend: Backend,
     samplers: HashMap<SeqId, Sampler>,
     seeds: StdRng,
     config: EngineConfig,
@@ -173,8 +181,7 @@ impl LLM {
                 ),
             });
         }
-        let num_blocks = num_blocks(&model, &config, max_model_len)?;
-        let layout = model.cache_layout(num_blocks, config.block_size);
+        let (backend, num_blocks) = build_backend(&model, &config, max_model_len)?;
         let scheduler = Scheduler::new(SchedulerConfig {
             max_num_seqs: config.max_num_seqs,
             max_num_batched_tokens: config.max_num_batched_tokens,
@@ -184,7 +191,7 @@ impl LLM {
             eos_token_ids: generation.eos_token_ids.clone(),
         })?;
         Ok(LLM {
-            cache: AnyCache::new(config.kv_cache_dtype, layout)?,
+            backend,
             model,
             tokenizer: None,
             chat_template: None,
@@ -226,6 +233,23 @@ impl LLM {
     /// The engine's settings.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// One line on the KV cache: blocks, tokens that fit, dtype and bytes.
+    pub fn describe_cache(&self) -> String {
+        let blocks = self.scheduler.block_manager();
+        let c = self.model.config();
+        let tokens = blocks.num_blocks() * blocks.block_size();
+        let bytes = tokens
+            * c.num_hidden_layers
+            * self.config.kv_cache_dtype.bytes_per_token_per_layer(c.num_key_value_heads, c.head_dim);
+        format!(
+            "KV cache: {} blocks of {} = {tokens} tokens, {}, {:.2} GiB",
+            blocks.num_blocks(),
+            blocks.block_size(),
+            self.config.kv_cache_dtype,
+            gib(bytes)
+        )
     }
 
     /// A user message wrapped in the model's chat template, ready to generate an answer.
@@ -286,7 +310,7 @@ impl LLM {
                 }
             })
             .collect();
-        let logits = self.cache.forward(&self.model, &inputs)?;
+        let logits = self.backend.forward(&self.model, &inputs)?;
         let mut tokens = Vec::with_capacity(logits.len());
         for (item, logits) in batch.seqs.iter().filter(|s| s.samples).zip(&logits) {
             let sampler = self.samplers.get_mut(&item.id).expect("every request has a sampler");
@@ -346,9 +370,12 @@ impl LLM {
     }
 }
 
-/// Blocks that fit the configured KV budget; at least one sequence of `max_model_len` must fit.
-fn num_blocks(model: &Qwen3Model, config: &EngineConfig, max_model_len: usize) -> Result<usize, EngineError> {
-    let c = model.config();
+/// The backend for `config.device` and the number of cache blocks it holds.
+fn build_backend(
+    model: &Qwen3Model,
+    config: &EngineConfig,
+    max_model_len: usize,
+) -> Result<(Backend, usize), EngineError> {
     if config.block_size == 0 {
         return Err(EngineError::Config {
             field: "block_size",
@@ -356,13 +383,79 @@ fn num_blocks(model: &Qwen3Model, config: &EngineConfig, max_model_len: usize) -
             problem: "must be at least 1".into(),
         });
     }
+    match config.device {
+        Device::Cpu => {
+            let budget = config.kv_cache_memory_bytes.unwrap_or(256 << 20);
+            let num_blocks = num_blocks(model, config, budget, max_model_len)?;
+            let cache =
+                AnyCache::new(config.kv_cache_dtype, model.cache_layout(num_blocks, config.block_size))?;
+            Ok((Backend::Cpu(cache), num_blocks))
+        }
+        Device::Cuda => cuda_backend(model, config, max_model_len),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_backend(
+    model: &Qwen3Model,
+    config: &EngineConfig,
+    max_model_len: usize,
+) -> Result<(Backend, usize), EngineError> {
+    use model_qwen3::cuda::GpuQwen3;
+    let gpu = kv_quant::cuda::Gpu::open()?;
+    let budget = match config.kv_cache_memory_bytes {
+        Some(bytes) => bytes,
+        None => {
+            let (free, total) = gpu.ctx.mem_get_info().map_err(kv_quant::cuda::GpuError::from)?;
+            let c = model.config();
+            let activations = GpuQwen3::activation_bytes(
+                c,
+                config.max_num_batched_tokens,
+                max_model_len,
+                config.max_num_seqs,
+            );
+            let allowed = (total as f64 * config.gpu_memory_utilization) as usize;
+            let taken = (total - free) + GpuQwen3::weight_bytes(c) + activations;
+            allowed.checked_sub(taken).ok_or_else(|| EngineError::Config {
+                field: "gpu_memory_utilization",
+                value: config.gpu_memory_utilization.to_string(),
+                problem: format!(
+                    "leaves no room for a KV cache: {:.1} GiB allowed, {:.1} GiB in use, weights and activations; raise it or set --kv-cache-memory-gib",
+                    gib(allowed),
+                    gib(taken)
+                ),
+            })?
+        }
+    };
+    let num_blocks = num_blocks(model, config, budget, max_model_len)?;
+    let gpu_model = GpuQwen3::new(&gpu, model, config.kv_cache_dtype, num_blocks, config.block_size)?;
+    Ok((Backend::Cuda(Box::new(gpu_model)), num_blocks))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_backend(_: &Qwen3Model, _: &EngineConfig, _: usize) -> Result<(Backend, usize), EngineError> {
+    Err(EngineError::Device("this build has no CUDA support; rebuild with --features cuda".into()))
+}
+
+fn gib(bytes: usize) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// Blocks that fit a KV budget of `budget` bytes; at least one sequence of `max_model_len` must fit.
+fn num_blocks(
+    model: &Qwen3Model,
+    config: &EngineConfig,
+    budget: usize,
+    max_model_len: usize,
+) -> Result<usize, EngineError> {
+    let c = model.config();
     let per_token = c.num_hidden_layers
         * config.kv_cache_dtype.bytes_per_token_per_layer(c.num_key_value_heads, c.head_dim);
-    let num_blocks = config.kv_cache_memory_bytes / (per_token * config.block_size);
+    let num_blocks = budget / (per_token * config.block_size);
     if num_blocks * config.block_size < max_model_len {
         return Err(EngineError::Config {
             field: "kv_cache_memory",
-            value: format!("{:.3} GiB", config.kv_cache_memory_bytes as f64 / (1u64 << 30) as f64),
+            value: format!("{:.3} GiB", gib(budget)),
             problem: format!(
                 "holds {} tokens of {} KV cache, less than one sequence of max_model_len {max_model_len}; raise the KV budget or lower max_model_len",
                 num_blocks * config.block_size,

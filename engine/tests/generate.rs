@@ -27,7 +27,7 @@ fn settings(name: &str, dtype: CacheDtype, kv_tokens: usize) -> EngineConfig {
         c.num_hidden_layers * dtype.bytes_per_token_per_layer(c.num_key_value_heads, c.head_dim);
     EngineConfig {
         kv_cache_dtype: dtype,
-        kv_cache_memory_bytes: kv_tokens * bytes_per_token,
+        kv_cache_memory_bytes: Some(kv_tokens * bytes_per_token),
         block_size: 16,
         max_num_batched_tokens: 128,
         ..EngineConfig::default()
@@ -167,7 +167,8 @@ fn a_kv_budget_below_one_sequence_is_refused_at_start() {
 #[test]
 fn dummy_weights_need_only_the_config() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-random-qwen3");
-    let config = EngineConfig { kv_cache_memory_bytes: 64 << 20, block_size: 16, ..EngineConfig::default() };
+    let config =
+        EngineConfig { kv_cache_memory_bytes: Some(64 << 20), block_size: 16, ..EngineConfig::default() };
     let mut llm = LLM::load(&dir, config, LoadFormat::Dummy).unwrap();
     let prompt = llm.chat_prompt("Hello", false).unwrap();
     let outputs = llm.generate(vec![Prompt::Text(prompt)], &greedy_ignoring_eos(5)).unwrap();

@@ -126,9 +126,26 @@ impl GpuQwen3 {
         &self.cache.layout
     }
 
-    /// Bytes of the weights on the GPU (bf16).
+    /// Bytes of the weights on the GPU (bf16; a tied head is stored once).
     pub fn weight_bytes(config: &Qwen3Config) -> usize {
         2 * config.num_parameters()
+    }
+
+    /// Bytes one forward pass allocates for `tokens` tokens of contexts up to `max_context`, and
+    /// `outputs` rows of logits: what must stay free beside the weights and the cache.
+    pub fn activation_bytes(
+        config: &Qwen3Config,
+        tokens: usize,
+        max_context: usize,
+        outputs: usize,
+    ) -> usize {
+        let c = config;
+        let (h, d, i) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let per_token =
+            4 * h + 2 * (h + c.qkv_size() + c.num_attention_heads * d + h + 3 * i) + 4 + 4 + 8 + 4;
+        let splits = max_context.div_ceil(kv_cache::cuda::PARTITION).max(1);
+        let attention = c.num_attention_heads * splits * (d + 2) * 4;
+        tokens * (per_token + attention) + outputs * (4 * c.vocab_size + 2 * h)
     }
 
     /// The forward pass of [`Qwen3Model::forward`], on the GPU: same inputs, same outputs.
