@@ -1,7 +1,10 @@
 //! `nanovllm-cli`: generate text with Qwen3 models from the command line.
 
+mod bench;
+mod engine_args;
 mod generate;
 mod prompts;
+mod workload;
 
 use std::process::ExitCode;
 
@@ -19,12 +22,15 @@ struct Cli {
 enum Command {
     /// Generate text for one prompt (streamed) or a file of prompts (batched).
     Generate(generate::GenerateArgs),
+    /// Measure throughput on nano-vllm's benchmark workload (or a JSONL workload).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

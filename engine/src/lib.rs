@@ -43,7 +43,7 @@ pub use chat::{ChatTemplate, Message};
 pub use error::EngineError;
 pub use hub::resolve_model;
 pub use kv_cache::CacheDtype;
-pub use llm::{Completion, EngineConfig, LLM, LoadFormat, Prompt, StepOutput};
+pub use llm::{Completion, EngineConfig, EngineStats, LLM, LoadFormat, Prompt, StepOutput};
 pub use sampler::{Sampler, argmax};
 pub use scheduler::{FinishReason, SamplingParams};
 pub use tokenizer::{StreamDecoder, Tokenizer};

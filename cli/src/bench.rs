@@ -1,0 +1,153 @@
+//! `nanovllm-cli bench`: throughput on nano-vllm's bench.py workload (or another).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Args;
+use engine::{LLM, Prompt, SamplingParams};
+use serde_json::json;
+
+use crate::engine_args::EngineArgs;
+use crate::workload::{Shape, Workload};
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Requests (nano-vllm: 256).
+    #[arg(long, default_value_t = 256)]
+    num_seqs: usize,
+    /// Shortest prompt, in tokens.
+    #[arg(long, default_value_t = 100)]
+    min_input_len: u32,
+    /// Longest prompt, in tokens.
+    #[arg(long, default_value_t = 1024)]
+    max_input_len: u32,
+    /// Fewest tokens to generate per request.
+    #[arg(long, default_value_t = 100)]
+    min_output_len: u32,
+    /// Most tokens to generate per request.
+    #[arg(long, default_value_t = 1024)]
+    max_output_len: u32,
+    /// Seed of the workload generator (CPython's `random.seed`).
+    #[arg(long, default_value_t = 0)]
+    workload_seed: u64,
+    /// A JSONL workload instead: {"prompt_token_ids": [...], "max_tokens": N} per line.
+    #[arg(long)]
+    workload: Option<PathBuf>,
+    /// Sampling temperature of every request (nano-vllm: 0.6).
+    #[arg(long, default_value_t = 0.6)]
+    temperature: f32,
+    /// Skip the warm-up request that runs before the timed workload.
+    #[arg(long)]
+    no_warmup: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let workload = match &args.workload {
+        Some(path) => Workload::from_jsonl(path)?,
+        None => {
+            for (name, (low, high)) in [
+                ("input", (args.min_input_len, args.max_input_len)),
+                ("output", (args.min_output_len, args.max_output_len)),
+            ] {
+                if low == 0 || low > high {
+                    anyhow::bail!("--min-{name}-len {low} and --max-{name}-len {high}: need 1 <= min <= max");
+                }
+            }
+            Workload::nano_vllm(&Shape {
+                num_seqs: args.num_seqs,
+                input_len: (args.min_input_len, args.max_input_len),
+                output_len: (args.min_output_len, args.max_output_len),
+                max_token_id: 10000,
+                seed: args.workload_seed,
+            })
+        }
+    };
+    let mut llm = args.engine.load(false)?;
+    let params = |max_tokens| SamplingParams {
+        temperature: args.temperature,
+        max_tokens,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    };
+    if !args.no_warmup {
+        llm.generate(vec![Prompt::Tokens(vec![1, 2, 3, 4])], &params(4))?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        llm.reset_stats();
+    }
+    let preemptions_before = llm.scheduler().num_preemptions();
+    let started = Instant::now();
+    for (prompt, &max_tokens) in workload.prompts.iter().zip(&workload.max_tokens) {
+        llm.add_request(Prompt::Tokens(prompt.clone()), params(max_tokens))?;
+    }
+    let mut output_tokens = 0;
+    while !llm.is_finished() {
+        output_tokens += llm.step()?.tokens.len();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    report(
+        &llm,
+        &workload,
+        output_tokens,
+        seconds,
+        llm.scheduler().num_preemptions() - preemptions_before,
+        args.json,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(
+    llm: &LLM,
+    workload: &Workload,
+    output_tokens: usize,
+    seconds: f64,
+    preemptions: usize,
+    as_json: bool,
+) {
+    let stats = llm.stats();
+    let blocks = llm.scheduler().block_manager();
+    let prompt_tokens: usize = workload.prompts.iter().map(Vec::len).sum();
+    let report = json!({
+        "requests": workload.prompts.len(),
+        "prompt_tokens": prompt_tokens,
+        "output_tokens": output_tokens,
+        "seconds": seconds,
+        "output_tokens_per_second": output_tokens as f64 / seconds,
+        "prefill_tokens_per_second": stats.prefill_tokens as f64 / stats.prefill_seconds.max(1e-9),
+        "decode_tokens_per_second": stats.decode_tokens as f64 / stats.decode_seconds.max(1e-9),
+        "steps": stats.steps,
+        "peak_running_sequences": stats.peak_running,
+        "preemptions": preemptions,
+        "kv_cache_dtype": llm.config().kv_cache_dtype.name(),
+        "kv_blocks": blocks.num_blocks(),
+        "kv_block_size": blocks.block_size(),
+        "kv_tokens": blocks.num_blocks() * blocks.block_size(),
+    });
+    if as_json {
+        println!("{report}");
+        return;
+    }
+    println!(
+        "{} requests, {} prompt tokens, {} output tokens in {:.2} s: {:.0} output tok/s",
+        workload.prompts.len(),
+        prompt_tokens,
+        output_tokens,
+        seconds,
+        output_tokens as f64 / seconds
+    );
+    println!(
+        "prefill {:.0} tok/s, decode {:.0} tok/s, {} steps, peak {} running sequences, {} preemptions",
+        report["prefill_tokens_per_second"].as_f64().unwrap_or(0.0),
+        report["decode_tokens_per_second"].as_f64().unwrap_or(0.0),
+        stats.steps,
+        stats.peak_running,
+        preemptions
+    );
+    println!("{}", llm.describe_cache());
+}

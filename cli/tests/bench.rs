@@ -1,0 +1,62 @@
+//! `nanovllm-cli bench` as a user runs it.
+
+use std::path::Path;
+use std::process::Command;
+
+fn demo() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-random-qwen3").display().to_string()
+}
+
+fn bench(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_nanovllm-cli"))
+        .args(["bench", "--model", &demo(), "--load-format", "dummy", "--block-size", "16"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_jsonl_workload_generates_every_requested_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("workload.jsonl");
+    std::fs::write(
+        &path,
+        "{\"prompt_token_ids\": [1, 2, 3, 4, 5], \"max_tokens\": 7}\n{\"prompt_token_ids\": [9, 8], \"max_tokens\": 3}\n{\"prompt_token_ids\": [5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5], \"max_tokens\": 5}\n",
+    )
+    .unwrap();
+    let output = bench(&["--workload", &path.display().to_string(), "--json", "--kv-cache-dtype", "int8"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["requests"], 3);
+    assert_eq!(report["prompt_tokens"], 28);
+    assert_eq!(report["output_tokens"], 15);
+    assert_eq!(report["peak_running_sequences"], 3);
+    assert_eq!(report["kv_cache_dtype"], "int8");
+    assert!(report["output_tokens_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_small_nano_vllm_workload_runs() {
+    let output = bench(&[
+        "--num-seqs",
+        "2",
+        "--max-input-len",
+        "100",
+        "--max-output-len",
+        "100",
+        "--json",
+        "--no-warmup",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["output_tokens"], 200);
+    assert_eq!(report["prompt_tokens"], 200);
+}
+
+#[test]
+fn bad_workload_flags_are_one_clear_error() {
+    let output = bench(&["--min-input-len", "500", "--max-input-len", "100"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim(), "error: --min-input-len 500 and --max-input-len 100: need 1 <= min <= max");
+}
