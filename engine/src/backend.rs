@@ -2,8 +2,10 @@
 
 use model_qwen3::{ModelError, Qwen3Model, SeqInput};
 
-use crate::EngineError;
+use rayon::prelude::*;
+
 use crate::cache::AnyCache;
+use crate::{EngineError, Sampler};
 
 /// Where the engine runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,15 +62,36 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
-    pub(crate) fn forward(
+    /// Run the batch and sample one token for each input that asks for logits, with its sampler
+    /// (`samplers` in the same order; `positions` are the positions of the tokens to sample).
+    /// On a GPU, samplers that need no top-k/top-p draw there and only token ids come back.
+    pub(crate) fn forward_and_sample(
         &mut self,
         model: &Qwen3Model,
         inputs: &[SeqInput<'_>],
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
-        match self {
-            Backend::Cpu(cache) => cache.forward(model, inputs),
+        samplers: &mut [Sampler],
+        positions: &[usize],
+    ) -> Result<Vec<u32>, ModelError> {
+        let logits = match self {
+            Backend::Cpu(cache) => cache.forward(model, inputs)?,
             #[cfg(feature = "cuda")]
-            Backend::Cuda(gpu) => gpu.forward(inputs),
-        }
+            Backend::Cuda(gpu) if !samplers.iter().any(Sampler::truncates) => {
+                let specs: Vec<_> = samplers
+                    .iter()
+                    .zip(positions)
+                    .map(|(s, &pos)| model_qwen3::cuda::GpuSample {
+                        temperature: s.temperature(),
+                        seed: s.seed(),
+                        step: pos as u64,
+                    })
+                    .collect();
+                return gpu.forward_sampled(inputs, &specs);
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(gpu) => gpu.forward(inputs)?,
+        };
+        debug_assert_eq!(samplers.len(), positions.len());
+        // Each request samples with its own generator, so the batch samples in parallel.
+        Ok(samplers.par_iter_mut().zip(&logits).map(|(sampler, logits)| sampler.sample(logits)).collect())
     }
 }

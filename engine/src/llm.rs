@@ -7,7 +7,9 @@ use std::time::Instant;
 use kv_cache::CacheDtype;
 use model_qwen3::{GenerationConfig, Qwen3Model, SeqInput};
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use scheduler::{FinishReason, Phase, SamplingParams, Scheduler, SchedulerConfig, SeqId, Sequence};
+use scheduler::{
+    FinishReason, Phase, SamplingParams, ScheduledSeq, Scheduler, SchedulerConfig, SeqId, Sequence,
+};
 
 use crate::backend::{Backend, Device};
 use crate::cache::AnyCache;
@@ -341,13 +343,16 @@ impl LLM {
                 }
             })
             .collect();
-        let logits = self.backend.forward(&self.model, &inputs)?;
-        let mut tokens = Vec::with_capacity(logits.len());
-        for (item, logits) in batch.seqs.iter().filter(|s| s.samples).zip(&logits) {
-            let sampler = self.samplers.get_mut(&item.id).expect("every request has a sampler");
-            tokens.push((item.id, sampler.sample(logits)));
-        }
-        let sampled: Vec<u32> = tokens.iter().map(|&(_, t)| t).collect();
+        let sampling: Vec<&ScheduledSeq> = batch.seqs.iter().filter(|s| s.samples).collect();
+        let mut samplers: Vec<Sampler> = sampling
+            .iter()
+            .map(|s| self.samplers.remove(&s.id).expect("every request has a sampler"))
+            .collect();
+        let positions: Vec<usize> = sampling.iter().map(|s| s.start + s.num_tokens).collect();
+        let sampled = self.backend.forward_and_sample(&self.model, &inputs, &mut samplers, &positions);
+        self.samplers.extend(sampling.iter().map(|s| s.id).zip(samplers));
+        let sampled = sampled?;
+        let tokens: Vec<(SeqId, u32)> = sampling.iter().map(|s| s.id).zip(sampled.iter().copied()).collect();
         let finished = self.scheduler.postprocess(&batch, &sampled)?;
         let finished = finished.into_iter().map(|seq| self.complete(seq)).collect::<Result<_, _>>()?;
         let seconds = started.elapsed().as_secs_f64();

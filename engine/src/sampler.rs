@@ -10,6 +10,7 @@ pub struct Sampler {
     temperature: f32,
     top_k: Option<usize>,
     top_p: f32,
+    seed: u64,
     rng: StdRng,
 }
 
@@ -17,18 +18,39 @@ impl Sampler {
     /// A sampler for `params`, seeded from `params.seed`, or from `fallback_seed` when unset.
     pub fn new(params: &SamplingParams, fallback_seed: u64) -> Self {
         let temperature = if params.is_greedy() { 0.0 } else { params.temperature };
+        let seed = params.seed.unwrap_or(fallback_seed);
         Sampler {
             temperature,
             top_k: params.top_k,
             top_p: params.top_p,
-            rng: StdRng::seed_from_u64(params.seed.unwrap_or(fallback_seed)),
+            seed,
+            rng: StdRng::seed_from_u64(seed),
         }
+    }
+
+    /// Temperature, 0 for greedy.
+    pub fn temperature(&self) -> f32 {
+        self.temperature
+    }
+
+    /// The seed this request samples from.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Whether the sampler needs the whole sorted distribution (top-k or top-p), rather than a
+    /// draw from softmax(logits / T) that the GPU can make.
+    pub fn truncates(&self) -> bool {
+        self.temperature > 0.0 && (self.top_k.is_some() || self.top_p < 1.0)
     }
 
     /// The next token.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.temperature == 0.0 {
             return argmax(logits);
+        }
+        if self.top_k.is_none() && self.top_p >= 1.0 {
+            return self.sample_all(logits);
         }
         let mut candidates: Vec<(u32, f32)> =
             logits.iter().enumerate().map(|(i, &l)| (i as u32, l / self.temperature)).collect();
@@ -67,6 +89,24 @@ impl Sampler {
             draw -= p;
         }
         candidates[keep - 1].0
+    }
+}
+
+impl Sampler {
+    /// Sampling from the whole distribution needs no sort: one pass for the normalizer, one to draw.
+    fn sample_all(&mut self, logits: &[f32]) -> u32 {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let weight = |l: f32| (((l - max) / self.temperature) as f64).exp();
+        let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+        let mut draw = self.rng.random::<f64>() * total;
+        for (i, &l) in logits.iter().enumerate() {
+            let w = weight(l);
+            if draw < w {
+                return i as u32;
+            }
+            draw -= w;
+        }
+        argmax(logits)
     }
 }
 

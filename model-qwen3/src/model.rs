@@ -6,6 +6,7 @@ use std::path::Path;
 use ndarray::{Array2, Axis, concatenate};
 use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
 
 use crate::weights::{expected_tensors, load_tensors};
 use crate::{ModelError, Qwen3Config};
@@ -51,12 +52,19 @@ impl Qwen3Model {
     /// A model with random weights drawn from `seed` (vLLM's `--load-format dummy`): for
     /// benchmarks and tests, with no checkpoint. Norm weights are 1, matrices N(0, std^2).
     pub fn random(config: Qwen3Config, seed: u64, std: f32) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
         let normal = Normal::new(0.0f32, std).expect("std is finite and positive");
+        // Each tensor draws from its own generator (seeded by `seed` and its index), so tensors
+        // are drawn in parallel and the weights do not depend on the thread count.
         let tensors = expected_tensors(&config)
             .into_iter()
-            .map(|(name, shape)| {
+            .enumerate()
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|(index, (name, shape))| {
                 let len = shape.iter().product();
+                let mut rng = StdRng::seed_from_u64(
+                    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(index as u64),
+                );
                 let values = if shape.len() == 1 {
                     vec![1.0; len]
                 } else {

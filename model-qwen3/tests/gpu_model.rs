@@ -143,3 +143,57 @@ fn gpu_logits_match_the_cpu_reference() {
         [3usize, 100, 513].iter().map(|&n| (0..n as u32).map(|i| (i * 13 + 5) % 1000).collect()).collect();
     compare("random MHA, head_dim 64, untied", &model, &gpu, &prompts);
 }
+
+#[test]
+fn gpu_sampling_is_greedy_at_zero_and_follows_the_softmax() {
+    use model_qwen3::cuda::GpuSample;
+    let Some(gpu) = gpu() else { return };
+    let config = Qwen3Config::from_json_str(
+        r#"{"model_type": "qwen3", "hidden_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "head_dim": 64, "intermediate_size": 256, "vocab_size": 300,
+            "max_position_embeddings": 256, "tie_word_embeddings": true}"#,
+    )
+    .unwrap();
+    let model = Qwen3Model::random(config, 11, 0.1);
+    let mut gpu_model = GpuQwen3::new(&gpu, &model, CacheDtype::Bf16, 8, BLOCK_SIZE).unwrap();
+    let mut blocks = BlockManager::new(8, BLOCK_SIZE).unwrap();
+    let prompt = [5u32, 9, 2, 7];
+    let (table, _) = blocks.allocate(&prompt).unwrap();
+    let input = [SeqInput { tokens: &prompt, start: 0, block_table: &table, logits: true }];
+    let logits = gpu_model.forward(&input).unwrap().pop().unwrap();
+    let greedy =
+        gpu_model.forward_sampled(&input, &[GpuSample { temperature: 0.0, seed: 1, step: 4 }]).unwrap();
+    assert_eq!(greedy, [argmax(&logits) as u32]);
+
+    // A temperature at which the top token has about half the mass, so the count is informative.
+    let top = argmax(&logits);
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let top_probability = |t: f32| {
+        let total: f64 = logits.iter().map(|&l| (((l - max) / t) as f64).exp()).sum();
+        1.0 / total
+    };
+    let (mut low, mut high) = (1e-4f32, 100.0f32);
+    for _ in 0..60 {
+        let mid = (low * high).sqrt();
+        if top_probability(mid) > 0.5 { low = mid } else { high = mid }
+    }
+    let temperature = low;
+    let p = top_probability(temperature);
+    let draws = 400;
+    let hits = (0..draws)
+        .filter(|&seed| {
+            let spec = GpuSample { temperature, seed, step: 4 };
+            gpu_model.forward_sampled(&input, &[spec]).unwrap()[0] as usize == top
+        })
+        .count();
+    let freq = hits as f64 / draws as f64;
+    let sigma = (p * (1.0 - p) / draws as f64).sqrt();
+    eprintln!("top token probability {p:.3}, sampled {freq:.3} over {draws} seeds");
+    assert!((freq - p).abs() <= 4.0 * sigma + 0.01, "sampled {freq}, softmax {p}");
+    // The same seed and step give the same token.
+    let spec = GpuSample { temperature: 1.0, seed: 77, step: 4 };
+    assert_eq!(
+        gpu_model.forward_sampled(&input, &[spec]).unwrap(),
+        gpu_model.forward_sampled(&input, &[spec]).unwrap()
+    );
+}

@@ -5,7 +5,8 @@
 //!
 //! Version 1, correct first: prefill attention runs through the decode kernel (each prompt token is
 //! a query over its own context), activations are allocated per step, and there are no CUDA graphs
-//! yet; logits come back to the host in f32.
+//! yet. Sampling without top-k/top-p runs on the GPU ([`GpuQwen3::forward_sampled`]); otherwise
+//! logits come back to the host in f32.
 
 use half::bf16;
 use kv_cache::cuda::{CacheKernels, DecodeWorkspace, GpuKvCache};
@@ -36,6 +37,19 @@ struct ModelKernels {
     add_rms_norm: CudaFunction,
     qk_norm_rope: CudaFunction,
     silu_mul: CudaFunction,
+    sample_tokens: CudaFunction,
+}
+
+/// How to sample one sequence's next token on the GPU: temperature (0: greedy), the request's
+/// seed, and a per-token counter (its position), which together fix the noise.
+#[derive(Debug, Clone, Copy)]
+pub struct GpuSample {
+    /// Softmax temperature; 0 takes the most likely token.
+    pub temperature: f32,
+    /// The request's seed.
+    pub seed: u64,
+    /// A counter unique to this token of the request (its position).
+    pub step: u64,
 }
 
 /// A Qwen3 model and its paged KV cache on the GPU.
@@ -104,6 +118,7 @@ impl GpuQwen3 {
             add_rms_norm: module.load_function("add_rms_norm")?,
             qk_norm_rope: module.load_function("qk_norm_rope")?,
             silu_mul: module.load_function("silu_mul")?,
+            sample_tokens: module.load_function("sample_tokens")?,
         };
         let layout = model.cache_layout(num_blocks, block_size);
         Ok(GpuQwen3 {
@@ -150,6 +165,49 @@ impl GpuQwen3 {
 
     /// The forward pass of [`Qwen3Model::forward`], on the GPU: same inputs, same outputs.
     pub fn forward(&mut self, seqs: &[SeqInput<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let (logits, rows) = self.logits(seqs)?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let host = self.gpu.stream.clone_dtoh(&logits).map_err(GpuError::from)?;
+        Ok(host.chunks_exact(self.config.vocab_size).map(<[f32]>::to_vec).collect())
+    }
+
+    /// The forward pass, then one token sampled on the GPU for each sequence that asks for
+    /// logits (`samples` in the same order): only token ids come back to the host.
+    pub fn forward_sampled(
+        &mut self,
+        seqs: &[SeqInput<'_>],
+        samples: &[GpuSample],
+    ) -> Result<Vec<u32>, ModelError> {
+        let (logits, rows) = self.logits(seqs)?;
+        if rows != samples.len() {
+            return Err(ModelError::Input(format!(
+                "{} sampling specs for {rows} sequences with logits",
+                samples.len()
+            )));
+        }
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.sample(&logits, samples)?)
+    }
+
+    fn sample(&self, logits: &CudaSlice<f32>, samples: &[GpuSample]) -> Result<Vec<u32>, GpuError> {
+        let stream = &self.gpu.stream;
+        let temperatures = stream.clone_htod(&samples.iter().map(|s| s.temperature).collect::<Vec<_>>())?;
+        let seeds = stream.clone_htod(&samples.iter().map(|s| s.seed).collect::<Vec<_>>())?;
+        let steps = stream.clone_htod(&samples.iter().map(|s| s.step).collect::<Vec<_>>())?;
+        let mut out = stream.alloc_zeros::<i32>(samples.len())?;
+        let vocab = self.config.vocab_size as i32;
+        let mut launch = stream.launch_builder(&self.kernels.sample_tokens);
+        launch.arg(logits).arg(&temperatures).arg(&seeds).arg(&steps).arg(&mut out).arg(&vocab);
+        launch_rows(&mut launch, samples.len(), 1024)?;
+        Ok(stream.clone_dtoh(&out)?.into_iter().map(|t| t as u32).collect())
+    }
+
+    /// Logits on the device (`[rows][vocab]` f32) for the sequences that ask for them, and `rows`.
+    fn logits(&mut self, seqs: &[SeqInput<'_>]) -> Result<(CudaSlice<f32>, usize), ModelError> {
         let c = self.config.clone();
         let block_size = self.cache.layout.block_size;
         let mut ids = Vec::new();
@@ -194,7 +252,7 @@ impl GpuQwen3 {
         tables: &[i32],
         max_blocks: usize,
         logit_rows: &[i32],
-    ) -> Result<Vec<Vec<f32>>, GpuError> {
+    ) -> Result<(CudaSlice<f32>, usize), GpuError> {
         let c = self.config.clone();
         let stream = self.gpu.stream.clone();
         let tokens = ids.len();
@@ -303,15 +361,14 @@ impl GpuQwen3 {
         }
         let outputs = logit_rows.len();
         if outputs == 0 {
-            return Ok(Vec::new());
+            return Ok((stream.alloc_zeros::<f32>(1)?, 0));
         }
         let mut last = stream.alloc_zeros::<bf16>(outputs * h)?;
         self.launch_add_rms_norm(&mut x, Some(&delta), Some(&rows_gpu), &self.norm, &mut last, outputs, eps)?;
         let mut logits = stream.alloc_zeros::<f32>(outputs * c.vocab_size)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         self.logits_gemm(&last, head, &mut logits, outputs)?;
-        let host = stream.clone_dtoh(&logits)?;
-        Ok(host.chunks_exact(c.vocab_size).map(<[f32]>::to_vec).collect())
+        Ok((logits, outputs))
     }
 
     /// Row-major `y[t][n] = sum_k x[t][k] * w[n][k]` (a linear layer with weights `[n][k]`).

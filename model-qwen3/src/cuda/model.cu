@@ -67,3 +67,47 @@ extern "C" __global__ void silu_mul(const bf16_t* __restrict__ gate_up, bf16_t* 
         out[j] = float_to_bf16(g / (1.0f + expf(-g)) * u);
     }
 }
+
+// Sampling on the GPU by the Gumbel-max trick: argmax_i(logit_i / T + g_i), with g_i Gumbel noise
+// from a counter-based hash of (seed, step, i), is a draw from softmax(logits / T); T = 0 is greedy.
+// The noise depends only on the request's seed and position, never on the batch. One block per
+// row; ties go to the lower token id.
+__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+extern "C" __global__ void sample_tokens(const float* __restrict__ logits, const float* __restrict__ temperatures,
+                                         const unsigned long long* __restrict__ seeds,
+                                         const unsigned long long* __restrict__ steps, int* __restrict__ out, int vocab) {
+    __shared__ float s_value[32];
+    __shared__ int s_index[32];
+    const int row = blockIdx.x;
+    const float t = temperatures[row];
+    const unsigned long long key = mix64(seeds[row] ^ mix64(steps[row] + 0x9e3779b97f4a7c15ull));
+    const float* l = logits + (long long)row * vocab;
+    float best = KV_NEG_INF;
+    int best_i = 0x7fffffff;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = l[i];
+        if (t > 0.0f) {
+            const unsigned long long bits = mix64(key + (unsigned long long)i * 0xd1b54a32d192ed03ull);
+            const float u = ((float)(bits >> 40) + 0.5f) * (1.0f / 16777216.0f);  // (0, 1)
+            v = v / t - logf(-logf(u));
+        }
+        if (v > best || (v == best && i < best_i)) { best = v; best_i = i; }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, offset);
+        const int oi = __shfl_xor_sync(0xffffffffu, best_i, offset);
+        if (ov > best || (ov == best && oi < best_i)) { best = ov; best_i = oi; }
+    }
+    if ((threadIdx.x & 31) == 0) { s_value[threadIdx.x / 32] = best; s_index[threadIdx.x / 32] = best_i; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (blockDim.x + 31) / 32; ++w)
+            if (s_value[w] > best || (s_value[w] == best && s_index[w] < best_i)) { best = s_value[w]; best_i = s_index[w]; }
+        out[row] = best_i;
+    }
+}

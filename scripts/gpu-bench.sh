@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run on the GPU machine, from the repository root: nano-vllm's bench.py workload on Qwen3-0.6B's
+# shape (dummy weights) with bf16 and INT8 KV caches, then bench-memory --measure. Build here first:
+#   cargo build --release -p cli --features cuda && cargo build --release -p xtask --features cuda
+# and carry target/release/nanovllm-cli and target/release/xtask. Results go to $OUT (or ./gpu-out).
+set -uo pipefail
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+status=0
+limit=${BENCH_TIMEOUT:-240}
+for extra in "" "--kv-cache-memory-gib 4"; do
+  for dtype in bf16 int8; do
+    tag=$dtype${extra:+-4gib}
+    echo "== bench $dtype $extra" | tee -a "$out/bench.log"
+    timeout "$limit" target/release/nanovllm-cli bench --model models/configs/qwen3-0.6b --load-format dummy \
+      --kv-cache-dtype $dtype $extra --json > "$out/bench-$tag.json" 2>> "$out/bench.log" || { echo "FAILED" | tee -a "$out/bench.log"; status=1; }
+    cat "$out/bench-$tag.json" | tee -a "$out/bench.log"
+  done
+  [ "${ONLY_DEFAULT:-0}" = 1 ] && break
+done
+target/release/xtask bench-memory --preset qwen3-0.6b --blocks 500 --block-size 256 --measure 2>&1 | tee "$out/bench-memory.log" || status=1
+exit $status
