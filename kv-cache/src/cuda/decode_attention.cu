@@ -84,38 +84,46 @@ extern "C" __global__ void __launch_bounds__(THREADS) decode_attention_partial(
     const int part = threadIdx.x % TPT;    // which 16-byte slice of the row
     const int* table = block_tables + (long long)b * max_blocks;
 
-    // Pass 1: scores. Every lane of a warp runs the same iterations (the shuffles need them all);
-    // lanes past the end compute on a zero row and write nothing.
-    for (int base = 0; base < n; base += TOKENS_PER_PASS) {
-        const int t = base + group;
-        const bool valid = t < n;
-        float k[VALS];
-        long long row = 0;
-        if (valid) {
-            row = cache_row(table, start + t, kv_heads, kv_head);
-            load_slice(key_cache, row, part, k);
-        } else {
-            #pragma unroll
-            for (int i = 0; i < VALS; ++i) k[i] = 0.0f;
-        }
-        float dots[GROUP];
+    // Pass 1: scores. The thread's slice of every query head stays in registers; each iteration
+    // has two rows in flight. Every lane of a warp runs the same iterations (the shuffles need
+    // them all); lanes past the end compute on zeros and write nothing.
+    float qr[GROUP][VALS];
+    #pragma unroll
+    for (int g = 0; g < GROUP; ++g)
         #pragma unroll
-        for (int g = 0; g < GROUP; ++g) {
-            float sum = 0.0f;
-            #pragma unroll
-            for (int i = 0; i < VALS; ++i) sum += s_q[g][part * VALS + i] * k[i];
-            #pragma unroll
-            for (int offset = TPT / 2; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-            dots[g] = sum;
+        for (int i = 0; i < VALS; ++i) qr[g][i] = s_q[g][part * VALS + i];
+    for (int base = 0; base < n; base += 2 * TOKENS_PER_PASS) {
+        int t[2];
+        long long row[2];
+        float k[2][VALS];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            t[u] = base + u * TOKENS_PER_PASS + group;
+            row[u] = 0;
+            if (t[u] < n) {
+                row[u] = cache_row(table, start + t[u], kv_heads, kv_head);
+                load_slice(key_cache, row[u], part, k[u]);
+            } else {
+                #pragma unroll
+                for (int i = 0; i < VALS; ++i) k[u][i] = 0.0f;
+            }
         }
-        if (valid && part == 0) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
 #if INT8
-            const float scale = bf16_to_float(key_scale[row]);
+            const float scale = (part == 0 && t[u] < n) ? bf16_to_float(key_scale[row[u]]) : 1.0f;
 #else
             const float scale = 1.0f;
 #endif
             #pragma unroll
-            for (int g = 0; g < GROUP; ++g) s_p[g][t] = dots[g] * scale;
+            for (int g = 0; g < GROUP; ++g) {
+                float sum = 0.0f;
+                #pragma unroll
+                for (int i = 0; i < VALS; ++i) sum += qr[g][i] * k[u][i];
+                #pragma unroll
+                for (int offset = TPT / 2; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+                if (part == 0 && t[u] < n) s_p[g][t[u]] = sum * scale;
+            }
         }
     }
     __syncthreads();
@@ -142,20 +150,25 @@ extern "C" __global__ void __launch_bounds__(THREADS) decode_attention_partial(
     for (int g = 0; g < GROUP; ++g)
         #pragma unroll
         for (int i = 0; i < VALS; ++i) acc[g][i] = 0.0f;
-    for (int t = group; t < n; t += TOKENS_PER_PASS) {
-        const long long row = cache_row(table, start + t, kv_heads, kv_head);
-        float v[VALS];
-        load_slice(value_cache, row, part, v);
-#if INT8
-        const float scale = bf16_to_float(value_scale[row]);
-#else
-        const float scale = 1.0f;
-#endif
+    for (int base = 0; base < n; base += 2 * TOKENS_PER_PASS) {
         #pragma unroll
-        for (int g = 0; g < GROUP; ++g) {
-            const float p = s_p[g][t] * scale;
+        for (int u = 0; u < 2; ++u) {
+            const int t = base + u * TOKENS_PER_PASS + group;
+            if (t >= n) continue;
+            const long long row = cache_row(table, start + t, kv_heads, kv_head);
+            float v[VALS];
+            load_slice(value_cache, row, part, v);
+#if INT8
+            const float scale = bf16_to_float(value_scale[row]);
+#else
+            const float scale = 1.0f;
+#endif
             #pragma unroll
-            for (int i = 0; i < VALS; ++i) acc[g][i] += p * v[i];
+            for (int g = 0; g < GROUP; ++g) {
+                const float p = s_p[g][t] * scale;
+                #pragma unroll
+                for (int i = 0; i < VALS; ++i) acc[g][i] += p * v[i];
+            }
         }
     }
     // Sum the tokens of the pass within the warp (lanes with the same slice), then across warps.
