@@ -22,7 +22,7 @@ pub(crate) enum Format {
     Dummy,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub(crate) struct EngineArgs {
     /// A model directory, or a Hugging Face model id (org/name) to fetch into the HF cache.
     #[arg(long)]
@@ -33,14 +33,14 @@ pub(crate) struct EngineArgs {
     /// KV cache dtype: bf16, int8 (1.97x the tokens), f16 or f32 (exact reference; f16 and f32 on
     /// the CPU only).
     #[arg(long, default_value = "bf16")]
-    kv_cache_dtype: CacheDtype,
+    pub(crate) kv_cache_dtype: CacheDtype,
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
     /// Memory for the KV cache, in GiB (emulates a smaller GPU). Default: 0.25 on the CPU; on a
     /// GPU, what --gpu-memory-utilization leaves after the weights and activations.
     #[arg(long)]
-    kv_cache_memory_gib: Option<f64>,
+    pub(crate) kv_cache_memory_gib: Option<f64>,
     /// Fraction of the GPU's memory the engine may use in all.
     #[arg(long, default_value_t = 0.9)]
     gpu_memory_utilization: f64,

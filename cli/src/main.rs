@@ -2,6 +2,7 @@
 
 mod bench;
 mod engine_args;
+mod eval;
 mod generate;
 mod prompts;
 mod workload;
@@ -24,6 +25,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure throughput on nano-vllm's benchmark workload (or a JSONL workload).
     Bench(bench::BenchArgs),
+    /// Perplexity of a text, and the KL divergence of one KV cache dtype from another.
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(code) => code,

@@ -72,26 +72,37 @@ impl Backend {
         samplers: &mut [Sampler],
         positions: &[usize],
     ) -> Result<Vec<u32>, ModelError> {
-        let logits = match self {
-            Backend::Cpu(cache) => cache.forward(model, inputs)?,
-            #[cfg(feature = "cuda")]
-            Backend::Cuda(gpu) if !samplers.iter().any(Sampler::truncates) => {
-                let specs: Vec<_> = samplers
-                    .iter()
-                    .zip(positions)
-                    .map(|(s, &pos)| model_qwen3::cuda::GpuSample {
-                        temperature: s.temperature(),
-                        seed: s.seed(),
-                        step: pos as u64,
-                    })
-                    .collect();
-                return gpu.forward_sampled(inputs, &specs);
-            }
-            #[cfg(feature = "cuda")]
-            Backend::Cuda(gpu) => gpu.forward(inputs)?,
-        };
+        #[cfg(feature = "cuda")]
+        if let Backend::Cuda(gpu) = self
+            && !samplers.iter().any(Sampler::truncates)
+        {
+            let specs: Vec<_> = samplers
+                .iter()
+                .zip(positions)
+                .map(|(s, &pos)| model_qwen3::cuda::GpuSample {
+                    temperature: s.temperature(),
+                    seed: s.seed(),
+                    step: pos as u64,
+                })
+                .collect();
+            return gpu.forward_sampled(inputs, &specs);
+        }
+        let logits = self.logits(model, inputs)?;
         debug_assert_eq!(samplers.len(), positions.len());
         // Each request samples with its own generator, so the batch samples in parallel.
         Ok(samplers.par_iter_mut().zip(&logits).map(|(sampler, logits)| sampler.sample(logits)).collect())
+    }
+
+    /// Run the batch and return the logits of each input that asks for them.
+    pub(crate) fn logits(
+        &mut self,
+        model: &Qwen3Model,
+        inputs: &[SeqInput<'_>],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        match self {
+            Backend::Cpu(cache) => cache.forward(model, inputs),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(gpu) => gpu.forward(inputs),
+        }
     }
 }

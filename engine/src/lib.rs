@@ -44,6 +44,7 @@ pub use error::EngineError;
 pub use hub::resolve_model;
 pub use kv_cache::CacheDtype;
 pub use llm::{Completion, EngineConfig, EngineStats, LLM, LoadFormat, Prompt, StepOutput};
+pub use model_qwen3::Qwen3Config as ModelConfig;
 pub use sampler::{Sampler, argmax};
 pub use scheduler::{FinishReason, SamplingParams};
 pub use tokenizer::{StreamDecoder, Tokenizer};

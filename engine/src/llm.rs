@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use kv_cache::CacheDtype;
+use kv_cache::{BlockManager, CacheDtype};
 use model_qwen3::{GenerationConfig, Qwen3Model, SeqInput};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use scheduler::{
@@ -315,6 +315,52 @@ impl LLM {
         let id = self.scheduler.add(ids, params)?;
         self.samplers.insert(id, sampler);
         Ok(id)
+    }
+
+    /// The logits at every position of `tokens` (row `i` predicts token `i + 1`), for scoring text
+    /// (perplexity, KL between caches). It runs outside the scheduler, so the engine must be idle;
+    /// each position is a one-token query over the cache, `SCORE_CHUNK` positions per forward pass.
+    pub fn score(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        const SCORE_CHUNK: usize = 256;
+        if !self.scheduler.is_finished() {
+            return Err(EngineError::Config {
+                field: "score",
+                value: "while requests run".into(),
+                problem: "needs an idle engine".into(),
+            });
+        }
+        let blocks = self.scheduler.block_manager();
+        let (num_blocks, block_size) = (blocks.num_blocks(), blocks.block_size());
+        let mut manager = BlockManager::new(num_blocks, block_size)?;
+        let (table, _) = manager.allocate(tokens).map_err(|_| EngineError::Config {
+            field: "score",
+            value: format!("{} tokens", tokens.len()),
+            problem: format!("more than the KV cache holds ({} tokens)", num_blocks * block_size),
+        })?;
+        let vocab = self.model.config().vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(EngineError::Config {
+                field: "token id",
+                value: bad.to_string(),
+                problem: format!("outside the vocabulary of {vocab}"),
+            });
+        }
+        let mut logits = Vec::with_capacity(tokens.len());
+        for start in (0..tokens.len()).step_by(SCORE_CHUNK) {
+            let end = (start + SCORE_CHUNK).min(tokens.len());
+            let inputs: Vec<SeqInput<'_>> = (start..end)
+                .map(|pos| SeqInput {
+                    tokens: &tokens[pos..pos + 1],
+                    start: pos,
+                    block_table: &table,
+                    logits: true,
+                })
+                .collect();
+            logits.extend(self.backend.logits(&self.model, &inputs)?);
+        }
+        // The blocks written here may hold prefixes the scheduler still remembers.
+        self.scheduler.reset_prefix_cache();
+        Ok(logits)
     }
 
     /// Whether every accepted request has finished.

@@ -176,3 +176,30 @@ fn dummy_weights_need_only_the_config() {
     assert_eq!(completion.token_ids.len(), 5);
     assert!(completion.text.is_some());
 }
+
+#[test]
+fn scoring_gives_hf_logits_at_every_prompt_end() {
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("gqa-tied").join("hf_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let mut llm =
+        LLM::load(&fixture("gqa-tied"), settings("gqa-tied", CacheDtype::F32, 1024), LoadFormat::Safetensors)
+            .unwrap();
+    let case = &reference["prompts"][4]; // 150 tokens
+    let prompt: Vec<u32> =
+        case["prompt"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let hf: Vec<f32> =
+        case["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let rows = llm.score(&prompt).unwrap();
+    assert_eq!(rows.len(), prompt.len());
+    let scale = hf.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let error = rows[prompt.len() - 1].iter().zip(&hf).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+    assert!(error <= 1e-4, "{error}");
+    // Causal: the scores of a prefix are the first rows of the whole prompt's scores.
+    let prefix = llm.score(&prompt[..40]).unwrap();
+    for (a, b) in prefix.iter().zip(&rows) {
+        let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * scale));
+    }
+}

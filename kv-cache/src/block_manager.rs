@@ -151,6 +151,18 @@ impl BlockManager {
         }
     }
 
+    /// Forget every cached prefix (vLLM's `reset_prefix_cache`): needed when the cache's contents
+    /// were written outside this manager. Blocks in use keep their contents and ref counts.
+    pub fn reset_prefix_cache(&mut self) {
+        for (block, hash) in self.hashes.iter_mut().enumerate() {
+            if self.ref_counts[block] == 0 {
+                *hash = None;
+            }
+        }
+        let hashes = &self.hashes;
+        self.cached.retain(|_, block| hashes[*block as usize].is_some());
+    }
+
     /// Release a sequence's blocks. Blocks no longer held go to the back of the free list, last
     /// block first, so a prefix outlives the tail that extended it.
     pub fn deallocate(&mut self, table: &mut BlockTable) {
@@ -334,6 +346,17 @@ mod tests {
         m.may_append(&mut a, 3).unwrap();
         assert_eq!(a.len(), 3);
         assert_eq!(prefill(&mut m, &[7, 8]).1, 1);
+    }
+
+    #[test]
+    fn reset_forgets_freed_prefixes_only() {
+        let mut m = BlockManager::new(8, 2).unwrap();
+        let (mut a, _) = prefill(&mut m, &tokens(0..5));
+        let (_b, _) = prefill(&mut m, &tokens(10..15));
+        m.deallocate(&mut a);
+        m.reset_prefix_cache();
+        assert_eq!(m.allocate(&tokens(0..5)).unwrap().1, 0, "the freed prefix is forgotten");
+        assert_eq!(m.allocate(&tokens(10..15)).unwrap().1, 4, "the live one is kept");
     }
 
     #[test]

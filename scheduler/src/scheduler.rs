@@ -176,6 +176,11 @@ impl Scheduler {
         &self.config
     }
 
+    /// Forget cached prefixes of freed blocks (after the cache was written outside the scheduler).
+    pub fn reset_prefix_cache(&mut self) {
+        self.blocks.reset_prefix_cache();
+    }
+
     /// Sequences preempted so far.
     pub fn num_preemptions(&self) -> usize {
         self.num_preemptions
