@@ -46,8 +46,12 @@ fn run(
         all.push(logits);
         tokens.push(next);
         blocks.may_append(&mut table, tokens.len()).expect("room");
-        let input =
-            SeqInput { tokens: &tokens[tokens.len() - 1..], start: tokens.len() - 1, block_table: &table, logits: true };
+        let input = SeqInput {
+            tokens: &tokens[tokens.len() - 1..],
+            start: tokens.len() - 1,
+            block_table: &table,
+            logits: true,
+        };
         logits = model.forward(&[input]).expect("decode").remove(0);
     }
     (tokens[prompt.len()..].to_vec(), all)

@@ -158,15 +158,27 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     }
     print_tables(&config, &args, &rows, weights);
     if let Some(measured) = measured {
-        println!("\nMeasured on this GPU (nanovllm int8 and bf16 through the engine):");
+        println!("\nMeasured on this GPU:");
         for m in measured.as_array().into_iter().flatten() {
-            println!(
-                "  {}: {} blocks, estimated {:.1} MiB, allocated {:.1} MiB",
-                m["dtype"],
-                m["blocks"],
-                m["estimated_mib"].as_f64().unwrap_or(0.0),
-                m["allocated_mib"].as_f64().unwrap_or(0.0)
-            );
+            match m.get("engine_blocks") {
+                Some(blocks) => println!(
+                    "  {} through the engine (--gpu-memory-utilization {}): {} blocks, {} tokens, cache {:.1} MiB; {:.1} of {:.1} MiB free afterwards",
+                    m["dtype"],
+                    args.gpu_memory_utilization,
+                    blocks,
+                    m["tokens"],
+                    m["estimated_mib"].as_f64().unwrap_or(0.0),
+                    m["free_after_mib"].as_f64().unwrap_or(0.0),
+                    m["total_mib"].as_f64().unwrap_or(0.0)
+                ),
+                None => println!(
+                    "  {} cache of {} blocks: estimated {:.1} MiB, allocated {:.1} MiB",
+                    m["dtype"],
+                    m["blocks"],
+                    m["estimated_mib"].as_f64().unwrap_or(0.0),
+                    m["allocated_mib"].as_f64().unwrap_or(0.0)
+                ),
+            }
         }
     }
     Ok(())
@@ -240,8 +252,37 @@ fn measure(config: &Qwen3Config, args: &Args, blocks: usize) -> anyhow::Result<s
             "allocated_mib": (free_before - free_after) as f64 / MIB,
         }));
         drop(cache);
+        out.push(engine_choice(config, args, dtype)?);
     }
     Ok(serde_json::Value::Array(out))
+}
+
+/// The engine on this GPU with dummy weights: the block count it chooses under
+/// `--gpu-memory-utilization`, and the memory left free once it is built. (The memory it took is
+/// not measured as a difference: the driver's stream-ordered pool keeps earlier, freed caches.)
+#[cfg(feature = "cuda")]
+fn engine_choice(config: &Qwen3Config, args: &Args, dtype: CacheDtype) -> anyhow::Result<serde_json::Value> {
+    use engine::{Device, EngineConfig, LLM};
+    let gpu = kv_quant::cuda::Gpu::open()?;
+    let model = model_qwen3::Qwen3Model::random(config.clone(), 0, 0.02);
+    let settings = EngineConfig {
+        device: Device::Cuda,
+        kv_cache_dtype: dtype,
+        block_size: args.block_size,
+        gpu_memory_utilization: args.gpu_memory_utilization,
+        ..EngineConfig::default()
+    };
+    let llm = LLM::new(model, model_qwen3::GenerationConfig::default(), settings)?;
+    let (free_after, total) = gpu.ctx.mem_get_info()?;
+    let blocks = llm.scheduler().block_manager().num_blocks();
+    let per_block = bytes_per_token(config, if dtype == CacheDtype::Int8 { FORMATS[1] } else { FORMATS[0] })
+        * args.block_size;
+    Ok(json!({
+        "dtype": dtype.name(), "engine_blocks": blocks, "tokens": blocks * args.block_size,
+        "estimated_mib": (blocks * per_block) as f64 / MIB,
+        "free_after_mib": free_after as f64 / MIB,
+        "total_mib": total as f64 / MIB,
+    }))
 }
 
 #[cfg(not(feature = "cuda"))]
