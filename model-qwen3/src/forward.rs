@@ -23,10 +23,11 @@ pub struct SeqInput<'a> {
 
 /// Where one token of the flattened batch belongs.
 #[derive(Debug, Clone, Copy)]
-struct TokenSlot {
-    seq: usize,
-    pos: usize,
-    slot: usize,
+pub(crate) struct TokenSlot {
+    pub(crate) seq: usize,
+    pub(crate) id: u32,
+    pub(crate) pos: usize,
+    pub(crate) slot: usize,
 }
 
 impl Qwen3Model {
@@ -39,7 +40,7 @@ impl Qwen3Model {
         cache: &mut KvCache<T>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let tokens = self.check_batch(seqs, cache)?;
-        let ids: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
         let slots: Vec<usize> = tokens.iter().map(|t| t.slot).collect();
         let mut x = self.embed_tokens.select(Axis(0), &ids.iter().map(|&id| id as usize).collect::<Vec<_>>());
         let eps = self.config.rms_norm_eps as f32;
@@ -58,15 +59,7 @@ impl Qwen3Model {
             let gate_up = h.dot(&layer.gate_up.t());
             x += &silu_mul(&gate_up).dot(&layer.down.t());
         }
-        let mut last = Vec::new();
-        let mut end = 0;
-        for seq in seqs {
-            end += seq.tokens.len();
-            if seq.logits {
-                last.push(end - 1);
-            }
-        }
-        let h = rms_norm(&x.select(Axis(0), &last), &self.norm, eps);
+        let h = rms_norm(&x.select(Axis(0), &logit_rows(seqs)), &self.norm, eps);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let logits = h.dot(&head.t());
         Ok(logits.outer_iter().map(|row| row.to_vec()).collect())
@@ -93,26 +86,7 @@ impl Qwen3Model {
                 c.head_dim
             )));
         }
-        let mut tokens = Vec::new();
-        for (index, seq) in seqs.iter().enumerate() {
-            if seq.tokens.is_empty() {
-                return Err(ModelError::Input(format!("sequence {index} has no tokens to compute")));
-            }
-            for (offset, &id) in seq.tokens.iter().enumerate() {
-                if id as usize >= c.vocab_size {
-                    return Err(ModelError::Input(format!(
-                        "token id {id} is outside the vocabulary of {}",
-                        c.vocab_size
-                    )));
-                }
-                let pos = seq.start + offset;
-                let slot = seq.block_table.slot(pos, layout.block_size).ok_or_else(|| {
-                    ModelError::Input(format!("sequence {index} has no cache slot for position {pos}"))
-                })?;
-                tokens.push(TokenSlot { seq: index, pos, slot });
-            }
-        }
-        Ok(tokens)
+        lay_out(seqs, c.vocab_size, layout.block_size)
     }
 
     /// Column ranges of the packed projection: Q is `..q_end`, K `q_end..k_end`, V `k_end..`.
@@ -195,6 +169,46 @@ impl Qwen3Model {
         )?;
         Ok(out)
     }
+}
+
+/// The batch's tokens in order, each with its sequence, position and cache slot; refuses empty
+/// sequences, token ids outside the vocabulary and positions without a slot. Shared by the CPU and
+/// GPU forward passes.
+pub(crate) fn lay_out(
+    seqs: &[SeqInput<'_>],
+    vocab: usize,
+    block_size: usize,
+) -> Result<Vec<TokenSlot>, ModelError> {
+    let mut tokens = Vec::new();
+    for (index, seq) in seqs.iter().enumerate() {
+        if seq.tokens.is_empty() {
+            return Err(ModelError::Input(format!("sequence {index} has no tokens to compute")));
+        }
+        for (offset, &id) in seq.tokens.iter().enumerate() {
+            if id as usize >= vocab {
+                return Err(ModelError::Input(format!("token id {id} is outside the vocabulary of {vocab}")));
+            }
+            let pos = seq.start + offset;
+            let slot = seq.block_table.slot(pos, block_size).ok_or_else(|| {
+                ModelError::Input(format!("sequence {index} has no cache slot for position {pos}"))
+            })?;
+            tokens.push(TokenSlot { seq: index, id, pos, slot });
+        }
+    }
+    Ok(tokens)
+}
+
+/// Index in the flattened batch of the last token of each sequence that asks for logits.
+pub(crate) fn logit_rows(seqs: &[SeqInput<'_>]) -> Vec<usize> {
+    let mut rows = Vec::new();
+    let mut end = 0;
+    for seq in seqs {
+        end += seq.tokens.len();
+        if seq.logits {
+            rows.push(end - 1);
+        }
+    }
+    rows
 }
 
 /// A standard-layout array's elements as one slice.

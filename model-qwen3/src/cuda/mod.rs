@@ -17,6 +17,7 @@ use kv_quant::cuda::cudarc::driver::{
 };
 use kv_quant::cuda::{Gpu, GpuError, INT8_KV_CUH};
 
+use crate::forward::{lay_out, logit_rows};
 use crate::{ModelError, Qwen3Config, Qwen3Model, SeqInput};
 
 const MODEL_CU: &str = include_str!("model.cu");
@@ -208,39 +209,19 @@ impl GpuQwen3 {
 
     /// Logits on the device (`[rows][vocab]` f32) for the sequences that ask for them, and `rows`.
     fn logits(&mut self, seqs: &[SeqInput<'_>]) -> Result<(CudaSlice<f32>, usize), ModelError> {
-        let c = self.config.clone();
-        let block_size = self.cache.layout.block_size;
-        let mut ids = Vec::new();
-        let mut positions = Vec::new();
-        let mut slots = Vec::new();
-        let mut logit_rows = Vec::new();
+        let tokens = lay_out(seqs, self.config.vocab_size, self.cache.layout.block_size)?;
         let max_blocks = seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(1).max(1);
-        let mut tables = Vec::new();
-        for (index, seq) in seqs.iter().enumerate() {
-            if seq.tokens.is_empty() {
-                return Err(ModelError::Input(format!("sequence {index} has no tokens to compute")));
-            }
-            for (offset, &id) in seq.tokens.iter().enumerate() {
-                if id as usize >= c.vocab_size {
-                    return Err(ModelError::Input(format!(
-                        "token id {id} is outside the vocabulary of {}",
-                        c.vocab_size
-                    )));
-                }
-                let pos = seq.start + offset;
-                let slot = seq.block_table.slot(pos, block_size).ok_or_else(|| {
-                    ModelError::Input(format!("sequence {index} has no cache slot for position {pos}"))
-                })?;
-                ids.push(id as i32);
-                positions.push(pos as i32);
-                slots.push(slot as i64);
-                tables.extend(seq.block_table.blocks().iter().map(|&b| b as i32));
-                tables.resize(tables.len() + max_blocks - seq.block_table.len(), 0);
-            }
-            if seq.logits {
-                logit_rows.push(ids.len() as i32 - 1);
-            }
+        let ids: Vec<i32> = tokens.iter().map(|t| t.id as i32).collect();
+        let positions: Vec<i32> = tokens.iter().map(|t| t.pos as i32).collect();
+        let slots: Vec<i64> = tokens.iter().map(|t| t.slot as i64).collect();
+        // Every token attends through its sequence's table, padded to the longest.
+        let mut tables = Vec::with_capacity(tokens.len() * max_blocks);
+        for token in &tokens {
+            let blocks = seqs[token.seq].block_table.blocks();
+            tables.extend(blocks.iter().map(|&b| b as i32));
+            tables.resize(tables.len() + max_blocks - blocks.len(), 0);
         }
+        let logit_rows: Vec<i32> = logit_rows(seqs).into_iter().map(|r| r as i32).collect();
         Ok(self.run(&ids, &positions, &slots, &tables, max_blocks, &logit_rows)?)
     }
 
