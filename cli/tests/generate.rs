@@ -199,8 +199,10 @@ fn a_prompts_file_runs_the_good_lines_and_names_the_bad_ones() {
         "4",
         "--json",
     ]);
-    let line =
-        assert_one_line_error(&output, "prompts.jsonl:4: invalid engine setting prompt token id = 999999");
+    let line = assert_one_line_error(
+        &output,
+        "prompts.jsonl:4: invalid prompt: token id 999999 is outside the vocabulary of 151936",
+    );
     assert!(line.contains("outside the vocabulary of 151936"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

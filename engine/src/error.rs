@@ -36,6 +36,12 @@ pub enum EngineError {
         /// What went wrong.
         problem: String,
     },
+    /// A prompt the model cannot take.
+    #[error("invalid prompt: {0}")]
+    Prompt(String),
+    /// A call that needs an idle engine while requests run.
+    #[error("the engine is busy: finish or abort the running requests first")]
+    Busy,
     /// The requested device cannot be used.
     #[error("--device: {0}")]
     Device(String),

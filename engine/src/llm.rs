@@ -302,14 +302,7 @@ impl LLM {
                 None => return Err(EngineError::NoTokenizer("the model directory".into())),
             },
         };
-        let vocab = self.model.config().vocab_size;
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(EngineError::Config {
-                field: "prompt token id",
-                value: bad.to_string(),
-                problem: format!("outside the vocabulary of {vocab}"),
-            });
-        }
+        self.check_token_ids(&ids)?;
         let fallback_seed = self.seeds.random();
         let sampler = Sampler::new(&params, fallback_seed);
         let id = self.scheduler.add(ids, params)?;
@@ -323,28 +316,19 @@ impl LLM {
     pub fn score(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
         const SCORE_CHUNK: usize = 256;
         if !self.scheduler.is_finished() {
-            return Err(EngineError::Config {
-                field: "score",
-                value: "while requests run".into(),
-                problem: "needs an idle engine".into(),
-            });
+            return Err(EngineError::Busy);
         }
+        self.check_token_ids(tokens)?;
         let blocks = self.scheduler.block_manager();
         let (num_blocks, block_size) = (blocks.num_blocks(), blocks.block_size());
         let mut manager = BlockManager::new(num_blocks, block_size)?;
-        let (table, _) = manager.allocate(tokens).map_err(|_| EngineError::Config {
-            field: "score",
-            value: format!("{} tokens", tokens.len()),
-            problem: format!("more than the KV cache holds ({} tokens)", num_blocks * block_size),
+        let (table, _) = manager.allocate(tokens).map_err(|_| {
+            EngineError::Prompt(format!(
+                "{} tokens to score, more than the KV cache holds ({} tokens)",
+                tokens.len(),
+                num_blocks * block_size
+            ))
         })?;
-        let vocab = self.model.config().vocab_size;
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= vocab) {
-            return Err(EngineError::Config {
-                field: "token id",
-                value: bad.to_string(),
-                problem: format!("outside the vocabulary of {vocab}"),
-            });
-        }
         let mut logits = Vec::with_capacity(tokens.len());
         for start in (0..tokens.len()).step_by(SCORE_CHUNK) {
             let end = (start + SCORE_CHUNK).min(tokens.len());
@@ -361,6 +345,16 @@ impl LLM {
         // The blocks written here may hold prefixes the scheduler still remembers.
         self.scheduler.reset_prefix_cache();
         Ok(logits)
+    }
+
+    fn check_token_ids(&self, ids: &[u32]) -> Result<(), EngineError> {
+        let vocab = self.model.config().vocab_size;
+        match ids.iter().find(|&&id| id as usize >= vocab) {
+            Some(bad) => {
+                Err(EngineError::Prompt(format!("token id {bad} is outside the vocabulary of {vocab}")))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Whether every accepted request has finished.

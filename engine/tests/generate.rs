@@ -150,7 +150,7 @@ fn bad_requests_are_refused_alone_and_the_others_finish() {
         "request too long: prompt of 500 tokens + max_tokens 16 = 516 > max_model_len 512"
     );
     assert_eq!(messages[2], "empty prompt: a request needs at least one token");
-    assert_eq!(messages[3], "invalid engine setting prompt token id = 600: outside the vocabulary of 512");
+    assert_eq!(messages[3], "invalid prompt: token id 600 is outside the vocabulary of 512");
     assert!(messages[4].starts_with("text prompts need a tokenizer"));
     assert_eq!(messages[5], "ok");
 }
