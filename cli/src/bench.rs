@@ -88,6 +88,10 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let mut output_tokens = 0;
     while !llm.is_finished() {
+        if crate::interrupted() {
+            llm.abort_all();
+            return Err(engine::EngineError::Interrupted.into());
+        }
         output_tokens += llm.step()?.tokens.len();
     }
     let seconds = started.elapsed().as_secs_f64();

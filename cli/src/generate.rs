@@ -82,6 +82,11 @@ fn stream_one(
     let mut decoder = StreamDecoder::default();
     let mut stdout = std::io::stdout().lock();
     while !llm.is_finished() {
+        if crate::interrupted() {
+            llm.abort_all();
+            writeln!(stdout)?;
+            return Err(engine::EngineError::Interrupted.into());
+        }
         for (seq, token) in llm.step()?.tokens {
             if seq != id {
                 continue;
@@ -113,7 +118,7 @@ fn generate_batch(
             tokens => Ok(tokens),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let outputs = llm.generate(prompts, params)?;
+    let outputs = llm.generate_until(prompts, params, &crate::interrupted)?;
     let mut refused = 0;
     let path = args.prompts_file.as_ref().expect("batch mode has a prompts file").display();
     for (line, output) in lines.iter().zip(outputs) {

@@ -8,6 +8,7 @@ mod prompts;
 mod workload;
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
@@ -29,7 +30,21 @@ enum Command {
     Eval(eval::EvalArgs),
 }
 
+/// Set by Ctrl-C; generation loops check it between steps and stop cleanly.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the user pressed Ctrl-C.
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
 fn main() -> ExitCode {
+    // A second Ctrl-C while stopping falls back to the default: the process ends at once.
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+    });
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
@@ -38,6 +53,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(_) if interrupted() => {
+            eprintln!("interrupted");
+            ExitCode::from(130)
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

@@ -214,3 +214,35 @@ fn a_prompts_file_runs_the_good_lines_and_names_the_bad_ones() {
     let output = cli(&["generate", "--model", &demo(), "--load-format", "dummy", "--prompts-file", &file]);
     assert_one_line_error(&output, "prompts.jsonl:1: expected an object with \"prompt\"");
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_ends_generation_cleanly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nanovllm-cli"))
+        .args([
+            "generate",
+            "--model",
+            &demo(),
+            "--load-format",
+            "dummy",
+            "--prompt",
+            "Hello",
+            "--max-tokens",
+            "4000",
+        ])
+        .args(["--ignore-eos", "--block-size", "16"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until tokens stream, then press Ctrl-C.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.lines().last() == Some("interrupted") && !stderr.contains("panicked"), "{stderr}");
+}

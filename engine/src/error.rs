@@ -42,6 +42,9 @@ pub enum EngineError {
     /// A call that needs an idle engine while requests run.
     #[error("the engine is busy: finish or abort the running requests first")]
     Busy,
+    /// Generation was interrupted (Ctrl-C); the requests were dropped.
+    #[error("interrupted")]
+    Interrupted,
     /// The requested device cannot be used.
     #[error("--device: {0}")]
     Device(String),

@@ -357,6 +357,13 @@ impl LLM {
         }
     }
 
+    /// Drop every request, running or waiting (for Ctrl-C), releasing their cache blocks.
+    pub fn abort_all(&mut self) {
+        for id in self.scheduler.abort_all() {
+            self.samplers.remove(&id);
+        }
+    }
+
     /// Whether every accepted request has finished.
     pub fn is_finished(&self) -> bool {
         self.scheduler.is_finished()
@@ -417,6 +424,17 @@ impl LLM {
         prompts: Vec<Prompt>,
         params: &SamplingParams,
     ) -> Result<Vec<Result<Completion, EngineError>>, EngineError> {
+        self.generate_until(prompts, params, &|| false)
+    }
+
+    /// [`generate`](Self::generate), checking `interrupted` before every step: when it turns true,
+    /// every request is dropped and the call returns [`EngineError::Interrupted`].
+    pub fn generate_until(
+        &mut self,
+        prompts: Vec<Prompt>,
+        params: &SamplingParams,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<Vec<Result<Completion, EngineError>>, EngineError> {
         let mut results: Vec<Option<Result<Completion, EngineError>>> = Vec::new();
         let mut index_of = HashMap::new();
         for (index, prompt) in prompts.into_iter().enumerate() {
@@ -430,6 +448,11 @@ impl LLM {
         }
         let mut progress = Progress::new(index_of.len(), self.config.progress);
         while !self.is_finished() {
+            if interrupted() {
+                self.abort_all();
+                progress.finish();
+                return Err(EngineError::Interrupted);
+            }
             let started = Instant::now();
             let output = self.step()?;
             progress.step(output.phase, output.num_tokens, output.finished.len(), started.elapsed());

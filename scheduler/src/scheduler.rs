@@ -176,6 +176,17 @@ impl Scheduler {
         &self.config
     }
 
+    /// Drop every request, running or waiting, releasing their blocks (Ctrl-C). Returns their ids.
+    pub fn abort_all(&mut self) -> Vec<SeqId> {
+        let ids: Vec<SeqId> = self.running.drain(..).chain(self.waiting.drain(..)).collect();
+        for id in &ids {
+            if let Some(mut seq) = self.seqs.remove(id) {
+                self.blocks.deallocate(&mut seq.block_table);
+            }
+        }
+        ids
+    }
+
     /// Forget cached prefixes of freed blocks (after the cache was written outside the scheduler).
     pub fn reset_prefix_cache(&mut self) {
         self.blocks.reset_prefix_cache();

@@ -274,3 +274,23 @@ proptest! {
         prop_assert_eq!(constrained.outputs, reference.outputs);
     }
 }
+
+#[test]
+fn abort_all_releases_every_block() {
+    let requests = workload(5, 10, 40, 30);
+    let mut scheduler = Scheduler::new(config(tightest_blocks(&requests, 4) + 5, 4, 64, 8)).unwrap();
+    for r in &requests {
+        scheduler.add(r.prompt.clone(), SamplingParams { ignore_eos: true, ..SamplingParams::greedy(r.max_tokens) }).unwrap();
+    }
+    let mut model = FakeModel::new(&scheduler);
+    for _ in 0..5 {
+        let batch = scheduler.schedule();
+        let sampled = model.step(&scheduler, &batch);
+        scheduler.postprocess(&batch, &sampled).unwrap();
+    }
+    assert!(scheduler.num_running() > 0);
+    let aborted = scheduler.abort_all();
+    assert_eq!(aborted.len(), requests.len());
+    assert!(scheduler.is_finished());
+    assert_eq!(scheduler.block_manager().num_free_blocks(), scheduler.block_manager().num_blocks());
+}
