@@ -280,7 +280,12 @@ fn abort_all_releases_every_block() {
     let requests = workload(5, 10, 40, 30);
     let mut scheduler = Scheduler::new(config(tightest_blocks(&requests, 4) + 5, 4, 64, 8)).unwrap();
     for r in &requests {
-        scheduler.add(r.prompt.clone(), SamplingParams { ignore_eos: true, ..SamplingParams::greedy(r.max_tokens) }).unwrap();
+        scheduler
+            .add(
+                r.prompt.clone(),
+                SamplingParams { ignore_eos: true, ..SamplingParams::greedy(r.max_tokens) },
+            )
+            .unwrap();
     }
     let mut model = FakeModel::new(&scheduler);
     for _ in 0..5 {
