@@ -246,3 +246,35 @@ fn ctrl_c_ends_generation_cleanly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.lines().last() == Some("interrupted") && !stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_broken_tokenizer_a_failing_chat_template_and_an_empty_prompts_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().display().to_string();
+    let source = repo().join("models/tiny-random-qwen3");
+    for file in ["config.json", "generation_config.json", "tokenizer.json"] {
+        std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
+    }
+    let dummy = ["generate", "--model", &model, "--load-format", "dummy", "--block-size", "16"];
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"chat_template": "{{ raise_exception('this template takes no users') }}"}"#,
+    )
+    .unwrap();
+    let output = cli(&[&dummy[..], &["--chat", "--prompt", "hi"]].concat());
+    assert_one_line_error(&output, "chat template: invalid operation: this template takes no users");
+    std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"chat_template": "{% for %}"}"#).unwrap();
+    assert_one_line_error(&cli(&[&dummy[..], &["--prompt", "hi"]].concat()), "chat template: syntax error");
+    std::fs::remove_file(dir.path().join("tokenizer_config.json")).unwrap();
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    assert_one_line_error(
+        &cli(&[&dummy[..], &["--prompts-file", &empty.display().to_string()]].concat()),
+        "no prompts (the file is empty)",
+    );
+    std::fs::write(dir.path().join("tokenizer.json"), "{\"model\": 3}").unwrap();
+    assert_one_line_error(
+        &cli(&[&dummy[..], &["--prompt", "hi"]].concat()),
+        "tokenizer.json: not a valid tokenizer.json",
+    );
+}
