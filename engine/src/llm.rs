@@ -539,7 +539,17 @@ fn cuda_backend(
         }
     };
     let num_blocks = num_blocks(model, config, budget, max_model_len)?;
-    let gpu_model = GpuQwen3::new(&gpu, model, config.kv_cache_dtype, num_blocks, config.block_size)?;
+    let gpu_model = GpuQwen3::new(&gpu, model, config.kv_cache_dtype, num_blocks, config.block_size).map_err(|e| {
+        if e.to_string().contains("OUT_OF_MEMORY") {
+            EngineError::Config {
+                field: "GPU memory",
+                value: format!("{:.1} GiB of KV cache", gib(budget)),
+                problem: "the GPU ran out of memory while loading the model and its cache; lower --gpu-memory-utilization or set a smaller --kv-cache-memory-gib".into(),
+            }
+        } else {
+            e.into()
+        }
+    })?;
     Ok((Backend::Cuda(Box::new(gpu_model)), num_blocks))
 }
 
