@@ -37,6 +37,8 @@ pub struct Qwen3Config {
 
 /// Sizes beyond which a config is refused as absurd rather than allocated.
 const MAX_DIM: usize = 1 << 20;
+/// Parameters beyond which a config is refused (2^40, about 1.1 trillion).
+const MAX_PARAMETERS: u128 = 1 << 40;
 
 impl Qwen3Config {
     /// Read and validate `config.json`.
@@ -121,7 +123,7 @@ impl Qwen3Config {
             ));
         }
         let rms_norm_eps = float_field(obj, "rms_norm_eps", Some(1e-6))?;
-        Ok(Qwen3Config {
+        let config = Qwen3Config {
             hidden_size,
             num_hidden_layers: dim_field(obj, "num_hidden_layers")?,
             num_attention_heads,
@@ -142,7 +144,16 @@ impl Qwen3Config {
             torch_dtype: ["torch_dtype", "dtype"]
                 .iter()
                 .find_map(|k| obj.get(*k)?.as_str().map(str::to_owned)),
-        })
+        };
+        let parameters = config.parameters_exact();
+        if parameters > MAX_PARAMETERS {
+            return Err(config_error(
+                "hidden_size",
+                &obj["hidden_size"],
+                &format!("with these sizes the model would have {parameters} parameters, more than 2^40"),
+            ));
+        }
+        Ok(config)
     }
 
     /// Columns of the packed Q, K, V projection: `(heads + 2 * kv_heads) * head_dim`.
@@ -157,11 +168,25 @@ impl Qwen3Config {
 
     /// Parameters of the model (tied embeddings counted once).
     pub fn num_parameters(&self) -> usize {
-        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
-        let attention = h * self.qkv_size() + self.num_attention_heads * d * h + 2 * d;
+        // Configs are validated to stay below MAX_PARAMETERS, so this fits.
+        self.parameters_exact() as usize
+    }
+
+    fn parameters_exact(&self) -> u128 {
+        let [h, i, d, heads, kv, vocab, layers] = [
+            self.hidden_size,
+            self.intermediate_size,
+            self.head_dim,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.vocab_size,
+            self.num_hidden_layers,
+        ]
+        .map(|n| n as u128);
+        let attention = h * (heads + 2 * kv) * d + heads * d * h + 2 * d;
         let layer = attention + 3 * h * i + 2 * h;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
-        self.vocab_size * h + self.num_hidden_layers * layer + h + head
+        let head = if self.tie_word_embeddings { 0 } else { vocab * h };
+        vocab * h + layers * layer + h + head
     }
 }
 
@@ -360,6 +385,10 @@ mod tests {
             (
                 with("vocab_size", "10000000000000"),
                 "config.json: vocab_size = 10000000000000: absurdly large (limit 1048576)",
+            ),
+            (
+                with("num_hidden_layers", "1000000"),
+                "config.json: hidden_size = 1024: with these sizes the model would have 15731099583488 parameters, more than 2^40",
             ),
             (
                 with("use_sliding_window", "true"),
