@@ -81,3 +81,14 @@ fn a_broken_template_or_tokenizer_is_one_clear_error() {
     std::fs::write(&path, "{\"version\": 1").unwrap();
     assert!(Tokenizer::from_file(&path).unwrap_err().to_string().contains("not a valid tokenizer.json"));
 }
+
+#[test]
+fn the_kjv_tokenizer_loads_and_encodes_like_hf() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/kjv-qwen3/tokenizer.json");
+    let tokenizer = Tokenizer::from_file(&path).unwrap();
+    assert_eq!(tokenizer.vocab_size(), 4096);
+    // Python: Tokenizer.from_file(...).encode("And God said, Let there be light").ids
+    let ids = tokenizer.encode("And God said, Let there be light").unwrap();
+    assert_eq!(ids, [296, 392, 384, 12, 1469, 380, 295, 1058]);
+    assert_eq!(tokenizer.decode(&ids).unwrap(), "And God said, Let there be light");
+}
