@@ -9,8 +9,8 @@
 //! logits come back to the host in f32.
 
 use half::bf16;
+use kv_cache::CacheDtype;
 use kv_cache::cuda::{CacheKernels, DecodeWorkspace, GpuKvCache};
-use kv_cache::{CacheDtype, CacheLayout};
 use kv_quant::cuda::cudarc::cublas::{CudaBlas, Gemm, GemmConfig, result as blas, sys as blas_sys};
 use kv_quant::cuda::cudarc::driver::{
     CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
@@ -135,11 +135,6 @@ impl GpuQwen3 {
             gpu: gpu.clone(),
             config: c,
         })
-    }
-
-    /// The cache's shape.
-    pub fn cache_layout(&self) -> &CacheLayout {
-        &self.cache.layout
     }
 
     /// Bytes of the weights on the GPU (bf16; a tied head is stored once).
