@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Run on the GPU machine, from the repository root: train the KJV demo model (issue 9), then run it
+# with nanovllm-cli on the GPU (generate, held-out eval) for both cache dtypes. Needs the git-ignored
+# models/kjv-qwen3/data/ (prepare_data.py) and target/release/nanovllm-cli (cargo build --release -p
+# cli --features cuda): carry both. The checkpoint and logs go to $OUT/kjv-qwen3 (or ./gpu-out/...).
+set -uo pipefail
+out=${OUT:-gpu-out}/kjv-qwen3
+mkdir -p "$out"
+status=0
+timeout 420 python3 models/kjv-qwen3/train.py "$out" 2>&1 | tee "$out/train.log" || exit 1
+cli=target/release/nanovllm-cli
+for dtype in bf16 int8; do
+  echo "== generate cuda $dtype" | tee -a "$out/run.log"
+  timeout 60 $cli generate --model "$out" --device cuda --kv-cache-dtype $dtype --prompt "In the beginning" \
+    --temperature 0 --max-tokens 48 >> "$out/run.log" 2>&1 || { echo FAILED | tee -a "$out/run.log"; status=1; }
+  timeout 120 $cli eval --model "$out" --device cuda --kv-cache-dtype $dtype \
+    --text models/kjv-qwen3/data/heldout.txt --context 512 --json > "$out/eval-cuda-$dtype.json" 2>> "$out/run.log" \
+    || { echo "eval $dtype FAILED" | tee -a "$out/run.log"; status=1; }
+done
+cat "$out"/eval-cuda-*.json "$out/run.log"
+exit $status
