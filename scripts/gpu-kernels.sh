@@ -6,6 +6,7 @@
 #   cargo build --release -p kv-cache --features cuda --example bench_kernels
 # and carry target/release/deps/gpu_kernels-*, target/release/deps/gpu_model-* and
 # target/release/examples/bench_kernels there. Logs and bench_kernels.json go to $OUT (or ./gpu-out).
+# Kernel errors and timings go to gpu_kernels.log, gpu_model.log, bench_kernels.log.
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -19,5 +20,10 @@ for test in target/release/deps/gpu_kernels-* target/release/deps/gpu_model-*; d
 done
 if [ "${1:-}" != "--no-bench" ]; then
   timeout 300 target/release/examples/bench_kernels 4.27 2>&1 | tee "$out/bench_kernels.log" || status=1
+  # Tuning: TUNE_MIN_BLOCKS="3 5" times decode attention with each register budget (blocks per SM).
+  for blocks in ${TUNE_MIN_BLOCKS:-}; do
+    echo "== NANOVLLM_DECODE_MIN_BLOCKS=$blocks" | tee -a "$out/tune.log"
+    NANOVLLM_DECODE_MIN_BLOCKS=$blocks OUT= timeout 300 target/release/examples/bench_kernels 4.27 2>&1 | grep decode | tee -a "$out/tune.log"
+  done
 fi
 exit $status

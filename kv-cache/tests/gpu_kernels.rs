@@ -102,7 +102,7 @@ fn store_matches_the_reference_bit_for_bit() {
                                     "{dtype} d{head_dim} token {t} head {h} value {is_value}"
                                 );
                                 assert_eq!(
-                                    scales[row].to_bits(),
+                                    scales[h * layout.num_slots() + slot as usize].to_bits(),
                                     scale.to_bits(),
                                     "scale of token {t} head {h}"
                                 );
@@ -192,6 +192,16 @@ fn stored_rows(rng: &mut StdRng, dtype: CacheDtype, rows: usize, d: usize) -> (V
     }
 }
 
+/// Scales in the CPU cache's `[slots][kv_heads]` order as the GPU cache keeps them,
+/// `[kv_heads][slots]` (a bf16 cache's single dummy scale stays as it is).
+fn head_major(scales: &[bf16], kv_heads: usize) -> Vec<bf16> {
+    let slots = scales.len() / kv_heads;
+    if slots == 0 {
+        return scales.to_vec();
+    }
+    (0..kv_heads).flat_map(|h| (0..slots).map(move |s| scales[s * kv_heads + h])).collect()
+}
+
 #[test]
 fn decode_attention_matches_the_reference() {
     let Some(gpu) = gpu() else { return };
@@ -269,8 +279,8 @@ fn decode_attention_matches_the_reference() {
         let mut cache = GpuKvCache::new(&gpu, layout, case.dtype).unwrap();
         gpu.stream.memcpy_htod(&k_bytes, &mut cache.keys[0].data).unwrap();
         gpu.stream.memcpy_htod(&v_bytes, &mut cache.values[0].data).unwrap();
-        gpu.stream.memcpy_htod(&k_scales, &mut cache.keys[0].scales).unwrap();
-        gpu.stream.memcpy_htod(&v_scales, &mut cache.values[0].scales).unwrap();
+        gpu.stream.memcpy_htod(&head_major(&k_scales, case.kv_heads), &mut cache.keys[0].scales).unwrap();
+        gpu.stream.memcpy_htod(&head_major(&v_scales, case.kv_heads), &mut cache.values[0].scales).unwrap();
         let batch = case.contexts.len();
         let q = to_bf16(&random_rows(&mut rng, batch * case.heads, case.head_dim));
         let flat_tables: Vec<i32> = tables

@@ -29,6 +29,14 @@ fn argmax(x: &[f32]) -> usize {
     x.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
 }
 
+/// The gap between the two largest logits, over `max |x|`.
+fn relative_margin(x: &[f32]) -> f32 {
+    let scale = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let best = argmax(x);
+    let second = x.iter().enumerate().filter(|(i, _)| *i != best).fold(f32::MIN, |m, (_, v)| m.max(*v));
+    (x[best] - second) / scale
+}
+
 /// `max |a - b| / max |b|`.
 fn relative_error(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
@@ -99,19 +107,28 @@ fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
         for chunk in [usize::MAX, 48] {
             let mut gpu_model = GpuQwen3::new(gpu, model, dtype, NUM_BLOCKS, BLOCK_SIZE).unwrap();
             let got = run(|inputs| gpu_model.forward(inputs).unwrap(), prompts, 8, chunk);
-            let (mut worst, mut agree, mut count) = (0.0f32, 0, 0);
+            // bf16 weights and activations move logits by up to MAX_ERROR of the largest; a top-1
+            // choice whose reference margin exceeds twice that must not change.
+            const MAX_ERROR: f32 = 5e-2;
+            let (mut worst, mut agree, mut count, mut clear, mut clear_agree) = (0.0f32, 0, 0, 0, 0);
             for (g, e) in got.iter().flatten().zip(expected.iter().flatten()) {
                 assert!(g.iter().all(|x| x.is_finite()), "{name} {dtype}: non-finite logits");
                 worst = worst.max(relative_error(g, e));
-                agree += usize::from(argmax(g) == argmax(e));
+                let same = usize::from(argmax(g) == argmax(e));
+                agree += same;
                 count += 1;
+                if relative_margin(e) > 2.0 * MAX_ERROR {
+                    clear += 1;
+                    clear_agree += same;
+                }
             }
             let chunk_name = if chunk == usize::MAX { "whole".to_owned() } else { chunk.to_string() };
             eprintln!(
-                "{name}, {dtype} cache, prefill chunks {chunk_name}: worst relative logit error {worst:.3e}, top-1 agreement {agree}/{count}"
+                "{name}, {dtype} cache, prefill chunks {chunk_name}: worst relative logit error {worst:.3e}, top-1 agreement {agree}/{count}, {clear_agree}/{clear} where the reference is clear"
             );
-            assert!(worst < 5e-2, "{name} {dtype}: relative error {worst}");
-            assert!(agree * 10 >= count * 9, "{name} {dtype}: top-1 agreement {agree}/{count}");
+            assert!(worst < MAX_ERROR, "{name} {dtype}: relative error {worst}");
+            assert_eq!(clear_agree, clear, "{name} {dtype}: a clear top-1 choice changed");
+            assert!(agree * 10 >= count * 8, "{name} {dtype}: top-1 agreement {agree}/{count}");
         }
     }
 }

@@ -1,198 +1,328 @@
-// Paged decode attention reading the cache in place: INT8 rows are dequantized in registers (the K
-// scale folded into the score, the V scale into the probability), bf16 rows from the same source.
-// Defines: HEAD_DIM, GROUP (query heads per kv head), INT8 (0/1), BLOCK_SIZE (slots per cache
-// block), PARTITION (tokens per split), THREADS (threads per block).
+// Paged decode attention on tensor cores, reading the cache in place. INT8 rows become exact fp16
+// integers in registers (two byte permutes and a subtraction per four codes); the K scale is folded
+// into the score and the V scale into the probability. bf16 rows go to the tensor cores as they are.
+// Defines: HEAD_DIM (32, 64, 128 or 256), GROUP (query heads per kv head, at most 8), INT8 (0/1),
+// BLOCK_SIZE (slots per cache block, multiple of 16), THREADS (threads per block), MIN_BLOCKS
+// (thread blocks per SM the register allocation must allow).
 //
-// Grid (splits, kv_heads, batch): each block takes PARTITION tokens of one sequence for one kv
-// head, and all GROUP query heads that share it, so each K/V row is read once. Pass 1 writes the
-// scores to shared memory, then softmax statistics, then pass 2 sums the values. The reduce kernel
-// combines the splits (log-sum-exp) into bf16 outputs.
+// Grid (splits, kv_heads, batch): a thread block takes `partition` tokens (a multiple of 16, chosen
+// per launch so that small batches still fill the GPU) of one sequence for one kv head; its warps
+// take tiles of 16 tokens in turn, each with its own online softmax, and combine at the end. Per tile a warp computes S = Q K^T with the GROUP query heads as the rows of an
+// m16n8k16 MMA (rows GROUP..15 are zero) and O^T += V^T P^T, where the scores' accumulator layout
+// is exactly the P^T operand's. The reduce kernel combines the splits (log-sum-exp) into bf16.
+//
+// Lane roles in a warp: j = lane / 4, q = lane % 4. For QK, lane (j, q) loads key row j of each
+// 8-token half of the tile: the units i of KU bytes at row offset (4 i + q) KU (a quad covers a
+// contiguous span, so every 32-byte sector is used whole); the MMA's k index is permuted so that the
+// lane's elements are exactly its fragment (a dot product does not care about the order). For PV,
+// lane (j, q) loads value rows 2q, 2q+1, 2q+8, 2q+9 (the tokens whose scores it holds), units at row
+// offset (8 i + j) VU; output rows j and j + 8 of m-tile c are the two dims of its c-th pair. The 32
+// scales of a tile (K and V of 16 tokens, each 32 contiguous bytes in the head-major scale planes)
+// are loaded one per lane and passed around by shuffles. Each load of a lane is one access, and
+// each warp-wide load uses whole 32-byte sectors.
 
-#define ELEM_BYTES (INT8 ? 1 : 2)
-#define VALS (16 / ELEM_BYTES)                 // values per thread per row: one 16-byte load
-#define TPT (HEAD_DIM / VALS)                  // threads per row
-#define TOKENS_PER_PASS (THREADS / TPT)
 #define WARPS (THREADS / 32)
-
-// One 16-byte slice of a row as floats (unscaled codes for INT8).
-__device__ __forceinline__ void load_slice(const void* cache, long long row, int part, float* out) {
-    const uint4 raw = *((const uint4*)((const char*)cache + (row * HEAD_DIM + part * VALS) * ELEM_BYTES));
-    const unsigned int words[4] = {raw.x, raw.y, raw.z, raw.w};
+#define TILE 16
+#define ELEM_BYTES (INT8 ? 1 : 2)
+#define KB (HEAD_DIM / 4 * ELEM_BYTES)      // bytes of a key row a lane loads
+#define VB (HEAD_DIM / 8 * ELEM_BYTES)      // ... of a value row
+#define KU (KB < 16 ? KB : 16)              // bytes per copy
+#define VU (VB < 16 ? VB : 16)
+#define KW (KB / 4)                         // 32-bit words
+#define VW (VB / 4)
+#define ACC_STRIDE (HEAD_DIM + (INT8 ? 4 : 1)) // padded rows of the warps' outputs: fewer bank conflicts
+#define CHUNKS (HEAD_DIM / 16)              // k16 steps of QK, and m16 tiles of PV
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+#define FLT_MIN_NORMAL 1.17549435e-38f
 #if INT8
-    #pragma unroll
-    for (int i = 0; i < 16; ++i) out[i] = (float)(signed char)((words[i / 4] >> (8 * (i % 4))) & 0xffu);
+#define MMA_AB "f16"                        // INT8 codes are exact in fp16
 #else
-    #pragma unroll
-    for (int i = 0; i < 8; ++i) out[i] = bf16_to_float((bf16_t)((words[i / 2] >> (16 * (i % 2))) & 0xffffu));
+#define MMA_AB "bf16"
+#endif
+
+// BYTES (4, 8 or 16) as 32-bit words, in one access.
+template <int BYTES>
+__device__ __forceinline__ void load_bytes(const unsigned char* p, unsigned int* w) {
+    if constexpr (BYTES == 16) {
+        const uint4 v = *(const uint4*)p;
+        w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
+    } else if constexpr (BYTES == 8) {
+        const uint2 v = *(const uint2*)p;
+        w[0] = v.x; w[1] = v.y;
+    } else {
+        w[0] = *(const unsigned int*)p;
+    }
+}
+
+// Four INT8 codes as two fp16x2 (codes 0,1 and 2,3), exactly: 1024 + (x + 128) - 1152.
+__device__ __forceinline__ void int8x4_to_f16x2(unsigned int w, unsigned int& lo, unsigned int& hi) {
+    const unsigned int biased = w ^ 0x80808080u;
+    const unsigned int a = __byte_perm(biased, 0x64646464u, 0x4140u);
+    const unsigned int b = __byte_perm(biased, 0x64646464u, 0x4342u);
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(lo) : "r"(a), "r"(0x64806480u));
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(hi) : "r"(b), "r"(0x64806480u));
+}
+
+// Two floats as one 16-bit pair (first in the low half), in the MMA's input type.
+__device__ __forceinline__ unsigned int pack2(float first, float second) {
+    unsigned int r;
+#if INT8
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(second), "f"(first));
+#else
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(second), "f"(first));
+#endif
+    return r;
+}
+
+// d += A B for one m16n8k16 tile, fp32 accumulators.
+__device__ __forceinline__ void mma(float* d, unsigned int a0, unsigned int a1, unsigned int a2, unsigned int a3,
+                                    unsigned int b0, unsigned int b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." MMA_AB "." MMA_AB ".f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// The first element of key word w of lane q (row offsets as in the header), and of value word w of
+// lane j.
+__device__ __forceinline__ int key_element(int w, int q) {
+    return (((w / (KU / 4)) * 4 + q) * KU + (w % (KU / 4)) * 4) / ELEM_BYTES;
+}
+__device__ __forceinline__ int value_element(int w, int j) {
+    return (((w / (VU / 4)) * 8 + j) * VU + (w % (VU / 4)) * 4) / ELEM_BYTES;
+}
+
+// The value dim of output row j (+1 for row j + 8) of m-tile c, for lane j.
+__device__ __forceinline__ int value_dim(int c, int j) {
+#if INT8
+    return value_element(c / 2, j) + 2 * (c % 2);
+#else
+    return value_element(c, j);
 #endif
 }
 
-__device__ __forceinline__ long long cache_row(const int* table, int pos, int kv_heads, int kv_head) {
-    const long long slot = (long long)table[pos / BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE;
-    return slot * kv_heads + kv_head;
-}
-
-__device__ float block_reduce(float x, bool is_max, float* scratch) {
-    #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        const float other = __shfl_xor_sync(0xffffffffu, x, offset);
-        x = is_max ? fmaxf(x, other) : x + other;
-    }
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x / 32] = x;
-    __syncthreads();
-    x = scratch[0];
-    for (int w = 1; w < WARPS; ++w) x = is_max ? fmaxf(x, scratch[w]) : x + scratch[w];
-    return x;
-}
-
-extern "C" __global__ void __launch_bounds__(THREADS) decode_attention_partial(
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attention_partial(
     const bf16_t* __restrict__ q,               // [batch][kv_heads * GROUP][HEAD_DIM], batch stride q_stride
     long long q_stride,
-    const void* __restrict__ key_cache,         // [slots][kv_heads][HEAD_DIM]
-    const void* __restrict__ value_cache,
-    const bf16_t* __restrict__ key_scale,       // [slots][kv_heads] (INT8 only)
+    const unsigned char* __restrict__ key_cache,   // [slots][kv_heads][HEAD_DIM] elements
+    const unsigned char* __restrict__ value_cache,
+    const bf16_t* __restrict__ key_scale,       // [kv_heads][slots] (INT8 only)
     const bf16_t* __restrict__ value_scale,
+    long long num_slots,
     const int* __restrict__ block_tables,       // [batch][max_blocks]
     int max_blocks,
     const int* __restrict__ context_lens,       // [batch]
     float* __restrict__ partial_out,            // [batch][heads][max_splits][HEAD_DIM]
-    float* __restrict__ partial_max,            // [batch][heads][max_splits]
+    float* __restrict__ partial_max,            // [batch][heads][max_splits], natural log units
     float* __restrict__ partial_sum,
-    int kv_heads, int max_splits, float softmax_scale)
+    int kv_heads, int max_splits, int partition, float softmax_scale)
 {
     const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
-    const int start = split * PARTITION;
+    const int start = split * partition;
     const int context = context_lens[b];
     if (start >= context) return;
-    const int n = min(context - start, PARTITION);
-    const int heads = kv_heads * GROUP;
-
-    __shared__ float s_q[GROUP][HEAD_DIM];
-    __shared__ float s_p[GROUP][PARTITION];
-    __shared__ float s_stats[2][GROUP];
-    __shared__ float s_scratch[WARPS];
-    __shared__ float s_acc[WARPS][GROUP][HEAD_DIM];
-
-    for (int i = threadIdx.x; i < GROUP * HEAD_DIM; i += THREADS) {
-        const int g = i / HEAD_DIM;
-        s_q[g][i % HEAD_DIM] = bf16_to_float(q[(long long)b * q_stride + (kv_head * GROUP + g) * HEAD_DIM + i % HEAD_DIM]) * softmax_scale;
-    }
-    __syncthreads();
-
-    const int group = threadIdx.x / TPT;   // which token of the pass
-    const int part = threadIdx.x % TPT;    // which 16-byte slice of the row
+    const int n = min(context - start, partition);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, j = lane / 4, qd = lane % 4;
     const int* table = block_tables + (long long)b * max_blocks;
+    const float score_scale = softmax_scale * LOG2E;  // scores in log2 units: exp2 below
+    const int mine[4] = {2 * qd, 2 * qd + 1, 2 * qd + 8, 2 * qd + 9};  // this lane's score tokens
+    const int tiles = (n + TILE - 1) / TILE;
 
-    // Pass 1: scores. The thread's slice of every query head stays in registers; each iteration
-    // has two rows in flight. Every lane of a warp runs the same iterations (the shuffles need
-    // them all); lanes past the end compute on zeros and write nothing.
-    float qr[GROUP][VALS];
-    #pragma unroll
-    for (int g = 0; g < GROUP; ++g)
+    // Where this lane's bytes of this warp's k-th tile are.
+    struct Tile { long long slot0; int valid; };
+    auto tile_at = [&](int k) {
+        const int first = (warp + k * WARPS) * TILE, pos0 = start + first;
+        return Tile{(long long)table[pos0 / BLOCK_SIZE] * BLOCK_SIZE + pos0 % BLOCK_SIZE, min(n - first, TILE)};
+    };
+    auto row_of = [&](const Tile& tile, int t) { return (tile.slot0 + t) * kv_heads + kv_head; };
+
+    // Query fragments: row j (query head kv_head * GROUP + j), the four elements of chunk c that
+    // this lane's keys hold (consecutive: one 8-byte load). Staging the rows through shared memory
+    // first measured slower (docs/PERF.md).
+    unsigned int qa[CHUNKS][2];
+    {
+        const bf16_t* qrow = q + (long long)b * q_stride + (long long)(kv_head * GROUP + min(j, GROUP - 1)) * HEAD_DIM;
         #pragma unroll
-        for (int i = 0; i < VALS; ++i) qr[g][i] = s_q[g][part * VALS + i];
-    for (int base = 0; base < n; base += 2 * TOKENS_PER_PASS) {
-        int t[2];
-        long long row[2];
-        float k[2][VALS];
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-            t[u] = base + u * TOKENS_PER_PASS + group;
-            row[u] = 0;
-            if (t[u] < n) {
-                row[u] = cache_row(table, start + t[u], kv_heads, kv_head);
-                load_slice(key_cache, row[u], part, k[u]);
-            } else {
-                #pragma unroll
-                for (int i = 0; i < VALS; ++i) k[u][i] = 0.0f;
-            }
-        }
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
+        for (int c = 0; c < CHUNKS; ++c) {
+            const int element = INT8 ? key_element(c, qd) : key_element(2 * c, qd);
+            unsigned int w[2] = {0u, 0u};
+            if (j < GROUP) load_bytes<8>((const unsigned char*)(qrow + element), w);
+            #pragma unroll
+            for (int h = 0; h < 2; ++h) {
 #if INT8
-            const float scale = (part == 0 && t[u] < n) ? bf16_to_float(key_scale[row[u]]) : 1.0f;
+                const float lo = fminf(fmaxf(bf16_to_float((bf16_t)(w[h] & 0xffffu)), -65504.0f), 65504.0f);
+                const float hi = fminf(fmaxf(bf16_to_float((bf16_t)(w[h] >> 16)), -65504.0f), 65504.0f);
+                qa[c][h] = pack2(lo, hi);
 #else
-            const float scale = 1.0f;
+                qa[c][h] = w[h];
 #endif
-            #pragma unroll
-            for (int g = 0; g < GROUP; ++g) {
-                float sum = 0.0f;
-                #pragma unroll
-                for (int i = 0; i < VALS; ++i) sum += qr[g][i] * k[u][i];
-                #pragma unroll
-                for (int offset = TPT / 2; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-                if (part == 0 && t[u] < n) s_p[g][t[u]] = sum * scale;
             }
         }
     }
-    __syncthreads();
 
-    // Softmax statistics of this split, per query head; s_p becomes exp(score - max).
-    for (int g = 0; g < GROUP; ++g) {
-        float m = KV_NEG_INF;
-        for (int t = threadIdx.x; t < n; t += THREADS) m = fmaxf(m, s_p[g][t]);
-        m = block_reduce(m, true, s_scratch);
-        float l = 0.0f;
-        for (int t = threadIdx.x; t < n; t += THREADS) {
-            const float p = expf(s_p[g][t] - m);
-            s_p[g][t] = p;
-            l += p;
-        }
-        l = block_reduce(l, false, s_scratch);
-        if (threadIdx.x == 0) { s_stats[0][g] = m; s_stats[1][g] = l; }
-    }
-    __syncthreads();
-
-    // Pass 2: probability-weighted values.
-    float acc[GROUP][VALS];
+    float acc[CHUNKS][4];
     #pragma unroll
-    for (int g = 0; g < GROUP; ++g)
+    for (int c = 0; c < CHUNKS; ++c) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = 0.0f;
+    float m = KV_NEG_INF, l = 0.0f;   // softmax state of head j (l: this lane's tokens only)
+    float vs_max = 0.0f;              // INT8: the V scales are divided by this running maximum
+
+    for (int k = 0; warp + k * WARPS < tiles; ++k) {
+        const Tile tile = tile_at(k);
+        const int valid = tile.valid;
+        unsigned int kraw[2][KW], vraw[4][VW];
         #pragma unroll
-        for (int i = 0; i < VALS; ++i) acc[g][i] = 0.0f;
-    for (int base = 0; base < n; base += 2 * TOKENS_PER_PASS) {
+        for (int h = 0; h < 2; ++h)
+            #pragma unroll
+            for (int i = 0; i < KB / KU; ++i) {
+                unsigned int* w = &kraw[h][i * (KU / 4)];
+                const int t = 8 * h + j;
+                if (t < valid) load_bytes<KU>(key_cache + row_of(tile, t) * HEAD_DIM * ELEM_BYTES + (i * 4 + qd) * KU, w);
+                else for (int x = 0; x < KU / 4; ++x) w[x] = 0u;
+            }
         #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-            const int t = base + u * TOKENS_PER_PASS + group;
-            if (t >= n) continue;
-            const long long row = cache_row(table, start + t, kv_heads, kv_head);
-            float v[VALS];
-            load_slice(value_cache, row, part, v);
+        for (int r = 0; r < 4; ++r)
+            #pragma unroll
+            for (int i = 0; i < VB / VU; ++i) {
+                unsigned int* w = &vraw[r][i * (VU / 4)];
+                const int t = mine[r];
+                if (t < valid) load_bytes<VU>(value_cache + row_of(tile, t) * HEAD_DIM * ELEM_BYTES + (i * 8 + j) * VU, w);
+                else for (int x = 0; x < VU / 4; ++x) w[x] = 0u;
+            }
 #if INT8
-            const float scale = bf16_to_float(value_scale[row]);
-#else
-            const float scale = 1.0f;
+        // Lane L holds the scale of token L % 16: K for L < 16, V after.
+        const long long scale_at = kv_head * num_slots + tile.slot0 + lane % 16;
+        const float my_scale = lane % 16 < valid ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 0.0f;
 #endif
+
+        // S = Q K^T: s[h][0..1] are head j's scores of tokens 8h + 2qd, 8h + 2qd + 1.
+        float s[2][4];
+        #pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            s[h][0] = s[h][1] = s[h][2] = s[h][3] = 0.0f;
             #pragma unroll
-            for (int g = 0; g < GROUP; ++g) {
-                const float p = s_p[g][t] * scale;
-                #pragma unroll
-                for (int i = 0; i < VALS; ++i) acc[g][i] += p * v[i];
+            for (int c = 0; c < CHUNKS; ++c) {
+#if INT8
+                unsigned int b0, b1;
+                int8x4_to_f16x2(kraw[h][c], b0, b1);
+#else
+                const unsigned int b0 = kraw[h][2 * c], b1 = kraw[h][2 * c + 1];
+#endif
+                mma(s[h], qa[c][0], 0u, qa[c][1], 0u, b0, b1);
             }
         }
+        float score[4] = {s[0][0], s[0][1], s[1][0], s[1][1]};  // tokens mine[0..3]
+#if INT8
+        float kscale[4], vscale[4];
+        #pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            kscale[r] = __shfl_sync(0xffffffffu, my_scale, mine[r]);
+            vscale[r] = __shfl_sync(0xffffffffu, my_scale, 16 + mine[r]);
+        }
+#endif
+        float tile_max = KV_NEG_INF;
+        #pragma unroll
+        for (int r = 0; r < 4; ++r) {
+#if INT8
+            score[r] *= score_scale * kscale[r];
+#else
+            score[r] *= score_scale;
+#endif
+            if (mine[r] >= valid) score[r] = KV_NEG_INF;
+            tile_max = fmaxf(tile_max, score[r]);
+        }
+        const float m_new = fmaxf(m, quad_max(tile_max));  // finite: the tile has a valid token
+        const float alpha = exp2f(m - m_new);
+        float p[4];
+        #pragma unroll
+        for (int r = 0; r < 4; ++r) p[r] = exp2f(score[r] - m_new);
+        l = l * alpha + (p[0] + p[1]) + (p[2] + p[3]);
+        m = m_new;
+
+        // The accumulator's columns are heads 2qd and 2qd + 1: their rescale factors live in the
+        // lanes whose j is that head.
+        float rescale_even = __shfl_sync(0xffffffffu, alpha, 8 * qd);
+        float rescale_odd = __shfl_sync(0xffffffffu, alpha, 8 * qd + 4);
+#if INT8
+        const float vs_new = fmaxf(fmaxf(vs_max, FLT_MIN_NORMAL),
+                                   quad_max(fmaxf(fmaxf(vscale[0], vscale[1]), fmaxf(vscale[2], vscale[3]))));
+        const float ratio = vs_max / vs_new, inv = 1.0f / vs_new;
+        vs_max = vs_new;
+        rescale_even *= ratio;
+        rescale_odd *= ratio;
+        #pragma unroll
+        for (int r = 0; r < 4; ++r) p[r] *= vscale[r] * inv;
+#endif
+        const unsigned int pb0 = pack2(p[0], p[1]), pb1 = pack2(p[2], p[3]);
+        // Once the maxima settle, most tiles need no rescaling.
+        if (__any_sync(0xffffffffu, rescale_even != 1.0f || rescale_odd != 1.0f)) {
+            #pragma unroll
+            for (int c = 0; c < CHUNKS; ++c) {
+                acc[c][0] *= rescale_even; acc[c][1] *= rescale_odd;
+                acc[c][2] *= rescale_even; acc[c][3] *= rescale_odd;
+            }
+        }
+
+        // O^T += V^T P^T, one m16 tile of dims at a time.
+        #pragma unroll
+        for (int c = 0; c < CHUNKS; ++c) {
+#if INT8
+            // Word c/2 of a row holds four dims; tile c takes the pair 2(c%2), 2(c%2)+1.
+            const unsigned int sel = (c % 2) ? 0x7362u : 0x5140u;
+            unsigned int a0, a1, a2, a3;
+            int8x4_to_f16x2(__byte_perm(vraw[0][c / 2], vraw[1][c / 2], sel), a0, a1);
+            int8x4_to_f16x2(__byte_perm(vraw[2][c / 2], vraw[3][c / 2], sel), a2, a3);
+#else
+            const unsigned int a0 = __byte_perm(vraw[0][c], vraw[1][c], 0x5410u);
+            const unsigned int a1 = __byte_perm(vraw[0][c], vraw[1][c], 0x7632u);
+            const unsigned int a2 = __byte_perm(vraw[2][c], vraw[3][c], 0x5410u);
+            const unsigned int a3 = __byte_perm(vraw[2][c], vraw[3][c], 0x7632u);
+#endif
+            mma(acc[c], a0, a1, a2, a3, pb0, pb1);
+        }
     }
-    // Sum the tokens of the pass within the warp (lanes with the same slice), then across warps.
+    l = quad_sum(l);
+
+    // Combine the warps: out = sum_w 2^(m_w - M) vs_w acc_w, sum = sum_w 2^(m_w - M) l_w.
+    __shared__ float s_m[WARPS][8], s_l[WARPS][8], s_vs[WARPS];
+    __shared__ float s_acc[WARPS][8][ACC_STRIDE];
     #pragma unroll
-    for (int offset = TPT; offset < 32; offset <<= 1)
-        #pragma unroll
-        for (int g = 0; g < GROUP; ++g)
-            #pragma unroll
-            for (int i = 0; i < VALS; ++i) acc[g][i] += __shfl_xor_sync(0xffffffffu, acc[g][i], offset);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (lane < TPT) {
-        #pragma unroll
-        for (int g = 0; g < GROUP; ++g)
-            #pragma unroll
-            for (int i = 0; i < VALS; ++i) s_acc[warp][g][lane * VALS + i] = acc[g][i];
+    for (int c = 0; c < CHUNKS; ++c) {
+        const int d = value_dim(c, j);
+        s_acc[warp][2 * qd][d] = acc[c][0];
+        s_acc[warp][2 * qd + 1][d] = acc[c][1];
+        s_acc[warp][2 * qd][d + 1] = acc[c][2];
+        s_acc[warp][2 * qd + 1][d + 1] = acc[c][3];
     }
+    if (qd == 0) { s_m[warp][j] = m; s_l[warp][j] = l; }
+    if (lane == 0) s_vs[warp] = INT8 ? vs_max : 1.0f;
     __syncthreads();
+    const int heads = kv_heads * GROUP;
     for (int i = threadIdx.x; i < GROUP * HEAD_DIM; i += THREADS) {
         const int g = i / HEAD_DIM, d = i % HEAD_DIM;
-        float sum = 0.0f;
-        for (int w = 0; w < WARPS; ++w) sum += s_acc[w][g][d];
+        float big = KV_NEG_INF;
+        #pragma unroll
+        for (int w = 0; w < WARPS; ++w) big = fmaxf(big, s_m[w][g]);
+        float sum = 0.0f, total = 0.0f;
+        #pragma unroll
+        for (int w = 0; w < WARPS; ++w) {
+            const float weight = exp2f(s_m[w][g] - big);  // 0 for a warp that had no tile
+            sum += weight * s_vs[w] * s_acc[w][g][d];
+            total += weight * s_l[w][g];
+        }
         const long long at = ((long long)b * heads + kv_head * GROUP + g) * max_splits + split;
         partial_out[at * HEAD_DIM + d] = sum;
-        if (d == 0) { partial_max[at] = s_stats[0][g]; partial_sum[at] = s_stats[1][g]; }
+        if (d == 0) { partial_max[at] = big * LN2; partial_sum[at] = total; }
     }
 }
 
@@ -201,10 +331,10 @@ extern "C" __global__ void decode_attention_reduce(
     const float* __restrict__ partial_out, const float* __restrict__ partial_max,
     const float* __restrict__ partial_sum, const int* __restrict__ context_lens,
     bf16_t* __restrict__ out,                   // [batch][heads][HEAD_DIM]
-    int heads, int max_splits)
+    int heads, int max_splits, int partition)
 {
     const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
-    const int splits = (context_lens[b] + PARTITION - 1) / PARTITION;
+    const int splits = (context_lens[b] + partition - 1) / partition;
     const long long base = ((long long)b * heads + h) * max_splits;
     float m = KV_NEG_INF;
     for (int s = 0; s < splits; ++s) m = fmaxf(m, partial_max[base + s]);

@@ -11,17 +11,32 @@ use crate::{CacheDtype, CacheLayout};
 const STORE_CU: &str = include_str!("store.cu");
 const DECODE_CU: &str = include_str!("decode_attention.cu");
 
-/// Tokens per split of decode attention: a long context is cut into splits of this many tokens,
-/// each a thread block, so that one sequence still fills the GPU.
-pub const PARTITION: usize = 512;
+/// Tokens per split of decode attention, longest first: a context is cut into splits, each a
+/// thread block; each launch takes the longest split that still gives `TARGET_BLOCKS` blocks, so
+/// that a small batch of long contexts still fills the GPU. Multiples of 16.
+const PARTITIONS: [usize; 4] = [512, 256, 128, 64];
+/// Enough thread blocks to fill an H100/H200 (132 SMs, 2 to 3 blocks each) a few times over.
+const TARGET_BLOCKS: usize = 1024;
 const THREADS: u32 = 128;
+
+/// Thread blocks of decode attention per SM that the register allocation must allow: more blocks
+/// keep more loads in flight, fewer registers may spill (docs/PERF.md has the measurements).
+/// `NANOVLLM_DECODE_MIN_BLOCKS` overrides it, for tuning.
+fn decode_min_blocks() -> usize {
+    std::env::var("NANOVLLM_DECODE_MIN_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&b| b >= 1)
+        .unwrap_or(4)
+}
 
 /// One layer's K or V plane, and its scales for INT8.
 #[derive(Debug)]
 pub struct GpuPlane {
     /// `[slots][kv_heads][head_dim]` elements (int8 codes or bf16 bits), as bytes.
     pub data: CudaSlice<u8>,
-    /// `[slots][kv_heads]` bf16 scales (one dummy element for bf16 caches).
+    /// `[kv_heads][slots]` bf16 scales (one dummy element for bf16 caches): head-major, so that
+    /// the scales of a tile of tokens are contiguous.
     pub scales: CudaSlice<bf16>,
 }
 
@@ -66,7 +81,8 @@ pub struct DecodeWorkspace {
     partial_out: CudaSlice<f32>,
     partial_max: CudaSlice<f32>,
     partial_sum: CudaSlice<f32>,
-    max_splits: usize,
+    /// (sequence, head, split) results it holds.
+    capacity: usize,
 }
 
 impl DecodeWorkspace {
@@ -78,14 +94,42 @@ impl DecodeWorkspace {
         head_dim: usize,
         max_context: usize,
     ) -> Result<Self, GpuError> {
-        let max_splits = max_context.div_ceil(PARTITION).max(1);
-        let stats = batch * heads * max_splits;
+        let capacity = Self::capacity(batch, heads, max_context);
         Ok(DecodeWorkspace {
-            partial_out: gpu.stream.alloc_zeros(stats * head_dim)?,
-            partial_max: gpu.stream.alloc_zeros(stats)?,
-            partial_sum: gpu.stream.alloc_zeros(stats)?,
-            max_splits,
+            partial_out: gpu.stream.alloc_zeros(capacity * head_dim)?,
+            partial_max: gpu.stream.alloc_zeros(capacity)?,
+            partial_sum: gpu.stream.alloc_zeros(capacity)?,
+            capacity,
         })
+    }
+
+    /// The bytes [`DecodeWorkspace::new`] allocates.
+    pub fn bytes(batch: usize, heads: usize, head_dim: usize, max_context: usize) -> usize {
+        Self::capacity(batch, heads, max_context) * (head_dim + 2) * 4
+    }
+
+    /// Enough for the longest splits at full batch, and for the shortest with one sequence.
+    fn capacity(batch: usize, heads: usize, max_context: usize) -> usize {
+        let longest = batch * max_context.div_ceil(PARTITIONS[0]);
+        let shortest = max_context.div_ceil(PARTITIONS[PARTITIONS.len() - 1]);
+        heads * longest.max(shortest).max(1)
+    }
+
+    /// The longest partition that gives `TARGET_BLOCKS` thread blocks (else the shortest that fits
+    /// this workspace), and the splits of a context of `max_context`.
+    fn partition(&self, batch: usize, heads: usize, kv_heads: usize, max_context: usize) -> (usize, usize) {
+        let mut chosen = (PARTITIONS[0], max_context.div_ceil(PARTITIONS[0]).max(1));
+        for partition in PARTITIONS {
+            let splits = max_context.div_ceil(partition).max(1);
+            if batch * heads * splits > self.capacity {
+                break;
+            }
+            chosen = (partition, splits);
+            if batch * kv_heads * splits >= TARGET_BLOCKS {
+                break;
+            }
+        }
+        chosen
     }
 }
 
@@ -97,6 +141,7 @@ pub struct CacheKernels {
     reduce: CudaFunction,
     head_dim: usize,
     group: usize,
+    block_size: usize,
 }
 
 impl CacheKernels {
@@ -109,18 +154,25 @@ impl CacheKernels {
         group: usize,
         block_size: usize,
     ) -> Result<Self, GpuError> {
-        if !head_dim.is_multiple_of(32) || head_dim > 256 {
-            return Err(GpuError::Unsupported(format!(
-                "head_dim {head_dim} (a multiple of 32, at most 256)"
-            )));
+        if ![32, 64, 128, 256].contains(&head_dim) {
+            return Err(GpuError::Unsupported(format!("head_dim {head_dim} (32, 64, 128 or 256)")));
         }
         if !(1..=8).contains(&group) {
             return Err(GpuError::Unsupported(format!("{group} query heads per kv head (1 to 8)")));
         }
-        if block_size == 0 {
-            return Err(GpuError::Unsupported("block size 0".into()));
+        if block_size == 0 || !block_size.is_multiple_of(16) {
+            return Err(GpuError::Unsupported(format!(
+                "block size {block_size} (decode attention reads tiles of 16 tokens: use a multiple of 16)"
+            )));
+        }
+        if gpu.modules.arch_number() < 80 {
+            return Err(GpuError::Unsupported(format!(
+                "{}: decode attention uses the m16n8k16 tensor-core MMA of compute capability 8.0 and later",
+                gpu.describe()
+            )));
         }
         let int8 = u8::from(dtype == CacheDtype::Int8).to_string();
+
         let store = gpu.module(
             "store_kv",
             &format!("{INT8_KV_CUH}\n{STORE_CU}"),
@@ -134,8 +186,8 @@ impl CacheKernels {
                 ("GROUP", group.to_string()),
                 ("INT8", int8),
                 ("BLOCK_SIZE", block_size.to_string()),
-                ("PARTITION", PARTITION.to_string()),
                 ("THREADS", THREADS.to_string()),
+                ("MIN_BLOCKS", decode_min_blocks().to_string()),
             ],
         )?;
         Ok(CacheKernels {
@@ -144,6 +196,7 @@ impl CacheKernels {
             reduce: decode.load_function("decode_attention_reduce")?,
             head_dim,
             group,
+            block_size,
         })
     }
 
@@ -171,6 +224,7 @@ impl CacheKernels {
         };
         let (keys, values) = (&mut cache.keys[layer], &mut cache.values[layer]);
         let (stride, tokens) = (src_stride as i64, num_tokens as i32);
+        let num_slots = cache.layout.num_slots() as i64;
         let mut launch = gpu.stream.launch_builder(&self.store);
         launch
             .arg(key)
@@ -181,6 +235,7 @@ impl CacheKernels {
             .arg(&mut values.data)
             .arg(&mut keys.scales)
             .arg(&mut values.scales)
+            .arg(&num_slots)
             .arg(&tokens)
             .arg(&kv_heads);
         // SAFETY: the arguments match store_kv's signature; every row index the kernel forms is
@@ -216,14 +271,23 @@ impl CacheKernels {
         let kv_heads = cache.layout.kv_heads;
         let heads = (kv_heads * self.group) as i32;
         let softmax_scale = 1.0f32 / (self.head_dim as f32).sqrt();
-        let (max_blocks, kv_heads_arg, max_splits) =
-            (max_blocks as i32, kv_heads as i32, workspace.max_splits as i32);
+        let (partition, splits) =
+            workspace.partition(batch, heads as usize, kv_heads, max_blocks * self.block_size);
+        if batch * heads as usize * splits > workspace.capacity {
+            return Err(GpuError::Unsupported(format!(
+                "a decode workspace for {} results, asked for {batch} sequences of {heads} heads and {splits} splits",
+                workspace.capacity
+            )));
+        }
+        let (max_blocks, kv_heads_arg, max_splits, partition) =
+            (max_blocks as i32, kv_heads as i32, splits as i32, partition as i32);
         let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
         let config = LaunchConfig {
-            grid_dim: (workspace.max_splits as u32, kv_heads as u32, batch as u32),
+            grid_dim: (splits as u32, kv_heads as u32, batch as u32),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
+        let num_slots = cache.layout.num_slots() as i64;
         let mut launch = gpu.stream.launch_builder(&self.partial);
         let q_stride = q_stride as i64;
         launch
@@ -233,6 +297,7 @@ impl CacheKernels {
             .arg(&values.data)
             .arg(&keys.scales)
             .arg(&values.scales)
+            .arg(&num_slots)
             .arg(block_tables)
             .arg(&max_blocks)
             .arg(context_lens)
@@ -241,6 +306,7 @@ impl CacheKernels {
             .arg(&mut workspace.partial_sum)
             .arg(&kv_heads_arg)
             .arg(&max_splits)
+            .arg(&partition)
             .arg(&softmax_scale);
         // SAFETY: the arguments match decode_attention_partial's signature; the caller's block
         // tables name blocks of this cache and its context lengths fit their tables and the
@@ -262,7 +328,8 @@ impl CacheKernels {
             .arg(context_lens)
             .arg(out)
             .arg(&heads)
-            .arg(&max_splits);
+            .arg(&max_splits)
+            .arg(&partition);
         // SAFETY: as above; the reduce kernel reads only the splits the partial kernel wrote.
         #[allow(unsafe_code)]
         unsafe {

@@ -1,8 +1,19 @@
 // Store a batch of tokens' K and V into the paged cache by slot, quantizing INT8 rows on the way.
-// Defines: HEAD_DIM (a multiple of 32), INT8 (1: int8 codes + bf16 scales; 0: bf16 rows).
-// One warp per (token, kv head, K or V) row; each lane owns HEAD_DIM/32 contiguous values.
+// Defines: HEAD_DIM (32, 64, 128 or 256), INT8 (1: int8 codes + bf16 scales; 0: bf16 rows).
+// One warp per (token, kv head, K or V) row; each lane owns HEAD_DIM/32 contiguous values, read
+// and written in one access each.
 
 #define PER_LANE (HEAD_DIM / 32)
+
+// An unsigned type of N bytes, for moving a lane's values in one access.
+template <int N> struct Bytes;
+template <> struct Bytes<1> { typedef unsigned char T; };
+template <> struct Bytes<2> { typedef unsigned short T; };
+template <> struct Bytes<4> { typedef unsigned int T; };
+template <> struct Bytes<8> { typedef uint2 T; };
+template <> struct Bytes<16> { typedef uint4 T; };
+typedef typename Bytes<2 * PER_LANE>::T Bf16s;   // a lane's bf16 values
+typedef typename Bytes<PER_LANE>::T Codes;       // a lane's INT8 codes
 
 extern "C" __global__ void store_kv(
     const bf16_t* __restrict__ key,      // [tokens][kv_heads][HEAD_DIM], token stride `src_stride`
@@ -11,9 +22,9 @@ extern "C" __global__ void store_kv(
     const long long* __restrict__ slots, // [tokens]; negative: padding, skipped
     void* __restrict__ key_cache,        // [slots][kv_heads][HEAD_DIM] int8 or bf16
     void* __restrict__ value_cache,
-    bf16_t* __restrict__ key_scale,      // [slots][kv_heads] (INT8 only)
+    bf16_t* __restrict__ key_scale,      // [kv_heads][num_slots] (INT8 only)
     bf16_t* __restrict__ value_scale,
-    int num_tokens, int kv_heads)
+    long long num_slots, int num_tokens, int kv_heads)
 {
     const int lane = threadIdx.x & 31;
     const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -27,9 +38,11 @@ extern "C" __global__ void store_kv(
 
     const bf16_t* src = (is_value ? value : key) + token * src_stride + (long long)head * HEAD_DIM + lane * PER_LANE;
     const long long dst_row = slot * kv_heads + head;
+    union { Bf16s bits; bf16_t h[PER_LANE]; } in;
+    in.bits = *(const Bf16s*)src;
     float x[PER_LANE];
     #pragma unroll
-    for (int i = 0; i < PER_LANE; ++i) x[i] = bf16_to_float(src[i]);
+    for (int i = 0; i < PER_LANE; ++i) x[i] = bf16_to_float(in.h[i]);
 
 #if INT8
     float amax = 0.0f;
@@ -45,12 +58,13 @@ extern "C" __global__ void store_kv(
     const bf16_t scale = finite ? kv_scale_from_amax(amax) : KV_BF16_NAN;
     const float step = bf16_to_float(scale);
     signed char* dst = (signed char*)(is_value ? value_cache : key_cache) + dst_row * HEAD_DIM + lane * PER_LANE;
+    union { Codes bits; signed char c[PER_LANE]; } out;
     #pragma unroll
-    for (int i = 0; i < PER_LANE; ++i) dst[i] = (finite && step != 0.0f) ? kv_quantize(x[i], step) : 0;
-    if (lane == 0) (is_value ? value_scale : key_scale)[dst_row] = scale;
+    for (int i = 0; i < PER_LANE; ++i) out.c[i] = (finite && step != 0.0f) ? kv_quantize(x[i], step) : 0;
+    *(Codes*)dst = out.bits;
+    if (lane == 0) (is_value ? value_scale : key_scale)[head * num_slots + slot] = scale;
 #else
     bf16_t* dst = (bf16_t*)(is_value ? value_cache : key_cache) + dst_row * HEAD_DIM + lane * PER_LANE;
-    #pragma unroll
-    for (int i = 0; i < PER_LANE; ++i) dst[i] = src[i];
+    *(Bf16s*)dst = in.bits;
 #endif
 }

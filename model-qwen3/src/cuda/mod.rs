@@ -154,9 +154,8 @@ impl GpuQwen3 {
         let (h, d, i) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let per_token =
             4 * h + 2 * (h + c.qkv_size() + c.num_attention_heads * d + h + 3 * i) + 4 + 4 + 8 + 4;
-        let splits = max_context.div_ceil(kv_cache::cuda::PARTITION).max(1);
-        let attention = c.num_attention_heads * splits * (d + 2) * 4;
-        tokens * (per_token + attention) + outputs * (4 * c.vocab_size + 2 * h)
+        let attention = kv_cache::cuda::DecodeWorkspace::bytes(tokens, c.num_attention_heads, d, max_context);
+        tokens * per_token + attention + outputs * (4 * c.vocab_size + 2 * h)
     }
 
     /// The forward pass of [`Qwen3Model::forward`], on the GPU: same inputs, same outputs.
@@ -236,7 +235,6 @@ impl GpuQwen3 {
         let (q_size, kv_size) = (c.num_attention_heads * d, c.num_key_value_heads * d);
         let qkv_size = q_size + 2 * kv_size;
         let context_lens: Vec<i32> = positions.iter().map(|p| p + 1).collect();
-        let max_context = *context_lens.iter().max().unwrap_or(&1) as usize;
 
         let ids_gpu = stream.clone_htod(ids)?;
         let positions_gpu = stream.clone_htod(positions)?;
@@ -251,7 +249,9 @@ impl GpuQwen3 {
         let mut delta = stream.alloc_zeros::<bf16>(tokens * h)?;
         let mut gate_up = stream.alloc_zeros::<bf16>(tokens * 2 * inter)?;
         let mut act = stream.alloc_zeros::<bf16>(tokens * inter)?;
-        let mut workspace = DecodeWorkspace::new(&self.gpu, tokens, c.num_attention_heads, d, max_context)?;
+        // Decode attention sizes its splits by the block tables' width.
+        let table_context = max_blocks * self.cache.layout.block_size;
+        let mut workspace = DecodeWorkspace::new(&self.gpu, tokens, c.num_attention_heads, d, table_context)?;
         let eps = c.rms_norm_eps as f32;
 
         self.launch_embedding(&ids_gpu, &mut x, tokens)?;
