@@ -55,4 +55,16 @@ for i in range(64):
 run many-cuda-int8.jsonl generate --model $fixture --device cuda --prompts-file "$out/many.jsonl" --kv-cache-dtype int8 \
   --temperature 0 --ignore-eos --max-tokens 64 --json --block-size 16 --kv-cache-memory-gib 0.0009 --max-model-len 512
 log "64 requests in a cache of about 1200 tokens: $(grep -c '"line"' "$out/many-cuda-int8.jsonl") completed"
+# Reproducibility (issue 7): the same seed twice gives the same text, with GPU sampling (temperature
+# only) and with host sampling (top-p), for both cache dtypes.
+for dtype in bf16 int8; do
+  for extra in "" "--top-p 0.9"; do
+    tag=$dtype${extra:+-topp}
+    for attempt in 1 2; do
+      run seed-$tag-$attempt.jsonl generate --model $fixture --device cuda --prompts-file "$out/prompts.jsonl" \
+        --kv-cache-dtype $dtype --temperature 0.8 $extra --seed 7 --ignore-eos --max-tokens 24 --json --block-size 16
+    done
+    if cmp -s "$out/seed-$tag-1.jsonl" "$out/seed-$tag-2.jsonl"; then log "same seed twice, $tag: identical"; else log "same seed twice, $tag: DIFFERENT"; status=1; fi
+  done
+done
 exit $status

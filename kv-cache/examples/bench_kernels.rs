@@ -8,7 +8,7 @@
 //! from DRAM, not L2 (60 MB on an H200).
 
 use half::bf16;
-use kv_cache::cuda::{CacheKernels, DecodeWorkspace, GpuKvCache};
+use kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache};
 use kv_cache::{CacheDtype, CacheLayout};
 use kv_quant::cuda::cudarc::driver::{
     CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg, sys::CUevent_flags,
@@ -138,17 +138,23 @@ fn bench_decode(
     let mut out = gpu.stream.alloc_zeros::<bf16>(shape.batch * shape.heads * d)?;
     let kernels = CacheKernels::new(gpu, dtype, d, shape.heads / shape.kv_heads, BLOCK_SIZE)?;
     let mut workspace = DecodeWorkspace::new(gpu, shape.batch, shape.heads, d, shape.context)?;
+    let groups = gpu.stream.clone_htod(&(0..=shape.batch as i32).collect::<Vec<_>>())?;
+    let queries = AttentionQueries {
+        block_tables: &tables,
+        max_blocks: blocks_per_seq,
+        context_lens: &lens,
+        groups: &groups,
+        num_queries: shape.batch,
+        num_groups: shape.batch,
+    };
     let us = timer.median_us(|i| {
-        kernels.decode(
+        kernels.attention(
             gpu,
             &caches[i % copies],
             0,
             &q.slice(..),
             shape.heads * d,
-            &tables,
-            blocks_per_seq,
-            &lens,
-            shape.batch,
+            &queries,
             &mut workspace,
             &mut out,
         )

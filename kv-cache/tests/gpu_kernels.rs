@@ -6,7 +6,7 @@
 #![cfg(feature = "cuda")]
 
 use half::bf16;
-use kv_cache::cuda::{CacheKernels, DecodeWorkspace, GpuKvCache};
+use kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache};
 use kv_cache::{CacheDtype, CacheLayout};
 use kv_quant::cuda::Gpu;
 use rand::rngs::StdRng;
@@ -134,14 +134,26 @@ struct DecodeCase {
     kv_heads: usize,
     head_dim: usize,
     block_size: usize,
+    /// Each sequence's context length.
     contexts: Vec<usize>,
+    /// Queries per sequence: 1 is decode; more is a prefill chunk, the last `queries` positions of
+    /// the sequence, each with its own causal context, attending in groups.
+    queries: usize,
 }
 
-/// The reference: each query head over its kv head's rows, as the CPU reads them, in f64.
-fn reference(case: &DecodeCase, q: &[bf16], keys: &[f32], values: &[f32], tables: &[Vec<i32>]) -> Vec<f32> {
+/// The reference: each query head over its kv head's rows, as the CPU reads them, in f64. Query
+/// `b` has context `contexts[b]` through table `tables[b]`.
+fn reference(
+    case: &DecodeCase,
+    q: &[bf16],
+    keys: &[f32],
+    values: &[f32],
+    contexts: &[usize],
+    tables: &[&Vec<i32>],
+) -> Vec<f32> {
     let (d, group) = (case.head_dim, case.heads / case.kv_heads);
     let mut out = Vec::new();
-    for (b, &context) in case.contexts.iter().enumerate() {
+    for (b, &context) in contexts.iter().enumerate() {
         for h in 0..case.heads {
             let kv_head = h / group;
             let query = &q[(b * case.heads + h) * d..][..d];
@@ -215,6 +227,7 @@ fn decode_attention_matches_the_reference() {
             head_dim: 128,
             block_size: 16,
             contexts: contexts.clone(),
+            queries: 1,
         },
         DecodeCase {
             dtype: CacheDtype::Bf16,
@@ -223,6 +236,7 @@ fn decode_attention_matches_the_reference() {
             head_dim: 128,
             block_size: 16,
             contexts: contexts.clone(),
+            queries: 1,
         },
         DecodeCase {
             dtype: CacheDtype::Int8,
@@ -231,6 +245,7 @@ fn decode_attention_matches_the_reference() {
             head_dim: 128,
             block_size: 256,
             contexts: vec![5, 700, 2049],
+            queries: 1,
         },
         DecodeCase {
             dtype: CacheDtype::Bf16,
@@ -239,6 +254,7 @@ fn decode_attention_matches_the_reference() {
             head_dim: 128,
             block_size: 64,
             contexts: vec![5, 700, 2049],
+            queries: 1,
         },
         DecodeCase {
             dtype: CacheDtype::Int8,
@@ -247,6 +263,7 @@ fn decode_attention_matches_the_reference() {
             head_dim: 64,
             block_size: 32,
             contexts: vec![3, 1025],
+            queries: 1,
         },
         DecodeCase {
             dtype: CacheDtype::Int8,
@@ -255,6 +272,26 @@ fn decode_attention_matches_the_reference() {
             head_dim: 128,
             block_size: 16,
             contexts: vec![2, 600],
+            queries: 1,
+        },
+        // Prefill chunks: the last 37 (or fewer) positions of each sequence, in groups.
+        DecodeCase {
+            dtype: CacheDtype::Int8,
+            heads: 16,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 16,
+            contexts: vec![1, 20, 37, 600, 1100],
+            queries: 37,
+        },
+        DecodeCase {
+            dtype: CacheDtype::Bf16,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 32,
+            contexts: vec![9, 530],
+            queries: 37,
         },
     ];
     for case in &cases {
@@ -281,49 +318,75 @@ fn decode_attention_matches_the_reference() {
         gpu.stream.memcpy_htod(&v_bytes, &mut cache.values[0].data).unwrap();
         gpu.stream.memcpy_htod(&head_major(&k_scales, case.kv_heads), &mut cache.keys[0].scales).unwrap();
         gpu.stream.memcpy_htod(&head_major(&v_scales, case.kv_heads), &mut cache.values[0].scales).unwrap();
-        let batch = case.contexts.len();
+        // Each sequence's queries: the last `case.queries` positions, in order.
+        let (mut query_seq, mut query_contexts) = (Vec::new(), Vec::new());
+        for (seq, &context) in case.contexts.iter().enumerate() {
+            for c in (context + 1).saturating_sub(case.queries).max(1)..=context {
+                query_seq.push(seq);
+                query_contexts.push(c);
+            }
+        }
+        let batch = query_seq.len();
         let q = to_bf16(&random_rows(&mut rng, batch * case.heads, case.head_dim));
-        let flat_tables: Vec<i32> = tables
+        let query_tables: Vec<&Vec<i32>> = query_seq.iter().map(|&s| &tables[s]).collect();
+        let flat_tables: Vec<i32> = query_tables
             .iter()
             .flat_map(|t| t.iter().copied().chain(std::iter::repeat(-1)).take(max_blocks))
             .collect();
-        let lens: Vec<i32> = case.contexts.iter().map(|&c| c as i32).collect();
+        let lens: Vec<i32> = query_contexts.iter().map(|&c| c as i32).collect();
         let kernels =
             CacheKernels::new(&gpu, case.dtype, case.head_dim, case.heads / case.kv_heads, bs).unwrap();
-        let max_context = *case.contexts.iter().max().unwrap();
+        let per_group = kernels.queries_per_group();
+        let mut groups: Vec<i32> = Vec::new();
+        for i in 0..batch {
+            let group_start = groups.last().map_or(0, |&g| g as usize);
+            if i == 0 || query_seq[i - 1] != query_seq[i] || i - group_start == per_group {
+                groups.push(i as i32);
+            }
+        }
+        groups.push(batch as i32);
+        let max_context = max_blocks * bs; // the tables' width bounds the splits
         let mut workspace =
             DecodeWorkspace::new(&gpu, batch, case.heads, case.head_dim, max_context).unwrap();
         let q_gpu = gpu.stream.clone_htod(&q).unwrap();
         let tables_gpu = gpu.stream.clone_htod(&flat_tables).unwrap();
         let lens_gpu = gpu.stream.clone_htod(&lens).unwrap();
+        let groups_gpu = gpu.stream.clone_htod(&groups).unwrap();
+        let queries = AttentionQueries {
+            block_tables: &tables_gpu,
+            max_blocks,
+            context_lens: &lens_gpu,
+            groups: &groups_gpu,
+            num_queries: batch,
+            num_groups: groups.len() - 1,
+        };
         let mut out = gpu.stream.clone_htod(&vec![bf16::NAN; q.len()]).unwrap();
         kernels
-            .decode(
+            .attention(
                 &gpu,
                 &cache,
                 0,
                 &q_gpu.slice(..),
                 case.heads * case.head_dim,
-                &tables_gpu,
-                max_blocks,
-                &lens_gpu,
-                batch,
+                &queries,
                 &mut workspace,
                 &mut out,
             )
             .unwrap();
         let got: Vec<f32> = gpu.stream.clone_dtoh(&out).unwrap().iter().map(|x| x.to_f32()).collect();
-        let expected = reference(case, &q, &keys, &values, &tables);
+        let expected = reference(case, &q, &keys, &values, &query_contexts, &query_tables);
         assert!(got.iter().all(|x| x.is_finite()), "unwritten or NaN outputs");
         let err: f64 = got.iter().zip(&expected).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
         let norm: f64 = expected.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
         eprintln!(
-            "{} heads {}/{} d{} block {}: relative L2 error {:.2e}",
+            "{} heads {}/{} d{} block {}, {} queries in {} groups: relative L2 error {:.2e}",
             case.dtype,
             case.heads,
             case.kv_heads,
             case.head_dim,
             bs,
+            batch,
+            groups.len() - 1,
             err / norm
         );
         assert!(err / norm < 1e-2, "relative L2 error {:.3e}", err / norm);

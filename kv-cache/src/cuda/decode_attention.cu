@@ -5,13 +5,20 @@
 // BLOCK_SIZE (slots per cache block, multiple of 16), THREADS (threads per block), MIN_BLOCKS
 // (thread blocks per SM the register allocation must allow).
 //
-// Grid (splits, kv_heads, batch): a thread block takes `partition` tokens (a multiple of 16, chosen
-// per launch so that small batches still fill the GPU) of one sequence for one kv head; its warps
-// take tiles of 16 tokens in turn, each with its own online softmax, and combine at the end. Per tile a warp computes S = Q K^T with the GROUP query heads as the rows of an
-// m16n8k16 MMA (rows GROUP..15 are zero) and O^T += V^T P^T, where the scores' accumulator layout
-// is exactly the P^T operand's. The reduce kernel combines the splits (log-sum-exp) into bf16.
+// Queries come in groups: up to QUERIES (8 / GROUP) consecutive query tokens of one sequence (a
+// decode step has groups of one; a prefill chunk, groups of QUERIES consecutive positions), each with
+// its own causal context length. The MMA's 8 useful rows are (query token, query head) pairs, so a
+// group's K/V rows are loaded once for all of its tokens and heads.
 //
-// Lane roles in a warp: j = lane / 4, q = lane % 4. For QK, lane (j, q) loads key row j of each
+// Grid (splits, kv_heads, groups): a thread block takes `partition` key tokens (a multiple of 16,
+// chosen per launch so that small batches still fill the GPU) of one group's sequence for one kv
+// head; its warps take tiles of 16 key tokens in turn, each with its own online softmax, and
+// combine at the end. Per tile a warp computes S = Q K^T with the group's rows as the rows of an
+// m16n8k16 MMA (rows 8..15 are zero) and O^T += V^T P^T, where the scores' accumulator layout is
+// exactly the P^T operand's. The reduce kernel combines the splits (log-sum-exp) into bf16.
+//
+// Lane roles in a warp: j = lane / 4 (the row: query j / GROUP of the group, head j % GROUP),
+// q = lane % 4. For QK, lane (j, q) loads key row j of each
 // 8-token half of the tile: the units i of KU bytes at row offset (4 i + q) KU (a quad covers a
 // contiguous span, so every 32-byte sector is used whole); the MMA's k index is permuted so that the
 // lane's elements are exactly its fragment (a dot product does not care about the order). For PV,
@@ -22,6 +29,7 @@
 // each warp-wide load uses whole 32-byte sectors.
 
 #define WARPS (THREADS / 32)
+#define QUERIES (8 / GROUP)                 // query tokens per group
 #define TILE 16
 #define ELEM_BYTES (INT8 ? 1 : 2)
 #define KB (HEAD_DIM / 4 * ELEM_BYTES)      // bytes of a key row a lane loads
@@ -120,44 +128,54 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     const bf16_t* __restrict__ key_scale,       // [kv_heads][slots] (INT8 only)
     const bf16_t* __restrict__ value_scale,
     long long num_slots,
-    const int* __restrict__ block_tables,       // [batch][max_blocks]
+    const int* __restrict__ block_tables,       // [batch][max_blocks]: a query's table
     int max_blocks,
-    const int* __restrict__ context_lens,       // [batch]
+    const int* __restrict__ context_lens,       // [batch]: a query's causal context
+    const int* __restrict__ query_groups,       // [groups + 1]: each group's first query, then the end
     float* __restrict__ partial_out,            // [batch][heads][max_splits][HEAD_DIM]
     float* __restrict__ partial_max,            // [batch][heads][max_splits], natural log units
     float* __restrict__ partial_sum,
     int kv_heads, int max_splits, int partition, float softmax_scale)
 {
-    const int split = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
+    const int split = blockIdx.x, kv_head = blockIdx.y;
+    const int first_query = query_groups[blockIdx.z], queries = query_groups[blockIdx.z + 1] - first_query;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, j = lane / 4, qd = lane % 4;
+    // This lane's row: query `query` of the group (if it exists), head `head` of the kv head.
+    const int query = j / GROUP, head = j % GROUP;
+    const bool row_used = j < QUERIES * GROUP && query < queries;
+    const int row_context = row_used ? context_lens[first_query + query] : 0;
+    int context = 0;
+    for (int i = 0; i < queries; ++i) context = max(context, context_lens[first_query + i]);
     const int start = split * partition;
-    const int context = context_lens[b];
     if (start >= context) return;
     const int n = min(context - start, partition);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, j = lane / 4, qd = lane % 4;
-    const int* table = block_tables + (long long)b * max_blocks;
+    // Keys of this split that this lane's row may see: [0, row_limit), split-relative.
+    const int row_limit = min(row_context - start, n);
+    const int* table = block_tables + (long long)first_query * max_blocks;
     const float score_scale = softmax_scale * LOG2E;  // scores in log2 units: exp2 below
     const int mine[4] = {2 * qd, 2 * qd + 1, 2 * qd + 8, 2 * qd + 9};  // this lane's score tokens
     const int tiles = (n + TILE - 1) / TILE;
 
     // Where this lane's bytes of this warp's k-th tile are.
-    struct Tile { long long slot0; int valid; };
+    struct Tile { long long slot0; int first, valid; };  // first: the tile's first key, split-relative
     auto tile_at = [&](int k) {
         const int first = (warp + k * WARPS) * TILE, pos0 = start + first;
-        return Tile{(long long)table[pos0 / BLOCK_SIZE] * BLOCK_SIZE + pos0 % BLOCK_SIZE, min(n - first, TILE)};
+        return Tile{(long long)table[pos0 / BLOCK_SIZE] * BLOCK_SIZE + pos0 % BLOCK_SIZE, first, min(n - first, TILE)};
     };
     auto row_of = [&](const Tile& tile, int t) { return (tile.slot0 + t) * kv_heads + kv_head; };
 
-    // Query fragments: row j (query head kv_head * GROUP + j), the four elements of chunk c that
+    // Query fragments: row j (query `query`, head kv_head * GROUP + head), the four elements of chunk c that
     // this lane's keys hold (consecutive: one 8-byte load). Staging the rows through shared memory
     // first measured slower (docs/PERF.md).
     unsigned int qa[CHUNKS][2];
     {
-        const bf16_t* qrow = q + (long long)b * q_stride + (long long)(kv_head * GROUP + min(j, GROUP - 1)) * HEAD_DIM;
+        const bf16_t* qrow = q + (long long)(first_query + (row_used ? query : 0)) * q_stride
+                             + (long long)(kv_head * GROUP + head) * HEAD_DIM;
         #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
             const int element = INT8 ? key_element(c, qd) : key_element(2 * c, qd);
             unsigned int w[2] = {0u, 0u};
-            if (j < GROUP) load_bytes<8>((const unsigned char*)(qrow + element), w);
+            if (row_used) load_bytes<8>((const unsigned char*)(qrow + element), w);
             #pragma unroll
             for (int h = 0; h < 2; ++h) {
 #if INT8
@@ -174,7 +192,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     float acc[CHUNKS][4];
     #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = 0.0f;
-    float m = KV_NEG_INF, l = 0.0f;   // softmax state of head j (l: this lane's tokens only)
+    float m = KV_NEG_INF, l = 0.0f;   // softmax state of row j (l: this lane's tokens only)
     float vs_max = 0.0f;              // INT8: the V scales are divided by this running maximum
 
     for (int k = 0; warp + k * WARPS < tiles; ++k) {
@@ -238,19 +256,22 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
 #else
             score[r] *= score_scale;
 #endif
-            if (mine[r] >= valid) score[r] = KV_NEG_INF;
+            if (tile.first + mine[r] >= row_limit) score[r] = KV_NEG_INF;
             tile_max = fmaxf(tile_max, score[r]);
         }
-        const float m_new = fmaxf(m, quad_max(tile_max));  // finite: the tile has a valid token
-        const float alpha = exp2f(m - m_new);
+        const float m_new = fmaxf(m, quad_max(tile_max));
+        // -inf while a row has seen no key of its context (a later query's keys, an unused row):
+        // subtract 0 then, so that alpha and p are 0, not NaN.
+        const float m_sub = m_new == KV_NEG_INF ? 0.0f : m_new;
+        const float alpha = exp2f(m - m_sub);
         float p[4];
         #pragma unroll
-        for (int r = 0; r < 4; ++r) p[r] = exp2f(score[r] - m_new);
+        for (int r = 0; r < 4; ++r) p[r] = exp2f(score[r] - m_sub);
         l = l * alpha + (p[0] + p[1]) + (p[2] + p[3]);
         m = m_new;
 
-        // The accumulator's columns are heads 2qd and 2qd + 1: their rescale factors live in the
-        // lanes whose j is that head.
+        // The accumulator's columns are rows 2qd and 2qd + 1: their rescale factors live in the
+        // lanes whose j is that row.
         float rescale_even = __shfl_sync(0xffffffffu, alpha, 8 * qd);
         float rescale_odd = __shfl_sync(0xffffffffu, alpha, 8 * qd + 4);
 #if INT8
@@ -308,8 +329,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     if (lane == 0) s_vs[warp] = INT8 ? vs_max : 1.0f;
     __syncthreads();
     const int heads = kv_heads * GROUP;
-    for (int i = threadIdx.x; i < GROUP * HEAD_DIM; i += THREADS) {
-        const int g = i / HEAD_DIM, d = i % HEAD_DIM;
+    for (int i = threadIdx.x; i < queries * GROUP * HEAD_DIM; i += THREADS) {
+        const int g = i / HEAD_DIM, d = i % HEAD_DIM, token = first_query + g / GROUP;
+        if (start >= context_lens[token]) continue;  // a split past this query's context: never read
         float big = KV_NEG_INF;
         #pragma unroll
         for (int w = 0; w < WARPS; ++w) big = fmaxf(big, s_m[w][g]);
@@ -320,7 +342,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
             sum += weight * s_vs[w] * s_acc[w][g][d];
             total += weight * s_l[w][g];
         }
-        const long long at = ((long long)b * heads + kv_head * GROUP + g) * max_splits + split;
+        const long long at = ((long long)token * heads + kv_head * GROUP + g % GROUP) * max_splits + split;
         partial_out[at * HEAD_DIM + d] = sum;
         if (d == 0) { partial_max[at] = big * LN2; partial_sum[at] = total; }
     }

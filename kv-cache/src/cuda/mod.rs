@@ -18,6 +18,8 @@ const PARTITIONS: [usize; 4] = [512, 256, 128, 64];
 /// Enough thread blocks to fill an H100/H200 (132 SMs, 2 to 3 blocks each) a few times over.
 const TARGET_BLOCKS: usize = 1024;
 const THREADS: u32 = 128;
+/// Rows (token, kv head, K or V) each warp of the store kernel takes, their loads all in flight.
+const STORE_ROWS_PER_WARP: u32 = 4;
 
 /// Thread blocks of decode attention per SM that the register allocation must allow: more blocks
 /// keep more loads in flight, fewer registers may spill (docs/PERF.md has the measurements).
@@ -75,6 +77,24 @@ impl GpuKvCache {
     }
 }
 
+/// The queries of one attention call, on the device.
+#[derive(Debug)]
+pub struct AttentionQueries<'a> {
+    /// `[num_queries][max_blocks]` i32: each query's block table.
+    pub block_tables: &'a CudaSlice<i32>,
+    /// Width of `block_tables`.
+    pub max_blocks: usize,
+    /// `[num_queries]` i32: each query's causal context length (its position + 1).
+    pub context_lens: &'a CudaSlice<i32>,
+    /// `[num_groups + 1]` i32: each group's first query, then `num_queries`. A group is up to
+    /// [`CacheKernels::queries_per_group`] consecutive queries of one sequence.
+    pub groups: &'a CudaSlice<i32>,
+    /// Queries.
+    pub num_queries: usize,
+    /// Groups.
+    pub num_groups: usize,
+}
+
 /// Scratch of decode attention's splits, sized for a batch and a longest context.
 #[derive(Debug)]
 pub struct DecodeWorkspace {
@@ -115,17 +135,25 @@ impl DecodeWorkspace {
         heads * longest.max(shortest).max(1)
     }
 
-    /// The longest partition that gives `TARGET_BLOCKS` thread blocks (else the shortest that fits
-    /// this workspace), and the splits of a context of `max_context`.
-    fn partition(&self, batch: usize, heads: usize, kv_heads: usize, max_context: usize) -> (usize, usize) {
+    /// The longest partition that gives `TARGET_BLOCKS` thread blocks for `groups` query groups
+    /// (else the shortest that fits this workspace's results for `queries` queries), and the splits
+    /// of a context of `max_context`.
+    fn partition(
+        &self,
+        groups: usize,
+        queries: usize,
+        heads: usize,
+        kv_heads: usize,
+        max_context: usize,
+    ) -> (usize, usize) {
         let mut chosen = (PARTITIONS[0], max_context.div_ceil(PARTITIONS[0]).max(1));
         for partition in PARTITIONS {
             let splits = max_context.div_ceil(partition).max(1);
-            if batch * heads * splits > self.capacity {
+            if queries * heads * splits > self.capacity {
                 break;
             }
             chosen = (partition, splits);
-            if batch * kv_heads * splits >= TARGET_BLOCKS {
+            if groups * kv_heads * splits >= TARGET_BLOCKS {
                 break;
             }
         }
@@ -176,7 +204,11 @@ impl CacheKernels {
         let store = gpu.module(
             "store_kv",
             &format!("{INT8_KV_CUH}\n{STORE_CU}"),
-            &[("HEAD_DIM", head_dim.to_string()), ("INT8", int8.clone())],
+            &[
+                ("HEAD_DIM", head_dim.to_string()),
+                ("INT8", int8.clone()),
+                ("ROWS", STORE_ROWS_PER_WARP.to_string()),
+            ],
         )?;
         let decode = gpu.module(
             "decode_attention",
@@ -218,7 +250,7 @@ impl CacheKernels {
         let rows = (num_tokens * cache.layout.kv_heads * 2) as u32;
         let warps_per_block = THREADS / 32;
         let config = LaunchConfig {
-            grid_dim: (rows.div_ceil(warps_per_block), 1, 1),
+            grid_dim: (rows.div_ceil(warps_per_block * STORE_ROWS_PER_WARP), 1, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -248,31 +280,39 @@ impl CacheKernels {
         Ok(())
     }
 
-    /// Decode attention of `batch` single-token queries (`q`: `[batch][heads][head_dim]` bf16, with
-    /// `q_stride` elements between queries) over `layer`, each query's blocks in `block_tables`
-    /// (`[batch][max_blocks]` i32) and its context length in `context_lens`; writes `out`
-    /// (`[batch][heads][head_dim]` bf16). A prefill token at position `p` is a query with context
-    /// `p + 1`, so this also serves prefill (slowly: each token reads its whole context).
+    /// Query tokens per group of [`AttentionQueries::groups`]: the MMA has 8 useful rows, one per
+    /// (query token, query head) of a kv head.
+    pub fn queries_per_group(&self) -> usize {
+        (8 / self.group).max(1)
+    }
+
+    /// Paged attention of single-token queries (`q`: `[queries][heads][head_dim]` bf16, with
+    /// `q_stride` elements between queries) over `layer`, each with its own causal context; writes
+    /// `out` (`[queries][heads][head_dim]` bf16). Serves decode (groups of one query) and prefill
+    /// (groups of consecutive positions of one sequence, which share each K/V row they read).
     #[allow(clippy::too_many_arguments)]
-    pub fn decode(
+    pub fn attention(
         &self,
         gpu: &Gpu,
         cache: &GpuKvCache,
         layer: usize,
         q: &CudaView<'_, bf16>,
         q_stride: usize,
-        block_tables: &CudaSlice<i32>,
-        max_blocks: usize,
-        context_lens: &CudaSlice<i32>,
-        batch: usize,
+        queries: &AttentionQueries<'_>,
         workspace: &mut DecodeWorkspace,
         out: &mut CudaSlice<bf16>,
     ) -> Result<(), GpuError> {
+        let (batch, max_blocks) = (queries.num_queries, queries.max_blocks);
         let kv_heads = cache.layout.kv_heads;
         let heads = (kv_heads * self.group) as i32;
         let softmax_scale = 1.0f32 / (self.head_dim as f32).sqrt();
-        let (partition, splits) =
-            workspace.partition(batch, heads as usize, kv_heads, max_blocks * self.block_size);
+        let (partition, splits) = workspace.partition(
+            queries.num_groups,
+            batch,
+            heads as usize,
+            kv_heads,
+            max_blocks * self.block_size,
+        );
         if batch * heads as usize * splits > workspace.capacity {
             return Err(GpuError::Unsupported(format!(
                 "a decode workspace for {} results, asked for {batch} sequences of {heads} heads and {splits} splits",
@@ -283,7 +323,7 @@ impl CacheKernels {
             (max_blocks as i32, kv_heads as i32, splits as i32, partition as i32);
         let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
         let config = LaunchConfig {
-            grid_dim: (splits as u32, kv_heads as u32, batch as u32),
+            grid_dim: (splits as u32, kv_heads as u32, queries.num_groups as u32),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -298,9 +338,10 @@ impl CacheKernels {
             .arg(&keys.scales)
             .arg(&values.scales)
             .arg(&num_slots)
-            .arg(block_tables)
+            .arg(queries.block_tables)
             .arg(&max_blocks)
-            .arg(context_lens)
+            .arg(queries.context_lens)
+            .arg(queries.groups)
             .arg(&mut workspace.partial_out)
             .arg(&mut workspace.partial_max)
             .arg(&mut workspace.partial_sum)
@@ -309,8 +350,8 @@ impl CacheKernels {
             .arg(&partition)
             .arg(&softmax_scale);
         // SAFETY: the arguments match decode_attention_partial's signature; the caller's block
-        // tables name blocks of this cache and its context lengths fit their tables and the
-        // workspace's max_splits.
+        // tables name blocks of this cache, its context lengths fit their tables and the
+        // workspace's max_splits, and its groups are ascending query indices up to num_queries.
         #[allow(unsafe_code)]
         unsafe {
             launch.launch(config)?;
@@ -325,7 +366,7 @@ impl CacheKernels {
             .arg(&workspace.partial_out)
             .arg(&workspace.partial_max)
             .arg(&workspace.partial_sum)
-            .arg(context_lens)
+            .arg(queries.context_lens)
             .arg(out)
             .arg(&heads)
             .arg(&max_splits)

@@ -1,7 +1,7 @@
 // Store a batch of tokens' K and V into the paged cache by slot, quantizing INT8 rows on the way.
-// Defines: HEAD_DIM (32, 64, 128 or 256), INT8 (1: int8 codes + bf16 scales; 0: bf16 rows).
-// One warp per (token, kv head, K or V) row; each lane owns HEAD_DIM/32 contiguous values, read
-// and written in one access each.
+// Defines: HEAD_DIM (32, 64, 128 or 256), INT8 (1: int8 codes + bf16 scales; 0: bf16 rows), ROWS.
+// One warp per ROWS (token, kv head, K or V) rows, all loaded before any is stored; each lane owns
+// HEAD_DIM/32 contiguous values of a row, read and written in one access each.
 
 #define PER_LANE (HEAD_DIM / 32)
 
@@ -27,44 +27,53 @@ extern "C" __global__ void store_kv(
     long long num_slots, int num_tokens, int kv_heads)
 {
     const int lane = threadIdx.x & 31;
-    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const long long first = ((long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * ROWS;
     const long long rows = (long long)num_tokens * kv_heads * 2;
-    if (row >= rows) return;
-    const int is_value = (int)(row & 1);
-    const long long token = (row >> 1) / kv_heads;
-    const int head = (int)((row >> 1) % kv_heads);
-    const long long slot = slots[token];
-    if (slot < 0) return;
 
-    const bf16_t* src = (is_value ? value : key) + token * src_stride + (long long)head * HEAD_DIM + lane * PER_LANE;
-    const long long dst_row = slot * kv_heads + head;
-    union { Bf16s bits; bf16_t h[PER_LANE]; } in;
-    in.bits = *(const Bf16s*)src;
-    float x[PER_LANE];
+    // Every row's loads first, so that a warp has ROWS of them in flight.
+    union { Bf16s bits; bf16_t h[PER_LANE]; } in[ROWS];
+    long long slot[ROWS];
     #pragma unroll
-    for (int i = 0; i < PER_LANE; ++i) x[i] = bf16_to_float(in.h[i]);
-
-#if INT8
-    float amax = 0.0f;
-    bool finite = true;
-    #pragma unroll
-    for (int i = 0; i < PER_LANE; ++i) {
-        finite &= isfinite(x[i]);
-        amax = fmaxf(amax, fabsf(x[i]));
+    for (int r = 0; r < ROWS; ++r) {
+        const long long row = first + r, token = (row >> 1) / kv_heads;
+        slot[r] = -1;
+        if (row >= rows) continue;
+        const int head = (int)((row >> 1) % kv_heads);
+        in[r].bits = *(const Bf16s*)((row & 1 ? value : key) + token * src_stride + (long long)head * HEAD_DIM + lane * PER_LANE);
+        slot[r] = slots[token];
     }
+
     #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-    finite = __all_sync(0xffffffffu, finite);
-    const bf16_t scale = finite ? kv_scale_from_amax(amax) : KV_BF16_NAN;
-    const float step = bf16_to_float(scale);
-    signed char* dst = (signed char*)(is_value ? value_cache : key_cache) + dst_row * HEAD_DIM + lane * PER_LANE;
-    union { Codes bits; signed char c[PER_LANE]; } out;
-    #pragma unroll
-    for (int i = 0; i < PER_LANE; ++i) out.c[i] = (finite && step != 0.0f) ? kv_quantize(x[i], step) : 0;
-    *(Codes*)dst = out.bits;
-    if (lane == 0) (is_value ? value_scale : key_scale)[head * num_slots + slot] = scale;
+    for (int r = 0; r < ROWS; ++r) {
+        if (slot[r] < 0) continue;  // past the end or padding: the same for the whole warp
+        const long long row = first + r;
+        const int is_value = (int)(row & 1);
+        const int head = (int)((row >> 1) % kv_heads);
+        const long long dst_row = slot[r] * kv_heads + head;
+#if INT8
+        float x[PER_LANE];
+        float amax = 0.0f;
+        bool finite = true;
+        #pragma unroll
+        for (int i = 0; i < PER_LANE; ++i) {
+            x[i] = bf16_to_float(in[r].h[i]);
+            finite &= isfinite(x[i]);
+            amax = fmaxf(amax, fabsf(x[i]));
+        }
+        #pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+        finite = __all_sync(0xffffffffu, finite);
+        const bf16_t scale = finite ? kv_scale_from_amax(amax) : KV_BF16_NAN;
+        const float step = bf16_to_float(scale);
+        signed char* dst = (signed char*)(is_value ? value_cache : key_cache) + dst_row * HEAD_DIM + lane * PER_LANE;
+        union { Codes bits; signed char c[PER_LANE]; } out;
+        #pragma unroll
+        for (int i = 0; i < PER_LANE; ++i) out.c[i] = (finite && step != 0.0f) ? kv_quantize(x[i], step) : 0;
+        *(Codes*)dst = out.bits;
+        if (lane == 0) (is_value ? value_scale : key_scale)[head * num_slots + slot[r]] = scale;
 #else
-    bf16_t* dst = (bf16_t*)(is_value ? value_cache : key_cache) + dst_row * HEAD_DIM + lane * PER_LANE;
-    *(Bf16s*)dst = in.bits;
+        bf16_t* dst = (bf16_t*)(is_value ? value_cache : key_cache) + dst_row * HEAD_DIM + lane * PER_LANE;
+        *(Bf16s*)dst = in[r].bits;
 #endif
+    }
 }

@@ -10,7 +10,7 @@
 
 use half::bf16;
 use kv_cache::CacheDtype;
-use kv_cache::cuda::{CacheKernels, DecodeWorkspace, GpuKvCache};
+use kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache};
 use kv_quant::cuda::cudarc::cublas::{CudaBlas, Gemm, GemmConfig, result as blas, sys as blas_sys};
 use kv_quant::cuda::cudarc::driver::{
     CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
@@ -215,10 +215,22 @@ impl GpuQwen3 {
             tables.extend(blocks.iter().map(|&b| b as i32));
             tables.resize(tables.len() + max_blocks - blocks.len(), 0);
         }
+        // Consecutive tokens of one sequence (a prefill chunk) attend in groups that share each K/V
+        // row they read; a decode token is a group of one.
+        let per_group = self.cache_kernels.queries_per_group();
+        let mut groups: Vec<i32> = Vec::new();
+        for (i, token) in tokens.iter().enumerate() {
+            let group_start = groups.last().map_or(0, |&g| g as usize);
+            if i == 0 || tokens[i - 1].seq != token.seq || i - group_start == per_group {
+                groups.push(i as i32);
+            }
+        }
+        groups.push(tokens.len() as i32);
         let logit_rows: Vec<i32> = logit_rows(seqs).into_iter().map(|r| r as i32).collect();
-        Ok(self.run(&ids, &positions, &slots, &tables, max_blocks, &logit_rows)?)
+        Ok(self.run(&ids, &positions, &slots, &tables, max_blocks, &groups, &logit_rows)?)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
         ids: &[i32],
@@ -226,6 +238,7 @@ impl GpuQwen3 {
         slots: &[i64],
         tables: &[i32],
         max_blocks: usize,
+        groups: &[i32],
         logit_rows: &[i32],
     ) -> Result<(CudaSlice<f32>, usize), GpuError> {
         let c = self.config.clone();
@@ -241,6 +254,15 @@ impl GpuQwen3 {
         let slots_gpu = stream.clone_htod(slots)?;
         let tables_gpu = stream.clone_htod(tables)?;
         let lens_gpu = stream.clone_htod(&context_lens)?;
+        let groups_gpu = stream.clone_htod(groups)?;
+        let queries = AttentionQueries {
+            block_tables: &tables_gpu,
+            max_blocks,
+            context_lens: &lens_gpu,
+            groups: &groups_gpu,
+            num_queries: tokens,
+            num_groups: groups.len() - 1,
+        };
         let rows_gpu = stream.clone_htod(logit_rows)?;
         let mut x = stream.alloc_zeros::<f32>(tokens * h)?;
         let mut normed = stream.alloc_zeros::<bf16>(tokens * h)?;
@@ -287,16 +309,13 @@ impl GpuQwen3 {
                 &slots_gpu,
                 tokens,
             )?;
-            self.cache_kernels.decode(
+            self.cache_kernels.attention(
                 &self.gpu,
                 &self.cache,
                 index,
                 &qkv.slice(..),
                 qkv_size,
-                &tables_gpu,
-                max_blocks,
-                &lens_gpu,
-                tokens,
+                &queries,
                 &mut workspace,
                 &mut attended,
             )?;
