@@ -18,8 +18,12 @@ const PARTITIONS: [usize; 4] = [512, 256, 128, 64];
 /// Enough thread blocks to fill an H100/H200 (132 SMs, 2 to 3 blocks each) a few times over.
 const TARGET_BLOCKS: usize = 1024;
 const THREADS: u32 = 128;
-/// Rows (token, kv head, K or V) each warp of the store kernel takes, their loads all in flight.
-const STORE_ROWS_PER_WARP: u32 = 4;
+/// Rows (token, kv head, K or V) each warp of the store kernel takes, their loads all in flight:
+/// four pay for bf16 copies; INT8 rows, whose quantization is the longer part, run faster one per
+/// warp (docs/PERF.md).
+fn store_rows_per_warp(dtype: CacheDtype) -> u32 {
+    if dtype == CacheDtype::Int8 { 1 } else { 4 }
+}
 
 /// Thread blocks of decode attention per SM that the register allocation must allow: more blocks
 /// keep more loads in flight, fewer registers may spill (docs/PERF.md has the measurements).
@@ -170,6 +174,7 @@ pub struct CacheKernels {
     head_dim: usize,
     group: usize,
     block_size: usize,
+    store_rows: u32,
 }
 
 impl CacheKernels {
@@ -207,7 +212,7 @@ impl CacheKernels {
             &[
                 ("HEAD_DIM", head_dim.to_string()),
                 ("INT8", int8.clone()),
-                ("ROWS", STORE_ROWS_PER_WARP.to_string()),
+                ("ROWS", store_rows_per_warp(dtype).to_string()),
             ],
         )?;
         let decode = gpu.module(
@@ -229,6 +234,7 @@ impl CacheKernels {
             head_dim,
             group,
             block_size,
+            store_rows: store_rows_per_warp(dtype),
         })
     }
 
@@ -250,7 +256,7 @@ impl CacheKernels {
         let rows = (num_tokens * cache.layout.kv_heads * 2) as u32;
         let warps_per_block = THREADS / 32;
         let config = LaunchConfig {
-            grid_dim: (rows.div_ceil(warps_per_block * STORE_ROWS_PER_WARP), 1, 1),
+            grid_dim: (rows.div_ceil(warps_per_block * self.store_rows), 1, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };

@@ -27,29 +27,29 @@ extern "C" __global__ void store_kv(
     long long num_slots, int num_tokens, int kv_heads)
 {
     const int lane = threadIdx.x & 31;
-    const long long first = ((long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * ROWS;
-    const long long rows = (long long)num_tokens * kv_heads * 2;
+    // Row indices fit 32 bits (the launch counts them in a u32): 32-bit division is much cheaper.
+    const unsigned int first = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * ROWS;
+    const unsigned int rows = (unsigned int)num_tokens * kv_heads * 2;
 
     // Every row's loads first, so that a warp has ROWS of them in flight.
     union { Bf16s bits; bf16_t h[PER_LANE]; } in[ROWS];
     long long slot[ROWS];
+    int head[ROWS];
     #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
-        const long long row = first + r, token = (row >> 1) / kv_heads;
+        const unsigned int row = first + r, token = (row >> 1) / kv_heads;
+        head[r] = (int)((row >> 1) - token * kv_heads);
         slot[r] = -1;
         if (row >= rows) continue;
-        const int head = (int)((row >> 1) % kv_heads);
-        in[r].bits = *(const Bf16s*)((row & 1 ? value : key) + token * src_stride + (long long)head * HEAD_DIM + lane * PER_LANE);
+        in[r].bits = *(const Bf16s*)((row & 1 ? value : key) + (long long)token * src_stride + head[r] * HEAD_DIM + lane * PER_LANE);
         slot[r] = slots[token];
     }
 
     #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         if (slot[r] < 0) continue;  // past the end or padding: the same for the whole warp
-        const long long row = first + r;
-        const int is_value = (int)(row & 1);
-        const int head = (int)((row >> 1) % kv_heads);
-        const long long dst_row = slot[r] * kv_heads + head;
+        const int is_value = (int)((first + r) & 1);
+        const long long dst_row = slot[r] * kv_heads + head[r];
 #if INT8
         float x[PER_LANE];
         float amax = 0.0f;
@@ -70,7 +70,7 @@ extern "C" __global__ void store_kv(
         #pragma unroll
         for (int i = 0; i < PER_LANE; ++i) out.c[i] = (finite && step != 0.0f) ? kv_quantize(x[i], step) : 0;
         *(Codes*)dst = out.bits;
-        if (lane == 0) (is_value ? value_scale : key_scale)[head * num_slots + slot[r]] = scale;
+        if (lane == 0) (is_value ? value_scale : key_scale)[head[r] * num_slots + slot[r]] = scale;
 #else
         bf16_t* dst = (bf16_t*)(is_value ? value_cache : key_cache) + dst_row * HEAD_DIM + lane * PER_LANE;
         *(Bf16s*)dst = in[r].bits;
