@@ -59,6 +59,10 @@ pub(crate) struct EngineArgs {
     /// Seed of the sampler (and of dummy weights): the same seed gives the same output.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
+    /// GPUs to split the model across (must divide the heads, kv heads, intermediate size and
+    /// vocabulary). Only 1 runs today: multi-GPU (NCCL) execution is not implemented yet.
+    #[arg(long, default_value_t = 1)]
+    tensor_parallel_size: usize,
 }
 
 impl EngineArgs {
@@ -90,6 +94,7 @@ impl EngineArgs {
             max_model_len: self.max_model_len,
             seed: self.seed,
             progress,
+            tensor_parallel_size: self.tensor_parallel_size,
         };
         let format = match self.load_format {
             Format::Safetensors => LoadFormat::Safetensors,

@@ -278,3 +278,32 @@ fn a_broken_tokenizer_a_failing_chat_template_and_an_empty_prompts_file() {
         "tokenizer.json: not a valid tokenizer.json",
     );
 }
+
+#[test]
+fn a_tensor_parallel_size_that_cannot_run_is_refused_with_the_reason() {
+    let model = repo().join("models/kjv-qwen3").display().to_string();
+    let run = |size: &str, device: &str| {
+        cli(&[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "In",
+            "--device",
+            device,
+            "--tensor-parallel-size",
+            size,
+        ])
+    };
+    // kjv-qwen3 has 4 query heads and 2 kv heads.
+    assert_one_line_error(
+        &run("3", "cpu"),
+        "tensor parallel size 3: does not divide num_attention_heads (4)",
+    );
+    assert_one_line_error(
+        &run("4", "cpu"),
+        "tensor parallel size 4: does not divide num_key_value_heads (2)",
+    );
+    assert_one_line_error(&run("0", "cpu"), "tensor parallel size 0: must be at least 1");
+    assert_one_line_error(&run("2", "cpu"), "tensor_parallel_size = 2: runs one rank per GPU");
+}

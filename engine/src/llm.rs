@@ -50,6 +50,10 @@ pub struct EngineConfig {
     pub seed: u64,
     /// Show a progress bar in `generate`.
     pub progress: bool,
+    /// GPUs the model is split across (Megatron-style, as nano-vllm). Only 1 runs today: the
+    /// sharded forward pass exists and is checked on the CPU (`model_qwen3::tensor_parallel`), the
+    /// NCCL path across GPUs does not yet.
+    pub tensor_parallel_size: usize,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +69,7 @@ impl Default for EngineConfig {
             max_model_len: None,
             seed: 0,
             progress: false,
+            tensor_parallel_size: 1,
         }
     }
 }
@@ -494,6 +499,7 @@ fn build_backend(
             problem: "must be at least 1".into(),
         });
     }
+    check_tensor_parallel(model, config)?;
     match config.device {
         Device::Cpu => {
             let budget = config.kv_cache_memory_bytes.unwrap_or(256 << 20);
@@ -551,6 +557,34 @@ fn cuda_backend(
         }
     })?;
     Ok((Backend::Cuda(Box::new(gpu_model)), num_blocks))
+}
+
+/// Refuse a tensor-parallel size the model cannot be split into, or the machine cannot run.
+fn check_tensor_parallel(model: &Qwen3Model, config: &EngineConfig) -> Result<(), EngineError> {
+    let size = config.tensor_parallel_size;
+    model.config().check_tensor_parallel(size)?;
+    if size == 1 {
+        return Ok(());
+    }
+    let problem = match config.device {
+        Device::Cpu => "runs one rank per GPU; the CPU backend runs the whole model (use 1)".to_owned(),
+        Device::Cuda => match gpu_count() {
+            Ok(gpus) if gpus < size => format!("needs {size} GPUs; this machine has {gpus}"),
+            Ok(_) => "splitting a model across GPUs (NCCL) is not implemented yet; use 1".to_owned(),
+            Err(e) => e.to_string(),
+        },
+    };
+    Err(EngineError::Config { field: "tensor_parallel_size", value: size.to_string(), problem })
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_count() -> Result<usize, EngineError> {
+    Ok(kv_quant::cuda::Gpu::count()?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_count() -> Result<usize, EngineError> {
+    Err(EngineError::Device("this build has no CUDA support; rebuild with --features cuda".into()))
 }
 
 #[cfg(not(feature = "cuda"))]

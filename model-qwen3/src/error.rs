@@ -47,6 +47,14 @@ pub enum ModelError {
         /// What is wrong.
         problem: String,
     },
+    /// A tensor-parallel size the model cannot be split into.
+    #[error("tensor parallel size {size}: {problem}")]
+    TensorParallel {
+        /// The size asked for.
+        size: usize,
+        /// Why it is refused.
+        problem: String,
+    },
     /// A forward-pass input that does not fit the model or the cache.
     #[error("invalid model input: {0}")]
     Input(String),

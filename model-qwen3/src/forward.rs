@@ -4,6 +4,7 @@ use kv_cache::{BlockTable, KvCache, StorageDtype};
 use ndarray::{Array2, Axis, s};
 use rayon::prelude::*;
 
+use crate::tensor_parallel::{Collective, NoCollective};
 use crate::{ModelError, Qwen3Model};
 
 /// One sequence's share of a forward pass: compute tokens at positions `start..start + tokens.len()`
@@ -39,10 +40,22 @@ impl Qwen3Model {
         seqs: &[SeqInput<'_>],
         cache: &mut KvCache<T>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.forward_parallel(seqs, cache, &NoCollective)
+    }
+
+    /// One tensor-parallel rank's part of [`Qwen3Model::forward`]: `self` is its shard
+    /// ([`Qwen3Model::shard`]) and `cache` holds its kv heads; every rank of `group` runs the same
+    /// batch at once, and each returns the whole logits.
+    pub fn forward_parallel<T: StorageDtype>(
+        &self,
+        seqs: &[SeqInput<'_>],
+        cache: &mut KvCache<T>,
+        group: &dyn Collective,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let tokens = self.check_batch(seqs, cache)?;
-        let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
         let slots: Vec<usize> = tokens.iter().map(|t| t.slot).collect();
-        let mut x = self.embed_tokens.select(Axis(0), &ids.iter().map(|&id| id as usize).collect::<Vec<_>>());
+        let mut x = self.embed(&tokens);
+        group.all_reduce_sum(&mut x);
         let eps = self.config.rms_norm_eps as f32;
         let inv_freq = self.inv_freq();
         for (index, layer) in self.layers.iter().enumerate() {
@@ -54,15 +67,33 @@ impl Qwen3Model {
             let values = qkv.slice(s![.., k_end..]).to_owned();
             cache.write(index, &slots, contiguous(&keys), contiguous(&values))?;
             let attended = self.attention(index, &qkv, &tokens, seqs, cache)?;
-            x += &attended.dot(&layer.o_proj.t());
+            let mut delta = attended.dot(&layer.o_proj.t());
+            group.all_reduce_sum(&mut delta);
+            x += &delta;
             let h = rms_norm(&x, &layer.post_norm, eps);
             let gate_up = h.dot(&layer.gate_up.t());
-            x += &silu_mul(&gate_up).dot(&layer.down.t());
+            let mut delta = silu_mul(&gate_up).dot(&layer.down.t());
+            group.all_reduce_sum(&mut delta);
+            x += &delta;
         }
         let h = rms_norm(&x.select(Axis(0), &logit_rows(seqs)), &self.norm, eps);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let logits = h.dot(&head.t());
+        let logits = group.all_gather_columns(h.dot(&head.t()));
         Ok(logits.outer_iter().map(|row| row.to_vec()).collect())
+    }
+
+    /// The embedding rows of the batch's tokens; zeros for ids outside a shard's vocabulary slice
+    /// (another rank holds them, and the ranks' rows are summed).
+    fn embed(&self, tokens: &[TokenSlot]) -> Array2<f32> {
+        let mut x = Array2::zeros((tokens.len(), self.config.hidden_size));
+        for (mut row, token) in x.outer_iter_mut().zip(tokens) {
+            if let Some(local) = (token.id as usize).checked_sub(self.vocab_start)
+                && local < self.embed_tokens.nrows()
+            {
+                row.assign(&self.embed_tokens.row(local));
+            }
+        }
+        x
     }
 
     /// Checks the batch against the model and the cache, and lays out its tokens.

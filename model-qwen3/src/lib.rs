@@ -34,6 +34,7 @@ pub mod cuda;
 mod error;
 mod forward;
 mod model;
+pub mod tensor_parallel;
 mod weights;
 
 pub use config::{GenerationConfig, Qwen3Config};

@@ -33,7 +33,10 @@ pub(crate) struct DecoderLayer {
 #[derive(Debug, Clone)]
 pub struct Qwen3Model {
     pub(crate) config: Qwen3Config,
+    /// `[vocab][hidden]`, or a tensor-parallel shard's rows `vocab_start..`.
     pub(crate) embed_tokens: Array2<f32>,
+    /// The first token id of `embed_tokens` (and of `lm_head`): 0 unless this is a shard.
+    pub(crate) vocab_start: usize,
     pub(crate) layers: Vec<DecoderLayer>,
     pub(crate) norm: Vec<f32>,
     /// `None` when the head is tied to the embedding.
@@ -76,9 +79,14 @@ impl Qwen3Model {
         Self::from_tensors(config, tensors)
     }
 
-    /// The model's architecture.
+    /// The model's architecture (a shard's: its own heads and intermediate size).
     pub fn config(&self) -> &Qwen3Config {
         &self.config
+    }
+
+    /// Whether this is one rank's shard of a tensor-parallel model ([`Qwen3Model::shard`]).
+    pub fn is_shard(&self) -> bool {
+        self.embed_tokens.nrows() != self.config.vocab_size
     }
 
     fn from_tensors(config: Qwen3Config, tensors: HashMap<String, Vec<f32>>) -> Self {
@@ -109,6 +117,7 @@ impl Qwen3Model {
             .collect();
         Qwen3Model {
             embed_tokens: store.matrix("model.embed_tokens.weight"),
+            vocab_start: 0,
             norm: store.vector("model.norm.weight"),
             lm_head: (!config.tie_word_embeddings).then(|| store.matrix("lm_head.weight")),
             layers,

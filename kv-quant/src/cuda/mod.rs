@@ -55,14 +55,21 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// The first GPU, or why there is none (no driver library, no device).
-    pub fn open() -> Result<Self, GpuError> {
+    /// GPUs the driver sees, or why it cannot be asked (no driver library).
+    pub fn count() -> Result<usize, GpuError> {
         // SAFETY: only probes whether the driver library can be loaded.
         #[allow(unsafe_code)]
         let driver = unsafe { cudarc::driver::sys::is_culib_present() };
         if !driver {
             return Err(GpuError::Unavailable("libcuda is not installed".into()));
         }
+        let count = CudaContext::device_count().map_err(|e| GpuError::Unavailable(e.to_string()))?;
+        Ok(count.max(0) as usize)
+    }
+
+    /// The first GPU, or why there is none (no driver library, no device).
+    pub fn open() -> Result<Self, GpuError> {
+        let count = Self::count()?;
         // SAFETY: as above, for libnvrtc.
         #[allow(unsafe_code)]
         let nvrtc = unsafe { cudarc::nvrtc::sys::is_culib_present() };
@@ -71,7 +78,6 @@ impl Gpu {
                 "libnvrtc (the CUDA runtime compiler) is not installed".into(),
             ));
         }
-        let count = CudaContext::device_count().map_err(|e| GpuError::Unavailable(e.to_string()))?;
         if count < 1 {
             return Err(GpuError::Unavailable("the driver reports no device".into()));
         }

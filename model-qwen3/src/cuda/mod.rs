@@ -88,6 +88,11 @@ impl GpuQwen3 {
         num_blocks: usize,
         block_size: usize,
     ) -> Result<Self, GpuError> {
+        if model.is_shard() {
+            return Err(GpuError::Unsupported(
+                "a tensor-parallel shard (the GPU path runs whole models)".into(),
+            ));
+        }
         let c = model.config().clone();
         let up16 = |values: &[f32]| gpu.stream.clone_htod(&to_bf16(values));
         let up32 = |values: &[f32]| gpu.stream.clone_htod(values);
