@@ -6,6 +6,8 @@
 //! On the GPU machine: the binary of `cargo test --release -p model-qwen3 --features cuda --test gpu_model --no-run`.
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use std::path::Path;
 
 use kv_cache::{Bf16, BlockManager, BlockTable, CacheDtype, Int8, KvCache, StorageDtype};
@@ -80,21 +82,8 @@ fn run(
         start = start.saturating_add(chunk);
     }
     for step in 0..steps {
-        for (t, table) in tokens.iter_mut().zip(&mut tables) {
-            // A function of the sequence alone (not of its place in the batch).
-            t.push(((t.len() * 31 + step * 7) % 97) as u32 + 3);
-            blocks.may_append(table, t.len()).unwrap();
-        }
-        let inputs: Vec<SeqInput> = tokens
-            .iter()
-            .zip(&tables)
-            .map(|(t, table)| SeqInput {
-                tokens: &t[t.len() - 1..],
-                start: t.len() - 1,
-                block_table: table,
-                logits: true,
-            })
-            .collect();
+        let next = |len: usize| ((len * 31 + step * 7) % 97) as u32 + 3;
+        let inputs = common::decode_step(&mut tokens, &mut tables, &mut blocks, next);
         for (i, l) in forward(&inputs).into_iter().enumerate() {
             logits[i].push(l);
         }

@@ -3,6 +3,8 @@
 //! logits of the unsharded model: prefill of several sequences, then decode steps, for f32 and
 //! INT8 caches, at 2 and 4 ranks.
 
+mod common;
+
 use kv_cache::{BlockManager, BlockTable, F32, Int8, KvCache, StorageDtype};
 use model_qwen3::tensor_parallel::{NoCollective, ThreadGroup};
 use model_qwen3::{ModelError, Qwen3Config, Qwen3Model, SeqInput};
@@ -40,20 +42,8 @@ fn run<T: StorageDtype>(
         .collect();
     all.extend(forward(&inputs, &mut cache));
     for _ in 0..steps {
-        for (t, table) in tokens.iter_mut().zip(&mut tables) {
-            t.push((t.len() as u32 * 37 + 5) % 256);
-            blocks.may_append(table, t.len()).unwrap();
-        }
-        let inputs: Vec<SeqInput> = tokens
-            .iter()
-            .zip(&tables)
-            .map(|(t, table)| SeqInput {
-                tokens: &t[t.len() - 1..],
-                start: t.len() - 1,
-                block_table: table,
-                logits: true,
-            })
-            .collect();
+        let inputs =
+            common::decode_step(&mut tokens, &mut tables, &mut blocks, |len| (len as u32 * 37 + 5) % 256);
         all.extend(forward(&inputs, &mut cache));
     }
     all
