@@ -1,4 +1,4 @@
-// Paged decode attention on tensor cores, reading the cache in place. INT8 rows become exact fp16
+// Paged attention (decode, and prefill in query groups) on tensor cores, reading the cache in place. INT8 rows become exact fp16
 // integers in registers (two byte permutes and a subtraction per four codes); the K scale is folded
 // into the score and the V scale into the probability. bf16 rows go to the tensor cores as they are.
 // Defines: HEAD_DIM (32, 64, 128 or 256), GROUP (query heads per kv head, at most 8), INT8 (0/1),
@@ -18,8 +18,7 @@
 // exactly the P^T operand's. The reduce kernel combines the splits (log-sum-exp) into bf16.
 //
 // Lane roles in a warp: j = lane / 4 (the row: query j / GROUP of the group, head j % GROUP),
-// q = lane % 4. For QK, lane (j, q) loads key row j of each
-// 8-token half of the tile: the units i of KU bytes at row offset (4 i + q) KU (a quad covers a
+// q = lane % 4. For QK, lane (j, q) loads key row j of each 8-token half of the tile: the units i of KU bytes at row offset (4 i + q) KU (a quad covers a
 // contiguous span, so every 32-byte sector is used whole); the MMA's k index is permuted so that the
 // lane's elements are exactly its fragment (a dot product does not care about the order). For PV,
 // lane (j, q) loads value rows 2q, 2q+1, 2q+8, 2q+9 (the tokens whose scores it holds), units at row
@@ -223,7 +222,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         const float my_scale = lane % 16 < valid ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 0.0f;
 #endif
 
-        // S = Q K^T: s[h][0..1] are head j's scores of tokens 8h + 2qd, 8h + 2qd + 1.
+        // S = Q K^T: s[h][0..1] are row j's scores of keys 8h + 2qd, 8h + 2qd + 1.
         float s[2][4];
         #pragma unroll
         for (int h = 0; h < 2; ++h) {

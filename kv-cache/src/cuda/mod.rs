@@ -99,13 +99,13 @@ pub struct AttentionQueries<'a> {
     pub num_groups: usize,
 }
 
-/// Scratch of decode attention's splits, sized for a batch and a longest context.
+/// Scratch of attention's splits, sized for a batch of queries and a longest context.
 #[derive(Debug)]
 pub struct DecodeWorkspace {
     partial_out: CudaSlice<f32>,
     partial_max: CudaSlice<f32>,
     partial_sum: CudaSlice<f32>,
-    /// (sequence, head, split) results it holds.
+    /// (query, head, split) results it holds.
     capacity: usize,
 }
 
@@ -205,7 +205,6 @@ impl CacheKernels {
             )));
         }
         let int8 = u8::from(dtype == CacheDtype::Int8).to_string();
-
         let store = gpu.module(
             "store_kv",
             &format!("{INT8_KV_CUH}\n{STORE_CU}"),
@@ -321,7 +320,7 @@ impl CacheKernels {
         );
         if batch * heads as usize * splits > workspace.capacity {
             return Err(GpuError::Unsupported(format!(
-                "a decode workspace for {} results, asked for {batch} sequences of {heads} heads and {splits} splits",
+                "an attention workspace for {} results, asked for {batch} queries of {heads} heads and {splits} splits",
                 workspace.capacity
             )));
         }
