@@ -8,15 +8,21 @@ out=${OUT:-gpu-out}
 mkdir -p "$out"
 status=0
 limit=${BENCH_TIMEOUT:-240}
+# MODES="graphs eager" also runs each bench with --enforce-eager, side by side.
 for extra in "" "--kv-cache-memory-gib 4"; do
-  for dtype in bf16 int8; do
-    tag=$dtype${extra:+-4gib}
-    echo "== bench $dtype $extra" | tee -a "$out/bench.log"
-    timeout "$limit" target/release/nanovllm-cli bench --model models/configs/qwen3-0.6b --load-format dummy \
-      --kv-cache-dtype $dtype $extra --json > "$out/bench-$tag.json" 2>> "$out/bench.log" || { echo "FAILED" | tee -a "$out/bench.log"; status=1; }
-    cat "$out/bench-$tag.json" | tee -a "$out/bench.log"
+  for mode in ${MODES:-graphs}; do
+    for dtype in bf16 int8; do
+      tag=$dtype${extra:+-4gib}
+      flags=$extra
+      if [ "$mode" = eager ]; then tag=$tag-eager; flags="$flags --enforce-eager"; fi
+      echo "== bench $dtype $flags" | tee -a "$out/bench.log"
+      timeout "$limit" target/release/nanovllm-cli bench --model models/configs/qwen3-0.6b --load-format dummy \
+        --kv-cache-dtype $dtype $flags --json > "$out/bench-$tag.json" 2>> "$out/bench.log" || { echo "FAILED" | tee -a "$out/bench.log"; status=1; }
+      cat "$out/bench-$tag.json" | tee -a "$out/bench.log"
+    done
   done
   [ "${ONLY_DEFAULT:-0}" = 1 ] && break
 done
+[ "${SKIP_MEMORY:-0}" = 1 ] && exit $status
 target/release/xtask bench-memory --preset qwen3-0.6b --blocks 500 --block-size 256 --measure 2>&1 | tee "$out/bench-memory.log" || status=1
 exit $status

@@ -59,6 +59,9 @@ pub(crate) struct EngineArgs {
     /// Seed of the sampler (and of dummy weights): the same seed gives the same output.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
+    /// Launch every kernel of every step instead of replaying decode steps from CUDA graphs.
+    #[arg(long)]
+    enforce_eager: bool,
     /// GPUs to split the model across (must divide the heads, kv heads, intermediate size and
     /// vocabulary). Only 1 runs today: multi-GPU (NCCL) execution is not implemented yet.
     #[arg(long, default_value_t = 1)]
@@ -94,6 +97,7 @@ impl EngineArgs {
             max_model_len: self.max_model_len,
             seed: self.seed,
             progress,
+            enforce_eager: self.enforce_eager,
             tensor_parallel_size: self.tensor_parallel_size,
         };
         let format = match self.load_format {

@@ -93,6 +93,18 @@ impl Backend {
         Ok(samplers.par_iter_mut().zip(&logits).map(|(sampler, logits)| sampler.sample(logits)).collect())
     }
 
+    /// What the backend adds to the cache's log line: the decode graphs on a GPU.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Backend::Cpu(_) => String::new(),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(gpu) => match gpu.decode_graphs() {
+                0 => "; CUDA graphs off".into(),
+                graphs => format!("; decode in CUDA graphs for {graphs} batch sizes"),
+            },
+        }
+    }
+
     /// Run the batch and return the logits of each input that asks for them.
     pub(crate) fn logits(
         &mut self,

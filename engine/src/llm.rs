@@ -50,6 +50,9 @@ pub struct EngineConfig {
     pub seed: u64,
     /// Show a progress bar in `generate`.
     pub progress: bool,
+    /// Launch every kernel of every GPU step instead of replaying decode steps from CUDA graphs
+    /// (vLLM's and nano-vllm's `enforce_eager`): for debugging, and for measuring what graphs save.
+    pub enforce_eager: bool,
     /// GPUs the model is split across (Megatron-style, as nano-vllm). Only 1 runs today: the
     /// sharded forward pass exists and is checked on the CPU (`model_qwen3::tensor_parallel`), the
     /// NCCL path across GPUs does not yet.
@@ -69,6 +72,7 @@ impl Default for EngineConfig {
             max_model_len: None,
             seed: 0,
             progress: false,
+            enforce_eager: false,
             tensor_parallel_size: 1,
         }
     }
@@ -280,11 +284,12 @@ impl LLM {
             * c.num_hidden_layers
             * self.config.kv_cache_dtype.bytes_per_token_per_layer(c.num_key_value_heads, c.head_dim);
         format!(
-            "KV cache: {} blocks of {} = {tokens} tokens, {}, {:.2} GiB",
+            "KV cache: {} blocks of {} = {tokens} tokens, {}, {:.2} GiB{}",
             blocks.num_blocks(),
             blocks.block_size(),
             self.config.kv_cache_dtype,
-            gib(bytes)
+            gib(bytes),
+            self.backend.describe()
         )
     }
 
@@ -518,26 +523,42 @@ fn cuda_backend(
     config: &EngineConfig,
     max_model_len: usize,
 ) -> Result<(Backend, usize), EngineError> {
-    use model_qwen3::cuda::GpuQwen3;
+    use model_qwen3::cuda::{GpuLimits, GpuQwen3};
     let gpu = kv_quant::cuda::Gpu::open()?;
+    let limits = GpuLimits {
+        max_tokens: config.max_num_batched_tokens,
+        max_seqs: config.max_num_seqs,
+        max_model_len,
+        cuda_graphs: !config.enforce_eager,
+    };
+    let out_of_memory = |what: String| {
+        move |e: kv_quant::cuda::GpuError| {
+            if e.to_string().contains("OUT_OF_MEMORY") {
+                EngineError::Config {
+                    field: "GPU memory",
+                    value: what,
+                    problem: "the GPU ran out of memory; lower --gpu-memory-utilization, --max-num-batched-tokens or --kv-cache-memory-gib".into(),
+                }
+            } else {
+                e.into()
+            }
+        }
+    };
+    // The weights and the buffers of the largest step, after one such step: what is free then is
+    // what the cache may take.
+    let mut gpu_model = GpuQwen3::new(&gpu, model, config.kv_cache_dtype, config.block_size, limits)
+        .map_err(out_of_memory("the weights and activations".into()))?;
     let budget = match config.kv_cache_memory_bytes {
         Some(bytes) => bytes,
         None => {
             let (free, total) = gpu.ctx.mem_get_info().map_err(kv_quant::cuda::GpuError::from)?;
-            let c = model.config();
-            let activations = GpuQwen3::activation_bytes(
-                c,
-                config.max_num_batched_tokens,
-                max_model_len,
-                config.max_num_seqs,
-            );
             let allowed = (total as f64 * config.gpu_memory_utilization) as usize;
-            let taken = (total - free) + GpuQwen3::weight_bytes(c) + activations;
+            let taken = total - free;
             allowed.checked_sub(taken).ok_or_else(|| EngineError::Config {
                 field: "gpu_memory_utilization",
                 value: config.gpu_memory_utilization.to_string(),
                 problem: format!(
-                    "leaves no room for a KV cache: {:.1} GiB allowed, {:.1} GiB in use, weights and activations; raise it or set --kv-cache-memory-gib",
+                    "leaves no room for a KV cache: {:.1} GiB allowed, {:.1} GiB in use after loading the weights and a warm-up step; raise it or set --kv-cache-memory-gib",
                     gib(allowed),
                     gib(taken)
                 ),
@@ -545,17 +566,9 @@ fn cuda_backend(
         }
     };
     let num_blocks = num_blocks(model, config, budget, max_model_len)?;
-    let gpu_model = GpuQwen3::new(&gpu, model, config.kv_cache_dtype, num_blocks, config.block_size).map_err(|e| {
-        if e.to_string().contains("OUT_OF_MEMORY") {
-            EngineError::Config {
-                field: "GPU memory",
-                value: format!("{:.1} GiB of KV cache", gib(budget)),
-                problem: "the GPU ran out of memory while loading the model and its cache; lower --gpu-memory-utilization or set a smaller --kv-cache-memory-gib".into(),
-            }
-        } else {
-            e.into()
-        }
-    })?;
+    gpu_model
+        .allocate_cache(num_blocks)
+        .map_err(out_of_memory(format!("{:.1} GiB of KV cache", gib(budget))))?;
     Ok((Backend::Cuda(Box::new(gpu_model)), num_blocks))
 }
 

@@ -137,13 +137,15 @@ fn bench_decode(
     let q = gpu.stream.clone_htod(&q)?;
     let mut out = gpu.stream.alloc_zeros::<bf16>(shape.batch * shape.heads * d)?;
     let kernels = CacheKernels::new(gpu, dtype, d, shape.heads / shape.kv_heads, BLOCK_SIZE)?;
-    let mut workspace = DecodeWorkspace::new(gpu, shape.batch, shape.heads, d, shape.context)?;
+    let mut workspace = DecodeWorkspace::new(gpu, shape.batch, shape.batch, shape.heads, d, shape.context)?;
+    // Decode: each query is a group of one, reading its own sequence's table.
     let groups = gpu.stream.clone_htod(&(0..=shape.batch as i32).collect::<Vec<_>>())?;
     let queries = AttentionQueries {
-        block_tables: &tables,
+        block_tables: tables.slice(..),
         max_blocks: blocks_per_seq,
-        context_lens: &lens,
-        groups: &groups,
+        context_lens: lens.slice(..),
+        groups: groups.slice(..),
+        group_tables: groups.slice(..shape.batch),
         num_queries: shape.batch,
         num_groups: shape.batch,
     };
@@ -183,7 +185,16 @@ fn bench_store(timer: &Timer, dtype: CacheDtype, rng: &mut StdRng) -> Result<ser
     let slots = gpu.stream.clone_htod(&slots)?;
     let kernels = CacheKernels::new(gpu, dtype, d, 2, 16)?;
     let us = timer.median_us(|_| {
-        kernels.store(gpu, &mut cache, 0, &key.slice(..), &value.slice(..), kv_heads * d, &slots, tokens)
+        kernels.store(
+            gpu,
+            &mut cache,
+            0,
+            &key.slice(..),
+            &value.slice(..),
+            kv_heads * d,
+            &slots.slice(..),
+            tokens,
+        )
     })?;
     let read = (2 * tokens * kv_heads * d * 2) as f64;
     let written = (2 * tokens * kv_heads * dtype.row_bytes(d)) as f64;

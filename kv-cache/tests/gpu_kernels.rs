@@ -78,7 +78,7 @@ fn store_matches_the_reference_bit_for_bit() {
             let slots_gpu = gpu.stream.clone_htod(&slots).unwrap();
             let key = qkv_gpu.slice(q_heads * head_dim..);
             let value = qkv_gpu.slice((q_heads + kv_heads) * head_dim..);
-            kernels.store(&gpu, &mut cache, 1, &key, &value, stride, &slots_gpu, tokens).unwrap();
+            kernels.store(&gpu, &mut cache, 1, &key, &value, stride, &slots_gpu.slice(..), tokens).unwrap();
             for (is_value, plane) in [(false, &cache.keys[1]), (true, &cache.values[1])] {
                 let data = gpu.stream.clone_dtoh(&plane.data).unwrap();
                 let scales = gpu.stream.clone_dtoh(&plane.scales).unwrap();
@@ -329,7 +329,8 @@ fn decode_attention_matches_the_reference() {
         let batch = query_seq.len();
         let q = to_bf16(&random_rows(&mut rng, batch * case.heads, case.head_dim));
         let query_tables: Vec<&Vec<i32>> = query_seq.iter().map(|&s| &tables[s]).collect();
-        let flat_tables: Vec<i32> = query_tables
+        // One table row per sequence, padded with -1 (never read), as the model lays them out.
+        let flat_tables: Vec<i32> = tables
             .iter()
             .flat_map(|t| t.iter().copied().chain(std::iter::repeat(-1)).take(max_blocks))
             .collect();
@@ -344,19 +345,22 @@ fn decode_attention_matches_the_reference() {
                 groups.push(i as i32);
             }
         }
+        let group_tables: Vec<i32> = groups.iter().map(|&g| query_seq[g as usize] as i32).collect();
         groups.push(batch as i32);
         let max_context = max_blocks * bs; // the tables' width bounds the splits
         let mut workspace =
-            DecodeWorkspace::new(&gpu, batch, case.heads, case.head_dim, max_context).unwrap();
+            DecodeWorkspace::new(&gpu, batch, batch, case.heads, case.head_dim, max_context).unwrap();
         let q_gpu = gpu.stream.clone_htod(&q).unwrap();
         let tables_gpu = gpu.stream.clone_htod(&flat_tables).unwrap();
         let lens_gpu = gpu.stream.clone_htod(&lens).unwrap();
         let groups_gpu = gpu.stream.clone_htod(&groups).unwrap();
+        let group_tables_gpu = gpu.stream.clone_htod(&group_tables).unwrap();
         let queries = AttentionQueries {
-            block_tables: &tables_gpu,
+            block_tables: tables_gpu.slice(..),
             max_blocks,
-            context_lens: &lens_gpu,
-            groups: &groups_gpu,
+            context_lens: lens_gpu.slice(..),
+            groups: groups_gpu.slice(..),
+            group_tables: group_tables_gpu.slice(..),
             num_queries: batch,
             num_groups: groups.len() - 1,
         };

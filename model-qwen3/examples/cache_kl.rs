@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use kv_cache::{BlockManager, CacheDtype};
 use kv_quant::cuda::Gpu;
-use model_qwen3::cuda::GpuQwen3;
+use model_qwen3::cuda::{GpuLimits, GpuQwen3};
 use model_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
 
 const BLOCK: usize = 16;
@@ -67,8 +67,14 @@ fn main() {
     let gpu = Gpu::open().expect("a GPU");
     let model = Qwen3Model::random(config.clone(), seed, std);
     let blocks = (PROMPT + steps).div_ceil(BLOCK) + 1;
-    let mut bf16 = GpuQwen3::new(&gpu, &model, CacheDtype::Bf16, blocks, BLOCK).expect("bf16 model");
-    let mut int8 = GpuQwen3::new(&gpu, &model, CacheDtype::Int8, blocks, BLOCK).expect("int8 model");
+    let limits =
+        GpuLimits { max_tokens: PROMPT, max_seqs: 1, max_model_len: blocks * BLOCK, cuda_graphs: true };
+    let load = |dtype| {
+        let mut gpu_model = GpuQwen3::new(&gpu, &model, dtype, BLOCK, limits).expect("GPU model");
+        gpu_model.allocate_cache(blocks).expect("KV cache");
+        gpu_model
+    };
+    let (mut bf16, mut int8) = (load(CacheDtype::Bf16), load(CacheDtype::Int8));
     drop(model);
     let vocab = config.vocab_size as u64;
     let prompt: Vec<u32> = (0..PROMPT as u64).map(|i| ((i * 2_654_435_761 + seed) % vocab) as u32).collect();

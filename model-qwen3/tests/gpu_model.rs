@@ -1,6 +1,7 @@
 //! The GPU forward pass against the CPU forward pass (itself checked against HF transformers) with
 //! the same cache dtype, bf16 and INT8: batched prefill, chunked prefill after a prefix, and decode
-//! steps; and the GPU's reproducibility and batch invariance.
+//! steps (replayed from CUDA graphs, from the first step after capture); decode in graphs against
+//! eager decode; and the GPU's reproducibility and batch invariance.
 //! Skips (saying why) where there is no GPU.
 //!
 //! On the GPU machine: the binary of `cargo test --release -p model-qwen3 --features cuda --test gpu_model --no-run`.
@@ -12,7 +13,7 @@ use std::path::Path;
 
 use kv_cache::{Bf16, BlockManager, BlockTable, CacheDtype, Int8, KvCache, StorageDtype};
 use kv_quant::cuda::Gpu;
-use model_qwen3::cuda::GpuQwen3;
+use model_qwen3::cuda::{GpuLimits, GpuQwen3};
 use model_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
 
 const BLOCK_SIZE: usize = 16;
@@ -26,6 +27,21 @@ fn gpu() -> Option<Gpu> {
             None
         }
     }
+}
+
+/// A GPU model with a cache of `num_blocks`, sized for every batch these tests run, decode steps
+/// in CUDA graphs unless `eager`.
+fn gpu_model(gpu: &Gpu, model: &Qwen3Model, dtype: CacheDtype, num_blocks: usize, eager: bool) -> GpuQwen3 {
+    let limits = GpuLimits {
+        max_tokens: 4096,
+        max_seqs: 16,
+        max_model_len: num_blocks * BLOCK_SIZE,
+        cuda_graphs: !eager,
+    };
+    let mut gpu_model = GpuQwen3::new(gpu, model, dtype, BLOCK_SIZE, limits).unwrap();
+    gpu_model.allocate_cache(num_blocks).unwrap();
+    assert_eq!(gpu_model.decode_graphs() > 0, !eager, "decode graphs captured");
+    gpu_model
 }
 
 fn argmax(x: &[f32]) -> usize {
@@ -106,7 +122,7 @@ fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
             _ => cpu_logits::<Bf16>(model, prompts),
         };
         for chunk in [usize::MAX, 48] {
-            let mut gpu_model = GpuQwen3::new(gpu, model, dtype, NUM_BLOCKS, BLOCK_SIZE).unwrap();
+            let mut gpu_model = gpu_model(gpu, model, dtype, NUM_BLOCKS, false);
             let got = run(|inputs| gpu_model.forward(inputs).unwrap(), prompts, 8, chunk);
             // bf16 weights and activations move logits by up to MAX_ERROR of the largest; a top-1
             // choice whose reference margin exceeds twice that must not change.
@@ -173,7 +189,7 @@ fn gpu_sampling_is_greedy_at_zero_and_follows_the_softmax() {
     )
     .unwrap();
     let model = Qwen3Model::random(config, 11, 0.1);
-    let mut gpu_model = GpuQwen3::new(&gpu, &model, CacheDtype::Bf16, 8, BLOCK_SIZE).unwrap();
+    let mut gpu_model = gpu_model(&gpu, &model, CacheDtype::Bf16, 8, false);
     let mut blocks = BlockManager::new(8, BLOCK_SIZE).unwrap();
     let prompt = [5u32, 9, 2, 7];
     let (table, _) = blocks.allocate(&prompt).unwrap();
@@ -239,7 +255,7 @@ fn gpu_logits_are_reproducible_and_batch_invariant_within_a_bound() {
         lengths.iter().map(|&n| (0..n as u32).map(|i| (i * 29 + n as u32) % 1000).collect()).collect();
     for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
         let run_batch = |batch: &[Vec<u32>]| {
-            let mut gpu_model = GpuQwen3::new(&gpu, &model, dtype, NUM_BLOCKS, BLOCK_SIZE).unwrap();
+            let mut gpu_model = gpu_model(&gpu, &model, dtype, NUM_BLOCKS, false);
             run(|inputs| gpu_model.forward(inputs).unwrap(), batch, 6, usize::MAX)
         };
         let together = run_batch(&prompts);
@@ -260,5 +276,53 @@ fn gpu_logits_are_reproducible_and_batch_invariant_within_a_bound() {
         );
         assert!(worst < BOUND, "{dtype}: batch changes logits by {worst:.3e} of the largest");
         assert_eq!(changed, 0, "{dtype}: a clear top-1 choice depends on the batch");
+    }
+}
+
+/// Decode steps replayed from CUDA graphs (padded to the captured batch sizes) against the same
+/// steps launched eagerly: the prefill, eager in both, must agree bit for bit, which shows the two
+/// models hold the same cache; decode logits within the batch-invariance bound (padding changes
+/// the GEMM shapes cuBLAS picks its algorithm by, and the tables' width changes attention's
+/// splits), every clear top-1 choice the same.
+#[test]
+fn decode_in_cuda_graphs_matches_eager_decode() {
+    let Some(gpu) = gpu() else { return };
+    const BOUND: f32 = 2e-2;
+    let config = Qwen3Config::from_json_str(
+        r#"{"model_type": "qwen3", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 8,
+            "num_key_value_heads": 2, "head_dim": 128, "intermediate_size": 512, "vocab_size": 1000,
+            "max_position_embeddings": 4096, "tie_word_embeddings": true}"#,
+    )
+    .unwrap();
+    let model = Qwen3Model::random(config, 9, 0.08);
+    // 5 sequences replay the graph of 8 (3 rows of padding), then 3 the graph of 4.
+    for lengths in [&[5usize, 200, 33, 700, 64][..], &[90, 1, 400]] {
+        let prompts: Vec<Vec<u32>> =
+            lengths.iter().map(|&n| (0..n as u32).map(|i| (i * 17 + n as u32) % 1000).collect()).collect();
+        for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
+            let mut logits = [false, true].map(|eager| {
+                let mut gpu_model = gpu_model(&gpu, &model, dtype, NUM_BLOCKS, eager);
+                run(|inputs| gpu_model.forward(inputs).unwrap(), &prompts, 6, usize::MAX)
+            });
+            let [graphs, eager] = &mut logits;
+            let (mut worst, mut clear, mut changed) = (0.0f32, 0, 0);
+            for (g, e) in graphs.iter().zip(eager.iter()) {
+                assert_eq!(g[0], e[0], "{dtype}: the eager prefill differs between the two models");
+                for (g, e) in g[1..].iter().zip(&e[1..]) {
+                    assert!(g.iter().all(|x| x.is_finite()), "{dtype}: non-finite logits from a graph");
+                    worst = worst.max(relative_error(g, e));
+                    if relative_margin(e) > 2.0 * BOUND {
+                        clear += 1;
+                        changed += usize::from(argmax(g) != argmax(e));
+                    }
+                }
+            }
+            eprintln!(
+                "{} sequences, {dtype}: graph vs eager decode, worst relative logit difference {worst:.2e}; {changed} of {clear} clear top-1 choices changed",
+                prompts.len()
+            );
+            assert!(worst < BOUND, "{dtype}: graphs change logits by {worst:.3e} of the largest");
+            assert_eq!(changed, 0, "{dtype}: a clear top-1 choice differs under graphs");
+        }
     }
 }

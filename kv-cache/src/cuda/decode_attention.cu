@@ -127,10 +127,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     const bf16_t* __restrict__ key_scale,       // [kv_heads][slots] (INT8 only)
     const bf16_t* __restrict__ value_scale,
     long long num_slots,
-    const int* __restrict__ block_tables,       // [batch][max_blocks]: a query's table
+    const int* __restrict__ block_tables,       // [sequences][max_blocks]
     int max_blocks,
     const int* __restrict__ context_lens,       // [batch]: a query's causal context
     const int* __restrict__ query_groups,       // [groups + 1]: each group's first query, then the end
+    const int* __restrict__ group_tables,       // [groups]: the row of block_tables a group reads
     float* __restrict__ partial_out,            // [batch][heads][max_splits][HEAD_DIM]
     float* __restrict__ partial_max,            // [batch][heads][max_splits], natural log units
     float* __restrict__ partial_sum,
@@ -150,7 +151,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     const int n = min(context - start, partition);
     // Keys of this split that this lane's row may see: [0, row_limit), split-relative.
     const int row_limit = min(row_context - start, n);
-    const int* table = block_tables + (long long)first_query * max_blocks;
+    const int* table = block_tables + (long long)group_tables[blockIdx.z] * max_blocks;
     const float score_scale = softmax_scale * LOG2E;  // scores in log2 units: exp2 below
     const int mine[4] = {2 * qd, 2 * qd + 1, 2 * qd + 8, 2 * qd + 9};  // this lane's score tokens
     const int tiles = (n + TILE - 1) / TILE;
@@ -365,5 +366,6 @@ extern "C" __global__ void decode_attention_reduce(
         l += w * partial_sum[base + s];
         o += w * partial_out[(base + s) * HEAD_DIM + d];
     }
-    out[((long long)b * heads + h) * HEAD_DIM + d] = float_to_bf16(o / l);
+    // A query with no context (a padding row of a CUDA graph) reads nothing and gets zeros.
+    out[((long long)b * heads + h) * HEAD_DIM + d] = float_to_bf16(l > 0.0f ? o / l : 0.0f);
 }

@@ -84,15 +84,18 @@ impl GpuKvCache {
 /// The queries of one attention call, on the device.
 #[derive(Debug)]
 pub struct AttentionQueries<'a> {
-    /// `[num_queries][max_blocks]` i32: each query's block table.
-    pub block_tables: &'a CudaSlice<i32>,
+    /// `[sequences][max_blocks]` i32: each sequence's block table.
+    pub block_tables: CudaView<'a, i32>,
     /// Width of `block_tables`.
     pub max_blocks: usize,
-    /// `[num_queries]` i32: each query's causal context length (its position + 1).
-    pub context_lens: &'a CudaSlice<i32>,
+    /// `[num_queries]` i32: each query's causal context length (its position + 1; 0 for a
+    /// padding query, which reads nothing and gets zeros).
+    pub context_lens: CudaView<'a, i32>,
     /// `[num_groups + 1]` i32: each group's first query, then `num_queries`. A group is up to
     /// [`CacheKernels::queries_per_group`] consecutive queries of one sequence.
-    pub groups: &'a CudaSlice<i32>,
+    pub groups: CudaView<'a, i32>,
+    /// `[num_groups]` i32: the row of `block_tables` (the sequence) each group reads.
+    pub group_tables: CudaView<'a, i32>,
     /// Queries.
     pub num_queries: usize,
     /// Groups.
@@ -110,15 +113,21 @@ pub struct DecodeWorkspace {
 }
 
 impl DecodeWorkspace {
-    /// Room for `batch` sequences of `heads` query heads and contexts up to `max_context`.
+    /// Room for `max_queries` queries of `heads` query heads with one split each, for
+    /// `split_queries` of them with contexts up to `max_context` cut at the longest partition,
+    /// and for one query cut at the shortest. A launch that does not fit takes one split per
+    /// query (a whole context per thread block), which a batch that large fills the GPU with.
     pub fn new(
         gpu: &Gpu,
-        batch: usize,
+        max_queries: usize,
+        split_queries: usize,
         heads: usize,
         head_dim: usize,
         max_context: usize,
     ) -> Result<Self, GpuError> {
-        let capacity = Self::capacity(batch, heads, max_context);
+        let longest = split_queries * max_context.div_ceil(PARTITIONS[0]);
+        let shortest = max_context.div_ceil(PARTITIONS[PARTITIONS.len() - 1]);
+        let capacity = heads * max_queries.max(longest).max(shortest).max(1);
         Ok(DecodeWorkspace {
             partial_out: gpu.stream.alloc_zeros(capacity * head_dim)?,
             partial_max: gpu.stream.alloc_zeros(capacity)?,
@@ -127,21 +136,9 @@ impl DecodeWorkspace {
         })
     }
 
-    /// The bytes [`DecodeWorkspace::new`] allocates.
-    pub fn bytes(batch: usize, heads: usize, head_dim: usize, max_context: usize) -> usize {
-        Self::capacity(batch, heads, max_context) * (head_dim + 2) * 4
-    }
-
-    /// Enough for the longest splits at full batch, and for the shortest with one sequence.
-    fn capacity(batch: usize, heads: usize, max_context: usize) -> usize {
-        let longest = batch * max_context.div_ceil(PARTITIONS[0]);
-        let shortest = max_context.div_ceil(PARTITIONS[PARTITIONS.len() - 1]);
-        heads * longest.max(shortest).max(1)
-    }
-
     /// The longest partition that gives `TARGET_BLOCKS` thread blocks for `groups` query groups
-    /// (else the shortest that fits this workspace's results for `queries` queries), and the splits
-    /// of a context of `max_context`.
+    /// (else the shortest that fits this workspace's results for `queries` queries; else the
+    /// whole context in one split), and the splits of a context of `max_context`.
     fn partition(
         &self,
         groups: usize,
@@ -150,7 +147,7 @@ impl DecodeWorkspace {
         kv_heads: usize,
         max_context: usize,
     ) -> (usize, usize) {
-        let mut chosen = (PARTITIONS[0], max_context.div_ceil(PARTITIONS[0]).max(1));
+        let mut chosen = (max_context.next_multiple_of(16).max(16), 1);
         for partition in PARTITIONS {
             let splits = max_context.div_ceil(partition).max(1);
             if queries * heads * splits > self.capacity {
@@ -248,7 +245,7 @@ impl CacheKernels {
         key: &CudaView<'_, bf16>,
         value: &CudaView<'_, bf16>,
         src_stride: usize,
-        slots: &CudaSlice<i64>,
+        slots: &CudaView<'_, i64>,
         num_tokens: usize,
     ) -> Result<(), GpuError> {
         let kv_heads = cache.layout.kv_heads as i32;
@@ -343,10 +340,11 @@ impl CacheKernels {
             .arg(&keys.scales)
             .arg(&values.scales)
             .arg(&num_slots)
-            .arg(queries.block_tables)
+            .arg(&queries.block_tables)
             .arg(&max_blocks)
-            .arg(queries.context_lens)
-            .arg(queries.groups)
+            .arg(&queries.context_lens)
+            .arg(&queries.groups)
+            .arg(&queries.group_tables)
             .arg(&mut workspace.partial_out)
             .arg(&mut workspace.partial_max)
             .arg(&mut workspace.partial_sum)
@@ -356,7 +354,8 @@ impl CacheKernels {
             .arg(&softmax_scale);
         // SAFETY: the arguments match decode_attention_partial's signature; the caller's block
         // tables name blocks of this cache, its context lengths fit their tables and the
-        // workspace's max_splits, and its groups are ascending query indices up to num_queries.
+        // workspace's max_splits, its groups are ascending query indices up to num_queries, and
+        // each group's table row exists.
         #[allow(unsafe_code)]
         unsafe {
             launch.launch(config)?;
@@ -371,7 +370,7 @@ impl CacheKernels {
             .arg(&workspace.partial_out)
             .arg(&workspace.partial_max)
             .arg(&workspace.partial_sum)
-            .arg(queries.context_lens)
+            .arg(&queries.context_lens)
             .arg(out)
             .arg(&heads)
             .arg(&max_splits)

@@ -1,0 +1,244 @@
+//! The operations of the forward pass on the GPU: cuBLAS GEMMs and this crate's kernels
+//! (`model.cu`). Each call only queues work on the stream, so that a step can be captured in a
+//! CUDA graph.
+
+use half::bf16;
+use kv_quant::cuda::cudarc::cublas::{CudaBlas, Gemm, GemmConfig, result as blas, sys as blas_sys};
+use kv_quant::cuda::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchArgs, LaunchConfig,
+    PushKernelArg,
+};
+use kv_quant::cuda::{Gpu, GpuError, INT8_KV_CUH};
+
+use crate::Qwen3Config;
+
+const MODEL_CU: &str = include_str!("model.cu");
+
+/// The GPU, its cuBLAS handle and this crate's compiled kernels, for one model shape.
+pub(super) struct Ops {
+    pub(super) gpu: Gpu,
+    blas: CudaBlas,
+    config: Qwen3Config,
+    embedding: CudaFunction,
+    add_rms_norm: CudaFunction,
+    qk_norm_rope: CudaFunction,
+    silu_mul: CudaFunction,
+    sample_tokens: CudaFunction,
+}
+
+impl Ops {
+    pub(super) fn new(gpu: &Gpu, config: &Qwen3Config) -> Result<Self, GpuError> {
+        let module = gpu.module(
+            "qwen3",
+            &format!("{INT8_KV_CUH}\n{MODEL_CU}"),
+            &[("HEAD_DIM", config.head_dim.to_string())],
+        )?;
+        Ok(Ops {
+            blas: CudaBlas::new(gpu.stream.clone()).map_err(|e| GpuError::Blas(e.to_string()))?,
+            embedding: module.load_function("embedding")?,
+            add_rms_norm: module.load_function("add_rms_norm")?,
+            qk_norm_rope: module.load_function("qk_norm_rope")?,
+            silu_mul: module.load_function("silu_mul")?,
+            sample_tokens: module.load_function("sample_tokens")?,
+            gpu: gpu.clone(),
+            config: config.clone(),
+        })
+    }
+
+    /// Row-major `y[t][n] = sum_k x[t][k] * w[n][k]` (a linear layer with weights `[n][k]`).
+    pub(super) fn linear(
+        &self,
+        x: &CudaView<'_, bf16>,
+        w: &CudaSlice<bf16>,
+        y: &mut CudaViewMut<'_, bf16>,
+        t: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), GpuError> {
+        let config = GemmConfig {
+            transa: blas_sys::cublasOperation_t::CUBLAS_OP_T,
+            transb: blas_sys::cublasOperation_t::CUBLAS_OP_N,
+            m: n as i32,
+            n: t as i32,
+            k: k as i32,
+            alpha: bf16::ONE,
+            lda: k as i32,
+            ldb: k as i32,
+            beta: bf16::ZERO,
+            ldc: n as i32,
+        };
+        // SAFETY: w holds n * k, x t * k and y t * n elements, as the dimensions say.
+        #[allow(unsafe_code)]
+        unsafe { self.blas.gemm(config, w, x, y) }.map_err(|e| GpuError::Blas(e.to_string()))
+    }
+
+    /// `logits[s][v] = sum_k last[s][k] * head[v][k]`, bf16 inputs, f32 output.
+    pub(super) fn logits_gemm(
+        &self,
+        last: &CudaSlice<bf16>,
+        head: &CudaSlice<bf16>,
+        logits: &mut CudaSlice<f32>,
+        rows: usize,
+    ) -> Result<(), GpuError> {
+        let (vocab, hidden) = (self.config.vocab_size as i32, self.config.hidden_size as i32);
+        let stream = &self.gpu.stream;
+        let (a, _a) = head.device_ptr(stream);
+        let (b, _b) = last.device_ptr(stream);
+        let (out, _out) = logits.device_ptr_mut(stream);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: head is [vocab][hidden], last at least [rows][hidden], logits at least
+        // [rows][vocab], all live on this stream until the guards drop after the call is queued.
+        #[allow(unsafe_code)]
+        unsafe {
+            blas::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                vocab,
+                rows as i32,
+                hidden,
+                (&alpha) as *const f32 as *const _,
+                a as *const _,
+                blas_sys::cudaDataType_t::CUDA_R_16BF,
+                hidden,
+                b as *const _,
+                blas_sys::cudaDataType_t::CUDA_R_16BF,
+                hidden,
+                (&beta) as *const f32 as *const _,
+                out as *mut _,
+                blas_sys::cudaDataType_t::CUDA_R_32F,
+                vocab,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| GpuError::Blas(e.to_string()))
+    }
+
+    /// `x[t] = embed[ids[t]]` in f32, for `tokens` tokens.
+    pub(super) fn embedding(
+        &self,
+        ids: &CudaSlice<i32>,
+        embed: &CudaSlice<bf16>,
+        x: &mut CudaSlice<f32>,
+        tokens: usize,
+    ) -> Result<(), GpuError> {
+        let hidden = self.config.hidden_size as i32;
+        let mut launch = self.gpu.stream.launch_builder(&self.embedding);
+        launch.arg(ids).arg(embed).arg(x).arg(&hidden);
+        launch_rows(&mut launch, tokens, 256)
+    }
+
+    /// `x += delta` (when given), then `out = rms_norm(x) * weight` in bf16, for `count` rows
+    /// (`rows`: which rows of x, when given).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_rms_norm(
+        &self,
+        x: &mut CudaSlice<f32>,
+        delta: Option<&CudaSlice<bf16>>,
+        rows: Option<&CudaSlice<i32>>,
+        weight: &CudaSlice<f32>,
+        out: &mut CudaSlice<bf16>,
+        count: usize,
+    ) -> Result<(), GpuError> {
+        let hidden = self.config.hidden_size as i32;
+        let eps = self.config.rms_norm_eps as f32;
+        let null = 0u64;
+        let mut launch = self.gpu.stream.launch_builder(&self.add_rms_norm);
+        launch.arg(x);
+        match delta {
+            Some(delta) => launch.arg(delta),
+            None => launch.arg(&null),
+        };
+        match rows {
+            Some(rows) => launch.arg(rows),
+            None => launch.arg(&null),
+        };
+        launch.arg(weight).arg(out).arg(&hidden).arg(&eps);
+        launch_rows(&mut launch, count, 256)
+    }
+
+    /// q/k RMSNorm and RoPE in place on the Q and K heads of `qkv` (`stride` elements per token).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn qk_norm_rope(
+        &self,
+        qkv: &mut CudaSlice<bf16>,
+        positions: &CudaSlice<i32>,
+        q_norm: &CudaSlice<f32>,
+        k_norm: &CudaSlice<f32>,
+        inv_freq: &CudaSlice<f32>,
+        tokens: usize,
+        stride: usize,
+    ) -> Result<(), GpuError> {
+        let c = &self.config;
+        let heads = c.num_attention_heads as i32;
+        let (stride, eps) = (stride as i64, c.rms_norm_eps as f32);
+        let mut launch = self.gpu.stream.launch_builder(&self.qk_norm_rope);
+        launch
+            .arg(qkv)
+            .arg(positions)
+            .arg(q_norm)
+            .arg(k_norm)
+            .arg(inv_freq)
+            .arg(&heads)
+            .arg(&stride)
+            .arg(&eps);
+        let threads = (c.head_dim / 2).next_multiple_of(32) as u32;
+        let config = LaunchConfig {
+            grid_dim: (tokens as u32, (c.num_attention_heads + c.num_key_value_heads) as u32, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match qk_norm_rope; the grid covers tokens x (heads + kv heads)
+        // rows of head_dim within qkv's stride.
+        #[allow(unsafe_code)]
+        unsafe {
+            launch.launch(config)?;
+        }
+        Ok(())
+    }
+
+    /// `act = silu(gate) * up` for `tokens` rows of `[gate | up]`.
+    pub(super) fn silu_mul(
+        &self,
+        gate_up: &CudaSlice<bf16>,
+        act: &mut CudaSlice<bf16>,
+        tokens: usize,
+    ) -> Result<(), GpuError> {
+        let inter = self.config.intermediate_size;
+        let (inter_arg, n) = (inter as i32, (tokens * inter) as i64);
+        let mut launch = self.gpu.stream.launch_builder(&self.silu_mul);
+        launch.arg(gate_up).arg(act).arg(&inter_arg).arg(&n);
+        launch_rows(&mut launch, (tokens * inter).div_ceil(256).min(65535), 256)
+    }
+
+    /// One token per logit row (Gumbel-max with the row's temperature, seed and step).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn sample(
+        &self,
+        logits: &CudaSlice<f32>,
+        temperatures: &CudaSlice<f32>,
+        seeds: &CudaSlice<u64>,
+        steps: &CudaSlice<u64>,
+        out: &mut CudaSlice<i32>,
+        rows: usize,
+    ) -> Result<(), GpuError> {
+        let vocab = self.config.vocab_size as i32;
+        let mut launch = self.gpu.stream.launch_builder(&self.sample_tokens);
+        launch.arg(logits).arg(temperatures).arg(seeds).arg(steps).arg(out).arg(&vocab);
+        launch_rows(&mut launch, rows, 1024)
+    }
+}
+
+/// Launch one block of `threads` per row.
+fn launch_rows(launch: &mut LaunchArgs<'_>, rows: usize, threads: u32) -> Result<(), GpuError> {
+    let config =
+        LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: every caller pushes the arguments of its kernel in order, and its kernel touches only
+    // the rows of the grid.
+    #[allow(unsafe_code)]
+    unsafe {
+        launch.launch(config)?;
+    }
+    Ok(())
+}

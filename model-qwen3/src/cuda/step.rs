@@ -1,0 +1,295 @@
+//! One step's inputs: laid out on the host ([`StepInputs`]), then copied through pinned memory
+//! into device buffers that live as long as the model ([`StagedInputs`]), so that a step allocates
+//! nothing on the device and a captured CUDA graph finds its inputs at the same addresses.
+
+use std::sync::Arc;
+
+use kv_quant::cuda::cudarc::driver::{
+    CudaEvent, CudaSlice, CudaStream, CudaView, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
+};
+use kv_quant::cuda::{Gpu, GpuError};
+
+use super::GpuSample;
+use crate::forward::{lay_out, logit_rows};
+use crate::{ModelError, SeqInput};
+
+/// The largest step a [`GpuQwen3`](super::GpuQwen3) takes: it sizes the buffers it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuLimits {
+    /// Tokens computed in one step (`max_num_batched_tokens`, and at least `max_seqs`).
+    pub max_tokens: usize,
+    /// Sequences in one step (`max_num_seqs`): block-table rows, logit rows, and the largest
+    /// decode batch captured in a CUDA graph.
+    pub max_seqs: usize,
+    /// The longest sequence: the width of the block tables and the attention workspace's splits.
+    pub max_model_len: usize,
+    /// Replay decode steps from CUDA graphs; `false` launches every kernel of every step (vLLM's
+    /// `enforce_eager`).
+    pub cuda_graphs: bool,
+}
+
+/// A host buffer in pinned memory and its device twin, of a fixed capacity.
+struct Staged<T: DeviceRepr> {
+    host: PinnedHostSlice<T>,
+    device: CudaSlice<T>,
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits + Copy> Staged<T> {
+    fn new(gpu: &Gpu, capacity: usize) -> Result<Self, GpuError> {
+        let capacity = capacity.max(1);
+        // SAFETY: the pinned buffer is zeroed before anything reads it; T is valid as zero bits.
+        #[allow(unsafe_code)]
+        let mut host = unsafe { gpu.ctx.alloc_pinned::<T>(capacity) }?;
+        #[allow(unsafe_code)]
+        unsafe {
+            std::ptr::write_bytes(host.as_mut_ptr()?, 0, capacity);
+        }
+        Ok(Staged { host, device: gpu.stream.alloc_zeros(capacity)? })
+    }
+
+    /// Queue the copy of `values` to the start of the device buffer. The caller makes sure the
+    /// previous copy from the host side has finished ([`StagedInputs::copied`]).
+    fn upload(&mut self, stream: &Arc<CudaStream>, values: &[T], what: &str) -> Result<(), GpuError> {
+        let host = self.host.as_mut_slice()?;
+        if values.len() > host.len() {
+            return Err(GpuError::Unsupported(format!(
+                "a step with {} {what}; the buffers were sized for {}",
+                values.len(),
+                host.len()
+            )));
+        }
+        host[..values.len()].copy_from_slice(values);
+        stream.memcpy_htod(&host[..values.len()], &mut self.device.slice_mut(..values.len()))?;
+        Ok(())
+    }
+}
+
+/// A step's inputs on the host, flattened token by token.
+#[derive(Debug, Default)]
+pub(super) struct StepInputs {
+    pub(super) ids: Vec<i32>,
+    pub(super) positions: Vec<i32>,
+    /// Cache slot of each token; -1: a padding token, not stored.
+    pub(super) slots: Vec<i64>,
+    /// Causal context of each token (position + 1; 0 for padding).
+    pub(super) context_lens: Vec<i32>,
+    /// Each attention group's first token, then the token count.
+    pub(super) groups: Vec<i32>,
+    /// The sequence (row of `tables`) each group reads.
+    pub(super) group_tables: Vec<i32>,
+    /// `[sequences][table_width]` block ids.
+    pub(super) tables: Vec<i32>,
+    pub(super) table_width: usize,
+    /// The token whose logits each output row takes.
+    pub(super) logit_rows: Vec<i32>,
+}
+
+impl StepInputs {
+    /// Lay out `seqs`: consecutive tokens of one sequence (a prefill chunk) attend in groups of up
+    /// to `per_group`, which share every K/V row they read; a decode token is a group of one.
+    pub(super) fn new(
+        seqs: &[SeqInput<'_>],
+        per_group: usize,
+        vocab: usize,
+        block_size: usize,
+    ) -> Result<Self, ModelError> {
+        let tokens = lay_out(seqs, vocab, block_size)?;
+        let table_width = seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(1).max(1);
+        let mut step = StepInputs { table_width, ..Default::default() };
+        for seq in seqs {
+            let blocks = seq.block_table.blocks();
+            step.tables.extend(blocks.iter().map(|&b| b as i32));
+            step.tables.resize(step.tables.len() + table_width - blocks.len(), 0);
+        }
+        for (i, token) in tokens.iter().enumerate() {
+            step.ids.push(token.id as i32);
+            step.positions.push(token.pos as i32);
+            step.slots.push(token.slot as i64);
+            step.context_lens.push(token.pos as i32 + 1);
+            let group_start = step.groups.last().map_or(0, |&g| g as usize);
+            if i == 0 || tokens[i - 1].seq != token.seq || i - group_start == per_group {
+                step.groups.push(i as i32);
+                step.group_tables.push(token.seq as i32);
+            }
+        }
+        step.groups.push(tokens.len() as i32);
+        step.logit_rows = logit_rows(seqs).into_iter().map(|r| r as i32).collect();
+        Ok(step)
+    }
+
+    pub(super) fn num_tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub(super) fn num_groups(&self) -> usize {
+        self.group_tables.len()
+    }
+
+    /// A decode step: each token is its own group and its own output, so it can replay a graph.
+    pub(super) fn is_decode(&self) -> bool {
+        let n = self.num_tokens();
+        self.num_groups() == n && self.logit_rows.len() == n
+    }
+
+    /// Pad a decode step to `rows` tokens and its tables to `table_width`, the shape a graph was
+    /// captured with. Padding tokens store nothing (slot -1) and read nothing (context 0).
+    pub(super) fn pad_decode(&mut self, rows: usize, table_width: usize) {
+        let n = self.num_tokens();
+        let mut tables = vec![0; rows * table_width];
+        for (row, table) in self.tables.chunks_exact(self.table_width).enumerate() {
+            tables[row * table_width..][..table.len()].copy_from_slice(table);
+        }
+        self.tables = tables;
+        self.table_width = table_width;
+        self.ids.resize(rows, 0);
+        self.positions.resize(rows, 0);
+        self.slots.resize(rows, -1);
+        self.context_lens.resize(rows, 0);
+        self.groups = (0..=rows as i32).collect();
+        self.group_tables = (0..rows as i32).collect();
+        self.logit_rows = (0..rows as i32).collect();
+        debug_assert!(rows >= n);
+    }
+
+    /// `rows` padding tokens in `rows` groups with `outputs` logit rows: the largest step, run once
+    /// to warm up cuBLAS and measure memory, and the shape graphs are captured with.
+    pub(super) fn padding(rows: usize, outputs: usize, table_width: usize) -> Self {
+        StepInputs {
+            ids: vec![0; rows],
+            positions: vec![0; rows],
+            slots: vec![-1; rows],
+            context_lens: vec![0; rows],
+            groups: (0..=rows as i32).collect(),
+            group_tables: vec![0; rows],
+            tables: vec![0; table_width],
+            table_width,
+            logit_rows: (0..outputs as i32).map(|r| r.min(rows as i32 - 1)).collect(),
+        }
+    }
+}
+
+/// The device side of every step input, and the per-row sampling parameters.
+pub(super) struct StagedInputs {
+    /// Recorded after each batch of copies: the host side may be rewritten once it completes.
+    copied: CudaEvent,
+    ids: Staged<i32>,
+    positions: Staged<i32>,
+    slots: Staged<i64>,
+    context_lens: Staged<i32>,
+    groups: Staged<i32>,
+    group_tables: Staged<i32>,
+    tables: Staged<i32>,
+    logit_rows: Staged<i32>,
+    temperatures: Staged<f32>,
+    seeds: Staged<u64>,
+    steps: Staged<u64>,
+}
+
+impl StagedInputs {
+    pub(super) fn new(gpu: &Gpu, limits: &GpuLimits, block_size: usize) -> Result<Self, GpuError> {
+        let (tokens, seqs) = (limits.max_tokens, limits.max_seqs);
+        let table_width = limits.max_model_len.div_ceil(block_size);
+        Ok(StagedInputs {
+            copied: gpu.ctx.new_event(None)?,
+            ids: Staged::new(gpu, tokens)?,
+            positions: Staged::new(gpu, tokens)?,
+            slots: Staged::new(gpu, tokens)?,
+            context_lens: Staged::new(gpu, tokens)?,
+            groups: Staged::new(gpu, tokens + 1)?,
+            group_tables: Staged::new(gpu, tokens)?,
+            tables: Staged::new(gpu, seqs * table_width)?,
+            logit_rows: Staged::new(gpu, seqs)?,
+            temperatures: Staged::new(gpu, seqs)?,
+            seeds: Staged::new(gpu, seqs)?,
+            steps: Staged::new(gpu, seqs)?,
+        })
+    }
+
+    /// Queue the copies of `step` to the device.
+    pub(super) fn upload(&mut self, stream: &Arc<CudaStream>, step: &StepInputs) -> Result<(), GpuError> {
+        self.copied.synchronize()?;
+        self.ids.upload(stream, &step.ids, "tokens")?;
+        self.positions.upload(stream, &step.positions, "tokens")?;
+        self.slots.upload(stream, &step.slots, "tokens")?;
+        self.context_lens.upload(stream, &step.context_lens, "tokens")?;
+        self.groups.upload(stream, &step.groups, "attention groups")?;
+        self.group_tables.upload(stream, &step.group_tables, "attention groups")?;
+        self.tables.upload(stream, &step.tables, "block-table entries")?;
+        self.logit_rows.upload(stream, &step.logit_rows, "sequences with logits")?;
+        Ok(self.copied.record(stream)?)
+    }
+
+    /// Queue the copies of the sampling parameters, one per output row; rows past `samples`
+    /// (graph padding) sample greedily and are ignored.
+    pub(super) fn upload_samples(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        samples: &[GpuSample],
+        rows: usize,
+    ) -> Result<(), GpuError> {
+        let pad = GpuSample { temperature: 0.0, seed: 0, step: 0 };
+        let padded = || samples.iter().copied().chain(std::iter::repeat(pad)).take(rows.max(samples.len()));
+        let temperatures: Vec<f32> = padded().map(|s| s.temperature).collect();
+        let seeds: Vec<u64> = padded().map(|s| s.seed).collect();
+        let steps: Vec<u64> = padded().map(|s| s.step).collect();
+        self.copied.synchronize()?;
+        self.temperatures.upload(stream, &temperatures, "sampled sequences")?;
+        self.seeds.upload(stream, &seeds, "sampled sequences")?;
+        self.steps.upload(stream, &steps, "sampled sequences")?;
+        Ok(self.copied.record(stream)?)
+    }
+
+    pub(super) fn ids(&self) -> &CudaSlice<i32> {
+        &self.ids.device
+    }
+    pub(super) fn positions(&self) -> &CudaSlice<i32> {
+        &self.positions.device
+    }
+    pub(super) fn slots(&self) -> CudaView<'_, i64> {
+        self.slots.device.slice(..)
+    }
+    pub(super) fn context_lens(&self) -> CudaView<'_, i32> {
+        self.context_lens.device.slice(..)
+    }
+    pub(super) fn groups(&self) -> CudaView<'_, i32> {
+        self.groups.device.slice(..)
+    }
+    pub(super) fn group_tables(&self) -> CudaView<'_, i32> {
+        self.group_tables.device.slice(..)
+    }
+    pub(super) fn tables(&self) -> CudaView<'_, i32> {
+        self.tables.device.slice(..)
+    }
+    pub(super) fn logit_rows(&self) -> &CudaSlice<i32> {
+        &self.logit_rows.device
+    }
+    pub(super) fn temperatures(&self) -> &CudaSlice<f32> {
+        &self.temperatures.device
+    }
+    pub(super) fn seeds(&self) -> &CudaSlice<u64> {
+        &self.seeds.device
+    }
+    pub(super) fn steps(&self) -> &CudaSlice<u64> {
+        &self.steps.device
+    }
+}
+
+/// The sizes a queued forward pass runs with; its inputs are in [`StagedInputs`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StepShape {
+    pub(super) tokens: usize,
+    pub(super) groups: usize,
+    pub(super) outputs: usize,
+    pub(super) table_width: usize,
+}
+
+impl StepShape {
+    pub(super) fn of(step: &StepInputs) -> Self {
+        StepShape {
+            tokens: step.num_tokens(),
+            groups: step.num_groups(),
+            outputs: step.logit_rows.len(),
+            table_width: step.table_width,
+        }
+    }
+}
