@@ -1,4 +1,4 @@
-//! The CUDA store and decode-attention kernels against the CPU reference, on fresh random inputs
+//! The CUDA store and attention kernels (decode and prefill) against the CPU reference, on fresh random inputs
 //! each run, with outputs poisoned first. Skips (saying why) where there is no GPU.
 //!
 //! On the GPU machine: `cargo test --release -p kv-cache --features cuda --test gpu_kernels`
@@ -215,7 +215,7 @@ fn head_major(scales: &[bf16], kv_heads: usize) -> Vec<bf16> {
 }
 
 #[test]
-fn decode_attention_matches_the_reference() {
+fn attention_kernels_match_the_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng();
     let contexts = vec![1, 17, 511, 512, 513, 1500, 3000];
@@ -293,6 +293,25 @@ fn decode_attention_matches_the_reference() {
             contexts: vec![9, 530],
             queries: 37,
         },
+        // One query head per kv head (64 queries per prefill group), and eight (8 per group).
+        DecodeCase {
+            dtype: CacheDtype::Int8,
+            heads: 4,
+            kv_heads: 4,
+            head_dim: 64,
+            block_size: 32,
+            contexts: vec![3, 70, 300],
+            queries: 70,
+        },
+        DecodeCase {
+            dtype: CacheDtype::Bf16,
+            heads: 64,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 16,
+            contexts: vec![2, 45, 300],
+            queries: 20,
+        },
     ];
     for case in &cases {
         let bs = case.block_size;
@@ -337,62 +356,66 @@ fn decode_attention_matches_the_reference() {
         let lens: Vec<i32> = query_contexts.iter().map(|&c| c as i32).collect();
         let kernels =
             CacheKernels::new(&gpu, case.dtype, case.head_dim, case.heads / case.kv_heads, bs).unwrap();
-        let per_group = kernels.queries_per_group();
-        let mut groups: Vec<i32> = Vec::new();
-        for i in 0..batch {
-            let group_start = groups.last().map_or(0, |&g| g as usize);
-            if i == 0 || query_seq[i - 1] != query_seq[i] || i - group_start == per_group {
-                groups.push(i as i32);
-            }
-        }
-        let group_tables: Vec<i32> = groups.iter().map(|&g| query_seq[g as usize] as i32).collect();
-        groups.push(batch as i32);
-        let max_context = max_blocks * bs; // the tables' width bounds the splits
-        let mut workspace =
-            DecodeWorkspace::new(&gpu, batch, batch, case.heads, case.head_dim, max_context).unwrap();
+        let expected = reference(case, &q, &keys, &values, &query_contexts, &query_tables);
         let q_gpu = gpu.stream.clone_htod(&q).unwrap();
         let tables_gpu = gpu.stream.clone_htod(&flat_tables).unwrap();
         let lens_gpu = gpu.stream.clone_htod(&lens).unwrap();
-        let groups_gpu = gpu.stream.clone_htod(&groups).unwrap();
-        let group_tables_gpu = gpu.stream.clone_htod(&group_tables).unwrap();
-        let queries = AttentionQueries {
-            block_tables: tables_gpu.slice(..),
-            max_blocks,
-            context_lens: lens_gpu.slice(..),
-            groups: groups_gpu.slice(..),
-            group_tables: group_tables_gpu.slice(..),
-            num_queries: batch,
-            num_groups: groups.len() - 1,
-        };
-        let mut out = gpu.stream.clone_htod(&vec![bf16::NAN; q.len()]).unwrap();
-        kernels
-            .attention(
-                &gpu,
-                &cache,
-                0,
-                &q_gpu.slice(..),
-                case.heads * case.head_dim,
-                &queries,
-                &mut workspace,
-                &mut out,
-            )
-            .unwrap();
-        let got: Vec<f32> = gpu.stream.clone_dtoh(&out).unwrap().iter().map(|x| x.to_f32()).collect();
-        let expected = reference(case, &q, &keys, &values, &query_contexts, &query_tables);
-        assert!(got.iter().all(|x| x.is_finite()), "unwritten or NaN outputs");
-        let err: f64 = got.iter().zip(&expected).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
-        let norm: f64 = expected.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
-        eprintln!(
-            "{} heads {}/{} d{} block {}, {} queries in {} groups: relative L2 error {:.2e}",
-            case.dtype,
-            case.heads,
-            case.kv_heads,
-            case.head_dim,
-            bs,
-            batch,
-            groups.len() - 1,
-            err / norm
-        );
-        assert!(err / norm < 1e-2, "relative L2 error {:.3e}", err / norm);
+        // Both kernels on the same queries: the decode kernel (groups of up to 8 / GROUP queries,
+        // splits) and the prefill kernel (groups of up to 64 / GROUP, one block per context).
+        for prefill in [false, true] {
+            let per_group =
+                if prefill { kernels.prefill_queries_per_group() } else { kernels.queries_per_group() };
+            let mut groups: Vec<i32> = Vec::new();
+            for i in 0..batch {
+                let group_start = groups.last().map_or(0, |&g| g as usize);
+                if i == 0 || query_seq[i - 1] != query_seq[i] || i - group_start == per_group {
+                    groups.push(i as i32);
+                }
+            }
+            let group_tables: Vec<i32> = groups.iter().map(|&g| query_seq[g as usize] as i32).collect();
+            groups.push(batch as i32);
+            let groups_gpu = gpu.stream.clone_htod(&groups).unwrap();
+            let group_tables_gpu = gpu.stream.clone_htod(&group_tables).unwrap();
+            let queries = AttentionQueries {
+                block_tables: tables_gpu.slice(..),
+                max_blocks,
+                context_lens: lens_gpu.slice(..),
+                groups: groups_gpu.slice(..),
+                group_tables: group_tables_gpu.slice(..),
+                num_queries: batch,
+                num_groups: groups.len() - 1,
+            };
+            let mut out = gpu.stream.clone_htod(&vec![bf16::NAN; q.len()]).unwrap();
+            let stride = case.heads * case.head_dim;
+            if prefill {
+                kernels
+                    .prefill_attention(&gpu, &cache, 0, &q_gpu.slice(..), stride, &queries, &mut out)
+                    .unwrap();
+            } else {
+                let max_context = max_blocks * bs; // the tables' width bounds the splits
+                let mut workspace =
+                    DecodeWorkspace::new(&gpu, batch, batch, case.heads, case.head_dim, max_context).unwrap();
+                let q = q_gpu.slice(..);
+                kernels.attention(&gpu, &cache, 0, &q, stride, &queries, &mut workspace, &mut out).unwrap();
+            }
+            let got: Vec<f32> = gpu.stream.clone_dtoh(&out).unwrap().iter().map(|x| x.to_f32()).collect();
+            assert!(got.iter().all(|x| x.is_finite()), "unwritten or NaN outputs");
+            let err: f64 =
+                got.iter().zip(&expected).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+            let norm: f64 = expected.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+            eprintln!(
+                "{} kernel, {} heads {}/{} d{} block {}, {} queries in {} groups: relative L2 error {:.2e}",
+                if prefill { "prefill" } else { "decode" },
+                case.dtype,
+                case.heads,
+                case.kv_heads,
+                case.head_dim,
+                bs,
+                batch,
+                groups.len() - 1,
+                err / norm
+            );
+            assert!(err / norm < 1e-2, "relative L2 error {:.3e}", err / norm);
+        }
     }
 }

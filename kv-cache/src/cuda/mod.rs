@@ -9,7 +9,11 @@ use kv_quant::cuda::{Gpu, GpuError, INT8_KV_CUH};
 use crate::{CacheDtype, CacheLayout};
 
 const STORE_CU: &str = include_str!("store.cu");
+const MMA_CUH: &str = include_str!("mma.cuh");
 const DECODE_CU: &str = include_str!("decode_attention.cu");
+const PREFILL_CU: &str = include_str!("prefill_attention.cu");
+/// (query, head) rows of one thread block of prefill attention.
+const PREFILL_ROWS: usize = 64;
 
 /// Tokens per split of decode attention, longest first: a context is cut into splits, each a
 /// thread block; each launch takes the longest split that still gives `TARGET_BLOCKS` blocks, so
@@ -165,6 +169,7 @@ impl DecodeWorkspace {
 /// The compiled store and attention kernels for one cache shape.
 #[derive(Debug)]
 pub struct CacheKernels {
+    prefill: CudaFunction,
     store: CudaFunction,
     partial: CudaFunction,
     reduce: CudaFunction,
@@ -213,7 +218,7 @@ impl CacheKernels {
         )?;
         let decode = gpu.module(
             "decode_attention",
-            &format!("{INT8_KV_CUH}\n{DECODE_CU}"),
+            &format!("{INT8_KV_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
             &[
                 ("HEAD_DIM", head_dim.to_string()),
                 ("GROUP", group.to_string()),
@@ -223,7 +228,18 @@ impl CacheKernels {
                 ("MIN_BLOCKS", decode_min_blocks().to_string()),
             ],
         )?;
+        let prefill = gpu.module(
+            "prefill_attention",
+            &format!("{INT8_KV_CUH}\n{MMA_CUH}\n{PREFILL_CU}"),
+            &[
+                ("HEAD_DIM", head_dim.to_string()),
+                ("GROUP", group.to_string()),
+                ("INT8", u8::from(dtype == CacheDtype::Int8).to_string()),
+                ("BLOCK_SIZE", block_size.to_string()),
+            ],
+        )?;
         Ok(CacheKernels {
+            prefill: prefill.load_function("prefill_attention")?,
             store: store.load_function("store_kv")?,
             partial: decode.load_function("decode_attention_partial")?,
             reduce: decode.load_function("decode_attention_reduce")?,
@@ -286,6 +302,66 @@ impl CacheKernels {
     /// (query token, query head) of a kv head.
     pub fn queries_per_group(&self) -> usize {
         (8 / self.group).max(1)
+    }
+
+    /// Query tokens per group of [`CacheKernels::prefill_attention`]: a thread block takes 64
+    /// (query token, query head) rows of a kv head.
+    pub fn prefill_queries_per_group(&self) -> usize {
+        PREFILL_ROWS / self.group
+    }
+
+    /// Causal attention of prefill chunks, flash-attention style: each group (up to
+    /// [`CacheKernels::prefill_queries_per_group`] consecutive positions of one sequence) streams
+    /// its sequence's K/V through shared memory once for all its queries and heads. Same inputs
+    /// and output as [`CacheKernels::attention`], without a workspace: a group's whole context is
+    /// one thread block's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prefill_attention(
+        &self,
+        gpu: &Gpu,
+        cache: &GpuKvCache,
+        layer: usize,
+        q: &CudaView<'_, bf16>,
+        q_stride: usize,
+        queries: &AttentionQueries<'_>,
+        out: &mut CudaSlice<bf16>,
+    ) -> Result<(), GpuError> {
+        let kv_heads = cache.layout.kv_heads;
+        let softmax_scale = 1.0f32 / (self.head_dim as f32).sqrt();
+        let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
+        let config = LaunchConfig {
+            grid_dim: (queries.num_groups as u32, kv_heads as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (num_slots, q_stride) = (cache.layout.num_slots() as i64, q_stride as i64);
+        let (max_blocks, kv_heads) = (queries.max_blocks as i32, kv_heads as i32);
+        let mut launch = gpu.stream.launch_builder(&self.prefill);
+        launch
+            .arg(q)
+            .arg(&q_stride)
+            .arg(&keys.data)
+            .arg(&values.data)
+            .arg(&keys.scales)
+            .arg(&values.scales)
+            .arg(&num_slots)
+            .arg(&queries.block_tables)
+            .arg(&max_blocks)
+            .arg(&queries.context_lens)
+            .arg(&queries.groups)
+            .arg(&queries.group_tables)
+            .arg(out)
+            .arg(&kv_heads)
+            .arg(&softmax_scale);
+        // SAFETY: the arguments match prefill_attention's signature; the caller's block tables
+        // name blocks of this cache and cover each query's context, its groups are ascending query
+        // indices up to num_queries with at most prefill_queries_per_group each, and each group's
+        // table row exists.
+        #[allow(unsafe_code)]
+        unsafe {
+            launch.launch(config)?;
+        }
+        Ok(())
     }
 
     /// Paged attention of single-token queries (`q`: `[queries][heads][head_dim]` bf16, with

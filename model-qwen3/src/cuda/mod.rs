@@ -255,7 +255,9 @@ impl GpuQwen3 {
     }
 
     fn lay_out(&self, seqs: &[SeqInput<'_>]) -> Result<StepInputs, ModelError> {
-        let per_group = self.cache_kernels.queries_per_group();
+        let kernels = &self.cache_kernels;
+        let per_group =
+            |prefill| if prefill { kernels.prefill_queries_per_group() } else { kernels.queries_per_group() };
         StepInputs::new(seqs, per_group, self.config.vocab_size, self.cache.layout.block_size)
     }
 
@@ -330,16 +332,30 @@ impl GpuQwen3 {
             )?;
             let (key, value) = (act.qkv.slice(q_size..), act.qkv.slice(q_size + kv_size..));
             cache_kernels.store(&ops.gpu, cache, index, &key, &value, qkv_size, &inputs.slots(), t)?;
-            cache_kernels.attention(
-                &ops.gpu,
-                cache,
-                index,
-                &act.qkv.slice(..),
-                qkv_size,
-                &queries,
-                &mut act.workspace,
-                &mut act.attended,
-            )?;
+            let q = act.qkv.slice(..);
+            if shape.prefill {
+                cache_kernels.prefill_attention(
+                    &ops.gpu,
+                    cache,
+                    index,
+                    &q,
+                    qkv_size,
+                    &queries,
+                    &mut act.attended,
+                )?;
+            } else {
+                let workspace = &mut act.workspace;
+                cache_kernels.attention(
+                    &ops.gpu,
+                    cache,
+                    index,
+                    &q,
+                    qkv_size,
+                    &queries,
+                    workspace,
+                    &mut act.attended,
+                )?;
+            }
             ops.linear(&act.attended.slice(..), &layer.o_proj, &mut act.delta.slice_mut(..), t, h, q_size)?;
             ops.add_rms_norm(&mut act.x, Some(&act.delta), None, &layer.post_norm, &mut act.normed, t)?;
             ops.linear(

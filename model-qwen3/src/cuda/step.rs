@@ -82,20 +82,25 @@ pub(super) struct StepInputs {
     pub(super) table_width: usize,
     /// The token whose logits each output row takes.
     pub(super) logit_rows: Vec<i32>,
+    /// Some sequence computes more than one token: attention runs the prefill kernel.
+    pub(super) prefill: bool,
 }
 
 impl StepInputs {
     /// Lay out `seqs`: consecutive tokens of one sequence (a prefill chunk) attend in groups of up
-    /// to `per_group`, which share every K/V row they read; a decode token is a group of one.
+    /// to `per_group(prefill)`, which share every K/V row they read; a decode token is a group of
+    /// one.
     pub(super) fn new(
         seqs: &[SeqInput<'_>],
-        per_group: usize,
+        per_group: impl Fn(bool) -> usize,
         vocab: usize,
         block_size: usize,
     ) -> Result<Self, ModelError> {
         let tokens = lay_out(seqs, vocab, block_size)?;
         let table_width = seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(1).max(1);
-        let mut step = StepInputs { table_width, ..Default::default() };
+        let prefill = seqs.iter().any(|s| s.tokens.len() > 1);
+        let per_group = per_group(prefill);
+        let mut step = StepInputs { table_width, prefill, ..Default::default() };
         for seq in seqs {
             let blocks = seq.block_table.blocks();
             step.tables.extend(blocks.iter().map(|&b| b as i32));
@@ -164,6 +169,7 @@ impl StepInputs {
             tables: vec![0; table_width],
             table_width,
             logit_rows: (0..outputs as i32).map(|r| r.min(rows as i32 - 1)).collect(),
+            prefill: false,
         }
     }
 }
@@ -281,6 +287,7 @@ pub(super) struct StepShape {
     pub(super) groups: usize,
     pub(super) outputs: usize,
     pub(super) table_width: usize,
+    pub(super) prefill: bool,
 }
 
 impl StepShape {
@@ -290,6 +297,7 @@ impl StepShape {
             groups: step.num_groups(),
             outputs: step.logit_rows.len(),
             table_width: step.table_width,
+            prefill: step.prefill,
         }
     }
 }

@@ -1,0 +1,51 @@
+// Tensor-core helpers shared by the attention kernels (decode_attention.cu, prefill_attention.cu):
+// the m16n8k16 MMA in the cache's input type, INT8 codes widened to fp16 exactly, and quad
+// reductions. Needs the INT8 define and int8_kv.cuh.
+
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+#define FLT_MIN_NORMAL 1.17549435e-38f
+#if INT8
+#define MMA_AB "f16"                        // INT8 codes are exact in fp16
+#else
+#define MMA_AB "bf16"
+#endif
+
+// Four INT8 codes as two fp16x2 (codes 0,1 and 2,3), exactly: 1024 + (x + 128) - 1152.
+__device__ __forceinline__ void int8x4_to_f16x2(unsigned int w, unsigned int& lo, unsigned int& hi) {
+    const unsigned int biased = w ^ 0x80808080u;
+    const unsigned int a = __byte_perm(biased, 0x64646464u, 0x4140u);
+    const unsigned int b = __byte_perm(biased, 0x64646464u, 0x4342u);
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(lo) : "r"(a), "r"(0x64806480u));
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(hi) : "r"(b), "r"(0x64806480u));
+}
+
+// Two floats as one 16-bit pair (first in the low half), in the MMA's input type.
+__device__ __forceinline__ unsigned int pack2(float first, float second) {
+    unsigned int r;
+#if INT8
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(second), "f"(first));
+#else
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(second), "f"(first));
+#endif
+    return r;
+}
+
+// d += A B for one m16n8k16 tile, fp32 accumulators.
+__device__ __forceinline__ void mma(float* d, unsigned int a0, unsigned int a1, unsigned int a2, unsigned int a3,
+                                    unsigned int b0, unsigned int b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." MMA_AB "." MMA_AB ".f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}

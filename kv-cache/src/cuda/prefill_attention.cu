@@ -1,0 +1,228 @@
+// Prefill attention, flash-attention style, over the paged cache in place: a thread block takes
+// 64 (query, head) rows of one kv head, PREFILL_QUERIES (64 / GROUP) consecutive positions of one
+// sequence with all of that kv head's query heads, and streams the sequence's K/V through shared
+// memory in tiles of KT keys, each loaded once for all 64 rows. Each row keeps its own causal
+// context and online softmax. INT8 codes become exact fp16 integers as they are staged; the K scale
+// multiplies the score, the V scale the probability (over the running maximum V scale, so that
+// fp16 keeps it in range). Output: normalized bf16, no splits.
+// Defines: HEAD_DIM (32, 64, 128 or 256), GROUP (query heads per kv head, at most 8), INT8 (0/1),
+// BLOCK_SIZE (slots per cache block, multiple of 16).
+//
+// Warp w owns rows 16w .. 16w + 15 (row r: query r / GROUP of the group, head r % GROUP) and
+// computes S = Q K^T (Q as the MMA's A operand, K rows from shared memory as B) and O += P V (P from
+// S's accumulators as A, V through ldmatrix.trans as B), the layout of FlashAttention-2. Lane
+// (g, t) = (lane / 4, lane % 4) holds rows g and g + 8 of its warp.
+
+#define PREFILL_WARPS 4
+#define PREFILL_ROWS (16 * PREFILL_WARPS)
+#define KT 32                                // keys per shared-memory tile
+#define SMEM_STRIDE (HEAD_DIM + 8)           // 16-bit elements per staged row: no bank conflicts
+#define QK_CHUNKS (HEAD_DIM / 16)            // k16 steps of S = Q K^T
+#define O_TILES (HEAD_DIM / 8)               // n8 tiles of the output
+#define ROW_BYTES (HEAD_DIM * (INT8 ? 1 : 2))
+#define UNITS (ROW_BYTES / 16)               // 16-byte loads per cache row
+
+// Two 16-bit matrices of 8x8 from shared memory, transposed: the B operand of one m16n8k16 MMA.
+__device__ __forceinline__ void ldmatrix_x2_trans(const unsigned short* row, unsigned int& b0, unsigned int& b1) {
+    const unsigned int address = (unsigned int)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
+                 : "=r"(b0), "=r"(b1) : "r"(address));
+}
+
+extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_attention(
+    const bf16_t* __restrict__ q,               // [queries][kv_heads * GROUP][HEAD_DIM], query stride q_stride
+    long long q_stride,
+    const unsigned char* __restrict__ key_cache,   // [slots][kv_heads][HEAD_DIM] elements
+    const unsigned char* __restrict__ value_cache,
+    const bf16_t* __restrict__ key_scale,       // [kv_heads][slots] (INT8 only)
+    const bf16_t* __restrict__ value_scale,
+    long long num_slots,
+    const int* __restrict__ block_tables,       // [sequences][max_blocks]
+    int max_blocks,
+    const int* __restrict__ context_lens,       // [queries]: a query's causal context
+    const int* __restrict__ query_groups,       // [groups + 1]: each group's first query, then the end
+    const int* __restrict__ group_tables,       // [groups]: the row of block_tables a group reads
+    bf16_t* __restrict__ out,                   // [queries][kv_heads * GROUP][HEAD_DIM]
+    int kv_heads, float softmax_scale)
+{
+    __shared__ __align__(16) unsigned short s_k[KT][SMEM_STRIDE];
+    __shared__ __align__(16) unsigned short s_v[KT][SMEM_STRIDE];
+    __shared__ float s_ks[KT], s_vs[KT], s_tile_vs_max;
+    const int group = blockIdx.x, kv_head = blockIdx.y;
+    const int first_query = query_groups[group], queries = query_groups[group + 1] - first_query;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int* table = block_tables + (long long)group_tables[group] * max_blocks;
+    int context = 0;
+    for (int i = 0; i < queries; ++i) context = max(context, context_lens[first_query + i]);
+
+    // This lane's rows g and g + 8 of the warp: their query, head and causal context.
+    int row_context[2], row_query[2], row_head[2];
+    #pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = 16 * warp + g + 8 * h, query = r / GROUP;
+        row_query[h] = query < queries ? query : -1;
+        row_head[h] = kv_head * GROUP + r % GROUP;
+        row_context[h] = query < queries ? context_lens[first_query + query] : 0;
+    }
+    // Q fragments: a0 (row g, dims 2t, 2t+1 of chunk c), a1 (row g + 8), a2 and a3 (dims + 8).
+    unsigned int qa[QK_CHUNKS][4];
+    #pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const bf16_t* qrow = q + (long long)(first_query + max(row_query[h], 0)) * q_stride
+                             + (long long)row_head[h] * HEAD_DIM;
+        #pragma unroll
+        for (int c = 0; c < QK_CHUNKS; ++c)
+            #pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                unsigned int w = row_query[h] >= 0 ? *(const unsigned int*)(qrow + 16 * c + 2 * t + 8 * half) : 0u;
+#if INT8
+                const float lo = fminf(fmaxf(bf16_to_float((bf16_t)(w & 0xffffu)), -65504.0f), 65504.0f);
+                const float hi = fminf(fmaxf(bf16_to_float((bf16_t)(w >> 16)), -65504.0f), 65504.0f);
+                w = pack2(lo, hi);
+#endif
+                qa[c][h + 2 * half] = w;
+            }
+    }
+
+    float o[O_TILES][4];
+    #pragma unroll
+    for (int n = 0; n < O_TILES; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m[2] = {KV_NEG_INF, KV_NEG_INF}, l[2] = {0.0f, 0.0f};  // l: this lane's keys only
+    float vs_max = 0.0f;  // INT8: the V scales are divided by this running maximum
+    const float score_scale = softmax_scale * LOG2E;  // scores in log2 units: exp2 below
+
+    for (int key0 = 0; key0 < context; key0 += KT) {
+        const int valid = min(context - key0, KT);
+        __syncthreads();  // the previous tile is no longer read
+        for (int u = threadIdx.x; u < KT * UNITS; u += PREFILL_WARPS * 32) {
+            const int key = u / UNITS, unit = u % UNITS;
+            uint4 kw = make_uint4(0u, 0u, 0u, 0u), vw = kw;
+            if (key < valid) {
+                const int pos = key0 + key;
+                const long long slot = (long long)table[pos / BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE;
+                const long long at = (slot * kv_heads + kv_head) * ROW_BYTES + unit * 16;
+                kw = *(const uint4*)(key_cache + at);
+                vw = *(const uint4*)(value_cache + at);
+            }
+#if INT8
+            uint4 k_lo, k_hi, v_lo, v_hi;
+            int8x4_to_f16x2(kw.x, k_lo.x, k_lo.y); int8x4_to_f16x2(kw.y, k_lo.z, k_lo.w);
+            int8x4_to_f16x2(kw.z, k_hi.x, k_hi.y); int8x4_to_f16x2(kw.w, k_hi.z, k_hi.w);
+            int8x4_to_f16x2(vw.x, v_lo.x, v_lo.y); int8x4_to_f16x2(vw.y, v_lo.z, v_lo.w);
+            int8x4_to_f16x2(vw.z, v_hi.x, v_hi.y); int8x4_to_f16x2(vw.w, v_hi.z, v_hi.w);
+            *(uint4*)&s_k[key][unit * 16] = k_lo; *(uint4*)&s_k[key][unit * 16 + 8] = k_hi;
+            *(uint4*)&s_v[key][unit * 16] = v_lo; *(uint4*)&s_v[key][unit * 16 + 8] = v_hi;
+#else
+            *(uint4*)&s_k[key][unit * 8] = kw;
+            *(uint4*)&s_v[key][unit * 8] = vw;
+#endif
+        }
+#if INT8
+        if (warp == 0) {
+            float ks = 0.0f, vs = 0.0f;
+            if (lane < valid) {
+                const int pos = key0 + lane;
+                const long long slot = (long long)table[pos / BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE;
+                ks = bf16_to_float(key_scale[kv_head * num_slots + slot]);
+                vs = bf16_to_float(value_scale[kv_head * num_slots + slot]);
+            }
+            s_ks[lane] = ks;
+            s_vs[lane] = vs;
+            float big = vs;
+            for (int offset = 16; offset > 0; offset >>= 1) big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, offset));
+            if (lane == 0) s_tile_vs_max = big;
+        }
+#endif
+        __syncthreads();
+
+        // S = Q K^T: s[n] holds rows g (0, 1) and g + 8 (2, 3) at keys 8n + 2t, 8n + 2t + 1.
+        float s[KT / 8][4];
+        #pragma unroll
+        for (int n = 0; n < KT / 8; ++n) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            #pragma unroll
+            for (int c = 0; c < QK_CHUNKS; ++c) {
+                const unsigned int b0 = *(const unsigned int*)&s_k[8 * n + g][16 * c + 2 * t];
+                const unsigned int b1 = *(const unsigned int*)&s_k[8 * n + g][16 * c + 2 * t + 8];
+                mma(s[n], qa[c][0], qa[c][1], qa[c][2], qa[c][3], b0, b1);
+            }
+        }
+        float tile_max[2] = {KV_NEG_INF, KV_NEG_INF};
+        #pragma unroll
+        for (int n = 0; n < KT / 8; ++n)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = 8 * n + 2 * t + (e & 1), h = e >> 1;
+#if INT8
+                s[n][e] *= score_scale * s_ks[key];
+#else
+                s[n][e] *= score_scale;
+#endif
+                if (key0 + key >= row_context[h]) s[n][e] = KV_NEG_INF;
+                tile_max[h] = fmaxf(tile_max[h], s[n][e]);
+            }
+        float alpha[2];
+        #pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const float m_new = fmaxf(m[h], quad_max(tile_max[h]));
+            // -inf while a row has seen no key of its context: subtract 0, so alpha and p are 0.
+            const float m_sub = m_new == KV_NEG_INF ? 0.0f : m_new;
+            alpha[h] = exp2f(m[h] - m_sub);
+            m[h] = m_new;
+            l[h] *= alpha[h];
+            #pragma unroll
+            for (int n = 0; n < KT / 8; ++n)
+                #pragma unroll
+                for (int e = 2 * h; e < 2 * h + 2; ++e) {
+                    s[n][e] = exp2f(s[n][e] - m_sub);
+                    l[h] += s[n][e];
+                }
+        }
+#if INT8
+        const float vs_new = fmaxf(fmaxf(vs_max, FLT_MIN_NORMAL), s_tile_vs_max);
+        const float ratio = vs_max / vs_new, inv = 1.0f / vs_new;
+        vs_max = vs_new;
+        alpha[0] *= ratio;
+        alpha[1] *= ratio;
+        #pragma unroll
+        for (int n = 0; n < KT / 8; ++n)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) s[n][e] *= s_vs[8 * n + 2 * t + (e & 1)] * inv;
+#endif
+        #pragma unroll
+        for (int n = 0; n < O_TILES; ++n) {
+            o[n][0] *= alpha[0]; o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1]; o[n][3] *= alpha[1];
+        }
+        // O += P V, sixteen keys at a time: P's A fragments are S's accumulators as they stand.
+        #pragma unroll
+        for (int kc = 0; kc < KT / 16; ++kc) {
+            const unsigned int a0 = pack2(s[2 * kc][0], s[2 * kc][1]);
+            const unsigned int a1 = pack2(s[2 * kc][2], s[2 * kc][3]);
+            const unsigned int a2 = pack2(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+            const unsigned int a3 = pack2(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+            // Lanes 0-7 address keys 16kc + 0..7, lanes 8-15 keys 16kc + 8..15 (others: ignored).
+            const unsigned short* v_row = &s_v[16 * kc + (lane % 16)][0];
+            #pragma unroll
+            for (int n = 0; n < O_TILES; ++n) {
+                unsigned int b0, b1;
+                ldmatrix_x2_trans(v_row + 8 * n, b0, b1);
+                mma(o[n], a0, a1, a2, a3, b0, b1);
+            }
+        }
+    }
+
+    const float sum[2] = {quad_sum(l[0]), quad_sum(l[1])};  // every lane shuffles, then unused rows stop
+    #pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        if (row_query[h] < 0) continue;
+        const float scale = (INT8 ? vs_max : 1.0f) / sum[h];
+        bf16_t* row = out + ((long long)(first_query + row_query[h]) * kv_heads * GROUP + row_head[h]) * HEAD_DIM;
+        #pragma unroll
+        for (int n = 0; n < O_TILES; ++n) {
+            const unsigned int lo = float_to_bf16(o[n][2 * h] * scale);
+            const unsigned int hi = float_to_bf16(o[n][2 * h + 1] * scale);
+            *(unsigned int*)(row + 8 * n + 2 * t) = lo | (hi << 16);
+        }
+    }
+}
