@@ -3,27 +3,33 @@
 # (kernels, then the whole model), then the kernel timings.
 # Build here first (no CUDA needed):
 #   cargo test --release -p kv-cache -p model-qwen3 --features kv-cache/cuda,model-qwen3/cuda --test gpu_kernels --test gpu_model --no-run
+#   cargo test --release -p engine --features cuda --test gpu_engine --no-run
 #   cargo build --release -p kv-cache --features cuda --example bench_kernels
-# and carry target/release/deps/gpu_kernels-*, target/release/deps/gpu_model-* and
+# and carry target/release/deps/gpu_kernels-*, gpu_model-*, gpu_engine-* and
 # target/release/examples/bench_kernels there. Logs and bench_kernels.json go to $OUT (or ./gpu-out).
-# Kernel errors and timings go to gpu_kernels.log, gpu_model.log, bench_kernels.log.
+# Kernel errors and timings go to gpu_kernels.log, gpu_model.log, gpu_engine.log, bench_kernels.log.
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 export OUT=$out
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
 status=0
-for test in target/release/deps/gpu_kernels-* target/release/deps/gpu_model-*; do
+for test in target/release/deps/gpu_kernels-* target/release/deps/gpu_model-* target/release/deps/gpu_engine-*; do
   [ -x "$test" ] && [ "${test%.d}" = "$test" ] || continue
   name=$(basename "${test%-*}")
   timeout 180 "$test" --nocapture --test-threads 1 2>&1 | tee "$out/$name.log" || status=1
 done
 if [ "${1:-}" != "--no-bench" ]; then
   timeout 300 target/release/examples/bench_kernels 4.27 2>&1 | tee "$out/bench_kernels.log" || status=1
-  # Tuning: TUNE_MIN_BLOCKS="3 5" times decode attention with each register budget (blocks per SM).
+  # Tuning: TUNE_MIN_BLOCKS="3 5" times decode attention with each register budget (blocks per SM);
+  # TUNE_STORE_ROWS="2 4" the store kernel with each number of rows per warp.
   for blocks in ${TUNE_MIN_BLOCKS:-}; do
     echo "== NANOVLLM_DECODE_MIN_BLOCKS=$blocks" | tee -a "$out/tune.log"
     NANOVLLM_DECODE_MIN_BLOCKS=$blocks OUT= timeout 300 target/release/examples/bench_kernels 4.27 2>&1 | grep decode | tee -a "$out/tune.log"
+  done
+  for rows in ${TUNE_STORE_ROWS:-}; do
+    echo "== NANOVLLM_STORE_ROWS=$rows" | tee -a "$out/tune.log"
+    NANOVLLM_STORE_ROWS=$rows OUT= timeout 300 target/release/examples/bench_kernels 4.27 2>&1 | grep store | tee -a "$out/tune.log"
   done
 fi
 exit $status

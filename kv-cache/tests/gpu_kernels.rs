@@ -48,7 +48,7 @@ fn store_matches_the_reference_bit_for_bit() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng();
     for dtype in [CacheDtype::Int8, CacheDtype::Bf16] {
-        for head_dim in [64, 128] {
+        for head_dim in [32, 64, 128, 256] {
             let (kv_heads, q_heads, tokens) = (8, 16, 333);
             let layout = CacheLayout { num_layers: 2, num_blocks: 80, block_size: 16, kv_heads, head_dim };
             // Tokens come as rows of a packed [q | k | v] projection, as the model produces them.

@@ -22,11 +22,12 @@ const PARTITIONS: [usize; 4] = [512, 256, 128, 64];
 /// Enough thread blocks to fill an H100/H200 (132 SMs, 2 to 3 blocks each) a few times over.
 const TARGET_BLOCKS: usize = 1024;
 const THREADS: u32 = 128;
-/// Rows (token, kv head, K or V) each warp of the store kernel takes, their loads all in flight:
-/// four pay for bf16 copies; INT8 rows, whose quantization is the longer part, run faster one per
-/// warp (docs/PERF.md).
-fn store_rows_per_warp(dtype: CacheDtype) -> u32 {
-    if dtype == CacheDtype::Int8 { 1 } else { 4 }
+/// Passes of the store kernel per warp, each over 256 / head_dim rows (token, kv head, K or V),
+/// their loads all in flight (docs/PERF.md has the measurements). `NANOVLLM_STORE_ROWS` overrides
+/// it, for tuning.
+fn store_passes(dtype: CacheDtype) -> u32 {
+    let tuned = std::env::var("NANOVLLM_STORE_ROWS").ok().and_then(|v| v.parse().ok());
+    tuned.filter(|&rows| (1..=8).contains(&rows)).unwrap_or(if dtype == CacheDtype::Int8 { 1 } else { 2 })
 }
 
 /// Thread blocks of decode attention per SM that the register allocation must allow: more blocks
@@ -213,7 +214,7 @@ impl CacheKernels {
             &[
                 ("HEAD_DIM", head_dim.to_string()),
                 ("INT8", int8.clone()),
-                ("ROWS", store_rows_per_warp(dtype).to_string()),
+                ("ROWS", store_passes(dtype).to_string()),
             ],
         )?;
         let decode = gpu.module(
@@ -246,7 +247,7 @@ impl CacheKernels {
             head_dim,
             group,
             block_size,
-            store_rows: store_rows_per_warp(dtype),
+            store_rows: store_passes(dtype) * (256 / head_dim) as u32,
         })
     }
 
