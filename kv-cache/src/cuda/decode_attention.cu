@@ -301,24 +301,49 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     }
 }
 
-// Combine the splits of each (sequence, query head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+// A sum or maximum over the block (HEAD_DIM threads), returned to every thread.
+__device__ __forceinline__ float block_reduce(float x, bool is_max, float* scratch) {
+    #pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float other = __shfl_xor_sync(0xffffffffu, x, offset);
+        x = is_max ? fmaxf(x, other) : x + other;
+    }
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
+    __syncthreads();
+    float r = scratch[0];
+    for (int w = 1; w < HEAD_DIM / 32; ++w) r = is_max ? fmaxf(r, scratch[w]) : r + scratch[w];
+    __syncthreads();  // scratch is reused
+    return r;
+}
+
+// Combine the splits of each (query, head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+// The block's threads share the splits' weights (dynamic shared memory, max_splits floats), so that
+// each thread's sum over the splits of its dim is independent loads, many in flight: one long
+// context has hundreds of splits.
 extern "C" __global__ void decode_attention_reduce(
     const float* __restrict__ partial_out, const float* __restrict__ partial_max,
     const float* __restrict__ partial_sum, const int* __restrict__ context_lens,
     bf16_t* __restrict__ out,                   // [batch][heads][HEAD_DIM]
     int heads, int max_splits, int partition)
 {
+    extern __shared__ float s_weight[];         // [max_splits]
+    __shared__ float s_scratch[HEAD_DIM / 32];
     const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
     const int splits = (context_lens[b] + partition - 1) / partition;
     const long long base = ((long long)b * heads + h) * max_splits;
     float m = KV_NEG_INF;
-    for (int s = 0; s < splits; ++s) m = fmaxf(m, partial_max[base + s]);
-    float l = 0.0f, o = 0.0f;
-    for (int s = 0; s < splits; ++s) {
+    for (int s = d; s < splits; s += HEAD_DIM) m = fmaxf(m, partial_max[base + s]);
+    m = block_reduce(m, true, s_scratch);
+    float l = 0.0f;
+    for (int s = d; s < splits; s += HEAD_DIM) {
         const float w = expf(partial_max[base + s] - m);
+        s_weight[s] = w;
         l += w * partial_sum[base + s];
-        o += w * partial_out[(base + s) * HEAD_DIM + d];
     }
+    l = block_reduce(l, false, s_scratch);  // its barrier also publishes s_weight
+    float o = 0.0f;
+    #pragma unroll 8
+    for (int s = 0; s < splits; ++s) o += s_weight[s] * partial_out[(base + s) * HEAD_DIM + d];
     // A query with no context (a padding row of a CUDA graph) reads nothing and gets zeros.
     out[((long long)b * heads + h) * HEAD_DIM + d] = float_to_bf16(l > 0.0f ? o / l : 0.0f);
 }

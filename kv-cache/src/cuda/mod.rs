@@ -440,7 +440,7 @@ impl CacheKernels {
         let config = LaunchConfig {
             grid_dim: (heads as u32, batch as u32, 1),
             block_dim: (self.head_dim as u32, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: 4 * splits as u32, // one weight per split
         };
         let mut launch = gpu.stream.launch_builder(&self.reduce);
         launch
