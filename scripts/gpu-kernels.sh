@@ -21,15 +21,12 @@ for test in target/release/deps/gpu_kernels-* target/release/deps/gpu_model-* ta
 done
 if [ "${1:-}" != "--no-bench" ]; then
   timeout 300 target/release/examples/bench_kernels 4.27 2>&1 | tee "$out/bench_kernels.log" || status=1
-  # Tuning: TUNE_MIN_BLOCKS="3 5" times decode attention with each register budget (blocks per SM);
-  # TUNE_STORE_ROWS="2 4" the store kernel with each number of rows per warp.
-  for blocks in ${TUNE_MIN_BLOCKS:-}; do
-    echo "== NANOVLLM_DECODE_MIN_BLOCKS=$blocks" | tee -a "$out/tune.log"
-    NANOVLLM_DECODE_MIN_BLOCKS=$blocks OUT= timeout 300 target/release/examples/bench_kernels 4.27 2>&1 | grep decode | tee -a "$out/tune.log"
-  done
-  for rows in ${TUNE_STORE_ROWS:-}; do
-    echo "== NANOVLLM_STORE_ROWS=$rows" | tee -a "$out/tune.log"
-    NANOVLLM_STORE_ROWS=$rows OUT= timeout 300 target/release/examples/bench_kernels 4.27 2>&1 | grep store | tee -a "$out/tune.log"
+  # Tuning: TUNE="NANOVLLM_DECODE_MIN_BLOCKS=3 NANOVLLM_DECODE_MIN_BLOCKS=5,NANOVLLM_STORE_ROWS=2"
+  # times the kernels again under each setting (commas join variables; kv-cache/src/cuda/mod.rs
+  # reads them: NANOVLLM_DECODE_MIN_BLOCKS, NANOVLLM_STORE_ROWS).
+  for setting in ${TUNE:-}; do
+    echo "== $setting" | tee -a "$out/tune.log"
+    env ${setting//,/ } OUT= timeout 300 target/release/examples/bench_kernels 4.27 2>&1 | grep -E 'decode|store' | tee -a "$out/tune.log"
   done
 fi
 exit $status

@@ -31,14 +31,14 @@ fn store_passes(dtype: CacheDtype) -> u32 {
 }
 
 /// Thread blocks of decode attention per SM that the register allocation must allow: more blocks
-/// keep more loads in flight, fewer registers may spill (docs/PERF.md has the measurements).
-/// `NANOVLLM_DECODE_MIN_BLOCKS` overrides it, for tuning.
-fn decode_min_blocks() -> usize {
+/// keep more loads in flight, fewer registers may spill. Measured side by side (docs/PERF.md):
+/// bf16 runs best at 3, INT8 at 4. `NANOVLLM_DECODE_MIN_BLOCKS` overrides it, for tuning.
+fn decode_min_blocks(dtype: CacheDtype) -> usize {
     std::env::var("NANOVLLM_DECODE_MIN_BLOCKS")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&b| b >= 1)
-        .unwrap_or(4)
+        .unwrap_or(if dtype == CacheDtype::Int8 { 4 } else { 3 })
 }
 
 /// One layer's K or V plane, and its scales for INT8.
@@ -226,7 +226,7 @@ impl CacheKernels {
                 ("INT8", int8),
                 ("BLOCK_SIZE", block_size.to_string()),
                 ("THREADS", THREADS.to_string()),
-                ("MIN_BLOCKS", decode_min_blocks().to_string()),
+                ("MIN_BLOCKS", decode_min_blocks(dtype).to_string()),
             ],
         )?;
         let prefill = gpu.module(
