@@ -22,9 +22,15 @@ const PARTITIONS: [usize; 4] = [512, 256, 128, 64];
 /// Enough thread blocks to fill an H100/H200 (132 SMs, 2 to 3 blocks each) a few times over.
 const TARGET_BLOCKS: usize = 1024;
 const THREADS: u32 = 128;
-/// Passes of the store kernel per warp, each over 256 / head_dim rows (token, kv head, K or V),
-/// their loads all in flight (docs/PERF.md has the measurements). `NANOVLLM_STORE_ROWS` overrides
-/// it, for tuning.
+/// Values of a row each lane of the store kernel takes (as `ELEMS` in store.cu): 16-byte loads,
+/// two for an INT8 row.
+fn store_values_per_lane(dtype: CacheDtype) -> usize {
+    if dtype == CacheDtype::Int8 { 16 } else { 8 }
+}
+
+/// Passes of the store kernel per warp, each over 32 / (head_dim / values per lane) rows (token, kv
+/// head, K or V), their loads all in flight (docs/PERF.md has the measurements).
+/// `NANOVLLM_STORE_ROWS` overrides it, for tuning.
 fn store_passes(dtype: CacheDtype) -> u32 {
     let tuned = std::env::var("NANOVLLM_STORE_ROWS").ok().and_then(|v| v.parse().ok());
     tuned.filter(|&rows| (1..=8).contains(&rows)).unwrap_or(if dtype == CacheDtype::Int8 { 1 } else { 2 })
@@ -247,7 +253,7 @@ impl CacheKernels {
             head_dim,
             group,
             block_size,
-            store_rows: store_passes(dtype) * (256 / head_dim) as u32,
+            store_rows: store_passes(dtype) * (32 / (head_dim / store_values_per_lane(dtype))) as u32,
         })
     }
 

@@ -42,6 +42,7 @@ __device__ __forceinline__ signed char kv_quantize(float x, float step) {
 // division.
 __device__ __forceinline__ signed char kv_quantize_fast(float x, float step, float inverse) {
     const float q = x * inverse;
-    if (fabsf(fabsf(q - truncf(q)) - 0.5f) < 1e-4f) return kv_quantize(x, step);
-    return (signed char)fminf(fmaxf(rintf(q), -KV_QMAX), KV_QMAX);
+    const float nearest = rintf(q);
+    if (fabsf(q - nearest) > 0.5f - 1e-4f) return kv_quantize(x, step);
+    return (signed char)fminf(fmaxf(nearest, -KV_QMAX), KV_QMAX);
 }
