@@ -62,6 +62,31 @@ fn relative_error(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
+/// A two-layer random model with GQA (8 query heads on 2 kv heads of 128) and a tied head.
+fn small_gqa_model(seed: u64) -> Qwen3Model {
+    let config = Qwen3Config::from_json_str(
+        r#"{"model_type": "qwen3", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 8,
+            "num_key_value_heads": 2, "head_dim": 128, "intermediate_size": 512, "vocab_size": 1000,
+            "max_position_embeddings": 4096, "tie_word_embeddings": true}"#,
+    )
+    .unwrap();
+    Qwen3Model::random(config, seed, 0.08)
+}
+
+/// `got` against `expected`, step by step: the worst relative logit difference, the steps whose
+/// expected top-1 margin exceeds twice `bound` (clear choices), and how many of those changed.
+fn bounded_difference(got: &[Vec<f32>], expected: &[Vec<f32>], bound: f32) -> (f32, usize, usize) {
+    let (mut worst, mut clear, mut changed) = (0.0f32, 0, 0);
+    for (g, e) in got.iter().zip(expected) {
+        worst = worst.max(relative_error(g, e));
+        if relative_margin(e) > 2.0 * bound {
+            clear += 1;
+            changed += usize::from(argmax(g) != argmax(e));
+        }
+    }
+    (worst, clear, changed)
+}
+
 /// Prompts of several lengths, then `steps` decode steps with fixed tokens, all sequences batched;
 /// returns every step's logits per sequence. `chunk` splits each prompt's prefill.
 fn run(
@@ -245,13 +270,7 @@ fn gpu_sampling_is_greedy_at_zero_and_follows_the_softmax() {
 fn gpu_logits_are_reproducible_and_batch_invariant_within_a_bound() {
     let Some(gpu) = gpu() else { return };
     const BOUND: f32 = 2e-2;
-    let config = Qwen3Config::from_json_str(
-        r#"{"model_type": "qwen3", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 8,
-            "num_key_value_heads": 2, "head_dim": 128, "intermediate_size": 512, "vocab_size": 1000,
-            "max_position_embeddings": 4096, "tie_word_embeddings": true}"#,
-    )
-    .unwrap();
-    let model = Qwen3Model::random(config, 5, 0.08);
+    let model = small_gqa_model(5);
     let lengths = [7usize, 300, 1100, 40, 1900, 90, 400, 13]; // with 6 steps, under NUM_BLOCKS x 16
     let prompts: Vec<Vec<u32>> =
         lengths.iter().map(|&n| (0..n as u32).map(|i| (i * 29 + n as u32) % 1000).collect()).collect();
@@ -265,13 +284,8 @@ fn gpu_logits_are_reproducible_and_batch_invariant_within_a_bound() {
         let (mut worst, mut clear, mut changed) = (0.0f32, 0, 0);
         for (i, prompt) in prompts.iter().enumerate() {
             let alone = run_batch(std::slice::from_ref(prompt)).pop().unwrap();
-            for (a, t) in alone.iter().zip(&together[i]) {
-                worst = worst.max(relative_error(t, a));
-                if relative_margin(a) > 2.0 * BOUND {
-                    clear += 1;
-                    changed += usize::from(argmax(a) != argmax(t));
-                }
-            }
+            let (w, c, ch) = bounded_difference(&together[i], &alone, BOUND);
+            (worst, clear, changed) = (worst.max(w), clear + c, changed + ch);
         }
         eprintln!(
             "{dtype}: alone vs batched, worst relative logit difference {worst:.2e}; {changed} of {clear} clear top-1 choices changed"
@@ -290,13 +304,7 @@ fn gpu_logits_are_reproducible_and_batch_invariant_within_a_bound() {
 fn decode_in_cuda_graphs_matches_eager_decode() {
     let Some(gpu) = gpu() else { return };
     const BOUND: f32 = 2e-2;
-    let config = Qwen3Config::from_json_str(
-        r#"{"model_type": "qwen3", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 8,
-            "num_key_value_heads": 2, "head_dim": 128, "intermediate_size": 512, "vocab_size": 1000,
-            "max_position_embeddings": 4096, "tie_word_embeddings": true}"#,
-    )
-    .unwrap();
-    let model = Qwen3Model::random(config, 9, 0.08);
+    let model = small_gqa_model(9);
     // 5 sequences replay the graph of 8 (3 rows of padding), then 3 the graph of 4.
     for lengths in [&[5usize, 200, 33, 700, 64][..], &[90, 1, 400]] {
         let prompts: Vec<Vec<u32>> =
@@ -310,14 +318,9 @@ fn decode_in_cuda_graphs_matches_eager_decode() {
             let (mut worst, mut clear, mut changed) = (0.0f32, 0, 0);
             for (g, e) in graphs.iter().zip(eager.iter()) {
                 assert_eq!(g[0], e[0], "{dtype}: the eager prefill differs between the two models");
-                for (g, e) in g[1..].iter().zip(&e[1..]) {
-                    assert!(g.iter().all(|x| x.is_finite()), "{dtype}: non-finite logits from a graph");
-                    worst = worst.max(relative_error(g, e));
-                    if relative_margin(e) > 2.0 * BOUND {
-                        clear += 1;
-                        changed += usize::from(argmax(g) != argmax(e));
-                    }
-                }
+                assert!(g.iter().flatten().all(|x| x.is_finite()), "{dtype}: non-finite logits from a graph");
+                let (w, c, ch) = bounded_difference(&g[1..], &e[1..], BOUND);
+                (worst, clear, changed) = (worst.max(w), clear + c, changed + ch);
             }
             eprintln!(
                 "{} sequences, {dtype}: graph vs eager decode, worst relative logit difference {worst:.2e}; {changed} of {clear} clear top-1 choices changed",

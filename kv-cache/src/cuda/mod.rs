@@ -3,7 +3,9 @@
 //! crate root indexes them.
 
 use half::bf16;
-use kv_quant::cuda::cudarc::driver::{CudaFunction, CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use kv_quant::cuda::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg,
+};
 use kv_quant::cuda::{Gpu, GpuError, INT8_KV_CUH};
 
 use crate::{CacheDtype, CacheLayout};
@@ -173,6 +175,48 @@ impl DecodeWorkspace {
     }
 }
 
+/// The scalars both attention kernels take among their first arguments, alive for a launch.
+struct AttentionScalars {
+    q_stride: i64,
+    num_slots: i64,
+    max_blocks: i32,
+}
+
+impl AttentionScalars {
+    fn new(cache: &GpuKvCache, q_stride: usize, queries: &AttentionQueries<'_>) -> Self {
+        AttentionScalars {
+            q_stride: q_stride as i64,
+            num_slots: cache.layout.num_slots() as i64,
+            max_blocks: queries.max_blocks as i32,
+        }
+    }
+
+    /// Push the arguments both attention kernels begin with, in their order: q, the layer's K/V
+    /// planes and scales, and the queries.
+    fn push<'a>(
+        &'a self,
+        launch: &mut LaunchArgs<'a>,
+        q: &'a CudaView<'_, bf16>,
+        keys: &'a GpuPlane,
+        values: &'a GpuPlane,
+        queries: &'a AttentionQueries<'_>,
+    ) {
+        launch
+            .arg(q)
+            .arg(&self.q_stride)
+            .arg(&keys.data)
+            .arg(&values.data)
+            .arg(&keys.scales)
+            .arg(&values.scales)
+            .arg(&self.num_slots)
+            .arg(&queries.block_tables)
+            .arg(&self.max_blocks)
+            .arg(&queries.context_lens)
+            .arg(&queries.groups)
+            .arg(&queries.group_tables);
+    }
+}
+
 /// The compiled store and attention kernels for one cache shape.
 #[derive(Debug)]
 pub struct CacheKernels {
@@ -223,28 +267,21 @@ impl CacheKernels {
                 ("ROWS", store_passes(dtype).to_string()),
             ],
         )?;
+        // The shape both attention kernels are compiled for; decode adds its launch bounds.
+        let shape = [
+            ("HEAD_DIM", head_dim.to_string()),
+            ("GROUP", group.to_string()),
+            ("INT8", int8),
+            ("BLOCK_SIZE", block_size.to_string()),
+        ];
+        let bounds = [("THREADS", THREADS.to_string()), ("MIN_BLOCKS", decode_min_blocks(dtype).to_string())];
         let decode = gpu.module(
             "decode_attention",
             &format!("{INT8_KV_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
-            &[
-                ("HEAD_DIM", head_dim.to_string()),
-                ("GROUP", group.to_string()),
-                ("INT8", int8),
-                ("BLOCK_SIZE", block_size.to_string()),
-                ("THREADS", THREADS.to_string()),
-                ("MIN_BLOCKS", decode_min_blocks(dtype).to_string()),
-            ],
+            &[&shape[..], &bounds[..]].concat(),
         )?;
-        let prefill = gpu.module(
-            "prefill_attention",
-            &format!("{INT8_KV_CUH}\n{MMA_CUH}\n{PREFILL_CU}"),
-            &[
-                ("HEAD_DIM", head_dim.to_string()),
-                ("GROUP", group.to_string()),
-                ("INT8", u8::from(dtype == CacheDtype::Int8).to_string()),
-                ("BLOCK_SIZE", block_size.to_string()),
-            ],
-        )?;
+        let prefill =
+            gpu.module("prefill_attention", &format!("{INT8_KV_CUH}\n{MMA_CUH}\n{PREFILL_CU}"), &shape)?;
         Ok(CacheKernels {
             prefill: prefill.load_function("prefill_attention")?,
             store: store.load_function("store_kv")?,
@@ -341,25 +378,11 @@ impl CacheKernels {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (num_slots, q_stride) = (cache.layout.num_slots() as i64, q_stride as i64);
-        let (max_blocks, kv_heads) = (queries.max_blocks as i32, kv_heads as i32);
+        let scalars = AttentionScalars::new(cache, q_stride, queries);
+        let kv_heads = kv_heads as i32;
         let mut launch = gpu.stream.launch_builder(&self.prefill);
-        launch
-            .arg(q)
-            .arg(&q_stride)
-            .arg(&keys.data)
-            .arg(&values.data)
-            .arg(&keys.scales)
-            .arg(&values.scales)
-            .arg(&num_slots)
-            .arg(&queries.block_tables)
-            .arg(&max_blocks)
-            .arg(&queries.context_lens)
-            .arg(&queries.groups)
-            .arg(&queries.group_tables)
-            .arg(out)
-            .arg(&kv_heads)
-            .arg(&softmax_scale);
+        scalars.push(&mut launch, q, keys, values, queries);
+        launch.arg(out).arg(&kv_heads).arg(&softmax_scale);
         // SAFETY: the arguments match prefill_attention's signature; the caller's block tables
         // name blocks of this cache and cover each query's context, its groups are ascending query
         // indices up to num_queries with at most prefill_queries_per_group each, and each group's
@@ -404,30 +427,17 @@ impl CacheKernels {
                 workspace.capacity
             )));
         }
-        let (max_blocks, kv_heads_arg, max_splits, partition) =
-            (max_blocks as i32, kv_heads as i32, splits as i32, partition as i32);
+        let (kv_heads_arg, max_splits, partition) = (kv_heads as i32, splits as i32, partition as i32);
         let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
         let config = LaunchConfig {
             grid_dim: (splits as u32, kv_heads as u32, queries.num_groups as u32),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let num_slots = cache.layout.num_slots() as i64;
+        let scalars = AttentionScalars::new(cache, q_stride, queries);
         let mut launch = gpu.stream.launch_builder(&self.partial);
-        let q_stride = q_stride as i64;
+        scalars.push(&mut launch, q, keys, values, queries);
         launch
-            .arg(q)
-            .arg(&q_stride)
-            .arg(&keys.data)
-            .arg(&values.data)
-            .arg(&keys.scales)
-            .arg(&values.scales)
-            .arg(&num_slots)
-            .arg(&queries.block_tables)
-            .arg(&max_blocks)
-            .arg(&queries.context_lens)
-            .arg(&queries.groups)
-            .arg(&queries.group_tables)
             .arg(&mut workspace.partial_out)
             .arg(&mut workspace.partial_max)
             .arg(&mut workspace.partial_sum)

@@ -265,13 +265,12 @@ impl GpuQwen3 {
     /// step launches its kernels. Returns the logit rows computed (padding included).
     fn launch(&mut self, mut step: StepInputs) -> Result<usize, GpuError> {
         let stream = self.ops.gpu.stream.clone();
-        let graph_rows = self.graphs.for_batch(step.num_tokens()).map(|(rows, _)| rows);
-        if let Some(rows) = graph_rows.filter(|_| step.is_decode()) {
+        if step.is_decode()
+            && let Some((rows, graph)) = self.graphs.for_batch(step.num_tokens())
+        {
             step.pad_decode(rows, self.graphs.table_width());
             self.inputs.upload(&stream, &step)?;
-            if let Some((_, graph)) = self.graphs.for_batch(rows) {
-                graph.launch()?;
-            }
+            graph.launch()?;
             return Ok(rows);
         }
         self.inputs.upload(&stream, &step)?;
@@ -332,29 +331,11 @@ impl GpuQwen3 {
             )?;
             let (key, value) = (act.qkv.slice(q_size..), act.qkv.slice(q_size + kv_size..));
             cache_kernels.store(&ops.gpu, cache, index, &key, &value, qkv_size, &inputs.slots(), t)?;
-            let q = act.qkv.slice(..);
+            let (q, out, workspace) = (act.qkv.slice(..), &mut act.attended, &mut act.workspace);
             if shape.prefill {
-                cache_kernels.prefill_attention(
-                    &ops.gpu,
-                    cache,
-                    index,
-                    &q,
-                    qkv_size,
-                    &queries,
-                    &mut act.attended,
-                )?;
+                cache_kernels.prefill_attention(&ops.gpu, cache, index, &q, qkv_size, &queries, out)?;
             } else {
-                let workspace = &mut act.workspace;
-                cache_kernels.attention(
-                    &ops.gpu,
-                    cache,
-                    index,
-                    &q,
-                    qkv_size,
-                    &queries,
-                    workspace,
-                    &mut act.attended,
-                )?;
+                cache_kernels.attention(&ops.gpu, cache, index, &q, qkv_size, &queries, workspace, out)?;
             }
             ops.linear(&act.attended.slice(..), &layer.o_proj, &mut act.delta.slice_mut(..), t, h, q_size)?;
             ops.add_rms_norm(&mut act.x, Some(&act.delta), None, &layer.post_norm, &mut act.normed, t)?;
