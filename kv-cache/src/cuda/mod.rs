@@ -18,11 +18,15 @@ const PREFILL_CU: &str = include_str!("prefill_attention.cu");
 const PREFILL_ROWS: usize = 64;
 
 /// Tokens per split of decode attention, longest first: a context is cut into splits, each a
-/// thread block; each launch takes the longest split that still gives `TARGET_BLOCKS` blocks, so
+/// thread block; each launch takes the longest split that still gives `target_blocks()` blocks, so
 /// that a small batch of long contexts still fills the GPU. Multiples of 16.
 const PARTITIONS: [usize; 4] = [512, 256, 128, 64];
-/// Enough thread blocks to fill an H100/H200 (132 SMs, 2 to 3 blocks each) a few times over.
-const TARGET_BLOCKS: usize = 1024;
+/// About one wave of thread blocks on an H100/H200 (132 SMs, 3 to 4 blocks each): more, shorter
+/// splits measured slower for one long sequence (docs/PERF.md, kernels version 12).
+/// `NANOVLLM_DECODE_TARGET_BLOCKS` overrides it, for tuning.
+fn target_blocks() -> usize {
+    std::env::var("NANOVLLM_DECODE_TARGET_BLOCKS").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+}
 const THREADS: u32 = 128;
 /// Values of a row each lane of the store kernel takes (as `ELEMS` in store.cu): 16-byte loads,
 /// two for an INT8 row.
@@ -149,11 +153,12 @@ impl DecodeWorkspace {
         })
     }
 
-    /// The longest partition that gives `TARGET_BLOCKS` thread blocks for `groups` query groups
+    /// The longest partition that gives `target` thread blocks for `groups` query groups
     /// (else the shortest that fits this workspace's results for `queries` queries; else the
     /// whole context in one split), and the splits of a context of `max_context`.
     fn partition(
         &self,
+        target: usize,
         groups: usize,
         queries: usize,
         heads: usize,
@@ -167,7 +172,7 @@ impl DecodeWorkspace {
                 break;
             }
             chosen = (partition, splits);
-            if groups * kv_heads * splits >= TARGET_BLOCKS {
+            if groups * kv_heads * splits >= target {
                 break;
             }
         }
@@ -220,6 +225,8 @@ impl AttentionScalars {
 /// The compiled store and attention kernels for one cache shape.
 #[derive(Debug)]
 pub struct CacheKernels {
+    /// Thread blocks decode attention's splits aim for.
+    target_blocks: usize,
     prefill: CudaFunction,
     store: CudaFunction,
     partial: CudaFunction,
@@ -283,6 +290,7 @@ impl CacheKernels {
         let prefill =
             gpu.module("prefill_attention", &format!("{INT8_KV_CUH}\n{MMA_CUH}\n{PREFILL_CU}"), &shape)?;
         Ok(CacheKernels {
+            target_blocks: target_blocks(),
             prefill: prefill.load_function("prefill_attention")?,
             store: store.load_function("store_kv")?,
             partial: decode.load_function("decode_attention_partial")?,
@@ -415,6 +423,7 @@ impl CacheKernels {
         let heads = (kv_heads * self.group) as i32;
         let softmax_scale = 1.0f32 / (self.head_dim as f32).sqrt();
         let (partition, splits) = workspace.partition(
+            self.target_blocks,
             queries.num_groups,
             batch,
             heads as usize,
