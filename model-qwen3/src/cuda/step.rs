@@ -301,3 +301,78 @@ impl StepShape {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kv_cache::BlockManager;
+
+    use super::*;
+
+    const BLOCK_SIZE: usize = 4;
+    /// Prefill groups of 4 queries, decode groups of 1, as the kernels of a GQA model of 2.
+    fn per_group(prefill: bool) -> usize {
+        if prefill { 4 } else { 1 }
+    }
+
+    #[test]
+    fn a_prefill_step_groups_consecutive_positions_of_one_sequence() {
+        let mut blocks = BlockManager::new(8, BLOCK_SIZE).unwrap();
+        let (long, one) = ([1u32, 2, 3, 4, 5, 6], [7u32]);
+        let (long_table, _) = blocks.allocate(&long).unwrap(); // blocks 0, 1
+        let (one_table, _) = blocks.allocate(&one).unwrap(); // block 2
+        let seqs = [
+            SeqInput { tokens: &long, start: 0, block_table: &long_table, logits: true },
+            SeqInput { tokens: &one, start: 0, block_table: &one_table, logits: true },
+        ];
+        let step = StepInputs::new(&seqs, per_group, 16, BLOCK_SIZE).unwrap();
+        assert!(step.prefill && !step.is_decode());
+        assert_eq!(step.ids, [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(step.positions, [0, 1, 2, 3, 4, 5, 0]);
+        assert_eq!(step.slots, [0, 1, 2, 3, 4, 5, 8]);
+        assert_eq!(step.context_lens, [1, 2, 3, 4, 5, 6, 1]);
+        // Four positions of the long prompt, its last two, then the other sequence.
+        assert_eq!(step.groups, [0, 4, 6, 7]);
+        assert_eq!(step.group_tables, [0, 0, 1]);
+        assert_eq!((step.table_width, step.tables.as_slice()), (2, &[0, 1, 2, 0][..]));
+        assert_eq!(step.logit_rows, [5, 6]);
+    }
+
+    #[test]
+    fn a_decode_step_pads_to_a_graph_shape_that_stores_and_reads_nothing() {
+        let mut blocks = BlockManager::new(8, BLOCK_SIZE).unwrap();
+        let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5, 6], &[7], &[8, 9, 10]];
+        let tables: Vec<_> = prompts.iter().map(|p| blocks.allocate(p).unwrap().0).collect(); // [0, 1], [2], [3]
+        let seqs: Vec<SeqInput> = prompts
+            .iter()
+            .zip(&tables)
+            .map(|(p, table)| SeqInput {
+                tokens: &p[p.len() - 1..],
+                start: p.len() - 1,
+                block_table: table,
+                logits: true,
+            })
+            .collect();
+        let mut step = StepInputs::new(&seqs, per_group, 16, BLOCK_SIZE).unwrap();
+        assert!(!step.prefill && step.is_decode());
+        step.pad_decode(4, 3);
+        assert_eq!(step.ids, [6, 7, 10, 0]);
+        assert_eq!(step.slots, [5, 8, 14, -1]);
+        assert_eq!(step.context_lens, [6, 1, 3, 0]);
+        assert_eq!(step.groups, [0, 1, 2, 3, 4]);
+        assert_eq!(step.group_tables, [0, 1, 2, 3]);
+        assert_eq!(step.tables, [0, 1, 0, 2, 0, 0, 3, 0, 0, 0, 0, 0]);
+        assert_eq!(step.logit_rows, [0, 1, 2, 3]);
+        assert_eq!(StepShape::of(&step).table_width, 3);
+    }
+
+    #[test]
+    fn a_padding_step_has_no_slot_and_no_context() {
+        let step = StepInputs::padding(5, 3, 2);
+        assert!(step.slots.iter().all(|&s| s == -1) && step.context_lens.iter().all(|&c| c == 0));
+        assert_eq!(
+            (step.num_tokens(), step.num_groups(), step.logit_rows.as_slice()),
+            (5, 5, &[0, 1, 2][..])
+        );
+        assert_eq!(step.tables.len(), 2);
+    }
+}
