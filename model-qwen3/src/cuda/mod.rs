@@ -213,11 +213,6 @@ impl GpuQwen3 {
         self.graphs.len()
     }
 
-    /// Bytes of the weights on the GPU (bf16; a tied head is stored once).
-    pub fn weight_bytes(config: &Qwen3Config) -> usize {
-        2 * config.num_parameters()
-    }
-
     /// The forward pass of [`Qwen3Model::forward`], on the GPU: same inputs, same outputs.
     pub fn forward(&mut self, seqs: &[SeqInput<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let step = self.lay_out(seqs)?;
