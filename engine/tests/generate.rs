@@ -2,37 +2,13 @@
 //! continuations, and its promises: reproducible seeds, batch invariance, bad requests refused
 //! alone, a budget too small refused at start.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::{fixture, hf_greedy, settings};
 use engine::{CacheDtype, EngineConfig, EngineError, LLM, LoadFormat, Prompt, SamplingParams};
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../model-qwen3/tests/fixtures").join(name)
-}
-
-/// HF's prompts and greedy continuations for a fixture.
-fn hf_greedy(name: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("hf_reference.json")).unwrap())
-            .unwrap();
-    let ids = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    reference["prompts"].as_array().unwrap().iter().map(|p| (ids(&p["prompt"]), ids(&p["greedy"]))).collect()
-}
-
-/// Engine settings for fixture `name` with a KV budget of exactly `kv_tokens` tokens.
-fn settings(name: &str, dtype: CacheDtype, kv_tokens: usize) -> EngineConfig {
-    let c = model_qwen3::Qwen3Config::from_file(&fixture(name).join("config.json")).unwrap();
-    let bytes_per_token =
-        c.num_hidden_layers * dtype.bytes_per_token_per_layer(c.num_key_value_heads, c.head_dim);
-    EngineConfig {
-        kv_cache_dtype: dtype,
-        kv_cache_memory_bytes: Some(kv_tokens * bytes_per_token),
-        block_size: 16,
-        max_num_batched_tokens: 128,
-        ..EngineConfig::default()
-    }
-}
 
 fn greedy_ignoring_eos(max_tokens: usize) -> SamplingParams {
     SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_tokens) }
