@@ -37,8 +37,9 @@ pub(crate) struct EngineArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
-    /// Memory for the KV cache, in GiB (emulates a smaller GPU). Default: 0.25 on the CPU; on a
-    /// GPU, what --gpu-memory-utilization leaves after the weights and activations.
+    /// Memory for the KV cache, in GiB (emulates a smaller GPU; per GPU with
+    /// --tensor-parallel-size). Default: 0.25 on the CPU; on a GPU, what --gpu-memory-utilization
+    /// leaves after the weights and activations.
     #[arg(long)]
     pub(crate) kv_cache_memory_gib: Option<f64>,
     /// Fraction of the GPU's memory the engine may use in all.
@@ -62,8 +63,8 @@ pub(crate) struct EngineArgs {
     /// Launch every kernel of every step instead of replaying decode steps from CUDA graphs.
     #[arg(long)]
     enforce_eager: bool,
-    /// GPUs to split the model across (must divide the heads, kv heads, intermediate size and
-    /// vocabulary). Only 1 runs today: multi-GPU (NCCL) execution is not implemented yet.
+    /// GPUs to split the model across, over NCCL (must divide the heads, kv heads, intermediate
+    /// size and vocabulary; needs libnccl).
     #[arg(long, default_value_t = 1)]
     tensor_parallel_size: usize,
 }

@@ -58,7 +58,7 @@ fn gpu_or_reason(choice: DeviceChoice) -> Result<(Device, String), EngineError> 
 pub(crate) enum Backend {
     Cpu(AnyCache),
     #[cfg(feature = "cuda")]
-    Cuda(Box<model_qwen3::cuda::GpuQwen3>),
+    Cuda(Box<model_qwen3::cuda::GpuGroup>),
 }
 
 impl Backend {
@@ -98,10 +98,16 @@ impl Backend {
         match self {
             Backend::Cpu(_) => String::new(),
             #[cfg(feature = "cuda")]
-            Backend::Cuda(gpu) => match gpu.decode_graphs() {
-                0 => "; CUDA graphs off".into(),
-                graphs => format!("; decode in CUDA graphs for {graphs} batch sizes"),
-            },
+            Backend::Cuda(gpu) => {
+                let graphs = match gpu.decode_graphs() {
+                    0 => "; CUDA graphs off".to_owned(),
+                    graphs => format!("; decode in CUDA graphs for {graphs} batch sizes"),
+                };
+                match gpu.world() {
+                    1 => graphs,
+                    world => format!("{graphs}; split over {world} GPUs (tensor parallel)"),
+                }
+            }
         }
     }
 

@@ -33,8 +33,9 @@ pub struct EngineConfig {
     pub kv_cache_dtype: CacheDtype,
     /// Where the model runs.
     pub device: Device,
-    /// Bytes for the KV cache (all layers, K and V, scales included). `None`: 256 MiB on the CPU;
-    /// on a GPU, what `gpu_memory_utilization` leaves after the weights and the activations.
+    /// Bytes for the KV cache (all layers, K and V, scales included), per GPU under tensor
+    /// parallelism. `None`: 256 MiB on the CPU; on a GPU, what `gpu_memory_utilization` leaves
+    /// after the weights and the activations.
     pub kv_cache_memory_bytes: Option<usize>,
     /// Fraction of the GPU's memory the engine may take in all (nano-vllm: 0.9).
     pub gpu_memory_utilization: f64,
@@ -53,9 +54,8 @@ pub struct EngineConfig {
     /// Launch every kernel of every GPU step instead of replaying decode steps from CUDA graphs
     /// (vLLM's and nano-vllm's `enforce_eager`): for debugging, and for measuring what graphs save.
     pub enforce_eager: bool,
-    /// GPUs the model is split across (Megatron-style, as nano-vllm). Only 1 runs today: the
-    /// sharded forward pass exists and is checked on the CPU (`model_qwen3::tensor_parallel`), the
-    /// NCCL path across GPUs does not yet.
+    /// GPUs the model is split across (Megatron-style, as nano-vllm; NCCL between them): GPU only,
+    /// `model_qwen3::cuda::GpuGroup`. Each GPU holds its share of the kv heads of every block.
     pub tensor_parallel_size: usize,
 }
 
@@ -523,8 +523,7 @@ fn cuda_backend(
     config: &EngineConfig,
     max_model_len: usize,
 ) -> Result<(Backend, usize), EngineError> {
-    use model_qwen3::cuda::{GpuLimits, GpuQwen3};
-    let gpu = kv_quant::cuda::Gpu::open()?;
+    use model_qwen3::cuda::{GpuGroup, GpuLimits};
     let limits = GpuLimits {
         max_tokens: config.max_num_batched_tokens,
         max_seqs: config.max_num_seqs,
@@ -546,12 +545,13 @@ fn cuda_backend(
     };
     // The weights and the buffers of the largest step, after one such step: what is free then is
     // what the cache may take.
-    let mut gpu_model = GpuQwen3::new(&gpu, model, config.kv_cache_dtype, config.block_size, limits)
+    let world = config.tensor_parallel_size;
+    let mut gpu_model = GpuGroup::new(model, world, config.kv_cache_dtype, config.block_size, limits)
         .map_err(out_of_memory("the weights and activations".into()))?;
     let budget = match config.kv_cache_memory_bytes {
         Some(bytes) => bytes,
         None => {
-            let (free, total) = gpu.ctx.mem_get_info().map_err(kv_quant::cuda::GpuError::from)?;
+            let (free, total) = gpu_model.free_memory()?;
             let allowed = (total as f64 * config.gpu_memory_utilization) as usize;
             let taken = total - free;
             allowed.checked_sub(taken).ok_or_else(|| EngineError::Config {
@@ -583,7 +583,7 @@ fn check_tensor_parallel(model: &Qwen3Model, config: &EngineConfig) -> Result<()
         Device::Cpu => "runs one rank per GPU; the CPU backend runs the whole model (use 1)".to_owned(),
         Device::Cuda => match gpu_count() {
             Ok(gpus) if gpus < size => format!("needs {size} GPUs; this machine has {gpus}"),
-            Ok(_) => "splitting a model across GPUs (NCCL) is not implemented yet; use 1".to_owned(),
+            Ok(_) => return Ok(()),
             Err(e) => e.to_string(),
         },
     };
@@ -617,8 +617,10 @@ fn num_blocks(
     max_model_len: usize,
 ) -> Result<usize, EngineError> {
     let c = model.config();
-    let per_token = c.num_hidden_layers
-        * config.kv_cache_dtype.bytes_per_token_per_layer(c.num_key_value_heads, c.head_dim);
+    // Under tensor parallelism the budget is per GPU, and each GPU holds its share of the kv heads.
+    let kv_heads = c.num_key_value_heads / config.tensor_parallel_size;
+    let per_token =
+        c.num_hidden_layers * config.kv_cache_dtype.bytes_per_token_per_layer(kv_heads, c.head_dim);
     let num_blocks = budget / (per_token * config.block_size);
     if num_blocks * config.block_size < max_model_len {
         return Err(EngineError::Config {

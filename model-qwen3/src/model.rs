@@ -84,6 +84,12 @@ impl Qwen3Model {
         &self.config
     }
 
+    /// The token ids whose embedding rows (and LM head rows) this model holds: all of them, or a
+    /// tensor-parallel shard's slice.
+    pub fn vocab_range(&self) -> std::ops::Range<usize> {
+        self.vocab_start..self.vocab_start + self.embed_tokens.nrows()
+    }
+
     /// Whether this is one rank's shard of a tensor-parallel model ([`Qwen3Model::shard`]).
     pub fn is_shard(&self) -> bool {
         self.embed_tokens.nrows() != self.config.vocab_size

@@ -1,7 +1,8 @@
 //! The GPU forward pass against the CPU forward pass (itself checked against HF transformers) with
 //! the same cache dtype, bf16 and INT8: batched prefill, chunked prefill after a prefix, and decode
 //! steps (replayed from CUDA graphs, from the first step after capture); decode in graphs against
-//! eager decode; and the GPU's reproducibility and batch invariance.
+//! eager decode; the GPU's reproducibility and batch invariance; and the model split over two GPUs
+//! (tensor parallelism, NCCL) against the same model on one.
 //! Skips (saying why) where there is no GPU.
 //!
 //! On the GPU machine: the binary of `cargo test --release -p model-qwen3 --features cuda --test gpu_model --no-run`.
@@ -13,7 +14,7 @@ use std::path::Path;
 
 use kv_cache::{Bf16, BlockManager, BlockTable, CacheDtype, Int8, KvCache, StorageDtype};
 use kv_quant::cuda::Gpu;
-use model_qwen3::cuda::{GpuLimits, GpuQwen3};
+use model_qwen3::cuda::{GpuGroup, GpuLimits, GpuQwen3, GpuSample};
 use model_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
 
 const BLOCK_SIZE: usize = 16;
@@ -29,16 +30,15 @@ fn gpu() -> Option<Gpu> {
     }
 }
 
-/// A GPU model with a cache of `num_blocks`, sized for every batch these tests run, decode steps
-/// in CUDA graphs unless `eager`.
+/// Limits for every batch these tests run, over a cache of `num_blocks`; decode steps in CUDA
+/// graphs unless `eager`.
+fn limits(num_blocks: usize, eager: bool) -> GpuLimits {
+    GpuLimits { max_tokens: 4096, max_seqs: 16, max_model_len: num_blocks * BLOCK_SIZE, cuda_graphs: !eager }
+}
+
+/// A GPU model with a cache of `num_blocks` (see [`limits`]).
 fn gpu_model(gpu: &Gpu, model: &Qwen3Model, dtype: CacheDtype, num_blocks: usize, eager: bool) -> GpuQwen3 {
-    let limits = GpuLimits {
-        max_tokens: 4096,
-        max_seqs: 16,
-        max_model_len: num_blocks * BLOCK_SIZE,
-        cuda_graphs: !eager,
-    };
-    let mut gpu_model = GpuQwen3::new(gpu, model, dtype, BLOCK_SIZE, limits).unwrap();
+    let mut gpu_model = GpuQwen3::new(gpu, model, dtype, BLOCK_SIZE, limits(num_blocks, eager)).unwrap();
     gpu_model.allocate_cache(num_blocks).unwrap();
     assert_eq!(gpu_model.decode_graphs() > 0, !eager, "decode graphs captured");
     gpu_model
@@ -205,7 +205,6 @@ fn gpu_logits_match_the_cpu_reference() {
 
 #[test]
 fn gpu_sampling_is_greedy_at_zero_and_follows_the_softmax() {
-    use model_qwen3::cuda::GpuSample;
     let Some(gpu) = gpu() else { return };
     let config = Qwen3Config::from_json_str(
         r#"{"model_type": "qwen3", "hidden_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -328,6 +327,76 @@ fn decode_in_cuda_graphs_matches_eager_decode() {
             );
             assert!(worst < BOUND, "{dtype}: graphs change logits by {worst:.3e} of the largest");
             assert_eq!(changed, 0, "{dtype}: a clear top-1 choice differs under graphs");
+        }
+    }
+}
+
+/// Tensor parallelism (issue 8): the model split over two GPUs, exchanging through NCCL, against the
+/// same model on one GPU, for both cache dtypes: prefill whole and in chunks, then decode steps,
+/// eager and replayed from CUDA graphs (which hold the all-reduces). The ranks' partial sums of o_proj and
+/// down_proj are added in bf16, so logits are held to the batch-invariance bound (2% of the
+/// largest, clear top-1 choices unchanged). Then greedy sampling, which each rank does over its
+/// slice of the vocabulary before they compare, must pick the argmax of the joined logits.
+#[test]
+fn tensor_parallel_over_two_gpus_matches_one_gpu() {
+    match Gpu::count() {
+        Ok(gpus) if gpus >= 2 => {}
+        Ok(gpus) => return eprintln!("skipping tensor-parallel test: {gpus} GPU(s), it needs 2"),
+        Err(e) => return eprintln!("skipping tensor-parallel test: {e}"),
+    }
+    const BOUND: f32 = 2e-2;
+    let group = |model: &Qwen3Model, world: usize, dtype: CacheDtype, eager: bool| {
+        let mut group = GpuGroup::new(model, world, dtype, BLOCK_SIZE, limits(NUM_BLOCKS, eager)).unwrap();
+        group.allocate_cache(NUM_BLOCKS).unwrap();
+        assert_eq!(group.world(), world);
+        group
+    };
+    let mha = Qwen3Config::from_json_str(
+        r#"{"model_type": "qwen3", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 4, "head_dim": 64, "intermediate_size": 512, "vocab_size": 1000,
+            "max_position_embeddings": 4096, "tie_word_embeddings": false}"#,
+    )
+    .unwrap();
+    let models = [
+        ("GQA 8/2 heads of 128, tied head", small_gqa_model(13)),
+        ("MHA 4/4 heads of 64, untied head", Qwen3Model::random(mha, 14, 0.08)),
+    ];
+    let lengths = [5usize, 200, 33, 700, 64, 1];
+    let prompts: Vec<Vec<u32>> =
+        lengths.iter().map(|&n| (0..n as u32).map(|i| (i * 23 + n as u32) % 1000).collect()).collect();
+    for (name, model) in &models {
+        for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
+            for (chunk, eager) in [(usize::MAX, true), (usize::MAX, false), (48, false)] {
+                let [one, two] = [1, 2].map(|world| {
+                    let mut group = group(model, world, dtype, eager);
+                    run(|inputs| group.forward(inputs).unwrap(), &prompts, 8, chunk)
+                });
+                let (mut worst, mut clear, mut changed) = (0.0f32, 0, 0);
+                for (t, o) in two.iter().zip(&one) {
+                    assert!(t.iter().flatten().all(|x| x.is_finite()), "{name} {dtype}: non-finite logits");
+                    let (w, c, ch) = bounded_difference(t, o, BOUND);
+                    (worst, clear, changed) = (worst.max(w), clear + c, changed + ch);
+                }
+                eprintln!(
+                    "{name}, {dtype}, prefill chunk {chunk}, eager {eager}: 2 GPUs vs 1, worst relative logit difference {worst:.2e}; {changed} of {clear} clear top-1 choices changed"
+                );
+                assert!(worst < BOUND, "{name} {dtype}: 2 GPUs change logits by {worst:.3e}");
+                assert_eq!(changed, 0, "{name} {dtype}: a clear top-1 choice differs on 2 GPUs");
+            }
+            let mut two = group(model, 2, dtype, false);
+            let mut blocks = BlockManager::new(NUM_BLOCKS, BLOCK_SIZE).unwrap();
+            let tables: Vec<BlockTable> = prompts.iter().map(|p| blocks.allocate(p).unwrap().0).collect();
+            let inputs: Vec<SeqInput> = prompts
+                .iter()
+                .zip(&tables)
+                .map(|(p, table)| SeqInput { tokens: p, start: 0, block_table: table, logits: true })
+                .collect();
+            let logits = two.forward(&inputs).unwrap();
+            let greedy: Vec<_> =
+                (0..inputs.len()).map(|i| GpuSample { temperature: 0.0, seed: 3, step: i as u64 }).collect();
+            let picked = two.forward_sampled(&inputs, &greedy).unwrap();
+            let expected: Vec<u32> = logits.iter().map(|l| argmax(l) as u32).collect();
+            assert_eq!(picked, expected, "{name} {dtype}: greedy across ranks is not the argmax");
         }
     }
 }

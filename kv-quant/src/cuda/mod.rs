@@ -41,12 +41,15 @@ pub enum GpuError {
     /// Shapes that the kernels do not support.
     #[error("unsupported by the CUDA kernels: {0}")]
     Unsupported(String),
+    /// An NCCL call (tensor parallelism across GPUs) failed, or NCCL is not installed.
+    #[error("NCCL: {0}")]
+    Nccl(String),
 }
 
 /// A GPU: its context, the stream work is queued on, and its compiled modules.
 #[derive(Debug, Clone)]
 pub struct Gpu {
-    /// The CUDA context of device 0.
+    /// The CUDA context of the device.
     pub ctx: Arc<CudaContext>,
     /// The stream every kernel and copy of the engine runs on, in order.
     pub stream: Arc<CudaStream>,
@@ -69,6 +72,11 @@ impl Gpu {
 
     /// The first GPU, or why there is none (no driver library, no device).
     pub fn open() -> Result<Self, GpuError> {
+        Self::open_ordinal(0)
+    }
+
+    /// GPU `ordinal` (0 is the first), or why there is none.
+    pub fn open_ordinal(ordinal: usize) -> Result<Self, GpuError> {
         let count = Self::count()?;
         // SAFETY: as above, for libnvrtc.
         #[allow(unsafe_code)]
@@ -78,10 +86,12 @@ impl Gpu {
                 "libnvrtc (the CUDA runtime compiler) is not installed".into(),
             ));
         }
-        if count < 1 {
-            return Err(GpuError::Unavailable("the driver reports no device".into()));
+        if count <= ordinal {
+            return Err(GpuError::Unavailable(format!(
+                "the driver reports {count} device(s), so there is no GPU {ordinal}"
+            )));
         }
-        let ctx = CudaContext::new(0)?;
+        let ctx = CudaContext::new(ordinal)?;
         let (major, minor) = ctx.compute_capability()?;
         // All work runs in order on one stream, so cudarc's events that order buffers across
         // streams are not needed; without them a launch costs less host time, and a step can be

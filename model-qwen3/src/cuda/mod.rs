@@ -7,9 +7,15 @@
 //! through pinned host memory; decode steps replay CUDA graphs (`graphs.rs`). Sampling without
 //! top-k/top-p runs on the GPU ([`GpuQwen3::forward_sampled`]); otherwise logits come back to the
 //! host in f32.
+//!
+//! Under tensor parallelism ([`GpuGroup`]) each GPU runs a [`GpuQwen3`] of its shard, in a thread
+//! of its own, and the ranks exchange through NCCL: the embedding and the outputs of o_proj and
+//! down_proj are summed over the ranks, and sampling picks among each rank's best token.
 
 mod graphs;
+mod nccl;
 mod ops;
+mod parallel;
 mod step;
 
 use half::bf16;
@@ -20,7 +26,9 @@ use kv_quant::cuda::{Gpu, GpuError};
 
 use crate::{ModelError, Qwen3Config, Qwen3Model, SeqInput};
 use graphs::DecodeGraphs;
+use nccl::{Nccl, RankExchange, sum_over_ranks};
 use ops::Ops;
+pub use parallel::GpuGroup;
 pub use step::GpuLimits;
 use step::{StagedInputs, StepInputs, StepShape};
 
@@ -93,7 +101,7 @@ struct Activations {
 }
 
 impl Activations {
-    fn new(gpu: &Gpu, c: &Qwen3Config, limits: &GpuLimits) -> Result<Self, GpuError> {
+    fn new(gpu: &Gpu, c: &Qwen3Config, limits: &GpuLimits, vocab_rows: usize) -> Result<Self, GpuError> {
         let (t, seqs, stream) = (limits.max_tokens, limits.max_seqs, &gpu.stream);
         let (h, d, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
         // SAFETY: the sampled tokens are written by the device before the host reads them.
@@ -108,7 +116,7 @@ impl Activations {
             gate_up: stream.alloc_zeros(t * 2 * inter)?,
             act: stream.alloc_zeros(t * inter)?,
             last: stream.alloc_zeros(seqs * h)?,
-            logits: stream.alloc_zeros(seqs * c.vocab_size)?,
+            logits: stream.alloc_zeros(seqs * vocab_rows)?,
             sampled: stream.alloc_zeros(seqs)?,
             sampled_host,
             workspace: DecodeWorkspace::new(gpu, t, seqs, c.num_attention_heads, d, limits.max_model_len)?,
@@ -128,9 +136,17 @@ pub struct GpuSample {
     pub step: u64,
 }
 
-/// A Qwen3 model, its paged KV cache and the buffers of its steps on the GPU.
+/// A Qwen3 model (or one rank's shard of it), its paged KV cache and the buffers of its steps on
+/// the GPU.
 pub struct GpuQwen3 {
+    // Fields drop in this order: the graphs first, since they hold NCCL's captured work, which
+    // the communicator (in `ranks`) waits for when it is torn down.
+    graphs: DecodeGraphs,
+    /// The other ranks, under tensor parallelism.
+    ranks: Option<RankExchange>,
     ops: Ops,
+    /// The token ids whose logits this rank computes.
+    vocab: std::ops::Range<usize>,
     config: Qwen3Config,
     limits: GpuLimits,
     weights: GpuWeights,
@@ -138,13 +154,13 @@ pub struct GpuQwen3 {
     cache: GpuKvCache,
     inputs: StagedInputs,
     act: Activations,
-    graphs: DecodeGraphs,
 }
 
 impl std::fmt::Debug for GpuQwen3 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuQwen3")
             .field("config", &self.config)
+            .field("vocab", &self.vocab)
             .field("limits", &self.limits)
             .field("cache", &self.cache.layout)
             .field("decode_graphs", &self.graphs.len())
@@ -160,7 +176,8 @@ impl GpuQwen3 {
     /// Upload `model` and allocate the buffers of the largest step `limits` allows, then run that
     /// step once (padding only), so that cuBLAS has its workspace and the memory still free is
     /// what the KV cache may take. The cache itself comes with [`GpuQwen3::allocate_cache`]:
-    /// blocks of `block_size` tokens in `dtype` (bf16 or int8).
+    /// blocks of `block_size` tokens in `dtype` (bf16 or int8). A model split across GPUs runs as
+    /// a [`GpuGroup`].
     pub fn new(
         gpu: &Gpu,
         model: &Qwen3Model,
@@ -169,31 +186,55 @@ impl GpuQwen3 {
         limits: GpuLimits,
     ) -> Result<Self, GpuError> {
         if model.is_shard() {
-            return Err(GpuError::Unsupported(
-                "a tensor-parallel shard (the GPU path runs whole models)".into(),
-            ));
+            return Err(GpuError::Unsupported("a tensor-parallel shard outside a GpuGroup".into()));
         }
+        let mut runner = Self::load(gpu, model, dtype, block_size, limits)?;
+        runner.warm_up()?;
+        Ok(runner)
+    }
+
+    /// Upload `model` (whole, or a rank's shard) and allocate the buffers of the largest step.
+    fn load(
+        gpu: &Gpu,
+        model: &Qwen3Model,
+        dtype: CacheDtype,
+        block_size: usize,
+        limits: GpuLimits,
+    ) -> Result<Self, GpuError> {
         if limits.max_seqs == 0 || limits.max_model_len == 0 {
             return Err(GpuError::Unsupported(format!("limits of zero sequences or tokens: {limits:?}")));
         }
         let limits = GpuLimits { max_tokens: limits.max_tokens.max(limits.max_seqs), ..limits };
         let c = model.config().clone();
-        let mut runner = GpuQwen3 {
-            ops: Ops::new(gpu, &c)?,
+        let vocab = model.vocab_range();
+        Ok(GpuQwen3 {
+            ops: Ops::new(gpu, &c, vocab.clone())?,
+            ranks: None,
             weights: GpuWeights::upload(gpu, model)?,
             cache_kernels: CacheKernels::new(gpu, dtype, c.head_dim, c.group_size(), block_size)?,
             cache: GpuKvCache::new(gpu, model.cache_layout(1, block_size), dtype)?,
             inputs: StagedInputs::new(gpu, &limits, block_size)?,
-            act: Activations::new(gpu, &c, &limits)?,
+            act: Activations::new(gpu, &c, &limits, vocab.len())?,
             graphs: DecodeGraphs::default(),
+            vocab,
             config: c,
             limits,
-        };
-        let warm_up = StepInputs::padding(limits.max_tokens, limits.max_seqs, 1);
-        runner.inputs.upload(&gpu.stream, &warm_up)?;
-        runner.enqueue_forward(StepShape::of(&warm_up))?;
-        gpu.stream.synchronize()?;
-        Ok(runner)
+        })
+    }
+
+    /// Exchange with the other ranks through `nccl` from now on.
+    fn connect(&mut self, nccl: Nccl) -> Result<(), GpuError> {
+        self.ranks = Some(RankExchange::new(&self.ops.gpu, nccl, self.limits.max_seqs)?);
+        Ok(())
+    }
+
+    /// Run the largest step once, on padding only.
+    fn warm_up(&mut self) -> Result<(), GpuError> {
+        let stream = self.ops.gpu.stream.clone();
+        let warm_up = StepInputs::padding(self.limits.max_tokens, self.limits.max_seqs, 1);
+        self.inputs.upload(&stream, &warm_up)?;
+        self.enqueue_forward(StepShape::of(&warm_up))?;
+        Ok(stream.synchronize()?)
     }
 
     /// Allocate the KV cache, `num_blocks` blocks, and capture the decode graphs (unless
@@ -218,13 +259,8 @@ impl GpuQwen3 {
         let step = self.lay_out(seqs)?;
         let outputs = step.logit_rows.len();
         self.launch(step)?;
-        if outputs == 0 {
-            return Ok(Vec::new());
-        }
-        let vocab = self.config.vocab_size;
-        let stream = &self.ops.gpu.stream;
-        let host = stream.clone_dtoh(&self.act.logits.slice(..outputs * vocab)).map_err(GpuError::from)?;
-        Ok(host.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+        let vocab = self.vocab.len();
+        Ok(self.logits(outputs)?.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 
     /// The forward pass, then one token sampled on the GPU for each sequence that asks for
@@ -235,18 +271,18 @@ impl GpuQwen3 {
         samples: &[GpuSample],
     ) -> Result<Vec<u32>, ModelError> {
         let step = self.lay_out(seqs)?;
-        let outputs = step.logit_rows.len();
-        if outputs != samples.len() {
-            return Err(ModelError::Input(format!(
-                "{} sampling specs for {outputs} sequences with logits",
-                samples.len()
-            )));
-        }
+        check_samples(&step, samples)?;
         let rows = self.launch(step)?;
+        Ok(self.sample(samples, rows)?)
+    }
+
+    /// The first `outputs` rows of logits (this rank's columns), on the host.
+    fn logits(&self, outputs: usize) -> Result<Vec<f32>, GpuError> {
         if outputs == 0 {
             return Ok(Vec::new());
         }
-        Ok(self.sample(samples, rows)?)
+        let logits = self.act.logits.slice(..outputs * self.vocab.len());
+        Ok(self.ops.gpu.stream.clone_dtoh(&logits)?)
     }
 
     fn lay_out(&self, seqs: &[SeqInput<'_>]) -> Result<StepInputs, ModelError> {
@@ -276,17 +312,29 @@ impl GpuQwen3 {
 
     /// Sample `rows` logit rows on the GPU and bring back the first `samples.len()` tokens.
     fn sample(&mut self, samples: &[GpuSample], rows: usize) -> Result<Vec<u32>, GpuError> {
+        if samples.is_empty() {
+            return Ok(Vec::new());
+        }
         let stream = self.ops.gpu.stream.clone();
         self.inputs.upload_samples(&stream, samples, rows)?;
-        let (inputs, act) = (&self.inputs, &mut self.act);
-        self.ops.sample(
-            &act.logits,
-            inputs.temperatures(),
-            inputs.seeds(),
-            inputs.steps(),
-            &mut act.sampled,
-            rows,
-        )?;
+        let (ops, inputs, act) = (&self.ops, &self.inputs, &mut self.act);
+        let (temperatures, seeds, steps) = (inputs.temperatures(), inputs.seeds(), inputs.steps());
+        match &mut self.ranks {
+            None => ops.sample(&act.logits, temperatures, seeds, steps, &mut act.sampled, None, rows)?,
+            Some(ranks) => {
+                let (ids, values) = (&mut ranks.candidate_ids, &mut ranks.candidate_values);
+                ops.sample(&act.logits, temperatures, seeds, steps, ids, Some(values), rows)?;
+                ranks.gather_candidates(rows)?;
+                let world = ranks.nccl.world();
+                ops.pick_best_shard(
+                    &ranks.gathered_ids,
+                    &ranks.gathered_values,
+                    &mut act.sampled,
+                    rows,
+                    world,
+                )?;
+            }
+        }
         let host = act.sampled_host.as_mut_slice()?;
         stream.memcpy_dtoh(&act.sampled.slice(..samples.len()), &mut host[..samples.len()])?;
         stream.synchronize()?;
@@ -296,7 +344,8 @@ impl GpuQwen3 {
     /// Queue one forward pass of `shape` over the staged inputs: no allocation and no copy, so
     /// that it can be captured in a graph.
     fn enqueue_forward(&mut self, shape: StepShape) -> Result<(), GpuError> {
-        let GpuQwen3 { ops, config: c, weights, cache_kernels, cache, inputs, act, .. } = self;
+        let GpuQwen3 { ops, config: c, weights, cache_kernels, cache, inputs, act, ranks, .. } = self;
+        let ranks = ranks.as_ref();
         let t = shape.tokens;
         let (h, d, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let (q_size, kv_size) = (c.num_attention_heads * d, c.num_key_value_heads * d);
@@ -311,6 +360,7 @@ impl GpuQwen3 {
             num_groups: shape.groups,
         };
         ops.embedding(inputs.ids(), &weights.embed, &mut act.x, t)?;
+        sum_over_ranks(ranks, act.x.slice_mut(..t * h))?;
         for (index, layer) in weights.layers.iter().enumerate() {
             let delta = (index > 0).then_some(&act.delta);
             ops.add_rms_norm(&mut act.x, delta, None, &layer.input_norm, &mut act.normed, t)?;
@@ -333,6 +383,7 @@ impl GpuQwen3 {
                 cache_kernels.attention(&ops.gpu, cache, index, &q, qkv_size, &queries, workspace, out)?;
             }
             ops.linear(&act.attended.slice(..), &layer.o_proj, &mut act.delta.slice_mut(..), t, h, q_size)?;
+            sum_over_ranks(ranks, act.delta.slice_mut(..t * h))?;
             ops.add_rms_norm(&mut act.x, Some(&act.delta), None, &layer.post_norm, &mut act.normed, t)?;
             ops.linear(
                 &act.normed.slice(..),
@@ -344,6 +395,7 @@ impl GpuQwen3 {
             )?;
             ops.silu_mul(&act.gate_up, &mut act.act, t)?;
             ops.linear(&act.act.slice(..), &layer.down, &mut act.delta.slice_mut(..), t, h, inter)?;
+            sum_over_ranks(ranks, act.delta.slice_mut(..t * h))?;
         }
         if shape.outputs == 0 {
             return Ok(());
@@ -353,4 +405,16 @@ impl GpuQwen3 {
         let head = weights.lm_head.as_ref().unwrap_or(&weights.embed);
         ops.logits_gemm(&act.last, head, &mut act.logits, shape.outputs)
     }
+}
+
+/// One sampling spec per sequence that asks for logits.
+fn check_samples(step: &StepInputs, samples: &[GpuSample]) -> Result<(), ModelError> {
+    let outputs = step.logit_rows.len();
+    if outputs != samples.len() {
+        return Err(ModelError::Input(format!(
+            "{} sampling specs for {outputs} sequences with logits",
+            samples.len()
+        )));
+    }
+    Ok(())
 }

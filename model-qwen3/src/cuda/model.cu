@@ -2,11 +2,15 @@
 // The residual stream is f32; matrix inputs and outputs are bf16 (cuBLAS, f32 accumulation).
 
 // out[t] = table[ids[t]]
+// x[t] = embed[ids[t]] in f32. A tensor-parallel rank holds the rows vocab_start..+vocab_rows and
+// writes zeros for other ids: the sum over the ranks is the embedding.
 extern "C" __global__ void embedding(const int* __restrict__ ids, const bf16_t* __restrict__ table,
-                                     float* __restrict__ x, int hidden) {
+                                     float* __restrict__ x, int hidden, int vocab_start, int vocab_rows) {
     const long long t = blockIdx.x;
-    const bf16_t* row = table + (long long)ids[t] * hidden;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) x[t * hidden + i] = bf16_to_float(row[i]);
+    const int local = ids[t] - vocab_start;
+    const bool here = local >= 0 && local < vocab_rows;
+    const bf16_t* row = table + (long long)(here ? local : 0) * hidden;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) x[t * hidden + i] = here ? bf16_to_float(row[i]) : 0.0f;
 }
 
 __device__ float block_sum(float v, float* scratch) {
@@ -71,43 +75,69 @@ extern "C" __global__ void silu_mul(const bf16_t* __restrict__ gate_up, bf16_t* 
 // Sampling on the GPU by the Gumbel-max trick: argmax_i(logit_i / T + g_i), with g_i Gumbel noise
 // from a counter-based hash of (seed, step, i), is a draw from softmax(logits / T); T = 0 is greedy.
 // The noise depends only on the request's seed and position, never on the batch. One block per
-// row; ties go to the lower token id.
+// row; ties go to the lower token id. A tensor-parallel rank holds the logits of token ids
+// vocab_start..+vocab_rows: it writes its best id and, when best_values is given, that id's score,
+// and pick_best_shard chooses among the ranks; the noise is keyed by the global token id, so the
+// draw is the one a single GPU makes.
 __device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
 
+__device__ __forceinline__ bool better(float v, int id, float best, int best_id) {
+    return v > best || (v == best && id < best_id);
+}
+
 extern "C" __global__ void sample_tokens(const float* __restrict__ logits, const float* __restrict__ temperatures,
                                          const unsigned long long* __restrict__ seeds,
-                                         const unsigned long long* __restrict__ steps, int* __restrict__ out, int vocab) {
+                                         const unsigned long long* __restrict__ steps, int* __restrict__ out,
+                                         float* __restrict__ best_values, int vocab_start, int vocab_rows) {
     __shared__ float s_value[32];
     __shared__ int s_index[32];
     const int row = blockIdx.x;
     const float t = temperatures[row];
     const unsigned long long key = mix64(seeds[row] ^ mix64(steps[row] + 0x9e3779b97f4a7c15ull));
-    const float* l = logits + (long long)row * vocab;
+    const float* l = logits + (long long)row * vocab_rows;
     float best = KV_NEG_INF;
     int best_i = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        float v = l[i];
+    for (int local = threadIdx.x; local < vocab_rows; local += blockDim.x) {
+        const int i = vocab_start + local;
+        float v = l[local];
         if (t > 0.0f) {
             const unsigned long long bits = mix64(key + (unsigned long long)i * 0xd1b54a32d192ed03ull);
             const float u = ((float)(bits >> 40) + 0.5f) * (1.0f / 16777216.0f);  // (0, 1)
             v = v / t - logf(-logf(u));
         }
-        if (v > best || (v == best && i < best_i)) { best = v; best_i = i; }
+        if (better(v, i, best, best_i)) { best = v; best_i = i; }
     }
     for (int offset = 16; offset > 0; offset >>= 1) {
         const float ov = __shfl_xor_sync(0xffffffffu, best, offset);
         const int oi = __shfl_xor_sync(0xffffffffu, best_i, offset);
-        if (ov > best || (ov == best && oi < best_i)) { best = ov; best_i = oi; }
+        if (better(ov, oi, best, best_i)) { best = ov; best_i = oi; }
     }
     if ((threadIdx.x & 31) == 0) { s_value[threadIdx.x / 32] = best; s_index[threadIdx.x / 32] = best_i; }
     __syncthreads();
     if (threadIdx.x == 0) {
         for (int w = 1; w < (blockDim.x + 31) / 32; ++w)
-            if (s_value[w] > best || (s_value[w] == best && s_index[w] < best_i)) { best = s_value[w]; best_i = s_index[w]; }
+            if (better(s_value[w], s_index[w], best, best_i)) { best = s_value[w]; best_i = s_index[w]; }
         out[row] = best_i;
+        if (best_values) best_values[row] = best;
     }
+}
+
+// Tensor parallelism: each rank's candidate per row, gathered rank after rank ([world][rows]); the
+// token is the best score, ties to the lower id, as on one GPU.
+extern "C" __global__ void pick_best_shard(const int* __restrict__ ids, const float* __restrict__ values,
+                                           int* __restrict__ out, int rows, int world) {
+    const int row = blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= rows) return;
+    float best = values[row];
+    int best_i = ids[row];
+    for (int r = 1; r < world; ++r)
+        if (better(values[r * rows + row], ids[r * rows + row], best, best_i)) {
+            best = values[r * rows + row];
+            best_i = ids[r * rows + row];
+        }
+    out[row] = best_i;
 }

@@ -2,6 +2,8 @@
 //! (`model.cu`). Each call only queues work on the stream, so that a step can be captured in a
 //! CUDA graph.
 
+use std::ops::Range;
+
 use half::bf16;
 use kv_quant::cuda::cudarc::cublas::{CudaBlas, Gemm, GemmConfig, result as blas, sys as blas_sys};
 use kv_quant::cuda::cudarc::driver::{
@@ -14,20 +16,24 @@ use crate::Qwen3Config;
 
 const MODEL_CU: &str = include_str!("model.cu");
 
-/// The GPU, its cuBLAS handle and this crate's compiled kernels, for one model shape.
+/// The GPU, its cuBLAS handle and this crate's compiled kernels, for one model shape (one rank's,
+/// under tensor parallelism).
 pub(super) struct Ops {
     pub(super) gpu: Gpu,
     blas: CudaBlas,
     config: Qwen3Config,
+    /// The token ids whose embedding rows and logits this rank holds (all of them on one GPU).
+    vocab: Range<usize>,
     embedding: CudaFunction,
     add_rms_norm: CudaFunction,
     qk_norm_rope: CudaFunction,
     silu_mul: CudaFunction,
     sample_tokens: CudaFunction,
+    pick_best_shard: CudaFunction,
 }
 
 impl Ops {
-    pub(super) fn new(gpu: &Gpu, config: &Qwen3Config) -> Result<Self, GpuError> {
+    pub(super) fn new(gpu: &Gpu, config: &Qwen3Config, vocab: Range<usize>) -> Result<Self, GpuError> {
         let module = gpu.module(
             "qwen3",
             &format!("{INT8_KV_CUH}\n{MODEL_CU}"),
@@ -40,8 +46,10 @@ impl Ops {
             qk_norm_rope: module.load_function("qk_norm_rope")?,
             silu_mul: module.load_function("silu_mul")?,
             sample_tokens: module.load_function("sample_tokens")?,
+            pick_best_shard: module.load_function("pick_best_shard")?,
             gpu: gpu.clone(),
             config: config.clone(),
+            vocab,
         })
     }
 
@@ -72,7 +80,8 @@ impl Ops {
         unsafe { self.blas.gemm(config, w, x, y) }.map_err(|e| GpuError::Blas(e.to_string()))
     }
 
-    /// `logits[s][v] = sum_k last[s][k] * head[v][k]`, bf16 inputs, f32 output.
+    /// `logits[s][v] = sum_k last[s][k] * head[v][k]`, bf16 inputs, f32 output, for this rank's
+    /// rows of the head.
     pub(super) fn logits_gemm(
         &self,
         last: &CudaSlice<bf16>,
@@ -80,7 +89,7 @@ impl Ops {
         logits: &mut CudaSlice<f32>,
         rows: usize,
     ) -> Result<(), GpuError> {
-        let (vocab, hidden) = (self.config.vocab_size as i32, self.config.hidden_size as i32);
+        let (vocab, hidden) = (self.vocab.len() as i32, self.config.hidden_size as i32);
         let stream = &self.gpu.stream;
         let (a, _a) = head.device_ptr(stream);
         let (b, _b) = last.device_ptr(stream);
@@ -115,7 +124,7 @@ impl Ops {
         .map_err(|e| GpuError::Blas(e.to_string()))
     }
 
-    /// `x[t] = embed[ids[t]]` in f32, for `tokens` tokens.
+    /// `x[t] = embed[ids[t]]` in f32, for `tokens` tokens; zero for ids outside this rank's rows.
     pub(super) fn embedding(
         &self,
         ids: &CudaSlice<i32>,
@@ -124,8 +133,9 @@ impl Ops {
         tokens: usize,
     ) -> Result<(), GpuError> {
         let hidden = self.config.hidden_size as i32;
+        let (start, rows) = (self.vocab.start as i32, self.vocab.len() as i32);
         let mut launch = self.gpu.stream.launch_builder(&self.embedding);
-        launch.arg(ids).arg(embed).arg(x).arg(&hidden);
+        launch.arg(ids).arg(embed).arg(x).arg(&hidden).arg(&start).arg(&rows);
         launch_rows(&mut launch, tokens, 256)
     }
 
@@ -212,7 +222,8 @@ impl Ops {
         launch_rows(&mut launch, (tokens * inter).div_ceil(256).min(65535), 256)
     }
 
-    /// One token per logit row (Gumbel-max with the row's temperature, seed and step).
+    /// One token per logit row (Gumbel-max with the row's temperature, seed and step), among this
+    /// rank's token ids; `best_values`, when given, receives each token's score.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn sample(
         &self,
@@ -221,12 +232,35 @@ impl Ops {
         seeds: &CudaSlice<u64>,
         steps: &CudaSlice<u64>,
         out: &mut CudaSlice<i32>,
+        best_values: Option<&mut CudaSlice<f32>>,
         rows: usize,
     ) -> Result<(), GpuError> {
-        let vocab = self.config.vocab_size as i32;
+        let (start, vocab) = (self.vocab.start as i32, self.vocab.len() as i32);
+        let null = 0u64;
         let mut launch = self.gpu.stream.launch_builder(&self.sample_tokens);
-        launch.arg(logits).arg(temperatures).arg(seeds).arg(steps).arg(out).arg(&vocab);
+        launch.arg(logits).arg(temperatures).arg(seeds).arg(steps).arg(out);
+        match best_values {
+            Some(values) => launch.arg(values),
+            None => launch.arg(&null),
+        };
+        launch.arg(&start).arg(&vocab);
         launch_rows(&mut launch, rows, 1024)
+    }
+
+    /// The token of each of `rows` rows from every rank's candidate (`ids` and `values`, gathered
+    /// as `[world][rows]`).
+    pub(super) fn pick_best_shard(
+        &self,
+        ids: &CudaSlice<i32>,
+        values: &CudaSlice<f32>,
+        out: &mut CudaSlice<i32>,
+        rows: usize,
+        world: usize,
+    ) -> Result<(), GpuError> {
+        let (rows_arg, world) = (rows as i32, world as i32);
+        let mut launch = self.gpu.stream.launch_builder(&self.pick_best_shard);
+        launch.arg(ids).arg(values).arg(out).arg(&rows_arg).arg(&world);
+        launch_rows(&mut launch, rows.div_ceil(256), 256)
     }
 }
 

@@ -65,7 +65,7 @@ impl<T: DeviceRepr + ValidAsZeroBits + Copy> Staged<T> {
 }
 
 /// A step's inputs on the host, flattened token by token.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct StepInputs {
     pub(super) ids: Vec<i32>,
     pub(super) positions: Vec<i32>,

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Run on a machine with 2 GPUs (the device tool's nvidia-h200-x2), from the repository root:
+# tensor parallelism (issue 8). The GPU model test against one GPU, generate on 2 GPUs against 1,
+# then nanovllm-cli bench at --tensor-parallel-size 1 and 2, side by side. Build here first:
+#   cargo test --release -p model-qwen3 --features cuda --test gpu_model --no-run
+#   cargo build --release -p cli --features cuda
+# and carry target/release/deps/gpu_model-* and target/release/nanovllm-cli. Logs and JSON go to
+# $OUT (or ./gpu-out). BENCH_MODELS="qwen3-0.6b qwen3-8b" picks the shapes benched (default 0.6b);
+# TEST_FILTER=tensor_parallel runs only that GPU model test.
+set -uo pipefail
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+source scripts/nccl-env.sh
+nvidia-smi --query-gpu=index,name,driver_version --format=csv | tee "$out/gpu.txt"
+nvidia-smi topo -m >> "$out/gpu.txt" 2>&1
+status=0
+log() { echo "$*" | tee -a "$out/tp.log"; }
+
+for test in target/release/deps/gpu_model-*; do
+  [ -x "$test" ] && [ "${test%.d}" = "$test" ] || continue
+  timeout 240 "$test" --nocapture --test-threads 1 ${TEST_FILTER:-} 2>&1 | tee "$out/gpu_model.log" || status=1
+done
+grep -q "skipping tensor-parallel test" "$out/gpu_model.log" && { log "the tensor-parallel test SKIPPED"; status=1; }
+
+cli=target/release/nanovllm-cli
+kjv=models/kjv-qwen3
+printf '%s\n' "In the beginning" "And the LORD said unto Moses" "Blessed are the" "The heavens declare" \
+  "And it came to pass" "Thus saith the LORD" "Now the serpent was" "For God so loved" > "$out/prompts.txt"
+for dtype in bf16 int8; do
+  for tp in 1 2; do
+    for mode in greedy seeded topp; do
+      case $mode in
+        greedy) flags="--temperature 0" ;;
+        seeded) flags="--temperature 0.8 --seed 7" ;;
+        topp) flags="--temperature 0.8 --top-p 0.9 --seed 7" ;;
+      esac
+      file=$mode-$dtype-tp$tp.jsonl
+      log "\$ generate $flags --kv-cache-dtype $dtype --tensor-parallel-size $tp > $file"
+      timeout 60 $cli generate --model $kjv --device cuda --prompts-file "$out/prompts.txt" --kv-cache-dtype $dtype \
+        --tensor-parallel-size $tp $flags --ignore-eos --max-tokens 64 --json --kv-cache-memory-gib 1 > "$out/$file" 2>> "$out/tp.log" \
+        || { log FAILED; status=1; }
+    done
+  done
+done
+python3 - "$out" <<'PY' | tee -a "$out/tp.log"
+import json, sys
+out = sys.argv[1]
+def load(name):
+    return [json.loads(l)['token_ids'] for l in open(f'{out}/{name}') if '"token_ids"' in l]
+def lead(a, b):
+    n = 0
+    for x, y in zip(a, b):
+        if x != y: break
+        n += 1
+    return n
+for mode in ['greedy', 'seeded', 'topp']:
+    for dtype in ['bf16', 'int8']:
+        one, two = load(f'{mode}-{dtype}-tp1.jsonl'), load(f'{mode}-{dtype}-tp2.jsonl')
+        print(f'{mode} {dtype}: 2 GPUs vs 1, tokens equal before the first difference, per prompt: {[lead(a, b) for a, b in zip(two, one)]} of 64 ({len(two)} of {len(one)} outputs)')
+PY
+
+for model in ${BENCH_MODELS:-qwen3-0.6b}; do
+  for dtype in bf16 int8; do
+    for tp in 1 2; do
+      tag=$model-$dtype-tp$tp
+      log "== bench $model $dtype --tensor-parallel-size $tp"
+      timeout "${BENCH_TIMEOUT:-240}" $cli bench --model models/configs/$model --load-format dummy --kv-cache-dtype $dtype \
+        --tensor-parallel-size $tp --json > "$out/bench-$tag.json" 2>> "$out/tp.log" || { log FAILED; status=1; }
+      cat "$out/bench-$tag.json" | tee -a "$out/tp.log"
+    done
+  done
+done
+exit $status
