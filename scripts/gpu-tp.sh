@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Run on a machine with 2 GPUs (the device tool's nvidia-h200-x2), from the repository root:
-# tensor parallelism (issue 8). The GPU model test against one GPU, generate on 2 GPUs against 1,
-# then nanovllm-cli bench at --tensor-parallel-size 1 and 2, side by side. Build here first:
+# tensor parallelism (issue 8). The GPU model and engine tests (2 GPUs against 1, and against HF),
+# generate on 2 GPUs against 1, then nanovllm-cli bench at --tensor-parallel-size 1 and 2, side by
+# side. Build here first:
 #   cargo test --release -p model-qwen3 --features cuda --test gpu_model --no-run
+#   cargo test --release -p engine --features cuda --test gpu_engine --no-run
 #   cargo build --release -p cli --features cuda
-# and carry target/release/deps/gpu_model-* and target/release/nanovllm-cli. Logs and JSON go to
+# and carry target/release/deps/gpu_model-*, gpu_engine-* and target/release/nanovllm-cli. Logs and JSON go to
 # $OUT (or ./gpu-out). BENCH_MODELS="qwen3-0.6b qwen3-8b" picks the shapes benched (default 0.6b);
-# TEST_FILTER=tensor_parallel runs only that GPU model test.
+# TEST_FILTER=tensor_parallel runs only the tensor-parallel tests.
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -16,11 +18,12 @@ nvidia-smi topo -m >> "$out/gpu.txt" 2>&1
 status=0
 log() { echo "$*" | tee -a "$out/tp.log"; }
 
-for test in target/release/deps/gpu_model-*; do
+for test in target/release/deps/gpu_model-* target/release/deps/gpu_engine-*; do
   [ -x "$test" ] && [ "${test%.d}" = "$test" ] || continue
-  timeout 240 "$test" --nocapture --test-threads 1 ${TEST_FILTER:-} 2>&1 | tee "$out/gpu_model.log" || status=1
+  name=$(basename "${test%-*}")
+  timeout 240 "$test" --nocapture --test-threads 1 ${TEST_FILTER:-} 2>&1 | tee "$out/$name.log" || status=1
+  grep -q "skipping tensor-parallel" "$out/$name.log" && { log "a tensor-parallel test SKIPPED"; status=1; }
 done
-grep -q "skipping tensor-parallel test" "$out/gpu_model.log" && { log "the tensor-parallel test SKIPPED"; status=1; }
 
 cli=target/release/nanovllm-cli
 kjv=models/kjv-qwen3

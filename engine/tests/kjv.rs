@@ -7,36 +7,10 @@
 //! the first step whose HF margin (top-1 minus top-2 logit) is below the dtype's noise; the test
 //! also requires that the compared prefix is long, so that it cannot pass by comparing nothing.
 
-use std::path::{Path, PathBuf};
+mod kjv_reference;
 
-use engine::{CacheDtype, EngineConfig, LLM, LoadFormat, Prompt, SamplingParams};
-use serde_json::Value;
-
-fn model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/kjv-qwen3")
-}
-
-struct Case {
-    text: String,
-    greedy: Vec<u32>,
-    margins: Vec<f64>,
-}
-
-fn hf_cases() -> Vec<Case> {
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(model_dir().join("hf_reference.json")).unwrap())
-            .unwrap();
-    reference["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| Case {
-            text: p["text"].as_str().unwrap().to_owned(),
-            greedy: p["greedy"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect(),
-            margins: p["margins"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect(),
-        })
-        .collect()
-}
+use engine::{CacheDtype, EngineConfig, LLM, LoadFormat};
+use kjv_reference::{Case, comparable, generate, hf_cases, model_dir};
 
 fn engine(dtype: CacheDtype) -> LLM {
     let config = EngineConfig {
@@ -46,19 +20,6 @@ fn engine(dtype: CacheDtype) -> LLM {
         ..EngineConfig::default()
     };
     LLM::load(&model_dir(), config, LoadFormat::Safetensors).unwrap()
-}
-
-/// Greedy continuations of every case's text, all in one batch.
-fn generate(llm: &mut LLM, cases: &[Case]) -> Vec<Vec<u32>> {
-    let max_tokens = cases[0].greedy.len();
-    let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_tokens) };
-    let prompts = cases.iter().map(|c| Prompt::from(c.text.as_str())).collect();
-    llm.generate(prompts, &params).unwrap().into_iter().map(|o| o.unwrap().token_ids).collect()
-}
-
-/// Steps of `case` before the first HF margin below `noise`.
-fn comparable(case: &Case, noise: f64) -> usize {
-    case.margins.iter().position(|&m| m < noise).unwrap_or(case.margins.len())
 }
 
 fn check(dtype: CacheDtype, noise: f64, min_compared: usize) {
