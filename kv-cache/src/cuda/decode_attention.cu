@@ -26,12 +26,6 @@
 // scales of a tile (K and V of 16 tokens, each 32 contiguous bytes in the head-major scale planes)
 // are loaded one per lane and passed around by shuffles. Each load of a lane is one access, and
 // each warp-wide load uses whole 32-byte sectors.
-//
-// INT8 (where two stages fit in 32 KB of shared memory, and ASYNC_COPY is 1) streams each warp's
-// next tile into shared memory with cp.async while it computes the current one: twice the bytes in
-// flight for the same registers (prefetching into registers spilled, docs/PERF.md). A lane's copies
-// land in slots only it reads back, so no barrier is needed; the warps' output combine reuses the
-// staging memory.
 
 #define WARPS (THREADS / 32)
 #define QUERIES (8 / GROUP)                 // query tokens per group
@@ -45,25 +39,6 @@
 #define VW (VB / 4)
 #define ACC_STRIDE (HEAD_DIM + (INT8 ? 4 : 1)) // padded rows of the warps' outputs: fewer bank conflicts
 #define CHUNKS (HEAD_DIM / 16)              // k16 steps of QK, and m16 tiles of PV
-#define K_UNITS (2 * (KB / KU))             // a lane's copies of a tile's keys
-#define UNITS (K_UNITS + 4 * (VB / VU))     // ... and values
-#define STAGE_BYTES (WARPS * UNITS * 32 * 16) // one tile of every warp, a 16-byte slot per copy
-#define PIPELINE (ASYNC_COPY && INT8 && 2 * STAGE_BYTES <= 32768)
-
-// Copy BYTES (4, 8 or 16) from global to shared memory asynchronously; zeros when !valid.
-template <int BYTES>
-__device__ __forceinline__ void copy_async(void* shared, const void* global, bool valid) {
-    const unsigned int address = (unsigned int)__cvta_generic_to_shared(shared);
-    const int source_bytes = valid ? BYTES : 0;
-    if constexpr (BYTES == 16)
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(address), "l"(global), "r"(source_bytes));
-    else
-        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" :: "r"(address), "l"(global), "n"(BYTES), "r"(source_bytes));
-}
-__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;"); }
-// Wait until at most the newest group of this thread's copies is still in flight.
-__device__ __forceinline__ void wait_all_but_newest_copies() { asm volatile("cp.async.wait_group 1;"); }
-__device__ __forceinline__ void wait_all_copies() { asm volatile("cp.async.wait_group 0;"); }
 
 // BYTES (4, 8 or 16) as 32-bit words, in one access.
 template <int BYTES>
@@ -173,80 +148,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     float m = KV_NEG_INF, l = 0.0f;   // softmax state of row j (l: this lane's tokens only)
     float vs_max = 0.0f;              // INT8: the V scales are divided by this running maximum
 
-    // This lane's bytes of a tile: key unit i of half h (row 8h + j, offset (4i + qd) KU), value
-    // unit i of row mine[r] (offset (8i + j) VU); and their slots in a stage of shared memory.
-    auto key_unit = [&](const Tile& tile, int h, int i) {
-        return key_cache + row_of(tile, 8 * h + j) * HEAD_DIM * ELEM_BYTES + (i * 4 + qd) * KU;
-    };
-    auto value_unit = [&](const Tile& tile, int r, int i) {
-        return value_cache + row_of(tile, mine[r]) * HEAD_DIM * ELEM_BYTES + (i * 8 + j) * VU;
-    };
-#if INT8
-    // Lane L holds the scale of token L % 16 of a tile: K for L < 16, V after (0 past the tile's end).
-    auto scale_bits = [&](const Tile& tile) -> bf16_t {
-        const long long at = kv_head * num_slots + tile.slot0 + lane % 16;
-        return lane % 16 < tile.valid ? (lane < 16 ? key_scale : value_scale)[at] : (bf16_t)0;
-    };
-#endif
-#if PIPELINE
-    __shared__ __align__(16) uint4 s_stage[2][WARPS][UNITS][32];
-    auto copy_tile = [&](const Tile& tile, uint4 (*slots)[32]) {
-        #pragma unroll
-        for (int h = 0; h < 2; ++h)
-            #pragma unroll
-            for (int i = 0; i < KB / KU; ++i) {
-                const bool valid = 8 * h + j < tile.valid;
-                copy_async<KU>(&slots[h * (KB / KU) + i][lane], valid ? key_unit(tile, h, i) : key_cache, valid);
-            }
-        #pragma unroll
-        for (int r = 0; r < 4; ++r)
-            #pragma unroll
-            for (int i = 0; i < VB / VU; ++i) {
-                const bool valid = mine[r] < tile.valid;
-                copy_async<VU>(&slots[K_UNITS + r * (VB / VU) + i][lane], valid ? value_unit(tile, r, i) : value_cache,
-                               valid);
-            }
-    };
-    // Stage k % 2 holds tile k; the next tile's scale waits in a register.
-    bf16_t next_scale = 0;
-    if (warp < tiles) {
-        copy_tile(tile_at(0), s_stage[0][warp]);
-        next_scale = scale_bits(tile_at(0));
-    }
-    commit_copies();
-#endif
-
     for (int k = 0; warp + k * WARPS < tiles; ++k) {
         const Tile tile = tile_at(k);
         const int valid = tile.valid;
         unsigned int kraw[2][KW], vraw[4][VW];
-#if PIPELINE
-        const float my_scale = bf16_to_float(next_scale);
-        if (warp + (k + 1) * WARPS < tiles) {
-            const Tile next = tile_at(k + 1);
-            copy_tile(next, s_stage[(k + 1) & 1][warp]);
-            next_scale = scale_bits(next);
-        }
-        commit_copies();
-        wait_all_but_newest_copies();
-        const uint4 (*slots)[32] = s_stage[k & 1][warp];
-        #pragma unroll
-        for (int h = 0; h < 2; ++h)
-            #pragma unroll
-            for (int i = 0; i < KB / KU; ++i)
-                load_bytes<KU>((const unsigned char*)&slots[h * (KB / KU) + i][lane], &kraw[h][i * (KU / 4)]);
-        #pragma unroll
-        for (int r = 0; r < 4; ++r)
-            #pragma unroll
-            for (int i = 0; i < VB / VU; ++i)
-                load_bytes<VU>((const unsigned char*)&slots[K_UNITS + r * (VB / VU) + i][lane], &vraw[r][i * (VU / 4)]);
-#else
         #pragma unroll
         for (int h = 0; h < 2; ++h)
             #pragma unroll
             for (int i = 0; i < KB / KU; ++i) {
                 unsigned int* w = &kraw[h][i * (KU / 4)];
-                if (8 * h + j < valid) load_bytes<KU>(key_unit(tile, h, i), w);
+                const int t = 8 * h + j;
+                if (t < valid) load_bytes<KU>(key_cache + row_of(tile, t) * HEAD_DIM * ELEM_BYTES + (i * 4 + qd) * KU, w);
                 else for (int x = 0; x < KU / 4; ++x) w[x] = 0u;
             }
         #pragma unroll
@@ -254,12 +166,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
             #pragma unroll
             for (int i = 0; i < VB / VU; ++i) {
                 unsigned int* w = &vraw[r][i * (VU / 4)];
-                if (mine[r] < valid) load_bytes<VU>(value_unit(tile, r, i), w);
+                const int t = mine[r];
+                if (t < valid) load_bytes<VU>(value_cache + row_of(tile, t) * HEAD_DIM * ELEM_BYTES + (i * 8 + j) * VU, w);
                 else for (int x = 0; x < VU / 4; ++x) w[x] = 0u;
             }
 #if INT8
-        const float my_scale = bf16_to_float(scale_bits(tile));
-#endif
+        // Lane L holds the scale of token L % 16: K for L < 16, V after.
+        const long long scale_at = kv_head * num_slots + tile.slot0 + lane % 16;
+        const float my_scale = lane % 16 < valid ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 0.0f;
 #endif
 
         // S = Q K^T: s[h][0..1] are row j's scores of keys 8h + 2qd, 8h + 2qd + 1.
@@ -355,15 +269,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
 
     // Combine the warps: out = sum_w 2^(m_w - M) vs_w acc_w, sum = sum_w 2^(m_w - M) l_w.
     __shared__ float s_m[WARPS][8], s_l[WARPS][8], s_vs[WARPS];
-#if PIPELINE
-    // In the staging memory, once every warp has read its last tile.
-    static_assert(sizeof(float) * WARPS * 8 * ACC_STRIDE <= sizeof(s_stage), "the combine fits in the stages");
-    wait_all_copies();
-    __syncthreads();
-    float (*s_acc)[8][ACC_STRIDE] = reinterpret_cast<float (*)[8][ACC_STRIDE]>(&s_stage[0][0][0][0]);
-#else
     __shared__ float s_acc[WARPS][8][ACC_STRIDE];
-#endif
     #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
         const int d = value_dim(c, j);

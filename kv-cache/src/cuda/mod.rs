@@ -53,17 +53,6 @@ fn decode_min_blocks(dtype: CacheDtype) -> usize {
         .unwrap_or(if dtype == CacheDtype::Int8 { 4 } else { 3 })
 }
 
-/// Whether INT8 decode attention streams tiles into shared memory with cp.async (1) or loads them
-/// into registers (0), as `ASYNC_COPY` in decode_attention.cu. `NANOVLLM_DECODE_ASYNC_COPY`
-/// overrides the default (1), to measure the two side by side.
-fn decode_async_copy() -> u32 {
-    std::env::var("NANOVLLM_DECODE_ASYNC_COPY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&v| v <= 1)
-        .unwrap_or(1)
-}
-
 /// One layer's K or V plane, and its scales for INT8.
 #[derive(Debug)]
 pub struct GpuPlane {
@@ -292,11 +281,7 @@ impl CacheKernels {
             ("INT8", int8),
             ("BLOCK_SIZE", block_size.to_string()),
         ];
-        let bounds = [
-            ("THREADS", THREADS.to_string()),
-            ("MIN_BLOCKS", decode_min_blocks(dtype).to_string()),
-            ("ASYNC_COPY", decode_async_copy().to_string()),
-        ];
+        let bounds = [("THREADS", THREADS.to_string()), ("MIN_BLOCKS", decode_min_blocks(dtype).to_string())];
         let decode = gpu.module(
             "decode_attention",
             &format!("{INT8_KV_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
