@@ -90,13 +90,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     float* __restrict__ partial_sum,
     int kv_heads, int max_splits, int partition, float softmax_scale)
 {
-#if HEADS_FIRST
-    // Blocks launch in grid order: the kv heads of one split run side by side, so together they
-    // read each token's rows of every head, contiguous in the cache.
-    const int kv_head = blockIdx.x, split = blockIdx.y;
-#else
     const int split = blockIdx.x, kv_head = blockIdx.y;
-#endif
     const int first_query = query_groups[blockIdx.z], queries = query_groups[blockIdx.z + 1] - first_query;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, j = lane / 4, qd = lane % 4;
     // This lane's row: query `query` of the group (if it exists), head `head` of the kv head.

@@ -53,13 +53,6 @@ fn decode_min_blocks(dtype: CacheDtype) -> usize {
         .unwrap_or(if dtype == CacheDtype::Int8 { 4 } else { 3 })
 }
 
-/// Whether the decode-attention grid puts kv heads first (1) or splits first (0), as `HEADS_FIRST`
-/// in decode_attention.cu. `NANOVLLM_DECODE_HEADS_FIRST` overrides the default (1), to measure
-/// the two side by side.
-fn decode_heads_first() -> bool {
-    std::env::var("NANOVLLM_DECODE_HEADS_FIRST").map_or(true, |v| v != "0")
-}
-
 /// One layer's K or V plane, and its scales for INT8.
 #[derive(Debug)]
 pub struct GpuPlane {
@@ -234,8 +227,6 @@ impl AttentionScalars {
 pub struct CacheKernels {
     /// Thread blocks decode attention's splits aim for.
     target_blocks: usize,
-    /// Decode attention's grid puts kv heads first ([`decode_heads_first`]).
-    heads_first: bool,
     prefill: CudaFunction,
     store: CudaFunction,
     partial: CudaFunction,
@@ -290,12 +281,7 @@ impl CacheKernels {
             ("INT8", int8),
             ("BLOCK_SIZE", block_size.to_string()),
         ];
-        let heads_first = decode_heads_first();
-        let bounds = [
-            ("THREADS", THREADS.to_string()),
-            ("MIN_BLOCKS", decode_min_blocks(dtype).to_string()),
-            ("HEADS_FIRST", u8::from(heads_first).to_string()),
-        ];
+        let bounds = [("THREADS", THREADS.to_string()), ("MIN_BLOCKS", decode_min_blocks(dtype).to_string())];
         let decode = gpu.module(
             "decode_attention",
             &format!("{INT8_KV_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
@@ -305,7 +291,6 @@ impl CacheKernels {
             gpu.module("prefill_attention", &format!("{INT8_KV_CUH}\n{MMA_CUH}\n{PREFILL_CU}"), &shape)?;
         Ok(CacheKernels {
             target_blocks: target_blocks(),
-            heads_first,
             prefill: prefill.load_function("prefill_attention")?,
             store: store.load_function("store_kv")?,
             partial: decode.load_function("decode_attention_partial")?,
@@ -454,11 +439,7 @@ impl CacheKernels {
         let (kv_heads_arg, max_splits, partition) = (kv_heads as i32, splits as i32, partition as i32);
         let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
         let config = LaunchConfig {
-            grid_dim: if self.heads_first {
-                (kv_heads as u32, splits as u32, queries.num_groups as u32)
-            } else {
-                (splits as u32, kv_heads as u32, queries.num_groups as u32)
-            },
+            grid_dim: (splits as u32, kv_heads as u32, queries.num_groups as u32),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
