@@ -45,22 +45,12 @@ for dtype in bf16 int8; do
     done
   done
 done
-python3 - "$out" <<'PY' | tee -a "$out/tp.log"
-import json, sys
-out = sys.argv[1]
-def load(name):
-    return [json.loads(l)['token_ids'] for l in open(f'{out}/{name}') if '"token_ids"' in l]
-def lead(a, b):
-    n = 0
-    for x, y in zip(a, b):
-        if x != y: break
-        n += 1
-    return n
-for mode in ['greedy', 'seeded', 'topp']:
-    for dtype in ['bf16', 'int8']:
-        one, two = load(f'{mode}-{dtype}-tp1.jsonl'), load(f'{mode}-{dtype}-tp2.jsonl')
-        print(f'{mode} {dtype}: 2 GPUs vs 1, tokens equal before the first difference, per prompt: {[lead(a, b) for a, b in zip(two, one)]} of 64 ({len(two)} of {len(one)} outputs)')
-PY
+for mode in greedy seeded topp; do
+  for dtype in bf16 int8; do
+    log "$mode $dtype, 2 GPUs against 1:"
+    python3 scripts/greedy-agreement.py "$out/$mode-$dtype-tp2.jsonl" "$out/$mode-$dtype-tp1.jsonl" | tee -a "$out/tp.log"
+  done
+done
 
 for model in ${BENCH_MODELS:-qwen3-0.6b}; do
   for dtype in bf16 int8; do

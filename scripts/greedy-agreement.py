@@ -27,3 +27,4 @@ leads = [lead(x, y) for x, y in zip(a, b)]
 print(f"identical continuations: {sum(x == y for x, y in zip(a, b))} of {len(a)}")
 print(f"tokens before the first difference: mean {statistics.mean(leads):.1f}, median {statistics.median(leads)}, "
       f"min {min(leads)}; {sum(leads)} of {sum(map(len, a))} tokens in all")
+print(f"tokens before the first difference, per prompt: {leads}")
