@@ -7,7 +7,7 @@
 #   cargo test --release -p engine --features cuda --test gpu_engine --no-run
 #   cargo build --release -p cli --features cuda
 # and carry target/release/deps/gpu_model-*, gpu_engine-* and target/release/nanovllm-cli. Logs and JSON go to
-# $OUT (or ./gpu-out). BENCH_MODELS="qwen3-0.6b qwen3-8b" picks the shapes benched (default 0.6b);
+# $OUT (or ./gpu-out). BENCH_MODELS="qwen3-0.6b qwen3-8b" picks the shapes benched (default 0.6b; "" none);
 # TEST_FILTER=tensor_parallel runs only the tensor-parallel tests.
 set -uo pipefail
 out=${OUT:-gpu-out}
@@ -52,7 +52,7 @@ for mode in greedy seeded topp; do
   done
 done
 
-for model in ${BENCH_MODELS:-qwen3-0.6b}; do
+for model in ${BENCH_MODELS-qwen3-0.6b}; do
   for dtype in bf16 int8; do
     for tp in 1 2; do
       tag=$model-$dtype-tp$tp
