@@ -105,17 +105,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     // Keys of this split that this lane's row may see: [0, row_limit), split-relative.
     const int row_limit = min(row_context - start, n);
     const int* table = block_tables + (long long)group_tables[blockIdx.z] * max_blocks;
-#if SMEM_TABLE
-    // The split's block ids, staged once: a tile's address then waits on a shared load, not on a
-    // global one.
-    extern __shared__ int s_table[];            // [blocks the split spans]
-    const int first_block = start / BLOCK_SIZE, spanned = (start + n - 1) / BLOCK_SIZE - first_block + 1;
-    for (int i = threadIdx.x; i < spanned; i += THREADS) s_table[i] = table[first_block + i];
-    __syncthreads();
-    #define BLOCK_ID(position) s_table[(position) / BLOCK_SIZE - first_block]
-#else
-    #define BLOCK_ID(position) table[(position) / BLOCK_SIZE]
-#endif
     const float score_scale = softmax_scale * LOG2E;  // scores in log2 units: exp2 below
     const int mine[4] = {2 * qd, 2 * qd + 1, 2 * qd + 8, 2 * qd + 9};  // this lane's score tokens
     const int tiles = (n + TILE - 1) / TILE;
@@ -124,7 +113,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     struct Tile { long long slot0; int first, valid; };  // first: the tile's first key, split-relative
     auto tile_at = [&](int k) {
         const int first = (warp + k * WARPS) * TILE, pos0 = start + first;
-        return Tile{(long long)BLOCK_ID(pos0) * BLOCK_SIZE + pos0 % BLOCK_SIZE, first, min(n - first, TILE)};
+        return Tile{(long long)table[pos0 / BLOCK_SIZE] * BLOCK_SIZE + pos0 % BLOCK_SIZE, first, min(n - first, TILE)};
     };
     auto row_of = [&](const Tile& tile, int t) { return (tile.slot0 + t) * kv_heads + kv_head; };
 

@@ -53,13 +53,6 @@ fn decode_min_blocks(dtype: CacheDtype) -> usize {
         .unwrap_or(if dtype == CacheDtype::Int8 { 4 } else { 3 })
 }
 
-/// Whether decode attention stages each split's block ids in shared memory (1) or reads them from
-/// the global table per tile (0), as `SMEM_TABLE` in decode_attention.cu.
-/// `NANOVLLM_DECODE_SMEM_TABLE` overrides the default (1), to measure the two side by side.
-fn decode_smem_table() -> bool {
-    std::env::var("NANOVLLM_DECODE_SMEM_TABLE").map_or(true, |v| v != "0")
-}
-
 /// One layer's K or V plane, and its scales for INT8.
 #[derive(Debug)]
 pub struct GpuPlane {
@@ -288,11 +281,7 @@ impl CacheKernels {
             ("INT8", int8),
             ("BLOCK_SIZE", block_size.to_string()),
         ];
-        let bounds = [
-            ("THREADS", THREADS.to_string()),
-            ("MIN_BLOCKS", decode_min_blocks(dtype).to_string()),
-            ("SMEM_TABLE", u8::from(decode_smem_table()).to_string()),
-        ];
+        let bounds = [("THREADS", THREADS.to_string()), ("MIN_BLOCKS", decode_min_blocks(dtype).to_string())];
         let decode = gpu.module(
             "decode_attention",
             &format!("{INT8_KV_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
@@ -452,8 +441,7 @@ impl CacheKernels {
         let config = LaunchConfig {
             grid_dim: (splits as u32, kv_heads as u32, queries.num_groups as u32),
             block_dim: (THREADS, 1, 1),
-            // The block ids a split spans (SMEM_TABLE).
-            shared_mem_bytes: 4 * (partition as usize / self.block_size + 2) as u32,
+            shared_mem_bytes: 0,
         };
         let scalars = AttentionScalars::new(cache, q_stride, queries);
         let mut launch = gpu.stream.launch_builder(&self.partial);
