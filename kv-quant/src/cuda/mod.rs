@@ -41,7 +41,8 @@ pub enum GpuError {
     /// Shapes that the kernels do not support.
     #[error("unsupported by the CUDA kernels: {0}")]
     Unsupported(String),
-    /// An NCCL call (tensor parallelism across GPUs) failed, or NCCL is not installed.
+    /// Tensor parallelism across GPUs failed: an NCCL call, NCCL not installed, or a rank's thread
+    /// that stopped.
     #[error("NCCL: {0}")]
     Nccl(String),
 }

@@ -1,5 +1,6 @@
 //! One rank's NCCL communicator, on the rank's own stream: the exchanges of a tensor-parallel
-//! forward pass (all-reduce of the row-parallel outputs, all-gather of the sampled candidates).
+//! forward pass (all-reduce of the embedding and of the row-parallel outputs, all-gather of the
+//! sampled candidates).
 //! cudarc loads libnccl at run time, like the other CUDA libraries.
 
 use kv_quant::cuda::cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
@@ -12,7 +13,7 @@ pub(super) struct Nccl {
 }
 
 // SAFETY: a communicator may be used from any thread as long as two threads never use it at
-// once; the one `GpuQwen3` that owns it (behind `&mut self`) is its only user.
+// once. `Nccl` stays not `Sync`, so only the thread that holds it (with its `GpuQwen3`) calls it.
 #[allow(unsafe_code)]
 unsafe impl Send for Nccl {}
 
