@@ -17,6 +17,7 @@ use super::{GpuLimits, GpuQwen3, GpuSample, Nccl, check_samples};
 use crate::{ModelError, Qwen3Model, SeqInput};
 
 /// What every rank does, in the same order.
+#[derive(Clone)]
 enum Command {
     /// Join the group's NCCL communicator, then run the warm-up step.
     Connect(Id),
@@ -175,7 +176,7 @@ impl GpuGroup {
             result?;
         }
         let mut group = GpuGroup { leader, workers };
-        group.on_every_rank(|| Command::Connect(id))?;
+        group.on_every_rank(Command::Connect(id))?;
         Ok(group)
     }
 
@@ -187,7 +188,7 @@ impl GpuGroup {
     /// Free and total bytes of the GPU with the least free memory: the KV budget of every rank.
     pub fn free_memory(&mut self) -> Result<(usize, usize), GpuError> {
         let mut least = (usize::MAX, 0);
-        for reply in self.on_every_rank(|| Command::FreeMemory)? {
+        for reply in self.on_every_rank(Command::FreeMemory)? {
             if let Reply::Memory { free, total } = reply
                 && free < least.0
             {
@@ -200,7 +201,7 @@ impl GpuGroup {
     /// Allocate `num_blocks` cache blocks on every rank (each holds its kv heads of every block)
     /// and capture the decode graphs, as [`GpuQwen3::allocate_cache`].
     pub fn allocate_cache(&mut self, num_blocks: usize) -> Result<(), GpuError> {
-        self.on_every_rank(|| Command::AllocateCache(num_blocks)).map(drop)
+        self.on_every_rank(Command::AllocateCache(num_blocks)).map(drop)
     }
 
     /// Decode batch sizes captured in CUDA graphs (0 when eager).
@@ -212,7 +213,7 @@ impl GpuGroup {
     pub fn forward(&mut self, seqs: &[SeqInput<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let step = self.leader.lay_out(seqs)?;
         let outputs = step.logit_rows.len();
-        let shards = self.on_every_rank(|| Command::Step { step: step.clone(), samples: None })?;
+        let shards = self.on_every_rank(Command::Step { step, samples: None })?;
         let shards: Vec<Vec<f32>> = shards
             .into_iter()
             .map(|reply| match reply {
@@ -234,21 +235,21 @@ impl GpuGroup {
     ) -> Result<Vec<u32>, ModelError> {
         let step = self.leader.lay_out(seqs)?;
         check_samples(&step, samples)?;
-        let command = || Command::Step { step: step.clone(), samples: Some(samples.to_vec()) };
-        match self.on_every_rank(command)?.swap_remove(0) {
+        match self.on_every_rank(Command::Step { step, samples: Some(samples.to_vec()) })?.swap_remove(0) {
             Reply::Tokens(tokens) => Ok(tokens),
             _ => Err(GpuError::Nccl("rank 0 answered a sampled step without tokens".into()).into()),
         }
     }
 
-    /// Send `command` to every rank, rank 0 (this thread) last, and collect the replies in rank
-    /// order. Every rank's reply is taken even when one failed, so none is left for the next.
-    fn on_every_rank(&mut self, command: impl Fn() -> Command) -> Result<Vec<Reply>, GpuError> {
+    /// Send `command` to every rank (a copy to each other rank; rank 0, this thread, last, so that
+    /// one GPU copies nothing) and collect the replies in rank order. Every rank's reply is taken
+    /// even when one failed, so none is left for the next.
+    fn on_every_rank(&mut self, command: Command) -> Result<Vec<Reply>, GpuError> {
         for worker in &self.workers {
-            worker.send(command())?;
+            worker.send(command.clone())?;
         }
         let world = self.world();
-        let mine = self.leader.obey(command(), 0, world);
+        let mine = self.leader.obey(command, 0, world);
         let theirs: Vec<_> = self.workers.iter().map(Worker::reply).collect();
         std::iter::once(mine).chain(theirs).collect()
     }
