@@ -1,8 +1,9 @@
 //! Times the cache kernels on the GPU against the bandwidth floor: paged decode attention (bf16
 //! and INT8) at the Qwen3-8B and Qwen3-0.6B layer shapes, and the store kernel.
 //!
-//! `cargo run --release -p kv-cache --features cuda --example bench_kernels [copy_TBps]`
-//! (on the GPU machine: the binary from target/release/examples). Prints a markdown table; with
+//! `cargo run --release -p kv-cache --features cuda --example bench_kernels [copy_TBps] [filter]`
+//! (on the GPU machine: the binary from target/release/examples). `filter` keeps the benches whose
+//! label contains it (`Qwen3-8B 128x4096 int8`, `store int8`: one kernel for a profiler). Prints a markdown table; with
 //! `$OUT` set, also writes `$OUT/bench_kernels.json`. Timing: CUDA events around each launch,
 //! 5 warm-up runs, median of 30; the cache is replicated and rotated so that every run reads
 //! from DRAM, not L2 (60 MB on an H200).
@@ -207,6 +208,7 @@ fn bench_store(timer: &Timer, dtype: CacheDtype, rng: &mut StdRng) -> Result<ser
 fn main() -> Result<(), GpuError> {
     let copy_bandwidth: f64 =
         std::env::args().nth(1).map_or(4.27e12, |a| a.parse::<f64>().expect("copy TB/s") * 1e12);
+    let filter = std::env::args().nth(2).unwrap_or_default();
     let gpu = Gpu::open()?;
     println!("{}", gpu.describe());
     let timer = Timer { gpu };
@@ -224,6 +226,9 @@ fn main() -> Result<(), GpuError> {
     println!("|---|---|---|---|---|---|---|---|");
     for shape in &shapes {
         for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
+            if !format!("{} {}x{} {dtype}", shape.model, shape.batch, shape.context).contains(&filter) {
+                continue;
+            }
             let r = bench_decode(&timer, shape, dtype, copy_bandwidth, &mut rng)?;
             println!(
                 "| decode attention | {} ({}/{} heads) | {} x {} | {} | {:.1} | {:.1} | {:.2} | {:.0}% |",
@@ -242,6 +247,9 @@ fn main() -> Result<(), GpuError> {
         }
     }
     for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
+        if !format!("store {dtype}").contains(&filter) {
+            continue;
+        }
         let r = bench_store(&timer, dtype, &mut rng)?;
         println!(
             "| store (quantize on write) | 16384 tokens x 8 kv heads x 128 | - | {} | {:.1} | - | {:.2} | {:.0}% |",

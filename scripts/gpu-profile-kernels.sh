@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run on the GPU machine, from the repository root: ncu's full report on one launch of each chosen
+# kernel of bench_kernels, as text (details page, and per-SASS-instruction counts and stall samples),
+# plus the registers, spills and SASS of every module bench_kernels compiled (ptxas -v, cuobjdump).
+# Build here first: cargo build --release -p kv-cache --features cuda --example bench_kernels, and
+# carry target/release/examples/bench_kernels. Writes under $OUT (or ./gpu-out).
+# PROFILE lists "bench filter|kernel name" pairs, separated by ';' (the filter is bench_kernels'
+# second argument). Variables such as NANOVLLM_DECODE_MIN_BLOCKS pass through to the kernels.
+set -uo pipefail
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+modules=$(mktemp -d)
+export NANOVLLM_CACHE_DIR=$modules
+IFS=';' read -ra jobs <<< "${PROFILE:-Qwen3-8B 128x4096 int8|decode_attention_partial;store int8|store_kv}"
+for job in "${jobs[@]}"; do
+  filter=${job%|*} kernel=${job#*|}
+  name=$(echo "${TAG:-}$filter" | tr ' ' '_')
+  timeout 300 "$ncu" --clock-control none --set full --kernel-name "$kernel" --launch-skip 5 --launch-count 1 \
+    -f -o "$out/$name" target/release/examples/bench_kernels 4.27 "$filter" > "$out/$name.log" 2>&1 \
+    || echo "profile $name FAILED" | tee -a "$out/$name.log"
+  "$ncu" -i "$out/$name.ncu-rep" --page details --csv > "$out/$name-details.csv" 2>&1
+  "$ncu" -i "$out/$name.ncu-rep" --page source --csv --print-source sass > "$out/$name-sass.csv" 2>&1
+done
+for ptx in "$modules"/ptx/*.ptx; do
+  base=$(basename "$ptx" .ptx)
+  ptxas -arch=sm_90 -v "$ptx" -o "$modules/$base.cubin" > "$out/$base.ptxas.txt" 2>&1
+  cuobjdump -sass "$modules/$base.cubin" > "$out/$base.sass.txt" 2>&1
+done
