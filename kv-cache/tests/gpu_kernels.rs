@@ -6,7 +6,7 @@
 #![cfg(feature = "cuda")]
 
 use half::bf16;
-use kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache};
+use kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache, cache_row};
 use kv_cache::{CacheDtype, CacheLayout};
 use kv_quant::cuda::Gpu;
 use rand::rngs::StdRng;
@@ -60,6 +60,14 @@ fn store_matches_the_reference_bit_for_bit() {
             qkv[row_start(0, false, 3)..][..head_dim].fill(bf16::ZERO);
             qkv[row_start(5, true, 0) + 7] = bf16::NAN;
             qkv[row_start(6, false, 1) + 2] = bf16::INFINITY;
+            // Ties: a largest magnitude of 127 makes the scale 1, so every x.5 rounds to even.
+            for (i, x) in qkv[row_start(7, true, 2)..][..head_dim].iter_mut().enumerate() {
+                *x = bf16::from_f32(if i == 0 { 127.0 } else { (i % 254) as f32 * 0.5 - 63.5 });
+            }
+            // The largest bf16s: the scale saturates at 2^121 and the codes clamp at 127.
+            for (i, x) in qkv[row_start(8, false, 4)..][..head_dim].iter_mut().enumerate() {
+                *x = if i % 3 == 0 { -bf16::MAX } else { bf16::MAX };
+            }
             let mut all_slots: Vec<i64> = (0..layout.num_slots() as i64).collect();
             all_slots.shuffle(&mut rng);
             let mut slots = all_slots[..tokens].to_vec();
@@ -90,7 +98,7 @@ fn store_matches_the_reference_bit_for_bit() {
                     written[slot as usize] = true;
                     for h in 0..kv_heads {
                         let src = &qkv[row_start(t, is_value, h)..][..head_dim];
-                        let row = slot as usize * kv_heads + h;
+                        let row = cache_row(&layout, slot as usize, h);
                         match dtype {
                             CacheDtype::Int8 => {
                                 let mut codes = vec![0i8; head_dim];
@@ -120,8 +128,10 @@ fn store_matches_the_reference_bit_for_bit() {
                 }
                 let row_bytes = head_dim * dtype.element_bytes();
                 for (slot, _) in written.iter().enumerate().filter(|(_, w)| !**w) {
-                    let bytes = &data[slot * kv_heads * row_bytes..][..kv_heads * row_bytes];
-                    assert!(bytes.iter().all(|&b| b == 0x5A), "slot {slot} was written");
+                    for h in 0..kv_heads {
+                        let bytes = &data[cache_row(&layout, slot, h) * row_bytes..][..row_bytes];
+                        assert!(bytes.iter().all(|&b| b == 0x5A), "slot {slot} head {h} was written");
+                    }
                 }
             }
         }
@@ -202,6 +212,17 @@ fn stored_rows(rng: &mut StdRng, dtype: CacheDtype, rows: usize, d: usize) -> (V
             (bytes, vec![bf16::ZERO], values.iter().map(|v| v.to_f32()).collect())
         }
     }
+}
+
+/// Rows in the CPU cache's `[slots][kv_heads]` order (`row_bytes` each) placed as the GPU cache
+/// places them ([`cache_row`]).
+fn gpu_order(bytes: &[u8], layout: &CacheLayout, row_bytes: usize) -> Vec<u8> {
+    let mut out = vec![0u8; bytes.len()];
+    for (row, src) in bytes.chunks_exact(row_bytes).enumerate() {
+        let at = cache_row(layout, row / layout.kv_heads, row % layout.kv_heads);
+        out[at * row_bytes..][..row_bytes].copy_from_slice(src);
+    }
+    out
 }
 
 /// Scales in the CPU cache's `[slots][kv_heads]` order as the GPU cache keeps them,
@@ -333,8 +354,9 @@ fn attention_kernels_match_the_reference() {
         let (k_bytes, k_scales, keys) = stored_rows(&mut rng, case.dtype, rows, case.head_dim);
         let (v_bytes, v_scales, values) = stored_rows(&mut rng, case.dtype, rows, case.head_dim);
         let mut cache = GpuKvCache::new(&gpu, layout, case.dtype).unwrap();
-        gpu.stream.memcpy_htod(&k_bytes, &mut cache.keys[0].data).unwrap();
-        gpu.stream.memcpy_htod(&v_bytes, &mut cache.values[0].data).unwrap();
+        let row_bytes = case.head_dim * case.dtype.element_bytes();
+        gpu.stream.memcpy_htod(&gpu_order(&k_bytes, &layout, row_bytes), &mut cache.keys[0].data).unwrap();
+        gpu.stream.memcpy_htod(&gpu_order(&v_bytes, &layout, row_bytes), &mut cache.values[0].data).unwrap();
         gpu.stream.memcpy_htod(&head_major(&k_scales, case.kv_heads), &mut cache.keys[0].scales).unwrap();
         gpu.stream.memcpy_htod(&head_major(&v_scales, case.kv_heads), &mut cache.values[0].scales).unwrap();
         // Each sequence's queries: the last `case.queries` positions, in order.

@@ -7,25 +7,33 @@
 //
 // Queries come in groups: up to QUERIES (8 / GROUP) consecutive query tokens of one sequence (a
 // decode step has groups of one; a prefill chunk, groups of QUERIES consecutive positions), each with
-// its own causal context length. The MMA's 8 useful rows are (query token, query head) pairs, so a
+// its own causal context length. The MMA's 8 columns are (query token, query head) rows, so a
 // group's K/V rows are loaded once for all of its tokens and heads.
 //
 // Grid (splits, kv_heads, groups): a thread block takes `partition` key tokens (a multiple of 16,
 // chosen per launch so that small batches still fill the GPU) of one group's sequence for one kv
 // head; its warps take tiles of 16 key tokens in turn, each with its own online softmax, and
-// combine at the end. Per tile a warp computes S = Q K^T with the group's rows as the rows of an
-// m16n8k16 MMA (rows 8..15 are zero) and O^T += V^T P^T, where the scores' accumulator layout is
-// exactly the P^T operand's. The reduce kernel combines the splits (log-sum-exp) into bf16.
+// combine at the end. Per tile a warp computes S^T = K Q^T as m16n8k16 MMAs (the tile's 16 keys
+// are the MMA's rows, the 8 rows of the group its columns: no zero padding), turns the scores into
+// P^T's operand with two 8x8 transposes (movmatrix), and computes O^T += V^T P^T. The reduce kernel
+// combines the splits (log-sum-exp) into bf16.
 //
-// Lane roles in a warp: j = lane / 4 (the row: query j / GROUP of the group, head j % GROUP),
-// q = lane % 4. For QK, lane (j, q) loads key row j of each 8-token half of the tile: the units i of KU bytes at row offset (4 i + q) KU (a quad covers a
-// contiguous span, so every 32-byte sector is used whole); the MMA's k index is permuted so that the
-// lane's elements are exactly its fragment (a dot product does not care about the order). For PV,
-// lane (j, q) loads value rows 2q, 2q+1, 2q+8, 2q+9 (the tokens whose scores it holds), units at row
-// offset (8 i + j) VU; output rows j and j + 8 of m-tile c are the two dims of its c-th pair. The 32
-// scales of a tile (K and V of 16 tokens, each 32 contiguous bytes in the head-major scale planes)
-// are loaded one per lane and passed around by shuffles. Each load of a lane is one access, and
-// each warp-wide load uses whole 32-byte sectors.
+// The online softmax rescales lazily (as FlashAttention-4 does): a row's running maximum moves only
+// when a score exceeds it by more than TAU (log2 units), so probabilities stay below 2^TAU and most
+// tiles rescale nothing; INT8's V scales are divided by a power of two at least as large as any seen,
+// which moves as rarely. One vote per tile decides whether anything moves.
+//
+// Lane roles in a warp: j = lane / 4, q = lane % 4. For QK, lane (j, q) loads key rows j and j + 8
+// of the tile (the A operand's rows): the units i of KU bytes at row offset (4 i + q) KU (a quad
+// covers a contiguous span, so every 32-byte sector is used whole); the MMA's k index is permuted so
+// that the lane's elements are exactly its fragment (a dot product does not care about the order),
+// and its B fragment is the same elements of query row j. Its scores are keys j and j + 8 of rows 2q
+// and 2q + 1. For PV, lane (j, q) loads value rows 2q, 2q+1, 2q+8, 2q+9 (the keys of its P^T
+// fragment), units at row offset (8 i + j) VU; output rows j and j + 8 of m-tile c are the two dims
+// of its c-th pair. The 32 scales of a tile (K and V of 16 tokens, each 32 contiguous bytes in the
+// head-major scale planes) are loaded one per lane and passed around by shuffles. A tile's rows of
+// one kv head are contiguous (layout.cuh), so each lane's loads are fixed offsets from the tile's
+// start.
 
 #define WARPS (THREADS / 32)
 #define QUERIES (8 / GROUP)                 // query tokens per group
@@ -38,6 +46,8 @@
 #define KW (KB / 4)                         // 32-bit words
 #define VW (VB / 4)
 #define ACC_STRIDE (HEAD_DIM + (INT8 ? 4 : 1)) // padded rows of the warps' outputs: fewer bank conflicts
+#define ROW_BYTES (HEAD_DIM * ELEM_BYTES)
+#define TAU 8.0f                            // lazy rescaling: probabilities stay below 2^TAU
 #define CHUNKS (HEAD_DIM / 16)              // k16 steps of QK, and m16 tiles of PV
 
 // BYTES (4, 8 or 16) as 32-bit words, in one access.
@@ -75,7 +85,7 @@ __device__ __forceinline__ int value_dim(int c, int j) {
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attention_partial(
     const bf16_t* __restrict__ q,               // [batch][kv_heads * GROUP][HEAD_DIM], batch stride q_stride
     long long q_stride,
-    const unsigned char* __restrict__ key_cache,   // [slots][kv_heads][HEAD_DIM] elements
+    const unsigned char* __restrict__ key_cache,   // rows of HEAD_DIM elements, placed by cache_row (layout.cuh)
     const unsigned char* __restrict__ value_cache,
     const bf16_t* __restrict__ key_scale,       // [kv_heads][slots] (INT8 only)
     const bf16_t* __restrict__ value_scale,
@@ -93,50 +103,55 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     const int split = blockIdx.x, kv_head = blockIdx.y;
     const int first_query = query_groups[blockIdx.z], queries = query_groups[blockIdx.z + 1] - first_query;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, j = lane / 4, qd = lane % 4;
-    // This lane's row: query `query` of the group (if it exists), head `head` of the kv head.
-    const int query = j / GROUP, head = j % GROUP;
-    const bool row_used = j < QUERIES * GROUP && query < queries;
-    const int row_context = row_used ? context_lens[first_query + query] : 0;
     int context = 0;
     for (int i = 0; i < queries; ++i) context = max(context, context_lens[first_query + i]);
     const int start = split * partition;
     if (start >= context) return;
     const int n = min(context - start, partition);
-    // Keys of this split that this lane's row may see: [0, row_limit), split-relative.
-    const int row_limit = min(row_context - start, n);
+    // Row r of the group: query r / GROUP (if it exists), head r % GROUP of the kv head. Keys of this
+    // split that it may see: [0, limit), split-relative.
+    auto row_used = [&](int r) { return r < QUERIES * GROUP && r / GROUP < queries; };
+    auto row_limit = [&](int r) {
+        return row_used(r) ? min(context_lens[first_query + r / GROUP] - start, n) : 0;
+    };
+    const int limit[2] = {row_limit(2 * qd), row_limit(2 * qd + 1)};  // this lane's score rows
     const int* table = block_tables + (long long)group_tables[blockIdx.z] * max_blocks;
     const float score_scale = softmax_scale * LOG2E;  // scores in log2 units: exp2 below
-    const int mine[4] = {2 * qd, 2 * qd + 1, 2 * qd + 8, 2 * qd + 9};  // this lane's score tokens
     const int tiles = (n + TILE - 1) / TILE;
 
-    // Where this lane's bytes of this warp's k-th tile are.
-    struct Tile { long long slot0; int first, valid; };  // first: the tile's first key, split-relative
+    // This warp's k-th tile: where its rows start (one block, one kv head: contiguous).
+    struct Tile { const unsigned char* key; const unsigned char* value; long long slot0; int first, valid; };
     auto tile_at = [&](int k) {
         const int first = (warp + k * WARPS) * TILE, pos0 = start + first;
-        return Tile{(long long)table[pos0 / BLOCK_SIZE] * BLOCK_SIZE + pos0 % BLOCK_SIZE, first, min(n - first, TILE)};
+        const long long slot0 = (long long)table[pos0 / BLOCK_SIZE] * BLOCK_SIZE + pos0 % BLOCK_SIZE;
+        const long long at = cache_row(slot0, kv_head, kv_heads) * ROW_BYTES;
+        return Tile{key_cache + at, value_cache + at, slot0, first, min(n - first, TILE)};
     };
-    auto row_of = [&](const Tile& tile, int t) { return (tile.slot0 + t) * kv_heads + kv_head; };
+    const int key_lane = j * ROW_BYTES + qd * KU;        // key row j, this lane's first unit
+    const int value_lane = 2 * qd * ROW_BYTES + j * VU;  // value row 2q
+    const int value_rows[4] = {0, 1, 8, 9};             // value rows 2q + these
 
-    // Query fragments: row j (query `query`, head kv_head * GROUP + head), the four elements of chunk c that
-    // this lane's keys hold (consecutive: one 8-byte load). Staging the rows through shared memory
-    // first measured slower (docs/PERF.md).
-    unsigned int qa[CHUNKS][2];
+    // Query fragments (the B operand): row j, the four elements of chunk c that this lane's keys hold
+    // (consecutive: one 8-byte load). Staging the rows through shared memory first measured slower
+    // (docs/PERF.md).
+    unsigned int qb[CHUNKS][2];
     {
-        const bf16_t* qrow = q + (long long)(first_query + (row_used ? query : 0)) * q_stride
-                             + (long long)(kv_head * GROUP + head) * HEAD_DIM;
+        const bool used = row_used(j);
+        const bf16_t* qrow = q + (long long)(first_query + (used ? j / GROUP : 0)) * q_stride
+                             + (long long)(kv_head * GROUP + j % GROUP) * HEAD_DIM;
         #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
             const int element = INT8 ? key_element(c, qd) : key_element(2 * c, qd);
             unsigned int w[2] = {0u, 0u};
-            if (row_used) load_bytes<8>((const unsigned char*)(qrow + element), w);
+            if (used) load_bytes<8>((const unsigned char*)(qrow + element), w);
             #pragma unroll
             for (int h = 0; h < 2; ++h) {
 #if INT8
                 const float lo = fminf(fmaxf(bf16_to_float((bf16_t)(w[h] & 0xffffu)), -65504.0f), 65504.0f);
                 const float hi = fminf(fmaxf(bf16_to_float((bf16_t)(w[h] >> 16)), -65504.0f), 65504.0f);
-                qa[c][h] = pack2(lo, hi);
+                qb[c][h] = pack2(lo, hi);
 #else
-                qa[c][h] = w[h];
+                qb[c][h] = w[h];
 #endif
             }
         }
@@ -145,8 +160,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     float acc[CHUNKS][4];
     #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = 0.0f;
-    float m = KV_NEG_INF, l = 0.0f;   // softmax state of row j (l: this lane's tokens only)
-    float vs_max = 0.0f;              // INT8: the V scales are divided by this running maximum
+    // Softmax state of rows 2q and 2q + 1: the (lazy) maximum, what exp2 subtracts (0 while a row
+    // has seen no key), and the sum of this lane's keys' probabilities.
+    float m[2] = {KV_NEG_INF, KV_NEG_INF}, m_sub[2] = {0.0f, 0.0f}, l[2] = {0.0f, 0.0f};
+    float vs_norm = 0.0f, vs_inv = 0.0f;  // INT8: V scales are multiplied by vs_inv = 1 / vs_norm
 
     for (int k = 0; warp + k * WARPS < tiles; ++k) {
         const Tile tile = tile_at(k);
@@ -157,8 +174,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
             #pragma unroll
             for (int i = 0; i < KB / KU; ++i) {
                 unsigned int* w = &kraw[h][i * (KU / 4)];
-                const int t = 8 * h + j;
-                if (t < valid) load_bytes<KU>(key_cache + row_of(tile, t) * HEAD_DIM * ELEM_BYTES + (i * 4 + qd) * KU, w);
+                if (8 * h + j < valid) load_bytes<KU>(tile.key + key_lane + h * 8 * ROW_BYTES + i * 4 * KU, w);
                 else for (int x = 0; x < KU / 4; ++x) w[x] = 0u;
             }
         #pragma unroll
@@ -166,8 +182,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
             #pragma unroll
             for (int i = 0; i < VB / VU; ++i) {
                 unsigned int* w = &vraw[r][i * (VU / 4)];
-                const int t = mine[r];
-                if (t < valid) load_bytes<VU>(value_cache + row_of(tile, t) * HEAD_DIM * ELEM_BYTES + (i * 8 + j) * VU, w);
+                if (2 * qd + value_rows[r] < valid)
+                    load_bytes<VU>(tile.value + value_lane + value_rows[r] * ROW_BYTES + i * 8 * VU, w);
                 else for (int x = 0; x < VU / 4; ++x) w[x] = 0u;
             }
 #if INT8
@@ -176,76 +192,89 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         const float my_scale = lane % 16 < valid ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 0.0f;
 #endif
 
-        // S = Q K^T: s[h][0..1] are row j's scores of keys 8h + 2qd, 8h + 2qd + 1.
-        float s[2][4];
+        // S^T = K Q^T: s[0..1] are keys j, s[2..3] keys j + 8, of rows 2q and 2q + 1. Two chains of
+        // MMAs, so that one waits on the other less.
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            s[h][0] = s[h][1] = s[h][2] = s[h][3] = 0.0f;
+        for (int c = 0; c < CHUNKS; ++c) {
+#if INT8
+            unsigned int a0, a1, a2, a3;
+            int8x4_to_f16x2(kraw[0][c], a0, a2);
+            int8x4_to_f16x2(kraw[1][c], a1, a3);
+#else
+            const unsigned int a0 = kraw[0][2 * c], a1 = kraw[1][2 * c];
+            const unsigned int a2 = kraw[0][2 * c + 1], a3 = kraw[1][2 * c + 1];
+#endif
+            mma(c % 2 ? s_odd : s, a0, a1, a2, a3, qb[c][0], qb[c][1]);
+        }
+        float score[4];
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) score[e] = s[e] + s_odd[e];
+#if INT8
+        const float kscale[2] = {__shfl_sync(0xffffffffu, my_scale, j), __shfl_sync(0xffffffffu, my_scale, j + 8)};
+        const float vscale[2] = {__shfl_sync(0xffffffffu, my_scale, 16 + j), __shfl_sync(0xffffffffu, my_scale, 24 + j)};
+#endif
+        bool grow = false;  // does a row's maximum or the V-scale bound move?
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int key = j + 8 * (e / 2), row = e % 2;
+#if INT8
+            score[e] *= score_scale * kscale[e / 2];
+#else
+            score[e] *= score_scale;
+#endif
+            if (tile.first + key >= limit[row]) score[e] = KV_NEG_INF;
+            grow |= score[e] > m[row] + TAU;
+        }
+#if INT8
+        grow |= fmaxf(vscale[0], vscale[1]) > vs_norm;
+#endif
+        if (__any_sync(0xffffffffu, grow)) {
+            // Rows' maxima over the tile (the 8 lanes of a q hold its 16 keys), and the rescale.
+            float alpha[2];
+            #pragma unroll
+            for (int row = 0; row < 2; ++row) {
+                float tile_max = fmaxf(score[row], score[row + 2]);
+                #pragma unroll
+                for (int offset = 4; offset < 32; offset *= 2)
+                    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
+                const float m_new = fmaxf(m[row], tile_max);
+                // Nothing accumulated yet while the maximum was -inf: nothing to rescale.
+                alpha[row] = m[row] == KV_NEG_INF ? 1.0f : fast_exp2(m[row] - m_new);
+                m[row] = m_new;
+                m_sub[row] = m_new == KV_NEG_INF ? 0.0f : m_new;
+                l[row] *= alpha[row];
+            }
+#if INT8
+            float vs_max = fmaxf(vscale[0], vscale[1]);
+            #pragma unroll
+            for (int offset = 4; offset < 32; offset *= 2)
+                vs_max = fmaxf(vs_max, __shfl_xor_sync(0xffffffffu, vs_max, offset));
+            const float bound = pow2_at_least(fmaxf(fmaxf(vs_max, vs_norm), FLT_MIN_NORMAL));
+            const float ratio = vs_norm == 0.0f ? 1.0f : vs_norm * pow2_inverse(bound);  // exact
+            vs_norm = bound;
+            vs_inv = pow2_inverse(bound);
+            alpha[0] *= ratio;
+            alpha[1] *= ratio;
+#endif
             #pragma unroll
             for (int c = 0; c < CHUNKS; ++c) {
-#if INT8
-                unsigned int b0, b1;
-                int8x4_to_f16x2(kraw[h][c], b0, b1);
-#else
-                const unsigned int b0 = kraw[h][2 * c], b1 = kraw[h][2 * c + 1];
-#endif
-                mma(s[h], qa[c][0], 0u, qa[c][1], 0u, b0, b1);
+                acc[c][0] *= alpha[0]; acc[c][1] *= alpha[1];
+                acc[c][2] *= alpha[0]; acc[c][3] *= alpha[1];
             }
         }
-        float score[4] = {s[0][0], s[0][1], s[1][0], s[1][1]};  // tokens mine[0..3]
-#if INT8
-        float kscale[4], vscale[4];
-        #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            kscale[r] = __shfl_sync(0xffffffffu, my_scale, mine[r]);
-            vscale[r] = __shfl_sync(0xffffffffu, my_scale, 16 + mine[r]);
-        }
-#endif
-        float tile_max = KV_NEG_INF;
-        #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-#if INT8
-            score[r] *= score_scale * kscale[r];
-#else
-            score[r] *= score_scale;
-#endif
-            if (tile.first + mine[r] >= row_limit) score[r] = KV_NEG_INF;
-            tile_max = fmaxf(tile_max, score[r]);
-        }
-        const float m_new = fmaxf(m, quad_max(tile_max));
-        // -inf while a row has seen no key of its context (a later query's keys, an unused row):
-        // subtract 0 then, so that alpha and p are 0, not NaN.
-        const float m_sub = m_new == KV_NEG_INF ? 0.0f : m_new;
-        const float alpha = exp2f(m - m_sub);
         float p[4];
         #pragma unroll
-        for (int r = 0; r < 4; ++r) p[r] = exp2f(score[r] - m_sub);
-        l = l * alpha + (p[0] + p[1]) + (p[2] + p[3]);
-        m = m_new;
-
-        // The accumulator's columns are rows 2qd and 2qd + 1: their rescale factors live in the
-        // lanes whose j is that row.
-        float rescale_even = __shfl_sync(0xffffffffu, alpha, 8 * qd);
-        float rescale_odd = __shfl_sync(0xffffffffu, alpha, 8 * qd + 4);
+        for (int e = 0; e < 4; ++e) p[e] = fast_exp2(score[e] - m_sub[e % 2]);
+        l[0] += p[0] + p[2];
+        l[1] += p[1] + p[3];
 #if INT8
-        const float vs_new = fmaxf(fmaxf(vs_max, FLT_MIN_NORMAL),
-                                   quad_max(fmaxf(fmaxf(vscale[0], vscale[1]), fmaxf(vscale[2], vscale[3]))));
-        const float ratio = vs_max / vs_new, inv = 1.0f / vs_new;
-        vs_max = vs_new;
-        rescale_even *= ratio;
-        rescale_odd *= ratio;
+        const float vweight[2] = {vscale[0] * vs_inv, vscale[1] * vs_inv};
         #pragma unroll
-        for (int r = 0; r < 4; ++r) p[r] *= vscale[r] * inv;
+        for (int e = 0; e < 4; ++e) p[e] *= vweight[e / 2];
 #endif
-        const unsigned int pb0 = pack2(p[0], p[1]), pb1 = pack2(p[2], p[3]);
-        // Once the maxima settle, most tiles need no rescaling.
-        if (__any_sync(0xffffffffu, rescale_even != 1.0f || rescale_odd != 1.0f)) {
-            #pragma unroll
-            for (int c = 0; c < CHUNKS; ++c) {
-                acc[c][0] *= rescale_even; acc[c][1] *= rescale_odd;
-                acc[c][2] *= rescale_even; acc[c][3] *= rescale_odd;
-            }
-        }
+        // P^T's fragment: the 8x8 blocks of keys 0..7 and 8..15, transposed.
+        const unsigned int pb0 = transpose8x8(pack2(p[0], p[1])), pb1 = transpose8x8(pack2(p[2], p[3]));
 
         // O^T += V^T P^T, one m16 tile of dims at a time.
         #pragma unroll
@@ -265,7 +294,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
             mma(acc[c], a0, a1, a2, a3, pb0, pb1);
         }
     }
-    l = quad_sum(l);
+    #pragma unroll
+    for (int row = 0; row < 2; ++row)
+        #pragma unroll
+        for (int offset = 4; offset < 32; offset *= 2) l[row] += __shfl_xor_sync(0xffffffffu, l[row], offset);
 
     // Combine the warps: out = sum_w 2^(m_w - M) vs_w acc_w, sum = sum_w 2^(m_w - M) l_w.
     __shared__ float s_m[WARPS][8], s_l[WARPS][8], s_vs[WARPS];
@@ -278,8 +310,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         s_acc[warp][2 * qd][d + 1] = acc[c][2];
         s_acc[warp][2 * qd + 1][d + 1] = acc[c][3];
     }
-    if (qd == 0) { s_m[warp][j] = m; s_l[warp][j] = l; }
-    if (lane == 0) s_vs[warp] = INT8 ? vs_max : 1.0f;
+    if (j == 0) {
+        s_m[warp][2 * qd] = m[0]; s_l[warp][2 * qd] = l[0];
+        s_m[warp][2 * qd + 1] = m[1]; s_l[warp][2 * qd + 1] = l[1];
+    }
+    if (lane == 0) s_vs[warp] = INT8 ? vs_norm : 1.0f;
     __syncthreads();
     const int heads = kv_heads * GROUP;
     for (int i = threadIdx.x; i < queries * GROUP * HEAD_DIM; i += THREADS) {

@@ -1,6 +1,7 @@
 // Tensor-core helpers shared by the attention kernels (decode_attention.cu, prefill_attention.cu):
-// the m16n8k16 MMA in the cache's input type, INT8 codes widened to fp16 exactly, and quad
-// reductions. Needs the INT8 define and int8_kv.cuh.
+// the m16n8k16 MMA in the cache's input type, INT8 codes widened to fp16 exactly, quad reductions,
+// and the decode kernel's exp2, powers of two and 8x8 transpose. Needs the INT8 define and
+// int8_kv.cuh.
 
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
@@ -48,4 +49,27 @@ __device__ __forceinline__ float quad_max(float x) {
 __device__ __forceinline__ float quad_sum(float x) {
     x += __shfl_xor_sync(0xffffffffu, x, 1);
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// 2^x, approximately (about 2 ulp; 0 for -inf), in one instruction: exp2f adds a range check.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
+// The smallest power of two >= x (x positive and normal), and the inverse of a power of two, exactly.
+__device__ __forceinline__ float pow2_at_least(float x) {
+    return __uint_as_float((__float_as_uint(x) + 0x007fffffu) & 0x7f800000u);
+}
+__device__ __forceinline__ float pow2_inverse(float power) {
+    return __uint_as_float(0x7f000000u - __float_as_uint(power));
+}
+
+// The 8x8 matrix of 16-bit values whose row lane / 4, columns 2 (lane % 4) and + 1, this lane
+// holds, transposed: this lane gets the same elements of the transpose.
+__device__ __forceinline__ unsigned int transpose8x8(unsigned int x) {
+    unsigned int r;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(r) : "r"(x));
+    return r;
 }

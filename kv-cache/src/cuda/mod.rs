@@ -12,6 +12,7 @@ use crate::{CacheDtype, CacheLayout};
 
 const STORE_CU: &str = include_str!("store.cu");
 const MMA_CUH: &str = include_str!("mma.cuh");
+const LAYOUT_CUH: &str = include_str!("layout.cuh");
 const DECODE_CU: &str = include_str!("decode_attention.cu");
 const PREFILL_CU: &str = include_str!("prefill_attention.cu");
 /// (query, head) rows of one thread block of prefill attention.
@@ -19,8 +20,10 @@ const PREFILL_ROWS: usize = 64;
 
 /// Tokens per split of decode attention, longest first: a context is cut into splits, each a
 /// thread block; each launch takes the longest split that still gives `target_blocks()` blocks, so
-/// that a small batch of long contexts still fills the GPU. Multiples of 16.
-const PARTITIONS: [usize; 4] = [512, 256, 128, 64];
+/// that a small batch of long contexts still fills the GPU, and a large batch pays each block's
+/// setup and combine over many keys (2048 measured faster than 512: docs/PERF.md, kernels version
+/// 16). Multiples of 16.
+const PARTITIONS: [usize; 6] = [2048, 1024, 512, 256, 128, 64];
 /// About one wave of thread blocks on an H100/H200 (132 SMs, 3 to 4 blocks each): more, shorter
 /// splits measured slower for one long sequence (docs/PERF.md, kernels version 12).
 /// `NANOVLLM_DECODE_TARGET_BLOCKS` overrides it, for tuning.
@@ -53,17 +56,25 @@ fn decode_min_blocks(dtype: CacheDtype) -> usize {
         .unwrap_or(if dtype == CacheDtype::Int8 { 4 } else { 3 })
 }
 
+/// The row of a GPU cache plane (rows of `head_dim` elements) that holds `kv_head` of `slot`, as
+/// `cache_row` in layout.cuh: `[block][kv_head][block_size]`, so that one head's tokens of a block
+/// are contiguous and the attention kernels read each 16-token tile as one run of memory.
+pub fn cache_row(layout: &CacheLayout, slot: usize, kv_head: usize) -> usize {
+    (slot / layout.block_size * layout.kv_heads + kv_head) * layout.block_size + slot % layout.block_size
+}
+
 /// One layer's K or V plane, and its scales for INT8.
 #[derive(Debug)]
 pub struct GpuPlane {
-    /// `[slots][kv_heads][head_dim]` elements (int8 codes or bf16 bits), as bytes.
+    /// Rows of `head_dim` elements (int8 codes or bf16 bits), as bytes, placed by [`cache_row`].
     pub data: CudaSlice<u8>,
     /// `[kv_heads][slots]` bf16 scales (one dummy element for bf16 caches): head-major, so that
     /// the scales of a tile of tokens are contiguous.
     pub scales: CudaSlice<bf16>,
 }
 
-/// The KV cache in GPU memory, in the layout of [`KvCache`](crate::KvCache).
+/// The KV cache in GPU memory: the blocks and slots of [`KvCache`](crate::KvCache), each block's
+/// rows ordered by kv head ([`cache_row`]).
 #[derive(Debug)]
 pub struct GpuKvCache {
     /// bf16 or INT8.
@@ -267,11 +278,12 @@ impl CacheKernels {
         let int8 = u8::from(dtype == CacheDtype::Int8).to_string();
         let store = gpu.module(
             "store_kv",
-            &format!("{INT8_KV_CUH}\n{STORE_CU}"),
+            &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{STORE_CU}"),
             &[
                 ("HEAD_DIM", head_dim.to_string()),
                 ("INT8", int8.clone()),
                 ("ROWS", store_passes(dtype).to_string()),
+                ("BLOCK_SIZE", block_size.to_string()),
             ],
         )?;
         // The shape both attention kernels are compiled for; decode adds its launch bounds.
@@ -284,11 +296,14 @@ impl CacheKernels {
         let bounds = [("THREADS", THREADS.to_string()), ("MIN_BLOCKS", decode_min_blocks(dtype).to_string())];
         let decode = gpu.module(
             "decode_attention",
-            &format!("{INT8_KV_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
+            &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
             &[&shape[..], &bounds[..]].concat(),
         )?;
-        let prefill =
-            gpu.module("prefill_attention", &format!("{INT8_KV_CUH}\n{MMA_CUH}\n{PREFILL_CU}"), &shape)?;
+        let prefill = gpu.module(
+            "prefill_attention",
+            &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{PREFILL_CU}"),
+            &shape,
+        )?;
         Ok(CacheKernels {
             target_blocks: target_blocks(),
             prefill: prefill.load_function("prefill_attention")?,

@@ -32,7 +32,7 @@ __device__ __forceinline__ void ldmatrix_x2_trans(const unsigned short* row, uns
 extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_attention(
     const bf16_t* __restrict__ q,               // [queries][kv_heads * GROUP][HEAD_DIM], query stride q_stride
     long long q_stride,
-    const unsigned char* __restrict__ key_cache,   // [slots][kv_heads][HEAD_DIM] elements
+    const unsigned char* __restrict__ key_cache,   // rows of HEAD_DIM elements, placed by cache_row (layout.cuh)
     const unsigned char* __restrict__ value_cache,
     const bf16_t* __restrict__ key_scale,       // [kv_heads][slots] (INT8 only)
     const bf16_t* __restrict__ value_scale,
@@ -100,7 +100,7 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
             if (key < valid) {
                 const int pos = key0 + key;
                 const long long slot = (long long)table[pos / BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE;
-                const long long at = (slot * kv_heads + kv_head) * ROW_BYTES + unit * 16;
+                const long long at = cache_row(slot, kv_head, kv_heads) * ROW_BYTES + unit * 16;
                 kw = *(const uint4*)(key_cache + at);
                 vw = *(const uint4*)(value_cache + at);
             }

@@ -1,10 +1,12 @@
 // Store a batch of tokens' K and V into the paged cache by slot, quantizing INT8 rows on the way.
-// Defines: HEAD_DIM (32, 64, 128 or 256), INT8 (1: int8 codes + bf16 scales; 0: bf16 rows), ROWS.
+// Defines: HEAD_DIM (32, 64, 128 or 256), INT8 (1: int8 codes + bf16 scales; 0: bf16 rows), ROWS,
+// BLOCK_SIZE (for layout.cuh).
 // Each lane owns ELEMS contiguous values of a row (16-byte loads: 16 values for INT8 rows, 8 for
 // bf16), so HEAD_DIM / ELEMS lanes share a row and a warp takes 32 / (HEAD_DIM / ELEMS) rows (token,
 // kv head, K or V) at a time, ROWS times, all loaded before any is stored. Sharing a row among fewer
 // lanes spreads a row's fixed work (its index, slot, maximum and scale) over more values: INT8 rows
-// are bound by instructions, not bytes (ncu: issue slots 83% busy, DRAM 33%).
+// were bound by instructions (ncu: issue slots 83% busy, DRAM 33%): codes come from kv_quantize4,
+// without a division or a branch per value.
 
 #define ELEMS (INT8 ? 16 : 8)               // values per lane
 #define LOADS (ELEMS / 8)                   // 16-byte loads per lane
@@ -16,7 +18,7 @@ extern "C" __global__ void store_kv(
     const bf16_t* __restrict__ value,    // same layout and stride
     long long src_stride,
     const long long* __restrict__ slots, // [tokens]; negative: padding, skipped
-    void* __restrict__ key_cache,        // [slots][kv_heads][HEAD_DIM] int8 or bf16
+    void* __restrict__ key_cache,        // rows of HEAD_DIM int8 or bf16, placed by cache_row (layout.cuh)
     void* __restrict__ value_cache,
     bf16_t* __restrict__ key_scale,      // [kv_heads][num_slots] (INT8 only)
     bf16_t* __restrict__ value_scale,
@@ -49,31 +51,31 @@ extern "C" __global__ void store_kv(
     #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         const int is_value = (int)((first + r * ROWS_PER_PASS) & 1);
-        const long long dst_row = slot[r] * kv_heads + head[r];
+        const long long dst_row = cache_row(slot[r], head[r], kv_heads);
 #if INT8
         float x[ELEMS];
-        float amax = 0.0f, poison = 0.0f;  // poison: NaN when a value is infinite or NaN
+        float amax = 0.0f;  // NaN when a value is NaN, infinite when one is
         #pragma unroll
         for (int i = 0; i < ELEMS; ++i) {
             x[i] = bf16_to_float(in[r].h[i]);
-            poison += x[i] * 0.0f;
-            amax = fmaxf(amax, fabsf(x[i]));
+            amax = kv_max_nan(amax, fabsf(x[i]));
         }
         // Reduce over the lanes of this row (every lane shuffles; padding rows stop after).
         #pragma unroll
-        for (int offset = LANES_PER_ROW / 2; offset > 0; offset >>= 1) {
-            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-            poison += __shfl_xor_sync(0xffffffffu, poison, offset);
-        }
+        for (int offset = LANES_PER_ROW / 2; offset > 0; offset >>= 1)
+            amax = kv_max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
         if (slot[r] < 0) continue;  // past the end or padding
-        const bool finite = poison == 0.0f;
+        const bool finite = amax <= 3.4028235e38f;
         const bf16_t scale = finite ? kv_scale_from_amax(amax) : KV_BF16_NAN;
-        const float step = bf16_to_float(scale), inverse = 1.0f / step;
-        union { uint4 bits; signed char c[16]; } out;
-        #pragma unroll
-        for (int i = 0; i < ELEMS; ++i) out.c[i] = (finite && step != 0.0f) ? kv_quantize_fast(x[i], step, inverse) : 0;
+        const float step = bf16_to_float(scale);
+        unsigned int codes[ELEMS / 4] = {};
+        if (finite && step != 0.0f) {
+            const float inverse = kv_reciprocal(step);
+            #pragma unroll
+            for (int i = 0; i < ELEMS / 4; ++i) codes[i] = kv_quantize4(&x[4 * i], step, inverse);
+        }
         signed char* dst = (signed char*)(is_value ? value_cache : key_cache) + dst_row * HEAD_DIM + part * ELEMS;
-        *(uint4*)dst = out.bits;
+        *(uint4*)dst = make_uint4(codes[0], codes[1], codes[2], codes[3]);
         if (part == 0) (is_value ? value_scale : key_scale)[head[r] * num_slots + slot[r]] = scale;
 #else
         if (slot[r] < 0) continue;  // past the end or padding

@@ -30,19 +30,42 @@ __device__ __forceinline__ bf16_t kv_scale_from_amax(float amax) {
     return scale;
 }
 
-// Step 6: one code, from the stored scale (step > 0).
-__device__ __forceinline__ signed char kv_quantize(float x, float step) {
-    return (signed char)fminf(fmaxf(rintf(x / step), -KV_QMAX), KV_QMAX);
+// Step 6 (x / step rounded half to even, clamped to +-127) for four values at once, packed (first
+// value in the low byte), bit for bit without a division. q = x * inverse, with `inverse` within an
+// ulp or two of 1 / step, lies within 1e-4 of t = x / step (|t| <= 127.5). So mid = rint(q - 1/2) +
+// 1/2 is a half-integer within 0.51 of t, and rint(t) is mid + 1/2 when t > mid, mid - 1/2 when t <
+// mid, and the even one at a tie. fma(-mid, step, x) has the sign of t - mid exactly: x and step are
+// bf16s (step a normal one), so x - mid * step is a multiple of 2^-134, which one rounding cannot
+// turn into 0. That sign, blown up and clamped to +-1/4, nudges mid to the right side; adding 1.5 *
+// 2^23 then rounds to the integer (ties to even) and leaves it in the sum's low byte, in two's
+// complement.
+#define KV_ROUND_MAGIC 12582912.0f  // 1.5 * 2^23
+
+__device__ __forceinline__ unsigned int kv_quantize4(const float* x, float step, float inverse) {
+    unsigned int bits[4];
+    #pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const float q = __fmul_rn(x[k], inverse);
+        const float mid = (((q - 0.5f) + KV_ROUND_MAGIC) - KV_ROUND_MAGIC) + 0.5f;
+        const float side = __fmaf_rn(-mid, step, x[k]);
+        const float nudge = fminf(fmaxf(side * 0x1p117f, -0.25f), 0.25f);
+        const float code = fminf(fmaxf(mid + nudge, -KV_QMAX), KV_QMAX);
+        bits[k] = __float_as_uint(code + KV_ROUND_MAGIC);
+    }
+    return __byte_perm(__byte_perm(bits[0], bits[1], 0x40u), __byte_perm(bits[2], bits[3], 0x40u), 0x5410u);
 }
 
-// Step 6 without a division per element, giving the same code: `inverse` is 1 / step (IEEE).
-// q = x * inverse is within 2u|t| + u^2|t| of t = x / step (u = 2^-24), and the IEEE quotient within
-// u|t|; with |t| <= 128 they differ by less than 2.3e-5, so their nearest integers differ only when
-// the quotient lies within that of a half-integer, and q then within 4.6e-5 of it: those take the
-// division.
-__device__ __forceinline__ signed char kv_quantize_fast(float x, float step, float inverse) {
-    const float q = x * inverse;
-    const float nearest = rintf(q);
-    if (fabsf(q - nearest) > 0.5f - 1e-4f) return kv_quantize(x, step);
-    return (signed char)fminf(fmaxf(nearest, -KV_QMAX), KV_QMAX);
+// An approximate 1 / x (within 2 ulp; x normal), enough for kv_quantize4's `inverse`.
+__device__ __forceinline__ float kv_reciprocal(float x) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
+// max(a, b), NaN if either is NaN (fmaxf drops a NaN): a row's largest magnitude then says whether
+// every value is finite.
+__device__ __forceinline__ float kv_max_nan(float a, float b) {
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
 }
