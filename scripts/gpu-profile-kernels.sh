@@ -15,7 +15,7 @@ export NANOVLLM_CACHE_DIR=$modules
 IFS=';' read -ra jobs <<< "${PROFILE:-Qwen3-8B 128x4096 int8|decode_attention_partial;store int8|store_kv}"
 for job in "${jobs[@]}"; do
   filter=${job%|*} kernel=${job#*|}
-  name=$(echo "${TAG:-}$filter" | tr ' ' '_')
+  name=$(echo "${TAG:-}$filter-$kernel" | tr ' ' '_')
   timeout 300 "$ncu" --clock-control none --set full --kernel-name "$kernel" --launch-skip 5 --launch-count 1 \
     -f -o "$out/$name" target/release/examples/bench_kernels 4.27 "$filter" > "$out/$name.log" 2>&1 \
     || echo "profile $name FAILED" | tee -a "$out/$name.log"

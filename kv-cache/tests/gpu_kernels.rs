@@ -295,6 +295,16 @@ fn attention_kernels_match_the_reference() {
             contexts: vec![2, 600],
             queries: 1,
         },
+        // Short contexts: one split each, so the partial kernel writes the output itself.
+        DecodeCase {
+            dtype: CacheDtype::Int8,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 16,
+            contexts: vec![1, 5, 16, 17, 33, 64],
+            queries: 1,
+        },
         // Prefill chunks: the last 37 (or fewer) positions of each sequence, in groups.
         DecodeCase {
             dtype: CacheDtype::Int8,

@@ -1,6 +1,7 @@
 // Paged attention (decode, and prefill in query groups) on tensor cores, reading the cache in place. INT8 rows become exact fp16
-// integers in registers (two byte permutes and a subtraction per four codes); the K scale is folded
-// into the score and the V scale into the probability. bf16 rows go to the tensor cores as they are.
+// integers in registers (two byte permutes and a subtraction per four codes; keys skip the
+// subtraction, their 1152 offset taken out once per row); the K scale is folded into the score and
+// the V scale into the probability. bf16 rows go to the tensor cores as they are.
 // Defines: HEAD_DIM (32, 64, 128 or 256), GROUP (query heads per kv head, at most 8), INT8 (0/1),
 // BLOCK_SIZE (slots per cache block, multiple of 16), THREADS (threads per block), MIN_BLOCKS
 // (thread blocks per SM the register allocation must allow).
@@ -95,6 +96,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     const int* __restrict__ context_lens,       // [batch]: a query's causal context
     const int* __restrict__ query_groups,       // [groups + 1]: each group's first query, then the end
     const int* __restrict__ group_tables,       // [groups]: the row of block_tables a group reads
+    bf16_t* __restrict__ out,                   // [batch][heads][HEAD_DIM], written here when max_splits is 1
     float* __restrict__ partial_out,            // [batch][heads][max_splits][HEAD_DIM]
     float* __restrict__ partial_max,            // [batch][heads][max_splits], natural log units
     float* __restrict__ partial_sum,
@@ -106,7 +108,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     int context = 0;
     for (int i = 0; i < queries; ++i) context = max(context, context_lens[first_query + i]);
     const int start = split * partition;
-    if (start >= context) return;
+    const int heads = kv_heads * GROUP;
+    if (start >= context) {
+        // A group with no context (padding rows of a CUDA graph) reads nothing and gets zeros; with
+        // more than one split, the reduce kernel writes them.
+        if (max_splits == 1)
+            for (int i = threadIdx.x; i < queries * GROUP * HEAD_DIM; i += THREADS) {
+                const int g = i / HEAD_DIM, token = first_query + g / GROUP;
+                out[((long long)token * heads + kv_head * GROUP + g % GROUP) * HEAD_DIM + i % HEAD_DIM] = 0;
+            }
+        return;
+    }
     const int n = min(context - start, partition);
     // Row r of the group: query r / GROUP (if it exists), head r % GROUP of the kv head. Keys of this
     // split that it may see: [0, limit), split-relative.
@@ -157,6 +169,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         }
     }
 
+    // Where each tile's QK chain starts. INT8 keys enter the MMA as x + 1152 (no subtraction per
+    // code), so the chain starts at -1152 * (sum of the row's q), computed by the same MMA once.
+    float s_start[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#if INT8
+    #pragma unroll
+    for (int c = 0; c < CHUNKS; ++c)
+        mma(s_start, INT8_F16_BIAS, INT8_F16_BIAS, INT8_F16_BIAS, INT8_F16_BIAS, qb[c][0], qb[c][1]);
+    #pragma unroll
+    for (int e = 0; e < 4; ++e) s_start[e] = -s_start[e];
+#endif
+
     float acc[CHUNKS][4];
     #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = 0.0f;
@@ -194,13 +217,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
 
         // S^T = K Q^T: s[0..1] are keys j, s[2..3] keys j + 8, of rows 2q and 2q + 1. Two chains of
         // MMAs, so that one waits on the other less.
-        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        float s[4] = {s_start[0], s_start[1], s_start[2], s_start[3]}, s_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
 #if INT8
             unsigned int a0, a1, a2, a3;
-            int8x4_to_f16x2(kraw[0][c], a0, a2);
-            int8x4_to_f16x2(kraw[1][c], a1, a3);
+            int8x4_to_biased_f16x2(kraw[0][c], a0, a2);
+            int8x4_to_biased_f16x2(kraw[1][c], a1, a3);
 #else
             const unsigned int a0 = kraw[0][2 * c], a1 = kraw[1][2 * c];
             const unsigned int a2 = kraw[0][2 * c + 1], a3 = kraw[1][2 * c + 1];
@@ -316,10 +339,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     }
     if (lane == 0) s_vs[warp] = INT8 ? vs_norm : 1.0f;
     __syncthreads();
-    const int heads = kv_heads * GROUP;
     for (int i = threadIdx.x; i < queries * GROUP * HEAD_DIM; i += THREADS) {
         const int g = i / HEAD_DIM, d = i % HEAD_DIM, token = first_query + g / GROUP;
-        if (start >= context_lens[token]) continue;  // a split past this query's context: never read
+        const long long row = (long long)token * heads + kv_head * GROUP + g % GROUP;
+        if (start >= context_lens[token]) {  // a split past this query's context: never read
+            if (max_splits == 1) out[row * HEAD_DIM + d] = 0;
+            continue;
+        }
         float big = KV_NEG_INF;
         #pragma unroll
         for (int w = 0; w < WARPS; ++w) big = fmaxf(big, s_m[w][g]);
@@ -330,31 +356,39 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
             sum += weight * s_vs[w] * s_acc[w][g][d];
             total += weight * s_l[w][g];
         }
-        const long long at = ((long long)token * heads + kv_head * GROUP + g % GROUP) * max_splits + split;
+        if (max_splits == 1) {  // the whole context: the output itself, no reduce kernel
+            out[row * HEAD_DIM + d] = float_to_bf16(sum / total);
+            continue;
+        }
+        const long long at = row * max_splits + split;
         partial_out[at * HEAD_DIM + d] = sum;
         if (d == 0) { partial_max[at] = big * LN2; partial_sum[at] = total; }
     }
 }
 
-// A sum or maximum over the block (HEAD_DIM threads), returned to every thread.
+// A sum or maximum over the block's threads, returned to every thread.
 __device__ __forceinline__ float block_reduce(float x, bool is_max, float* scratch) {
     #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) {
         const float other = __shfl_xor_sync(0xffffffffu, x, offset);
         x = is_max ? fmaxf(x, other) : x + other;
     }
-    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
+    const int tid = threadIdx.y * blockDim.x + threadIdx.x, warps = blockDim.x * blockDim.y / 32;
+    if (tid % 32 == 0) scratch[tid / 32] = x;
     __syncthreads();
     float r = scratch[0];
-    for (int w = 1; w < HEAD_DIM / 32; ++w) r = is_max ? fmaxf(r, scratch[w]) : r + scratch[w];
+    for (int w = 1; w < warps; ++w) r = is_max ? fmaxf(r, scratch[w]) : r + scratch[w];
     __syncthreads();  // scratch is reused
     return r;
 }
 
+#define MAX_REDUCE_GROUPS 4
+
 // Combine the splits of each (query, head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
-// The block's threads share the splits' weights (dynamic shared memory, max_splits floats), so that
-// each thread's sum over the splits of its dim is independent loads, many in flight: one long
-// context has hundreds of splits.
+// Block (HEAD_DIM, groups) threads, groups (at most 4) chosen per launch by the number of splits:
+// the splits' weights are computed by all threads at once and shared (dynamic shared memory,
+// max_splits floats); thread (d, r) sums dim d over splits r, r + groups, ..., unrolled, so that one
+// long context's hundreds of splits are many loads in flight.
 extern "C" __global__ void decode_attention_reduce(
     const float* __restrict__ partial_out, const float* __restrict__ partial_max,
     const float* __restrict__ partial_sum, const int* __restrict__ context_lens,
@@ -362,15 +396,17 @@ extern "C" __global__ void decode_attention_reduce(
     int heads, int max_splits, int partition)
 {
     extern __shared__ float s_weight[];         // [max_splits]
-    __shared__ float s_scratch[HEAD_DIM / 32];
-    const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
+    __shared__ float s_scratch[32];
+    __shared__ float s_sums[MAX_REDUCE_GROUPS][HEAD_DIM];
+    const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x, r = threadIdx.y, groups = blockDim.y;
+    const int tid = r * HEAD_DIM + d, threads = HEAD_DIM * groups;
     const int splits = (context_lens[b] + partition - 1) / partition;
     const long long base = ((long long)b * heads + h) * max_splits;
     float m = KV_NEG_INF;
-    for (int s = d; s < splits; s += HEAD_DIM) m = fmaxf(m, partial_max[base + s]);
+    for (int s = tid; s < splits; s += threads) m = fmaxf(m, partial_max[base + s]);
     m = block_reduce(m, true, s_scratch);
     float l = 0.0f;
-    for (int s = d; s < splits; s += HEAD_DIM) {
+    for (int s = tid; s < splits; s += threads) {
         const float w = expf(partial_max[base + s] - m);
         s_weight[s] = w;
         l += w * partial_sum[base + s];
@@ -378,7 +414,12 @@ extern "C" __global__ void decode_attention_reduce(
     l = block_reduce(l, false, s_scratch);  // its barrier also publishes s_weight
     float o = 0.0f;
     #pragma unroll 8
-    for (int s = 0; s < splits; ++s) o += s_weight[s] * partial_out[(base + s) * HEAD_DIM + d];
+    for (int s = r; s < splits; s += groups) o += s_weight[s] * partial_out[(base + s) * HEAD_DIM + d];
+    s_sums[r][d] = o;
+    __syncthreads();
+    if (r != 0) return;
+    o = 0.0f;
+    for (int g = 0; g < groups; ++g) o += s_sums[g][d];
     // A query with no context (a padding row of a CUDA graph) reads nothing and gets zeros.
     out[((long long)b * heads + h) * HEAD_DIM + d] = float_to_bf16(l > 0.0f ? o / l : 0.0f);
 }

@@ -12,13 +12,21 @@
 #define MMA_AB "bf16"
 #endif
 
+// Four INT8 codes x as two fp16x2 (codes 0,1 and 2,3) of x + 1152, exactly: two byte permutes put
+// x + 128 in the low mantissa bits of 1024.
+#define INT8_F16_BIAS 0x64806480u  // 1152 in both halves
+__device__ __forceinline__ void int8x4_to_biased_f16x2(unsigned int w, unsigned int& lo, unsigned int& hi) {
+    const unsigned int biased = w ^ 0x80808080u;
+    lo = __byte_perm(biased, 0x64646464u, 0x4140u);
+    hi = __byte_perm(biased, 0x64646464u, 0x4342u);
+}
+
 // Four INT8 codes as two fp16x2 (codes 0,1 and 2,3), exactly: 1024 + (x + 128) - 1152.
 __device__ __forceinline__ void int8x4_to_f16x2(unsigned int w, unsigned int& lo, unsigned int& hi) {
-    const unsigned int biased = w ^ 0x80808080u;
-    const unsigned int a = __byte_perm(biased, 0x64646464u, 0x4140u);
-    const unsigned int b = __byte_perm(biased, 0x64646464u, 0x4342u);
-    asm("sub.f16x2 %0, %1, %2;" : "=r"(lo) : "r"(a), "r"(0x64806480u));
-    asm("sub.f16x2 %0, %1, %2;" : "=r"(hi) : "r"(b), "r"(0x64806480u));
+    unsigned int a, b;
+    int8x4_to_biased_f16x2(w, a, b);
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(lo) : "r"(a), "r"(INT8_F16_BIAS));
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(hi) : "r"(b), "r"(INT8_F16_BIAS));
 }
 
 // Two floats as one 16-bit pair (first in the low half), in the MMA's input type.

@@ -4,7 +4,7 @@
 
 use half::bf16;
 use kv_quant::cuda::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg, sys::CUdevice_attribute,
 };
 use kv_quant::cuda::{Gpu, GpuError, INT8_KV_CUH};
 
@@ -19,22 +19,28 @@ const PREFILL_CU: &str = include_str!("prefill_attention.cu");
 const PREFILL_ROWS: usize = 64;
 
 /// Tokens per split of decode attention, longest first: a context is cut into splits, each a
-/// thread block; each launch takes the longest split that still gives `target_blocks()` blocks, so
-/// that a small batch of long contexts still fills the GPU, and a large batch pays each block's
-/// setup and combine over many keys (2048 measured faster than 512: docs/PERF.md, kernels version
-/// 16). Multiples of 16.
-const PARTITIONS: [usize; 6] = [2048, 1024, 512, 256, 128, 64];
-/// About one wave of thread blocks on an H100/H200 (132 SMs, 3 to 4 blocks each): more, shorter
-/// splits measured slower for one long sequence (docs/PERF.md, kernels version 12).
-/// `NANOVLLM_DECODE_TARGET_BLOCKS` overrides it, for tuning.
-fn target_blocks() -> usize {
-    std::env::var("NANOVLLM_DECODE_TARGET_BLOCKS").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+/// thread block. Each launch picks one by `DecodeWorkspace::partition`'s cost: long splits spread
+/// a block's setup and combining over many keys (2048 measured faster than 512 for batches:
+/// docs/PERF.md, kernels version 16), short ones let a few long contexts fill the GPU. Multiples of 16.
+const PARTITIONS: [usize; 7] = [4096, 2048, 1024, 512, 256, 128, 64];
+/// A thread block's fixed work (loading q, combining its warps, writing its results), in keys
+/// of streaming: its cost in `DecodeWorkspace::partition`.
+const BLOCK_SETUP_KEYS: usize = 256;
+/// The reduce kernel's launch when a context takes more than one split, in keys of one block's
+/// streaming.
+const REDUCE_KEYS: usize = 128;
+/// Thread groups of the reduce kernel (each `head_dim` threads) for a launch with `splits` splits:
+/// one per 8 splits, up to 4 (`MAX_REDUCE_GROUPS` in decode_attention.cu), so that a few splits
+/// do not leave most threads idle and many splits are summed by four groups at once.
+fn reduce_groups(splits: usize) -> u32 {
+    (splits / 8).clamp(1, 4) as u32
 }
 const THREADS: u32 = 128;
-/// Values of a row each lane of the store kernel takes (as `ELEMS` in store.cu): 16-byte loads,
-/// two for an INT8 row.
-fn store_values_per_lane(dtype: CacheDtype) -> usize {
-    if dtype == CacheDtype::Int8 { 16 } else { 8 }
+/// Values of a row each lane of the store kernel takes (as `ELEMS` in store.cu), in 16-byte loads:
+/// an INT8 row's per-row work (its maximum, scale and index) is spread over 32 values (measured
+/// faster than 16: docs/PERF.md, kernels version 17), a bf16 row is one load.
+fn store_values_per_lane(dtype: CacheDtype, head_dim: usize) -> usize {
+    if dtype == CacheDtype::Int8 { head_dim.min(32) } else { 8 }
 }
 
 /// Passes of the store kernel per warp, each over 32 / (head_dim / values per lane) rows (token, kv
@@ -164,12 +170,14 @@ impl DecodeWorkspace {
         })
     }
 
-    /// The longest partition that gives `target` thread blocks for `groups` query groups
-    /// (else the shortest that fits this workspace's results for `queries` queries; else the
-    /// whole context in one split), and the splits of a context of `max_context`.
+    /// The split length for `groups` query groups with contexts up to `max_context`, and the
+    /// splits it makes: the one whose thread blocks, run in waves over the GPU's `slots` (SMs x
+    /// resident blocks per SM), leave each slot the least work, counting each block's setup and
+    /// the reduce kernel (ties go to the longer split). Only partitions whose results fit this
+    /// workspace for `queries` queries count; if none does, the whole context is one split.
     fn partition(
         &self,
-        target: usize,
+        slots: usize,
         groups: usize,
         queries: usize,
         heads: usize,
@@ -177,14 +185,17 @@ impl DecodeWorkspace {
         max_context: usize,
     ) -> (usize, usize) {
         let mut chosen = (max_context.next_multiple_of(16).max(16), 1);
+        let mut least = usize::MAX;
         for partition in PARTITIONS {
             let splits = max_context.div_ceil(partition).max(1);
             if queries * heads * splits > self.capacity {
-                break;
+                continue;
             }
-            chosen = (partition, splits);
-            if groups * kv_heads * splits >= target {
-                break;
+            let waves = (groups * kv_heads * splits).div_ceil(slots.max(1));
+            let reduce = if splits > 1 { REDUCE_KEYS } else { 0 };
+            let cost = waves * (partition.min(max_context) + BLOCK_SETUP_KEYS) + reduce;
+            if cost < least {
+                (least, chosen) = (cost, (partition, splits));
             }
         }
         chosen
@@ -236,8 +247,8 @@ impl AttentionScalars {
 /// The compiled store and attention kernels for one cache shape.
 #[derive(Debug)]
 pub struct CacheKernels {
-    /// Thread blocks decode attention's splits aim for.
-    target_blocks: usize,
+    /// Thread blocks of decode attention the GPU runs at once (SMs x `MIN_BLOCKS`).
+    block_slots: usize,
     prefill: CudaFunction,
     store: CudaFunction,
     partial: CudaFunction,
@@ -284,6 +295,7 @@ impl CacheKernels {
                 ("INT8", int8.clone()),
                 ("ROWS", store_passes(dtype).to_string()),
                 ("BLOCK_SIZE", block_size.to_string()),
+                ("ELEMS", store_values_per_lane(dtype, head_dim).to_string()),
             ],
         )?;
         // The shape both attention kernels are compiled for; decode adds its launch bounds.
@@ -304,8 +316,9 @@ impl CacheKernels {
             &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{PREFILL_CU}"),
             &shape,
         )?;
+        let sms = gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         Ok(CacheKernels {
-            target_blocks: target_blocks(),
+            block_slots: sms.max(1) as usize * decode_min_blocks(dtype),
             prefill: prefill.load_function("prefill_attention")?,
             store: store.load_function("store_kv")?,
             partial: decode.load_function("decode_attention_partial")?,
@@ -313,7 +326,8 @@ impl CacheKernels {
             head_dim,
             group,
             block_size,
-            store_rows: store_passes(dtype) * (32 / (head_dim / store_values_per_lane(dtype))) as u32,
+            store_rows: store_passes(dtype)
+                * (32 / (head_dim / store_values_per_lane(dtype, head_dim))) as u32,
         })
     }
 
@@ -438,7 +452,7 @@ impl CacheKernels {
         let heads = (kv_heads * self.group) as i32;
         let softmax_scale = 1.0f32 / (self.head_dim as f32).sqrt();
         let (partition, splits) = workspace.partition(
-            self.target_blocks,
+            self.block_slots,
             queries.num_groups,
             batch,
             heads as usize,
@@ -462,6 +476,7 @@ impl CacheKernels {
         let mut launch = gpu.stream.launch_builder(&self.partial);
         scalars.push(&mut launch, q, keys, values, queries);
         launch
+            .arg(&mut *out)
             .arg(&mut workspace.partial_out)
             .arg(&mut workspace.partial_max)
             .arg(&mut workspace.partial_sum)
@@ -472,14 +487,17 @@ impl CacheKernels {
         // SAFETY: the arguments match decode_attention_partial's signature; the caller's block
         // tables name blocks of this cache, its context lengths fit their tables and the
         // workspace's max_splits, its groups are ascending query indices up to num_queries, and
-        // each group's table row exists.
+        // each group's table row exists; `out` holds num_queries rows of heads x head_dim.
         #[allow(unsafe_code)]
         unsafe {
             launch.launch(config)?;
         }
+        if splits == 1 {
+            return Ok(()); // one split per context: the partial kernel wrote the output
+        }
         let config = LaunchConfig {
             grid_dim: (heads as u32, batch as u32, 1),
-            block_dim: (self.head_dim as u32, 1, 1),
+            block_dim: (self.head_dim as u32, reduce_groups(splits), 1),
             shared_mem_bytes: 4 * splits as u32, // one weight per split
         };
         let mut launch = gpu.stream.launch_builder(&self.reduce);

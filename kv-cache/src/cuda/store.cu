@@ -1,14 +1,12 @@
 // Store a batch of tokens' K and V into the paged cache by slot, quantizing INT8 rows on the way.
 // Defines: HEAD_DIM (32, 64, 128 or 256), INT8 (1: int8 codes + bf16 scales; 0: bf16 rows), ROWS,
-// BLOCK_SIZE (for layout.cuh).
-// Each lane owns ELEMS contiguous values of a row (16-byte loads: 16 values for INT8 rows, 8 for
-// bf16), so HEAD_DIM / ELEMS lanes share a row and a warp takes 32 / (HEAD_DIM / ELEMS) rows (token,
-// kv head, K or V) at a time, ROWS times, all loaded before any is stored. Sharing a row among fewer
-// lanes spreads a row's fixed work (its index, slot, maximum and scale) over more values: INT8 rows
-// were bound by instructions (ncu: issue slots 83% busy, DRAM 33%): codes come from kv_quantize4,
-// without a division or a branch per value.
+// ELEMS, BLOCK_SIZE (for layout.cuh).
+// Each lane owns ELEMS contiguous values of a row (16-byte loads: 32 values of an INT8 row, 8 of a
+// bf16 row), so HEAD_DIM / ELEMS lanes share a row and a warp takes 32 / (HEAD_DIM / ELEMS) rows
+// (token, kv head, K or V) at a time, ROWS times, all loaded before any is stored. Sharing a row
+// among few lanes spreads a row's fixed work (its index, slot, maximum and scale) over many values;
+// INT8 codes cost three float operations each (kv_quantize4 in int8_kv.cuh).
 
-#define ELEMS (INT8 ? 16 : 8)               // values per lane
 #define LOADS (ELEMS / 8)                   // 16-byte loads per lane
 #define LANES_PER_ROW (HEAD_DIM / ELEMS)
 #define ROWS_PER_PASS (32 / LANES_PER_ROW)
@@ -70,12 +68,18 @@ extern "C" __global__ void store_kv(
         const float step = bf16_to_float(scale);
         unsigned int codes[ELEMS / 4] = {};
         if (finite && step != 0.0f) {
-            const float inverse = kv_reciprocal(step);
-            #pragma unroll
-            for (int i = 0; i < ELEMS / 4; ++i) codes[i] = kv_quantize4(&x[4 * i], step, inverse);
+            const float inverse = __frcp_rn(step);
+            if (scale == KV_MAX_SCALE_BITS) {
+                #pragma unroll
+                for (int i = 0; i < ELEMS / 4; ++i) codes[i] = kv_quantize4<true>(&x[4 * i], inverse);
+            } else {
+                #pragma unroll
+                for (int i = 0; i < ELEMS / 4; ++i) codes[i] = kv_quantize4<false>(&x[4 * i], inverse);
+            }
         }
-        signed char* dst = (signed char*)(is_value ? value_cache : key_cache) + dst_row * HEAD_DIM + part * ELEMS;
-        *(uint4*)dst = make_uint4(codes[0], codes[1], codes[2], codes[3]);
+        uint4* dst = (uint4*)((signed char*)(is_value ? value_cache : key_cache) + dst_row * HEAD_DIM + part * ELEMS);
+        #pragma unroll
+        for (int i = 0; i < ELEMS / 16; ++i) dst[i] = make_uint4(codes[4 * i], codes[4 * i + 1], codes[4 * i + 2], codes[4 * i + 3]);
         if (part == 0) (is_value ? value_scale : key_scale)[head[r] * num_slots + slot[r]] = scale;
 #else
         if (slot[r] < 0) continue;  // past the end or padding

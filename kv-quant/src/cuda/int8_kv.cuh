@@ -31,35 +31,30 @@ __device__ __forceinline__ bf16_t kv_scale_from_amax(float amax) {
 }
 
 // Step 6 (x / step rounded half to even, clamped to +-127) for four values at once, packed (first
-// value in the low byte), bit for bit without a division. q = x * inverse, with `inverse` within an
-// ulp or two of 1 / step, lies within 1e-4 of t = x / step (|t| <= 127.5). So mid = rint(q - 1/2) +
-// 1/2 is a half-integer within 0.51 of t, and rint(t) is mid + 1/2 when t > mid, mid - 1/2 when t <
-// mid, and the even one at a tie. fma(-mid, step, x) has the sign of t - mid exactly: x and step are
-// bf16s (step a normal one), so x - mid * step is a multiple of 2^-134, which one rounding cannot
-// turn into 0. That sign, blown up and clamped to +-1/4, nudges mid to the right side; adding 1.5 *
-// 2^23 then rounds to the integer (ties to even) and leaves it in the sum's low byte, in two's
-// complement.
-#define KV_ROUND_MAGIC 12582912.0f  // 1.5 * 2^23
+// value in the low byte), bit for bit with neither a division nor a branch. x and step are bf16s
+// (8 significant bits; step normal), so t = x / step is either exactly a half-integer h or at least
+// 2^-10 away from every one: where |t| is near h, x's exponent is at least step's minus 2, so
+// x - h * step is a multiple of ulp(step) / 4, and step < 2^8 ulp(step). q = x * (1 / step), with
+// the reciprocal correctly rounded, lies within 2^-16 of t (|t| < 128). Rounding q to a multiple of
+// 2^-12 (adding 1.5 * 2^11) thus gives exactly h at a tie, and otherwise a value on t's side of every
+// half-integer; adding 1.5 * 2^23 - 1.5 * 2^11 then rounds that to the integer (ties to even) and
+// leaves it in the sum's low byte, in two's complement. The clamp to +-127 matters only for a row
+// whose scale was capped (step 5): otherwise step >= amax / 127 * (1 - 2^-9), so |t| <= 127.25.
+#define KV_SNAP_MAGIC 3072.0f       // 1.5 * 2^11: sums have ulp 2^-12
+#define KV_ROUND_MAGIC 12582912.0f  // 1.5 * 2^23: sums have ulp 1
 
-__device__ __forceinline__ unsigned int kv_quantize4(const float* x, float step, float inverse) {
+template <bool CAPPED>
+__device__ __forceinline__ unsigned int kv_quantize4(const float* x, float inverse) {
     unsigned int bits[4];
     #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        const float q = __fmul_rn(x[k], inverse);
-        const float mid = (((q - 0.5f) + KV_ROUND_MAGIC) - KV_ROUND_MAGIC) + 0.5f;
-        const float side = __fmaf_rn(-mid, step, x[k]);
-        const float nudge = fminf(fmaxf(side * 0x1p117f, -0.25f), 0.25f);
-        const float code = fminf(fmaxf(mid + nudge, -KV_QMAX), KV_QMAX);
-        bits[k] = __float_as_uint(code + KV_ROUND_MAGIC);
+        const float snapped = __fadd_rn(__fmul_rn(x[k], inverse), KV_SNAP_MAGIC);
+        const float rounded = CAPPED
+            ? __fadd_rn(fminf(fmaxf(__fadd_rn(snapped, -KV_SNAP_MAGIC), -KV_QMAX), KV_QMAX), KV_ROUND_MAGIC)
+            : __fadd_rn(snapped, KV_ROUND_MAGIC - KV_SNAP_MAGIC);
+        bits[k] = __float_as_uint(rounded);
     }
     return __byte_perm(__byte_perm(bits[0], bits[1], 0x40u), __byte_perm(bits[2], bits[3], 0x40u), 0x5410u);
-}
-
-// An approximate 1 / x (within 2 ulp; x normal), enough for kv_quantize4's `inverse`.
-__device__ __forceinline__ float kv_reciprocal(float x) {
-    float r;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
-    return r;
 }
 
 // max(a, b), NaN if either is NaN (fmaxf drops a NaN): a row's largest magnitude then says whether
