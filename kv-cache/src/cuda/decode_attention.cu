@@ -191,13 +191,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     for (int k = 0; warp + k * WARPS < tiles; ++k) {
         const Tile tile = tile_at(k);
         const int valid = tile.valid;
+        // INT8 rows past the context in the last tile are read anyway (they lie in the sequence's
+        // block, and codes are always finite): their scales are 0 and their scores masked, so no
+        // load needs a predicate. bf16 rows there may hold anything, NaN included: not read.
+        constexpr bool read_all = INT8;
         unsigned int kraw[2][KW], vraw[4][VW];
         #pragma unroll
         for (int h = 0; h < 2; ++h)
             #pragma unroll
             for (int i = 0; i < KB / KU; ++i) {
                 unsigned int* w = &kraw[h][i * (KU / 4)];
-                if (8 * h + j < valid) load_bytes<KU>(tile.key + key_lane + h * 8 * ROW_BYTES + i * 4 * KU, w);
+                if (read_all || 8 * h + j < valid) load_bytes<KU>(tile.key + key_lane + h * 8 * ROW_BYTES + i * 4 * KU, w);
                 else for (int x = 0; x < KU / 4; ++x) w[x] = 0u;
             }
         #pragma unroll
@@ -205,7 +209,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
             #pragma unroll
             for (int i = 0; i < VB / VU; ++i) {
                 unsigned int* w = &vraw[r][i * (VU / 4)];
-                if (2 * qd + value_rows[r] < valid)
+                if (read_all || 2 * qd + value_rows[r] < valid)
                     load_bytes<VU>(tile.value + value_lane + value_rows[r] * ROW_BYTES + i * 8 * VU, w);
                 else for (int x = 0; x < VU / 4; ++x) w[x] = 0u;
             }
