@@ -156,3 +156,45 @@ fn f16_saturation_case_is_exercised() {
     dequantize_row(&codes, scale, &mut back).unwrap();
     assert_eq!(back[0], f16::MAX);
 }
+
+/// The GPU store's code for `x` (`kv_quantize4` in `src/cuda/int8_kv.cuh`), the same f32
+/// operations in the same order (each rounds to nearest even, as the kernel's `__fmul_rn`,
+/// `__fadd_rn` and `__frcp_rn` do): `x * (1 / step)` rounded to a multiple of 2^-12, then to an
+/// integer, by adding magic numbers; no division. `capped`: the row's scale is the format's cap.
+fn division_free_code(x: f32, step: f32, capped: bool) -> i8 {
+    const SNAP: f32 = 3072.0; // 1.5 * 2^11
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    let snapped = x * (1.0 / step) + SNAP;
+    let rounded = if capped { (snapped - SNAP).clamp(-QMAX, QMAX) + ROUND } else { snapped + (ROUND - SNAP) };
+    rounded.to_bits() as u8 as i8
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20000))]
+
+    /// The GPU store's rounding gives the format's code (step 6: the division, ties to even) for
+    /// bf16 values over a bf16 scale: anywhere, on exact ties, and one bf16 step beside a tie
+    /// (the closest a non-tie gets); |x / step| is at most 127.25 in a row whose
+    /// scale is not capped (steps 3-5).
+    #[test]
+    fn the_gpu_stores_division_free_rounding_is_the_division(
+        step_bits in 0x0080u16..=MAX_SCALE.to_bits(),
+        t in -127.25f32..127.25,
+        k in prop_oneof![-2i32..2, -127i32..127],
+        kind in 0u8..4,
+    ) {
+        let step = bf16::from_bits(step_bits).to_f32();
+        let tie = bf16::from_f32((k as f32 + 0.5) * step);
+        let x = match kind {
+            0 => bf16::from_f32(t * step),
+            1 => tie,
+            2 => bf16::from_bits(tie.to_bits().wrapping_add(1)),
+            _ => bf16::from_bits(tie.to_bits().wrapping_sub(1)),
+        }
+        .to_f32();
+        let capped = step_bits == MAX_SCALE.to_bits();
+        prop_assume!(x.is_finite() && (capped || (x / step).abs() <= 127.25));
+        let expected = (x / step).round_ties_even().clamp(-QMAX, QMAX) as i8;
+        prop_assert_eq!(division_free_code(x, step, capped), expected, "x={:e} step={:e}", x, step);
+    }
+}
