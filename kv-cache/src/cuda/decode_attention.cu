@@ -188,19 +188,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     float m[2] = {KV_NEG_INF, KV_NEG_INF}, m_sub[2] = {0.0f, 0.0f}, l[2] = {0.0f, 0.0f};
     float vs_norm = 0.0f, vs_inv = 0.0f;  // INT8: V scales are multiplied by vs_inv = 1 / vs_norm
 
-    // One tile's K and V rows (and INT8's scales) in registers.
-    struct TileData { unsigned int kraw[2][KW], vraw[4][VW]; float my_scale; };
-    auto load_tile = [&](const Tile& tile, TileData& d) {
+    for (int k = 0; warp + k * WARPS < tiles; ++k) {
+        const Tile tile = tile_at(k);
         const int valid = tile.valid;
         // INT8 rows past the context in the last tile are read anyway (they lie in the sequence's
         // block, and codes are always finite): their scales are 0 and their scores masked, so no
         // load needs a predicate. bf16 rows there may hold anything, NaN included: not read.
         constexpr bool read_all = INT8;
+        unsigned int kraw[2][KW], vraw[4][VW];
         #pragma unroll
         for (int h = 0; h < 2; ++h)
             #pragma unroll
             for (int i = 0; i < KB / KU; ++i) {
-                unsigned int* w = &d.kraw[h][i * (KU / 4)];
+                unsigned int* w = &kraw[h][i * (KU / 4)];
                 if (read_all || 8 * h + j < valid) load_bytes<KU>(tile.key + key_lane + h * 8 * ROW_BYTES + i * 4 * KU, w);
                 else for (int x = 0; x < KU / 4; ++x) w[x] = 0u;
             }
@@ -208,7 +208,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         for (int r = 0; r < 4; ++r)
             #pragma unroll
             for (int i = 0; i < VB / VU; ++i) {
-                unsigned int* w = &d.vraw[r][i * (VU / 4)];
+                unsigned int* w = &vraw[r][i * (VU / 4)];
                 if (read_all || 2 * qd + value_rows[r] < valid)
                     load_bytes<VU>(tile.value + value_lane + value_rows[r] * ROW_BYTES + i * 8 * VU, w);
                 else for (int x = 0; x < VU / 4; ++x) w[x] = 0u;
@@ -216,12 +216,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
 #if INT8
         // Lane L holds the scale of token L % 16: K for L < 16, V after.
         const long long scale_at = kv_head * num_slots + tile.slot0 + lane % 16;
-        d.my_scale = lane % 16 < valid ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 0.0f;
-#else
-        d.my_scale = 0.0f;
+        const float my_scale = lane % 16 < valid ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 0.0f;
 #endif
-    };
-    auto attend = [&](const Tile& tile, const TileData& d) {
+
         // S^T = K Q^T: s[0..1] are keys j, s[2..3] keys j + 8, of rows 2q and 2q + 1. Two chains of
         // MMAs, so that one waits on the other less.
         float s[4] = {s_start[0], s_start[1], s_start[2], s_start[3]}, s_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -229,11 +226,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         for (int c = 0; c < CHUNKS; ++c) {
 #if INT8
             unsigned int a0, a1, a2, a3;
-            int8x4_to_biased_f16x2(d.kraw[0][c], a0, a2);
-            int8x4_to_biased_f16x2(d.kraw[1][c], a1, a3);
+            int8x4_to_biased_f16x2(kraw[0][c], a0, a2);
+            int8x4_to_biased_f16x2(kraw[1][c], a1, a3);
 #else
-            const unsigned int a0 = d.kraw[0][2 * c], a1 = d.kraw[1][2 * c];
-            const unsigned int a2 = d.kraw[0][2 * c + 1], a3 = d.kraw[1][2 * c + 1];
+            const unsigned int a0 = kraw[0][2 * c], a1 = kraw[1][2 * c];
+            const unsigned int a2 = kraw[0][2 * c + 1], a3 = kraw[1][2 * c + 1];
 #endif
             mma(c % 2 ? s_odd : s, a0, a1, a2, a3, qb[c][0], qb[c][1]);
         }
@@ -241,8 +238,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         #pragma unroll
         for (int e = 0; e < 4; ++e) score[e] = s[e] + s_odd[e];
 #if INT8
-        const float kscale[2] = {__shfl_sync(0xffffffffu, d.my_scale, j), __shfl_sync(0xffffffffu, d.my_scale, j + 8)};
-        const float vscale[2] = {__shfl_sync(0xffffffffu, d.my_scale, 16 + j), __shfl_sync(0xffffffffu, d.my_scale, 24 + j)};
+        const float kscale[2] = {__shfl_sync(0xffffffffu, my_scale, j), __shfl_sync(0xffffffffu, my_scale, j + 8)};
+        const float vscale[2] = {__shfl_sync(0xffffffffu, my_scale, 16 + j), __shfl_sync(0xffffffffu, my_scale, 24 + j)};
 #endif
         bool grow = false;  // does a row's maximum or the V-scale bound move?
         #pragma unroll
@@ -313,43 +310,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
             // Word c/2 of a row holds four dims; tile c takes the pair 2(c%2), 2(c%2)+1.
             const unsigned int sel = (c % 2) ? 0x7362u : 0x5140u;
             unsigned int a0, a1, a2, a3;
-            int8x4_to_f16x2(__byte_perm(d.vraw[0][c / 2], d.vraw[1][c / 2], sel), a0, a1);
-            int8x4_to_f16x2(__byte_perm(d.vraw[2][c / 2], d.vraw[3][c / 2], sel), a2, a3);
+            int8x4_to_f16x2(__byte_perm(vraw[0][c / 2], vraw[1][c / 2], sel), a0, a1);
+            int8x4_to_f16x2(__byte_perm(vraw[2][c / 2], vraw[3][c / 2], sel), a2, a3);
 #else
-            const unsigned int a0 = __byte_perm(d.vraw[0][c], d.vraw[1][c], 0x5410u);
-            const unsigned int a1 = __byte_perm(d.vraw[0][c], d.vraw[1][c], 0x7632u);
-            const unsigned int a2 = __byte_perm(d.vraw[2][c], d.vraw[3][c], 0x5410u);
-            const unsigned int a3 = __byte_perm(d.vraw[2][c], d.vraw[3][c], 0x7632u);
+            const unsigned int a0 = __byte_perm(vraw[0][c], vraw[1][c], 0x5410u);
+            const unsigned int a1 = __byte_perm(vraw[0][c], vraw[1][c], 0x7632u);
+            const unsigned int a2 = __byte_perm(vraw[2][c], vraw[3][c], 0x5410u);
+            const unsigned int a3 = __byte_perm(vraw[2][c], vraw[3][c], 0x7632u);
 #endif
             mma(acc[c], a0, a1, a2, a3, pb0, pb1);
         }
-    };
-#if PREFETCH
-    // Two tiles in flight per warp: the next tile's loads go out before this one's arithmetic,
-    // alternating between two sets of registers.
-    if (warp < tiles) {
-        Tile ta = tile_at(0), tb = ta;
-        TileData a, b;
-        load_tile(ta, a);
-        for (int k = 0;; k += 2) {
-            if (warp + (k + 1) * WARPS >= tiles) { attend(ta, a); break; }
-            tb = tile_at(k + 1);
-            load_tile(tb, b);
-            attend(ta, a);
-            if (warp + (k + 2) * WARPS >= tiles) { attend(tb, b); break; }
-            ta = tile_at(k + 2);
-            load_tile(ta, a);
-            attend(tb, b);
-        }
     }
-#else
-    for (int k = 0; warp + k * WARPS < tiles; ++k) {
-        const Tile tile = tile_at(k);
-        TileData data;
-        load_tile(tile, data);
-        attend(tile, data);
-    }
-#endif
     #pragma unroll
     for (int row = 0; row < 2; ++row)
         #pragma unroll

@@ -305,13 +305,7 @@ impl CacheKernels {
             ("INT8", int8),
             ("BLOCK_SIZE", block_size.to_string()),
         ];
-        let prefetch =
-            dtype == CacheDtype::Int8 && std::env::var("NANOVLLM_DECODE_PREFETCH").is_ok_and(|v| v == "1");
-        let bounds = [
-            ("THREADS", THREADS.to_string()),
-            ("MIN_BLOCKS", decode_min_blocks(dtype).to_string()),
-            ("PREFETCH", u8::from(prefetch).to_string()),
-        ];
+        let bounds = [("THREADS", THREADS.to_string()), ("MIN_BLOCKS", decode_min_blocks(dtype).to_string())];
         let decode = gpu.module(
             "decode_attention",
             &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
