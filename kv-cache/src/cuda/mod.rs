@@ -52,14 +52,15 @@ fn store_passes(dtype: CacheDtype) -> u32 {
 }
 
 /// Thread blocks of decode attention per SM that the register allocation must allow: more blocks
-/// keep more loads in flight, fewer registers may spill. Measured side by side (docs/PERF.md):
-/// bf16 runs best at 3, INT8 at 4. `NANOVLLM_DECODE_MIN_BLOCKS` overrides it, for tuning.
-fn decode_min_blocks(dtype: CacheDtype) -> usize {
+/// keep more loads in flight, fewer registers may spill. Measured side by side (docs/PERF.md): 4
+/// for both dtypes since kernels version 17 (bf16 ran best at 3 before it); 5 spills.
+/// `NANOVLLM_DECODE_MIN_BLOCKS` overrides it, for tuning.
+fn decode_min_blocks() -> usize {
     std::env::var("NANOVLLM_DECODE_MIN_BLOCKS")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&b| b >= 1)
-        .unwrap_or(if dtype == CacheDtype::Int8 { 4 } else { 3 })
+        .unwrap_or(4)
 }
 
 /// The row of a GPU cache plane (rows of `head_dim` elements) that holds `kv_head` of `slot`, as
@@ -305,7 +306,7 @@ impl CacheKernels {
             ("INT8", int8),
             ("BLOCK_SIZE", block_size.to_string()),
         ];
-        let bounds = [("THREADS", THREADS.to_string()), ("MIN_BLOCKS", decode_min_blocks(dtype).to_string())];
+        let bounds = [("THREADS", THREADS.to_string()), ("MIN_BLOCKS", decode_min_blocks().to_string())];
         let decode = gpu.module(
             "decode_attention",
             &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
@@ -318,7 +319,7 @@ impl CacheKernels {
         )?;
         let sms = gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         Ok(CacheKernels {
-            block_slots: sms.max(1) as usize * decode_min_blocks(dtype),
+            block_slots: sms.max(1) as usize * decode_min_blocks(),
             prefill: prefill.load_function("prefill_attention")?,
             store: store.load_function("store_kv")?,
             partial: decode.load_function("decode_attention_partial")?,
