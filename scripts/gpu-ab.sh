@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run on the GPU machine, from the repository root: time settings side by side, alternating them
+# ROUNDS times so that drift over the call falls on every setting alike. Each setting is a list of
+# environment variables joined by commas ("-" for none), as TUNE in gpu-kernels.sh:
+#   AB="- NANOVLLM_DECODE_MIN_BLOCKS=3" ROUNDS=3 scripts/gpu-ab.sh kernels [filter]
+#   AB="- NANOVLLM_DECODE_MIN_BLOCKS=3" scripts/gpu-ab.sh bench [bench flags...]
+# kernels: target/release/examples/bench_kernels (optionally one label filter, as bench_kernels takes);
+# bench: target/release/nanovllm-cli bench on Qwen3-0.6B's shape, bf16 then INT8 KV (carry both
+# binaries). Output: $OUT/ab-kernels.log or $OUT/ab-bench.log, each line tagged with its setting.
+set -uo pipefail
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+what=${1:?kernels or bench}
+shift
+status=0
+for round in $(seq "${ROUNDS:-1}"); do
+  for setting in ${AB:?settings}; do
+    vars=${setting//,/ }
+    [ "$setting" = - ] && vars=
+    if [ "$what" = kernels ]; then
+      env $vars OUT= timeout 300 target/release/examples/bench_kernels 4.27 "$@" 2>&1 \
+        | grep -E '^\| (decode|store)' | sed "s|^|round $round $setting |" | tee -a "$out/ab-kernels.log" || status=1
+    else
+      for dtype in bf16 int8; do
+        line=$(env $vars timeout 240 target/release/nanovllm-cli bench --model models/configs/qwen3-0.6b \
+          --load-format dummy --kv-cache-dtype $dtype "$@" --json 2>>"$out/ab-bench.err") || status=1
+        echo "round $round $setting $dtype $line" | tee -a "$out/ab-bench.log"
+      done
+    fi
+  done
+done
+exit $status
