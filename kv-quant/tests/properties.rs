@@ -158,13 +158,14 @@ fn f16_saturation_case_is_exercised() {
 }
 
 /// The GPU store's code for `x` (`kv_quantize4` in `src/cuda/int8_kv.cuh`), the same f32
-/// operations in the same order (each rounds to nearest even, as the kernel's `__fmul_rn`,
-/// `__fadd_rn` and `__frcp_rn` do): `x * (1 / step)` rounded to a multiple of 2^-12, then to an
-/// integer, by adding magic numbers; no division. `capped`: the row's scale is the format's cap.
+/// operations in the same order (each rounds to nearest even, as the kernel's `__fmaf_rn`,
+/// `__fadd_rn` and `__frcp_rn` do): `x * (1 / step)` rounded to a multiple of 2^-12 in one fused
+/// multiply-add, then to an integer, by adding magic numbers; no division. `capped`: the row's
+/// scale is the format's cap.
 fn division_free_code(x: f32, step: f32, capped: bool) -> i8 {
     const SNAP: f32 = 3072.0; // 1.5 * 2^11
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
-    let snapped = x * (1.0 / step) + SNAP;
+    let snapped = x.mul_add(1.0 / step, SNAP);
     let rounded = if capped { (snapped - SNAP).clamp(-QMAX, QMAX) + ROUND } else { snapped + (ROUND - SNAP) };
     rounded.to_bits() as u8 as i8
 }

@@ -386,13 +386,14 @@ __device__ __forceinline__ float block_reduce(float x, bool is_max, float* scrat
     return r;
 }
 
-#define MAX_REDUCE_GROUPS 4
+#define MAX_REDUCE_THREADS 512
+#define REDUCE_PREFETCH 8
 
 // Combine the splits of each (query, head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
-// Block (HEAD_DIM, groups) threads, groups (at most 4) chosen per launch by the number of splits:
-// the splits' weights are computed by all threads at once and shared (dynamic shared memory,
-// max_splits floats); thread (d, r) sums dim d over splits r, r + groups, ..., unrolled, so that one
-// long context's hundreds of splits are many loads in flight.
+// Grid (heads, batch, dim blocks), block (dims, groups): a few long contexts split their dims over
+// several blocks so that more SMs share the loads. Thread (d, r) sums dim d over splits r, r +
+// groups, ...; its first REDUCE_PREFETCH loads are issued before the splits' weights are known, so
+// that they wait for memory together with the maxima and sums (one round trip, not two).
 extern "C" __global__ void decode_attention_reduce(
     const float* __restrict__ partial_out, const float* __restrict__ partial_max,
     const float* __restrict__ partial_sum, const int* __restrict__ context_lens,
@@ -401,11 +402,18 @@ extern "C" __global__ void decode_attention_reduce(
 {
     extern __shared__ float s_weight[];         // [max_splits]
     __shared__ float s_scratch[32];
-    __shared__ float s_sums[MAX_REDUCE_GROUPS][HEAD_DIM];
-    const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x, r = threadIdx.y, groups = blockDim.y;
-    const int tid = r * HEAD_DIM + d, threads = HEAD_DIM * groups;
+    __shared__ float s_sums[MAX_REDUCE_THREADS];
+    const int h = blockIdx.x, b = blockIdx.y, x = threadIdx.x, r = threadIdx.y;
+    const int dims = blockDim.x, groups = blockDim.y, d = blockIdx.z * dims + x;
+    const int tid = r * dims + x, threads = dims * groups;
     const int splits = (context_lens[b] + partition - 1) / partition;
     const long long base = ((long long)b * heads + h) * max_splits;
+    float early[REDUCE_PREFETCH];
+    #pragma unroll
+    for (int i = 0; i < REDUCE_PREFETCH; ++i) {
+        const int s = r + i * groups;
+        early[i] = s < splits ? partial_out[(base + s) * HEAD_DIM + d] : 0.0f;
+    }
     float m = KV_NEG_INF;
     for (int s = tid; s < splits; s += threads) m = fmaxf(m, partial_max[base + s]);
     m = block_reduce(m, true, s_scratch);
@@ -417,13 +425,18 @@ extern "C" __global__ void decode_attention_reduce(
     }
     l = block_reduce(l, false, s_scratch);  // its barrier also publishes s_weight
     float o = 0.0f;
-    #pragma unroll 8
-    for (int s = r; s < splits; s += groups) o += s_weight[s] * partial_out[(base + s) * HEAD_DIM + d];
-    s_sums[r][d] = o;
+    #pragma unroll
+    for (int i = 0; i < REDUCE_PREFETCH; ++i) {
+        const int s = r + i * groups;
+        if (s < splits) o += s_weight[s] * early[i];
+    }
+    for (int s = r + REDUCE_PREFETCH * groups; s < splits; s += groups)
+        o += s_weight[s] * partial_out[(base + s) * HEAD_DIM + d];
+    s_sums[tid] = o;
     __syncthreads();
     if (r != 0) return;
     o = 0.0f;
-    for (int g = 0; g < groups; ++g) o += s_sums[g][d];
+    for (int g = 0; g < groups; ++g) o += s_sums[g * dims + x];
     // A query with no context (a padding row of a CUDA graph) reads nothing and gets zeros.
     out[((long long)b * heads + h) * HEAD_DIM + d] = float_to_bf16(l > 0.0f ? o / l : 0.0f);
 }

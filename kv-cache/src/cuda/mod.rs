@@ -29,11 +29,15 @@ const BLOCK_SETUP_KEYS: usize = 256;
 /// The reduce kernel's launch when a context takes more than one split, in keys of one block's
 /// streaming.
 const REDUCE_KEYS: usize = 128;
-/// Thread groups of the reduce kernel (each `head_dim` threads) for a launch with `splits` splits:
-/// one per 8 splits, up to 4 (`MAX_REDUCE_GROUPS` in decode_attention.cu), so that a few splits
-/// do not leave most threads idle and many splits are summed by four groups at once.
-fn reduce_groups(splits: usize) -> u32 {
-    (splits / 8).clamp(1, 4) as u32
+/// Threads of one reduce block (`MAX_REDUCE_THREADS` in decode_attention.cu).
+const REDUCE_THREADS: usize = 512;
+/// The reduce kernel's block for `rows` (query, head) rows of `splits` splits: (dims, groups).
+/// Fewer rows than SMs split each row's dims over blocks of 32, so that one long context's loads
+/// are spread over more SMs (docs/PERF.md, kernels version 20); a group of threads per 8 splits,
+/// so that a few splits do not leave most threads idle and many are summed at once.
+fn reduce_shape(head_dim: usize, splits: usize, rows: usize, sms: usize) -> (usize, usize) {
+    let dims = if rows < sms { head_dim.min(32) } else { head_dim };
+    (dims, splits.div_ceil(8).clamp(1, REDUCE_THREADS / dims))
 }
 const THREADS: u32 = 128;
 /// Values of a row each lane of the store kernel takes (as `ELEMS` in store.cu), in 16-byte loads:
@@ -250,6 +254,8 @@ impl AttentionScalars {
 pub struct CacheKernels {
     /// Thread blocks of decode attention the GPU runs at once (SMs x `MIN_BLOCKS`).
     block_slots: usize,
+    /// Streaming multiprocessors: the reduce kernel spreads a few rows over them.
+    sms: usize,
     prefill: CudaFunction,
     store: CudaFunction,
     partial: CudaFunction,
@@ -320,6 +326,7 @@ impl CacheKernels {
         let sms = gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         Ok(CacheKernels {
             block_slots: sms.max(1) as usize * decode_min_blocks(),
+            sms: sms.max(1) as usize,
             prefill: prefill.load_function("prefill_attention")?,
             store: store.load_function("store_kv")?,
             partial: decode.load_function("decode_attention_partial")?,
@@ -496,9 +503,10 @@ impl CacheKernels {
         if splits == 1 {
             return Ok(()); // one split per context: the partial kernel wrote the output
         }
+        let (dims, groups) = reduce_shape(self.head_dim, splits, batch * heads as usize, self.sms);
         let config = LaunchConfig {
-            grid_dim: (heads as u32, batch as u32, 1),
-            block_dim: (self.head_dim as u32, reduce_groups(splits), 1),
+            grid_dim: (heads as u32, batch as u32, (self.head_dim / dims) as u32),
+            block_dim: (dims as u32, groups as u32, 1),
             shared_mem_bytes: 4 * splits as u32, // one weight per split
         };
         let mut launch = gpu.stream.launch_builder(&self.reduce);

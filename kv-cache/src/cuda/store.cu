@@ -5,7 +5,8 @@
 // bf16 row), so HEAD_DIM / ELEMS lanes share a row and a warp takes 32 / (HEAD_DIM / ELEMS) rows
 // (token, kv head, K or V) at a time, ROWS times, all loaded before any is stored. Sharing a row
 // among few lanes spreads a row's fixed work (its index, slot, maximum and scale) over many values;
-// INT8 codes cost three float operations each (kv_quantize4 in int8_kv.cuh).
+// INT8 codes cost two float operations each, a fused multiply-add and an add (kv_quantize4 in
+// int8_kv.cuh).
 
 #define LOADS (ELEMS / 8)                   // 16-byte loads per lane
 #define LANES_PER_ROW (HEAD_DIM / ELEMS)

@@ -34,10 +34,11 @@ __device__ __forceinline__ bf16_t kv_scale_from_amax(float amax) {
 // value in the low byte), bit for bit with neither a division nor a branch. x and step are bf16s
 // (8 significant bits; step normal), so t = x / step is either exactly a half-integer h or at least
 // 2^-10 away from every one: where |t| is near h, x's exponent is at least step's minus 2, so
-// x - h * step is a multiple of ulp(step) / 4, and step < 2^8 ulp(step). q = x * (1 / step), with
-// the reciprocal correctly rounded, lies within 2^-16 of t (|t| < 128). Rounding q to a multiple of
-// 2^-12 (adding 1.5 * 2^11) thus gives exactly h at a tie, and otherwise a value on t's side of every
-// half-integer; adding 1.5 * 2^23 - 1.5 * 2^11 then rounds that to the integer (ties to even) and
+// x - h * step is a multiple of ulp(step) / 4, and step < 2^8 ulp(step). The exact product
+// x * (1 / step), with the reciprocal correctly rounded, lies within 2^-17 of t (|t| < 128). Rounding
+// it to a multiple of 2^-12 (one fused multiply-add of 1.5 * 2^11) thus gives exactly h at a tie, and
+// otherwise a value on t's side of every half-integer (at most 2^-17 + 2^-13 from t, which is at least
+// 2^-10 from h); adding 1.5 * 2^23 - 1.5 * 2^11 then rounds that to the integer (ties to even) and
 // leaves it in the sum's low byte, in two's complement. The clamp to +-127 matters only for a row
 // whose scale was capped (step 5): otherwise step >= amax / 127 * (1 - 2^-9), so |t| <= 127.25.
 #define KV_SNAP_MAGIC 3072.0f       // 1.5 * 2^11: sums have ulp 2^-12
@@ -48,7 +49,7 @@ __device__ __forceinline__ unsigned int kv_quantize4(const float* x, float inver
     unsigned int bits[4];
     #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        const float snapped = __fadd_rn(__fmul_rn(x[k], inverse), KV_SNAP_MAGIC);
+        const float snapped = __fmaf_rn(x[k], inverse, KV_SNAP_MAGIC);
         const float rounded = CAPPED
             ? __fadd_rn(fminf(fmaxf(__fadd_rn(snapped, -KV_SNAP_MAGIC), -KV_QMAX), KV_QMAX), KV_ROUND_MAGIC)
             : __fadd_rn(snapped, KV_ROUND_MAGIC - KV_SNAP_MAGIC);
