@@ -1,4 +1,5 @@
-// The Qwen3 model's own kernels (the cache kernels live in kv-cache). Defines: HEAD_DIM.
+// The Qwen3 model's own kernels (the cache kernels live in kv-cache). Defines: HEAD_DIM, HIDDEN
+// (hidden_size, a multiple of 4).
 // The residual stream is f32; matrix inputs and outputs are bf16 (cuBLAS, f32 accumulation).
 
 // out[t] = table[ids[t]]
@@ -24,51 +25,99 @@ __device__ float block_sum(float v, float* scratch) {
 }
 
 // Residual add, then RMSNorm: x[r] += delta[r] (if delta), out[i] = norm(x[rows[i]]) (rows: null for
-// every row). One block per output row.
+// every row). One block of 128 threads per output row; each thread keeps its HIDDEN / 128 values in
+// registers (16-byte loads of x, 8-byte loads of delta), so x is read once.
+#define NORM_THREADS 128
+#define NORM_VECTORS ((HIDDEN + 4 * NORM_THREADS - 1) / (4 * NORM_THREADS))
 extern "C" __global__ void add_rms_norm(float* __restrict__ x, const bf16_t* __restrict__ delta,
                                         const int* __restrict__ rows, const float* __restrict__ weight,
-                                        bf16_t* __restrict__ out, int hidden, float eps) {
+                                        bf16_t* __restrict__ out, float eps) {
     __shared__ float scratch[32];
     const long long r = rows ? rows[blockIdx.x] : blockIdx.x;
-    float* row = x + r * hidden;
+    float4* row = (float4*)(x + r * HIDDEN);
+    float4 v[NORM_VECTORS];
     float sum = 0.0f;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float v = row[i];
-        if (delta) { v += bf16_to_float(delta[r * hidden + i]); row[i] = v; }
-        sum += v * v;
+    #pragma unroll
+    for (int k = 0; k < NORM_VECTORS; ++k) {
+        const int i = k * NORM_THREADS + threadIdx.x;  // in float4s
+        if (4 * i >= HIDDEN) break;
+        v[k] = row[i];
+        if (delta) {
+            const uint2 d = *(const uint2*)(delta + r * HIDDEN + 4 * i);
+            v[k].x += bf16_to_float((bf16_t)(d.x & 0xffffu)); v[k].y += bf16_to_float((bf16_t)(d.x >> 16));
+            v[k].z += bf16_to_float((bf16_t)(d.y & 0xffffu)); v[k].w += bf16_to_float((bf16_t)(d.y >> 16));
+            row[i] = v[k];
+        }
+        sum += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
     }
-    const float inverse = rsqrtf(block_sum(sum, scratch) / hidden + eps);
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x)
-        out[(long long)blockIdx.x * hidden + i] = float_to_bf16(weight[i] * (row[i] * inverse));
+    const float inverse = rsqrtf(block_sum(sum, scratch) / HIDDEN + eps);
+    #pragma unroll
+    for (int k = 0; k < NORM_VECTORS; ++k) {
+        const int i = k * NORM_THREADS + threadIdx.x;
+        if (4 * i >= HIDDEN) break;
+        const float4 w = ((const float4*)weight)[i];
+        const unsigned int lo = float_to_bf16(w.x * (v[k].x * inverse)) | (unsigned int)float_to_bf16(w.y * (v[k].y * inverse)) << 16;
+        const unsigned int hi = float_to_bf16(w.z * (v[k].z * inverse)) | (unsigned int)float_to_bf16(w.w * (v[k].w * inverse)) << 16;
+        *(uint2*)(out + (long long)blockIdx.x * HIDDEN + 4 * i) = make_uint2(lo, hi);
+    }
 }
 
 // Per-head RMSNorm of q and k, then NeoX RoPE, in place on the packed qkv rows. Grid (tokens,
-// heads + kv_heads), HEAD_DIM / 2 threads: thread i owns elements i and i + HEAD_DIM / 2.
+// heads in blocks of 4), a warp per head: lane l owns the pairs (d, d + HEAD_DIM / 2) for d = l,
+// l + 32, ..., so the norm's sum is a warp shuffle, with no shared memory or barrier.
 extern "C" __global__ void qk_norm_rope(bf16_t* __restrict__ qkv, const int* __restrict__ positions,
                                         const float* __restrict__ q_weight, const float* __restrict__ k_weight,
-                                        const float* __restrict__ inv_freq, int heads, long long stride, float eps) {
-    __shared__ float scratch[32];
-    const int head = blockIdx.y, i = threadIdx.x, half = HEAD_DIM / 2;
+                                        const float* __restrict__ inv_freq, int heads, int kv_heads, long long stride, float eps) {
+    constexpr int HALF = HEAD_DIM / 2, PAIRS = (HALF + 31) / 32;
+    const int lane = threadIdx.x % 32, head = blockIdx.y * (blockDim.x / 32) + threadIdx.x / 32;
+    if (head >= heads + kv_heads) return;
     bf16_t* x = qkv + (long long)blockIdx.x * stride + (long long)head * HEAD_DIM;
     const float* w = head < heads ? q_weight : k_weight;
-    float a = bf16_to_float(x[i]), b = bf16_to_float(x[i + half]);
-    const float inverse = rsqrtf(block_sum(a * a + b * b, scratch) / HEAD_DIM + eps);
-    a = w[i] * (a * inverse);
-    b = w[i + half] * (b * inverse);
-    float s, c;
-    sincosf((float)positions[blockIdx.x] * inv_freq[i], &s, &c);
-    x[i] = float_to_bf16(a * c - b * s);
-    x[i + half] = float_to_bf16(b * c + a * s);
+    float a[PAIRS], b[PAIRS], sum = 0.0f;
+    #pragma unroll
+    for (int p = 0; p < PAIRS; ++p) {
+        const int d = lane + 32 * p;
+        a[p] = d < HALF ? bf16_to_float(x[d]) : 0.0f;
+        b[p] = d < HALF ? bf16_to_float(x[d + HALF]) : 0.0f;
+        sum += a[p] * a[p] + b[p] * b[p];
+    }
+    #pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    const float inverse = rsqrtf(sum / HEAD_DIM + eps), position = (float)positions[blockIdx.x];
+    #pragma unroll
+    for (int p = 0; p < PAIRS; ++p) {
+        const int d = lane + 32 * p;
+        if (d >= HALF) break;
+        const float u = w[d] * (a[p] * inverse), v = w[d + HALF] * (b[p] * inverse);
+        float s, c;
+        sincosf(position * inv_freq[d], &s, &c);
+        x[d] = float_to_bf16(u * c - v * s);
+        x[d + HALF] = float_to_bf16(v * c + u * s);
+    }
 }
 
-// out[t][i] = silu(gate_up[t][i]) * gate_up[t][inter + i]
+// out[t][i] = silu(gate_up[t][i]) * gate_up[t][inter + i]. Grid (tokens, chunks of 8 x blockDim
+// values): each thread takes 8 consecutive values, in 16-byte loads when rows allow; no division.
 extern "C" __global__ void silu_mul(const bf16_t* __restrict__ gate_up, bf16_t* __restrict__ out,
-                                    int inter, long long n) {
-    for (long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x; j < n; j += (long long)gridDim.x * blockDim.x) {
-        const long long t = j / inter, i = j % inter;
-        const float g = bf16_to_float(gate_up[t * 2 * inter + i]);
-        const float u = bf16_to_float(gate_up[t * 2 * inter + inter + i]);
-        out[j] = float_to_bf16(g / (1.0f + expf(-g)) * u);
+                                    int inter) {
+    const int i0 = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
+    if (i0 >= inter) return;
+    const bf16_t* gate = gate_up + (long long)blockIdx.x * 2 * inter + i0;
+    const bf16_t* up = gate + inter;
+    bf16_t* o = out + (long long)blockIdx.x * inter + i0;
+    auto silu_times = [](bf16_t g, bf16_t u) {
+        const float x = bf16_to_float(g);
+        return float_to_bf16(x / (1.0f + expf(-x)) * bf16_to_float(u));
+    };
+    if (inter % 8 == 0) {
+        union { uint4 v; bf16_t h[8]; } g, u, r;
+        g.v = *(const uint4*)gate;
+        u.v = *(const uint4*)up;
+        #pragma unroll
+        for (int k = 0; k < 8; ++k) r.h[k] = silu_times(g.h[k], u.h[k]);
+        *(uint4*)o = r.v;
+    } else {
+        for (int k = 0; k < 8 && i0 + k < inter; ++k) o[k] = silu_times(gate[k], up[k]);
     }
 }
 

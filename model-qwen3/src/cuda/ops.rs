@@ -34,10 +34,16 @@ pub(super) struct Ops {
 
 impl Ops {
     pub(super) fn new(gpu: &Gpu, config: &Qwen3Config, vocab: Range<usize>) -> Result<Self, GpuError> {
+        if !config.hidden_size.is_multiple_of(4) {
+            return Err(GpuError::Unsupported(format!(
+                "hidden_size {} (the GPU RMSNorm reads rows in 16-byte pieces: use a multiple of 4)",
+                config.hidden_size
+            )));
+        }
         let module = gpu.module(
             "qwen3",
             &format!("{INT8_KV_CUH}\n{MODEL_CU}"),
-            &[("HEAD_DIM", config.head_dim.to_string())],
+            &[("HEAD_DIM", config.head_dim.to_string()), ("HIDDEN", config.hidden_size.to_string())],
         )?;
         Ok(Ops {
             blas: CudaBlas::new(gpu.stream.clone()).map_err(|e| GpuError::Blas(e.to_string()))?,
@@ -151,7 +157,6 @@ impl Ops {
         out: &mut CudaSlice<bf16>,
         count: usize,
     ) -> Result<(), GpuError> {
-        let hidden = self.config.hidden_size as i32;
         let eps = self.config.rms_norm_eps as f32;
         let null = 0u64;
         let mut launch = self.gpu.stream.launch_builder(&self.add_rms_norm);
@@ -164,8 +169,8 @@ impl Ops {
             Some(rows) => launch.arg(rows),
             None => launch.arg(&null),
         };
-        launch.arg(weight).arg(out).arg(&hidden).arg(&eps);
-        launch_rows(&mut launch, count, 256)
+        launch.arg(weight).arg(out).arg(&eps);
+        launch_rows(&mut launch, count, 128)
     }
 
     /// q/k RMSNorm and RoPE in place on the Q and K heads of `qkv` (`stride` elements per token).
@@ -184,6 +189,7 @@ impl Ops {
         let heads = c.num_attention_heads as i32;
         let (stride, eps) = (stride as i64, c.rms_norm_eps as f32);
         let mut launch = self.gpu.stream.launch_builder(&self.qk_norm_rope);
+        let kv_heads = c.num_key_value_heads as i32;
         launch
             .arg(qkv)
             .arg(positions)
@@ -191,12 +197,13 @@ impl Ops {
             .arg(k_norm)
             .arg(inv_freq)
             .arg(&heads)
+            .arg(&kv_heads)
             .arg(&stride)
             .arg(&eps);
-        let threads = (c.head_dim / 2).next_multiple_of(32) as u32;
+        // A warp per head, four heads per block.
         let config = LaunchConfig {
-            grid_dim: (tokens as u32, (c.num_attention_heads + c.num_key_value_heads) as u32, 1),
-            block_dim: (threads, 1, 1),
+            grid_dim: (tokens as u32, (c.num_attention_heads + c.num_key_value_heads).div_ceil(4) as u32, 1),
+            block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: the arguments match qk_norm_rope; the grid covers tokens x (heads + kv heads)
@@ -216,10 +223,21 @@ impl Ops {
         tokens: usize,
     ) -> Result<(), GpuError> {
         let inter = self.config.intermediate_size;
-        let (inter_arg, n) = (inter as i32, (tokens * inter) as i64);
+        let inter_arg = inter as i32;
         let mut launch = self.gpu.stream.launch_builder(&self.silu_mul);
-        launch.arg(gate_up).arg(act).arg(&inter_arg).arg(&n);
-        launch_rows(&mut launch, (tokens * inter).div_ceil(256).min(65535), 256)
+        launch.arg(gate_up).arg(act).arg(&inter_arg);
+        // Each thread takes 8 values of a row.
+        let config = LaunchConfig {
+            grid_dim: (tokens as u32, inter.div_ceil(8 * 128) as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match silu_mul; the grid covers tokens rows of inter values.
+        #[allow(unsafe_code)]
+        unsafe {
+            launch.launch(config)?;
+        }
+        Ok(())
     }
 
     /// One token per logit row (Gumbel-max with the row's temperature, seed and step), among this
