@@ -5,8 +5,10 @@
 #   AB="- NANOVLLM_DECODE_MIN_BLOCKS=3" ROUNDS=3 scripts/gpu-ab.sh kernels [filter]
 #   AB="- NANOVLLM_DECODE_MIN_BLOCKS=3" scripts/gpu-ab.sh bench [bench flags...]
 # kernels: target/release/examples/bench_kernels (optionally one label filter, as bench_kernels takes);
-# bench: target/release/nanovllm-cli bench on Qwen3-0.6B's shape, bf16 then INT8 KV (carry both
-# binaries). Output: $OUT/ab-kernels.log or $OUT/ab-bench.log, each line tagged with its setting.
+# bench: nanovllm-cli bench on Qwen3-0.6B's shape, bf16 then INT8 KV; a setting's CLI variable
+# names another build to run (AB="- CLI=target/release/nanovllm-cli-base": two builds side by side;
+# carry the binaries). Output: $OUT/ab-kernels.log or $OUT/ab-bench.log, each line tagged with its
+# setting.
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -22,7 +24,8 @@ for round in $(seq "${ROUNDS:-1}"); do
         | grep -E '^\| (decode|store)' | sed "s|^|round $round $setting |" | tee -a "$out/ab-kernels.log" || status=1
     else
       for dtype in bf16 int8; do
-        line=$(env $vars timeout 240 target/release/nanovllm-cli bench --model models/configs/qwen3-0.6b \
+        cli=$(env $vars sh -c 'echo "${CLI:-target/release/nanovllm-cli}"')
+        line=$(env $vars timeout 240 "$cli" bench --model models/configs/qwen3-0.6b \
           --load-format dummy --kv-cache-dtype $dtype "$@" --json 2>>"$out/ab-bench.err") || status=1
         echo "round $round $setting $dtype $line" | tee -a "$out/ab-bench.log"
       done
