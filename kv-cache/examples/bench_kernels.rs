@@ -3,16 +3,18 @@
 //!
 //! `cargo run --release -p kv-cache --features cuda --example bench_kernels [copy_TBps] [filter]`
 //! (on the GPU machine: the binary from target/release/examples). `filter` keeps the benches whose
-//! label contains it (`Qwen3-8B 128x4096 int8`, `store int8`: one kernel for a profiler). Prints a markdown table; with
-//! `$OUT` set, also writes `$OUT/bench_kernels.json`. Timing: CUDA events around each launch,
-//! 5 warm-up runs, median of 30; the cache is replicated and rotated so that every run reads
-//! from DRAM, not L2 (60 MB on an H200).
+//! label contains it (`Qwen3-8B 128x4096 int8`, `store int8 Blocks`: one kernel for a profiler). Prints a
+//! markdown table; with `$OUT` set, also writes `$OUT/bench_kernels.json`. Timing: CUDA events, 5
+//! warm-up runs, median of 30, two ways interleaved (`Timer::median_us`): GPU time after a 256 MB
+//! read that flushes L2 and hides the host's launch latency (as `triton.testing.do_bench`'s flush,
+//! but without dirty lines), and with the host's launch included. The decode cache is also replicated and rotated so that every
+//! run reads from DRAM, not L2 (60 MB on an H200).
 
 use half::bf16;
 use kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache};
 use kv_cache::{CacheDtype, CacheLayout};
 use kv_quant::cuda::cudarc::driver::{
-    CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg, sys::CUevent_flags,
+    CudaFunction, CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg, sys::CUevent_flags,
 };
 use kv_quant::cuda::{Gpu, GpuError};
 use rand::rngs::StdRng;
@@ -20,8 +22,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 /// Fills device memory with random data on the GPU (hashing the index), so that gigabytes of test
-/// data need no host copy. mode 0: random bytes; 1: bf16 values in [-1, 1); 2: bf16 scales in
-/// [1/128, 1/64).
+/// data need no host copy (`fill` mode 0: random bytes; 1: bf16 values in [-1, 1); 2: bf16 scales
+/// in [1/128, 1/64)); and reads a buffer through, to flush L2 (`Timer`).
 const FILL_CU: &str = r#"
 extern "C" __global__ void fill(unsigned char* p, long long n, unsigned int seed, int mode) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
@@ -35,6 +37,18 @@ extern "C" __global__ void fill(unsigned char* p, long long n, unsigned int seed
         p[i] = (unsigned char)(bits & 0xff); p[i + 1] = (unsigned char)(bits >> 8);
     }
 }
+
+// Reads n 16-byte words and keeps nothing: evicts L2 without leaving dirty lines behind (a write
+// would, and their write-back would land in the timed kernel). The buffer is zeros, so the
+// store never happens; it only keeps the loads alive.
+extern "C" __global__ void read_all(const uint4* p, long long n, unsigned int* sink) {
+    unsigned int acc = 0;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const uint4 v = p[i];
+        acc |= v.x | v.y | v.z | v.w;
+    }
+    if (acc != 0) sink[0] = acc;
+}
 "#;
 
 const BLOCK_SIZE: usize = 64;
@@ -42,27 +56,70 @@ const L2_BYTES: usize = 60 << 20;
 
 struct Timer {
     gpu: Gpu,
+    /// 256 MB read before each timed run (as `triton.testing.do_bench` flushes L2, but reading,
+    /// so that no dirty lines are written back during the timed run): it evicts L2, and keeps the
+    /// GPU busy while the host queues the timed launches.
+    flush: CudaSlice<u8>,
+    read_all: CudaFunction,
+}
+
+/// Median times in microseconds: GPU time after an L2 flush, and host launch included.
+struct Times {
+    gpu_us: f64,
+    launch_us: f64,
 }
 
 impl Timer {
-    /// Median time in microseconds of `run`, over 30 runs after 5 warm-ups.
-    fn median_us(&self, mut run: impl FnMut(usize) -> Result<(), GpuError>) -> Result<f64, GpuError> {
+    fn new(gpu: Gpu) -> Result<Self, GpuError> {
+        let flush = gpu.stream.alloc_zeros::<u8>(256 << 20)?;
+        let read_all = gpu.module("bench_fill", FILL_CU, &[])?.load_function("read_all")?;
+        Ok(Timer { gpu, flush, read_all })
+    }
+
+    fn flush_l2(&self) -> Result<(), GpuError> {
+        let words = (self.flush.len() / 16) as i64;
+        let config = LaunchConfig { grid_dim: (1056, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let mut launch = self.gpu.stream.launch_builder(&self.read_all);
+        launch.arg(&self.flush).arg(&words).arg(&self.flush);
+        // SAFETY: read_all reads `words` 16-byte words of the buffer, and writes its first word
+        // only if the (zeroed) buffer held a nonzero value.
+        #[allow(unsafe_code)]
+        unsafe {
+            launch.launch(config)?;
+        }
+        Ok(())
+    }
+
+    /// Median times of `run` over 30 runs of each kind, interleaved, after 5 warm-ups. GPU time:
+    /// events around `run` queued behind the flush, so the host's launch latency stays out, as in
+    /// a CUDA graph. Launch included: events around `run` on an idle GPU, so the time also counts
+    /// the host's first launch (this bench's figure up to kernels version 20).
+    fn median_us(&self, mut run: impl FnMut(usize) -> Result<(), GpuError>) -> Result<Times, GpuError> {
         for i in 0..5 {
             run(i)?;
         }
         let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
-        let mut times = Vec::new();
+        let (mut gpu_times, mut launch_times) = (Vec::new(), Vec::new());
         for i in 0..30 {
-            let start = self.gpu.ctx.new_event(flags)?;
-            let end = self.gpu.ctx.new_event(flags)?;
-            start.record(&self.gpu.stream)?;
-            run(i)?;
-            end.record(&self.gpu.stream)?;
-            end.synchronize()?;
-            times.push(start.elapsed_ms(&end)? as f64 * 1000.0);
+            for flushed in [true, false] {
+                if flushed {
+                    self.flush_l2()?;
+                }
+                let start = self.gpu.ctx.new_event(flags)?;
+                let end = self.gpu.ctx.new_event(flags)?;
+                start.record(&self.gpu.stream)?;
+                run(i)?;
+                end.record(&self.gpu.stream)?;
+                end.synchronize()?;
+                let us = start.elapsed_ms(&end)? as f64 * 1000.0;
+                if flushed { gpu_times.push(us) } else { launch_times.push(us) }
+            }
         }
-        times.sort_by(f64::total_cmp);
-        Ok(times[times.len() / 2])
+        let median = |mut times: Vec<f64>| {
+            times.sort_by(f64::total_cmp);
+            times[times.len() / 2]
+        };
+        Ok(Times { gpu_us: median(gpu_times), launch_us: median(launch_times) })
     }
 }
 
@@ -150,7 +207,7 @@ fn bench_decode(
         num_queries: shape.batch,
         num_groups: shape.batch,
     };
-    let us = timer.median_us(|i| {
+    let times = timer.median_us(|i| {
         kernels.attention(
             gpu,
             &caches[i % copies],
@@ -167,25 +224,69 @@ fn bench_decode(
     Ok(serde_json::json!({
         "kernel": "decode_attention", "model": shape.model, "dtype": dtype.name(),
         "batch": shape.batch, "context": shape.context, "heads": shape.heads, "kv_heads": shape.kv_heads,
-        "block_size": BLOCK_SIZE, "us": us, "floor_us": floor_us, "TBps": bytes / us / 1e6,
+        "block_size": BLOCK_SIZE, "us": times.gpu_us, "launch_us": times.launch_us, "floor_us": floor_us,
+        "TBps": bytes / times.gpu_us / 1e6,
     }))
 }
 
-fn bench_store(timer: &Timer, dtype: CacheDtype, rng: &mut StdRng) -> Result<serde_json::Value, GpuError> {
+/// Where a store's tokens go: `Shuffled`, every token to a random slot of blocks of 16 (the worst
+/// case: each row written alone); `Blocks`, a prefill's pattern, consecutive tokens filling whole
+/// blocks of 256 in order, the blocks shuffled.
+#[derive(Clone, Copy, Debug)]
+enum Slots {
+    Shuffled,
+    Blocks,
+}
+
+impl Slots {
+    fn label(self) -> &'static str {
+        match self {
+            Slots::Shuffled => "slots shuffled, blocks of 16",
+            Slots::Blocks => "whole blocks of 256 (prefill)",
+        }
+    }
+
+    fn block_size(self) -> usize {
+        match self {
+            Slots::Shuffled => 16,
+            Slots::Blocks => 256,
+        }
+    }
+}
+
+fn bench_store(
+    timer: &Timer,
+    dtype: CacheDtype,
+    pattern: Slots,
+    rng: &mut StdRng,
+) -> Result<serde_json::Value, GpuError> {
     let gpu = &timer.gpu;
-    let (tokens, kv_heads, d) = (16384, 8, 128);
-    let layout =
-        CacheLayout { num_layers: 1, num_blocks: tokens / 16, block_size: 16, kv_heads, head_dim: d };
+    let (tokens, kv_heads, d, block_size) = (16384, 8, 128, pattern.block_size());
+    let num_blocks = tokens / block_size;
+    let layout = CacheLayout { num_layers: 1, num_blocks, block_size, kv_heads, head_dim: d };
     let mut cache = GpuKvCache::new(gpu, layout, dtype)?;
     let mut key = gpu.stream.alloc_zeros::<bf16>(tokens * kv_heads * d)?;
     let mut value = gpu.stream.alloc_zeros::<bf16>(tokens * kv_heads * d)?;
     fill_bf16(gpu, &mut key, 1, 7)?;
     fill_bf16(gpu, &mut value, 1, 8)?;
-    let mut slots: Vec<i64> = (0..tokens as i64).collect();
-    slots.shuffle(rng);
+    let slots: Vec<i64> = match pattern {
+        Slots::Shuffled => {
+            let mut slots: Vec<i64> = (0..tokens as i64).collect();
+            slots.shuffle(rng);
+            slots
+        }
+        Slots::Blocks => {
+            let mut blocks: Vec<i64> = (0..num_blocks as i64).collect();
+            blocks.shuffle(rng);
+            blocks
+                .iter()
+                .flat_map(|&b| (0..block_size as i64).map(move |o| b * block_size as i64 + o))
+                .collect()
+        }
+    };
     let slots = gpu.stream.clone_htod(&slots)?;
-    let kernels = CacheKernels::new(gpu, dtype, d, 2, 16)?;
-    let us = timer.median_us(|_| {
+    let kernels = CacheKernels::new(gpu, dtype, d, 2, block_size)?;
+    let times = timer.median_us(|_| {
         kernels.store(
             gpu,
             &mut cache,
@@ -201,7 +302,8 @@ fn bench_store(timer: &Timer, dtype: CacheDtype, rng: &mut StdRng) -> Result<ser
     let written = (2 * tokens * kv_heads * dtype.row_bytes(d)) as f64;
     Ok(serde_json::json!({
         "kernel": "store_kv", "dtype": dtype.name(), "tokens": tokens, "kv_heads": kv_heads,
-        "us": us, "TBps": (read + written) / us / 1e6,
+        "slots": format!("{pattern:?}"), "block_size": block_size,
+        "us": times.gpu_us, "launch_us": times.launch_us, "TBps": (read + written) / times.gpu_us / 1e6,
     }))
 }
 
@@ -211,7 +313,7 @@ fn main() -> Result<(), GpuError> {
     let filter = std::env::args().nth(2).unwrap_or_default();
     let gpu = Gpu::open()?;
     println!("{}", gpu.describe());
-    let timer = Timer { gpu };
+    let timer = Timer::new(gpu)?;
     let mut rng = StdRng::seed_from_u64(0);
     let shapes = [
         Shape { model: "Qwen3-8B", heads: 32, kv_heads: 8, batch: 128, context: 4096 },
@@ -222,43 +324,41 @@ fn main() -> Result<(), GpuError> {
         Shape { model: "Qwen3-0.6B", heads: 16, kv_heads: 8, batch: 1, context: 32768 },
     ];
     let mut results = Vec::new();
-    println!("| kernel | shape | batch x context | dtype | time (us) | floor (us) | TB/s | % of copy |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| kernel | shape | batch x context | dtype | time (us) | launch included (us) | floor (us) | TB/s | % of copy |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let row = |kernel: &str, shape: String, batch: &str, dtype: CacheDtype, r: &serde_json::Value| {
+        let tbps = r["TBps"].as_f64().unwrap();
+        let floor = r["floor_us"].as_f64().map_or("-".to_string(), |f| format!("{f:.1}"));
+        println!(
+            "| {kernel} | {shape} | {batch} | {dtype} | {:.1} | {:.1} | {floor} | {tbps:.2} | {:.0}% |",
+            r["us"].as_f64().unwrap(),
+            r["launch_us"].as_f64().unwrap(),
+            100.0 * tbps * 1e12 / copy_bandwidth
+        );
+    };
     for shape in &shapes {
         for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
             if !format!("{} {}x{} {dtype}", shape.model, shape.batch, shape.context).contains(&filter) {
                 continue;
             }
             let r = bench_decode(&timer, shape, dtype, copy_bandwidth, &mut rng)?;
-            println!(
-                "| decode attention | {} ({}/{} heads) | {} x {} | {} | {:.1} | {:.1} | {:.2} | {:.0}% |",
-                shape.model,
-                shape.heads,
-                shape.kv_heads,
-                shape.batch,
-                shape.context,
-                dtype,
-                r["us"].as_f64().unwrap(),
-                r["floor_us"].as_f64().unwrap(),
-                r["TBps"].as_f64().unwrap(),
-                100.0 * r["TBps"].as_f64().unwrap() * 1e12 / copy_bandwidth
-            );
+            let label = format!("{} ({}/{} heads)", shape.model, shape.heads, shape.kv_heads);
+            row("decode attention", label, &format!("{} x {}", shape.batch, shape.context), dtype, &r);
             results.push(r);
         }
     }
-    for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
-        if !format!("store {dtype}").contains(&filter) {
-            continue;
+    for pattern in [Slots::Shuffled, Slots::Blocks] {
+        for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
+            if !format!("store {dtype} {pattern:?}").contains(&filter) {
+                continue;
+            }
+            let r = bench_store(&timer, dtype, pattern, &mut rng)?;
+            let label = format!("16384 tokens x 8 kv heads x 128, {}", pattern.label());
+            row("store (quantize on write)", label, "-", dtype, &r);
+            results.push(r);
         }
-        let r = bench_store(&timer, dtype, &mut rng)?;
-        println!(
-            "| store (quantize on write) | 16384 tokens x 8 kv heads x 128 | - | {} | {:.1} | - | {:.2} | {:.0}% |",
-            dtype,
-            r["us"].as_f64().unwrap(),
-            r["TBps"].as_f64().unwrap(),
-            100.0 * r["TBps"].as_f64().unwrap() * 1e12 / copy_bandwidth
-        );
-        results.push(r);
     }
     if let Some(out) = std::env::var_os("OUT") {
         let path = std::path::Path::new(&out).join("bench_kernels.json");
