@@ -170,21 +170,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         const long long at = cache_row(slot0, kv_head, kv_heads) * ROW_BYTES;
         return Tile{key_cache + at, value_cache + at, slot0, first, min(n - first, TILE)};
     };
-#if EXPERIMENT & 1
-    // This warp's k-th tile in cache block `block`, and the block id of its k-th tile (0 past the
-    // table or the split).
-    auto tile_in = [&](int k, int block) {
-        const int first = (warp + k * WARPS) * TILE, pos0 = start + first;
-        const long long slot0 = (long long)block * BLOCK_SIZE + pos0 % BLOCK_SIZE;
-        const long long at = cache_row(slot0, kv_head, kv_heads) * ROW_BYTES;
-        return Tile{key_cache + at, value_cache + at, slot0, first, min(n - first, TILE)};
-    };
-    auto block_of = [&](int k) {
-        const int entry = (start + (warp + k * WARPS) * TILE) / BLOCK_SIZE;
-        return warp + k * WARPS < tiles && entry < max_blocks ? table[entry] : 0;
-    };
-    int block = first_block, next_block = block_of(1);
-#endif
     const int key_lane = j * ROW_BYTES + qd * KU;        // key row j, this lane's first unit
     const int value_lane = 2 * qd * ROW_BYTES + j * VU;  // value row 2q
     const int value_rows[4] = {0, 1, 8, 9};             // value rows 2q + these
@@ -209,11 +194,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     float vs_norm = 0.0f, vs_inv = 0.0f;  // INT8: V scales are multiplied by vs_inv = 1 / vs_norm
 
     for (int k = 0; warp + k * WARPS < tiles; ++k) {
-#if EXPERIMENT & 1
-        const Tile tile = tile_in(k, block);
-#else
         const Tile tile = tile_at(k);
-#endif
         const int valid = tile.valid;
         // INT8 rows past the context in the last tile are read anyway (they lie in the sequence's
         // block, and codes are always finite): their scales are 0 and their scores masked, so no
@@ -241,18 +222,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         // Lane L holds the scale of token L % 16: K for L < 16, V after.
         const long long scale_at = kv_head * num_slots + tile.slot0 + lane % 16;
         const float my_scale = lane % 16 < valid ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 0.0f;
-#endif
-#if EXPERIMENT & 1
-        // The next tile's 32 rows into L2 (lane L: key row L, or value row L - 16), so that its
-        // loads wait for L2, not DRAM; its block id was fetched a tile ago, the one after it now.
-        if (warp + (k + 1) * WARPS < tiles) {
-            const Tile ahead = tile_in(k + 1, next_block);
-            const unsigned char* row = (lane < 16 ? ahead.key : ahead.value) + (lane % 16) * ROW_BYTES;
-            #pragma unroll
-            for (int b = 0; b < ROW_BYTES; b += 128) asm volatile("prefetch.global.L2 [%0];" :: "l"(row + b));
-        }
-        block = next_block;
-        next_block = block_of(k + 2);
 #endif
 
         // S^T = K Q^T: s[0..1] are keys j, s[2..3] keys j + 8, of rows 2q and 2q + 1. Two chains of
