@@ -163,15 +163,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
 
     // This warp's k-th tile: where its rows start (one block, one kv head: contiguous).
     struct Tile { const unsigned char* key; const unsigned char* value; long long slot0; int first, valid; };
-#if EXPERIMENT & 1
-    auto tile_in = [&](int t) {
-        const int first = t * TILE, pos0 = start + first;
-        const int block = t == warp ? first_block : table[pos0 / BLOCK_SIZE];
-        const long long slot0 = (long long)block * BLOCK_SIZE + pos0 % BLOCK_SIZE;
-        const long long at = cache_row(slot0, kv_head, kv_heads) * ROW_BYTES;
-        return Tile{key_cache + at, value_cache + at, slot0, first, min(n - first, TILE)};
-    };
-#endif
     auto tile_at = [&](int k) {
         const int first = (warp + k * WARPS) * TILE, pos0 = start + first;
         const int block = k == 0 ? first_block : table[pos0 / BLOCK_SIZE];
@@ -202,18 +193,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     float m[2] = {KV_NEG_INF, KV_NEG_INF}, m_sub[2] = {0.0f, 0.0f}, l[2] = {0.0f, 0.0f};
     float vs_norm = 0.0f, vs_inv = 0.0f;  // INT8: V scales are multiplied by vs_inv = 1 / vs_norm
 
-#if EXPERIMENT & 1
-    // Warps take the split's tiles as they finish them (a shared counter; each warp starts with tile
-    // `warp`), so that all finish within about a tile of each other.
-    __shared__ int s_next_tile;
-    if (threadIdx.x == 0) s_next_tile = WARPS;
-    __syncthreads();
-    for (int t = warp; t < tiles;) {
-        const Tile tile = tile_in(t);
-#else
     for (int k = 0; warp + k * WARPS < tiles; ++k) {
         const Tile tile = tile_at(k);
-#endif
         const int valid = tile.valid;
         // INT8 rows past the context in the last tile are read anyway (they lie in the sequence's
         // block, and codes are always finite): their scales are 0 and their scores masked, so no
@@ -241,11 +222,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         // Lane L holds the scale of token L % 16: K for L < 16, V after.
         const long long scale_at = kv_head * num_slots + tile.slot0 + lane % 16;
         const float my_scale = lane % 16 < valid ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 0.0f;
-#endif
-#if EXPERIMENT & 1
-        int next_tile = 0;
-        if (lane == 0) next_tile = atomicAdd(&s_next_tile, 1);
-        next_tile = __shfl_sync(0xffffffffu, next_tile, 0);
 #endif
 
         // S^T = K Q^T: s[0..1] are keys j, s[2..3] keys j + 8, of rows 2q and 2q + 1. Two chains of
@@ -349,9 +325,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
 #endif
             mma(acc[c], a0, a1, a2, a3, pb0, pb1);
         }
-#if EXPERIMENT & 1
-        t = next_tile;
-#endif
     }
     #pragma unroll
     for (int row = 0; row < 2; ++row)

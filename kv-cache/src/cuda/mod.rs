@@ -59,11 +59,6 @@ fn store_passes(dtype: CacheDtype) -> u32 {
 /// keep more loads in flight, fewer registers may spill. Measured side by side (docs/PERF.md): 4
 /// for both dtypes since kernels version 17 (bf16 ran best at 3 before it); 5 spills.
 /// `NANOVLLM_DECODE_MIN_BLOCKS` overrides it, for tuning.
-/// Experiment switches (a bitmask), for side-by-side timing; temporary.
-fn experiment() -> u32 {
-    std::env::var("NANOVLLM_EXPERIMENT").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
 fn decode_min_blocks() -> usize {
     std::env::var("NANOVLLM_DECODE_MIN_BLOCKS")
         .ok()
@@ -316,7 +311,6 @@ impl CacheKernels {
             ("GROUP", group.to_string()),
             ("INT8", int8),
             ("BLOCK_SIZE", block_size.to_string()),
-            ("EXPERIMENT", experiment().to_string()),
         ];
         let bounds = [("THREADS", THREADS.to_string()), ("MIN_BLOCKS", decode_min_blocks().to_string())];
         let decode = gpu.module(
