@@ -142,7 +142,7 @@ impl Ops {
         let (start, rows) = (self.vocab.start as i32, self.vocab.len() as i32);
         let mut launch = self.gpu.stream.launch_builder(&self.embedding);
         launch.arg(ids).arg(embed).arg(x).arg(&hidden).arg(&start).arg(&rows);
-        launch_rows(&mut launch, tokens, 256)
+        launch_blocks(&mut launch, (tokens, 1), 256)
     }
 
     /// `x += delta` (when given), then `out = rms_norm(x) * weight` in bf16, for `count` rows
@@ -170,7 +170,7 @@ impl Ops {
             None => launch.arg(&null),
         };
         launch.arg(weight).arg(out).arg(&eps);
-        launch_rows(&mut launch, count, 128)
+        launch_blocks(&mut launch, (count, 1), 128)
     }
 
     /// q/k RMSNorm and RoPE in place on the Q and K heads of `qkv` (`stride` elements per token).
@@ -201,18 +201,8 @@ impl Ops {
             .arg(&stride)
             .arg(&eps);
         // A warp per head, four heads per block.
-        let config = LaunchConfig {
-            grid_dim: (tokens as u32, (c.num_attention_heads + c.num_key_value_heads).div_ceil(4) as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: the arguments match qk_norm_rope; the grid covers tokens x (heads + kv heads)
-        // rows of head_dim within qkv's stride.
-        #[allow(unsafe_code)]
-        unsafe {
-            launch.launch(config)?;
-        }
-        Ok(())
+        let blocks = (c.num_attention_heads + c.num_key_value_heads).div_ceil(4);
+        launch_blocks(&mut launch, (tokens, blocks), 128)
     }
 
     /// `act = silu(gate) * up` for `tokens` rows of `[gate | up]`.
@@ -227,17 +217,7 @@ impl Ops {
         let mut launch = self.gpu.stream.launch_builder(&self.silu_mul);
         launch.arg(gate_up).arg(act).arg(&inter_arg);
         // Each thread takes 8 values of a row.
-        let config = LaunchConfig {
-            grid_dim: (tokens as u32, inter.div_ceil(8 * 128) as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: the arguments match silu_mul; the grid covers tokens rows of inter values.
-        #[allow(unsafe_code)]
-        unsafe {
-            launch.launch(config)?;
-        }
-        Ok(())
+        launch_blocks(&mut launch, (tokens, inter.div_ceil(8 * 128)), 128)
     }
 
     /// One token per logit row (Gumbel-max with the row's temperature, seed and step), among this
@@ -262,7 +242,7 @@ impl Ops {
             None => launch.arg(&null),
         };
         launch.arg(&start).arg(&vocab);
-        launch_rows(&mut launch, rows, 1024)
+        launch_blocks(&mut launch, (rows, 1), 1024)
     }
 
     /// The token of each of `rows` rows from every rank's candidate (`ids` and `values`, gathered
@@ -278,16 +258,19 @@ impl Ops {
         let (rows_arg, world) = (rows as i32, world as i32);
         let mut launch = self.gpu.stream.launch_builder(&self.pick_best_shard);
         launch.arg(ids).arg(values).arg(out).arg(&rows_arg).arg(&world);
-        launch_rows(&mut launch, rows.div_ceil(256), 256)
+        launch_blocks(&mut launch, (rows.div_ceil(256), 1), 256)
     }
 }
 
-/// Launch one block of `threads` per row.
-fn launch_rows(launch: &mut LaunchArgs<'_>, rows: usize, threads: u32) -> Result<(), GpuError> {
-    let config =
-        LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+/// Launch a grid of `blocks` (x, y) thread blocks of `threads` threads (one per row: `(rows, 1)`).
+fn launch_blocks(launch: &mut LaunchArgs<'_>, blocks: (usize, usize), threads: u32) -> Result<(), GpuError> {
+    let config = LaunchConfig {
+        grid_dim: (blocks.0 as u32, blocks.1 as u32, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
     // SAFETY: every caller pushes the arguments of its kernel in order, and its kernel touches only
-    // the rows of the grid.
+    // the rows (and columns) its grid covers.
     #[allow(unsafe_code)]
     unsafe {
         launch.launch(config)?;
