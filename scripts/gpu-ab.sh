@@ -7,7 +7,7 @@
 # kernels: target/release/examples/bench_kernels (optionally one label filter, as bench_kernels takes);
 # bench: nanovllm-cli bench on Qwen3-0.6B's shape, bf16 then INT8 KV; a setting's CLI variable
 # names another build to run (AB="- CLI=target/release/nanovllm-cli-base": two builds side by side;
-# carry the binaries). Output: $OUT/ab-kernels.log or $OUT/ab-bench.log, each line tagged with its
+# carry the binaries), and KERNELS_BIN another bench_kernels. Output: $OUT/ab-kernels.log or $OUT/ab-bench.log, each line tagged with its
 # setting.
 set -uo pipefail
 out=${OUT:-gpu-out}
@@ -20,8 +20,9 @@ for round in $(seq "${ROUNDS:-1}"); do
     vars=${setting//,/ }
     [ "$setting" = - ] && vars=
     if [ "$what" = kernels ]; then
-      env $vars OUT= timeout 300 target/release/examples/bench_kernels 4.27 "$@" 2>&1 \
-        | grep -E '^\| (decode|store)' | sed "s|^|round $round $setting |" | tee -a "$out/ab-kernels.log" || status=1
+      bin=$(env $vars sh -c 'echo "${KERNELS_BIN:-target/release/examples/bench_kernels}"')
+      env $vars OUT= timeout 300 "$bin" 4.27 "$@" 2>&1 \
+        | grep -E '^\| (decode|store)|decode kernel:' | sed "s|^|round $round $setting |" | tee -a "$out/ab-kernels.log" || status=1
     else
       for dtype in bf16 int8; do
         cli=$(env $vars sh -c 'echo "${CLI:-target/release/nanovllm-cli}"')

@@ -305,6 +305,16 @@ fn attention_kernels_match_the_reference() {
             contexts: vec![1, 5, 16, 17, 33, 64],
             queries: 1,
         },
+        // A batch of 150 contexts of every length: more thread blocks than the GPU runs at once.
+        DecodeCase {
+            dtype: CacheDtype::Int8,
+            heads: 16,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 256,
+            contexts: (0..150).map(|i| 1 + (i * 389) % 2100).collect(),
+            queries: 1,
+        },
         // Prefill chunks: the last 37 (or fewer) positions of each sequence, in groups.
         DecodeCase {
             dtype: CacheDtype::Int8,
@@ -429,6 +439,16 @@ fn attention_kernels_match_the_reference() {
                     DecodeWorkspace::new(&gpu, batch, batch, case.heads, case.head_dim, max_context).unwrap();
                 let q = q_gpu.slice(..);
                 kernels.attention(&gpu, &cache, 0, &q, stride, &queries, &mut workspace, &mut out).unwrap();
+                // Again into poisoned memory, on the same workspace: nothing a launch leaves
+                // behind may change the next one's result.
+                let first = gpu.stream.clone_dtoh(&out).unwrap();
+                out = gpu.stream.clone_htod(&vec![bf16::NAN; out.len()]).unwrap();
+                kernels.attention(&gpu, &cache, 0, &q, stride, &queries, &mut workspace, &mut out).unwrap();
+                let second = gpu.stream.clone_dtoh(&out).unwrap();
+                assert!(
+                    first.iter().zip(&second).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "a second launch on the same workspace differs"
+                );
             }
             let got: Vec<f32> = gpu.stream.clone_dtoh(&out).unwrap().iter().map(|x| x.to_f32()).collect();
             assert!(got.iter().all(|x| x.is_finite()), "unwritten or NaN outputs");

@@ -405,7 +405,8 @@ extern "C" __global__ void decode_attention_reduce(
     bf16_t* __restrict__ out,                   // [batch][heads][HEAD_DIM]
     int heads, int max_splits, int partition)
 {
-    extern __shared__ float s_weight[];         // [max_splits]
+    extern __shared__ float s_weight[];         // [2][max_splits]: each split's maximum, then weight; its sum
+    float* s_split_sum = s_weight + max_splits;
     __shared__ float s_scratch[32];
     __shared__ float s_sums[MAX_REDUCE_THREADS];
     const int h = blockIdx.x, b = blockIdx.y, x = threadIdx.x, r = threadIdx.y;
@@ -419,14 +420,21 @@ extern "C" __global__ void decode_attention_reduce(
         const int s = r + i * groups;
         early[i] = s < splits ? partial_out[(base + s) * HEAD_DIM + d] : 0.0f;
     }
+    // The maxima and sums load together (one round trip, not two), kept in shared memory for the
+    // weights.
     float m = KV_NEG_INF;
-    for (int s = tid; s < splits; s += threads) m = fmaxf(m, partial_max[base + s]);
+    for (int s = tid; s < splits; s += threads) {
+        const float split_max = partial_max[base + s];
+        s_split_sum[s] = partial_sum[base + s];
+        s_weight[s] = split_max;
+        m = fmaxf(m, split_max);
+    }
     m = block_reduce(m, true, s_scratch);
     float l = 0.0f;
     for (int s = tid; s < splits; s += threads) {
-        const float w = expf(partial_max[base + s] - m);
+        const float w = expf(s_weight[s] - m);
         s_weight[s] = w;
-        l += w * partial_sum[base + s];
+        l += w * s_split_sum[s];
     }
     l = block_reduce(l, false, s_scratch);  // its barrier also publishes s_weight
     float o = 0.0f;

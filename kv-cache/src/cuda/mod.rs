@@ -252,7 +252,7 @@ impl AttentionScalars {
 /// The compiled store and attention kernels for one cache shape.
 #[derive(Debug)]
 pub struct CacheKernels {
-    /// Thread blocks of decode attention the GPU runs at once (SMs x `MIN_BLOCKS`).
+    /// Thread blocks of decode attention the GPU runs at once (SMs x resident blocks per SM).
     block_slots: usize,
     /// Streaming multiprocessors: the reduce kernel spreads a few rows over them.
     sms: usize,
@@ -324,12 +324,15 @@ impl CacheKernels {
             &shape,
         )?;
         let sms = gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let partial = decode.load_function("decode_attention_partial")?;
+        // What the GPU really co-schedules (registers, shared memory), not only what was asked for.
+        let resident = partial.occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None)?;
         Ok(CacheKernels {
-            block_slots: sms.max(1) as usize * decode_min_blocks(),
+            block_slots: sms.max(1) as usize * resident.max(1) as usize,
             sms: sms.max(1) as usize,
             prefill: prefill.load_function("prefill_attention")?,
             store: store.load_function("store_kv")?,
-            partial: decode.load_function("decode_attention_partial")?,
+            partial,
             reduce: decode.load_function("decode_attention_reduce")?,
             head_dim,
             group,
@@ -385,6 +388,12 @@ impl CacheKernels {
             launch.launch(config)?;
         }
         Ok(())
+    }
+
+    /// Decode attention's registers per thread, local (spilled) bytes per thread and resident
+    /// thread blocks per SM, for benchmarks' reports.
+    pub fn decode_resources(&self) -> Result<(i32, i32, usize), GpuError> {
+        Ok((self.partial.num_regs()?, self.partial.local_size_bytes()?, self.block_slots / self.sms))
     }
 
     /// Query tokens per group of [`AttentionQueries::groups`]: the MMA has 8 useful rows, one per
@@ -507,7 +516,7 @@ impl CacheKernels {
         let config = LaunchConfig {
             grid_dim: (heads as u32, batch as u32, (self.head_dim / dims) as u32),
             block_dim: (dims as u32, groups as u32, 1),
-            shared_mem_bytes: 4 * splits as u32, // one weight per split
+            shared_mem_bytes: 8 * splits as u32, // each split's weight and sum
         };
         let mut launch = gpu.stream.launch_builder(&self.reduce);
         launch
