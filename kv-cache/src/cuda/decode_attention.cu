@@ -36,10 +36,6 @@
 // one kv head are contiguous (layout.cuh), so each lane's loads are fixed offsets from the tile's
 // start.
 
-// Rejected experiment (docs/PERF.md, kernels version 24): EXPERIMENT bit 1 hands items out
-// statically (item + gridDim.x), bit 2 loads the next item only after the current one.
-#define EXP_STATIC (EXPERIMENT & 1)
-#define EXP_NO_PREFETCH (EXPERIMENT & 2)
 #define WARPS (THREADS / 32)
 #define QUERIES (8 / GROUP)                 // query tokens per group
 #define TILE 16
@@ -87,14 +83,6 @@ __device__ __forceinline__ int value_dim(int c, int j) {
 #endif
 }
 
-// Where an item's first tile for this warp and its rows come from: loaded one item ahead.
-struct ItemHead {
-    int first_query, queries;  // the group's queries
-    int table_row;             // its row of block_tables
-    int first_block;           // the block of this warp's first tile
-    int context;               // the longest causal context of its queries
-};
-
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attention_partial(
     const bf16_t* __restrict__ q,               // [batch][kv_heads * GROUP][HEAD_DIM], batch stride q_stride
     long long q_stride,
@@ -112,40 +100,26 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     float* __restrict__ partial_out,            // [batch][heads][max_splits][HEAD_DIM]
     float* __restrict__ partial_max,            // [batch][heads][max_splits], natural log units
     float* __restrict__ partial_sum,
-    int kv_heads, int max_splits, int partition, float softmax_scale,
-    int num_groups,
-    unsigned int* __restrict__ tickets)         // [2], zero between launches: next item, blocks done
+    int kv_heads, int max_splits, int partition, float softmax_scale)
 {
-    const int items = max_splits * kv_heads * num_groups;
-    // Fewer blocks than items: each block takes items in turn, the next one from `tickets`.
-    const bool persistent = PERSISTENT && (int)gridDim.x < items;
+    const int split = blockIdx.x, kv_head = blockIdx.y;
+    const int first_query = query_groups[blockIdx.z], queries = query_groups[blockIdx.z + 1] - first_query;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, j = lane / 4, qd = lane % 4;
-    const int heads = kv_heads * GROUP;
-    auto split_of = [&](int item) { return item % max_splits; };
-    auto kv_head_of = [&](int item) { return item / max_splits % kv_heads; };
-    // An item's group and table row, then (dependent on those) its context and first block.
-    auto load_group = [&](int item, ItemHead& h) {
-        const int group = item / max_splits / kv_heads;
-        h.first_query = query_groups[group];
-        h.queries = query_groups[group + 1] - h.first_query;
-        h.table_row = group_tables[group];
-    };
-    auto load_context = [&](int item, ItemHead& h) {
-        const int entry = (split_of(item) * partition + warp * TILE) / BLOCK_SIZE;
-        h.first_block = entry < max_blocks ? block_tables[(long long)h.table_row * max_blocks + entry] : 0;
-        h.context = 0;
-        for (int i = 0; i < h.queries; ++i) h.context = max(h.context, context_lens[h.first_query + i]);
-    };
-    // Row r of the group: query r / GROUP (if it exists), head r % GROUP of the kv head.
-    auto row_used = [&](int r, int queries) { return r < QUERIES * GROUP && r / GROUP < queries; };
-
+    const int start = split * partition;
+    // Everything that depends only on the group is loaded before its context length is known: the
+    // q fragments and the block id of this warp's first tile, so that fewer dependent loads stand
+    // between the launch and the first tile's K/V (measured 1-3% faster where a launch is one wave).
+    const int* table = block_tables + (long long)group_tables[blockIdx.z] * max_blocks;
+    const int first_entry = (start + warp * TILE) / BLOCK_SIZE;
+    const int first_block = first_entry < max_blocks ? table[first_entry] : 0;
+    auto row_used = [&](int r) { return r < QUERIES * GROUP && r / GROUP < queries; };
     unsigned int qb[CHUNKS][2];
     // Query fragments (the B operand): row j, the four elements of chunk c that this lane's keys hold
     // (consecutive: one 8-byte load). Staging the rows through shared memory first measured slower
     // (docs/PERF.md).
-    auto load_q = [&](const ItemHead& h, int kv_head) {
-        const bool used = row_used(j, h.queries);
-        const bf16_t* qrow = q + (long long)(h.first_query + (used ? j / GROUP : 0)) * q_stride
+    {
+        const bool used = row_used(j);
+        const bf16_t* qrow = q + (long long)(first_query + (used ? j / GROUP : 0)) * q_stride
                              + (long long)(kv_head * GROUP + j % GROUP) * HEAD_DIM;
         #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
@@ -153,39 +127,86 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
             unsigned int w[2] = {0u, 0u};
             if (used) load_bytes<8>((const unsigned char*)(qrow + element), w);
             #pragma unroll
-            for (int h2 = 0; h2 < 2; ++h2) {
+            for (int h = 0; h < 2; ++h) {
 #if INT8
-                const float lo = fminf(fmaxf(bf16_to_float((bf16_t)(w[h2] & 0xffffu)), -65504.0f), 65504.0f);
-                const float hi = fminf(fmaxf(bf16_to_float((bf16_t)(w[h2] >> 16)), -65504.0f), 65504.0f);
-                qb[c][h2] = pack2(lo, hi);
+                const float lo = fminf(fmaxf(bf16_to_float((bf16_t)(w[h] & 0xffffu)), -65504.0f), 65504.0f);
+                const float hi = fminf(fmaxf(bf16_to_float((bf16_t)(w[h] >> 16)), -65504.0f), 65504.0f);
+                qb[c][h] = pack2(lo, hi);
 #else
-                qb[c][h2] = w[h2];
+                qb[c][h] = w[h];
 #endif
             }
         }
+    }
+    int context = 0;
+    for (int i = 0; i < queries; ++i) context = max(context, context_lens[first_query + i]);
+    const int heads = kv_heads * GROUP;
+    if (start >= context) {
+        // A group with no context (padding rows of a CUDA graph) reads nothing and gets zeros; with
+        // more than one split, the reduce kernel writes them.
+        if (max_splits == 1)
+            for (int i = threadIdx.x; i < queries * GROUP * HEAD_DIM; i += THREADS) {
+                const int g = i / HEAD_DIM, token = first_query + g / GROUP;
+                out[((long long)token * heads + kv_head * GROUP + g % GROUP) * HEAD_DIM + i % HEAD_DIM] = 0;
+            }
+        return;
+    }
+    const int n = min(context - start, partition);
+    // Row r of the group: query r / GROUP (if it exists), head r % GROUP of the kv head. Keys of this
+    // split that it may see: [0, limit), split-relative.
+    auto row_limit = [&](int r) {
+        return row_used(r) ? min(context_lens[first_query + r / GROUP] - start, n) : 0;
     };
+    const int limit[2] = {row_limit(2 * qd), row_limit(2 * qd + 1)};  // this lane's score rows
+    const float score_scale = softmax_scale * LOG2E;  // scores in log2 units: exp2 below
+    const int tiles = (n + TILE - 1) / TILE;
 
-    // A tile of 16 keys of one kv head (rows contiguous within a block), loaded into registers.
-    // INT8 rows past the context in the last tile are read anyway (they lie in the sequence's
-    // block, and codes are always finite): their scales are 0 and their scores masked, so no load
-    // needs a predicate. bf16 rows there may hold anything, NaN included: not read.
-    unsigned int kraw[2][KW], vraw[4][VW];
-    float my_scale = 0.0f;  // INT8: lane L holds the scale of token L % 16, K for L < 16, V after
+    // This warp's k-th tile: where its rows start (one block, one kv head: contiguous).
+    struct Tile { const unsigned char* key; const unsigned char* value; long long slot0; int first, valid; };
+    auto tile_at = [&](int k) {
+        const int first = (warp + k * WARPS) * TILE, pos0 = start + first;
+        const int block = k == 0 ? first_block : table[pos0 / BLOCK_SIZE];
+        const long long slot0 = (long long)block * BLOCK_SIZE + pos0 % BLOCK_SIZE;
+        const long long at = cache_row(slot0, kv_head, kv_heads) * ROW_BYTES;
+        return Tile{key_cache + at, value_cache + at, slot0, first, min(n - first, TILE)};
+    };
     const int key_lane = j * ROW_BYTES + qd * KU;        // key row j, this lane's first unit
     const int value_lane = 2 * qd * ROW_BYTES + j * VU;  // value row 2q
     const int value_rows[4] = {0, 1, 8, 9};             // value rows 2q + these
-    auto load_tile = [&](int block, int pos0, int kv_head, int valid) {
-        const long long slot0 = (long long)block * BLOCK_SIZE + pos0 % BLOCK_SIZE;
-        const long long at = cache_row(slot0, kv_head, kv_heads) * ROW_BYTES;
-        const unsigned char* key = key_cache + at;
-        const unsigned char* value = value_cache + at;
+
+    // Where each tile's QK chain starts. INT8 keys enter the MMA as x + 1152 (no subtraction per
+    // code), so the chain starts at -1152 * (sum of the row's q), computed by the same MMA once.
+    float s_start[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#if INT8
+    #pragma unroll
+    for (int c = 0; c < CHUNKS; ++c)
+        mma(s_start, INT8_F16_BIAS, INT8_F16_BIAS, INT8_F16_BIAS, INT8_F16_BIAS, qb[c][0], qb[c][1]);
+    #pragma unroll
+    for (int e = 0; e < 4; ++e) s_start[e] = -s_start[e];
+#endif
+
+    float acc[CHUNKS][4];
+    #pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = 0.0f;
+    // Softmax state of rows 2q and 2q + 1: the (lazy) maximum, what exp2 subtracts (0 while a row
+    // has seen no key), and the sum of this lane's keys' probabilities.
+    float m[2] = {KV_NEG_INF, KV_NEG_INF}, m_sub[2] = {0.0f, 0.0f}, l[2] = {0.0f, 0.0f};
+    float vs_norm = 0.0f, vs_inv = 0.0f;  // INT8: V scales are multiplied by vs_inv = 1 / vs_norm
+
+    for (int k = 0; warp + k * WARPS < tiles; ++k) {
+        const Tile tile = tile_at(k);
+        const int valid = tile.valid;
+        // INT8 rows past the context in the last tile are read anyway (they lie in the sequence's
+        // block, and codes are always finite): their scales are 0 and their scores masked, so no
+        // load needs a predicate. bf16 rows there may hold anything, NaN included: not read.
         constexpr bool read_all = INT8;
+        unsigned int kraw[2][KW], vraw[4][VW];
         #pragma unroll
         for (int h = 0; h < 2; ++h)
             #pragma unroll
             for (int i = 0; i < KB / KU; ++i) {
                 unsigned int* w = &kraw[h][i * (KU / 4)];
-                if (read_all || 8 * h + j < valid) load_bytes<KU>(key + key_lane + h * 8 * ROW_BYTES + i * 4 * KU, w);
+                if (read_all || 8 * h + j < valid) load_bytes<KU>(tile.key + key_lane + h * 8 * ROW_BYTES + i * 4 * KU, w);
                 else for (int x = 0; x < KU / 4; ++x) w[x] = 0u;
             }
         #pragma unroll
@@ -194,263 +215,166 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
             for (int i = 0; i < VB / VU; ++i) {
                 unsigned int* w = &vraw[r][i * (VU / 4)];
                 if (read_all || 2 * qd + value_rows[r] < valid)
-                    load_bytes<VU>(value + value_lane + value_rows[r] * ROW_BYTES + i * 8 * VU, w);
+                    load_bytes<VU>(tile.value + value_lane + value_rows[r] * ROW_BYTES + i * 8 * VU, w);
                 else for (int x = 0; x < VU / 4; ++x) w[x] = 0u;
             }
 #if INT8
-        const long long scale_at = kv_head * num_slots + slot0 + lane % 16;
-        my_scale = lane % 16 < valid ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 0.0f;
+        // Lane L holds the scale of token L % 16: K for L < 16, V after.
+        const long long scale_at = kv_head * num_slots + tile.slot0 + lane % 16;
+        const float my_scale = lane % 16 < valid ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 0.0f;
 #endif
-    };
-    // This warp's first tile of an item, if the item gives it one: loaded ahead of the item.
-    auto load_first_tile = [&](int item, const ItemHead& h) {
-        const int start = split_of(item) * partition, n = min(h.context - start, partition);
-        if (warp * TILE < n) load_tile(h.first_block, start + warp * TILE, kv_head_of(item), min(n - warp * TILE, TILE));
-    };
 
-    __shared__ int s_next[2];
-    __shared__ float s_m[WARPS][8], s_l[WARPS][8], s_vs[WARPS];
-    __shared__ float s_acc[WARPS][8][ACC_STRIDE];
-    int item = blockIdx.x;
-    ItemHead cur;
-    load_group(item, cur);
-    load_q(cur, kv_head_of(item));
-    load_context(item, cur);
-    if (PERSISTENT) load_first_tile(item, cur);
-    if (!EXP_STATIC && persistent && threadIdx.x == 0) s_next[0] = gridDim.x + atomicAdd(tickets, 1u);
-    __syncthreads();
-    const float score_scale = softmax_scale * LOG2E;  // scores in log2 units: exp2 below
-    for (int parity = 0; item < items; parity ^= 1) {
-        // The next item is known one item ahead, so that its group, context, q and first tile
-        // load while this one streams, and a block starts each item with its first tile in flight.
-        const int next = !persistent ? items : EXP_STATIC ? item + gridDim.x : s_next[parity];
-        const bool has_next = next < items;
-        unsigned int ticket = 0;
-        if (!EXP_STATIC && persistent && threadIdx.x == 0 && has_next) ticket = gridDim.x + atomicAdd(tickets, 1u);
-        ItemHead ahead = {0, 0, 0, 0, 0};
-        if (has_next && !EXP_NO_PREFETCH) load_group(next, ahead);
-
-        const int kv_head = kv_head_of(item), start = split_of(item) * partition;
-        const int first_query = cur.first_query, queries = cur.queries, context = cur.context;
-        const int* table = block_tables + (long long)cur.table_row * max_blocks;
-        const int n = max(min(context - start, partition), 0);
-        if (n == 0 && max_splits == 1) {
-            // A group with no context (padding rows of a CUDA graph) reads nothing and gets zeros;
-            // with more than one split, the reduce kernel writes them.
-            for (int i = threadIdx.x; i < queries * GROUP * HEAD_DIM; i += THREADS) {
-                const int g = i / HEAD_DIM, token = first_query + g / GROUP;
-                out[((long long)token * heads + kv_head * GROUP + g % GROUP) * HEAD_DIM + i % HEAD_DIM] = 0;
-            }
+        // S^T = K Q^T: s[0..1] are keys j, s[2..3] keys j + 8, of rows 2q and 2q + 1. Two chains of
+        // MMAs, so that one waits on the other less.
+        float s[4] = {s_start[0], s_start[1], s_start[2], s_start[3]}, s_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        #pragma unroll
+        for (int c = 0; c < CHUNKS; ++c) {
+#if INT8
+            unsigned int a0, a1, a2, a3;
+            int8x4_to_biased_f16x2(kraw[0][c], a0, a2);
+            int8x4_to_biased_f16x2(kraw[1][c], a1, a3);
+#else
+            const unsigned int a0 = kraw[0][2 * c], a1 = kraw[1][2 * c];
+            const unsigned int a2 = kraw[0][2 * c + 1], a3 = kraw[1][2 * c + 1];
+#endif
+            mma(c % 2 ? s_odd : s, a0, a1, a2, a3, qb[c][0], qb[c][1]);
         }
-        // Keys of this split that row r may see: [0, limit), split-relative.
-        auto row_limit = [&](int r) {
-            return row_used(r, queries) ? min(context_lens[first_query + r / GROUP] - start, n) : 0;
-        };
-        const int limit[2] = {row_limit(2 * qd), row_limit(2 * qd + 1)};  // this lane's score rows
-        const int tiles = (n + TILE - 1) / TILE;
-
-        // Where each tile's QK chain starts. INT8 keys enter the MMA as x + 1152 (no subtraction per
-        // code), so the chain starts at -1152 * (sum of the row's q), computed by the same MMA once.
-        float s_start[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        float score[4];
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) score[e] = s[e] + s_odd[e];
 #if INT8
-        #pragma unroll
-        for (int c = 0; c < CHUNKS; ++c)
-            mma(s_start, INT8_F16_BIAS, INT8_F16_BIAS, INT8_F16_BIAS, INT8_F16_BIAS, qb[c][0], qb[c][1]);
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) s_start[e] = -s_start[e];
+        const float kscale[2] = {__shfl_sync(0xffffffffu, my_scale, j), __shfl_sync(0xffffffffu, my_scale, j + 8)};
+        const float vscale[2] = {__shfl_sync(0xffffffffu, my_scale, 16 + j), __shfl_sync(0xffffffffu, my_scale, 24 + j)};
 #endif
-
-        float acc[CHUNKS][4];
+        bool grow = false;  // does a row's maximum or the V-scale bound move?
         #pragma unroll
-        for (int c = 0; c < CHUNKS; ++c) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = 0.0f;
-        // Softmax state of rows 2q and 2q + 1: the (lazy) maximum, what exp2 subtracts (0 while a row
-        // has seen no key), and the sum of this lane's keys' probabilities.
-        float m[2] = {KV_NEG_INF, KV_NEG_INF}, m_sub[2] = {0.0f, 0.0f}, l[2] = {0.0f, 0.0f};
-        float vs_norm = 0.0f, vs_inv = 0.0f;  // INT8: V scales are multiplied by vs_inv = 1 / vs_norm
-
-        for (int k = 0; warp + k * WARPS < tiles; ++k) {
-            const int first = (warp + k * WARPS) * TILE, valid = min(n - first, TILE);
-            if (k > 0 || !PERSISTENT)
-                load_tile(k == 0 ? cur.first_block : table[(start + first) / BLOCK_SIZE], start + first, kv_head, valid);
+        for (int e = 0; e < 4; ++e) {
+            const int key = j + 8 * (e / 2), row = e % 2;
 #if INT8
-            const float tile_scale = my_scale;
-#endif
-
-            // S^T = K Q^T: s[0..1] are keys j, s[2..3] keys j + 8, of rows 2q and 2q + 1. Two chains of
-            // MMAs, so that one waits on the other less.
-            float s[4] = {s_start[0], s_start[1], s_start[2], s_start[3]}, s_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            #pragma unroll
-            for (int c = 0; c < CHUNKS; ++c) {
-#if INT8
-                unsigned int a0, a1, a2, a3;
-                int8x4_to_biased_f16x2(kraw[0][c], a0, a2);
-                int8x4_to_biased_f16x2(kraw[1][c], a1, a3);
+            score[e] *= score_scale * kscale[e / 2];
 #else
-                const unsigned int a0 = kraw[0][2 * c], a1 = kraw[1][2 * c];
-                const unsigned int a2 = kraw[0][2 * c + 1], a3 = kraw[1][2 * c + 1];
+            score[e] *= score_scale;
 #endif
-                mma(c % 2 ? s_odd : s, a0, a1, a2, a3, qb[c][0], qb[c][1]);
-            }
-            float score[4];
+            if (tile.first + key >= limit[row]) score[e] = KV_NEG_INF;
+            grow |= score[e] > m[row] + TAU;
+        }
+#if INT8
+        grow |= fmaxf(vscale[0], vscale[1]) > vs_norm;
+#endif
+        if (__any_sync(0xffffffffu, grow)) {
+            // Rows' maxima over the tile (the 8 lanes of a q hold its 16 keys), and the rescale.
+            float alpha[2];
             #pragma unroll
-            for (int e = 0; e < 4; ++e) score[e] = s[e] + s_odd[e];
-#if INT8
-            const float kscale[2] = {__shfl_sync(0xffffffffu, tile_scale, j), __shfl_sync(0xffffffffu, tile_scale, j + 8)};
-            const float vscale[2] = {__shfl_sync(0xffffffffu, tile_scale, 16 + j), __shfl_sync(0xffffffffu, tile_scale, 24 + j)};
-#endif
-            bool grow = false;  // does a row's maximum or the V-scale bound move?
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int key = j + 8 * (e / 2), row = e % 2;
-#if INT8
-                score[e] *= score_scale * kscale[e / 2];
-#else
-                score[e] *= score_scale;
-#endif
-                if (first + key >= limit[row]) score[e] = KV_NEG_INF;
-                grow |= score[e] > m[row] + TAU;
-            }
-#if INT8
-            grow |= fmaxf(vscale[0], vscale[1]) > vs_norm;
-#endif
-            if (__any_sync(0xffffffffu, grow)) {
-                // Rows' maxima over the tile (the 8 lanes of a q hold its 16 keys), and the rescale.
-                float alpha[2];
-                #pragma unroll
-                for (int row = 0; row < 2; ++row) {
-                    float tile_max = fmaxf(score[row], score[row + 2]);
-                    #pragma unroll
-                    for (int offset = 4; offset < 32; offset *= 2)
-                        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
-                    const float m_new = fmaxf(m[row], tile_max);
-                    // Nothing accumulated yet while the maximum was -inf: nothing to rescale.
-                    alpha[row] = m[row] == KV_NEG_INF ? 1.0f : fast_exp2(m[row] - m_new);
-                    m[row] = m_new;
-                    m_sub[row] = m_new == KV_NEG_INF ? 0.0f : m_new;
-                    l[row] *= alpha[row];
-                }
-#if INT8
-                float vs_max = fmaxf(vscale[0], vscale[1]);
+            for (int row = 0; row < 2; ++row) {
+                float tile_max = fmaxf(score[row], score[row + 2]);
                 #pragma unroll
                 for (int offset = 4; offset < 32; offset *= 2)
-                    vs_max = fmaxf(vs_max, __shfl_xor_sync(0xffffffffu, vs_max, offset));
-                const float bound = pow2_at_least(fmaxf(fmaxf(vs_max, vs_norm), FLT_MIN_NORMAL));
-                const float ratio = vs_norm == 0.0f ? 1.0f : vs_norm * pow2_inverse(bound);  // exact
-                vs_norm = bound;
-                vs_inv = pow2_inverse(bound);
-                alpha[0] *= ratio;
-                alpha[1] *= ratio;
-#endif
-                #pragma unroll
-                for (int c = 0; c < CHUNKS; ++c) {
-                    acc[c][0] *= alpha[0]; acc[c][1] *= alpha[1];
-                    acc[c][2] *= alpha[0]; acc[c][3] *= alpha[1];
-                }
+                    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
+                const float m_new = fmaxf(m[row], tile_max);
+                // Nothing accumulated yet while the maximum was -inf: nothing to rescale.
+                alpha[row] = m[row] == KV_NEG_INF ? 1.0f : fast_exp2(m[row] - m_new);
+                m[row] = m_new;
+                m_sub[row] = m_new == KV_NEG_INF ? 0.0f : m_new;
+                l[row] *= alpha[row];
             }
-            float p[4];
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) p[e] = fast_exp2(score[e] - m_sub[e % 2]);
-            l[0] += p[0] + p[2];
-            l[1] += p[1] + p[3];
 #if INT8
-            const float vweight[2] = {vscale[0] * vs_inv, vscale[1] * vs_inv};
+            float vs_max = fmaxf(vscale[0], vscale[1]);
             #pragma unroll
-            for (int e = 0; e < 4; ++e) p[e] *= vweight[e / 2];
+            for (int offset = 4; offset < 32; offset *= 2)
+                vs_max = fmaxf(vs_max, __shfl_xor_sync(0xffffffffu, vs_max, offset));
+            const float bound = pow2_at_least(fmaxf(fmaxf(vs_max, vs_norm), FLT_MIN_NORMAL));
+            const float ratio = vs_norm == 0.0f ? 1.0f : vs_norm * pow2_inverse(bound);  // exact
+            vs_norm = bound;
+            vs_inv = pow2_inverse(bound);
+            alpha[0] *= ratio;
+            alpha[1] *= ratio;
 #endif
-            // P^T's fragment: the 8x8 blocks of keys 0..7 and 8..15, transposed.
-            const unsigned int pb0 = transpose8x8(pack2(p[0], p[1])), pb1 = transpose8x8(pack2(p[2], p[3]));
-
-            // O^T += V^T P^T, one m16 tile of dims at a time.
             #pragma unroll
             for (int c = 0; c < CHUNKS; ++c) {
+                acc[c][0] *= alpha[0]; acc[c][1] *= alpha[1];
+                acc[c][2] *= alpha[0]; acc[c][3] *= alpha[1];
+            }
+        }
+        float p[4];
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) p[e] = fast_exp2(score[e] - m_sub[e % 2]);
+        l[0] += p[0] + p[2];
+        l[1] += p[1] + p[3];
 #if INT8
-                // Word c/2 of a row holds four dims; tile c takes the pair 2(c%2), 2(c%2)+1.
-                const unsigned int sel = (c % 2) ? 0x7362u : 0x5140u;
-                unsigned int a0, a1, a2, a3;
-                int8x4_to_f16x2(__byte_perm(vraw[0][c / 2], vraw[1][c / 2], sel), a0, a1);
-                int8x4_to_f16x2(__byte_perm(vraw[2][c / 2], vraw[3][c / 2], sel), a2, a3);
+        const float vweight[2] = {vscale[0] * vs_inv, vscale[1] * vs_inv};
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) p[e] *= vweight[e / 2];
+#endif
+        // P^T's fragment: the 8x8 blocks of keys 0..7 and 8..15, transposed.
+        const unsigned int pb0 = transpose8x8(pack2(p[0], p[1])), pb1 = transpose8x8(pack2(p[2], p[3]));
+
+        // O^T += V^T P^T, one m16 tile of dims at a time.
+        #pragma unroll
+        for (int c = 0; c < CHUNKS; ++c) {
+#if INT8
+            // Word c/2 of a row holds four dims; tile c takes the pair 2(c%2), 2(c%2)+1.
+            const unsigned int sel = (c % 2) ? 0x7362u : 0x5140u;
+            unsigned int a0, a1, a2, a3;
+            int8x4_to_f16x2(__byte_perm(vraw[0][c / 2], vraw[1][c / 2], sel), a0, a1);
+            int8x4_to_f16x2(__byte_perm(vraw[2][c / 2], vraw[3][c / 2], sel), a2, a3);
 #else
-                const unsigned int a0 = __byte_perm(vraw[0][c], vraw[1][c], 0x5410u);
-                const unsigned int a1 = __byte_perm(vraw[0][c], vraw[1][c], 0x7632u);
-                const unsigned int a2 = __byte_perm(vraw[2][c], vraw[3][c], 0x5410u);
-                const unsigned int a3 = __byte_perm(vraw[2][c], vraw[3][c], 0x7632u);
+            const unsigned int a0 = __byte_perm(vraw[0][c], vraw[1][c], 0x5410u);
+            const unsigned int a1 = __byte_perm(vraw[0][c], vraw[1][c], 0x7632u);
+            const unsigned int a2 = __byte_perm(vraw[2][c], vraw[3][c], 0x5410u);
+            const unsigned int a3 = __byte_perm(vraw[2][c], vraw[3][c], 0x7632u);
 #endif
-                mma(acc[c], a0, a1, a2, a3, pb0, pb1);
-            }
-            // The next item's context and first block, while this item's second tile loads.
-            if (k == 0 && has_next && !EXP_NO_PREFETCH) load_context(next, ahead);
+            mma(acc[c], a0, a1, a2, a3, pb0, pb1);
         }
-        if (has_next && !EXP_NO_PREFETCH) {
-            if (tiles <= warp) load_context(next, ahead);  // this warp had no tile to hide it behind
-            // The next item's q and first tile, in flight while this item's warps combine.
-            load_q(ahead, kv_head_of(next));
-            load_first_tile(next, ahead);
-        }
-        if (n > 0) {
-            #pragma unroll
-            for (int row = 0; row < 2; ++row)
-                #pragma unroll
-                for (int offset = 4; offset < 32; offset *= 2) l[row] += __shfl_xor_sync(0xffffffffu, l[row], offset);
-
-            // Combine the warps: out = sum_w 2^(m_w - M) vs_w acc_w, sum = sum_w 2^(m_w - M) l_w.
-            #pragma unroll
-            for (int c = 0; c < CHUNKS; ++c) {
-                const int d = value_dim(c, j);
-                s_acc[warp][2 * qd][d] = acc[c][0];
-                s_acc[warp][2 * qd + 1][d] = acc[c][1];
-                s_acc[warp][2 * qd][d + 1] = acc[c][2];
-                s_acc[warp][2 * qd + 1][d + 1] = acc[c][3];
-            }
-            if (j == 0) {
-                s_m[warp][2 * qd] = m[0]; s_l[warp][2 * qd] = l[0];
-                s_m[warp][2 * qd + 1] = m[1]; s_l[warp][2 * qd + 1] = l[1];
-            }
-            if (lane == 0) s_vs[warp] = INT8 ? vs_norm : 1.0f;
-            __syncthreads();
-            for (int i = threadIdx.x; i < queries * GROUP * HEAD_DIM; i += THREADS) {
-                const int g = i / HEAD_DIM, d = i % HEAD_DIM, token = first_query + g / GROUP;
-                const long long row = (long long)token * heads + kv_head * GROUP + g % GROUP;
-                if (start >= context_lens[token]) {  // a split past this query's context: never read
-                    if (max_splits == 1) out[row * HEAD_DIM + d] = 0;
-                    continue;
-                }
-                float big = KV_NEG_INF;
-                #pragma unroll
-                for (int w = 0; w < WARPS; ++w) big = fmaxf(big, s_m[w][g]);
-                float sum = 0.0f, total = 0.0f;
-                #pragma unroll
-                for (int w = 0; w < WARPS; ++w) {
-                    const float weight = fast_exp2(s_m[w][g] - big);  // 0 for a warp that had no tile
-                    sum += weight * s_vs[w] * s_acc[w][g][d];
-                    total += weight * s_l[w][g];
-                }
-                if (max_splits == 1) {  // the whole context: the output itself, no reduce kernel
-                    out[row * HEAD_DIM + d] = float_to_bf16(__fdividef(sum, total));  // rounded to bf16 anyway
-                    continue;
-                }
-                const long long at = row * max_splits + split_of(item);
-                partial_out[at * HEAD_DIM + d] = sum;
-                if (d == 0) { partial_max[at] = big * LN2; partial_sum[at] = total; }
-            }
-        }
-        if (has_next && EXP_NO_PREFETCH) {
-            load_group(next, ahead);
-            load_q(ahead, kv_head_of(next));
-            load_context(next, ahead);
-            load_first_tile(next, ahead);
-        }
-        if (!EXP_STATIC && persistent && threadIdx.x == 0) s_next[parity ^ 1] = has_next ? ticket : items;
-        __syncthreads();  // publishes s_next; the shared arrays are free again
-        item = next;
-        cur = ahead;
     }
-    if (!EXP_STATIC && persistent && threadIdx.x == 0) {
-        // The last block to finish resets the tickets for the next launch: every block has taken
-        // its last ticket by then.
-        __threadfence();
-        if (atomicAdd(tickets + 1, 1u) == gridDim.x - 1) { tickets[0] = 0u; tickets[1] = 0u; }
+    #pragma unroll
+    for (int row = 0; row < 2; ++row)
+        #pragma unroll
+        for (int offset = 4; offset < 32; offset *= 2) l[row] += __shfl_xor_sync(0xffffffffu, l[row], offset);
+
+    // Combine the warps: out = sum_w 2^(m_w - M) vs_w acc_w, sum = sum_w 2^(m_w - M) l_w.
+    __shared__ float s_m[WARPS][8], s_l[WARPS][8], s_vs[WARPS];
+    __shared__ float s_acc[WARPS][8][ACC_STRIDE];
+    #pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+        const int d = value_dim(c, j);
+        s_acc[warp][2 * qd][d] = acc[c][0];
+        s_acc[warp][2 * qd + 1][d] = acc[c][1];
+        s_acc[warp][2 * qd][d + 1] = acc[c][2];
+        s_acc[warp][2 * qd + 1][d + 1] = acc[c][3];
+    }
+    if (j == 0) {
+        s_m[warp][2 * qd] = m[0]; s_l[warp][2 * qd] = l[0];
+        s_m[warp][2 * qd + 1] = m[1]; s_l[warp][2 * qd + 1] = l[1];
+    }
+    if (lane == 0) s_vs[warp] = INT8 ? vs_norm : 1.0f;
+    __syncthreads();
+    for (int i = threadIdx.x; i < queries * GROUP * HEAD_DIM; i += THREADS) {
+        const int g = i / HEAD_DIM, d = i % HEAD_DIM, token = first_query + g / GROUP;
+        const long long row = (long long)token * heads + kv_head * GROUP + g % GROUP;
+        if (start >= context_lens[token]) {  // a split past this query's context: never read
+            if (max_splits == 1) out[row * HEAD_DIM + d] = 0;
+            continue;
+        }
+        float big = KV_NEG_INF;
+        #pragma unroll
+        for (int w = 0; w < WARPS; ++w) big = fmaxf(big, s_m[w][g]);
+        float sum = 0.0f, total = 0.0f;
+        #pragma unroll
+        for (int w = 0; w < WARPS; ++w) {
+            const float weight = fast_exp2(s_m[w][g] - big);  // 0 for a warp that had no tile
+            sum += weight * s_vs[w] * s_acc[w][g][d];
+            total += weight * s_l[w][g];
+        }
+        if (max_splits == 1) {  // the whole context: the output itself, no reduce kernel
+            out[row * HEAD_DIM + d] = float_to_bf16(__fdividef(sum, total));  // rounded to bf16 anyway
+            continue;
+        }
+        const long long at = row * max_splits + split;
+        partial_out[at * HEAD_DIM + d] = sum;
+        if (d == 0) { partial_max[at] = big * LN2; partial_sum[at] = total; }
     }
 }
+
 // A sum or maximum over the block's threads, returned to every thread.
 __device__ __forceinline__ float block_reduce(float x, bool is_max, float* scratch) {
     #pragma unroll

@@ -67,15 +67,6 @@ fn decode_min_blocks() -> usize {
         .unwrap_or(4)
 }
 
-/// Whether INT8 decode attention runs as persistent thread blocks, one per block slot, each
-/// taking (split, kv head, group) items in turn and loading the next item's first tile while it
-/// combines the current one (docs/PERF.md, kernels version 24). bf16 keeps one block per item:
-/// its larger tiles leave no registers for the next item's. `NANOVLLM_DECODE_PERSISTENT=0` turns
-/// it off, for comparison.
-fn persistent_decode(dtype: CacheDtype) -> bool {
-    dtype == CacheDtype::Int8 && std::env::var("NANOVLLM_DECODE_PERSISTENT").map_or(true, |v| v != "0")
-}
-
 /// The row of a GPU cache plane (rows of `head_dim` elements) that holds `kv_head` of `slot`, as
 /// `cache_row` in layout.cuh: `[block][kv_head][block_size]`, so that one head's tokens of a block
 /// are contiguous and the attention kernels read each 16-token tile as one run of memory.
@@ -156,9 +147,6 @@ pub struct DecodeWorkspace {
     partial_out: CudaSlice<f32>,
     partial_max: CudaSlice<f32>,
     partial_sum: CudaSlice<f32>,
-    /// The persistent INT8 kernel's next item and finished blocks; zero between launches (the
-    /// last block to finish resets them).
-    tickets: CudaSlice<u32>,
     /// (query, head, split) results it holds.
     capacity: usize,
 }
@@ -183,7 +171,6 @@ impl DecodeWorkspace {
             partial_out: gpu.stream.alloc_zeros(capacity * head_dim)?,
             partial_max: gpu.stream.alloc_zeros(capacity)?,
             partial_sum: gpu.stream.alloc_zeros(capacity)?,
-            tickets: gpu.stream.alloc_zeros(2)?,
             capacity,
         })
     }
@@ -267,8 +254,6 @@ impl AttentionScalars {
 pub struct CacheKernels {
     /// Thread blocks of decode attention the GPU runs at once (SMs x resident blocks per SM).
     block_slots: usize,
-    /// Decode attention runs as `block_slots` persistent blocks ([`persistent_decode`]).
-    persistent: bool,
     /// Streaming multiprocessors: the reduce kernel spreads a few rows over them.
     sms: usize,
     prefill: CudaFunction,
@@ -309,7 +294,6 @@ impl CacheKernels {
             )));
         }
         let int8 = u8::from(dtype == CacheDtype::Int8).to_string();
-        let persistent = persistent_decode(dtype);
         let store = gpu.module(
             "store_kv",
             &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{STORE_CU}"),
@@ -328,12 +312,7 @@ impl CacheKernels {
             ("INT8", int8),
             ("BLOCK_SIZE", block_size.to_string()),
         ];
-        let bounds = [
-            ("THREADS", THREADS.to_string()),
-            ("MIN_BLOCKS", decode_min_blocks().to_string()),
-            ("PERSISTENT", u8::from(persistent).to_string()),
-            ("EXPERIMENT", std::env::var("NANOVLLM_EXPERIMENT").unwrap_or_else(|_| "0".into())),
-        ];
+        let bounds = [("THREADS", THREADS.to_string()), ("MIN_BLOCKS", decode_min_blocks().to_string())];
         let decode = gpu.module(
             "decode_attention",
             &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
@@ -350,7 +329,6 @@ impl CacheKernels {
         let resident = partial.occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None)?;
         Ok(CacheKernels {
             block_slots: sms.max(1) as usize * resident.max(1) as usize,
-            persistent,
             sms: sms.max(1) as usize,
             prefill: prefill.load_function("prefill_attention")?,
             store: store.load_function("store_kv")?,
@@ -505,12 +483,12 @@ impl CacheKernels {
             )));
         }
         let (kv_heads_arg, max_splits, partition) = (kv_heads as i32, splits as i32, partition as i32);
-        let num_groups = queries.num_groups as i32;
         let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
-        let items = splits * kv_heads * queries.num_groups;
-        let blocks = if self.persistent { items.min(self.block_slots) } else { items };
-        let config =
-            LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let config = LaunchConfig {
+            grid_dim: (splits as u32, kv_heads as u32, queries.num_groups as u32),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let scalars = AttentionScalars::new(cache, q_stride, queries);
         let mut launch = gpu.stream.launch_builder(&self.partial);
         scalars.push(&mut launch, q, keys, values, queries);
@@ -522,9 +500,7 @@ impl CacheKernels {
             .arg(&kv_heads_arg)
             .arg(&max_splits)
             .arg(&partition)
-            .arg(&softmax_scale)
-            .arg(&num_groups)
-            .arg(&mut workspace.tickets);
+            .arg(&softmax_scale);
         // SAFETY: the arguments match decode_attention_partial's signature; the caller's block
         // tables name blocks of this cache, its context lengths fit their tables and the
         // workspace's max_splits, its groups are ascending query indices up to num_queries, and
