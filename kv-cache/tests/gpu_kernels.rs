@@ -315,6 +315,26 @@ fn attention_kernels_match_the_reference() {
             contexts: (0..150).map(|i| 1 + (i * 389) % 2100).collect(),
             queries: 1,
         },
+        // 200 contexts of at most 1,024 keys, one split each: enough blocks that they run as
+        // two-warp blocks.
+        DecodeCase {
+            dtype: CacheDtype::Int8,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 256,
+            contexts: (0..200).map(|i| 1 + (i * 613) % 1024).collect(),
+            queries: 1,
+        },
+        DecodeCase {
+            dtype: CacheDtype::Bf16,
+            heads: 16,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 64,
+            contexts: (0..200).map(|i| 1 + (i * 613) % 1024).collect(),
+            queries: 1,
+        },
         // Prefill chunks: the last 37 (or fewer) positions of each sequence, in groups.
         DecodeCase {
             dtype: CacheDtype::Int8,

@@ -3,8 +3,11 @@
 //! crate root indexes them.
 
 use half::bf16;
+use std::sync::Arc;
+
 use kv_quant::cuda::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg, sys::CUdevice_attribute,
+    CudaFunction, CudaModule, CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg,
+    sys::CUdevice_attribute,
 };
 use kv_quant::cuda::{Gpu, GpuError, INT8_KV_CUH};
 
@@ -55,16 +58,60 @@ fn store_passes(dtype: CacheDtype) -> u32 {
     tuned.filter(|&rows| (1..=8).contains(&rows)).unwrap_or(if dtype == CacheDtype::Int8 { 1 } else { 2 })
 }
 
-/// Thread blocks of decode attention per SM that the register allocation must allow: more blocks
-/// keep more loads in flight, fewer registers may spill. Measured side by side (docs/PERF.md): 4
-/// for both dtypes since kernels version 17 (bf16 ran best at 3 before it); 5 spills.
-/// `NANOVLLM_DECODE_MIN_BLOCKS` overrides it, for tuning.
-fn decode_min_blocks() -> usize {
+/// Warps per thread block of decode attention, (usual, short contexts): a block's warps take its
+/// split's tiles in turn, side by side in memory, and combine through shared memory at its end.
+/// Four warps suit most launches. When every block takes a whole context of at most
+/// [`SHORT_SPLIT_KEYS`] (16 tiles per warp) and there are enough of them to fill the GPU anyway,
+/// two warps per block halve how often blocks start and end (0.6B 256 x 1024 INT8 3% faster;
+/// one warp per block reads too narrowly and is up to 2.4x slower: docs/PERF.md, kernels version
+/// 25). `NANOVLLM_DECODE_WARPS` (1, 2, 4 or 8) sets both, for tuning.
+fn decode_warps() -> (usize, usize) {
+    std::env::var("NANOVLLM_DECODE_WARPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|w| [1, 2, 4, 8].contains(w))
+        .map_or((4, 2), |w| (w, w))
+}
+
+/// Contexts of at most this many keys, one per block, run as two-warp blocks when they fill the
+/// GPU ([`decode_warps`]).
+const SHORT_SPLIT_KEYS: usize = 1024;
+
+/// Thread blocks of decode attention of `warps` warps per SM that the register allocation must
+/// allow: more warps keep more loads in flight, fewer registers may spill. Measured side by side
+/// (docs/PERF.md): 16 warps per SM for both dtypes since kernels version 17 (bf16 ran best at 12
+/// before it); 20 spill. `NANOVLLM_DECODE_MIN_BLOCKS` overrides it, for tuning.
+fn decode_min_blocks(warps: usize) -> usize {
     std::env::var("NANOVLLM_DECODE_MIN_BLOCKS")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&b| b >= 1)
-        .unwrap_or(4)
+        .unwrap_or(16 / warps)
+}
+
+/// One build of decode attention: its block size and how many of its blocks the GPU runs at once.
+#[derive(Debug)]
+struct DecodeKernel {
+    module: Arc<CudaModule>,
+    partial: CudaFunction,
+    threads: u32,
+    /// SMs x the blocks each really holds (registers, shared memory), from the occupancy API.
+    block_slots: usize,
+}
+
+impl DecodeKernel {
+    fn new(gpu: &Gpu, shape: &[(&str, String)], warps: usize, sms: usize) -> Result<Self, GpuError> {
+        let threads = 32 * warps as u32;
+        let bounds = [("THREADS", threads.to_string()), ("MIN_BLOCKS", decode_min_blocks(warps).to_string())];
+        let module = gpu.module(
+            "decode_attention",
+            &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
+            &[shape, &bounds[..]].concat(),
+        )?;
+        let partial = module.load_function("decode_attention_partial")?;
+        let resident = partial.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)?;
+        Ok(DecodeKernel { module, partial, threads, block_slots: sms * resident.max(1) as usize })
+    }
 }
 
 /// The row of a GPU cache plane (rows of `head_dim` elements) that holds `kv_head` of `slot`, as
@@ -252,13 +299,13 @@ impl AttentionScalars {
 /// The compiled store and attention kernels for one cache shape.
 #[derive(Debug)]
 pub struct CacheKernels {
-    /// Thread blocks of decode attention the GPU runs at once (SMs x resident blocks per SM).
-    block_slots: usize,
+    /// Decode attention for most launches, and for many short splits ([`decode_warps`]).
+    decode: DecodeKernel,
+    decode_short: DecodeKernel,
     /// Streaming multiprocessors: the reduce kernel spreads a few rows over them.
     sms: usize,
     prefill: CudaFunction,
     store: CudaFunction,
-    partial: CudaFunction,
     reduce: CudaFunction,
     head_dim: usize,
     group: usize,
@@ -312,28 +359,23 @@ impl CacheKernels {
             ("INT8", int8),
             ("BLOCK_SIZE", block_size.to_string()),
         ];
-        let bounds = [("THREADS", THREADS.to_string()), ("MIN_BLOCKS", decode_min_blocks().to_string())];
-        let decode = gpu.module(
-            "decode_attention",
-            &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
-            &[&shape[..], &bounds[..]].concat(),
-        )?;
+        let sms =
+            gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as usize;
+        let (warps, short_warps) = decode_warps();
+        let decode = DecodeKernel::new(gpu, &shape, warps, sms)?;
+        let decode_short = DecodeKernel::new(gpu, &shape, short_warps, sms)?;
         let prefill = gpu.module(
             "prefill_attention",
             &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{PREFILL_CU}"),
             &shape,
         )?;
-        let sms = gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
-        let partial = decode.load_function("decode_attention_partial")?;
-        // What the GPU really co-schedules (registers, shared memory), not only what was asked for.
-        let resident = partial.occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None)?;
         Ok(CacheKernels {
-            block_slots: sms.max(1) as usize * resident.max(1) as usize,
-            sms: sms.max(1) as usize,
+            reduce: decode.module.load_function("decode_attention_reduce")?,
+            decode,
+            decode_short,
+            sms,
             prefill: prefill.load_function("prefill_attention")?,
             store: store.load_function("store_kv")?,
-            partial,
-            reduce: decode.load_function("decode_attention_reduce")?,
             head_dim,
             group,
             block_size,
@@ -393,7 +435,8 @@ impl CacheKernels {
     /// Decode attention's registers per thread, local (spilled) bytes per thread and resident
     /// thread blocks per SM, for benchmarks' reports.
     pub fn decode_resources(&self) -> Result<(i32, i32, usize), GpuError> {
-        Ok((self.partial.num_regs()?, self.partial.local_size_bytes()?, self.block_slots / self.sms))
+        let partial = &self.decode.partial;
+        Ok((partial.num_regs()?, partial.local_size_bytes()?, self.decode.block_slots / self.sms))
     }
 
     /// Query tokens per group of [`AttentionQueries::groups`]: the MMA has 8 useful rows, one per
@@ -469,7 +512,7 @@ impl CacheKernels {
         let heads = (kv_heads * self.group) as i32;
         let softmax_scale = 1.0f32 / (self.head_dim as f32).sqrt();
         let (partition, splits) = workspace.partition(
-            self.block_slots,
+            self.decode.block_slots,
             queries.num_groups,
             batch,
             heads as usize,
@@ -482,15 +525,21 @@ impl CacheKernels {
                 workspace.capacity
             )));
         }
+        let one_short_split = splits == 1 && max_blocks * self.block_size <= SHORT_SPLIT_KEYS;
+        let kernel = if one_short_split && kv_heads * queries.num_groups >= self.decode_short.block_slots {
+            &self.decode_short
+        } else {
+            &self.decode
+        };
         let (kv_heads_arg, max_splits, partition) = (kv_heads as i32, splits as i32, partition as i32);
         let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
         let config = LaunchConfig {
             grid_dim: (splits as u32, kv_heads as u32, queries.num_groups as u32),
-            block_dim: (THREADS, 1, 1),
+            block_dim: (kernel.threads, 1, 1),
             shared_mem_bytes: 0,
         };
         let scalars = AttentionScalars::new(cache, q_stride, queries);
-        let mut launch = gpu.stream.launch_builder(&self.partial);
+        let mut launch = gpu.stream.launch_builder(&kernel.partial);
         scalars.push(&mut launch, q, keys, values, queries);
         launch
             .arg(&mut *out)
