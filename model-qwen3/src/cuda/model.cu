@@ -127,11 +127,22 @@ extern "C" __global__ void silu_mul(const bf16_t* __restrict__ gate_up, bf16_t* 
 // row; ties go to the lower token id. A tensor-parallel rank holds the logits of token ids
 // vocab_start..+vocab_rows: it writes its best id and, when best_values is given, that id's score,
 // and pick_best_shard chooses among the ranks; the noise is keyed by the global token id, so the
-// draw is the one a single GPU makes.
+// draw is the one a single GPU makes. Per token: two rounds of a 32-bit hash keyed by the row's
+// 64-bit key, and g = -log(-log(u)): the inner logarithm accurate (for u near 1, -log(u) is as
+// small as 3e-8, below the fast logarithm's absolute error, which could make it 0 or negative and
+// hand that token the draw), the outer one fast (its argument is positive, and an absolute error
+// of 4e-7 in g is far below what a draw can resolve).
 __device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
+}
+
+// murmur3's finalizer: a bijection of 32-bit words that mixes every bit.
+__device__ __forceinline__ unsigned int fmix32(unsigned int h) {
+    h ^= h >> 16; h *= 0x85ebca6bu;
+    h ^= h >> 13; h *= 0xc2b2ae35u;
+    return h ^ (h >> 16);
 }
 
 __device__ __forceinline__ bool better(float v, int id, float best, int best_id) {
@@ -145,8 +156,9 @@ extern "C" __global__ void sample_tokens(const float* __restrict__ logits, const
     __shared__ float s_value[32];
     __shared__ int s_index[32];
     const int row = blockIdx.x;
-    const float t = temperatures[row];
+    const float t = temperatures[row], inverse_t = t > 0.0f ? 1.0f / t : 0.0f;
     const unsigned long long key = mix64(seeds[row] ^ mix64(steps[row] + 0x9e3779b97f4a7c15ull));
+    const unsigned int key_lo = (unsigned int)key, key_hi = (unsigned int)(key >> 32);
     const float* l = logits + (long long)row * vocab_rows;
     float best = KV_NEG_INF;
     int best_i = 0x7fffffff;
@@ -154,9 +166,9 @@ extern "C" __global__ void sample_tokens(const float* __restrict__ logits, const
         const int i = vocab_start + local;
         float v = l[local];
         if (t > 0.0f) {
-            const unsigned long long bits = mix64(key + (unsigned long long)i * 0xd1b54a32d192ed03ull);
-            const float u = ((float)(bits >> 40) + 0.5f) * (1.0f / 16777216.0f);  // (0, 1)
-            v = v / t - logf(-logf(u));
+            const unsigned int bits = fmix32(fmix32((unsigned int)i ^ key_lo) + key_hi);
+            const float u = ((float)(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);  // (0, 1)
+            v = v * inverse_t - __logf(-logf(u));  // -logf(u) >= 2^-25 > 0
         }
         if (better(v, i, best, best_i)) { best = v; best_i = i; }
     }
