@@ -4,11 +4,12 @@
 # environment variables joined by commas ("-" for none), as TUNE in gpu-kernels.sh:
 #   AB="- NANOVLLM_DECODE_MIN_BLOCKS=3" ROUNDS=3 scripts/gpu-ab.sh kernels [filter]
 #   AB="- NANOVLLM_DECODE_MIN_BLOCKS=3" scripts/gpu-ab.sh bench [bench flags...]
-# kernels: target/release/examples/bench_kernels (optionally one label filter, as bench_kernels takes);
-# bench: nanovllm-cli bench on Qwen3-0.6B's shape, bf16 then INT8 KV; a setting's CLI variable
+# kernels: target/release/examples/bench_kernels (optionally one filter, a substring of its case
+# names: "Qwen3-0.6B 256x1024 int8", "store int8 Shuffled"; "x" keeps every decode case);
+# bench: nanovllm-cli bench on Qwen3-0.6B's shape, bf16 then INT8 KV. A setting's CLI variable
 # names another build to run (AB="- CLI=target/release/nanovllm-cli-base": two builds side by side;
-# carry the binaries), and KERNELS_BIN another bench_kernels. Output: $OUT/ab-kernels.log or $OUT/ab-bench.log, each line tagged with its
-# setting.
+# carry the binaries), and its KERNELS_BIN another bench_kernels. Output: $OUT/ab-kernels.log or
+# $OUT/ab-bench.log, each line tagged with its setting.
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"

@@ -77,8 +77,8 @@ fn decode_warps() -> (usize, usize) {
 /// GPU ([`decode_warps`]).
 const SHORT_SPLIT_KEYS: usize = 1024;
 
-/// Thread blocks of decode attention of `warps` warps per SM that the register allocation must
-/// allow: more warps keep more loads in flight, fewer registers may spill. Measured side by side
+/// Thread blocks per SM, of `warps` warps each, that the register allocation of decode attention
+/// must allow: more warps keep more loads in flight, fewer registers may spill. Measured side by side
 /// (docs/PERF.md): 16 warps per SM for both dtypes since kernels version 17 (bf16 ran best at 12
 /// before it); 20 spill. `NANOVLLM_DECODE_MIN_BLOCKS` overrides it, for tuning.
 fn decode_min_blocks(warps: usize) -> usize {
@@ -299,8 +299,9 @@ impl AttentionScalars {
 /// The compiled store and attention kernels for one cache shape.
 #[derive(Debug)]
 pub struct CacheKernels {
-    /// Decode attention for most launches, and for many short splits ([`decode_warps`]).
+    /// Decode attention for most launches.
     decode: DecodeKernel,
+    /// Decode attention for many short whole contexts ([`decode_warps`]).
     decode_short: DecodeKernel,
     /// Streaming multiprocessors: the reduce kernel spreads a few rows over them.
     sms: usize,
