@@ -240,6 +240,7 @@ fn attention_kernels_match_the_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = rng();
     let contexts = vec![1, 17, 511, 512, 513, 1500, 3000];
+    let short_contexts: Vec<usize> = (0..200).map(|i| 1 + (i * 613) % 1024).collect();
     let cases = [
         DecodeCase {
             dtype: CacheDtype::Int8,
@@ -323,7 +324,7 @@ fn attention_kernels_match_the_reference() {
             kv_heads: 8,
             head_dim: 128,
             block_size: 256,
-            contexts: (0..200).map(|i| 1 + (i * 613) % 1024).collect(),
+            contexts: short_contexts.clone(),
             queries: 1,
         },
         DecodeCase {
@@ -332,7 +333,7 @@ fn attention_kernels_match_the_reference() {
             kv_heads: 8,
             head_dim: 128,
             block_size: 64,
-            contexts: (0..200).map(|i| 1 + (i * 613) % 1024).collect(),
+            contexts: short_contexts.clone(),
             queries: 1,
         },
         // Prefill chunks: the last 37 (or fewer) positions of each sequence, in groups.
