@@ -162,15 +162,29 @@ extern "C" __global__ void sample_tokens(const float* __restrict__ logits, const
     const float* l = logits + (long long)row * vocab_rows;
     float best = KV_NEG_INF;
     int best_i = 0x7fffffff;
-    for (int local = threadIdx.x; local < vocab_rows; local += blockDim.x) {
+    auto consider = [&](float v, int local) {
         const int i = vocab_start + local;
-        float v = l[local];
         if (t > 0.0f) {
             const unsigned int bits = fmix32(fmix32((unsigned int)i ^ key_lo) + key_hi);
             const float u = ((float)(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);  // (0, 1)
             v = v * inverse_t - __logf(-logf(u));  // -logf(u) >= 2^-25 > 0
         }
         if (better(v, i, best, best_i)) { best = v; best_i = i; }
+    };
+    if (vocab_rows % 4 == 0) {
+        // Rows 16-byte aligned: four logits per load and two loads in flight per thread, so that
+        // a block per row keeps enough bytes in flight to stream the logits.
+        const float4* l4 = (const float4*)l;
+        #pragma unroll 2
+        for (int q = threadIdx.x; q < vocab_rows / 4; q += blockDim.x) {
+            const float4 v = l4[q];
+            consider(v.x, 4 * q);
+            consider(v.y, 4 * q + 1);
+            consider(v.z, 4 * q + 2);
+            consider(v.w, 4 * q + 3);
+        }
+    } else {
+        for (int local = threadIdx.x; local < vocab_rows; local += blockDim.x) consider(l[local], local);
     }
     for (int offset = 16; offset > 0; offset >>= 1) {
         const float ov = __shfl_xor_sync(0xffffffffu, best, offset);
