@@ -195,7 +195,14 @@ fn bench_decode(
     let q = gpu.stream.clone_htod(&q)?;
     let mut out = gpu.stream.alloc_zeros::<bf16>(shape.batch * shape.heads * d)?;
     let kernels = CacheKernels::new(gpu, dtype, d, shape.heads / shape.kv_heads, BLOCK_SIZE)?;
-    let (regs, local_bytes, blocks_per_sm) = kernels.decode_resources()?;
+    let builds: Vec<serde_json::Value> = kernels
+        .decode_resources()?
+        .iter()
+        .map(|&(warps, registers, local_bytes, blocks_per_sm)| {
+            serde_json::json!({"warps": warps, "registers": registers, "local_bytes": local_bytes,
+                "blocks_per_sm": blocks_per_sm})
+        })
+        .collect();
     let mut workspace = DecodeWorkspace::new(gpu, shape.batch, shape.batch, shape.heads, d, shape.context)?;
     // Decode: each query is a group of one, reading its own sequence's table.
     let groups = gpu.stream.clone_htod(&(0..=shape.batch as i32).collect::<Vec<_>>())?;
@@ -227,7 +234,7 @@ fn bench_decode(
         "batch": shape.batch, "context": shape.context, "heads": shape.heads, "kv_heads": shape.kv_heads,
         "block_size": BLOCK_SIZE, "us": times.gpu_us, "launch_us": times.launch_us, "floor_us": floor_us,
         "TBps": bytes / times.gpu_us / 1e6,
-        "registers": regs, "local_bytes": local_bytes, "blocks_per_sm": blocks_per_sm,
+        "builds": builds,
     }))
 }
 
@@ -348,10 +355,12 @@ fn main() -> Result<(), GpuError> {
             let r = bench_decode(&timer, shape, dtype, copy_bandwidth, &mut rng)?;
             let label = format!("{} ({}/{} heads)", shape.model, shape.heads, shape.kv_heads);
             row("decode attention", label, &format!("{} x {}", shape.batch, shape.context), dtype, &r);
-            println!(
-                "  decode kernel: {} registers, {} local bytes per thread, {} blocks per SM",
-                r["registers"], r["local_bytes"], r["blocks_per_sm"]
-            );
+            for build in r["builds"].as_array().expect("builds") {
+                println!(
+                    "  decode kernel, {} warps per block: {} registers, {} local bytes per thread, {} blocks per SM",
+                    build["warps"], build["registers"], build["local_bytes"], build["blocks_per_sm"]
+                );
+            }
             results.push(r);
         }
     }

@@ -433,11 +433,19 @@ impl CacheKernels {
         Ok(())
     }
 
-    /// Decode attention's registers per thread, local (spilled) bytes per thread and resident
-    /// thread blocks per SM, for benchmarks' reports.
-    pub fn decode_resources(&self) -> Result<(i32, i32, usize), GpuError> {
-        let partial = &self.decode.partial;
-        Ok((partial.num_regs()?, partial.local_size_bytes()?, self.decode.block_slots / self.sms))
+    /// For benchmarks' reports, each decode attention build (usual, short contexts): its warps per
+    /// block, registers per thread, local (spilled) bytes per thread and resident blocks per SM.
+    pub fn decode_resources(&self) -> Result<[(u32, i32, i32, usize); 2], GpuError> {
+        let describe = |kernel: &DecodeKernel| -> Result<_, GpuError> {
+            let partial = &kernel.partial;
+            Ok((
+                kernel.threads / 32,
+                partial.num_regs()?,
+                partial.local_size_bytes()?,
+                kernel.block_slots / self.sms,
+            ))
+        };
+        Ok([describe(&self.decode)?, describe(&self.decode_short)?])
     }
 
     /// Query tokens per group of [`AttentionQueries::groups`]: the MMA has 8 useful rows, one per
