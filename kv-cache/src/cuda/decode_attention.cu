@@ -414,6 +414,7 @@ extern "C" __global__ void decode_attention_reduce(
     const int tid = r * dims + x, threads = dims * groups;
     const int splits = (context_lens[b] + partition - 1) / partition;
     const long long base = ((long long)b * heads + h) * max_splits;
+    wait_for_previous_kernel();  // the partial kernel's results
     float early[REDUCE_PREFETCH];
     #pragma unroll
     for (int i = 0; i < REDUCE_PREFETCH; ++i) {

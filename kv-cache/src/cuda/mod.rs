@@ -9,7 +9,7 @@ use kv_quant::cuda::cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg,
     sys::CUdevice_attribute,
 };
-use kv_quant::cuda::{Gpu, GpuError, INT8_KV_CUH};
+use kv_quant::cuda::{DependentLaunch, Gpu, GpuError, INT8_KV_CUH};
 
 use crate::{CacheDtype, CacheLayout};
 
@@ -576,17 +576,20 @@ impl CacheKernels {
             block_dim: (dims as u32, groups as u32, 1),
             shared_mem_bytes: 8 * splits as u32, // each split's weight and sum
         };
-        let mut launch = gpu.stream.launch_builder(&self.reduce);
+        // A dependent launch: its blocks start as the partial kernel's last ones exit.
+        let mut launch = DependentLaunch::new(gpu, &self.reduce);
         launch
-            .arg(&workspace.partial_out)
-            .arg(&workspace.partial_max)
-            .arg(&workspace.partial_sum)
-            .arg(&queries.context_lens)
-            .arg(out)
-            .arg(&heads)
-            .arg(&max_splits)
-            .arg(&partition);
-        // SAFETY: as above; the reduce kernel reads only the splits the partial kernel wrote.
+            .buffer(&workspace.partial_out)
+            .buffer(&workspace.partial_max)
+            .buffer(&workspace.partial_sum)
+            .buffer(&queries.context_lens)
+            .buffer_mut(out)
+            .scalar(heads)
+            .scalar(max_splits)
+            .scalar(partition);
+        // SAFETY: the arguments match decode_attention_reduce's signature; it reads only the splits
+        // the partial kernel wrote, after waiting for them, and writes only `out`, which that
+        // kernel does not read.
         #[allow(unsafe_code)]
         unsafe {
             launch.launch(config)?;

@@ -5,6 +5,7 @@
 //! cudarc loads libcuda and libnvrtc at run time, so this builds where no CUDA is installed; a
 //! machine without them gets [`GpuError::Unavailable`], never a panic.
 
+mod dependent_launch;
 mod module_cache;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 pub use cudarc;
 use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError};
 
+pub use dependent_launch::DependentLaunch;
 pub use module_cache::ModuleCache;
 
 /// The device-side INT8 helpers (bf16 conversion, the scale of a row, one code), to prepend to
