@@ -11,6 +11,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use kv_cache::{Bf16, BlockManager, BlockTable, CacheDtype, Int8, KvCache, StorageDtype};
 use kv_quant::cuda::Gpu;
@@ -20,9 +21,18 @@ use model_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
 const BLOCK_SIZE: usize = 16;
 const NUM_BLOCKS: usize = 256;
 
-fn gpu() -> Option<Gpu> {
+/// A turn on the GPUs, one test at a time: the harness runs tests in parallel threads, and one
+/// test's allocations break another's CUDA graph capture in the same context.
+fn turn() -> MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The GPU, and this test's turn on it.
+fn gpu() -> Option<(Gpu, MutexGuard<'static, ()>)> {
+    let turn = turn();
     match Gpu::open() {
-        Ok(gpu) => Some(gpu),
+        Ok(gpu) => Some((gpu, turn)),
         Err(e) => {
             eprintln!("skipping GPU model test: {e}");
             None
@@ -177,7 +187,7 @@ fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
 
 #[test]
 fn gpu_logits_match_the_cpu_reference() {
-    let Some(gpu) = gpu() else { return };
+    let Some((gpu, _turn)) = gpu() else { return };
     eprintln!("{}", gpu.describe());
     // The binary may run from a copy of the repository on the GPU machine: fall back to the path
     // relative to the repository root.
@@ -205,7 +215,7 @@ fn gpu_logits_match_the_cpu_reference() {
 
 #[test]
 fn gpu_sampling_is_greedy_at_zero_and_follows_the_softmax() {
-    let Some(gpu) = gpu() else { return };
+    let Some((gpu, _turn)) = gpu() else { return };
     // 300 logits per row take the sampler's four-per-load path, 301 its one-at-a-time path.
     for vocab in [300, 301] {
         sampling_follows_the_softmax(&gpu, vocab);
@@ -274,7 +284,7 @@ fn sampling_follows_the_softmax(gpu: &Gpu, vocab: usize) {
 /// while the graphs of 1 and 8 rows happened to take the same splits.
 #[test]
 fn gpu_logits_are_reproducible_and_batch_invariant_within_a_bound() {
-    let Some(gpu) = gpu() else { return };
+    let Some((gpu, _turn)) = gpu() else { return };
     const BOUND: f32 = 2e-2;
     let model = small_gqa_model(5);
     let lengths = [7usize, 300, 1100, 40, 1900, 90, 400, 13]; // with 6 steps, under NUM_BLOCKS x 16
@@ -308,7 +318,7 @@ fn gpu_logits_are_reproducible_and_batch_invariant_within_a_bound() {
 /// splits), every clear top-1 choice the same.
 #[test]
 fn decode_in_cuda_graphs_matches_eager_decode() {
-    let Some(gpu) = gpu() else { return };
+    let Some((gpu, _turn)) = gpu() else { return };
     const BOUND: f32 = 2e-2;
     let model = small_gqa_model(9);
     // 5 sequences replay the graph of 8 (3 rows of padding), then 3 the graph of 4.
@@ -346,6 +356,7 @@ fn decode_in_cuda_graphs_matches_eager_decode() {
 /// slice of the vocabulary before they compare, must pick the argmax of the joined logits.
 #[test]
 fn tensor_parallel_over_two_gpus_matches_one_gpu() {
+    let _turn = turn();
     match Gpu::count() {
         Ok(gpus) if gpus >= 2 => {}
         Ok(gpus) => return eprintln!("skipping tensor-parallel test: {gpus} GPU(s), it needs 2"),
