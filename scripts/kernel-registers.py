@@ -75,7 +75,7 @@ def main():
     extra = dict(arg.split("=", 1) for arg in sys.argv[1:])
     for int8 in (1, 0):
         for group in (4, 2):
-            for warps in (4, 2):  # kv-cache/src/cuda/mod.rs: decode_warps
+            for warps in (4, 2, 8):  # kv-cache/src/cuda/mod.rs: DecodeWarps
                 defines = {"HEAD_DIM": 128, "GROUP": group, "INT8": int8, "BLOCK_SIZE": 256,
                            "THREADS": 32 * warps, "MIN_BLOCKS": 16 // warps, **extra}
                 source = "".join(f"#define {k} {v}\n" for k, v in defines.items()) + body

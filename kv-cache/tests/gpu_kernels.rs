@@ -336,6 +336,26 @@ fn attention_kernels_match_the_reference() {
             contexts: short_contexts.clone(),
             queries: 1,
         },
+        // 24 long contexts: more (sequence, kv head) pairs than an H200 has SMs, so four-warp
+        // blocks, each context split in two there (the few contexts above take eight-warp blocks).
+        DecodeCase {
+            dtype: CacheDtype::Int8,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 16,
+            contexts: (0..24).map(|i| 1500 + i * 61).collect(),
+            queries: 1,
+        },
+        DecodeCase {
+            dtype: CacheDtype::Bf16,
+            heads: 16,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 64,
+            contexts: (0..24).map(|i| 1500 + i * 61).collect(),
+            queries: 1,
+        },
         // Prefill chunks: the last 37 (or fewer) positions of each sequence, in groups.
         DecodeCase {
             dtype: CacheDtype::Int8,

@@ -58,23 +58,37 @@ fn store_passes(dtype: CacheDtype) -> u32 {
     tuned.filter(|&rows| (1..=8).contains(&rows)).unwrap_or(if dtype == CacheDtype::Int8 { 1 } else { 2 })
 }
 
-/// Warps per thread block of decode attention, (usual, short contexts): a block's warps take its
+/// Warps per thread block of decode attention, for three kinds of launch: a block's warps take its
 /// split's tiles in turn, side by side in memory, and combine through shared memory at its end.
-/// Four warps suit most launches. When every block takes a whole context of at most
-/// [`SHORT_SPLIT_KEYS`] (16 tiles per warp) and there are enough of them to fill the GPU anyway,
-/// two warps per block halve how often blocks start and end (0.6B 256 x 1024 INT8 3% faster;
-/// one warp per block reads too narrowly and is up to 2.4x slower: docs/PERF.md, kernels version
-/// 25). `NANOVLLM_DECODE_WARPS` (1, 2, 4 or 8) sets both, for tuning.
-fn decode_warps() -> (usize, usize) {
-    std::env::var("NANOVLLM_DECODE_WARPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|w| [1, 2, 4, 8].contains(w))
-        .map_or((4, 2), |w| (w, w))
+#[derive(Debug)]
+struct DecodeWarps {
+    /// Most launches: four warps.
+    usual: usize,
+    /// Every block a whole context of at most [`SHORT_SPLIT_KEYS`] (16 tiles per warp), and enough
+    /// of them to fill the GPU anyway: two warps per block halve how often blocks start and end
+    /// (0.6B 256 x 1024 INT8 3% faster; one warp per block reads too narrowly and is up to 2.4x
+    /// slower: docs/PERF.md, kernels version 25).
+    short: usize,
+    /// Fewer (group, kv head) pairs than SMs, so a few long contexts are split to fill the GPU:
+    /// eight warps per block halve the splits to combine (1 x 32768 3% faster; the batched shapes
+    /// 2-11% slower: docs/PERF.md, kernels version 27). Four for head_dim 256, whose eight warps' outputs
+    /// would not fit a block's 48 KB of static shared memory.
+    long: usize,
+}
+
+impl DecodeWarps {
+    /// `NANOVLLM_DECODE_WARPS` (1, 2, 4 or 8) sets all three, for tuning.
+    fn new(head_dim: usize) -> Self {
+        let tuned = std::env::var("NANOVLLM_DECODE_WARPS").ok().and_then(|v| v.parse().ok());
+        match tuned.filter(|w| [1, 2, 4, 8].contains(w)) {
+            Some(w) => DecodeWarps { usual: w, short: w, long: w },
+            None => DecodeWarps { usual: 4, short: 2, long: if head_dim <= 128 { 8 } else { 4 } },
+        }
+    }
 }
 
 /// Contexts of at most this many keys, one per block, run as two-warp blocks when they fill the
-/// GPU ([`decode_warps`]).
+/// GPU ([`DecodeWarps::short`]).
 const SHORT_SPLIT_KEYS: usize = 1024;
 
 /// Thread blocks per SM, of `warps` warps each, that the register allocation of decode attention
@@ -238,7 +252,8 @@ impl DecodeWorkspace {
     ) -> (usize, usize) {
         let mut chosen = (max_context.next_multiple_of(16).max(16), 1);
         let mut least = usize::MAX;
-        for partition in PARTITIONS {
+        for partition in PARTITIONS.into_iter().filter(|&p| tuned_partition().is_none_or(|tuned| tuned == p))
+        {
             let splits = max_context.div_ceil(partition).max(1);
             if queries * heads * splits > self.capacity {
                 continue;
@@ -252,6 +267,16 @@ impl DecodeWorkspace {
         }
         chosen
     }
+}
+
+/// `NANOVLLM_DECODE_PARTITION` (one of [`PARTITIONS`]): every launch takes that split length where
+/// its results fit the workspace, for tuning.
+fn tuned_partition() -> Option<usize> {
+    static TUNED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *TUNED.get_or_init(|| {
+        let tuned = std::env::var("NANOVLLM_DECODE_PARTITION").ok().and_then(|v| v.parse().ok());
+        tuned.filter(|p| PARTITIONS.contains(p))
+    })
 }
 
 /// The scalars both attention kernels take among their first arguments, alive for a launch.
@@ -301,8 +326,10 @@ impl AttentionScalars {
 pub struct CacheKernels {
     /// Decode attention for most launches.
     decode: DecodeKernel,
-    /// Decode attention for many short whole contexts ([`decode_warps`]).
+    /// Decode attention for many short whole contexts ([`DecodeWarps::short`]).
     decode_short: DecodeKernel,
+    /// Decode attention for a few long contexts split over the GPU ([`DecodeWarps::long`]).
+    decode_long: DecodeKernel,
     /// Streaming multiprocessors: the reduce kernel spreads a few rows over them.
     sms: usize,
     prefill: CudaFunction,
@@ -362,9 +389,10 @@ impl CacheKernels {
         ];
         let sms =
             gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as usize;
-        let (warps, short_warps) = decode_warps();
-        let decode = DecodeKernel::new(gpu, &shape, warps, sms)?;
-        let decode_short = DecodeKernel::new(gpu, &shape, short_warps, sms)?;
+        let warps = DecodeWarps::new(head_dim);
+        let decode = DecodeKernel::new(gpu, &shape, warps.usual, sms)?;
+        let decode_short = DecodeKernel::new(gpu, &shape, warps.short, sms)?;
+        let decode_long = DecodeKernel::new(gpu, &shape, warps.long, sms)?;
         let prefill = gpu.module(
             "prefill_attention",
             &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{PREFILL_CU}"),
@@ -374,6 +402,7 @@ impl CacheKernels {
             reduce: decode.module.load_function("decode_attention_reduce")?,
             decode,
             decode_short,
+            decode_long,
             sms,
             prefill: prefill.load_function("prefill_attention")?,
             store: store.load_function("store_kv")?,
@@ -433,9 +462,10 @@ impl CacheKernels {
         Ok(())
     }
 
-    /// For benchmarks' reports, each decode attention build (usual, short contexts): its warps per
-    /// block, registers per thread, local (spilled) bytes per thread and resident blocks per SM.
-    pub fn decode_resources(&self) -> Result<[(u32, i32, i32, usize); 2], GpuError> {
+    /// For benchmarks' reports, each decode attention build (usual, short contexts, long contexts):
+    /// its warps per block, registers per thread, local (spilled) bytes per thread and resident
+    /// blocks per SM.
+    pub fn decode_resources(&self) -> Result<[(u32, i32, i32, usize); 3], GpuError> {
         let describe = |kernel: &DecodeKernel| -> Result<_, GpuError> {
             let partial = &kernel.partial;
             Ok((
@@ -445,7 +475,7 @@ impl CacheKernels {
                 kernel.block_slots / self.sms,
             ))
         };
-        Ok([describe(&self.decode)?, describe(&self.decode_short)?])
+        Ok([describe(&self.decode)?, describe(&self.decode_short)?, describe(&self.decode_long)?])
     }
 
     /// Query tokens per group of [`AttentionQueries::groups`]: the MMA has 8 useful rows, one per
@@ -520,8 +550,11 @@ impl CacheKernels {
         let kv_heads = cache.layout.kv_heads;
         let heads = (kv_heads * self.group) as i32;
         let softmax_scale = 1.0f32 / (self.head_dim as f32).sqrt();
+        // Fewer (group, kv head) pairs than SMs: a few long contexts, split to fill the GPU.
+        let few_contexts = queries.num_groups * kv_heads < self.sms;
+        let split_kernel = if few_contexts { &self.decode_long } else { &self.decode };
         let (partition, splits) = workspace.partition(
-            self.decode.block_slots,
+            split_kernel.block_slots,
             queries.num_groups,
             batch,
             heads as usize,
@@ -538,7 +571,7 @@ impl CacheKernels {
         let kernel = if one_short_split && kv_heads * queries.num_groups >= self.decode_short.block_slots {
             &self.decode_short
         } else {
-            &self.decode
+            split_kernel
         };
         let (kv_heads_arg, max_splits, partition) = (kv_heads as i32, splits as i32, partition as i32);
         let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
