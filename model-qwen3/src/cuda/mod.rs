@@ -163,7 +163,7 @@ impl std::fmt::Debug for GpuQwen3 {
             .field("vocab", &self.vocab)
             .field("limits", &self.limits)
             .field("cache", &self.cache.layout)
-            .field("decode_graphs", &self.graphs.len())
+            .field("decode_graphs", &self.graphs.batch_sizes_captured())
             .finish()
     }
 }
@@ -249,9 +249,9 @@ impl GpuQwen3 {
         Ok(self.ops.gpu.stream.synchronize()?)
     }
 
-    /// Decode batch sizes captured in CUDA graphs (0 when eager).
+    /// Decode batch sizes captured in CUDA graphs (0 when eager), each at several table widths.
     pub fn decode_graphs(&self) -> usize {
-        self.graphs.len()
+        self.graphs.batch_sizes_captured()
     }
 
     /// The forward pass of [`Qwen3Model::forward`], on the GPU: same inputs, same outputs.
@@ -297,9 +297,10 @@ impl GpuQwen3 {
     fn launch(&mut self, mut step: StepInputs) -> Result<usize, GpuError> {
         let stream = self.ops.gpu.stream.clone();
         if step.is_decode()
-            && let Some((rows, graph)) = self.graphs.for_batch(step.num_tokens())
+            && let Some((rows, table_width, graph)) =
+                self.graphs.for_step(step.num_tokens(), step.table_width)
         {
-            step.pad_decode(rows, self.graphs.table_width());
+            step.pad_decode(rows, table_width);
             self.inputs.upload(&stream, &step)?;
             graph.launch()?;
             return Ok(rows);
