@@ -9,13 +9,23 @@
 mod common;
 mod kjv_reference;
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use common::{fixture, hf_greedy, settings};
 use engine::{CacheDtype, Device, DeviceChoice, EngineConfig, LLM, LoadFormat, Prompt, SamplingParams};
 
 const FIXTURE: &str = "head-dim-128";
 
+/// A turn on the GPUs, one test at a time: the harness runs tests in parallel threads, and one
+/// test's allocations break another's CUDA graph capture in the same context (seen in gpu_model).
+fn turn() -> MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[test]
 fn the_engine_on_the_gpu_follows_hf_greedy_with_prefix_hits_preemption_and_graphs() {
+    let _turn = turn();
     if let Err(e) = engine::resolve_device(DeviceChoice::Cuda) {
         eprintln!("skipping GPU engine test: {e}");
         return;
@@ -74,6 +84,7 @@ fn the_engine_on_the_gpu_follows_hf_greedy_with_prefix_hits_preemption_and_graph
 /// CPU test's (0.05): GPU logits carry bf16 activations' noise, about 2% of the largest logit.
 #[test]
 fn the_engine_tensor_parallel_over_two_gpus_writes_hfs_greedy_text_until_a_close_call() {
+    let _turn = turn();
     match kv_quant::cuda::Gpu::count() {
         Ok(gpus) if gpus >= 2 => {}
         Ok(gpus) => return eprintln!("skipping tensor-parallel engine test: {gpus} GPU(s), it needs 2"),
