@@ -252,8 +252,8 @@ impl DecodeWorkspace {
     ) -> (usize, usize) {
         let mut chosen = (max_context.next_multiple_of(16).max(16), 1);
         let mut least = usize::MAX;
-        for partition in PARTITIONS.into_iter().filter(|&p| tuned_partition().is_none_or(|tuned| tuned == p))
-        {
+        let tuned = tuned_partition();
+        for partition in PARTITIONS.into_iter().filter(|&p| tuned.is_none_or(|t| t == p)) {
             let splits = max_context.div_ceil(partition).max(1);
             if queries * heads * splits > self.capacity {
                 continue;
