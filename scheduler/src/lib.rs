@@ -37,11 +37,13 @@
 //! ```
 
 mod error;
+mod replay;
 mod sampling;
 mod scheduler;
 mod sequence;
 
 pub use error::ScheduleError;
+pub use replay::{ScheduleStats, replay};
 pub use sampling::SamplingParams;
 pub use scheduler::{Batch, Phase, ScheduledSeq, Scheduler, SchedulerConfig};
 pub use sequence::{FinishReason, SeqId, Sequence, Status};

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use scheduler::{Batch, Phase, SamplingParams, ScheduleError, Scheduler, SchedulerConfig, SeqId};
+use scheduler::{
+    Batch, Phase, SamplingParams, ScheduleError, ScheduleStats, Scheduler, SchedulerConfig, SeqId, replay,
+};
 
 const VOCAB: u32 = 64;
 const EOS: u32 = 0;
@@ -66,7 +68,8 @@ struct Run {
     preemptions: usize,
     cached_tokens: usize,
     chunked: bool,
-    max_running: usize,
+    /// Counted as `replay` counts.
+    schedule: ScheduleStats,
 }
 
 fn run(config: SchedulerConfig, requests: &[Request]) -> Run {
@@ -98,13 +101,23 @@ fn run(config: SchedulerConfig, requests: &[Request]) -> Run {
             result.chunked |= !item.samples;
             assert!(seq.len() <= max_model_len);
         }
-        result.max_running = result.max_running.max(scheduler.num_running());
+        let schedule = &mut result.schedule;
+        schedule.steps += 1;
+        schedule.peak_running = schedule.peak_running.max(scheduler.num_running());
+        match batch.phase {
+            Phase::Prefill => schedule.prefill_tokens += batch.num_tokens(),
+            Phase::Decode => {
+                schedule.decode_steps += 1;
+                schedule.decode_tokens += batch.num_tokens();
+            }
+        }
         let sampled = model.step(&scheduler, &batch);
         for seq in scheduler.postprocess(&batch, &sampled).unwrap() {
             result.outputs.insert(seq.id, seq.completion().to_vec());
         }
     }
     result.preemptions = scheduler.num_preemptions();
+    result.schedule.preemptions = result.preemptions;
     assert_eq!(scheduler.block_manager().num_free_blocks(), scheduler.block_manager().num_blocks());
     result
 }
@@ -177,8 +190,23 @@ fn shared_prefixes_are_served_from_the_cache() {
 fn max_num_seqs_bounds_the_running_set() {
     let requests = workload(11, 30, 20, 20);
     let limited = run(config(1000, 16, 4096, 3), &requests);
-    assert!(limited.max_running <= 3);
+    assert!(limited.schedule.peak_running <= 3);
     assert_eq!(limited.outputs, unconstrained(&requests).outputs);
+}
+
+#[test]
+fn a_replay_schedules_as_the_model_did_when_no_request_stops_early() {
+    let requests: Vec<Request> =
+        workload(5, 40, 60, 40).into_iter().map(|r| Request { ignore_eos: true, ..r }).collect();
+    let tight = config(tightest_blocks(&requests, 4), 4, 64, 8);
+    for config in [tight, config(400, 8, 256, 4), config(100_000, 16, 1 << 20, 1 << 20)] {
+        let model_run = run(config.clone(), &requests);
+        let replayed = replay(config.clone(), requests.iter().map(|r| (r.prompt.clone(), r.max_tokens)));
+        assert_eq!(replayed.unwrap(), model_run.schedule, "{config:?}");
+    }
+    let tight_run = run(config(tightest_blocks(&requests, 4), 4, 64, 8), &requests);
+    assert!(tight_run.preemptions > 0, "the tight cache is meant to preempt");
+    assert!(tight_run.cached_tokens > 0, "stems are meant to be prefix hits");
 }
 
 #[test]
