@@ -31,6 +31,7 @@
 mod backend;
 mod cache;
 mod chat;
+mod config;
 mod error;
 mod hub;
 mod llm;
@@ -40,11 +41,12 @@ mod tokenizer;
 
 pub use backend::{Device, DeviceChoice, resolve_device};
 pub use chat::{ChatTemplate, Message};
+pub use config::EngineConfig;
 pub use error::EngineError;
 pub use hub::resolve_model;
 pub use kv_cache::CacheDtype;
-pub use llm::{Completion, EngineConfig, EngineStats, LLM, LoadFormat, Prompt, StepOutput};
+pub use llm::{Completion, EngineStats, LLM, LoadFormat, Prompt, StepOutput};
 pub use model_qwen3::Qwen3Config as ModelConfig;
 pub use sampler::{Sampler, argmax};
-pub use scheduler::{FinishReason, SamplingParams};
+pub use scheduler::{FinishReason, SamplingParams, ScheduleStats, SchedulerConfig, replay};
 pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use kv_cache::{BlockManager, CacheDtype};
+use kv_cache::BlockManager;
 use model_qwen3::{GenerationConfig, Qwen3Model, SeqInput};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use scheduler::{
@@ -13,8 +13,9 @@ use scheduler::{
 
 use crate::backend::{Backend, Device};
 use crate::cache::AnyCache;
+use crate::config::gib;
 use crate::progress::Progress;
-use crate::{ChatTemplate, EngineError, Message, Sampler, Tokenizer};
+use crate::{ChatTemplate, EngineConfig, EngineError, Message, Sampler, Tokenizer};
 
 /// Where the weights come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,58 +25,6 @@ pub enum LoadFormat {
     Safetensors,
     /// Random weights from the config alone, seeded (vLLM's `--load-format dummy`).
     Dummy,
-}
-
-/// Engine settings, with nano-vllm's defaults.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EngineConfig {
-    /// Storage dtype of the KV cache.
-    pub kv_cache_dtype: CacheDtype,
-    /// Where the model runs.
-    pub device: Device,
-    /// Bytes for the KV cache (all layers, K and V, scales included), per GPU under tensor
-    /// parallelism. `None`: 256 MiB on the CPU; on a GPU, what `gpu_memory_utilization` leaves
-    /// after the weights and the activations.
-    pub kv_cache_memory_bytes: Option<usize>,
-    /// Fraction of the GPU's memory the engine may take in all (nano-vllm: 0.9).
-    pub gpu_memory_utilization: f64,
-    /// Token slots per cache block.
-    pub block_size: usize,
-    /// Sequences running at once.
-    pub max_num_seqs: usize,
-    /// Tokens computed per step.
-    pub max_num_batched_tokens: usize,
-    /// Longest sequence; `None`: the model's context length, at most 4096 (as nano-vllm).
-    pub max_model_len: Option<usize>,
-    /// Seed of the dummy weights and of requests that bring no seed of their own.
-    pub seed: u64,
-    /// Show a progress bar in `generate`.
-    pub progress: bool,
-    /// Launch every kernel of every GPU step instead of replaying decode steps from CUDA graphs
-    /// (vLLM's and nano-vllm's `enforce_eager`): for debugging, and for measuring what graphs save.
-    pub enforce_eager: bool,
-    /// GPUs the model is split across (Megatron-style, as nano-vllm; NCCL between them): GPU only,
-    /// `model_qwen3::cuda::GpuGroup`. Each GPU holds its share of the kv heads of every block.
-    pub tensor_parallel_size: usize,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            kv_cache_dtype: CacheDtype::Bf16,
-            device: Device::Cpu,
-            kv_cache_memory_bytes: None,
-            gpu_memory_utilization: 0.9,
-            block_size: 256,
-            max_num_seqs: 512,
-            max_num_batched_tokens: 16384,
-            max_model_len: None,
-            seed: 0,
-            progress: false,
-            enforce_eager: false,
-            tensor_parallel_size: 1,
-        }
-    }
 }
 
 /// A prompt: text (tokenized by the model's tokenizer) or token ids.
@@ -198,26 +147,11 @@ impl LLM {
         generation: GenerationConfig,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
-        let c = model.config();
-        let max_model_len = config.max_model_len.unwrap_or(c.max_position_embeddings.min(4096));
-        if max_model_len > c.max_position_embeddings {
-            return Err(EngineError::Config {
-                field: "max_model_len",
-                value: max_model_len.to_string(),
-                problem: format!(
-                    "exceeds the model's max_position_embeddings ({})",
-                    c.max_position_embeddings
-                ),
-            });
-        }
+        let max_model_len = config.max_model_len_for(model.config())?;
         let (backend, num_blocks) = build_backend(&model, &config, max_model_len)?;
         let scheduler = Scheduler::new(SchedulerConfig {
-            max_num_seqs: config.max_num_seqs,
-            max_num_batched_tokens: config.max_num_batched_tokens,
-            max_model_len,
-            num_blocks,
-            block_size: config.block_size,
             eos_token_ids: generation.eos_token_ids.clone(),
+            ..config.scheduler_limits(max_model_len, num_blocks)
         })?;
         Ok(LLM {
             backend,
@@ -508,7 +442,7 @@ fn build_backend(
     match config.device {
         Device::Cpu => {
             let budget = config.kv_cache_memory_bytes.unwrap_or(256 << 20);
-            let num_blocks = num_blocks(model, config, budget, max_model_len)?;
+            let num_blocks = config.kv_blocks(model.config(), budget, max_model_len)?;
             let cache =
                 AnyCache::new(config.kv_cache_dtype, model.cache_layout(num_blocks, config.block_size))?;
             Ok((Backend::Cpu(cache), num_blocks))
@@ -565,7 +499,7 @@ fn cuda_backend(
             })?
         }
     };
-    let num_blocks = num_blocks(model, config, budget, max_model_len)?;
+    let num_blocks = config.kv_blocks(model.config(), budget, max_model_len)?;
     gpu_model
         .allocate_cache(num_blocks)
         .map_err(out_of_memory(format!("{:.1} GiB of KV cache", gib(budget))))?;
@@ -603,35 +537,4 @@ fn gpu_count() -> Result<usize, EngineError> {
 #[cfg(not(feature = "cuda"))]
 fn cuda_backend(_: &Qwen3Model, _: &EngineConfig, _: usize) -> Result<(Backend, usize), EngineError> {
     Err(EngineError::Device("this build has no CUDA support; rebuild with --features cuda".into()))
-}
-
-fn gib(bytes: usize) -> f64 {
-    bytes as f64 / (1u64 << 30) as f64
-}
-
-/// Blocks that fit a KV budget of `budget` bytes; at least one sequence of `max_model_len` must fit.
-fn num_blocks(
-    model: &Qwen3Model,
-    config: &EngineConfig,
-    budget: usize,
-    max_model_len: usize,
-) -> Result<usize, EngineError> {
-    let c = model.config();
-    // Under tensor parallelism the budget is per GPU, and each GPU holds its share of the kv heads.
-    let kv_heads = c.num_key_value_heads / config.tensor_parallel_size;
-    let per_token =
-        c.num_hidden_layers * config.kv_cache_dtype.bytes_per_token_per_layer(kv_heads, c.head_dim);
-    let num_blocks = budget / (per_token * config.block_size);
-    if num_blocks * config.block_size < max_model_len {
-        return Err(EngineError::Config {
-            field: "kv_cache_memory",
-            value: format!("{:.3} GiB", gib(budget)),
-            problem: format!(
-                "holds {} tokens of {} KV cache, less than one sequence of max_model_len {max_model_len}; raise the KV budget or lower max_model_len",
-                num_blocks * config.block_size,
-                config.kv_cache_dtype
-            ),
-        });
-    }
-    Ok(num_blocks)
 }

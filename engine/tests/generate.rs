@@ -1,13 +1,16 @@
 //! The whole engine (scheduler, paged cache, model, sampler) against HF transformers' greedy
 //! continuations, and its promises: reproducible seeds, batch invariance, bad requests refused
-//! alone, a budget too small refused at start.
+//! alone, a budget too small refused at start, a schedule that its replay predicts.
 
 mod common;
 
 use std::path::Path;
 
 use common::{fixture, hf_greedy, settings};
-use engine::{CacheDtype, EngineConfig, EngineError, LLM, LoadFormat, Prompt, SamplingParams};
+use engine::{
+    CacheDtype, EngineConfig, EngineError, LLM, LoadFormat, Prompt, SamplingParams, SchedulerConfig, replay,
+};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::Value;
 
 fn greedy_ignoring_eos(max_tokens: usize) -> SamplingParams {
@@ -138,6 +141,39 @@ fn a_kv_budget_below_one_sequence_is_refused_at_start() {
             .unwrap_err();
     assert!(matches!(err, EngineError::Config { field: "kv_cache_memory", .. }));
     assert!(err.to_string().contains("less than one sequence of max_model_len 512"), "{err}");
+}
+
+#[test]
+fn the_engine_schedules_a_benchmark_as_its_replay_predicts() {
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let requests: Vec<(Vec<u32>, usize)> = (0..16)
+        .map(|_| {
+            let prompt = (0..rng.random_range(40..100)).map(|_| rng.random_range(1..512)).collect();
+            (prompt, rng.random_range(30..60))
+        })
+        .collect();
+    let settings = settings("gqa-tied", CacheDtype::Int8, 512);
+    let mut llm = LLM::load(&fixture("gqa-tied"), settings.clone(), LoadFormat::Safetensors).unwrap();
+    for (prompt, max_tokens) in &requests {
+        let params =
+            SamplingParams { max_tokens: *max_tokens, ignore_eos: true, ..SamplingParams::default() };
+        llm.add_request(Prompt::Tokens(prompt.clone()), params).unwrap();
+    }
+    while !llm.is_finished() {
+        llm.step().unwrap();
+    }
+    let model_config = llm.model().config();
+    let predicted_config = settings.scheduler_config(model_config, settings.kv_cache_memory_bytes.unwrap());
+    let engine_config = llm.scheduler().config();
+    assert_eq!(predicted_config.unwrap(), SchedulerConfig { eos_token_ids: vec![], ..engine_config.clone() });
+    let predicted = replay(engine_config.clone(), requests).unwrap();
+    assert!(predicted.preemptions > 0, "seed {seed}: the budget is meant to preempt");
+    let stats = llm.stats();
+    let ran = (stats.steps, stats.prefill_tokens, stats.decode_tokens, stats.peak_running);
+    let p = &predicted;
+    assert_eq!(ran, (p.steps, p.prefill_tokens, p.decode_tokens, p.peak_running), "seed {seed}");
+    assert_eq!(llm.scheduler().num_preemptions(), p.preemptions, "seed {seed}");
 }
 
 #[test]

@@ -1,0 +1,134 @@
+//! Engine settings, and the cache and scheduler they give a model: known from the model's config
+//! alone, before any weights load, when the KV budget is given in bytes.
+
+use kv_cache::CacheDtype;
+use model_qwen3::Qwen3Config;
+use scheduler::SchedulerConfig;
+
+use crate::EngineError;
+use crate::backend::Device;
+
+/// Engine settings, with nano-vllm's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Storage dtype of the KV cache.
+    pub kv_cache_dtype: CacheDtype,
+    /// Where the model runs.
+    pub device: Device,
+    /// Bytes for the KV cache (all layers, K and V, scales included), per GPU under tensor
+    /// parallelism. `None`: 256 MiB on the CPU; on a GPU, what `gpu_memory_utilization` leaves
+    /// after the weights and the activations.
+    pub kv_cache_memory_bytes: Option<usize>,
+    /// Fraction of the GPU's memory the engine may take in all (nano-vllm: 0.9).
+    pub gpu_memory_utilization: f64,
+    /// Token slots per cache block.
+    pub block_size: usize,
+    /// Sequences running at once.
+    pub max_num_seqs: usize,
+    /// Tokens computed per step.
+    pub max_num_batched_tokens: usize,
+    /// Longest sequence; `None`: the model's context length, at most 4096 (as nano-vllm).
+    pub max_model_len: Option<usize>,
+    /// Seed of the dummy weights and of requests that bring no seed of their own.
+    pub seed: u64,
+    /// Show a progress bar in `generate`.
+    pub progress: bool,
+    /// Launch every kernel of every GPU step instead of replaying decode steps from CUDA graphs
+    /// (vLLM's and nano-vllm's `enforce_eager`): for debugging, and for measuring what graphs save.
+    pub enforce_eager: bool,
+    /// GPUs the model is split across (Megatron-style, as nano-vllm; NCCL between them): GPU only,
+    /// `model_qwen3::cuda::GpuGroup`. Each GPU holds its share of the kv heads of every block.
+    pub tensor_parallel_size: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            kv_cache_dtype: CacheDtype::Bf16,
+            device: Device::Cpu,
+            kv_cache_memory_bytes: None,
+            gpu_memory_utilization: 0.9,
+            block_size: 256,
+            max_num_seqs: 512,
+            max_num_batched_tokens: 16384,
+            max_model_len: None,
+            seed: 0,
+            progress: false,
+            enforce_eager: false,
+            tensor_parallel_size: 1,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The longest sequence for `model`: `max_model_len`, or the model's context up to 4096.
+    pub fn max_model_len_for(&self, model: &Qwen3Config) -> Result<usize, EngineError> {
+        let max_model_len = self.max_model_len.unwrap_or(model.max_position_embeddings.min(4096));
+        if max_model_len > model.max_position_embeddings {
+            return Err(EngineError::Config {
+                field: "max_model_len",
+                value: max_model_len.to_string(),
+                problem: format!(
+                    "exceeds the model's max_position_embeddings ({})",
+                    model.max_position_embeddings
+                ),
+            });
+        }
+        Ok(max_model_len)
+    }
+
+    /// Blocks that fit a KV budget of `budget` bytes (per GPU); at least one sequence of
+    /// `max_model_len` must fit.
+    pub fn kv_blocks(
+        &self,
+        model: &Qwen3Config,
+        budget: usize,
+        max_model_len: usize,
+    ) -> Result<usize, EngineError> {
+        // Under tensor parallelism the budget is per GPU, and each GPU holds its share of the kv heads.
+        let kv_heads = model.num_key_value_heads / self.tensor_parallel_size;
+        let per_token =
+            model.num_hidden_layers * self.kv_cache_dtype.bytes_per_token_per_layer(kv_heads, model.head_dim);
+        let num_blocks = budget / (per_token * self.block_size);
+        if num_blocks * self.block_size < max_model_len {
+            return Err(EngineError::Config {
+                field: "kv_cache_memory",
+                value: format!("{:.3} GiB", gib(budget)),
+                problem: format!(
+                    "holds {} tokens of {} KV cache, less than one sequence of max_model_len {max_model_len}; raise the KV budget or lower max_model_len",
+                    num_blocks * self.block_size,
+                    self.kv_cache_dtype
+                ),
+            });
+        }
+        Ok(num_blocks)
+    }
+
+    /// The scheduler an engine builds for `model` with a KV cache of `budget` bytes (per GPU), its
+    /// EOS tokens aside: enough to replay a benchmark's schedule without the model
+    /// ([`scheduler::replay`]).
+    pub fn scheduler_config(
+        &self,
+        model: &Qwen3Config,
+        budget: usize,
+    ) -> Result<SchedulerConfig, EngineError> {
+        let max_model_len = self.max_model_len_for(model)?;
+        Ok(self.scheduler_limits(max_model_len, self.kv_blocks(model, budget, max_model_len)?))
+    }
+
+    /// This configuration's limits for a cache of `num_blocks`, with no EOS tokens.
+    pub(crate) fn scheduler_limits(&self, max_model_len: usize, num_blocks: usize) -> SchedulerConfig {
+        SchedulerConfig {
+            max_num_seqs: self.max_num_seqs,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_model_len,
+            num_blocks,
+            block_size: self.block_size,
+            eos_token_ids: Vec::new(),
+        }
+    }
+}
+
+pub(crate) fn gib(bytes: usize) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
