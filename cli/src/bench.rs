@@ -42,6 +42,11 @@ pub(crate) struct BenchArgs {
     /// Skip the warm-up request that runs before the timed workload.
     #[arg(long)]
     no_warmup: bool,
+    /// Replay the workload through the scheduler alone, with the KV blocks that
+    /// --kv-cache-memory-gib holds for the model's config.json: the steps, peak running sequences
+    /// and preemptions of the real run (its requests ignore EOS), in milliseconds, with no weights.
+    #[arg(long)]
+    schedule_only: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -68,6 +73,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             })
         }
     };
+    if args.schedule_only {
+        return schedule_only(&args, &workload);
+    }
     let mut llm = args.engine.load(false)?;
     let params = |max_tokens| SamplingParams {
         temperature: args.temperature,
@@ -103,6 +111,52 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         llm.scheduler().num_preemptions() - preemptions_before,
         args.json,
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn schedule_only(args: &BenchArgs, workload: &Workload) -> anyhow::Result<ExitCode> {
+    let Some(gib) = args.engine.kv_cache_memory_gib else {
+        anyhow::bail!(
+            "--schedule-only needs --kv-cache-memory-gib: without it the cache is what the GPU has free after loading"
+        );
+    };
+    let config = args.engine.config()?;
+    let dir = engine::resolve_model(&args.engine.model)?;
+    let model = engine::ModelConfig::from_file(&dir.join("config.json"))?;
+    let budget = config.kv_cache_memory_bytes.unwrap_or_default();
+    let scheduler = config.scheduler_config(&model, budget)?;
+    let (num_blocks, block_size) = (scheduler.num_blocks, scheduler.block_size);
+    let requests = workload.prompts.iter().cloned().zip(workload.max_tokens.iter().copied());
+    let stats = engine::replay(scheduler, requests)?;
+    let report = json!({
+        "requests": workload.prompts.len(),
+        "steps": stats.steps,
+        "decode_steps": stats.decode_steps,
+        "prefill_tokens": stats.prefill_tokens,
+        "decode_tokens": stats.decode_tokens,
+        "mean_decode_batch": stats.mean_decode_batch(),
+        "peak_running_sequences": stats.peak_running,
+        "preemptions": stats.preemptions,
+        "kv_cache_dtype": config.kv_cache_dtype.name(),
+        "kv_blocks": num_blocks,
+        "kv_block_size": block_size,
+        "kv_tokens": num_blocks * block_size,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{} requests on {num_blocks} blocks of {block_size} ({} KV cache, {gib} GiB): {} steps ({} decode), peak {} running sequences, {} preemptions, {:.1} sequences per decode step, {} prompt tokens computed",
+            workload.prompts.len(),
+            config.kv_cache_dtype,
+            stats.steps,
+            stats.decode_steps,
+            stats.peak_running,
+            stats.preemptions,
+            stats.mean_decode_batch(),
+            stats.prefill_tokens
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -80,16 +80,26 @@ impl EngineArgs {
         };
         let (device, line) = engine::resolve_device(choice)?;
         eprintln!("{line}");
+        let config = EngineConfig { device, progress, ..self.config()? };
+        let format = match self.load_format {
+            Format::Safetensors => LoadFormat::Safetensors,
+            Format::Dummy => LoadFormat::Dummy,
+        };
+        let llm = LLM::load(&engine::resolve_model(&self.model)?, config, format)?;
+        eprintln!("{}", llm.describe_cache());
+        Ok(llm)
+    }
+
+    /// The engine settings these flags give (on the CPU, without a progress bar).
+    pub(crate) fn config(&self) -> anyhow::Result<EngineConfig> {
         if let Some(gib) = self.kv_cache_memory_gib.filter(|g| !(g.is_finite() && *g > 0.0)) {
             bail!("--kv-cache-memory-gib {gib}: must be a positive number");
         }
         if !(self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0) {
             bail!("--gpu-memory-utilization {}: must be in (0, 1]", self.gpu_memory_utilization);
         }
-        let dir = engine::resolve_model(&self.model)?;
-        let config = EngineConfig {
+        Ok(EngineConfig {
             kv_cache_dtype: self.kv_cache_dtype,
-            device,
             kv_cache_memory_bytes: self.kv_cache_memory_gib.map(|gib| (gib * (1u64 << 30) as f64) as usize),
             gpu_memory_utilization: self.gpu_memory_utilization,
             block_size: self.block_size,
@@ -97,16 +107,9 @@ impl EngineArgs {
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_model_len: self.max_model_len,
             seed: self.seed,
-            progress,
             enforce_eager: self.enforce_eager,
             tensor_parallel_size: self.tensor_parallel_size,
-        };
-        let format = match self.load_format {
-            Format::Safetensors => LoadFormat::Safetensors,
-            Format::Dummy => LoadFormat::Dummy,
-        };
-        let llm = LLM::load(&dir, config, format)?;
-        eprintln!("{}", llm.describe_cache());
-        Ok(llm)
+            ..EngineConfig::default()
+        })
     }
 }

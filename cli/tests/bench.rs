@@ -60,3 +60,34 @@ fn bad_workload_flags_are_one_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim(), "error: --min-input-len 500 and --max-input-len 100: need 1 <= min <= max");
 }
+
+/// The schedule alone, on the Qwen3-0.6B config: what the H200 runs of nano-vllm's workload with a
+/// 4 GiB KV budget printed (`scripts/gpu-bench.sh`, docs/PERF.md), without running the model.
+#[test]
+fn the_schedule_alone_is_the_h200_runs_schedule() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs/qwen3-0.6b");
+    for (dtype, blocks, steps, peak, preemptions) in
+        [("bf16", 146, 4559, 58, 185), ("int8", 288, 2673, 110, 159)]
+    {
+        let output = Command::new(env!("CARGO_BIN_EXE_nanovllm-cli"))
+            .args(["bench", "--model", &config.display().to_string(), "--kv-cache-memory-gib", "4"])
+            .args(["--kv-cache-dtype", dtype, "--schedule-only", "--json"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["kv_blocks"], blocks, "{dtype}");
+        assert_eq!(report["steps"], steps, "{dtype}");
+        assert_eq!(report["peak_running_sequences"], peak, "{dtype}");
+        assert_eq!(report["preemptions"], preemptions, "{dtype}");
+    }
+}
+
+#[test]
+fn the_schedule_alone_needs_a_kv_budget() {
+    let output = bench(&["--schedule-only"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.trim().starts_with("error: --schedule-only needs --kv-cache-memory-gib"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
