@@ -4,7 +4,7 @@
 //! the sequences running at once and the preemptions of a benchmark are known without running it:
 //! on any machine, in milliseconds, for any KV budget or workload seed.
 
-use crate::{Phase, SamplingParams, ScheduleError, Scheduler, SchedulerConfig};
+use crate::{Batch, Phase, SamplingParams, ScheduleError, Scheduler, SchedulerConfig};
 
 /// What the policy did over a workload, counted as the engine counts its steps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +28,19 @@ impl ScheduleStats {
     pub fn mean_decode_batch(&self) -> f64 {
         self.decode_tokens as f64 / self.decode_steps.max(1) as f64
     }
+
+    /// Count a step about to run, scheduled while `num_running` sequences held blocks.
+    pub fn record(&mut self, batch: &Batch, num_running: usize) {
+        self.steps += 1;
+        self.peak_running = self.peak_running.max(num_running);
+        match batch.phase {
+            Phase::Prefill => self.prefill_tokens += batch.num_tokens(),
+            Phase::Decode => {
+                self.decode_steps += 1;
+                self.decode_tokens += batch.num_tokens();
+            }
+        }
+    }
 }
 
 /// Run `(prompt, max_tokens)` requests through a scheduler of `config` until each has generated
@@ -47,15 +60,7 @@ pub fn replay(
         if batch.is_empty() {
             break;
         }
-        stats.steps += 1;
-        stats.peak_running = stats.peak_running.max(scheduler.num_running());
-        match batch.phase {
-            Phase::Prefill => stats.prefill_tokens += batch.num_tokens(),
-            Phase::Decode => {
-                stats.decode_steps += 1;
-                stats.decode_tokens += batch.num_tokens();
-            }
-        }
+        stats.record(&batch, scheduler.num_running());
         scheduler.postprocess(&batch, &vec![0; batch.num_samples()])?;
     }
     stats.preemptions = scheduler.num_preemptions();

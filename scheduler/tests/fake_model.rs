@@ -101,16 +101,7 @@ fn run(config: SchedulerConfig, requests: &[Request]) -> Run {
             result.chunked |= !item.samples;
             assert!(seq.len() <= max_model_len);
         }
-        let schedule = &mut result.schedule;
-        schedule.steps += 1;
-        schedule.peak_running = schedule.peak_running.max(scheduler.num_running());
-        match batch.phase {
-            Phase::Prefill => schedule.prefill_tokens += batch.num_tokens(),
-            Phase::Decode => {
-                schedule.decode_steps += 1;
-                schedule.decode_tokens += batch.num_tokens();
-            }
-        }
+        result.schedule.record(&batch, scheduler.num_running());
         let sampled = model.step(&scheduler, &batch);
         for seq in scheduler.postprocess(&batch, &sampled).unwrap() {
             result.outputs.insert(seq.id, seq.completion().to_vec());
