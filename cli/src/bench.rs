@@ -115,15 +115,14 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn schedule_only(args: &BenchArgs, workload: &Workload) -> anyhow::Result<ExitCode> {
-    let Some(gib) = args.engine.kv_cache_memory_gib else {
+    let config = args.engine.config()?;
+    let (Some(budget), Some(gib)) = (config.kv_cache_memory_bytes, args.engine.kv_cache_memory_gib) else {
         anyhow::bail!(
             "--schedule-only needs --kv-cache-memory-gib: without it the cache is what the GPU has free after loading"
         );
     };
-    let config = args.engine.config()?;
     let dir = engine::resolve_model(&args.engine.model)?;
     let model = engine::ModelConfig::from_file(&dir.join("config.json"))?;
-    let budget = config.kv_cache_memory_bytes.unwrap_or_default();
     let scheduler = config.scheduler_config(&model, budget)?;
     let (num_blocks, block_size) = (scheduler.num_blocks, scheduler.block_size);
     let requests = workload.prompts.iter().cloned().zip(workload.max_tokens.iter().copied());
