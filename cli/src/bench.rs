@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Args;
-use engine::{LLM, Prompt, SamplingParams};
-use serde_json::json;
+use engine::{CacheDtype, LLM, Prompt, SamplingParams, ScheduleStats};
+use serde_json::{Value, json};
 
 use crate::engine_args::EngineArgs;
 use crate::workload::{Shape, Workload};
@@ -89,7 +89,6 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .collect::<Result<Vec<_>, _>>()?;
         llm.reset_stats();
     }
-    let preemptions_before = llm.scheduler().num_preemptions();
     let started = Instant::now();
     for (prompt, &max_tokens) in workload.prompts.iter().zip(&workload.max_tokens) {
         llm.add_request(Prompt::Tokens(prompt.clone()), params(max_tokens))?;
@@ -103,14 +102,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         output_tokens += llm.step()?.tokens.len();
     }
     let seconds = started.elapsed().as_secs_f64();
-    report(
-        &llm,
-        &workload,
-        output_tokens,
-        seconds,
-        llm.scheduler().num_preemptions() - preemptions_before,
-        args.json,
-    );
+    report(&llm, &workload, output_tokens, seconds, args.json);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -127,20 +119,7 @@ fn schedule_only(args: &BenchArgs, workload: &Workload) -> anyhow::Result<ExitCo
     let (num_blocks, block_size) = (scheduler.num_blocks, scheduler.block_size);
     let requests = workload.prompts.iter().cloned().zip(workload.max_tokens.iter().copied());
     let stats = engine::replay(scheduler, requests)?;
-    let report = json!({
-        "requests": workload.prompts.len(),
-        "steps": stats.steps,
-        "decode_steps": stats.decode_steps,
-        "prefill_tokens": stats.prefill_tokens,
-        "decode_tokens": stats.decode_tokens,
-        "mean_decode_batch": stats.mean_decode_batch(),
-        "peak_running_sequences": stats.peak_running,
-        "preemptions": stats.preemptions,
-        "kv_cache_dtype": config.kv_cache_dtype.name(),
-        "kv_blocks": num_blocks,
-        "kv_block_size": block_size,
-        "kv_tokens": num_blocks * block_size,
-    });
+    let report = schedule_report(workload, &stats, config.kv_cache_dtype, num_blocks, block_size);
     if args.json {
         println!("{report}");
     } else {
@@ -159,33 +138,50 @@ fn schedule_only(args: &BenchArgs, workload: &Workload) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-fn report(
-    llm: &LLM,
+/// What the schedule did, named alike in a run's report and in its replay's.
+fn schedule_report(
     workload: &Workload,
-    output_tokens: usize,
-    seconds: f64,
-    preemptions: usize,
-    as_json: bool,
-) {
+    stats: &ScheduleStats,
+    dtype: CacheDtype,
+    num_blocks: usize,
+    block_size: usize,
+) -> Value {
+    json!({
+        "requests": workload.prompts.len(),
+        "steps": stats.steps,
+        "decode_steps": stats.decode_steps,
+        "prefill_tokens": stats.prefill_tokens,
+        "decode_tokens": stats.decode_tokens,
+        "mean_decode_batch": stats.mean_decode_batch(),
+        "peak_running_sequences": stats.peak_running,
+        "preemptions": stats.preemptions,
+        "kv_cache_dtype": dtype.name(),
+        "kv_blocks": num_blocks,
+        "kv_block_size": block_size,
+        "kv_tokens": num_blocks * block_size,
+    })
+}
+
+fn report(llm: &LLM, workload: &Workload, output_tokens: usize, seconds: f64, as_json: bool) {
     let stats = llm.stats();
     let blocks = llm.scheduler().block_manager();
     let prompt_tokens: usize = workload.prompts.iter().map(Vec::len).sum();
-    let report = json!({
-        "requests": workload.prompts.len(),
-        "prompt_tokens": prompt_tokens,
-        "output_tokens": output_tokens,
-        "seconds": seconds,
-        "output_tokens_per_second": output_tokens as f64 / seconds,
-        "prefill_tokens_per_second": stats.prefill_tokens as f64 / stats.prefill_seconds.max(1e-9),
-        "decode_tokens_per_second": stats.decode_tokens as f64 / stats.decode_seconds.max(1e-9),
-        "steps": stats.steps,
-        "peak_running_sequences": stats.peak_running,
-        "preemptions": preemptions,
-        "kv_cache_dtype": llm.config().kv_cache_dtype.name(),
-        "kv_blocks": blocks.num_blocks(),
-        "kv_block_size": blocks.block_size(),
-        "kv_tokens": blocks.num_blocks() * blocks.block_size(),
-    });
+    let schedule = &stats.schedule;
+    let mut report = schedule_report(
+        workload,
+        schedule,
+        llm.config().kv_cache_dtype,
+        blocks.num_blocks(),
+        blocks.block_size(),
+    );
+    report["prompt_tokens"] = json!(prompt_tokens);
+    report["output_tokens"] = json!(output_tokens);
+    report["seconds"] = json!(seconds);
+    report["output_tokens_per_second"] = json!(output_tokens as f64 / seconds);
+    report["prefill_tokens_per_second"] =
+        json!(schedule.prefill_tokens as f64 / stats.prefill_seconds.max(1e-9));
+    report["decode_tokens_per_second"] =
+        json!(schedule.decode_tokens as f64 / stats.decode_seconds.max(1e-9));
     if as_json {
         println!("{report}");
         return;
@@ -202,9 +198,9 @@ fn report(
         "prefill {:.0} tok/s, decode {:.0} tok/s, {} steps, peak {} running sequences, {} preemptions",
         report["prefill_tokens_per_second"].as_f64().unwrap_or(0.0),
         report["decode_tokens_per_second"].as_f64().unwrap_or(0.0),
-        stats.steps,
-        stats.peak_running,
-        preemptions
+        schedule.steps,
+        schedule.peak_running,
+        schedule.preemptions
     );
     println!("{}", llm.describe_cache());
 }

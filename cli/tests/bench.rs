@@ -91,3 +91,46 @@ fn the_schedule_alone_needs_a_kv_budget() {
     assert!(stderr.trim().starts_with("error: --schedule-only needs --kv-cache-memory-gib"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn a_run_reports_the_schedule_that_its_replay_predicts() {
+    // A fresh workload each run: the seed is in every failure message.
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let flags = [
+        "--kv-cache-memory-gib",
+        "0.000244140625", // 256 bf16 tokens of this model: 16 blocks of 16
+        "--max-model-len",
+        "256",
+        "--num-seqs",
+        "8",
+        "--min-input-len",
+        "20",
+        "--max-input-len",
+        "100",
+        "--min-output-len",
+        "20",
+        "--max-output-len",
+        "60",
+        "--json",
+    ];
+    let seed_flag = seed.to_string();
+    let json = |extra: &[&str]| -> serde_json::Value {
+        let output = bench(&[&flags[..], &["--workload-seed", &seed_flag], extra].concat());
+        assert!(output.status.success(), "seed {seed}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let (ran, replayed) = (json(&[]), json(&["--schedule-only"]));
+    assert_eq!(ran["kv_blocks"], 16, "seed {seed}");
+    assert!(ran["preemptions"].as_u64().unwrap() > 0, "seed {seed}: the budget is meant to preempt");
+    for field in [
+        "kv_blocks",
+        "steps",
+        "decode_steps",
+        "prefill_tokens",
+        "decode_tokens",
+        "peak_running_sequences",
+        "preemptions",
+    ] {
+        assert_eq!(ran[field], replayed[field], "seed {seed}: {field}");
+    }
+}

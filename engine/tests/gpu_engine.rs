@@ -54,10 +54,10 @@ fn the_engine_on_the_gpu_follows_hf_greedy_with_prefix_hits_preemption_and_graph
         let stats = llm.stats().clone();
         eprintln!(
             "{dtype}: {} of {prompt_tokens} prompt tokens computed (the rest prefix-cache hits), {} preemptions",
-            stats.prefill_tokens,
+            stats.schedule.prefill_tokens,
             llm.scheduler().num_preemptions()
         );
-        assert!(stats.prefill_tokens < prompt_tokens, "{dtype}: no prefix-cache hit");
+        assert!(stats.schedule.prefill_tokens < prompt_tokens, "{dtype}: no prefix-cache hit");
         assert!(llm.scheduler().num_preemptions() > 0, "{dtype}: the budget is meant to preempt");
         assert!(llm.describe_cache().contains("CUDA graphs for"), "{dtype}: decode is meant to use graphs");
         // bf16 reproduces HF exactly; INT8 rounds K/V, so a later close call may go the other way
