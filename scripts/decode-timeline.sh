@@ -16,7 +16,7 @@ case "${1:?build or run}" in
     git worktree add --detach "$tree" HEAD
     git -C "$tree" apply "$PWD/scripts/decode-timeline.patch"
     # Its own target directory: a shared one would mix this build's artifacts with main's.
-    (cd "$tree" && cargo build --release -p kv-cache --features cuda --example bench_kernels)
+    (cd "$tree" && cargo build --release -p nanovllm-kv-cache --features cuda --example bench_kernels)
     mkdir -p target/release/timeline
     cp "$tree/target/release/examples/bench_kernels" target/release/timeline/
     git worktree remove --force "$tree"

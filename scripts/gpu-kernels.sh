@@ -2,9 +2,9 @@
 # Run on the GPU machine, from the repository root: every GPU check against the CPU reference
 # (kernels, then the whole model), then the kernel timings.
 # Build here first (no CUDA needed):
-#   cargo test --release -p kv-cache -p model-qwen3 --features kv-cache/cuda,model-qwen3/cuda --test gpu_kernels --test gpu_model --no-run
-#   cargo test --release -p engine --features cuda --test gpu_engine --no-run
-#   cargo build --release -p kv-cache --features cuda --example bench_kernels
+#   cargo test --release -p nanovllm-kv-cache -p nanovllm-qwen3 --features nanovllm-kv-cache/cuda,nanovllm-qwen3/cuda --test gpu_kernels --test gpu_model --no-run
+#   cargo test --release -p nanovllm --features cuda --test gpu_engine --no-run
+#   cargo build --release -p nanovllm-kv-cache --features cuda --example bench_kernels
 # and carry target/release/deps/gpu_kernels-*, gpu_model-*, gpu_engine-* and
 # target/release/examples/bench_kernels there. Logs and bench_kernels.json go to $OUT (or ./gpu-out).
 # Kernel errors and timings go to gpu_kernels.log, gpu_model.log, gpu_engine.log, bench_kernels.log.

@@ -3,9 +3,9 @@
 # tensor parallelism (issue 8). The GPU model and engine tests (2 GPUs against 1, and against HF),
 # generate on 2 GPUs against 1, then nanovllm-cli bench at --tensor-parallel-size 1 and 2, side by
 # side. Build here first:
-#   cargo test --release -p model-qwen3 --features cuda --test gpu_model --no-run
-#   cargo test --release -p engine --features cuda --test gpu_engine --no-run
-#   cargo build --release -p cli --features cuda
+#   cargo test --release -p nanovllm-qwen3 --features cuda --test gpu_model --no-run
+#   cargo test --release -p nanovllm --features cuda --test gpu_engine --no-run
+#   cargo build --release -p nanovllm-nanovllm-cli --features cuda
 # and carry target/release/deps/gpu_model-*, gpu_engine-* and target/release/nanovllm-cli. Logs and JSON go to
 # $OUT (or ./gpu-out). BENCH_MODELS="qwen3-0.6b qwen3-8b" picks the shapes benched (default 0.6b; "" none);
 # TEST_FILTER=tensor_parallel runs only the tensor-parallel tests.

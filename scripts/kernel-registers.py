@@ -70,7 +70,7 @@ def report(ptxas, ptx, label):
 
 def main():
     lib_dir, ptxas = toolkit()
-    headers = ["kv-quant/src/cuda/int8_kv.cuh", "kv-cache/src/cuda/layout.cuh", "kv-cache/src/cuda/mma.cuh"]
+    headers = ["cuda/src/dependent_launch.cuh", "kv-quant/src/int8_kv.cuh", "kv-cache/src/cuda/layout.cuh", "kv-cache/src/cuda/mma.cuh"]
     body = "\n".join((ROOT / f).read_text() for f in headers + ["kv-cache/src/cuda/decode_attention.cu"])
     extra = dict(arg.split("=", 1) for arg in sys.argv[1:])
     for int8 in (1, 0):

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Args;
-use engine::{CacheDtype, LLM, Prompt, SamplingParams, ScheduleStats};
+use nanovllm::{CacheDtype, LLM, Prompt, SamplingParams, ScheduleStats};
 use serde_json::{Value, json};
 
 use crate::engine_args::EngineArgs;
@@ -97,7 +97,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     while !llm.is_finished() {
         if crate::interrupted() {
             llm.abort_all();
-            return Err(engine::EngineError::Interrupted.into());
+            return Err(nanovllm::EngineError::Interrupted.into());
         }
         output_tokens += llm.step()?.tokens.len();
     }
@@ -113,12 +113,12 @@ fn schedule_only(args: &BenchArgs, workload: &Workload) -> anyhow::Result<ExitCo
             "--schedule-only needs --kv-cache-memory-gib: without it the cache is what the GPU has free after loading"
         );
     };
-    let dir = engine::resolve_model(&args.engine.model)?;
-    let model = engine::ModelConfig::from_file(&dir.join("config.json"))?;
+    let dir = nanovllm::resolve_model(&args.engine.model)?;
+    let model = nanovllm::ModelConfig::from_file(&dir.join("config.json"))?;
     let scheduler = config.scheduler_config(&model, budget)?;
     let (num_blocks, block_size) = (scheduler.num_blocks, scheduler.block_size);
     let requests = workload.prompts.iter().cloned().zip(workload.max_tokens.iter().copied());
-    let stats = engine::replay(scheduler, requests)?;
+    let stats = nanovllm::replay(scheduler, requests)?;
     let report = schedule_report(workload, &stats, config.kv_cache_dtype, num_blocks, block_size);
     if args.json {
         println!("{report}");

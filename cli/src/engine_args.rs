@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 use clap::{Args, ValueEnum};
-use engine::{CacheDtype, DeviceChoice, EngineConfig, LLM, LoadFormat};
+use nanovllm::{CacheDtype, DeviceChoice, EngineConfig, LLM, LoadFormat};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum Device {
@@ -78,14 +78,14 @@ impl EngineArgs {
             Device::Cpu => DeviceChoice::Cpu,
             Device::Cuda => DeviceChoice::Cuda,
         };
-        let (device, line) = engine::resolve_device(choice)?;
+        let (device, line) = nanovllm::resolve_device(choice)?;
         eprintln!("{line}");
         let config = EngineConfig { device, progress, ..self.config()? };
         let format = match self.load_format {
             Format::Safetensors => LoadFormat::Safetensors,
             Format::Dummy => LoadFormat::Dummy,
         };
-        let llm = LLM::load(&engine::resolve_model(&self.model)?, config, format)?;
+        let llm = LLM::load(&nanovllm::resolve_model(&self.model)?, config, format)?;
         eprintln!("{}", llm.describe_cache());
         Ok(llm)
     }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use engine::{CacheDtype, LLM};
+use nanovllm::{CacheDtype, LLM};
 use serde_json::json;
 
 use crate::engine_args::EngineArgs;
@@ -112,7 +112,7 @@ fn load(args: &EngineArgs, dtype: CacheDtype, context: usize) -> anyhow::Result<
 
 /// Enough KV cache for one window and one sequence of the model's context, with a block to spare.
 fn window_budget_gib(args: &EngineArgs, context: usize) -> anyhow::Result<f64> {
-    let dir = engine::resolve_model(&args.model)?;
+    let dir = nanovllm::resolve_model(&args.model)?;
     let c = model_config(&dir)?;
     let tokens = context.max(c.max_position_embeddings.min(4096)) + 512;
     let bytes = tokens
@@ -121,8 +121,8 @@ fn window_budget_gib(args: &EngineArgs, context: usize) -> anyhow::Result<f64> {
     Ok(bytes as f64 / (1u64 << 30) as f64 * 1.05)
 }
 
-fn model_config(dir: &std::path::Path) -> anyhow::Result<engine::ModelConfig> {
-    Ok(engine::ModelConfig::from_file(&dir.join("config.json"))?)
+fn model_config(dir: &std::path::Path) -> anyhow::Result<nanovllm::ModelConfig> {
+    Ok(nanovllm::ModelConfig::from_file(&dir.join("config.json"))?)
 }
 
 fn log_softmax(logits: &[f32]) -> Vec<f64> {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use engine::{LLM, Prompt, SamplingParams, StreamDecoder};
+use nanovllm::{LLM, Prompt, SamplingParams, StreamDecoder};
 
 use crate::engine_args::EngineArgs;
 use crate::prompts::read_prompts_file;
@@ -85,7 +85,7 @@ fn stream_one(
         if crate::interrupted() {
             llm.abort_all();
             writeln!(stdout)?;
-            return Err(engine::EngineError::Interrupted.into());
+            return Err(nanovllm::EngineError::Interrupted.into());
         }
         for (seq, token) in llm.step()?.tokens {
             if seq != id {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use engine::Prompt;
+use nanovllm::Prompt;
 use serde_json::Value;
 
 /// The prompts of `path`, one per non-blank line: plain text, or JSONL objects with a `"prompt"`

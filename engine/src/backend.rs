@@ -1,6 +1,6 @@
 //! Where the forward pass runs: the CPU (with the cache dtype chosen at run time) or a GPU.
 
-use model_qwen3::{ModelError, Qwen3Model, SeqInput};
+use nanovllm_qwen3::{ModelError, Qwen3Model, SeqInput};
 
 use rayon::prelude::*;
 
@@ -38,7 +38,7 @@ pub fn resolve_device(choice: DeviceChoice) -> Result<(Device, String), EngineEr
 
 #[cfg(feature = "cuda")]
 fn gpu_or_reason(choice: DeviceChoice) -> Result<(Device, String), EngineError> {
-    match kv_quant::cuda::Gpu::open() {
+    match nanovllm_cuda::Gpu::open() {
         Ok(gpu) => Ok((Device::Cuda, format!("device: cuda ({})", gpu.describe()))),
         Err(e) if choice == DeviceChoice::Auto => Ok((Device::Cpu, format!("device: cpu ({e})"))),
         Err(e) => Err(EngineError::Device(e.to_string())),
@@ -58,7 +58,7 @@ fn gpu_or_reason(choice: DeviceChoice) -> Result<(Device, String), EngineError> 
 pub(crate) enum Backend {
     Cpu(AnyCache),
     #[cfg(feature = "cuda")]
-    Cuda(Box<model_qwen3::cuda::GpuGroup>),
+    Cuda(Box<nanovllm_qwen3::cuda::GpuGroup>),
 }
 
 impl Backend {
@@ -79,7 +79,7 @@ impl Backend {
             let specs: Vec<_> = samplers
                 .iter()
                 .zip(positions)
-                .map(|(s, &pos)| model_qwen3::cuda::GpuSample {
+                .map(|(s, &pos)| nanovllm_qwen3::cuda::GpuSample {
                     temperature: s.temperature(),
                     seed: s.seed(),
                     step: pos as u64,

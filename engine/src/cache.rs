@@ -1,7 +1,7 @@
 //! The KV cache in the dtype chosen at run time.
 
-use kv_cache::{Bf16, CacheDtype, CacheLayout, F16, F32, Int8, KvCache};
-use model_qwen3::{ModelError, Qwen3Model, SeqInput};
+use nanovllm_kv_cache::{Bf16, CacheDtype, CacheLayout, F16, F32, Int8, KvCache};
+use nanovllm_qwen3::{ModelError, Qwen3Model, SeqInput};
 
 use crate::EngineError;
 

@@ -1,9 +1,9 @@
 //! Engine settings, and the cache and scheduler they give a model: known from the model's config
 //! alone, before any weights load, when the KV budget is given in bytes.
 
-use kv_cache::CacheDtype;
-use model_qwen3::Qwen3Config;
-use scheduler::SchedulerConfig;
+use nanovllm_kv_cache::CacheDtype;
+use nanovllm_qwen3::Qwen3Config;
+use nanovllm_scheduler::SchedulerConfig;
 
 use crate::EngineError;
 use crate::backend::Device;
@@ -37,7 +37,7 @@ pub struct EngineConfig {
     /// (vLLM's and nano-vllm's `enforce_eager`): for debugging, and for measuring what graphs save.
     pub enforce_eager: bool,
     /// GPUs the model is split across (Megatron-style, as nano-vllm; NCCL between them): GPU only,
-    /// `model_qwen3::cuda::GpuGroup`. Each GPU holds its share of the kv heads of every block.
+    /// `nanovllm_qwen3::cuda::GpuGroup`. Each GPU holds its share of the kv heads of every block.
     pub tensor_parallel_size: usize,
 }
 
@@ -106,7 +106,7 @@ impl EngineConfig {
 
     /// The scheduler an engine builds for `model` with a KV cache of `budget` bytes (per GPU), its
     /// EOS tokens aside: enough to replay a benchmark's schedule without the model
-    /// ([`scheduler::replay`]).
+    /// ([`nanovllm_scheduler::replay`]).
     pub fn scheduler_config(
         &self,
         model: &Qwen3Config,

@@ -7,13 +7,13 @@ use thiserror::Error;
 pub enum EngineError {
     /// The model could not be loaded or run.
     #[error(transparent)]
-    Model(#[from] model_qwen3::ModelError),
+    Model(#[from] nanovllm_qwen3::ModelError),
     /// A request was refused (alone; the others go on).
     #[error(transparent)]
-    Request(#[from] scheduler::ScheduleError),
+    Request(#[from] nanovllm_scheduler::ScheduleError),
     /// The KV cache could not be built.
     #[error(transparent)]
-    Cache(#[from] kv_cache::CacheError),
+    Cache(#[from] nanovllm_kv_cache::CacheError),
     /// A tokenizer file that is missing or broken, or text it cannot encode.
     #[error("{path}: {problem}")]
     Tokenizer {
@@ -51,7 +51,7 @@ pub enum EngineError {
     /// The GPU failed.
     #[cfg(feature = "cuda")]
     #[error(transparent)]
-    Gpu(#[from] kv_quant::cuda::GpuError),
+    Gpu(#[from] nanovllm_cuda::GpuError),
     /// An engine setting out of range.
     #[error("invalid engine setting {field} = {value}: {problem}")]
     Config {

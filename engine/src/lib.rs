@@ -10,9 +10,9 @@
 //! # Example
 //!
 //! ```
-//! use engine::{EngineConfig, LLM, Prompt};
-//! use model_qwen3::{GenerationConfig, Qwen3Config, Qwen3Model};
-//! use scheduler::SamplingParams;
+//! use nanovllm::{EngineConfig, LLM, Prompt};
+//! use nanovllm_qwen3::{GenerationConfig, Qwen3Config, Qwen3Model};
+//! use nanovllm_scheduler::SamplingParams;
 //!
 //! let config = Qwen3Config::from_json_str(r#"{
 //!     "model_type": "qwen3", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -44,9 +44,9 @@ pub use chat::{ChatTemplate, Message};
 pub use config::EngineConfig;
 pub use error::EngineError;
 pub use hub::resolve_model;
-pub use kv_cache::CacheDtype;
 pub use llm::{Completion, EngineStats, LLM, LoadFormat, Prompt, StepOutput};
-pub use model_qwen3::Qwen3Config as ModelConfig;
+pub use nanovllm_kv_cache::CacheDtype;
+pub use nanovllm_qwen3::Qwen3Config as ModelConfig;
+pub use nanovllm_scheduler::{FinishReason, SamplingParams, ScheduleStats, SchedulerConfig, replay};
 pub use sampler::{Sampler, argmax};
-pub use scheduler::{FinishReason, SamplingParams, ScheduleStats, SchedulerConfig, replay};
 pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -4,13 +4,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use kv_cache::BlockManager;
-use model_qwen3::{GenerationConfig, Qwen3Model, SeqInput};
-use rand::{Rng, SeedableRng, rngs::StdRng};
-use scheduler::{
+use nanovllm_kv_cache::BlockManager;
+use nanovllm_qwen3::{GenerationConfig, Qwen3Model, SeqInput};
+use nanovllm_scheduler::{
     FinishReason, Phase, SamplingParams, ScheduleStats, ScheduledSeq, Scheduler, SchedulerConfig, SeqId,
     Sequence,
 };
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::backend::{Backend, Device};
 use crate::cache::AnyCache;
@@ -86,7 +86,7 @@ pub struct StepOutput {
 /// Counters of the work done since the engine started (or `reset_stats`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EngineStats {
-    /// Steps, tokens, peak running sequences and preemptions, counted as `scheduler::replay`
+    /// Steps, tokens, peak running sequences and preemptions, counted as `nanovllm_scheduler::replay`
     /// counts them, so that a run and its replay compare field by field.
     pub schedule: ScheduleStats,
     /// Seconds spent in prefill steps.
@@ -122,7 +122,7 @@ impl LLM {
         let model = match format {
             LoadFormat::Safetensors => Qwen3Model::load(dir)?,
             LoadFormat::Dummy => {
-                let model_config = model_qwen3::Qwen3Config::from_file(&dir.join("config.json"))?;
+                let model_config = nanovllm_qwen3::Qwen3Config::from_file(&dir.join("config.json"))?;
                 Qwen3Model::random(model_config, config.seed, 0.02)
             }
         };
@@ -449,7 +449,7 @@ fn cuda_backend(
     config: &EngineConfig,
     max_model_len: usize,
 ) -> Result<(Backend, usize), EngineError> {
-    use model_qwen3::cuda::{GpuGroup, GpuLimits};
+    use nanovllm_qwen3::cuda::{GpuGroup, GpuLimits};
     let limits = GpuLimits {
         max_tokens: config.max_num_batched_tokens,
         max_seqs: config.max_num_seqs,
@@ -457,7 +457,7 @@ fn cuda_backend(
         cuda_graphs: !config.enforce_eager,
     };
     let out_of_memory = |what: String| {
-        move |e: kv_quant::cuda::GpuError| {
+        move |e: nanovllm_cuda::GpuError| {
             if e.to_string().contains("OUT_OF_MEMORY") {
                 EngineError::Config {
                     field: "GPU memory",
@@ -518,7 +518,7 @@ fn check_tensor_parallel(model: &Qwen3Model, config: &EngineConfig) -> Result<()
 
 #[cfg(feature = "cuda")]
 fn gpu_count() -> Result<usize, EngineError> {
-    Ok(kv_quant::cuda::Gpu::count()?)
+    Ok(nanovllm_cuda::Gpu::count()?)
 }
 
 #[cfg(not(feature = "cuda"))]

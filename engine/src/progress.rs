@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use scheduler::Phase;
+use nanovllm_scheduler::Phase;
 
 /// A progress bar over requests (hidden when disabled or when stderr is not a terminal).
 pub(crate) struct Progress {

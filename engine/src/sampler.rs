@@ -1,7 +1,7 @@
 //! Choosing the next token from logits: greedy, temperature, top-k, top-p.
 
+use nanovllm_scheduler::SamplingParams;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use scheduler::SamplingParams;
 
 /// One request's sampler. It owns its random generator, so a request's output depends on its seed
 /// and its logits only, not on what else is batched with it.

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{fixture, hf_greedy, settings};
-use engine::{
+use nanovllm::{
     CacheDtype, EngineConfig, EngineError, LLM, LoadFormat, Prompt, SamplingParams, SchedulerConfig, replay,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};

@@ -12,7 +12,7 @@ mod kjv_reference;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use common::{fixture, hf_greedy, settings};
-use engine::{CacheDtype, Device, DeviceChoice, EngineConfig, LLM, LoadFormat, Prompt, SamplingParams};
+use nanovllm::{CacheDtype, Device, DeviceChoice, EngineConfig, LLM, LoadFormat, Prompt, SamplingParams};
 
 const FIXTURE: &str = "head-dim-128";
 
@@ -26,7 +26,7 @@ fn turn() -> MutexGuard<'static, ()> {
 #[test]
 fn the_engine_on_the_gpu_follows_hf_greedy_with_prefix_hits_preemption_and_graphs() {
     let _turn = turn();
-    if let Err(e) = engine::resolve_device(DeviceChoice::Cuda) {
+    if let Err(e) = nanovllm::resolve_device(DeviceChoice::Cuda) {
         eprintln!("skipping GPU engine test: {e}");
         return;
     }
@@ -85,7 +85,7 @@ fn the_engine_on_the_gpu_follows_hf_greedy_with_prefix_hits_preemption_and_graph
 #[test]
 fn the_engine_tensor_parallel_over_two_gpus_writes_hfs_greedy_text_until_a_close_call() {
     let _turn = turn();
-    match kv_quant::cuda::Gpu::count() {
+    match nanovllm_cuda::Gpu::count() {
         Ok(gpus) if gpus >= 2 => {}
         Ok(gpus) => return eprintln!("skipping tensor-parallel engine test: {gpus} GPU(s), it needs 2"),
         Err(e) => return eprintln!("skipping tensor-parallel engine test: {e}"),
@@ -93,7 +93,7 @@ fn the_engine_tensor_parallel_over_two_gpus_writes_hfs_greedy_text_until_a_close
     const NOISE: f64 = 0.1;
     let cases: Vec<kjv_reference::Case> =
         kjv_reference::hf_cases().into_iter().chain(kjv_reference::hf_cases()).collect();
-    let c = model_qwen3::Qwen3Config::from_file(&kjv_reference::model_dir().join("config.json")).unwrap();
+    let c = nanovllm_qwen3::Qwen3Config::from_file(&kjv_reference::model_dir().join("config.json")).unwrap();
     for world in [1, 2] {
         for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
             // 12 blocks of 16 tokens per GPU for 8 sequences of about 55 tokens.

@@ -9,8 +9,8 @@
 
 mod kjv_reference;
 
-use engine::{CacheDtype, EngineConfig, LLM, LoadFormat};
 use kjv_reference::{Case, comparable, generate, hf_cases, model_dir};
+use nanovllm::{CacheDtype, EngineConfig, LLM, LoadFormat};
 
 fn engine(dtype: CacheDtype) -> LLM {
     let config = EngineConfig {

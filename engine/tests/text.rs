@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use engine::{ChatTemplate, Message, StreamDecoder, Tokenizer};
+use nanovllm::{ChatTemplate, Message, StreamDecoder, Tokenizer};
 
 fn demo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-random-qwen3")

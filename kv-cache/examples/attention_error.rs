@@ -7,7 +7,7 @@
 //! scaled by 20. Keys are scaled so that attention is peaked (scores' std about 3). Prints the
 //! relative L2 error of the attention output, mean over 64 queries, per dtype.
 
-use kv_cache::{Bf16, BlockManager, CacheLayout, F32, Int8, KvCache, StorageDtype};
+use nanovllm_kv_cache::{Bf16, BlockManager, CacheLayout, F32, Int8, KvCache, StorageDtype};
 use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, StandardNormal};
 
@@ -18,7 +18,7 @@ const BLOCK: usize = 16;
 /// Attention of `q` over the first `len` rows of the cache, reading rows in place.
 fn attend<T: StorageDtype>(
     cache: &KvCache<T>,
-    table: &kv_cache::BlockTable,
+    table: &nanovllm_kv_cache::BlockTable,
     q: &[f32],
     len: usize,
 ) -> Vec<f32> {

@@ -11,12 +11,12 @@
 //! run reads from DRAM, not L2 (60 MB on an H200).
 
 use half::bf16;
-use kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache};
-use kv_cache::{CacheDtype, CacheLayout};
-use kv_quant::cuda::cudarc::driver::{
+use nanovllm_cuda::cudarc::driver::{
     CudaFunction, CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg, sys::CUevent_flags,
 };
-use kv_quant::cuda::{Gpu, GpuError};
+use nanovllm_cuda::{Gpu, GpuError};
+use nanovllm_kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache};
+use nanovllm_kv_cache::{CacheDtype, CacheLayout};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

@@ -2,7 +2,7 @@
 
 use bytemuck::Pod;
 use half::{bf16, f16};
-use kv_quant::{CacheDtype, Element};
+use nanovllm_kv_quant::{CacheDtype, Element};
 
 /// A storage dtype of the cache: the element type of a row, its per-row side data, and the two
 /// operations attention needs, which read the row in place (nothing is dequantized into a copy).
@@ -83,7 +83,7 @@ impl StorageDtype for Int8 {
     const DTYPE: CacheDtype = CacheDtype::Int8;
 
     fn store_row(src: &[f32], dst: &mut [i8]) -> bf16 {
-        kv_quant::quantize_row(src, dst).expect("the cache passes rows of head_dim to both sides")
+        nanovllm_kv_quant::quantize_row(src, dst).expect("the cache passes rows of head_dim to both sides")
     }
     fn dot(row: &[i8], scale: bf16, q: &[f32]) -> f32 {
         let raw: f32 = row.iter().zip(q).map(|(&c, q)| f32::from(c) * q).sum();

@@ -1,5 +1,5 @@
 //! The paged KV cache: a block allocator with prefix caching, and host-side storage generic over
-//! the storage dtype (bf16, f16, or INT8 rows in the [`kv_quant`] format).
+//! the storage dtype (bf16, f16, or INT8 rows in the [`nanovllm_kv_quant`] format).
 //!
 //! This crate's one job is *where* each token's keys and values live. The cache is split into
 //! blocks of `block_size` token slots; a sequence holds a [`BlockTable`] of blocks, and
@@ -16,7 +16,7 @@
 //! # Example
 //!
 //! ```
-//! use kv_cache::{BlockManager, CacheLayout, Int8, KvCache};
+//! use nanovllm_kv_cache::{BlockManager, CacheLayout, Int8, KvCache};
 //!
 //! let mut blocks = BlockManager::new(16, 4)?;
 //! let prompt = [11, 12, 13, 14, 15, 16];
@@ -41,7 +41,7 @@
 //! let (other, cached) = blocks.allocate(&[11, 12, 13, 14, 99])?;
 //! assert_eq!(cached, 4);
 //! assert_eq!(other.blocks()[0], table.blocks()[0]);
-//! # Ok::<(), kv_cache::CacheError>(())
+//! # Ok::<(), nanovllm_kv_cache::CacheError>(())
 //! ```
 
 mod block_manager;
@@ -56,7 +56,7 @@ pub use block_table::{BlockId, BlockTable};
 pub use dtype::{Bf16, F16, F32, Int8, StorageDtype};
 pub use error::CacheError;
 pub use hash::block_hash;
-pub use kv_quant::CacheDtype;
+pub use nanovllm_kv_quant::CacheDtype;
 pub use store::{CacheLayout, KvCache, Row};
 
 #[cfg(feature = "cuda")]

@@ -25,7 +25,7 @@ impl CacheLayout {
 
     /// Bytes of K and V of every layer, side data included, for a storage dtype (`None` if that
     /// overflows `usize`).
-    pub fn bytes(&self, dtype: kv_quant::CacheDtype) -> Option<usize> {
+    pub fn bytes(&self, dtype: nanovllm_kv_quant::CacheDtype) -> Option<usize> {
         [self.num_layers, self.num_blocks, self.block_size, 2 * self.kv_heads]
             .into_iter()
             .try_fold(dtype.row_bytes(self.head_dim), |acc, n| acc.checked_mul(n))

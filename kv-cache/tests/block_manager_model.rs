@@ -2,7 +2,7 @@
 //! (prefill chunks), append (decode), and free, over prompts that share prefixes, checked after
 //! every step against a model of what each slot holds.
 
-use kv_cache::{BlockManager, BlockTable};
+use nanovllm_kv_cache::{BlockManager, BlockTable};
 use proptest::prelude::*;
 use proptest::sample::Index;
 

@@ -6,9 +6,9 @@
 #![cfg(feature = "cuda")]
 
 use half::bf16;
-use kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache, cache_row};
-use kv_cache::{CacheDtype, CacheLayout};
-use kv_quant::cuda::Gpu;
+use nanovllm_cuda::Gpu;
+use nanovllm_kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache, cache_row};
+use nanovllm_kv_cache::{CacheDtype, CacheLayout};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -102,7 +102,7 @@ fn store_matches_the_reference_bit_for_bit() {
                         match dtype {
                             CacheDtype::Int8 => {
                                 let mut codes = vec![0i8; head_dim];
-                                let scale = kv_quant::quantize_row(src, &mut codes).unwrap();
+                                let scale = nanovllm_kv_quant::quantize_row(src, &mut codes).unwrap();
                                 let got: Vec<i8> =
                                     data[row * head_dim..][..head_dim].iter().map(|&b| b as i8).collect();
                                 assert_eq!(
@@ -201,9 +201,9 @@ fn stored_rows(rng: &mut StdRng, dtype: CacheDtype, rows: usize, d: usize) -> (V
         CacheDtype::Int8 => {
             let mut codes = vec![0i8; rows * d];
             let mut scales = vec![bf16::ZERO; rows];
-            kv_quant::quantize_rows(&raw, d, &mut codes, &mut scales).unwrap();
+            nanovllm_kv_quant::quantize_rows(&raw, d, &mut codes, &mut scales).unwrap();
             let mut back = vec![0f32; rows * d];
-            kv_quant::dequantize_rows(&codes, &scales, d, &mut back).unwrap();
+            nanovllm_kv_quant::dequantize_rows(&codes, &scales, d, &mut back).unwrap();
             (codes.iter().map(|&c| c as u8).collect(), scales, back)
         }
         _ => {

@@ -2,7 +2,7 @@
 //! back by block table, rounded or quantized exactly as the reference does it.
 
 use half::{bf16, f16};
-use kv_cache::{Bf16, BlockManager, CacheError, CacheLayout, F16, Int8, KvCache, StorageDtype};
+use nanovllm_kv_cache::{Bf16, BlockManager, CacheError, CacheLayout, F16, Int8, KvCache, StorageDtype};
 use proptest::prelude::*;
 
 fn layout(num_blocks: usize, block_size: usize, kv_heads: usize, head_dim: usize) -> CacheLayout {
@@ -60,9 +60,9 @@ proptest! {
     fn int8_rows_are_the_reference_quantization((layout, len, keys, values) in case()) {
         write_and_read::<Int8>(layout, len, &keys, &values, |row| {
             let mut codes = vec![0i8; row.len()];
-            let scale = kv_quant::quantize_row(row, &mut codes).unwrap();
+            let scale = nanovllm_kv_quant::quantize_row(row, &mut codes).unwrap();
             let mut back = vec![0f32; row.len()];
-            kv_quant::dequantize_row(&codes, scale, &mut back).unwrap();
+            nanovllm_kv_quant::dequantize_row(&codes, scale, &mut back).unwrap();
             back
         })?;
     }
@@ -96,7 +96,7 @@ fn int8_storage_is_bit_identical_to_the_reference() {
             let row = cache.key(0, &table, pos, head).unwrap();
             let mut codes = [0i8; 16];
             let at = (pos * 2 + head) * 16;
-            let scale = kv_quant::quantize_row(&keys[at..at + 16], &mut codes).unwrap();
+            let scale = nanovllm_kv_quant::quantize_row(&keys[at..at + 16], &mut codes).unwrap();
             assert_eq!(row.data, &codes);
             assert_eq!(row.meta.to_bits(), scale.to_bits());
         }
@@ -144,8 +144,8 @@ fn layout_bytes_use_the_byte_size_api() {
     // nano-vllm PR #184's example: 500 blocks x 256 x 28 layers x 8 kv heads x 128.
     let layout = CacheLayout { num_layers: 28, num_blocks: 500, block_size: 256, kv_heads: 8, head_dim: 128 };
     let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
-    assert_eq!(format!("{:.1}", mib(layout.bytes(kv_cache::CacheDtype::Bf16).unwrap())), "14000.0");
-    assert_eq!(format!("{:.1}", mib(layout.bytes(kv_cache::CacheDtype::Int8).unwrap())), "7109.4");
+    assert_eq!(format!("{:.1}", mib(layout.bytes(nanovllm_kv_cache::CacheDtype::Bf16).unwrap())), "14000.0");
+    assert_eq!(format!("{:.1}", mib(layout.bytes(nanovllm_kv_cache::CacheDtype::Int8).unwrap())), "7109.4");
     let absurd = CacheLayout { num_blocks: usize::MAX / 2, ..layout };
-    assert_eq!(absurd.bytes(kv_cache::CacheDtype::Int8), None);
+    assert_eq!(absurd.bytes(nanovllm_kv_cache::CacheDtype::Int8), None);
 }

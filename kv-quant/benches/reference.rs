@@ -2,7 +2,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::bf16;
-use kv_quant::{dequantize_rows, quantize_rows};
+use nanovllm_kv_quant::{dequantize_rows, quantize_rows};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::hint::black_box;
 

@@ -7,7 +7,7 @@
 //! `||x - x̂|| / ||x||` over all rows, per format.
 
 use half::{bf16, f16};
-use kv_quant::{dequantize_rows, quantize_rows};
+use nanovllm_kv_quant::{dequantize_rows, quantize_rows};
 use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, StandardNormal};
 

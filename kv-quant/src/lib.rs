@@ -45,7 +45,7 @@
 //!
 //! ```
 //! use half::bf16;
-//! use kv_quant::{dequantize_row, quantize_row};
+//! use nanovllm_kv_quant::{dequantize_row, quantize_row};
 //!
 //! let row: Vec<bf16> = (0..128).map(|i| bf16::from_f32((i as f32 - 64.0) * 0.25)).collect();
 //! let mut codes = [0i8; 128];
@@ -57,7 +57,7 @@
 //! for (x, y) in row.iter().zip(&back) {
 //!     assert!((x.to_f32() - y).abs() <= scale.to_f32() / 2.0);
 //! }
-//! # Ok::<(), kv_quant::QuantError>(())
+//! # Ok::<(), nanovllm_kv_quant::QuantError>(())
 //! ```
 
 mod batch;
@@ -72,5 +72,7 @@ pub use error::QuantError;
 pub use row::{MAX_SCALE, QMAX, dequantize_row, quantize_row, scale_for_amax};
 pub use size::{CacheDtype, UnknownCacheDtype};
 
-#[cfg(feature = "cuda")]
-pub mod cuda;
+/// The device side of the format (bf16 conversion, a row's scale, one code), bit for bit as
+/// [`quantize_row`]: CUDA C to prepend to the source of every kernel that writes or reads INT8
+/// rows. Plain text, so this crate needs no CUDA to build.
+pub const INT8_KV_CUH: &str = include_str!("int8_kv.cuh");

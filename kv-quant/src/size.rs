@@ -46,7 +46,7 @@ impl CacheDtype {
     /// Bytes one token takes in one layer: K and V, every kv head.
     ///
     /// ```
-    /// use kv_quant::CacheDtype;
+    /// use nanovllm_kv_quant::CacheDtype;
     /// // Qwen3-0.6B: 8 kv heads of 128.
     /// assert_eq!(CacheDtype::Bf16.bytes_per_token_per_layer(8, 128), 4096);
     /// assert_eq!(CacheDtype::Int8.bytes_per_token_per_layer(8, 128), 2080);

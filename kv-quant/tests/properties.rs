@@ -1,7 +1,7 @@
 //! The format's guarantees (crate docs), over arbitrary rows across the whole f32 and bf16 range.
 
 use half::{bf16, f16};
-use kv_quant::{Element, MAX_SCALE, QMAX, dequantize_row, quantize_row};
+use nanovllm_kv_quant::{Element, MAX_SCALE, QMAX, dequantize_row, quantize_row};
 use proptest::prelude::*;
 
 /// Rows whose largest magnitude is below this are stored as zeros (format step 4).
@@ -157,7 +157,7 @@ fn f16_saturation_case_is_exercised() {
     assert_eq!(back[0], f16::MAX);
 }
 
-/// The GPU store's code for `x` (`kv_quantize4` in `src/cuda/int8_kv.cuh`), the same f32
+/// The GPU store's code for `x` (`kv_quantize4` in `src/int8_kv.cuh`), the same f32
 /// operations in the same order (each rounds to nearest even, as the kernel's `__fmaf_rn`,
 /// `__fadd_rn` and `__frcp_rn` do): `x * (1 / step)` rounded to a multiple of 2^-12 in one fused
 /// multiply-add, then to an integer, by adding magic numbers; no division. `capped`: the row's

@@ -3,8 +3,8 @@
 //! `cargo bench -p model-qwen3`
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use kv_cache::{Bf16, BlockManager, BlockTable, F32, Int8, KvCache, StorageDtype};
-use model_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
+use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, F32, Int8, KvCache, StorageDtype};
+use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
 use std::hint::black_box;
 
 const BLOCK: usize = 16;

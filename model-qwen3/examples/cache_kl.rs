@@ -9,10 +9,10 @@
 
 use std::path::PathBuf;
 
-use kv_cache::{BlockManager, CacheDtype};
-use kv_quant::cuda::Gpu;
-use model_qwen3::cuda::{GpuLimits, GpuQwen3};
-use model_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
+use nanovllm_cuda::Gpu;
+use nanovllm_kv_cache::{BlockManager, CacheDtype};
+use nanovllm_qwen3::cuda::{GpuLimits, GpuQwen3};
+use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
 
 const BLOCK: usize = 16;
 const PROMPT: usize = 64;

@@ -61,10 +61,10 @@ pub enum ModelError {
     /// The GPU path failed.
     #[cfg(feature = "cuda")]
     #[error(transparent)]
-    Gpu(#[from] kv_quant::cuda::GpuError),
+    Gpu(#[from] nanovllm_cuda::GpuError),
     /// The KV cache refused an access.
     #[error(transparent)]
-    Cache(#[from] kv_cache::CacheError),
+    Cache(#[from] nanovllm_kv_cache::CacheError),
 }
 
 impl ModelError {

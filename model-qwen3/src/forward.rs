@@ -1,6 +1,6 @@
 //! The Qwen3 forward pass on the CPU, over the paged KV cache.
 
-use kv_cache::{BlockTable, KvCache, StorageDtype};
+use nanovllm_kv_cache::{BlockTable, KvCache, StorageDtype};
 use ndarray::{Array2, Axis, s};
 use rayon::prelude::*;
 

@@ -2,15 +2,15 @@
 //! paged KV cache, on the CPU.
 //!
 //! This crate's one job is the model's math. It knows the cache only through
-//! [`kv_cache::KvCache`] and block tables; scheduling and sampling live elsewhere. The CPU forward
+//! [`nanovllm_kv_cache::KvCache`] and block tables; scheduling and sampling live elsewhere. The CPU forward
 //! pass computes in f32 (weights widened once at load), and is the reference the GPU path and the
 //! INT8 cache are measured against; with an f32 cache it matches HF transformers' fp32 logits.
 //!
 //! # Example
 //!
 //! ```
-//! use kv_cache::{BlockManager, F32, KvCache};
-//! use model_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
+//! use nanovllm_kv_cache::{BlockManager, F32, KvCache};
+//! use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
 //!
 //! let config = Qwen3Config::from_json_str(r#"{
 //!     "model_type": "qwen3", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -44,9 +44,9 @@ pub use model::Qwen3Model;
 
 impl Qwen3Model {
     /// The shape of a KV cache of `num_blocks` blocks of `block_size` for this model.
-    pub fn cache_layout(&self, num_blocks: usize, block_size: usize) -> kv_cache::CacheLayout {
+    pub fn cache_layout(&self, num_blocks: usize, block_size: usize) -> nanovllm_kv_cache::CacheLayout {
         let c = &self.config;
-        kv_cache::CacheLayout {
+        nanovllm_kv_cache::CacheLayout {
             num_layers: c.num_hidden_layers,
             num_blocks,
             block_size,

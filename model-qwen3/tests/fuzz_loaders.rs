@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use model_qwen3::{Qwen3Config, Qwen3Model};
+use nanovllm_qwen3::{Qwen3Config, Qwen3Model};
 use proptest::prelude::*;
 
 fn fixture(file: &str) -> Vec<u8> {

@@ -13,10 +13,10 @@ mod common;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use kv_cache::{Bf16, BlockManager, BlockTable, CacheDtype, Int8, KvCache, StorageDtype};
-use kv_quant::cuda::Gpu;
-use model_qwen3::cuda::{GpuGroup, GpuLimits, GpuQwen3, GpuSample};
-use model_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
+use nanovllm_cuda::Gpu;
+use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, CacheDtype, Int8, KvCache, StorageDtype};
+use nanovllm_qwen3::cuda::{GpuGroup, GpuLimits, GpuQwen3, GpuSample};
+use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
 
 const BLOCK_SIZE: usize = 16;
 const NUM_BLOCKS: usize = 256;

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use kv_cache::{Bf16, BlockManager, BlockTable, F32, Int8, KvCache, StorageDtype};
-use model_qwen3::{Qwen3Model, SeqInput};
+use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, F32, Int8, KvCache, StorageDtype};
+use nanovllm_qwen3::{Qwen3Model, SeqInput};
 use serde_json::Value;
 
 const FIXTURES: [&str; 3] = ["gqa-tied", "mha-untied-sharded", "head-dim-128"];

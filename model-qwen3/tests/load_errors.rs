@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use model_qwen3::Qwen3Model;
+use nanovllm_qwen3::Qwen3Model;
 use safetensors::{Dtype, tensor::TensorView};
 
 fn fixture() -> PathBuf {

@@ -5,9 +5,9 @@
 
 mod common;
 
-use kv_cache::{BlockManager, BlockTable, F32, Int8, KvCache, StorageDtype};
-use model_qwen3::tensor_parallel::{NoCollective, ThreadGroup};
-use model_qwen3::{ModelError, Qwen3Config, Qwen3Model, SeqInput};
+use nanovllm_kv_cache::{BlockManager, BlockTable, F32, Int8, KvCache, StorageDtype};
+use nanovllm_qwen3::tensor_parallel::{NoCollective, ThreadGroup};
+use nanovllm_qwen3::{ModelError, Qwen3Config, Qwen3Model, SeqInput};
 
 const BLOCK_SIZE: usize = 16;
 const NUM_BLOCKS: usize = 64;

@@ -62,5 +62,5 @@ pub enum ScheduleError {
     },
     /// The block manager refused its shape.
     #[error(transparent)]
-    Cache(#[from] kv_cache::CacheError),
+    Cache(#[from] nanovllm_kv_cache::CacheError),
 }

@@ -5,14 +5,14 @@
 //! of prompt chunks, or a decode step of one token per sequence); the model runs it and hands the
 //! sampled tokens to [`Scheduler::postprocess`], which returns the sequences that finished.
 //! Blocks of the paged KV cache are allocated, shared by prefix and freed here, through
-//! [`kv_cache::BlockManager`].
+//! [`nanovllm_kv_cache::BlockManager`].
 //!
 //! # Example
 //!
 //! A "model" that always answers `prompt length + position`, run to completion:
 //!
 //! ```
-//! use scheduler::{SamplingParams, Scheduler, SchedulerConfig};
+//! use nanovllm_scheduler::{SamplingParams, Scheduler, SchedulerConfig};
 //!
 //! let mut scheduler = Scheduler::new(SchedulerConfig::new(64, 16, 256))?;
 //! scheduler.add(vec![1, 2, 3], SamplingParams::greedy(4))?;
@@ -33,7 +33,7 @@
 //! }
 //! outputs.sort();
 //! assert_eq!(outputs, [(0, vec![30, 40, 50, 60]), (1, vec![20, 30])]);
-//! # Ok::<(), scheduler::ScheduleError>(())
+//! # Ok::<(), nanovllm_scheduler::ScheduleError>(())
 //! ```
 
 mod error;

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use kv_cache::BlockManager;
+use nanovllm_kv_cache::BlockManager;
 
 use crate::{FinishReason, SamplingParams, ScheduleError, SeqId, Sequence, Status};
 

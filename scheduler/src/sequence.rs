@@ -1,6 +1,6 @@
 //! One request as the scheduler tracks it.
 
-use kv_cache::BlockTable;
+use nanovllm_kv_cache::BlockTable;
 
 use crate::SamplingParams;
 

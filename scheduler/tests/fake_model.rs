@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use proptest::prelude::*;
-use scheduler::{
+use nanovllm_scheduler::{
     Batch, Phase, SamplingParams, ScheduleError, ScheduleStats, Scheduler, SchedulerConfig, SeqId, replay,
 };
+use proptest::prelude::*;
 
 const VOCAB: u32 = 64;
 const EOS: u32 = 0;
@@ -266,7 +266,7 @@ fn eos_and_stop_tokens_end_a_request_unless_ignored() {
         }
         step += 1;
     }
-    use scheduler::FinishReason::{Length, Stop};
+    use nanovllm_scheduler::FinishReason::{Length, Stop};
     assert_eq!(finished[&stops], (vec![3, 7], Stop));
     assert_eq!(finished[&ignores], (vec![3, 7, 9], Length));
     assert_eq!(finished[&stop_token], (vec![3, 7], Stop), "EOS still stops it");

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::{Args as ClapArgs, ValueEnum};
-use kv_quant::CacheDtype;
-use model_qwen3::Qwen3Config;
+use nanovllm_kv_quant::CacheDtype;
+use nanovllm_qwen3::Qwen3Config;
 use serde_json::json;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -229,9 +229,9 @@ fn print_tables(config: &Qwen3Config, args: &Args, rows: &[serde_json::Value], w
 #[cfg(feature = "cuda")]
 fn measure(config: &Qwen3Config, args: &Args, blocks: usize) -> anyhow::Result<serde_json::Value> {
     use anyhow::Context;
-    use kv_cache::CacheLayout;
-    use kv_cache::cuda::GpuKvCache;
-    let gpu = kv_quant::cuda::Gpu::open()?;
+    use nanovllm_kv_cache::CacheLayout;
+    use nanovllm_kv_cache::cuda::GpuKvCache;
+    let gpu = nanovllm_cuda::Gpu::open()?;
     let mut out = Vec::new();
     for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
         let layout = CacheLayout {
@@ -262,9 +262,9 @@ fn measure(config: &Qwen3Config, args: &Args, blocks: usize) -> anyhow::Result<s
 /// not measured as a difference: the driver's stream-ordered pool keeps earlier, freed caches.)
 #[cfg(feature = "cuda")]
 fn engine_choice(config: &Qwen3Config, args: &Args, dtype: CacheDtype) -> anyhow::Result<serde_json::Value> {
-    use engine::{Device, EngineConfig, LLM};
-    let gpu = kv_quant::cuda::Gpu::open()?;
-    let model = model_qwen3::Qwen3Model::random(config.clone(), 0, 0.02);
+    use nanovllm::{Device, EngineConfig, LLM};
+    let gpu = nanovllm_cuda::Gpu::open()?;
+    let model = nanovllm_qwen3::Qwen3Model::random(config.clone(), 0, 0.02);
     let settings = EngineConfig {
         device: Device::Cuda,
         kv_cache_dtype: dtype,
@@ -272,7 +272,7 @@ fn engine_choice(config: &Qwen3Config, args: &Args, dtype: CacheDtype) -> anyhow
         gpu_memory_utilization: args.gpu_memory_utilization,
         ..EngineConfig::default()
     };
-    let llm = LLM::new(model, model_qwen3::GenerationConfig::default(), settings)?;
+    let llm = LLM::new(model, nanovllm_qwen3::GenerationConfig::default(), settings)?;
     let (free_after, total) = gpu.ctx.mem_get_info()?;
     let blocks = llm.scheduler().block_manager().num_blocks();
     let per_block = bytes_per_token(config, if dtype == CacheDtype::Int8 { FORMATS[1] } else { FORMATS[0] })

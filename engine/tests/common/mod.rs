@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use engine::{CacheDtype, EngineConfig};
+use nanovllm::{CacheDtype, EngineConfig};
 use serde_json::Value;
 
 /// A fixture of model-qwen3. The GPU machine runs test binaries from a copy of the repository
@@ -25,7 +25,7 @@ pub(crate) fn hf_greedy(name: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
 
 /// Engine settings for fixture `name` with a KV budget of exactly `kv_tokens` tokens.
 pub(crate) fn settings(name: &str, dtype: CacheDtype, kv_tokens: usize) -> EngineConfig {
-    let c = model_qwen3::Qwen3Config::from_file(&fixture(name).join("config.json")).unwrap();
+    let c = nanovllm_qwen3::Qwen3Config::from_file(&fixture(name).join("config.json")).unwrap();
     let bytes_per_token =
         c.num_hidden_layers * dtype.bytes_per_token_per_layer(c.num_key_value_heads, c.head_dim);
     EngineConfig {

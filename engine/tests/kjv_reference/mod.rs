@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use engine::{LLM, Prompt, SamplingParams};
+use nanovllm::{LLM, Prompt, SamplingParams};
 use serde_json::Value;
 
 /// The model's directory. The GPU machine runs test binaries from a copy of the repository where

@@ -5,11 +5,12 @@
 use half::bf16;
 use std::sync::Arc;
 
-use kv_quant::cuda::cudarc::driver::{
+use nanovllm_cuda::cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg,
     sys::CUdevice_attribute,
 };
-use kv_quant::cuda::{DependentLaunch, Gpu, GpuError, INT8_KV_CUH};
+use nanovllm_cuda::{DEPENDENT_LAUNCH_CUH, DependentLaunch, Gpu, GpuError};
+use nanovllm_kv_quant::INT8_KV_CUH;
 
 use crate::{CacheDtype, CacheLayout};
 
@@ -119,7 +120,7 @@ impl DecodeKernel {
         let bounds = [("THREADS", threads.to_string()), ("MIN_BLOCKS", decode_min_blocks(warps).to_string())];
         let module = gpu.module(
             "decode_attention",
-            &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
+            &format!("{DEPENDENT_LAUNCH_CUH}\n{INT8_KV_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
             &[shape, &bounds[..]].concat(),
         )?;
         let partial = module.load_function("decode_attention_partial")?;

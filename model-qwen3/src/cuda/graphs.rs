@@ -9,9 +9,9 @@
 //! leave splits empty and part of the GPU idle (nano-vllm's workload: bf16 2% faster end to end,
 //! INT8 0-1.4%: docs/PERF.md, session 9).
 
-use kv_quant::cuda::GpuError;
-use kv_quant::cuda::cudarc::driver::CudaGraph;
-use kv_quant::cuda::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use nanovllm_cuda::GpuError;
+use nanovllm_cuda::cudarc::driver::CudaGraph;
+use nanovllm_cuda::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 
 use super::GpuQwen3;
 use super::step::{StepInputs, StepShape};

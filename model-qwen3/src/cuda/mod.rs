@@ -19,10 +19,10 @@ mod parallel;
 mod step;
 
 use half::bf16;
-use kv_cache::CacheDtype;
-use kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache};
-use kv_quant::cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
-use kv_quant::cuda::{Gpu, GpuError};
+use nanovllm_cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
+use nanovllm_cuda::{Gpu, GpuError};
+use nanovllm_kv_cache::CacheDtype;
+use nanovllm_kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache};
 
 use crate::{ModelError, Qwen3Config, Qwen3Model, SeqInput};
 use graphs::DecodeGraphs;
@@ -240,7 +240,7 @@ impl GpuQwen3 {
     /// Allocate the KV cache, `num_blocks` blocks, and capture the decode graphs (unless
     /// `limits.cuda_graphs` is off).
     pub fn allocate_cache(&mut self, num_blocks: usize) -> Result<(), GpuError> {
-        let layout = kv_cache::CacheLayout { num_blocks, ..self.cache.layout };
+        let layout = nanovllm_kv_cache::CacheLayout { num_blocks, ..self.cache.layout };
         let dtype = self.cache.dtype;
         self.cache = GpuKvCache::new(&self.ops.gpu, layout, dtype)?;
         if self.limits.cuda_graphs {

@@ -3,9 +3,9 @@
 //! sampled candidates).
 //! cudarc loads libnccl at run time, like the other CUDA libraries.
 
-use kv_quant::cuda::cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
-use kv_quant::cuda::cudarc::nccl::{Comm, Id, NcclType, ReduceOp};
-use kv_quant::cuda::{Gpu, GpuError};
+use nanovllm_cuda::cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use nanovllm_cuda::cudarc::nccl::{Comm, Id, NcclType, ReduceOp};
+use nanovllm_cuda::{Gpu, GpuError};
 
 /// A rank's communicator.
 pub(super) struct Nccl {
@@ -17,28 +17,22 @@ pub(super) struct Nccl {
 #[allow(unsafe_code)]
 unsafe impl Send for Nccl {}
 
-fn nccl_error(e: impl std::fmt::Debug) -> GpuError {
-    GpuError::Nccl(format!("{e:?}"))
-}
-
 impl Nccl {
     /// A fresh id for a group, after checking that libnccl can be loaded (cudarc would panic).
     pub(super) fn new_id() -> Result<Id, GpuError> {
         // SAFETY: only probes whether the library can be loaded.
         #[allow(unsafe_code)]
-        let present = unsafe { kv_quant::cuda::cudarc::nccl::sys::is_culib_present() };
+        let present = unsafe { nanovllm_cuda::cudarc::nccl::sys::is_culib_present() };
         if !present {
-            return Err(GpuError::Nccl(
-                "libnccl is not installed: put a directory holding libnccl.so (a link to libnccl.so.2) on LD_LIBRARY_PATH".into(),
-            ));
+            return Err(GpuError::NcclUnavailable);
         }
-        Id::new().map_err(nccl_error)
+        Ok(Id::new()?)
     }
 
     /// Join group `id` as `rank` of `world`: blocks until every rank has joined.
     pub(super) fn join(gpu: &Gpu, rank: usize, world: usize, id: Id) -> Result<Self, GpuError> {
         gpu.ctx.bind_to_thread()?;
-        let comm = Comm::from_rank(gpu.stream.clone(), rank, world, id).map_err(nccl_error)?;
+        let comm = Comm::from_rank(gpu.stream.clone(), rank, world, id)?;
         Ok(Nccl { comm })
     }
 
@@ -51,7 +45,8 @@ impl Nccl {
         &self,
         values: &mut CudaViewMut<'_, T>,
     ) -> Result<(), GpuError> {
-        self.comm.all_reduce_in_place(values, &ReduceOp::Sum).map(drop).map_err(nccl_error)
+        self.comm.all_reduce_in_place(values, &ReduceOp::Sum)?;
+        Ok(())
     }
 
     /// Every rank's `values`, one after another in rank order, into `gathered` on every rank.
@@ -60,7 +55,8 @@ impl Nccl {
         values: &CudaView<'_, T>,
         gathered: &mut CudaViewMut<'_, T>,
     ) -> Result<(), GpuError> {
-        self.comm.all_gather(values, gathered).map(drop).map_err(nccl_error)
+        self.comm.all_gather(values, gathered)?;
+        Ok(())
     }
 }
 

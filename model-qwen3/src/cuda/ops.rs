@@ -5,12 +5,13 @@
 use std::ops::Range;
 
 use half::bf16;
-use kv_quant::cuda::cudarc::cublas::{CudaBlas, Gemm, GemmConfig, result as blas, sys as blas_sys};
-use kv_quant::cuda::cudarc::driver::{
+use nanovllm_cuda::cudarc::cublas::{CudaBlas, Gemm, GemmConfig, result as blas, sys as blas_sys};
+use nanovllm_cuda::cudarc::driver::{
     CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchArgs, LaunchConfig,
     PushKernelArg,
 };
-use kv_quant::cuda::{Gpu, GpuError, INT8_KV_CUH};
+use nanovllm_cuda::{Gpu, GpuError};
+use nanovllm_kv_quant::INT8_KV_CUH;
 
 use crate::Qwen3Config;
 
@@ -46,7 +47,7 @@ impl Ops {
             &[("HEAD_DIM", config.head_dim.to_string()), ("HIDDEN", config.hidden_size.to_string())],
         )?;
         Ok(Ops {
-            blas: CudaBlas::new(gpu.stream.clone()).map_err(|e| GpuError::Blas(e.to_string()))?,
+            blas: CudaBlas::new(gpu.stream.clone())?,
             embedding: module.load_function("embedding")?,
             add_rms_norm: module.load_function("add_rms_norm")?,
             qk_norm_rope: module.load_function("qk_norm_rope")?,
@@ -83,7 +84,7 @@ impl Ops {
         };
         // SAFETY: w holds n * k, x t * k and y t * n elements, as the dimensions say.
         #[allow(unsafe_code)]
-        unsafe { self.blas.gemm(config, w, x, y) }.map_err(|e| GpuError::Blas(e.to_string()))
+        unsafe { self.blas.gemm(config, w, x, y) }.map_err(GpuError::from)
     }
 
     /// `logits[s][v] = sum_k last[s][k] * head[v][k]`, bf16 inputs, f32 output, for this rank's
@@ -127,7 +128,7 @@ impl Ops {
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| GpuError::Blas(e.to_string()))
+        .map_err(GpuError::from)
     }
 
     /// `x[t] = embed[ids[t]]` in f32, for `tokens` tokens; zero for ids outside this rank's rows.

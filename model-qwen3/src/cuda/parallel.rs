@@ -8,9 +8,9 @@
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
-use kv_cache::CacheDtype;
-use kv_quant::cuda::cudarc::nccl::Id;
-use kv_quant::cuda::{Gpu, GpuError};
+use nanovllm_cuda::cudarc::nccl::Id;
+use nanovllm_cuda::{Gpu, GpuError};
+use nanovllm_kv_cache::CacheDtype;
 
 use super::step::StepInputs;
 use super::{GpuLimits, GpuQwen3, GpuSample, Nccl, check_samples};
@@ -110,7 +110,7 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(format!("gpu-rank-{rank}"))
             .spawn(serve)
-            .map_err(|e| GpuError::Nccl(format!("could not start the thread of rank {rank}: {e}")))?;
+            .map_err(|source| GpuError::RankThread { rank, source })?;
         Ok(Worker { rank, commands: Some(commands), replies, thread: Some(thread) })
     }
 
@@ -124,7 +124,7 @@ impl Worker {
     }
 
     fn stopped(&self) -> GpuError {
-        GpuError::Nccl(format!("GPU rank {} stopped", self.rank))
+        GpuError::Rank { rank: self.rank, problem: "stopped" }
     }
 }
 
@@ -218,7 +218,7 @@ impl GpuGroup {
             .into_iter()
             .map(|reply| match reply {
                 Reply::Logits(logits) => Ok(logits),
-                _ => Err(GpuError::Nccl("a rank answered a step without logits".into())),
+                _ => Err(GpuError::Rank { rank: 0, problem: "answered a step without logits" }),
             })
             .collect::<Result<_, _>>()?;
         let columns = self.leader.vocab.len();
@@ -237,7 +237,7 @@ impl GpuGroup {
         check_samples(&step, samples)?;
         match self.on_every_rank(Command::Step { step, samples: Some(samples.to_vec()) })?.swap_remove(0) {
             Reply::Tokens(tokens) => Ok(tokens),
-            _ => Err(GpuError::Nccl("rank 0 answered a sampled step without tokens".into()).into()),
+            _ => Err(GpuError::Rank { rank: 0, problem: "answered a sampled step without tokens" }.into()),
         }
     }
 

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use kv_quant::cuda::cudarc::driver::{
+use nanovllm_cuda::cudarc::driver::{
     CudaEvent, CudaSlice, CudaStream, CudaView, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
 };
-use kv_quant::cuda::{Gpu, GpuError};
+use nanovllm_cuda::{Gpu, GpuError};
 
 use super::GpuSample;
 use crate::forward::{lay_out, logit_rows};
@@ -304,7 +304,7 @@ impl StepShape {
 
 #[cfg(test)]
 mod tests {
-    use kv_cache::BlockManager;
+    use nanovllm_kv_cache::BlockManager;
 
     use super::*;
 

@@ -1,7 +1,7 @@
 //! Helpers shared by model-qwen3's integration tests.
 
-use kv_cache::{BlockManager, BlockTable};
-use model_qwen3::SeqInput;
+use nanovllm_kv_cache::{BlockManager, BlockTable};
+use nanovllm_qwen3::SeqInput;
 
 /// One decode step for every sequence: append `next(length)` (a function of the sequence alone,
 /// not of its place in the batch), make room for it, and return the inputs that compute it.

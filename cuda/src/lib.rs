@@ -1,9 +1,23 @@
-//! CUDA support shared by every crate with kernels: finding the GPU, compiling CUDA C to PTX with
-//! NVRTC for the device's own compute capability (with an on-disk cache), and the device-side INT8
-//! helpers of the format (`int8_kv.cuh`).
+//! The GPU runtime of nanovllm, shared by every crate with kernels: finding the GPU, the one
+//! stream work is queued on, compiling CUDA C to PTX with NVRTC for the device's own compute
+//! capability (with an on-disk cache), programmatic dependent launches, and [`GpuError`].
 //!
-//! cudarc loads libcuda and libnvrtc at run time, so this builds where no CUDA is installed; a
-//! machine without them gets [`GpuError::Unavailable`], never a panic.
+//! This is the only crate of the workspace that depends on cudarc; the others reach the CUDA
+//! libraries through [`cudarc`], re-exported here, so that one version of it is in use.
+//! cudarc loads libcuda, libnvrtc, libcublas and libnccl at run time, so this builds where no
+//! CUDA is installed; a machine without them gets [`GpuError::Unavailable`], never a panic.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use nanovllm_cuda::Gpu;
+//!
+//! let gpu = Gpu::open()?; // the first GPU, or why there is none
+//! let module = gpu.module("hello", "extern \"C\" __global__ void noop() {}", &[])?;
+//! let _noop = module.load_function("noop")?;
+//! println!("{}", gpu.describe());
+//! # Ok::<(), nanovllm_cuda::GpuError>(())
+//! ```
 
 mod dependent_launch;
 mod module_cache;
@@ -11,14 +25,16 @@ mod module_cache;
 use std::sync::Arc;
 
 pub use cudarc;
-use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError};
+use cudarc::cublas::result::CublasError;
+use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError, sys::CUresult};
+use cudarc::nccl::result::NcclError;
 
 pub use dependent_launch::DependentLaunch;
 pub use module_cache::ModuleCache;
 
-/// The device-side INT8 helpers (bf16 conversion, the scale of a row, one code), to prepend to
-/// kernel sources.
-pub const INT8_KV_CUH: &str = include_str!("int8_kv.cuh");
+/// The device side of [`DependentLaunch`]: `wait_for_previous_kernel()`, to prepend to the source
+/// of every kernel launched that way.
+pub const DEPENDENT_LAUNCH_CUH: &str = include_str!("dependent_launch.cuh");
 
 /// What can go wrong on the GPU path.
 #[derive(Debug, thiserror::Error)]
@@ -39,14 +55,55 @@ pub enum GpuError {
     },
     /// A cuBLAS call failed.
     #[error("cuBLAS error: {0}")]
-    Blas(String),
+    Blas(#[from] CublasError),
     /// Shapes that the kernels do not support.
     #[error("unsupported by the CUDA kernels: {0}")]
     Unsupported(String),
-    /// Tensor parallelism across GPUs failed: an NCCL call, NCCL not installed, or a rank's thread
-    /// that stopped.
-    #[error("NCCL: {0}")]
-    Nccl(String),
+    /// An NCCL call failed. (cudarc's `NcclError` is not a `std::error::Error`, so it is held
+    /// as it is, with a `From` of its own, rather than as a `#[from]` source.)
+    #[error("NCCL error: {:?}", .0.0)]
+    Nccl(NcclError),
+    /// Tensor parallelism needs libnccl, which the loader cannot find.
+    #[error(
+        "libnccl is not installed: put a directory holding libnccl.so (a link to libnccl.so.2) on LD_LIBRARY_PATH"
+    )]
+    NcclUnavailable,
+    /// The thread of a tensor-parallel rank could not start.
+    #[error("could not start the thread of GPU rank {rank}: {source}")]
+    RankThread {
+        /// The rank.
+        rank: usize,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A tensor-parallel rank's thread stopped, or answered out of turn.
+    #[error("GPU rank {rank} {problem}")]
+    Rank {
+        /// The rank.
+        rank: usize,
+        /// What it did.
+        problem: &'static str,
+    },
+}
+
+impl From<NcclError> for GpuError {
+    fn from(error: NcclError) -> Self {
+        GpuError::Nccl(error)
+    }
+}
+
+impl GpuError {
+    /// Whether the GPU ran out of memory (an allocation in the driver or in cuBLAS failed), as
+    /// opposed to a fault: the caller can retry with a smaller budget.
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            GpuError::Driver(DriverError(code)) => *code == CUresult::CUDA_ERROR_OUT_OF_MEMORY,
+            GpuError::Blas(CublasError(status)) => {
+                *status == cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A GPU: its context, the stream work is queued on, and its compiled modules.

@@ -1,17 +1,6 @@
-// Device-side INT8 KV helpers: the kv-quant format (crate docs, steps 1 to 7), bit for bit.
-// Prepended to every kernel source of the engine (no CUDA headers needed), which is why it also
-// holds the dependent launch's wait.
+// Device-side INT8 KV helpers: the nanovllm-kv-quant format (crate docs, steps 1 to 7), bit for
+// bit. Prepended to every kernel source of the engine (no CUDA headers needed).
 #pragma once
-
-// Every kernel launched as a dependent launch (kv_quant::cuda::DependentLaunch) calls this before
-// it reads anything the kernel ahead of it in the stream wrote, and on every path, early exits
-// included: the kernel ahead may itself still be waiting for the one before it, and a kernel that
-// ended without waiting could let the next one read results that are not there yet.
-__device__ __forceinline__ void wait_for_previous_kernel() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
 
 typedef unsigned short bf16_t;  // bf16 bits; converted by hand so NVRTC needs no include path
 

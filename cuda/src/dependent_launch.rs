@@ -9,7 +9,7 @@ use super::{Gpu, GpuError};
 /// The arguments of a programmatic dependent launch (compute capability 9.0 and later): the GPU
 /// starts the kernel's blocks as soon as every block of the kernel ahead of it has exited, instead
 /// of after that kernel has finished and its writes are flushed, and the kernel itself waits for
-/// those writes (`griddepcontrol.wait`, `wait_for_previous_kernel` in int8_kv.cuh) only where it
+/// those writes (`griddepcontrol.wait`, `wait_for_previous_kernel` in dependent_launch.cuh) only where it
 /// reads them. For the split combine this saves 1.2-1.5 us of decode attention over one context of
 /// 32,768 keys (29 us; docs/PERF.md, kernels version 26).
 /// On older GPUs it is an ordinary launch. cudarc's `LaunchArgs` cannot pass launch attributes,
