@@ -113,8 +113,8 @@ fn schedule_only(args: &BenchArgs, workload: &Workload) -> anyhow::Result<ExitCo
             "--schedule-only needs --kv-cache-memory-gib: without it the cache is what the GPU has free after loading"
         );
     };
-    let dir = nanovllm::resolve_model(&args.engine.model)?;
-    let model = nanovllm::ModelConfig::from_file(&dir.join("config.json"))?;
+    let dir = args.engine.model_dir()?;
+    let model = nanovllm::Qwen3Config::from_file(&dir.join("config.json"))?;
     let scheduler = config.scheduler_config(&model, budget)?;
     let (num_blocks, block_size) = (scheduler.num_blocks, scheduler.block_size);
     let requests = workload.prompts.iter().cloned().zip(workload.max_tokens.iter().copied());

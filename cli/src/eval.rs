@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use nanovllm::{CacheDtype, LLM};
+use nanovllm::{CacheDtype, LLM, Qwen3Config, argmax, log_softmax};
 use serde_json::json;
 
 use crate::engine_args::EngineArgs;
@@ -112,27 +112,11 @@ fn load(args: &EngineArgs, dtype: CacheDtype, context: usize) -> anyhow::Result<
 
 /// Enough KV cache for one window and one sequence of the model's context, with a block to spare.
 fn window_budget_gib(args: &EngineArgs, context: usize) -> anyhow::Result<f64> {
-    let dir = nanovllm::resolve_model(&args.model)?;
-    let c = model_config(&dir)?;
+    let dir = args.model_dir()?;
+    let c = Qwen3Config::from_file(&dir.join("config.json"))?;
     let tokens = context.max(c.max_position_embeddings.min(4096)) + 512;
-    let bytes = tokens
-        * c.num_hidden_layers
-        * args.kv_cache_dtype.bytes_per_token_per_layer(c.num_key_value_heads, c.head_dim);
+    let bytes = tokens * args.config()?.kv_bytes_per_token(&c);
     Ok(bytes as f64 / (1u64 << 30) as f64 * 1.05)
-}
-
-fn model_config(dir: &std::path::Path) -> anyhow::Result<nanovllm::ModelConfig> {
-    Ok(nanovllm::ModelConfig::from_file(&dir.join("config.json"))?)
-}
-
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
-    let log_total = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
-    logits.iter().map(|&l| l as f64 - max - log_total).collect()
-}
-
-fn argmax(values: &[f64]) -> usize {
-    values.iter().enumerate().fold(0, |best, (i, v)| if *v > values[best] { i } else { best })
 }
 
 fn report(args: &EvalArgs, totals: &Totals, reference_dtype: Option<CacheDtype>) {

@@ -47,22 +47,33 @@ pub(crate) struct GenerateArgs {
 }
 
 pub(crate) fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    // What the flags alone can be refused for is refused before any weights load.
+    args.sampling(SamplingParams::default()).validate()?;
+    if args.prompt.as_deref() == Some("") {
+        anyhow::bail!("--prompt: {}", nanovllm::ScheduleError::EmptyPrompt);
+    }
     let mut llm = args.engine.load(args.prompts_file.is_some())?;
-    let defaults = llm.default_sampling();
-    let params = SamplingParams {
-        temperature: args.temperature.unwrap_or(defaults.temperature),
-        top_k: args.top_k.or(defaults.top_k),
-        top_p: args.top_p.unwrap_or(defaults.top_p),
-        max_tokens: args.max_tokens,
-        ignore_eos: args.ignore_eos,
-        seed: Some(args.engine.seed),
-        ..defaults
-    };
+    let params = args.sampling(llm.default_sampling());
     params.validate()?;
     match (&args.prompt, &args.prompts_file) {
         (Some(prompt), _) => stream_one(&mut llm, prompt, &args, params),
         (None, Some(path)) => generate_batch(&mut llm, read_prompts_file(path)?, &args, &params),
         (None, None) => unreachable!("clap requires --prompt or --prompts-file"),
+    }
+}
+
+impl GenerateArgs {
+    /// The flags' sampling values over `defaults` (the model's generation_config.json).
+    fn sampling(&self, defaults: SamplingParams) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_k: self.top_k.or(defaults.top_k),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            max_tokens: self.max_tokens,
+            ignore_eos: self.ignore_eos,
+            seed: Some(self.engine.seed),
+            ..defaults
+        }
     }
 }
 

@@ -23,10 +23,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate text for one prompt (streamed) or a file of prompts (batched).
+    #[command(allow_negative_numbers = true)]
     Generate(generate::GenerateArgs),
     /// Measure throughput on nano-vllm's benchmark workload (or a JSONL workload).
+    #[command(allow_negative_numbers = true)]
     Bench(bench::BenchArgs),
     /// Perplexity of a text, and the KL divergence of one KV cache dtype from another.
+    #[command(allow_negative_numbers = true)]
     Eval(eval::EvalArgs),
 }
 

@@ -1,11 +1,17 @@
 //! Where the forward pass runs: the CPU (with the cache dtype chosen at run time) or a GPU.
 
-use nanovllm_qwen3::{ModelError, Qwen3Model, SeqInput};
+use std::fmt;
+use std::str::FromStr;
 
+use nanovllm_qwen3::{ModelError, Qwen3Model, SeqInput};
 use rayon::prelude::*;
 
 use crate::cache::AnyCache;
-use crate::{EngineError, Sampler};
+use crate::{EngineConfig, EngineError, Sampler};
+
+/// Why a build without the `cuda` feature cannot use a GPU.
+#[cfg(not(feature = "cuda"))]
+const NO_CUDA: &str = "this build has no CUDA support; rebuild with the `cuda` feature";
 
 /// Where the engine runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -18,14 +24,46 @@ pub enum Device {
 }
 
 /// What the user asked for: a device, or the GPU when there is one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
     /// The GPU when this build has CUDA support and a GPU is present, else the CPU.
+    #[default]
     Auto,
     /// The CPU.
     Cpu,
     /// The GPU, or an error.
     Cuda,
+}
+
+impl DeviceChoice {
+    /// Every choice, by the names that parse.
+    pub const ALL: [DeviceChoice; 3] = [DeviceChoice::Auto, DeviceChoice::Cpu, DeviceChoice::Cuda];
+
+    /// Its name: `auto`, `cpu` or `cuda`, as vLLM spells them.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DeviceChoice::Auto => "auto",
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Cuda => "cuda",
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeviceChoice::ALL
+            .into_iter()
+            .find(|choice| choice.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown device {s:?}: expected auto, cpu or cuda"))
+    }
 }
 
 /// The device for `choice`, and a line saying which was picked and why.
@@ -41,7 +79,7 @@ fn gpu_or_reason(choice: DeviceChoice) -> Result<(Device, String), EngineError> 
     match nanovllm_cuda::Gpu::open() {
         Ok(gpu) => Ok((Device::Cuda, format!("device: cuda ({})", gpu.describe()))),
         Err(e) if choice == DeviceChoice::Auto => Ok((Device::Cpu, format!("device: cpu ({e})"))),
-        Err(e) => Err(EngineError::Device(e.to_string())),
+        Err(e) => Err(EngineError::DeviceUnavailable(e.to_string())),
     }
 }
 
@@ -49,7 +87,7 @@ fn gpu_or_reason(choice: DeviceChoice) -> Result<(Device, String), EngineError> 
 fn gpu_or_reason(choice: DeviceChoice) -> Result<(Device, String), EngineError> {
     match choice {
         DeviceChoice::Auto => Ok((Device::Cpu, "device: cpu (this build has no CUDA support)".into())),
-        _ => Err(EngineError::Device("this build has no CUDA support; rebuild with --features cuda".into())),
+        _ => Err(EngineError::DeviceUnavailable(NO_CUDA.into())),
     }
 }
 
@@ -123,4 +161,115 @@ impl Backend {
             Backend::Cuda(gpu) => gpu.forward(inputs),
         }
     }
+}
+
+/// The backend for `config.device` and the number of cache blocks it holds.
+pub(crate) fn build_backend(
+    model: &Qwen3Model,
+    config: &EngineConfig,
+    max_model_len: usize,
+) -> Result<(Backend, usize), EngineError> {
+    if config.block_size == 0 {
+        return Err(EngineError::Config {
+            field: "block_size",
+            value: "0".into(),
+            problem: "must be at least 1".into(),
+        });
+    }
+    check_tensor_parallel(model, config)?;
+    match config.device {
+        Device::Cpu => {
+            let budget = config.kv_cache_memory_bytes.unwrap_or(256 << 20);
+            let num_blocks = config.kv_blocks(model.config(), budget, max_model_len)?;
+            let cache =
+                AnyCache::new(config.kv_cache_dtype, model.cache_layout(num_blocks, config.block_size))?;
+            Ok((Backend::Cpu(cache), num_blocks))
+        }
+        Device::Cuda => cuda_backend(model, config, max_model_len),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_backend(
+    model: &Qwen3Model,
+    config: &EngineConfig,
+    max_model_len: usize,
+) -> Result<(Backend, usize), EngineError> {
+    use crate::config::gib;
+    use nanovllm_qwen3::cuda::{GpuGroup, GpuLimits};
+    let limits = GpuLimits {
+        max_tokens: config.max_num_batched_tokens,
+        max_seqs: config.max_num_seqs,
+        max_model_len,
+        cuda_graphs: !config.enforce_eager,
+    };
+    let out_of_memory = |what: String| {
+        move |e: nanovllm_cuda::GpuError| {
+            if e.is_out_of_memory() {
+                EngineError::OutOfMemory { what, source: Box::new(e) }
+            } else {
+                e.into()
+            }
+        }
+    };
+    // The weights and the buffers of the largest step, after one such step: what is free then is
+    // what the cache may take.
+    let world = config.tensor_parallel_size;
+    let mut gpu_model = GpuGroup::new(model, world, config.kv_cache_dtype, config.block_size, limits)
+        .map_err(out_of_memory("the weights and activations".into()))?;
+    let budget = match config.kv_cache_memory_bytes {
+        Some(bytes) => bytes,
+        None => {
+            let (free, total) = gpu_model.free_memory()?;
+            let allowed = (total as f64 * config.gpu_memory_utilization) as usize;
+            let taken = total - free;
+            allowed.checked_sub(taken).ok_or_else(|| EngineError::Config {
+                field: "gpu_memory_utilization",
+                value: config.gpu_memory_utilization.to_string(),
+                problem: format!(
+                    "leaves no room for a KV cache: {:.1} GiB allowed, {:.1} GiB in use after loading the weights and a warm-up step; raise it or give a KV cache budget (kv_cache_memory_bytes)",
+                    gib(allowed),
+                    gib(taken)
+                ),
+            })?
+        }
+    };
+    let num_blocks = config.kv_blocks(model.config(), budget, max_model_len)?;
+    gpu_model
+        .allocate_cache(num_blocks)
+        .map_err(out_of_memory(format!("{:.1} GiB of KV cache", gib(budget))))?;
+    Ok((Backend::Cuda(Box::new(gpu_model)), num_blocks))
+}
+
+/// Refuse a tensor-parallel size the model cannot be split into, or the machine cannot run.
+fn check_tensor_parallel(model: &Qwen3Model, config: &EngineConfig) -> Result<(), EngineError> {
+    let size = config.tensor_parallel_size;
+    model.config().check_tensor_parallel(size)?;
+    if size == 1 {
+        return Ok(());
+    }
+    let problem = match config.device {
+        Device::Cpu => "runs one rank per GPU; the CPU backend runs the whole model (use 1)".to_owned(),
+        Device::Cuda => match gpu_count() {
+            Ok(gpus) if gpus < size => format!("needs {size} GPUs; this machine has {gpus}"),
+            Ok(_) => return Ok(()),
+            Err(e) => e.to_string(),
+        },
+    };
+    Err(EngineError::Config { field: "tensor_parallel_size", value: size.to_string(), problem })
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_count() -> Result<usize, EngineError> {
+    Ok(nanovllm_cuda::Gpu::count()?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_count() -> Result<usize, EngineError> {
+    Err(EngineError::DeviceUnavailable(NO_CUDA.into()))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_backend(_: &Qwen3Model, _: &EngineConfig, _: usize) -> Result<(Backend, usize), EngineError> {
+    Err(EngineError::DeviceUnavailable(NO_CUDA.into()))
 }

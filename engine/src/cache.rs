@@ -1,6 +1,7 @@
 //! The KV cache in the dtype chosen at run time.
 
-use nanovllm_kv_cache::{Bf16, CacheDtype, CacheLayout, F16, F32, Int8, KvCache};
+use nanovllm_kv_cache::{Bf16, CacheLayout, F16, F32, Int8, KvCache};
+use nanovllm_kv_quant::CacheDtype;
 use nanovllm_qwen3::{ModelError, Qwen3Model, SeqInput};
 
 use crate::EngineError;

@@ -1,7 +1,7 @@
 //! Engine settings, and the cache and scheduler they give a model: known from the model's config
 //! alone, before any weights load, when the KV budget is given in bytes.
 
-use nanovllm_kv_cache::CacheDtype;
+use nanovllm_kv_quant::{CacheDtype, kv_bytes_per_token};
 use nanovllm_qwen3::Qwen3Config;
 use nanovllm_scheduler::SchedulerConfig;
 
@@ -77,6 +77,18 @@ impl EngineConfig {
         Ok(max_model_len)
     }
 
+    /// KV cache bytes per token on each GPU: every layer, K and V, this GPU's share of the kv heads
+    /// under tensor parallelism (all of them otherwise).
+    pub fn kv_bytes_per_token(&self, model: &Qwen3Config) -> usize {
+        let kv_heads = model.num_key_value_heads / self.tensor_parallel_size.max(1);
+        kv_bytes_per_token(
+            self.kv_cache_dtype.row_layout(),
+            model.num_hidden_layers,
+            kv_heads,
+            model.head_dim,
+        )
+    }
+
     /// Blocks that fit a KV budget of `budget` bytes (per GPU); at least one sequence of
     /// `max_model_len` must fit.
     pub fn kv_blocks(
@@ -85,11 +97,7 @@ impl EngineConfig {
         budget: usize,
         max_model_len: usize,
     ) -> Result<usize, EngineError> {
-        // Under tensor parallelism the budget is per GPU, and each GPU holds its share of the kv heads.
-        let kv_heads = model.num_key_value_heads / self.tensor_parallel_size;
-        let per_token =
-            model.num_hidden_layers * self.kv_cache_dtype.bytes_per_token_per_layer(kv_heads, model.head_dim);
-        let num_blocks = budget / (per_token * self.block_size);
+        let num_blocks = budget / (self.kv_bytes_per_token(model) * self.block_size);
         if num_blocks * self.block_size < max_model_len {
             return Err(EngineError::Config {
                 field: "kv_cache_memory",

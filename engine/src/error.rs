@@ -1,16 +1,31 @@
 use std::path::PathBuf;
 
+use nanovllm_scheduler::ScheduleError;
 use thiserror::Error;
 
-/// Everything the engine can refuse, each with the input it names.
+/// Everything the engine can refuse, each with the input it names, in the engine's own terms
+/// (settings by their [`EngineConfig`](crate::EngineConfig) names; front ends map them to their
+/// flags or HTTP statuses by variant, never by text).
 #[derive(Debug, Error)]
 pub enum EngineError {
     /// The model could not be loaded or run.
     #[error(transparent)]
     Model(#[from] nanovllm_qwen3::ModelError),
-    /// A request was refused (alone; the others go on).
+    /// A request with an invalid sampling parameter or an empty prompt (refused alone; the
+    /// others go on). A client's mistake: vLLM answers 400.
     #[error(transparent)]
-    Request(#[from] nanovllm_scheduler::ScheduleError),
+    InvalidRequest(ScheduleError),
+    /// A prompt the model cannot take: token ids outside its vocabulary, text without a
+    /// tokenizer. A client's mistake.
+    #[error("invalid prompt: {0}")]
+    InvalidPrompt(String),
+    /// A request longer than the context allows: prompt + max_tokens over `max_model_len`, or more
+    /// than the whole KV cache holds (refused alone). vLLM answers 400 `context_length_exceeded`.
+    #[error(transparent)]
+    ContextLength(ScheduleError),
+    /// The scheduler's own settings or bookkeeping.
+    #[error(transparent)]
+    Scheduler(ScheduleError),
     /// The KV cache could not be built.
     #[error(transparent)]
     Cache(#[from] nanovllm_kv_cache::CacheError),
@@ -36,23 +51,31 @@ pub enum EngineError {
         /// What went wrong.
         problem: String,
     },
-    /// A prompt the model cannot take.
-    #[error("invalid prompt: {0}")]
-    Prompt(String),
     /// A call that needs an idle engine while requests run.
     #[error("the engine is busy: finish or abort the running requests first")]
     Busy,
     /// Generation was interrupted (Ctrl-C); the requests were dropped.
     #[error("interrupted")]
     Interrupted,
-    /// The requested device cannot be used.
-    #[error("--device: {0}")]
-    Device(String),
+    /// The requested device cannot be used: no GPU, no driver, or a build without CUDA.
+    #[error("the requested device cannot be used: {0}")]
+    DeviceUnavailable(String),
+    /// The GPU ran out of memory: the weights, the activations of the largest step or the KV cache
+    /// did not fit. A smaller `gpu_memory_utilization`, `max_num_batched_tokens` or KV budget may.
+    #[error(
+        "the GPU ran out of memory allocating {what}; lower gpu_memory_utilization, max_num_batched_tokens or the KV cache budget"
+    )]
+    OutOfMemory {
+        /// What was being allocated.
+        what: String,
+        /// The allocation that failed.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The GPU failed.
     #[cfg(feature = "cuda")]
     #[error(transparent)]
     Gpu(#[from] nanovllm_cuda::GpuError),
-    /// An engine setting out of range.
+    /// An engine setting out of range, by its [`EngineConfig`](crate::EngineConfig) name.
     #[error("invalid engine setting {field} = {value}: {problem}")]
     Config {
         /// The setting.
@@ -62,4 +85,20 @@ pub enum EngineError {
         /// Why it is refused.
         problem: String,
     },
+}
+
+impl From<ScheduleError> for EngineError {
+    /// Sorts the scheduler's refusals by whose mistake they are: a request's parameters, its
+    /// length, or the engine's own settings.
+    fn from(error: ScheduleError) -> Self {
+        match error {
+            ScheduleError::InvalidSampling { .. } | ScheduleError::EmptyPrompt => {
+                EngineError::InvalidRequest(error)
+            }
+            ScheduleError::TooLong { .. } | ScheduleError::NeverFits { .. } => {
+                EngineError::ContextLength(error)
+            }
+            _ => EngineError::Scheduler(error),
+        }
+    }
 }

@@ -43,10 +43,12 @@ pub use backend::{Device, DeviceChoice, resolve_device};
 pub use chat::{ChatTemplate, Message};
 pub use config::EngineConfig;
 pub use error::EngineError;
-pub use hub::resolve_model;
+pub use hub::{Hub, resolve_model};
 pub use llm::{Completion, EngineStats, LLM, LoadFormat, Prompt, StepOutput};
-pub use nanovllm_kv_cache::CacheDtype;
-pub use nanovllm_qwen3::Qwen3Config as ModelConfig;
-pub use nanovllm_scheduler::{FinishReason, SamplingParams, ScheduleStats, SchedulerConfig, replay};
-pub use sampler::{Sampler, argmax};
+pub use nanovllm_kv_quant::{CacheDtype, UnknownCacheDtype};
+pub use nanovllm_qwen3::{GenerationConfig, Qwen3Config, argmax, log_softmax};
+pub use nanovllm_scheduler::{
+    FinishReason, SamplingParams, ScheduleError, ScheduleStats, SchedulerConfig, replay,
+};
+pub use sampler::Sampler;
 pub use tokenizer::{StreamDecoder, Tokenizer};

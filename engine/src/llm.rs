@@ -12,8 +12,7 @@ use nanovllm_scheduler::{
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use crate::backend::{Backend, Device};
-use crate::cache::AnyCache;
+use crate::backend::{Backend, build_backend};
 use crate::config::gib;
 use crate::progress::Progress;
 use crate::{ChatTemplate, EngineConfig, EngineError, Message, Sampler, Tokenizer};
@@ -26,6 +25,33 @@ pub enum LoadFormat {
     Safetensors,
     /// Random weights from the config alone, seeded (vLLM's `--load-format dummy`).
     Dummy,
+}
+
+impl LoadFormat {
+    /// Its name, as vLLM's `--load-format` spells it: `safetensors` or `dummy`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LoadFormat::Safetensors => "safetensors",
+            LoadFormat::Dummy => "dummy",
+        }
+    }
+}
+
+impl std::fmt::Display for LoadFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for LoadFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [LoadFormat::Safetensors, LoadFormat::Dummy]
+            .into_iter()
+            .find(|format| format.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown load format {s:?}: expected safetensors or dummy"))
+    }
 }
 
 /// A prompt: text (tokenized by the model's tokenizer) or token ids.
@@ -205,16 +231,15 @@ impl LLM {
         &self.config
     }
 
-    /// One line on the KV cache: blocks, tokens that fit, dtype and bytes.
+    /// One line on the KV cache: blocks, tokens that fit, dtype and bytes (per GPU under tensor
+    /// parallelism).
     pub fn describe_cache(&self) -> String {
         let blocks = self.scheduler.block_manager();
-        let c = self.model.config();
         let tokens = blocks.num_blocks() * blocks.block_size();
-        let bytes = tokens
-            * c.num_hidden_layers
-            * self.config.kv_cache_dtype.bytes_per_token_per_layer(c.num_key_value_heads, c.head_dim);
+        let bytes = tokens * self.config.kv_bytes_per_token(self.model.config());
+        let per_gpu = if self.config.tensor_parallel_size > 1 { " per GPU" } else { "" };
         format!(
-            "KV cache: {} blocks of {} = {tokens} tokens, {}, {:.2} GiB{}",
+            "KV cache: {} blocks of {} = {tokens} tokens, {}, {:.2} GiB{per_gpu}{}",
             blocks.num_blocks(),
             blocks.block_size(),
             self.config.kv_cache_dtype,
@@ -263,7 +288,7 @@ impl LLM {
         let (num_blocks, block_size) = (blocks.num_blocks(), blocks.block_size());
         let mut manager = BlockManager::new(num_blocks, block_size)?;
         let (table, _) = manager.allocate(tokens).map_err(|_| {
-            EngineError::Prompt(format!(
+            EngineError::InvalidPrompt(format!(
                 "{} tokens to score, more than the KV cache holds ({} tokens)",
                 tokens.len(),
                 num_blocks * block_size
@@ -290,9 +315,9 @@ impl LLM {
     fn check_token_ids(&self, ids: &[u32]) -> Result<(), EngineError> {
         let vocab = self.model.config().vocab_size;
         match ids.iter().find(|&&id| id as usize >= vocab) {
-            Some(bad) => {
-                Err(EngineError::Prompt(format!("token id {bad} is outside the vocabulary of {vocab}")))
-            }
+            Some(bad) => Err(EngineError::InvalidPrompt(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            ))),
             None => Ok(()),
         }
     }
@@ -415,118 +440,4 @@ impl LLM {
             finish_reason: seq.finish_reason.expect("finished sequences have a reason"),
         })
     }
-}
-
-/// The backend for `config.device` and the number of cache blocks it holds.
-fn build_backend(
-    model: &Qwen3Model,
-    config: &EngineConfig,
-    max_model_len: usize,
-) -> Result<(Backend, usize), EngineError> {
-    if config.block_size == 0 {
-        return Err(EngineError::Config {
-            field: "block_size",
-            value: "0".into(),
-            problem: "must be at least 1".into(),
-        });
-    }
-    check_tensor_parallel(model, config)?;
-    match config.device {
-        Device::Cpu => {
-            let budget = config.kv_cache_memory_bytes.unwrap_or(256 << 20);
-            let num_blocks = config.kv_blocks(model.config(), budget, max_model_len)?;
-            let cache =
-                AnyCache::new(config.kv_cache_dtype, model.cache_layout(num_blocks, config.block_size))?;
-            Ok((Backend::Cpu(cache), num_blocks))
-        }
-        Device::Cuda => cuda_backend(model, config, max_model_len),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_backend(
-    model: &Qwen3Model,
-    config: &EngineConfig,
-    max_model_len: usize,
-) -> Result<(Backend, usize), EngineError> {
-    use nanovllm_qwen3::cuda::{GpuGroup, GpuLimits};
-    let limits = GpuLimits {
-        max_tokens: config.max_num_batched_tokens,
-        max_seqs: config.max_num_seqs,
-        max_model_len,
-        cuda_graphs: !config.enforce_eager,
-    };
-    let out_of_memory = |what: String| {
-        move |e: nanovllm_cuda::GpuError| {
-            if e.to_string().contains("OUT_OF_MEMORY") {
-                EngineError::Config {
-                    field: "GPU memory",
-                    value: what,
-                    problem: "the GPU ran out of memory; lower --gpu-memory-utilization, --max-num-batched-tokens or --kv-cache-memory-gib".into(),
-                }
-            } else {
-                e.into()
-            }
-        }
-    };
-    // The weights and the buffers of the largest step, after one such step: what is free then is
-    // what the cache may take.
-    let world = config.tensor_parallel_size;
-    let mut gpu_model = GpuGroup::new(model, world, config.kv_cache_dtype, config.block_size, limits)
-        .map_err(out_of_memory("the weights and activations".into()))?;
-    let budget = match config.kv_cache_memory_bytes {
-        Some(bytes) => bytes,
-        None => {
-            let (free, total) = gpu_model.free_memory()?;
-            let allowed = (total as f64 * config.gpu_memory_utilization) as usize;
-            let taken = total - free;
-            allowed.checked_sub(taken).ok_or_else(|| EngineError::Config {
-                field: "gpu_memory_utilization",
-                value: config.gpu_memory_utilization.to_string(),
-                problem: format!(
-                    "leaves no room for a KV cache: {:.1} GiB allowed, {:.1} GiB in use after loading the weights and a warm-up step; raise it or set --kv-cache-memory-gib",
-                    gib(allowed),
-                    gib(taken)
-                ),
-            })?
-        }
-    };
-    let num_blocks = config.kv_blocks(model.config(), budget, max_model_len)?;
-    gpu_model
-        .allocate_cache(num_blocks)
-        .map_err(out_of_memory(format!("{:.1} GiB of KV cache", gib(budget))))?;
-    Ok((Backend::Cuda(Box::new(gpu_model)), num_blocks))
-}
-
-/// Refuse a tensor-parallel size the model cannot be split into, or the machine cannot run.
-fn check_tensor_parallel(model: &Qwen3Model, config: &EngineConfig) -> Result<(), EngineError> {
-    let size = config.tensor_parallel_size;
-    model.config().check_tensor_parallel(size)?;
-    if size == 1 {
-        return Ok(());
-    }
-    let problem = match config.device {
-        Device::Cpu => "runs one rank per GPU; the CPU backend runs the whole model (use 1)".to_owned(),
-        Device::Cuda => match gpu_count() {
-            Ok(gpus) if gpus < size => format!("needs {size} GPUs; this machine has {gpus}"),
-            Ok(_) => return Ok(()),
-            Err(e) => e.to_string(),
-        },
-    };
-    Err(EngineError::Config { field: "tensor_parallel_size", value: size.to_string(), problem })
-}
-
-#[cfg(feature = "cuda")]
-fn gpu_count() -> Result<usize, EngineError> {
-    Ok(nanovllm_cuda::Gpu::count()?)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn gpu_count() -> Result<usize, EngineError> {
-    Err(EngineError::Device("this build has no CUDA support; rebuild with --features cuda".into()))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_backend(_: &Qwen3Model, _: &EngineConfig, _: usize) -> Result<(Backend, usize), EngineError> {
-    Err(EngineError::Device("this build has no CUDA support; rebuild with --features cuda".into()))
 }

@@ -1,5 +1,6 @@
 //! Choosing the next token from logits: greedy, temperature, top-k, top-p.
 
+use nanovllm_qwen3::argmax;
 use nanovllm_scheduler::SamplingParams;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -108,17 +109,6 @@ impl Sampler {
         }
         argmax(logits)
     }
-}
-
-/// The most likely token; the lowest id among equals.
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[cfg(test)]

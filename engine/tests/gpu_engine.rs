@@ -97,16 +97,17 @@ fn the_engine_tensor_parallel_over_two_gpus_writes_hfs_greedy_text_until_a_close
     for world in [1, 2] {
         for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
             // 12 blocks of 16 tokens per GPU for 8 sequences of about 55 tokens.
-            let bytes_per_token = c.num_hidden_layers
-                * dtype.bytes_per_token_per_layer(c.num_key_value_heads / world, c.head_dim);
             let config = EngineConfig {
                 device: Device::Cuda,
                 tensor_parallel_size: world,
                 kv_cache_dtype: dtype,
-                kv_cache_memory_bytes: Some(12 * 16 * bytes_per_token),
                 block_size: 16,
                 max_model_len: Some(64),
                 ..EngineConfig::default()
+            };
+            let config = EngineConfig {
+                kv_cache_memory_bytes: Some(12 * 16 * config.kv_bytes_per_token(&c)),
+                ..config
             };
             let mut llm = LLM::load(&kjv_reference::model_dir(), config, LoadFormat::Safetensors).unwrap();
             eprintln!("{}", llm.describe_cache());

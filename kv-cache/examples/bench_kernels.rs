@@ -15,8 +15,9 @@ use nanovllm_cuda::cudarc::driver::{
     CudaFunction, CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg, sys::CUevent_flags,
 };
 use nanovllm_cuda::{Gpu, GpuError};
+use nanovllm_kv_cache::CacheLayout;
 use nanovllm_kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache};
-use nanovllm_kv_cache::{CacheDtype, CacheLayout};
+use nanovllm_kv_quant::CacheDtype;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

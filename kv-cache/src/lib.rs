@@ -56,7 +56,6 @@ pub use block_table::{BlockId, BlockTable};
 pub use dtype::{Bf16, F16, F32, Int8, StorageDtype};
 pub use error::CacheError;
 pub use hash::block_hash;
-pub use nanovllm_kv_quant::CacheDtype;
 pub use store::{CacheLayout, KvCache, Row};
 
 #[cfg(feature = "cuda")]

@@ -7,8 +7,9 @@
 
 use half::bf16;
 use nanovllm_cuda::Gpu;
+use nanovllm_kv_cache::CacheLayout;
 use nanovllm_kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache, cache_row};
-use nanovllm_kv_cache::{CacheDtype, CacheLayout};
+use nanovllm_kv_quant::CacheDtype;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

@@ -144,8 +144,8 @@ fn layout_bytes_use_the_byte_size_api() {
     // nano-vllm PR #184's example: 500 blocks x 256 x 28 layers x 8 kv heads x 128.
     let layout = CacheLayout { num_layers: 28, num_blocks: 500, block_size: 256, kv_heads: 8, head_dim: 128 };
     let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
-    assert_eq!(format!("{:.1}", mib(layout.bytes(nanovllm_kv_cache::CacheDtype::Bf16).unwrap())), "14000.0");
-    assert_eq!(format!("{:.1}", mib(layout.bytes(nanovllm_kv_cache::CacheDtype::Int8).unwrap())), "7109.4");
+    assert_eq!(format!("{:.1}", mib(layout.bytes(nanovllm_kv_quant::CacheDtype::Bf16).unwrap())), "14000.0");
+    assert_eq!(format!("{:.1}", mib(layout.bytes(nanovllm_kv_quant::CacheDtype::Int8).unwrap())), "7109.4");
     let absurd = CacheLayout { num_blocks: usize::MAX / 2, ..layout };
-    assert_eq!(absurd.bytes(nanovllm_kv_cache::CacheDtype::Int8), None);
+    assert_eq!(absurd.bytes(nanovllm_kv_quant::CacheDtype::Int8), None);
 }

@@ -70,7 +70,7 @@ pub use batch::{dequantize_rows, quantize_rows};
 pub use element::Element;
 pub use error::QuantError;
 pub use row::{MAX_SCALE, QMAX, dequantize_row, quantize_row, scale_for_amax};
-pub use size::{CacheDtype, UnknownCacheDtype};
+pub use size::{CacheDtype, RowLayout, UnknownCacheDtype, kv_bytes_per_token};
 
 /// The device side of the format (bf16 conversion, a row's scale, one code), bit for bit as
 /// [`quantize_row`]: CUDA C to prepend to the source of every kernel that writes or reads INT8

@@ -17,42 +17,60 @@ pub enum CacheDtype {
     F32,
 }
 
+/// How one (token, kv head) row of `head_dim` values is stored: bytes per value and bytes of side
+/// data (scales) per row. Every byte count of the cache derives from this, through
+/// [`kv_bytes_per_token`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowLayout {
+    /// Bytes of one stored value.
+    pub element_bytes: usize,
+    /// Bytes of per-row side data (an INT8 row's scale).
+    pub side_bytes: usize,
+}
+
+impl RowLayout {
+    /// Bytes of one row of `head_dim` values, side data included.
+    pub const fn row_bytes(self, head_dim: usize) -> usize {
+        head_dim * self.element_bytes + self.side_bytes
+    }
+}
+
+/// Bytes of KV cache one token takes: K and V, in each of `layers` layers, for each of `kv_heads`
+/// heads of `head_dim` values, stored as `row`. Under tensor parallelism `kv_heads` is one GPU's
+/// share. The one place this product is written: the allocator, the engine's report and
+/// `bench-memory` all call it.
+///
+/// ```
+/// use nanovllm_kv_quant::{CacheDtype, kv_bytes_per_token};
+/// // Qwen3-0.6B: 8 kv heads of 128, per layer.
+/// assert_eq!(kv_bytes_per_token(CacheDtype::Bf16.row_layout(), 1, 8, 128), 4096);
+/// assert_eq!(kv_bytes_per_token(CacheDtype::Int8.row_layout(), 1, 8, 128), 2080);
+/// ```
+pub const fn kv_bytes_per_token(row: RowLayout, layers: usize, kv_heads: usize, head_dim: usize) -> usize {
+    2 * layers * kv_heads * row.row_bytes(head_dim)
+}
+
 impl CacheDtype {
     /// Every dtype, in the order reports print them.
     pub const ALL: [CacheDtype; 4] = [CacheDtype::Bf16, CacheDtype::F16, CacheDtype::Int8, CacheDtype::F32];
 
-    /// Bytes of one element of a row.
-    pub const fn element_bytes(self) -> usize {
+    /// How a row of this dtype is stored.
+    pub const fn row_layout(self) -> RowLayout {
         match self {
-            CacheDtype::Bf16 | CacheDtype::F16 => 2,
-            CacheDtype::Int8 => 1,
-            CacheDtype::F32 => 4,
+            CacheDtype::Bf16 | CacheDtype::F16 => RowLayout { element_bytes: 2, side_bytes: 0 },
+            CacheDtype::Int8 => RowLayout { element_bytes: 1, side_bytes: 2 },
+            CacheDtype::F32 => RowLayout { element_bytes: 4, side_bytes: 0 },
         }
     }
 
-    /// Bytes of per-row side data (the INT8 scale).
-    pub const fn row_side_bytes(self) -> usize {
-        match self {
-            CacheDtype::Bf16 | CacheDtype::F16 | CacheDtype::F32 => 0,
-            CacheDtype::Int8 => 2,
-        }
+    /// Bytes of one element of a row.
+    pub const fn element_bytes(self) -> usize {
+        self.row_layout().element_bytes
     }
 
     /// Bytes of one (token, kv head) row of `head_dim` values, side data included.
     pub const fn row_bytes(self, head_dim: usize) -> usize {
-        head_dim * self.element_bytes() + self.row_side_bytes()
-    }
-
-    /// Bytes one token takes in one layer: K and V, every kv head.
-    ///
-    /// ```
-    /// use nanovllm_kv_quant::CacheDtype;
-    /// // Qwen3-0.6B: 8 kv heads of 128.
-    /// assert_eq!(CacheDtype::Bf16.bytes_per_token_per_layer(8, 128), 4096);
-    /// assert_eq!(CacheDtype::Int8.bytes_per_token_per_layer(8, 128), 2080);
-    /// ```
-    pub const fn bytes_per_token_per_layer(self, kv_heads: usize, head_dim: usize) -> usize {
-        2 * kv_heads * self.row_bytes(head_dim)
+        self.row_layout().row_bytes(head_dim)
     }
 
     /// The name used on command lines and in reports.
@@ -80,10 +98,19 @@ pub struct UnknownCacheDtype(pub String);
 impl FromStr for CacheDtype {
     type Err = UnknownCacheDtype;
 
+    /// A dtype by its name, or by the name vLLM and PyTorch give it (`bfloat16`, `float16`,
+    /// `float32`, and `int8_per_token_head`, which in vLLM has f32 scales: the same rows, not the
+    /// same bytes).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        CacheDtype::ALL
-            .into_iter()
-            .find(|dtype| dtype.name().eq_ignore_ascii_case(s))
+        let alias = match s.to_ascii_lowercase().as_str() {
+            "bfloat16" => Some(CacheDtype::Bf16),
+            "float16" | "half" => Some(CacheDtype::F16),
+            "float32" | "float" => Some(CacheDtype::F32),
+            "int8_per_token_head" => Some(CacheDtype::Int8),
+            _ => None,
+        };
+        alias
+            .or_else(|| CacheDtype::ALL.into_iter().find(|dtype| dtype.name().eq_ignore_ascii_case(s)))
             .ok_or_else(|| UnknownCacheDtype(s.to_owned()))
     }
 }

@@ -10,22 +10,13 @@
 use std::path::PathBuf;
 
 use nanovllm_cuda::Gpu;
-use nanovllm_kv_cache::{BlockManager, CacheDtype};
+use nanovllm_kv_cache::BlockManager;
+use nanovllm_kv_quant::CacheDtype;
 use nanovllm_qwen3::cuda::{GpuLimits, GpuQwen3};
-use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
+use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput, argmax, log_softmax};
 
 const BLOCK: usize = 16;
 const PROMPT: usize = 64;
-
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
-    let log_total = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
-    logits.iter().map(|&l| l as f64 - max - log_total).collect()
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    x.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
-}
 
 /// Prefill `prompt`, then decode `steps` tokens chosen by `choose(step, logits)`; every step's logits.
 fn run(

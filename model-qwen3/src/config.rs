@@ -1,8 +1,11 @@
-//! `config.json` and `generation_config.json` of dense Qwen3 checkpoints.
+//! `config.json` and `generation_config.json` of dense Qwen3 checkpoints, read with serde: each
+//! field has the type it must have, and an error names the field, the value and the problem.
 
 use std::path::Path;
 
-use serde_json::{Map, Value};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 use crate::ModelError;
 
@@ -40,122 +43,220 @@ const MAX_DIM: usize = 1 << 20;
 /// Parameters beyond which a config is refused (2^40, about 1.1 trillion).
 const MAX_PARAMETERS: u128 = 1 << 40;
 
+/// A positive integer field.
+#[derive(Debug, Clone, Copy)]
+struct Positive(usize);
+
+impl<'de> Deserialize<'de> for Positive {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Value::deserialize(deserializer)?.as_u64() {
+            Some(0) => Err(D::Error::custom("must be at least 1")),
+            Some(n) => usize::try_from(n).map(Positive).map_err(|_| D::Error::custom("too large")),
+            None => Err(D::Error::custom("expected a positive integer")),
+        }
+    }
+}
+
+/// A positive, finite number field.
+#[derive(Debug, Clone, Copy)]
+struct PositiveFloat(f64);
+
+impl<'de> Deserialize<'de> for PositiveFloat {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Value::deserialize(deserializer)?.as_f64() {
+            Some(x) if x.is_finite() && x > 0.0 => Ok(PositiveFloat(x)),
+            _ => Err(D::Error::custom("expected a positive number")),
+        }
+    }
+}
+
+/// `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5).
+#[derive(Debug, Deserialize)]
+struct RawRope {
+    rope_type: Option<Value>,
+    #[serde(rename = "type")]
+    legacy_type: Option<Value>,
+    rope_theta: Option<PositiveFloat>,
+}
+
+/// `config.json` as written: every field this implementation reads, typed; the others ignored.
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    model_type: Option<String>,
+    attention_bias: Option<bool>,
+    use_sliding_window: Option<bool>,
+    hidden_act: Option<String>,
+    layer_types: Option<Vec<String>>,
+    rope_scaling: Option<RawRope>,
+    rope_parameters: Option<RawRope>,
+    rope_theta: Option<PositiveFloat>,
+    rms_norm_eps: Option<PositiveFloat>,
+    hidden_size: Option<Positive>,
+    num_hidden_layers: Option<Positive>,
+    num_attention_heads: Option<Positive>,
+    num_key_value_heads: Option<Positive>,
+    head_dim: Option<Positive>,
+    intermediate_size: Option<Positive>,
+    vocab_size: Option<Positive>,
+    max_position_embeddings: Option<Positive>,
+    tie_word_embeddings: Option<bool>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+}
+
 impl Qwen3Config {
     /// Read and validate `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        Self::from_json_value(&read_json(path)?)
+        Self::from_json_value(read_json(path)?)
     }
 
     /// Parse and validate a `config.json` text.
     pub fn from_json_str(text: &str) -> Result<Self, ModelError> {
         let value = serde_json::from_str(text)
             .map_err(|e| ModelError::Json { path: "config.json".into(), problem: e.to_string() })?;
-        Self::from_json_value(&value)
+        Self::from_json_value(value)
     }
 
-    fn from_json_value(value: &Value) -> Result<Self, ModelError> {
-        let Some(obj) = value.as_object() else {
-            return Err(config_error("(top level)", value, "expected a JSON object"));
-        };
-        let model_type = string_field(obj, "model_type")?;
-        if model_type != "qwen3" {
+    fn from_json_value(value: Value) -> Result<Self, ModelError> {
+        let raw: RawConfig = serde_path_to_error::deserialize(&value).map_err(|e| {
+            let field = e.path().to_string();
+            let problem = e.inner().to_string();
+            let at = field.split('.').try_fold(&value, |v, key| v.get(key));
+            let shown = at.map_or("null".into(), Value::to_string);
+            let field = if field == "." { "(top level)".to_owned() } else { field };
+            ModelError::Config { field, value: shown, problem }
+        })?;
+        raw.validate()
+    }
+}
+
+fn config_error(field: &str, value: impl Into<Value>, problem: &str) -> ModelError {
+    ModelError::Config {
+        field: field.to_owned(),
+        value: value.into().to_string(),
+        problem: problem.to_owned(),
+    }
+}
+
+/// The value of a required field, or the error that names it.
+fn required(field: &str, value: Option<Positive>) -> Result<usize, ModelError> {
+    value.map(|p| p.0).ok_or_else(|| config_error(field, Value::Null, "missing"))
+}
+
+impl RawConfig {
+    /// Check what the types cannot say, and fill in Qwen3's defaults.
+    fn validate(self) -> Result<Qwen3Config, ModelError> {
+        match self.model_type.as_deref() {
+            Some("qwen3") => {}
+            Some(other) => {
+                return Err(config_error("model_type", other, "only \"qwen3\" (dense Qwen3) is implemented"));
+            }
+            None => return Err(config_error("model_type", Value::Null, "missing")),
+        }
+        if self.attention_bias == Some(true) {
+            return Err(config_error("attention_bias", true, "attention biases are not implemented"));
+        }
+        if self.use_sliding_window == Some(true) {
             return Err(config_error(
-                "model_type",
-                &Value::String(model_type),
-                "only \"qwen3\" (dense Qwen3) is implemented",
+                "use_sliding_window",
+                true,
+                "sliding-window attention is not implemented",
             ));
         }
-        reject_unless(
-            obj,
-            "attention_bias",
-            |v| v.is_null() || v == &Value::Bool(false),
-            "attention biases are not implemented",
-        )?;
-        reject_unless(
-            obj,
-            "use_sliding_window",
-            |v| v.is_null() || v == &Value::Bool(false),
-            "sliding-window attention is not implemented",
-        )?;
-        reject_unless(
-            obj,
-            "hidden_act",
-            |v| v.is_null() || v.as_str() == Some("silu"),
-            "only \"silu\" is implemented",
-        )?;
-        if let Some(kinds) = obj.get("layer_types").and_then(Value::as_array)
-            && let Some(other) = kinds.iter().find(|k| k.as_str() != Some("full_attention"))
-        {
-            return Err(config_error("layer_types", other, "only \"full_attention\" layers are implemented"));
+        if let Some(act) = self.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return Err(config_error("hidden_act", act, "only \"silu\" is implemented"));
         }
-        let rope_theta = rope_theta(obj)?;
-        let hidden_size = dim_field(obj, "hidden_size")?;
-        let num_attention_heads = dim_field(obj, "num_attention_heads")?;
-        let num_key_value_heads = match obj.get("num_key_value_heads") {
-            None | Some(Value::Null) => num_attention_heads,
-            Some(_) => dim_field(obj, "num_key_value_heads")?,
-        };
+        if let Some(other) = self.layer_types.iter().flatten().find(|k| *k != "full_attention") {
+            return Err(config_error(
+                "layer_types",
+                other.as_str(),
+                "only \"full_attention\" layers are implemented",
+            ));
+        }
+        let rope_theta = self.rope_theta()?;
+        let hidden_size = required("hidden_size", self.hidden_size)?;
+        let num_attention_heads = required("num_attention_heads", self.num_attention_heads)?;
+        let num_key_value_heads = self.num_key_value_heads.map_or(num_attention_heads, |p| p.0);
         if num_attention_heads % num_key_value_heads != 0 {
             return Err(config_error(
                 "num_key_value_heads",
-                &obj["num_key_value_heads"],
+                num_key_value_heads,
                 &format!("must divide num_attention_heads ({num_attention_heads})"),
             ));
         }
-        let head_dim = match obj.get("head_dim") {
-            None | Some(Value::Null) => {
-                if hidden_size % num_attention_heads != 0 {
-                    return Err(config_error(
-                        "hidden_size",
-                        &obj["hidden_size"],
-                        "no head_dim given and hidden_size is not a multiple of num_attention_heads",
-                    ));
-                }
-                hidden_size / num_attention_heads
+        let head_dim = match self.head_dim {
+            Some(Positive(d)) => d,
+            None if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
+            None => {
+                return Err(config_error(
+                    "hidden_size",
+                    hidden_size,
+                    "no head_dim given and hidden_size is not a multiple of num_attention_heads",
+                ));
             }
-            Some(_) => dim_field(obj, "head_dim")?,
         };
         if head_dim % 2 != 0 {
-            return Err(config_error(
-                "head_dim",
-                &Value::from(head_dim),
-                "must be even for rotary embeddings",
-            ));
+            return Err(config_error("head_dim", head_dim, "must be even for rotary embeddings"));
         }
-        let rms_norm_eps = float_field(obj, "rms_norm_eps", Some(1e-6))?;
         let config = Qwen3Config {
             hidden_size,
-            num_hidden_layers: dim_field(obj, "num_hidden_layers")?,
+            num_hidden_layers: required("num_hidden_layers", self.num_hidden_layers)?,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            intermediate_size: dim_field(obj, "intermediate_size")?,
-            vocab_size: dim_field(obj, "vocab_size")?,
+            intermediate_size: required("intermediate_size", self.intermediate_size)?,
+            vocab_size: required("vocab_size", self.vocab_size)?,
             rope_theta,
-            rms_norm_eps,
-            max_position_embeddings: dim_field(obj, "max_position_embeddings")?,
-            tie_word_embeddings: match obj.get("tie_word_embeddings") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(other) => {
-                    return Err(config_error("tie_word_embeddings", other, "expected true or false"));
-                }
-            },
-            torch_dtype: ["torch_dtype", "dtype"]
-                .iter()
-                .find_map(|k| obj.get(*k)?.as_str().map(str::to_owned)),
+            rms_norm_eps: self.rms_norm_eps.map_or(1e-6, |e| e.0),
+            max_position_embeddings: required("max_position_embeddings", self.max_position_embeddings)?,
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            torch_dtype: self.torch_dtype.or(self.dtype),
         };
+        for (field, size) in [
+            ("hidden_size", config.hidden_size),
+            ("num_hidden_layers", config.num_hidden_layers),
+            ("num_attention_heads", config.num_attention_heads),
+            ("num_key_value_heads", config.num_key_value_heads),
+            ("head_dim", config.head_dim),
+            ("intermediate_size", config.intermediate_size),
+            ("vocab_size", config.vocab_size),
+        ] {
+            if size > MAX_DIM {
+                return Err(config_error(field, size, &format!("absurdly large (limit {MAX_DIM})")));
+            }
+        }
         let parameters = config.parameters_exact();
         if parameters > MAX_PARAMETERS {
             return Err(config_error(
                 "hidden_size",
-                &obj["hidden_size"],
+                hidden_size,
                 &format!("with these sizes the model would have {parameters} parameters, more than 2^40"),
             ));
         }
         Ok(config)
     }
 
+    /// `rope_theta` at the top level (transformers 4) or in `rope_parameters` (transformers 5);
+    /// any RoPE scaling other than the default is refused.
+    fn rope_theta(&self) -> Result<f64, ModelError> {
+        for (field, rope) in
+            [("rope_scaling", &self.rope_scaling), ("rope_parameters", &self.rope_parameters)]
+        {
+            let kind = rope.as_ref().and_then(|r| r.rope_type.as_ref().or(r.legacy_type.as_ref()));
+            if let Some(kind) = kind.filter(|k| k.as_str() != Some("default")) {
+                return Err(config_error(
+                    &format!("{field}.rope_type"),
+                    kind.clone(),
+                    "only the default RoPE is implemented",
+                ));
+            }
+        }
+        let nested = self.rope_parameters.as_ref().and_then(|r| r.rope_theta);
+        Ok(nested.or(self.rope_theta).map_or(10000.0, |t| t.0))
+    }
+}
+
+impl Qwen3Config {
     /// Columns of the packed Q, K, V projection: `(heads + 2 * kv_heads) * head_dim`.
     pub fn qkv_size(&self) -> usize {
         (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim
@@ -191,9 +292,11 @@ impl Qwen3Config {
 }
 
 /// The parts of `generation_config.json` the engine uses.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default)]
 pub struct GenerationConfig {
-    /// End-of-sequence tokens.
+    /// End-of-sequence tokens (`eos_token_id`: one id or a list).
+    #[serde(rename = "eos_token_id", deserialize_with = "one_or_many")]
     pub eos_token_ids: Vec<u32>,
     /// Suggested sampling defaults, where the checkpoint gives them.
     pub temperature: Option<f32>,
@@ -209,112 +312,31 @@ impl GenerationConfig {
         if !path.exists() {
             return Ok(GenerationConfig::default());
         }
-        let value = read_json(path)?;
-        let invalid = |field: &'static str, v: &Value| ModelError::Json {
-            path: path.to_owned(),
-            problem: format!("{field} = {v}: expected a token id or a list of token ids"),
-        };
-        let eos_token_ids = match value.get("eos_token_id") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(ids)) => ids
-                .iter()
-                .map(|id| as_token(id).ok_or_else(|| invalid("eos_token_id", id)))
-                .collect::<Result<_, _>>()?,
-            Some(id) => vec![as_token(id).ok_or_else(|| invalid("eos_token_id", id))?],
-        };
-        Ok(GenerationConfig {
-            eos_token_ids,
-            temperature: value.get("temperature").and_then(Value::as_f64).map(|t| t as f32),
-            top_k: value.get("top_k").and_then(Value::as_u64).map(|k| k as usize),
-            top_p: value.get("top_p").and_then(Value::as_f64).map(|p| p as f32),
-        })
+        read_json(path)
     }
 }
 
-fn as_token(value: &Value) -> Option<u32> {
-    value.as_u64().and_then(|id| u32::try_from(id).ok())
+/// A token id, a list of them, or null.
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(u32),
+        Many(Vec<u32>),
+    }
+    match Option::<OneOrMany>::deserialize(deserializer) {
+        Ok(None) => Ok(Vec::new()),
+        Ok(Some(OneOrMany::One(id))) => Ok(vec![id]),
+        Ok(Some(OneOrMany::Many(ids))) => Ok(ids),
+        Err(_) => Err(D::Error::custom("expected a token id or a list of token ids")),
+    }
 }
 
-pub(crate) fn read_json(path: &Path) -> Result<Value, ModelError> {
+/// Read a JSON file into `T`, naming the file (and serde's line and column) on failure.
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ModelError> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
     serde_json::from_str(&text)
         .map_err(|e| ModelError::Json { path: path.to_owned(), problem: e.to_string() })
-}
-
-fn config_error(field: &'static str, value: &Value, problem: &str) -> ModelError {
-    ModelError::Config { field, value: value.to_string(), problem: problem.to_owned() }
-}
-
-fn string_field(obj: &Map<String, Value>, field: &'static str) -> Result<String, ModelError> {
-    match obj.get(field) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(config_error(field, other, "expected a string")),
-        None => Err(config_error(field, &Value::Null, "missing")),
-    }
-}
-
-fn dim_field(obj: &Map<String, Value>, field: &'static str) -> Result<usize, ModelError> {
-    let value = obj.get(field).ok_or_else(|| config_error(field, &Value::Null, "missing"))?;
-    match value.as_u64() {
-        Some(0) => Err(config_error(field, value, "must be at least 1")),
-        Some(n) if n as usize > MAX_DIM && field != "max_position_embeddings" => {
-            Err(config_error(field, value, &format!("absurdly large (limit {MAX_DIM})")))
-        }
-        Some(n) => usize::try_from(n).map_err(|_| config_error(field, value, "too large")),
-        None => Err(config_error(field, value, "expected a positive integer")),
-    }
-}
-
-fn float_field(
-    obj: &Map<String, Value>,
-    field: &'static str,
-    default: Option<f64>,
-) -> Result<f64, ModelError> {
-    match (obj.get(field), default) {
-        (None | Some(Value::Null), Some(d)) => Ok(d),
-        (None, None) => Err(config_error(field, &Value::Null, "missing")),
-        (Some(v), _) => match v.as_f64() {
-            Some(x) if x.is_finite() && x > 0.0 => Ok(x),
-            _ => Err(config_error(field, v, "expected a positive number")),
-        },
-    }
-}
-
-fn reject_unless(
-    obj: &Map<String, Value>,
-    field: &'static str,
-    accepted: impl Fn(&Value) -> bool,
-    problem: &str,
-) -> Result<(), ModelError> {
-    match obj.get(field) {
-        Some(v) if !accepted(v) => Err(config_error(field, v, problem)),
-        _ => Ok(()),
-    }
-}
-
-/// `rope_theta` at the top level (transformers 4) or in `rope_parameters` (transformers 5);
-/// any RoPE scaling other than the default is refused.
-fn rope_theta(obj: &Map<String, Value>) -> Result<f64, ModelError> {
-    for field in ["rope_scaling", "rope_parameters"] {
-        if let Some(Value::Object(params)) = obj.get(field) {
-            let kind = params.get("rope_type").or_else(|| params.get("type"));
-            if let Some(kind) = kind.filter(|k| k.as_str() != Some("default")) {
-                let field = if field == "rope_scaling" {
-                    "rope_scaling.rope_type"
-                } else {
-                    "rope_parameters.rope_type"
-                };
-                return Err(config_error(field, kind, "only the default RoPE is implemented"));
-            }
-        }
-    }
-    if let Some(theta) = obj.get("rope_parameters").and_then(|p| p.get("rope_theta")) {
-        return theta
-            .as_f64()
-            .filter(|t| *t > 0.0)
-            .ok_or_else(|| config_error("rope_parameters.rope_theta", theta, "expected a positive number"));
-    }
-    float_field(obj, "rope_theta", Some(10000.0))
 }
 
 #[cfg(test)]

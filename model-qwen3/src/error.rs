@@ -32,8 +32,8 @@ pub enum ModelError {
     /// A config value this implementation does not accept.
     #[error("config.json: {field} = {value}: {problem}")]
     Config {
-        /// The field.
-        field: &'static str,
+        /// The field (`rope_scaling.rope_type` for a nested one).
+        field: String,
         /// Its value as written.
         value: String,
         /// Why it is refused.

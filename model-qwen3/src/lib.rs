@@ -33,6 +33,7 @@ mod config;
 pub mod cuda;
 mod error;
 mod forward;
+mod logits;
 mod model;
 pub mod tensor_parallel;
 mod weights;
@@ -40,7 +41,9 @@ mod weights;
 pub use config::{GenerationConfig, Qwen3Config};
 pub use error::ModelError;
 pub use forward::SeqInput;
+pub use logits::{argmax, log_softmax};
 pub use model::Qwen3Model;
+pub use weights::SafetensorsIndex;
 
 impl Qwen3Model {
     /// The shape of a KV cache of `num_blocks` blocks of `block_size` for this model.

@@ -1,12 +1,13 @@
 //! Reading a safetensors checkpoint (one file or shards) and checking it against the config.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
 
 use crate::config::read_json;
 use crate::{ModelError, Qwen3Config};
@@ -42,9 +43,32 @@ pub(crate) fn expected_tensors(config: &Qwen3Config) -> BTreeMap<String, Vec<usi
     tensors
 }
 
+/// `model.safetensors.index.json`: which shard holds each tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SafetensorsIndex {
+    /// Tensor name to shard file name.
+    pub weight_map: BTreeMap<String, String>,
+}
+
+impl SafetensorsIndex {
+    /// The index's file name in a model directory.
+    pub const FILE: &str = "model.safetensors.index.json";
+
+    /// Read and parse an index file.
+    pub fn read(path: &Path) -> Result<Self, ModelError> {
+        read_json(path)
+    }
+
+    /// The shard files, each once, sorted.
+    pub fn shards(&self) -> Vec<String> {
+        let shards: BTreeSet<&String> = self.weight_map.values().collect();
+        shards.into_iter().cloned().collect()
+    }
+}
+
 /// The checkpoint's files: the shards named by `model.safetensors.index.json`, or `model.safetensors`.
 fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
-    let index_path = dir.join("model.safetensors.index.json");
+    let index_path = dir.join(SafetensorsIndex::FILE);
     if !index_path.exists() {
         let single = dir.join("model.safetensors");
         if !single.is_file() {
@@ -55,23 +79,8 @@ fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
         }
         return Ok(vec![single]);
     }
-    let index = read_json(&index_path)?;
-    let Some(map) = index.get("weight_map").and_then(|m| m.as_object()) else {
-        return Err(ModelError::checkpoint(index_path, "no \"weight_map\" object"));
-    };
-    let mut files: Vec<String> = Vec::new();
-    for (tensor, file) in map {
-        let Some(file) = file.as_str() else {
-            return Err(ModelError::checkpoint(
-                &index_path,
-                format!("weight_map[{tensor:?}] is not a file name"),
-            ));
-        };
-        if !files.iter().any(|f| f == file) {
-            files.push(file.to_owned());
-        }
-    }
-    files
+    SafetensorsIndex::read(&index_path)?
+        .shards()
         .into_iter()
         .map(|file| {
             let path = dir.join(&file);

@@ -14,9 +14,10 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nanovllm_cuda::Gpu;
-use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, CacheDtype, Int8, KvCache, StorageDtype};
+use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, Int8, KvCache, StorageDtype};
+use nanovllm_kv_quant::CacheDtype;
 use nanovllm_qwen3::cuda::{GpuGroup, GpuLimits, GpuQwen3, GpuSample};
-use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
+use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput, argmax};
 
 const BLOCK_SIZE: usize = 16;
 const NUM_BLOCKS: usize = 256;
@@ -54,14 +55,10 @@ fn gpu_model(gpu: &Gpu, model: &Qwen3Model, dtype: CacheDtype, num_blocks: usize
     gpu_model
 }
 
-fn argmax(x: &[f32]) -> usize {
-    x.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
-}
-
 /// The gap between the two largest logits, over `max |x|`.
 fn relative_margin(x: &[f32]) -> f32 {
     let scale = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let best = argmax(x);
+    let best = argmax(x) as usize;
     let second = x.iter().enumerate().filter(|(i, _)| *i != best).fold(f32::MIN, |m, (_, v)| m.max(*v));
     (x[best] - second) / scale
 }
@@ -238,7 +235,7 @@ fn sampling_follows_the_softmax(gpu: &Gpu, vocab: usize) {
     let logits = gpu_model.forward(&input).unwrap().pop().unwrap();
     let greedy =
         gpu_model.forward_sampled(&input, &[GpuSample { temperature: 0.0, seed: 1, step: 4 }]).unwrap();
-    assert_eq!(greedy, [argmax(&logits) as u32]);
+    assert_eq!(greedy, [argmax(&logits)]);
 
     // A temperature at which the top token has about half the mass, so the count is informative.
     let top = argmax(&logits);
@@ -258,7 +255,7 @@ fn sampling_follows_the_softmax(gpu: &Gpu, vocab: usize) {
     let hits = (0..draws)
         .filter(|&seed| {
             let spec = GpuSample { temperature, seed, step: 4 };
-            gpu_model.forward_sampled(&input, &[spec]).unwrap()[0] as usize == top
+            gpu_model.forward_sampled(&input, &[spec]).unwrap()[0] == top
         })
         .count();
     let freq = hits as f64 / draws as f64;
@@ -413,7 +410,7 @@ fn tensor_parallel_over_two_gpus_matches_one_gpu() {
             let greedy: Vec<_> =
                 (0..inputs.len()).map(|i| GpuSample { temperature: 0.0, seed: 3, step: i as u64 }).collect();
             let picked = two.forward_sampled(&inputs, &greedy).unwrap();
-            let expected: Vec<u32> = logits.iter().map(|l| argmax(l) as u32).collect();
+            let expected: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
             assert_eq!(picked, expected, "{name} {dtype}: greedy across ranks is not the argmax");
         }
     }

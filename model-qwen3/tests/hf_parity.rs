@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, F32, Int8, KvCache, StorageDtype};
-use nanovllm_qwen3::{Qwen3Model, SeqInput};
+use nanovllm_qwen3::{Qwen3Model, SeqInput, argmax, log_softmax};
 use serde_json::Value;
 
 const FIXTURES: [&str; 3] = ["gqa-tied", "mha-untied-sharded", "head-dim-128"];
@@ -111,10 +111,6 @@ fn forced<T: StorageDtype>(model: &Qwen3Model, prompt: &[u32], tokens: &[u32]) -
     decode::<T>(model, prompt, tokens.len(), |step, _| tokens[step]).1
 }
 
-fn argmax(x: &[f32]) -> u32 {
-    x.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32
-}
-
 /// `max |a - b| / max |b|`.
 fn relative_error(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
@@ -123,11 +119,6 @@ fn relative_error(a: &[f32], b: &[f32]) -> f32 {
 
 /// KL(softmax(p) || softmax(q)) in nats.
 fn kl_divergence(p: &[f32], q: &[f32]) -> f64 {
-    let log_softmax = |x: &[f32]| {
-        let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-        let sum: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
-        x.iter().map(|&v| v as f64 - max - sum.ln()).collect::<Vec<f64>>()
-    };
     let (lp, lq) = (log_softmax(p), log_softmax(q));
     lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::{Args as ClapArgs, ValueEnum};
-use nanovllm_kv_quant::CacheDtype;
+use nanovllm_kv_quant::{CacheDtype, RowLayout, kv_bytes_per_token};
 use nanovllm_qwen3::Qwen3Config;
 use serde_json::json;
 
@@ -77,17 +77,18 @@ pub(crate) struct Args {
     measure: bool,
 }
 
-/// A row format: nanovllm's dtypes, and PR #184's INT8 with an f32 scale for comparison.
+/// A row format: nanovllm's dtypes, and PR #184's INT8 with an f32 scale (no cache dtype of
+/// ours) for comparison.
 #[derive(Clone, Copy)]
 struct Format {
     name: &'static str,
-    row_bytes: fn(usize) -> usize,
+    row: RowLayout,
 }
 
 const FORMATS: [Format; 3] = [
-    Format { name: "bf16", row_bytes: |d| CacheDtype::Bf16.row_bytes(d) },
-    Format { name: "int8 (nanovllm: bf16 scale)", row_bytes: |d| CacheDtype::Int8.row_bytes(d) },
-    Format { name: "int8 (PR #184: f32 scale)", row_bytes: |d| d + 4 },
+    Format { name: "bf16", row: CacheDtype::Bf16.row_layout() },
+    Format { name: "int8 (nanovllm: bf16 scale)", row: CacheDtype::Int8.row_layout() },
+    Format { name: "int8 (PR #184: f32 scale)", row: RowLayout { element_bytes: 1, side_bytes: 4 } },
 ];
 
 /// GPUs of common sizes: a label and the memory the driver reports, in MiB.
@@ -97,7 +98,7 @@ const GPUS: [(&str, usize); 4] =
 const MIB: f64 = (1u64 << 20) as f64;
 
 fn bytes_per_token(config: &Qwen3Config, format: Format) -> usize {
-    2 * config.num_hidden_layers * config.num_key_value_heads * (format.row_bytes)(config.head_dim)
+    kv_bytes_per_token(format.row, config.num_hidden_layers, config.num_key_value_heads, config.head_dim)
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {

@@ -26,13 +26,11 @@ pub(crate) fn hf_greedy(name: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
 /// Engine settings for fixture `name` with a KV budget of exactly `kv_tokens` tokens.
 pub(crate) fn settings(name: &str, dtype: CacheDtype, kv_tokens: usize) -> EngineConfig {
     let c = nanovllm_qwen3::Qwen3Config::from_file(&fixture(name).join("config.json")).unwrap();
-    let bytes_per_token =
-        c.num_hidden_layers * dtype.bytes_per_token_per_layer(c.num_key_value_heads, c.head_dim);
-    EngineConfig {
+    let config = EngineConfig {
         kv_cache_dtype: dtype,
-        kv_cache_memory_bytes: Some(kv_tokens * bytes_per_token),
         block_size: 16,
         max_num_batched_tokens: 128,
         ..EngineConfig::default()
-    }
+    };
+    EngineConfig { kv_cache_memory_bytes: Some(kv_tokens * config.kv_bytes_per_token(&c)), ..config }
 }

@@ -12,7 +12,9 @@ use nanovllm_cuda::cudarc::driver::{
 use nanovllm_cuda::{DEPENDENT_LAUNCH_CUH, DependentLaunch, Gpu, GpuError};
 use nanovllm_kv_quant::INT8_KV_CUH;
 
-use crate::{CacheDtype, CacheLayout};
+use nanovllm_kv_quant::CacheDtype;
+
+use crate::CacheLayout;
 
 const STORE_CU: &str = include_str!("store.cu");
 const MMA_CUH: &str = include_str!("mma.cuh");

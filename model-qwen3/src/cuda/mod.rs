@@ -21,8 +21,8 @@ mod step;
 use half::bf16;
 use nanovllm_cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
 use nanovllm_cuda::{Gpu, GpuError};
-use nanovllm_kv_cache::CacheDtype;
 use nanovllm_kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache};
+use nanovllm_kv_quant::CacheDtype;
 
 use crate::{ModelError, Qwen3Config, Qwen3Model, SeqInput};
 use graphs::DecodeGraphs;

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 
 use nanovllm_cuda::cudarc::nccl::Id;
 use nanovllm_cuda::{Gpu, GpuError};
-use nanovllm_kv_cache::CacheDtype;
+use nanovllm_kv_quant::CacheDtype;
 
 use super::step::StepInputs;
 use super::{GpuLimits, GpuQwen3, GpuSample, Nccl, check_samples};
