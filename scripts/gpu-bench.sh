@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on the GPU machine, from the repository root: nano-vllm's bench.py workload on Qwen3-0.6B's
 # shape (dummy weights) with bf16 and INT8 KV caches, then bench-memory --measure. Build here first:
-#   cargo build --release -p nanovllm-nanovllm-cli --features cuda && cargo build --release -p xtask --features cuda
+#   cargo build --release -p nanovllm-cli --features cuda && cargo build --release -p xtask --features cuda
 # and carry target/release/nanovllm-cli and target/release/xtask. Results go to $OUT (or ./gpu-out).
 set -uo pipefail
 out=${OUT:-gpu-out}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on the GPU machine, from the repository root: nanovllm-cli generate on the GPU for both cache
 # dtypes, against the CPU on the same checkpoint. Build here first (no CUDA needed):
-#   cargo build --release -p nanovllm-nanovllm-cli --features cuda
+#   cargo build --release -p nanovllm-cli --features cuda
 # and carry target/release/nanovllm-cli. Logs go to $OUT (or ./gpu-out).
 set -uo pipefail
 out=${OUT:-gpu-out}

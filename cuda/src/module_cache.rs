@@ -2,7 +2,8 @@
 //! does not recompile.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaModule};
@@ -53,8 +54,7 @@ impl ModuleCache {
                 let ptx = self.compile(name, &full, &arch)?;
                 if let Some(path) = &disk {
                     // A cache that cannot be written only costs a recompile next time.
-                    let _ = std::fs::create_dir_all(path.parent().expect("a file in a folder"))
-                        .and_then(|()| std::fs::write(path, ptx.to_src()));
+                    let _ = write_atomically(path, &ptx.to_src());
                 }
                 ptx
             }
@@ -75,6 +75,18 @@ impl ModuleCache {
     }
 }
 
+/// Write `text` to `path` through a temporary file in the same folder and a rename, so that a
+/// process reading the cache (a second replica starting on the same host) sees the whole file or
+/// none of it, never a half-written one.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(text.as_bytes())?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// `$NANOVLLM_CACHE_DIR/ptx`, else `$XDG_CACHE_HOME/nanovllm/ptx`, else `~/.cache/nanovllm/ptx`.
 fn disk_cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("NANOVLLM_CACHE_DIR") {
@@ -84,4 +96,35 @@ fn disk_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
     Some(base.join("nanovllm").join("ptx"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers_see_whole_files_while_writers_race() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ptx").join("kernel.ptx");
+        let texts: Vec<String> = (0..4).map(|i| format!("{i}").repeat(1 << 20)).collect();
+        std::thread::scope(|scope| {
+            for text in &texts {
+                let path = &path;
+                scope.spawn(move || {
+                    for _ in 0..8 {
+                        write_atomically(path, text).unwrap();
+                    }
+                });
+            }
+            scope.spawn(|| {
+                for _ in 0..200 {
+                    if let Ok(read) = std::fs::read_to_string(&path) {
+                        assert!(texts.contains(&read), "a partial file of {} bytes", read.len());
+                    }
+                }
+            });
+        });
+        // Only the finished file remains: the temporary ones were renamed over it.
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
 }

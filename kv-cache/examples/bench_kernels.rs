@@ -216,7 +216,9 @@ fn bench_decode(
         num_queries: shape.batch,
         num_groups: shape.batch,
     };
-    let times = timer.median_us(|i| {
+    // SAFETY: the tables hold blocks of these caches, contexts fit them, one query per group.
+    #[allow(unsafe_code)]
+    let times = timer.median_us(|i| unsafe {
         kernels.attention(
             gpu,
             &caches[i % copies],
@@ -296,7 +298,9 @@ fn bench_store(
     };
     let slots = gpu.stream.clone_htod(&slots)?;
     let kernels = CacheKernels::new(gpu, dtype, d, 2, block_size)?;
-    let times = timer.median_us(|_| {
+    // SAFETY: the slots are slots of this cache.
+    #[allow(unsafe_code)]
+    let times = timer.median_us(|_| unsafe {
         kernels.store(
             gpu,
             &mut cache,

@@ -418,9 +418,15 @@ impl CacheKernels {
     }
 
     /// Write `num_tokens` tokens' K and V (bf16, `[token][kv_head][head_dim]` with `src_stride`
-    /// elements between tokens) into `layer` at `slots` (negative: skipped).
-    #[allow(clippy::too_many_arguments)]
-    pub fn store(
+    /// elements between tokens) into `layer` at `slots` (negative: skipped). The sizes of the
+    /// views and the layer are checked; the slots, on the device, are not.
+    ///
+    /// # Safety
+    ///
+    /// Each of the first `num_tokens` entries of `slots` is negative or a slot of this cache
+    /// (below `cache.layout.num_slots()`): the kernel writes there unchecked.
+    #[allow(clippy::too_many_arguments, unsafe_code)]
+    pub unsafe fn store(
         &self,
         gpu: &Gpu,
         cache: &mut GpuKvCache,
@@ -431,6 +437,12 @@ impl CacheKernels {
         slots: &CudaView<'_, i64>,
         num_tokens: usize,
     ) -> Result<(), GpuError> {
+        let row = cache.layout.kv_heads * self.head_dim;
+        let source = num_tokens.saturating_sub(1) * src_stride + row;
+        check_layer(cache, layer)?;
+        check_len("K", key.len(), source, num_tokens)?;
+        check_len("V", value.len(), source, num_tokens)?;
+        check_len("slots", slots.len(), num_tokens, num_tokens)?;
         let kv_heads = cache.layout.kv_heads as i32;
         let rows = (num_tokens * cache.layout.kv_heads * 2) as u32;
         let warps_per_block = THREADS / 32;
@@ -456,8 +468,8 @@ impl CacheKernels {
             .arg(&tokens)
             .arg(&kv_heads);
         // SAFETY: the arguments match store_kv's signature; every row index the kernel forms is
-        // below num_tokens * kv_heads of the inputs, and every slot the caller passes is a slot of
-        // this cache (the block manager hands out no others).
+        // below num_tokens * kv_heads of the inputs (checked above), and every slot is a slot of
+        // this cache or negative (the caller's contract).
         #[allow(unsafe_code)]
         unsafe {
             launch.launch(config)?;
@@ -498,8 +510,12 @@ impl CacheKernels {
     /// its sequence's K/V through shared memory once for all its queries and heads. Same inputs
     /// and output as [`CacheKernels::attention`], without a workspace: a group's whole context is
     /// one thread block's.
-    #[allow(clippy::too_many_arguments)]
-    pub fn prefill_attention(
+    ///
+    /// # Safety
+    ///
+    /// As for [`CacheKernels::attention`].
+    #[allow(clippy::too_many_arguments, unsafe_code)]
+    pub unsafe fn prefill_attention(
         &self,
         gpu: &Gpu,
         cache: &GpuKvCache,
@@ -509,6 +525,7 @@ impl CacheKernels {
         queries: &AttentionQueries<'_>,
         out: &mut CudaSlice<bf16>,
     ) -> Result<(), GpuError> {
+        self.check_attention(cache, layer, q, q_stride, queries, out)?;
         let kv_heads = cache.layout.kv_heads;
         let softmax_scale = 1.0f32 / (self.head_dim as f32).sqrt();
         let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
@@ -522,10 +539,8 @@ impl CacheKernels {
         let mut launch = gpu.stream.launch_builder(&self.prefill);
         scalars.push(&mut launch, q, keys, values, queries);
         launch.arg(out).arg(&kv_heads).arg(&softmax_scale);
-        // SAFETY: the arguments match prefill_attention's signature; the caller's block tables
-        // name blocks of this cache and cover each query's context, its groups are ascending query
-        // indices up to num_queries with at most prefill_queries_per_group each, and each group's
-        // table row exists.
+        // SAFETY: the arguments match prefill_attention's signature and the buffers' sizes were
+        // checked; the tables, contexts and groups on the device are as the caller's contract says.
         #[allow(unsafe_code)]
         unsafe {
             launch.launch(config)?;
@@ -537,8 +552,17 @@ impl CacheKernels {
     /// `q_stride` elements between queries) over `layer`, each with its own causal context; writes
     /// `out` (`[queries][heads][head_dim]` bf16). Serves decode (groups of one query) and prefill
     /// (groups of consecutive positions of one sequence, which share each K/V row they read).
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention(
+    /// The sizes of the views and the layer are checked; what the device buffers hold is not.
+    ///
+    /// # Safety
+    ///
+    /// What `queries` holds on the device is the kernels' to trust: every block id in
+    /// `block_tables` is a block of this cache; each query's context length is at most
+    /// `max_blocks * block_size`; `groups` ascends from 0 to `num_queries`, a group holding at most
+    /// [`CacheKernels::queries_per_group`] queries ([`CacheKernels::prefill_queries_per_group`] for
+    /// prefill) of one sequence; and each entry of `group_tables` is a row of `block_tables`.
+    #[allow(clippy::too_many_arguments, unsafe_code)]
+    pub unsafe fn attention(
         &self,
         gpu: &Gpu,
         cache: &GpuKvCache,
@@ -549,6 +573,7 @@ impl CacheKernels {
         workspace: &mut DecodeWorkspace,
         out: &mut CudaSlice<bf16>,
     ) -> Result<(), GpuError> {
+        self.check_attention(cache, layer, q, q_stride, queries, out)?;
         let (batch, max_blocks) = (queries.num_queries, queries.max_blocks);
         let kv_heads = cache.layout.kv_heads;
         let heads = (kv_heads * self.group) as i32;
@@ -595,10 +620,9 @@ impl CacheKernels {
             .arg(&max_splits)
             .arg(&partition)
             .arg(&softmax_scale);
-        // SAFETY: the arguments match decode_attention_partial's signature; the caller's block
-        // tables name blocks of this cache, its context lengths fit their tables and the
-        // workspace's max_splits, its groups are ascending query indices up to num_queries, and
-        // each group's table row exists; `out` holds num_queries rows of heads x head_dim.
+        // SAFETY: the arguments match decode_attention_partial's signature and the buffers' sizes
+        // were checked (the workspace holds every split's results); the tables, contexts and
+        // groups on the device are as the caller's contract says.
         #[allow(unsafe_code)]
         unsafe {
             launch.launch(config)?;
@@ -632,4 +656,43 @@ impl CacheKernels {
         }
         Ok(())
     }
+}
+
+impl CacheKernels {
+    /// The host-side checks of an attention launch: the layer exists, and `q`, `out` and the
+    /// query arrays hold what the launch reads and writes.
+    fn check_attention(
+        &self,
+        cache: &GpuKvCache,
+        layer: usize,
+        q: &CudaView<'_, bf16>,
+        q_stride: usize,
+        queries: &AttentionQueries<'_>,
+        out: &CudaSlice<bf16>,
+    ) -> Result<(), GpuError> {
+        let n = queries.num_queries;
+        let row = cache.layout.kv_heads * self.group * self.head_dim;
+        check_layer(cache, layer)?;
+        check_len("q", q.len(), n.saturating_sub(1) * q_stride + row, n)?;
+        check_len("out", out.len(), n * row, n)?;
+        check_len("context_lens", queries.context_lens.len(), n, n)?;
+        check_len("groups", queries.groups.len(), queries.num_groups + 1, n)?;
+        check_len("group_tables", queries.group_tables.len(), queries.num_groups, n)?;
+        check_len("block_tables", queries.block_tables.len(), queries.max_blocks, n)
+    }
+}
+
+fn check_layer(cache: &GpuKvCache, layer: usize) -> Result<(), GpuError> {
+    if layer < cache.keys.len() && layer < cache.values.len() {
+        return Ok(());
+    }
+    Err(GpuError::Unsupported(format!("layer {layer} of a cache of {} layers", cache.keys.len())))
+}
+
+/// That `what` holds at least `needed` elements for a launch over `tokens` tokens.
+fn check_len(what: &str, len: usize, needed: usize, tokens: usize) -> Result<(), GpuError> {
+    if len >= needed {
+        return Ok(());
+    }
+    Err(GpuError::Unsupported(format!("{what} holds {len} elements; {tokens} tokens need {needed}")))
 }

@@ -289,7 +289,8 @@ impl GpuQwen3 {
         let kernels = &self.cache_kernels;
         let per_group =
             |prefill| if prefill { kernels.prefill_queries_per_group() } else { kernels.queries_per_group() };
-        StepInputs::new(seqs, per_group, self.config.vocab_size, self.cache.layout.block_size)
+        let layout = &self.cache.layout;
+        StepInputs::new(seqs, per_group, self.config.vocab_size, layout.block_size, layout.num_blocks)
     }
 
     /// Queue `step`: a decode step replays the smallest graph that holds it, padded; any other
@@ -376,12 +377,20 @@ impl GpuQwen3 {
                 qkv_size,
             )?;
             let (key, value) = (act.qkv.slice(q_size..), act.qkv.slice(q_size + kv_size..));
-            cache_kernels.store(&ops.gpu, cache, index, &key, &value, qkv_size, &inputs.slots(), t)?;
             let (q, out, workspace) = (act.qkv.slice(..), &mut act.attended, &mut act.workspace);
-            if shape.prefill {
-                cache_kernels.prefill_attention(&ops.gpu, cache, index, &q, qkv_size, &queries, out)?;
-            } else {
-                cache_kernels.attention(&ops.gpu, cache, index, &q, qkv_size, &queries, workspace, out)?;
+            // SAFETY: the inputs were laid out by `StepInputs::new`, which refuses block ids
+            // outside this cache and positions without a slot in their table, so every slot is
+            // this cache's or -1 (padding), every context fits its table, groups ascend within
+            // the step's tokens, and each group's table row exists.
+            #[allow(unsafe_code)]
+            unsafe {
+                cache_kernels.store(&ops.gpu, cache, index, &key, &value, qkv_size, &inputs.slots(), t)?;
+                if shape.prefill {
+                    cache_kernels.prefill_attention(&ops.gpu, cache, index, &q, qkv_size, &queries, out)?;
+                } else {
+                    cache_kernels
+                        .attention(&ops.gpu, cache, index, &q, qkv_size, &queries, workspace, out)?;
+                }
             }
             ops.linear(&act.attended.slice(..), &layer.o_proj, &mut act.delta.slice_mut(..), t, h, q_size)?;
             sum_over_ranks(ranks, act.delta.slice_mut(..t * h))?;

@@ -89,14 +89,23 @@ pub(super) struct StepInputs {
 impl StepInputs {
     /// Lay out `seqs`: consecutive tokens of one sequence (a prefill chunk) attend in groups of up
     /// to `per_group(prefill)`, which share every K/V row they read; a decode token is a group of
-    /// one.
+    /// one. Every block a table names must be one of the cache's `num_blocks` (the kernels index
+    /// the cache with them unchecked), and every position must have a slot in its table.
     pub(super) fn new(
         seqs: &[SeqInput<'_>],
         per_group: impl Fn(bool) -> usize,
         vocab: usize,
         block_size: usize,
+        num_blocks: usize,
     ) -> Result<Self, ModelError> {
         let tokens = lay_out(seqs, vocab, block_size)?;
+        for (index, seq) in seqs.iter().enumerate() {
+            if let Some(&block) = seq.block_table.blocks().iter().find(|&&b| b as usize >= num_blocks) {
+                return Err(ModelError::Input(format!(
+                    "sequence {index}'s block table names block {block}; the cache has {num_blocks}"
+                )));
+            }
+        }
         let table_width = seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(1).max(1);
         let prefill = seqs.iter().any(|s| s.tokens.len() > 1);
         let per_group = per_group(prefill);
@@ -324,7 +333,7 @@ mod tests {
             SeqInput { tokens: &long, start: 0, block_table: &long_table, logits: true },
             SeqInput { tokens: &one, start: 0, block_table: &one_table, logits: true },
         ];
-        let step = StepInputs::new(&seqs, per_group, 16, BLOCK_SIZE).unwrap();
+        let step = StepInputs::new(&seqs, per_group, 16, BLOCK_SIZE, 8).unwrap();
         assert!(step.prefill && !step.is_decode());
         assert_eq!(step.ids, [1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(step.positions, [0, 1, 2, 3, 4, 5, 0]);
@@ -352,7 +361,7 @@ mod tests {
                 logits: true,
             })
             .collect();
-        let mut step = StepInputs::new(&seqs, per_group, 16, BLOCK_SIZE).unwrap();
+        let mut step = StepInputs::new(&seqs, per_group, 16, BLOCK_SIZE, 8).unwrap();
         assert!(!step.prefill && step.is_decode());
         step.pad_decode(4, 3);
         assert_eq!(step.ids, [6, 7, 10, 0]);
