@@ -7,6 +7,7 @@ mod generate;
 mod prompts;
 mod workload;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -42,6 +43,16 @@ pub(crate) fn interrupted() -> bool {
 }
 
 fn main() -> ExitCode {
+    // Logs (model load, cache sizing, graph capture, preemptions) by RUST_LOG, warnings by
+    // default; the lines a user reads are printed apart from them.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     // A second Ctrl-C while stopping falls back to the default: the process ends at once.
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::Relaxed) {

@@ -181,6 +181,7 @@ pub(crate) fn build_backend(
         Device::Cpu => {
             let budget = config.kv_cache_memory_bytes.unwrap_or(256 << 20);
             let num_blocks = config.kv_blocks(model.config(), budget, max_model_len)?;
+            tracing::info!(budget_bytes = budget, num_blocks, dtype = %config.kv_cache_dtype, "KV cache sized (CPU)");
             let cache =
                 AnyCache::new(config.kv_cache_dtype, model.cache_layout(num_blocks, config.block_size))?;
             Ok((Backend::Cpu(cache), num_blocks))
@@ -235,6 +236,7 @@ fn cuda_backend(
         }
     };
     let num_blocks = config.kv_blocks(model.config(), budget, max_model_len)?;
+    tracing::info!(budget_bytes = budget, num_blocks, dtype = %config.kv_cache_dtype, "KV cache sized (GPU)");
     gpu_model
         .allocate_cache(num_blocks)
         .map_err(out_of_memory(format!("{:.1} GiB of KV cache", gib(budget))))?;

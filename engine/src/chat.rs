@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use minijinja::{Environment, context};
+use serde::Deserialize;
 
 use crate::EngineError;
 
@@ -22,6 +23,26 @@ impl Message {
     }
 }
 
+/// The part of `tokenizer_config.json` the engine reads.
+#[derive(Deserialize)]
+struct TokenizerConfig {
+    chat_template: Option<TemplateField>,
+}
+
+/// One template, or several by name (`[{"name": "default", "template": ...}, ...]`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TemplateField {
+    One(String),
+    Named(Vec<NamedTemplate>),
+}
+
+#[derive(Deserialize)]
+struct NamedTemplate {
+    name: String,
+    template: String,
+}
+
 /// A model's chat template (Jinja, rendered with minijinja and its Python-compatible methods).
 #[derive(Debug)]
 pub struct ChatTemplate {
@@ -29,15 +50,23 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// The `chat_template` of a `tokenizer_config.json`; `None` if the file or the field is absent.
+    /// The `chat_template` of a `tokenizer_config.json` (the one named "default" where it lists
+    /// several, as HF does); `None` if the file or the field is absent.
     pub fn from_tokenizer_config(path: &Path) -> Result<Option<Self>, EngineError> {
         let Ok(text) = std::fs::read_to_string(path) else { return Ok(None) };
-        let config: serde_json::Value = serde_json::from_str(&text)
+        let config: TokenizerConfig = serde_json::from_str(&text)
             .map_err(|e| EngineError::ChatTemplate(format!("{}: {e}", path.display())))?;
-        match config.get("chat_template").and_then(|t| t.as_str()) {
-            Some(source) => Self::new(source).map(Some),
-            None => Ok(None),
-        }
+        let source = match config.chat_template {
+            None => return Ok(None),
+            Some(TemplateField::One(source)) => source,
+            Some(TemplateField::Named(templates)) => {
+                match templates.into_iter().find(|t| t.name == "default") {
+                    Some(named) => named.template,
+                    None => return Ok(None),
+                }
+            }
+        };
+        Self::new(&source).map(Some)
     }
 
     /// Compile a template.

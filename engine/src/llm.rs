@@ -145,6 +145,7 @@ impl LLM {
     /// Load a model directory: `config.json`, the weights (or dummy ones), `generation_config.json`
     /// and, when present, `tokenizer.json` and the chat template of `tokenizer_config.json`.
     pub fn load(dir: &Path, config: EngineConfig, format: LoadFormat) -> Result<Self, EngineError> {
+        let started = Instant::now();
         let model = match format {
             LoadFormat::Safetensors => Qwen3Model::load(dir)?,
             LoadFormat::Dummy => {
@@ -152,6 +153,13 @@ impl LLM {
                 Qwen3Model::random(model_config, config.seed, 0.02)
             }
         };
+        tracing::info!(
+            model = %dir.display(),
+            %format,
+            parameters = model.config().num_parameters(),
+            seconds = started.elapsed().as_secs_f64(),
+            "model loaded"
+        );
         let generation = GenerationConfig::from_file(&dir.join("generation_config.json"))?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer =

@@ -53,23 +53,29 @@ impl Tokenizer {
 }
 
 /// Turns a growing list of token ids into text pieces as they become complete (a multi-byte
-/// character split across tokens is held back until its last byte arrives).
-#[derive(Debug, Default)]
+/// character split across tokens is held back until its last byte arrives), with tokenizers' own
+/// streaming decoder: each token decodes a short window of ids, not the whole sequence again.
+/// It owns its state and borrows the tokenizer only for a push, so a request can keep one while
+/// the tokenizer is shared.
+#[derive(Debug, Default, Clone)]
 pub struct StreamDecoder {
     ids: Vec<u32>,
-    emitted: usize,
+    prefix: String,
+    prefix_index: usize,
 }
 
 impl StreamDecoder {
-    /// Add one token; returns the new text it completes, if any.
+    /// Add one token; returns the new text it completes, if any (special tokens left out).
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, EngineError> {
-        self.ids.push(id);
-        let text = tokenizer.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.emitted || !text.is_char_boundary(self.emitted) {
-            return Ok(String::new());
-        }
-        let piece = text[self.emitted..].to_owned();
-        self.emitted = text.len();
-        Ok(piece)
+        let piece = tokenizers::tokenizer::step_decode_stream(
+            &tokenizer.inner,
+            vec![id],
+            true,
+            &mut self.ids,
+            &mut self.prefix,
+            &mut self.prefix_index,
+        )
+        .map_err(|e| tokenizer.error(e))?;
+        Ok(piece.unwrap_or_default())
     }
 }

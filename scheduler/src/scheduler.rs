@@ -318,6 +318,11 @@ impl Scheduler {
         seq.num_computed_tokens = 0;
         self.waiting.push_front(id);
         self.num_preemptions += 1;
+        tracing::debug!(
+            seq = id,
+            preemptions = self.num_preemptions,
+            "KV cache full: preempted, to be recomputed"
+        );
     }
 }
 

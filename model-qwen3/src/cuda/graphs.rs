@@ -74,6 +74,7 @@ impl GpuQwen3 {
     /// Capture a decode step for each table width and batch size. Nothing runs while capturing, so
     /// the cache is untouched.
     pub(super) fn capture_decode_graphs(&mut self) -> Result<(), GpuError> {
+        let started = std::time::Instant::now();
         self.graphs = DecodeGraphs::default();
         let mut graphs = Vec::new();
         for table_width in DecodeGraphs::table_widths(self.limits.max_model_len, self.cache.layout.block_size)
@@ -93,6 +94,11 @@ impl GpuQwen3 {
                 graphs.push(DecodeGraph { rows, table_width, graph });
             }
         }
+        tracing::info!(
+            graphs = graphs.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "captured decode graphs"
+        );
         self.graphs = DecodeGraphs { graphs };
         Ok(())
     }
