@@ -4,7 +4,7 @@
 # time goes beyond streaming the cache. Uses a build of bench_kernels with
 # scripts/decode-timeline.patch applied (the instrumentation stays out of the shipped kernels).
 #   scripts/decode-timeline.sh build                       # here: target/release/timeline/bench_kernels
-#   scripts/decode-timeline.sh run ["Qwen3-8B 1x32768 int8" ...]   # on the GPU machine; carry
+#   scripts/decode-timeline.sh run ["Qwen3-8B 1x32768 int8" ...]   # on a machine with a GPU; copy
 #                                                          # target/release/timeline
 # Output: $OUT/timeline-*.log (raw) and $OUT/timeline-summary.txt (scripts/timeline-summary.py).
 # printf delays the kernel after each block's last stamp, so the gap before the reduce kernel is

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """The decode step's projections at small batch: cuBLAS (PyTorch's bf16 linear, as the engine's
 cuBLAS GEMMs) against autotuned Triton GEMMs (one thread block per output tile, and split-K with
-f32 atomics), beside each shape's floors. Run on the GPU machine
+f32 atomics), beside each shape's floors. Run on a machine with a GPU
 (PyTorch and Triton are installed there); prints a markdown table and writes $OUT/gemm-shapes.json.
 Each figure is the time per GEMM in a CUDA graph of 28 of them, each with its own weights (the
 layers of a decode step); the autotuner picks configurations by its own timing first.
 
-How much of the projections' 3.2x over their floor (docs/PERF.md, session 7) a GEMM tuned for
+How much of the projections' 3.2x over their floor (docs/PERF.md, "Where a decode step goes") a GEMM tuned for
 M <= 256 could recover, before building one: the first step of the redesign the 1.6x target needs.
 
     python3 scripts/gemm-shapes.py [--hidden 1024 --heads 16 --kv-heads 8 --head-dim 128 --inter 3072]
@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-COPY_BYTES_PER_S = 4.27e12  # ../shared/GPU.md: device copy, bytes read + written
-BF16_FLOP_PER_S = 790e12     # ../shared/GPU.md: bf16 matrix product 8192^3
+COPY_BYTES_PER_S = 4.27e12  # an H200's device copy, bytes read + written (docs/PERF.md)
+BF16_FLOP_PER_S = 790e12     # an H200's bf16 matrix product, 8192^3 (docs/PERF.md)
 
 
 def configs():

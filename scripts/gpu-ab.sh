@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run on the GPU machine, from the repository root: time settings side by side, alternating them
+# Run on a machine with a GPU, from the repository root: time settings side by side, alternating them
 # ROUNDS times so that drift over the call falls on every setting alike. Each setting is a list of
 # environment variables joined by commas ("-" for none), as TUNE in gpu-kernels.sh:
 #   AB="- NANOVLLM_DECODE_MIN_BLOCKS=3" ROUNDS=3 scripts/gpu-ab.sh kernels [filter]
@@ -8,7 +8,7 @@
 # names: "Qwen3-0.6B 256x1024 int8", "store int8 Shuffled"; "x" keeps every decode case);
 # bench: nanovllm-cli bench on Qwen3-0.6B's shape, bf16 then INT8 KV. A setting's CLI variable
 # names another build to run (AB="- CLI=target/release/nanovllm-cli-base": two builds side by side;
-# carry the binaries), and its KERNELS_BIN another bench_kernels. Output: $OUT/ab-kernels.log or
+# copy the binaries), and its KERNELS_BIN another bench_kernels. Output: $OUT/ab-kernels.log or
 # $OUT/ab-bench.log, each line tagged with its setting.
 set -uo pipefail
 out=${OUT:-gpu-out}

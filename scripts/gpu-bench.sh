@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Run on the GPU machine, from the repository root: nano-vllm's bench.py workload on Qwen3-0.6B's
+# Run on a machine with a GPU, from the repository root: nano-vllm's bench.py workload on Qwen3-0.6B's
 # shape (dummy weights) with bf16 and INT8 KV caches, then bench-memory --measure. Build here first:
 #   cargo build --release -p nanovllm-cli --features cuda && cargo build --release -p xtask --features cuda
-# and carry target/release/nanovllm-cli and target/release/xtask. Results go to $OUT (or ./gpu-out).
+# and copy target/release/nanovllm-cli and target/release/xtask. Results go to $OUT (or ./gpu-out).
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Run on the GPU machine, from the repository root: nanovllm-cli generate on the GPU for both cache
+# Run on a machine with a GPU, from the repository root: nanovllm-cli generate on the GPU for both cache
 # dtypes, against the CPU on the same checkpoint. Build here first (no CUDA needed):
 #   cargo build --release -p nanovllm-cli --features cuda
-# and carry target/release/nanovllm-cli. Logs go to $OUT (or ./gpu-out).
+# and copy target/release/nanovllm-cli. Logs go to $OUT (or ./gpu-out).
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -55,7 +55,7 @@ for i in range(64):
 run many-cuda-int8.jsonl generate --model $fixture --device cuda --prompts-file "$out/many.jsonl" --kv-cache-dtype int8 \
   --temperature 0 --ignore-eos --max-tokens 64 --json --block-size 16 --kv-cache-memory-gib 0.0009 --max-model-len 512
 log "64 requests in a cache of about 1200 tokens: $(grep -c '"line"' "$out/many-cuda-int8.jsonl") completed"
-# Reproducibility (issue 7): the same seed twice gives the same text, with GPU sampling (temperature
+# Reproducibility: the same seed twice gives the same text, with GPU sampling (temperature
 # only) and with host sampling (top-p), for both cache dtypes.
 for dtype in bf16 int8; do
   for extra in "" "--top-p 0.9"; do

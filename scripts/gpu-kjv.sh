@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Run on the GPU machine, from the repository root: train the KJV demo model (issue 9), then run it
+# Run on a machine with a GPU, from the repository root: train the KJV demo model, then run it
 # with nanovllm-cli on the GPU (generate, held-out eval) for both cache dtypes. Needs the git-ignored
 # models/kjv-qwen3/data/ (prepare_data.py) and target/release/nanovllm-cli (cargo build --release -p
-# nanovllm-cli --features cuda): carry both. The checkpoint and logs go to $OUT/kjv-qwen3 (or ./gpu-out/...).
+# nanovllm-cli --features cuda): copy both there. The checkpoint and logs go to $OUT/kjv-qwen3 (or ./gpu-out/...).
 set -uo pipefail
 out=${OUT:-gpu-out}/kjv-qwen3
 mkdir -p "$out"

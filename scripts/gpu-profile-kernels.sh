@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Run on the GPU machine, from the repository root: ncu's full report on one launch of each chosen
+# Run on a machine with a GPU, from the repository root: ncu's full report on one launch of each chosen
 # kernel of bench_kernels, as text (details page, and per-SASS-instruction counts and stall samples),
 # plus the registers, spills and SASS of every module bench_kernels compiled (ptxas -v, cuobjdump).
 # Build here first: cargo build --release -p nanovllm-kv-cache --features cuda --example bench_kernels, and
-# carry target/release/examples/bench_kernels. Writes under $OUT (or ./gpu-out).
+# copy target/release/examples/bench_kernels. Writes under $OUT (or ./gpu-out).
 # PROFILE lists "bench filter|kernel name" pairs, separated by ';' (the filter is bench_kernels'
 # second argument). Variables such as NANOVLLM_DECODE_MIN_BLOCKS pass through to the kernels.
 set -uo pipefail

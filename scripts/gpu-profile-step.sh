@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Run on the GPU machine, from the repository root: the duration of every kernel of a few decode
+# Run on a machine with a GPU, from the repository root: the duration of every kernel of a few decode
 # steps of nano-vllm's bench workload (Qwen3-0.6B shape, dummy weights), by ncu, kernels inside CUDA
 # graphs profiled one by one. Build here first: cargo build --release -p nanovllm-cli --features cuda, and
-# carry target/release/nanovllm-cli. Writes $OUT/profile-<dtype>.csv (or ./gpu-out).
+# copy target/release/nanovllm-cli. Writes $OUT/profile-<dtype>.csv (or ./gpu-out).
 # SKIP (kernel launches to pass, default 6000: past the prefill steps) and COUNT (default 700,
 # about two decode steps) choose the window.
 set -uo pipefail

@@ -6,7 +6,7 @@
 #   cargo test --release -p nanovllm-qwen3 --features cuda --test gpu_model --no-run
 #   cargo test --release -p nanovllm --features cuda --test gpu_engine --no-run
 #   cargo build --release -p nanovllm-cli --features cuda
-# and carry target/release/deps/gpu_model-*, gpu_engine-* and target/release/nanovllm-cli. Logs and JSON go to
+# and copy target/release/deps/gpu_model-*, gpu_engine-* and target/release/nanovllm-cli. Logs and JSON go to
 # $OUT (or ./gpu-out). BENCH_MODELS="qwen3-0.6b qwen3-8b" picks the shapes benched (default 0.6b; "" none);
 # TEST_FILTER=two_gpus runs only the tensor-parallel tests (the GPU tests are #[ignore]d: run with
 # --ignored).

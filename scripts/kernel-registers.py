@@ -17,7 +17,7 @@ import subprocess
 import sys
 import zipfile
 
-VERSION = "13.0.88"  # the GPU machine's CUDA (../shared/GPU.md)
+VERSION = "13.0.88"  # the CUDA of the H100 and H200 machines measured in docs/PERF.md
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "nanovllm" / "cuda-wheels"
 

@@ -1,4 +1,4 @@
-# Source before running tensor-parallel programs on the GPU machine (scripts/gpu-tp.sh does).
+# Source before running tensor-parallel programs on a machine with a GPU (scripts/gpu-tp.sh does).
 # The machines' rule (and NCCL's advice for shared hosts): no NVLink multicast.
 export NCCL_NVLS_ENABLE=0
 # cudarc loads libnccl.so; PyTorch's NCCL wheel ships only libnccl.so.2.

@@ -11,7 +11,7 @@ use super::{Gpu, GpuError};
 /// of after that kernel has finished and its writes are flushed, and the kernel itself waits for
 /// those writes (`griddepcontrol.wait`, `wait_for_previous_kernel` in dependent_launch.cuh) only where it
 /// reads them. For the split combine this saves 1.2-1.5 us of decode attention over one context of
-/// 32,768 keys (29 us; docs/PERF.md, kernels version 26).
+/// 32,768 keys (29 us; docs/perf-history.md, version 26).
 /// On older GPUs it is an ordinary launch. cudarc's `LaunchArgs` cannot pass launch attributes,
 /// hence this builder; CUDA graph capture keeps the dependency as a programmatic edge.
 pub struct DependentLaunch<'a> {

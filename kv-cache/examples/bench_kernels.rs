@@ -2,7 +2,7 @@
 //! and INT8) at the Qwen3-8B and Qwen3-0.6B layer shapes, and the store kernel.
 //!
 //! `cargo run --release -p kv-cache --features cuda --example bench_kernels [copy_TBps] [filter]`
-//! (on the GPU machine: the binary from target/release/examples). `filter` keeps the benches whose
+//! (on a machine with a GPU: the binary from target/release/examples). `filter` keeps the benches whose
 //! label contains it (`Qwen3-8B 128x4096 int8`, `store int8 Blocks`: one kernel for a profiler). Prints a
 //! markdown table; with `$OUT` set, also writes `$OUT/bench_kernels.json`. Timing: CUDA events, 5
 //! warm-up runs, median of 30, two ways interleaved (`Timer::median_us`): GPU time after a 256 MB

@@ -183,7 +183,7 @@ fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
 fn gpu_logits_match_the_cpu_reference() {
     let (gpu, _turn) = gpu();
     eprintln!("{}", gpu.describe());
-    // The binary may run from a copy of the repository on the GPU machine: fall back to the path
+    // The binary may run from a copy of the repository on a machine with a GPU: fall back to the path
     // relative to the repository root.
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let crate_dir = if crate_dir.exists() { crate_dir } else { Path::new("model-qwen3") };
@@ -268,15 +268,15 @@ fn sampling_follows_the_softmax(gpu: &Gpu, vocab: usize) {
     );
 }
 
-/// Reproducibility on the GPU (issue 7): the same batch twice gives bit-identical logits (no atomics,
+/// Reproducibility on the GPU: the same batch twice gives bit-identical logits (no atomics,
 /// fixed GEMM algorithms); a sequence run alone or among others gets logits within a stated bound.
 /// Bit-identity there is not promised: cuBLAS picks its algorithm by batch size and decode
 /// attention its split size by batch (different summation orders in bf16/f32). The bound: 2% of
 /// the largest logit, the noise of bf16 activations that `gpu_logits_match_the_cpu_reference`
 /// measures (1.8e-2 to 2.1e-2 against the CPU), and every clear top-1 choice (margin above twice the
-/// bound) unchanged. Measured on the H200: 1.2e-2 (bf16) and 1.3e-2 (INT8) in session 2; 1.0e-2
-/// and 1.05e-2 with the prefill kernel and decode graphs (session 3); in between, bit-identical
-/// while the graphs of 1 and 8 rows happened to take the same splits.
+/// bound) unchanged. Measured on the H200: 1.2e-2 (bf16) and 1.3e-2 (INT8) before the prefill
+/// kernel and decode graphs, 1.0e-2 and 1.05e-2 with them, and bit-identical while the graphs of 1
+/// and 8 rows happened to take the same splits.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_logits_are_reproducible_and_batch_invariant_within_a_bound() {
@@ -345,7 +345,7 @@ fn decode_in_cuda_graphs_matches_eager_decode() {
     }
 }
 
-/// Tensor parallelism (issue 8): the model split over two GPUs, exchanging through NCCL, against the
+/// Tensor parallelism: the model split over two GPUs, exchanging through NCCL, against the
 /// same model on one GPU, for both cache dtypes: prefill whole and in chunks, then decode steps,
 /// eager and replayed from CUDA graphs (which hold the all-reduces). The ranks' partial sums of o_proj and
 /// down_proj are added in bf16, so logits are held to the batch-invariance bound (2% of the

@@ -1,4 +1,4 @@
-//! Tensor parallelism on the CPU (issue 8): ranks as threads exchanging activations in memory, each
+//! Tensor parallelism on the CPU: ranks as threads exchanging activations in memory, each
 //! with its shard of the weights and of the KV cache (its kv heads), must compute together the
 //! logits of the unsharded model: prefill of several sequences, then decode steps, for f32 and
 //! INT8 caches, at 2 and 4 ranks.

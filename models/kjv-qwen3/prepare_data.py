@@ -1,4 +1,4 @@
-"""Corpus and tokenizer of the KJV demo model (issue 9): run on any machine with Debian's bible-kjv.
+"""Corpus and tokenizer of the KJV demo model: run on any machine with Debian's bible-kjv.
 
     apt-get install bible-kjv && pip install tokenizers
     python3 models/kjv-qwen3/prepare_data.py

@@ -1,6 +1,6 @@
-"""Train the KJV demo model (issue 9) with PyTorch and HF transformers' Qwen3ForCausalLM.
+"""Train the KJV demo model with PyTorch and HF transformers' Qwen3ForCausalLM.
 
-Run on the GPU machine (torch, transformers and tokenizers installed), from the repository root, after
+Run on a machine with a GPU (torch, transformers and tokenizers installed), from the repository root, after
 prepare_data.py has written data/:
     python3 models/kjv-qwen3/train.py OUT_DIR
 OUT_DIR receives the checkpoint (config.json, generation_config.json, model.safetensors in bf16), the

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use nanovllm::{CacheDtype, EngineConfig};
 use serde_json::Value;
 
-/// A fixture of model-qwen3. The GPU machine runs test binaries from a copy of the repository
+/// A fixture of model-qwen3. A machine with a GPU may run test binaries from a copy of the repository
 /// where the build's path does not exist: then the path relative to the repository root.
 pub(crate) fn fixture(name: &str) -> PathBuf {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use nanovllm::{LLM, Prompt, SamplingParams};
 use serde_json::Value;
 
-/// The model's directory. The GPU machine runs test binaries from a copy of the repository where
+/// The model's directory. A machine with a GPU may run test binaries from a copy of the repository where
 /// the build's path does not exist: then the path relative to the repository root.
 pub(crate) fn model_dir() -> PathBuf {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));

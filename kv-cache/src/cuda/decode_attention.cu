@@ -116,7 +116,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     unsigned int qb[CHUNKS][2];
     // Query fragments (the B operand): row j, the four elements of chunk c that this lane's keys hold
     // (consecutive: one 8-byte load). Staging the rows through shared memory first measured slower
-    // (docs/PERF.md).
+    // (the git history of docs/PERF.md has the measurement).
     {
         const bool used = row_used(j);
         const bf16_t* qrow = q + (long long)(first_query + (used ? j / GROUP : 0)) * q_stride

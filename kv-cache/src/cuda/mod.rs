@@ -27,7 +27,7 @@ const PREFILL_ROWS: usize = 64;
 /// Tokens per split of decode attention, longest first: a context is cut into splits, each a
 /// thread block. Each launch picks one by `DecodeWorkspace::partition`'s cost: long splits spread
 /// a block's setup and combining over many keys (2048 measured faster than 512 for batches:
-/// docs/PERF.md, kernels version 16), short ones let a few long contexts fill the GPU. Multiples of 16.
+/// docs/perf-history.md, version 16), short ones let a few long contexts fill the GPU. Multiples of 16.
 const PARTITIONS: [usize; 7] = [4096, 2048, 1024, 512, 256, 128, 64];
 /// A thread block's fixed work (loading q, combining its warps, writing its results), in keys
 /// of streaming: its cost in `DecodeWorkspace::partition`.
@@ -39,7 +39,7 @@ const REDUCE_KEYS: usize = 128;
 const REDUCE_THREADS: usize = 512;
 /// The reduce kernel's block for `rows` (query, head) rows of `splits` splits: (dims, groups).
 /// Fewer rows than SMs split each row's dims over blocks of 32, so that one long context's loads
-/// are spread over more SMs (docs/PERF.md, kernels version 20); a group of threads per 8 splits,
+/// are spread over more SMs (docs/perf-history.md, version 20); a group of threads per 8 splits,
 /// so that a few splits do not leave most threads idle and many are summed at once.
 fn reduce_shape(head_dim: usize, splits: usize, rows: usize, sms: usize) -> (usize, usize) {
     let dims = if rows < sms { head_dim.min(32) } else { head_dim };
@@ -48,13 +48,13 @@ fn reduce_shape(head_dim: usize, splits: usize, rows: usize, sms: usize) -> (usi
 const THREADS: u32 = 128;
 /// Values of a row each lane of the store kernel takes (as `ELEMS` in store.cu), in 16-byte loads:
 /// an INT8 row's per-row work (its maximum, scale and index) is spread over 32 values (measured
-/// faster than 16: docs/PERF.md, kernels version 17), a bf16 row is one load.
+/// faster than 16: docs/perf-history.md, version 17), a bf16 row is one load.
 fn store_values_per_lane(dtype: CacheDtype, head_dim: usize) -> usize {
     if dtype == CacheDtype::Int8 { head_dim.min(32) } else { 8 }
 }
 
 /// Passes of the store kernel per warp, each over 32 / (head_dim / values per lane) rows (token, kv
-/// head, K or V), their loads all in flight (docs/PERF.md has the measurements).
+/// head, K or V), their loads all in flight (the git history of docs/PERF.md has the measurements).
 /// `NANOVLLM_STORE_ROWS` overrides it, for tuning.
 fn store_passes(dtype: CacheDtype) -> u32 {
     let tuned = std::env::var("NANOVLLM_STORE_ROWS").ok().and_then(|v| v.parse().ok());
@@ -70,11 +70,11 @@ struct DecodeWarps {
     /// Every block a whole context of at most [`SHORT_SPLIT_KEYS`] (16 tiles per warp), and enough
     /// of them to fill the GPU anyway: two warps per block halve how often blocks start and end
     /// (0.6B 256 x 1024 INT8 3% faster; one warp per block reads too narrowly and is up to 2.4x
-    /// slower: docs/PERF.md, kernels version 25).
+    /// slower: docs/perf-history.md, version 25).
     short: usize,
     /// Fewer (group, kv head) pairs than SMs, so a few long contexts are split to fill the GPU:
     /// eight warps per block halve the splits to combine (1 x 32768 3% faster; the batched shapes
-    /// 2-11% slower: docs/PERF.md, kernels version 27). Four for head_dim 256, whose eight warps' outputs
+    /// 2-11% slower: docs/perf-history.md, version 27). Four for head_dim 256, whose eight warps' outputs
     /// would not fit a block's 48 KB of static shared memory.
     long: usize,
 }
@@ -96,7 +96,7 @@ const SHORT_SPLIT_KEYS: usize = 1024;
 
 /// Thread blocks per SM, of `warps` warps each, that the register allocation of decode attention
 /// must allow: more warps keep more loads in flight, fewer registers may spill. Measured side by side
-/// (docs/PERF.md): 16 warps per SM for both dtypes since kernels version 17 (bf16 ran best at 12
+/// (docs/perf-history.md): 16 warps per SM for both dtypes since kernels version 17 (bf16 ran best at 12
 /// before it); 20 spill. `NANOVLLM_DECODE_MIN_BLOCKS` overrides it, for tuning.
 fn decode_min_blocks(warps: usize) -> usize {
     std::env::var("NANOVLLM_DECODE_MIN_BLOCKS")

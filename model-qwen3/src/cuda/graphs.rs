@@ -7,7 +7,7 @@
 //! Table widths: `max_model_len`, then halved while at least [`NARROWEST_TABLE_KEYS`]. Attention
 //! splits a context by the table width it is captured with, so tables far wider than the contexts
 //! leave splits empty and part of the GPU idle (nano-vllm's workload: bf16 2% faster end to end,
-//! INT8 0-1.4%: docs/PERF.md, session 9).
+//! INT8 0-1.4% on an H200: docs/PERF.md).
 
 use nanovllm_cuda::GpuError;
 use nanovllm_cuda::cudarc::driver::CudaGraph;
