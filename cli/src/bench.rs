@@ -76,13 +76,14 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.schedule_only {
         return schedule_only(&args, &workload);
     }
-    let mut llm = args.engine.load(false)?;
     let params = |max_tokens| SamplingParams {
         temperature: args.temperature,
         max_tokens,
         ignore_eos: true,
         ..SamplingParams::default()
     };
+    params(1).validate()?;
+    let mut llm = args.engine.load(false)?;
     if !args.no_warmup {
         llm.generate(vec![Prompt::Tokens(vec![1, 2, 3, 4])], &params(4))?
             .into_iter()

@@ -184,6 +184,22 @@ fn bad_sampling_values_and_devices() {
 }
 
 #[test]
+fn flag_values_are_refused_before_the_model_is_looked_for() {
+    // The model does not exist: each error shows the value was checked first.
+    let base = ["generate", "--model", "/nonexistent/model", "--prompt", "hi"];
+    let with = |extra: &[&str]| cli(&[&base[..], extra].concat());
+    assert_one_line_error(&with(&["--temperature", "-1"]), "temperature = -1");
+    assert_one_line_error(&with(&["--top-k", "0"]), "top_k = 0");
+    assert_one_line_error(&with(&["--max-tokens", "0"]), "max_tokens = 0");
+    let empty = cli(&["generate", "--model", "/nonexistent/model", "--prompt", ""]);
+    assert_one_line_error(&empty, "--prompt: empty prompt");
+    let bench = cli(&["bench", "--model", "/nonexistent/model", "--temperature", "-0.5"]);
+    assert_one_line_error(&bench, "temperature = -0.5");
+    let bytes = cli(&[&base[..], &["--kv-cache-memory-bytes", "4Q"]].concat());
+    assert!(String::from_utf8_lossy(&bytes.stderr).contains("expected a byte count"));
+}
+
+#[test]
 fn a_prompts_file_runs_the_good_lines_and_names_the_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("prompts.jsonl");
