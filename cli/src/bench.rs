@@ -4,12 +4,22 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use nanovllm::{CacheDtype, LLM, Prompt, SamplingParams, ScheduleStats};
 use serde_json::{Value, json};
 
 use crate::engine_args::EngineArgs;
+use crate::sampling_args::SamplingArgs;
 use crate::workload::{Shape, Workload};
+
+/// Where `bench` takes the sampling values its flags do not give.
+#[derive(Clone, Copy, ValueEnum)]
+enum SamplingDefaults {
+    /// nano-vllm's bench.py: temperature 0.6 (the baseline of every recorded figure).
+    NanoVllm,
+    /// The model's generation_config.json, as vLLM serves it.
+    Model,
+}
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
@@ -36,9 +46,14 @@ pub(crate) struct BenchArgs {
     /// A JSONL workload instead: {"prompt_token_ids": [...], "max_tokens": N} per line.
     #[arg(long)]
     workload: Option<PathBuf>,
-    /// Sampling temperature of every request (nano-vllm: 0.6).
-    #[arg(long, default_value_t = 0.6)]
-    temperature: f32,
+    /// Where sampling values not given by flags come from: nano-vllm's bench.py (temperature 0.6,
+    /// nothing else) or the model's generation_config.json (Qwen3: temperature 0.6, top-k 20,
+    /// top-p 0.95).
+    #[arg(long, value_enum, default_value = "nano-vllm")]
+    sampling: SamplingDefaults,
+    /// Sampling of every request, over the --sampling defaults.
+    #[command(flatten)]
+    sampling_flags: SamplingArgs,
     /// Skip the warm-up request that runs before the timed workload.
     #[arg(long)]
     no_warmup: bool,
@@ -76,14 +91,15 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.schedule_only {
         return schedule_only(&args, &workload);
     }
-    let params = |max_tokens| SamplingParams {
-        temperature: args.temperature,
-        max_tokens,
-        ignore_eos: true,
-        ..SamplingParams::default()
-    };
-    params(1).validate()?;
+    let nano_vllm = SamplingParams { temperature: 0.6, ..SamplingParams::default() };
+    args.sampling_flags.over(nano_vllm.clone()).validate()?;
     let mut llm = args.engine.load(false)?;
+    let defaults = match args.sampling {
+        SamplingDefaults::NanoVllm => nano_vllm,
+        SamplingDefaults::Model => llm.default_sampling(),
+    };
+    let sampling = args.sampling_flags.over(defaults);
+    let params = |max_tokens| SamplingParams { max_tokens, ignore_eos: true, ..sampling.clone() };
     if !args.no_warmup {
         llm.generate(vec![Prompt::Tokens(vec![1, 2, 3, 4])], &params(4))?
             .into_iter()
@@ -103,7 +119,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         output_tokens += llm.step()?.tokens.len();
     }
     let seconds = started.elapsed().as_secs_f64();
-    report(&llm, &workload, output_tokens, seconds, args.json);
+    report(&llm, &workload, &sampling, output_tokens, seconds, args.json);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -163,7 +179,14 @@ fn schedule_report(
     })
 }
 
-fn report(llm: &LLM, workload: &Workload, output_tokens: usize, seconds: f64, as_json: bool) {
+fn report(
+    llm: &LLM,
+    workload: &Workload,
+    sampling: &SamplingParams,
+    output_tokens: usize,
+    seconds: f64,
+    as_json: bool,
+) {
     let stats = llm.stats();
     let blocks = llm.scheduler().block_manager();
     let prompt_tokens: usize = workload.prompts.iter().map(Vec::len).sum();
@@ -176,6 +199,18 @@ fn report(llm: &LLM, workload: &Workload, output_tokens: usize, seconds: f64, as
         blocks.block_size(),
     );
     report["prompt_tokens"] = json!(prompt_tokens);
+    // f32 values as written (0.6, not 0.6000000238418579).
+    let value = |x: f32| x.to_string().parse::<f64>().unwrap_or(f64::from(x));
+    report["sampling"] = json!({
+        "temperature": value(sampling.temperature),
+        "top_k": sampling.top_k,
+        "top_p": value(sampling.top_p),
+        "min_p": value(sampling.min_p),
+        "presence_penalty": value(sampling.presence_penalty),
+        "frequency_penalty": value(sampling.frequency_penalty),
+        "repetition_penalty": value(sampling.repetition_penalty),
+        "logprobs": sampling.logprobs,
+    });
     report["output_tokens"] = json!(output_tokens);
     report["seconds"] = json!(seconds);
     report["output_tokens_per_second"] = json!(output_tokens as f64 / seconds);
@@ -204,4 +239,5 @@ fn report(llm: &LLM, workload: &Workload, output_tokens: usize, seconds: f64, as
         schedule.preemptions
     );
     println!("{}", llm.describe_cache());
+    println!("sampling: {}", report["sampling"]);
 }

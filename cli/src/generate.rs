@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use nanovllm::{LLM, Prompt, SamplingParams, StreamDecoder};
+use nanovllm::{Completion, LLM, Prompt, SamplingParams, StopReason, StreamDecoder};
 
 use crate::engine_args::EngineArgs;
 use crate::prompts::read_prompts_file;
+use crate::sampling_args::SamplingArgs;
 
 #[derive(Args)]
 pub(crate) struct GenerateArgs {
@@ -26,21 +27,28 @@ pub(crate) struct GenerateArgs {
     /// With --chat: ask Qwen3 to answer without a thinking section (enable_thinking=false).
     #[arg(long, requires = "chat")]
     no_thinking: bool,
-    /// Sampling temperature (0: greedy). Default: the model's generation_config.json, else 1.
-    #[arg(long)]
-    temperature: Option<f32>,
-    /// Keep the k most likely tokens. Default: the model's generation_config.json, else all.
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Nucleus sampling threshold in (0, 1]. Default: the model's generation_config.json, else 1.
-    #[arg(long)]
-    top_p: Option<f32>,
+    /// Sampling (defaults: the model's generation_config.json, else temperature 1 and no
+    /// truncation).
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Tokens to generate at most, per prompt.
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
+    /// Tokens to generate before EOS, a stop token or a stop string may end a completion.
+    #[arg(long, default_value_t = 0)]
+    min_tokens: usize,
     /// Keep generating past end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
+    /// End a completion where its text shows this string (repeat the flag for several).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// End a completion at this token id (repeat the flag for several).
+    #[arg(long)]
+    stop_token_ids: Vec<u32>,
+    /// Keep the stop string that ended a completion at the end of its text.
+    #[arg(long)]
+    include_stop_str_in_output: bool,
     /// With --prompts-file: print one JSON object per prompt instead of text.
     #[arg(long)]
     json: bool,
@@ -66,13 +74,14 @@ impl GenerateArgs {
     /// The flags' sampling values over `defaults` (the model's generation_config.json).
     fn sampling(&self, defaults: SamplingParams) -> SamplingParams {
         SamplingParams {
-            temperature: self.temperature.unwrap_or(defaults.temperature),
-            top_k: self.top_k.or(defaults.top_k),
-            top_p: self.top_p.unwrap_or(defaults.top_p),
             max_tokens: self.max_tokens,
+            min_tokens: self.min_tokens,
             ignore_eos: self.ignore_eos,
+            stop: self.stop.clone(),
+            stop_token_ids: self.stop_token_ids.clone(),
+            include_stop_str_in_output: self.include_stop_str_in_output,
             seed: Some(self.engine.seed),
-            ..defaults
+            ..self.sampling.over(defaults)
         }
     }
 }
@@ -134,15 +143,7 @@ fn generate_batch(
     let path = args.prompts_file.as_ref().expect("batch mode has a prompts file").display();
     for (line, output) in lines.iter().zip(outputs) {
         match output {
-            Ok(completion) if args.json => println!(
-                "{}",
-                serde_json::json!({
-                    "line": line,
-                    "text": completion.text,
-                    "token_ids": completion.token_ids,
-                    "finish_reason": format!("{:?}", completion.finish_reason).to_lowercase(),
-                })
-            ),
+            Ok(completion) if args.json => println!("{}", completion_json(*line, &completion)),
             Ok(completion) => match completion.text {
                 Some(text) => println!("--- {path}:{line}\n{text}"),
                 None => println!("--- {path}:{line}\n{:?}", completion.token_ids),
@@ -154,4 +155,29 @@ fn generate_batch(
         }
     }
     Ok(if refused == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// A completion as one JSON line: vLLM's field names where it has them (`finish_reason`,
+/// `stop_reason`: the stop token id or string, null for EOS or length; `logprobs`: per token, its
+/// log-probability and the most likely tokens').
+fn completion_json(line: usize, completion: &Completion) -> serde_json::Value {
+    let stop_reason = match &completion.stop_reason {
+        Some(StopReason::Token(id)) => serde_json::json!(id),
+        Some(StopReason::Text(text)) => serde_json::json!(text),
+        None => serde_json::Value::Null,
+    };
+    let logprobs = completion.logprobs.as_ref().map(|tokens| {
+        tokens
+            .iter()
+            .map(|t| serde_json::json!({"token_id": t.token, "logprob": t.logprob, "top_logprobs": t.top}))
+            .collect::<Vec<_>>()
+    });
+    serde_json::json!({
+        "line": line,
+        "text": completion.text,
+        "token_ids": completion.token_ids,
+        "finish_reason": completion.finish_reason.name(),
+        "stop_reason": stop_reason,
+        "logprobs": logprobs,
+    })
 }

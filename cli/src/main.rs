@@ -5,6 +5,7 @@ mod engine_args;
 mod eval;
 mod generate;
 mod prompts;
+mod sampling_args;
 mod workload;
 
 use std::io::IsTerminal;

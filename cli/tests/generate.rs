@@ -329,3 +329,38 @@ fn a_tensor_parallel_size_that_cannot_run_is_refused_with_the_reason() {
     assert_one_line_error(&run("0", "cpu"), "tensor parallel size 0: must be at least 1");
     assert_one_line_error(&run("2", "cpu"), "tensor_parallel_size = 2: runs one rank per GPU");
 }
+
+#[test]
+fn json_output_carries_the_stop_reason_and_logprobs() {
+    let model = repo().join("models/kjv-qwen3").display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prompts.txt");
+    std::fs::write(&path, "And God said\nIn the beginning\n").unwrap();
+    let file = path.display().to_string();
+    let common = ["generate", "--model", &model, "--prompts-file", &file, "--json", "--temperature", "0"];
+    let run = |extra: &[&str]| {
+        let output = cli(&[&common[..], extra].concat());
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let full = run(&["--max-tokens", "30", "--ignore-eos", "--logprobs", "2"]);
+    for line in &full {
+        assert_eq!(line["finish_reason"], "length");
+        assert!(line["stop_reason"].is_null());
+        let logprobs = line["logprobs"].as_array().unwrap();
+        assert_eq!(logprobs.len(), 30);
+        assert_eq!(logprobs[0]["top_logprobs"].as_array().unwrap().len(), 2);
+        assert_eq!(logprobs[0]["token_id"], line["token_ids"][0]);
+    }
+    // Stop at the first word of the first completion's text after its first few characters.
+    let text = full[0]["text"].as_str().unwrap();
+    let word = text.split_whitespace().nth(2).unwrap();
+    let stopped = run(&["--max-tokens", "30", "--ignore-eos", "--stop", word]);
+    assert_eq!(stopped[0]["finish_reason"], "stop");
+    assert_eq!(stopped[0]["stop_reason"], word);
+    assert_eq!(stopped[0]["text"].as_str().unwrap(), &text[..text.find(word).unwrap()]);
+    assert!(stopped[0]["logprobs"].is_null());
+}

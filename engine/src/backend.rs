@@ -7,6 +7,7 @@ use nanovllm_qwen3::{ModelError, Qwen3Model, SeqInput};
 use rayon::prelude::*;
 
 use crate::cache::AnyCache;
+use crate::sampler::Sampled;
 use crate::{EngineConfig, EngineError, Sampler};
 
 /// Why a build without the `cuda` feature cannot use a GPU.
@@ -102,17 +103,18 @@ pub(crate) enum Backend {
 impl Backend {
     /// Run the batch and sample one token for each input that asks for logits, with its sampler
     /// (`samplers` in the same order; `positions` are the positions of the tokens to sample).
-    /// On a GPU, samplers that need no top-k/top-p draw there and only token ids come back.
+    /// On a GPU, when no sampler needs the logits on the host (truncation, penalties,
+    /// log-probabilities), the GPU draws and only token ids come back.
     pub(crate) fn forward_and_sample(
         &mut self,
         model: &Qwen3Model,
         inputs: &[SeqInput<'_>],
-        samplers: &mut [Sampler],
+        samplers: &mut [&mut Sampler],
         positions: &[usize],
-    ) -> Result<Vec<u32>, ModelError> {
+    ) -> Result<Vec<Sampled>, ModelError> {
         #[cfg(feature = "cuda")]
         if let Backend::Cuda(gpu) = self
-            && !samplers.iter().any(Sampler::truncates)
+            && !samplers.iter().any(|s| s.needs_logits())
         {
             let specs: Vec<_> = samplers
                 .iter()
@@ -123,7 +125,15 @@ impl Backend {
                     step: pos as u64,
                 })
                 .collect();
-            return gpu.forward_sampled(inputs, &specs);
+            let tokens = gpu.forward_sampled(inputs, &specs)?;
+            return Ok(samplers
+                .iter_mut()
+                .zip(tokens)
+                .map(|(sampler, token)| {
+                    sampler.record(token);
+                    Sampled { token, logprobs: None }
+                })
+                .collect());
         }
         let logits = self.logits(model, inputs)?;
         debug_assert_eq!(samplers.len(), positions.len());

@@ -37,6 +37,7 @@ mod hub;
 mod llm;
 mod progress;
 mod sampler;
+mod stop;
 mod tokenizer;
 
 pub use backend::{Device, DeviceChoice, resolve_device};
@@ -48,7 +49,8 @@ pub use llm::{Completion, EngineStats, LLM, LoadFormat, Prompt, StepOutput};
 pub use nanovllm_kv_quant::{CacheDtype, UnknownCacheDtype};
 pub use nanovllm_qwen3::{GenerationConfig, Qwen3Config, argmax, log_softmax};
 pub use nanovllm_scheduler::{
-    FinishReason, SamplingParams, ScheduleError, ScheduleStats, SchedulerConfig, replay,
+    FinishReason, MAX_LOGPROBS, SamplingParams, ScheduleError, ScheduleStats, SchedulerConfig, StopReason,
+    replay,
 };
-pub use sampler::Sampler;
+pub use sampler::{Sampled, Sampler, TokenLogprobs};
 pub use tokenizer::{StreamDecoder, Tokenizer};

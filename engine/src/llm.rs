@@ -7,14 +7,16 @@ use std::time::Instant;
 use nanovllm_kv_cache::BlockManager;
 use nanovllm_qwen3::{GenerationConfig, Qwen3Model, SeqInput};
 use nanovllm_scheduler::{
-    FinishReason, Phase, SamplingParams, ScheduleStats, ScheduledSeq, Scheduler, SchedulerConfig, SeqId,
-    Sequence,
+    FinishReason, Phase, SamplingParams, ScheduleError, ScheduleStats, ScheduledSeq, Scheduler,
+    SchedulerConfig, SeqId, Sequence, StopReason,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::backend::{Backend, build_backend};
 use crate::config::gib;
 use crate::progress::Progress;
+use crate::sampler::{Sampled, TokenLogprobs};
+use crate::stop::StopStrings;
 use crate::{ChatTemplate, EngineConfig, EngineError, Message, Sampler, Tokenizer};
 
 /// Where the weights come from.
@@ -90,10 +92,24 @@ pub struct Completion {
     pub prompt_token_ids: Vec<u32>,
     /// The generated tokens (a final EOS or stop token included).
     pub token_ids: Vec<u32>,
-    /// The generated text, when the engine has a tokenizer.
+    /// The generated text, when the engine has a tokenizer (cut at a stop string).
     pub text: Option<String>,
     /// Why it stopped.
     pub finish_reason: FinishReason,
+    /// The stop token or string that ended it (`None` for EOS, length or abort).
+    pub stop_reason: Option<StopReason>,
+    /// Each generated token's log-probabilities, when the request asked for them.
+    pub logprobs: Option<Vec<TokenLogprobs>>,
+}
+
+/// What the engine keeps for a request while it runs, besides its sequence.
+#[derive(Debug)]
+struct RequestState {
+    sampler: Sampler,
+    /// Its stop strings and decoded text, if it has stop strings.
+    stop: Option<StopStrings>,
+    /// The log-probabilities of its tokens so far, if it asked for them.
+    logprobs: Option<Vec<TokenLogprobs>>,
 }
 
 /// What one step did.
@@ -129,7 +145,7 @@ pub struct LLM {
     generation: GenerationConfig,
     scheduler: Scheduler,
     backend: Backend,
-    samplers: HashMap<SeqId, Sampler>,
+    requests: HashMap<SeqId, RequestState>,
     seeds: StdRng,
     config: EngineConfig,
     stats: EngineStats,
@@ -190,7 +206,7 @@ impl LLM {
             chat_template: None,
             generation,
             scheduler,
-            samplers: HashMap::new(),
+            requests: HashMap::new(),
             seeds: StdRng::seed_from_u64(config.seed),
             config,
             stats: EngineStats::default(),
@@ -202,14 +218,18 @@ impl LLM {
         self.tokenizer.as_ref()
     }
 
-    /// Sampling parameters with the checkpoint's suggested defaults (`generation_config.json`)
-    /// where it gives them, and nano-vllm's otherwise.
+    /// Sampling parameters with the checkpoint's suggested defaults (`generation_config.json`:
+    /// temperature, top-k, top-p, min-p and repetition penalty, as vLLM takes them) where it gives
+    /// them, and nano-vllm's otherwise.
     pub fn default_sampling(&self) -> SamplingParams {
         let defaults = SamplingParams::default();
+        let g = &self.generation;
         SamplingParams {
-            temperature: self.generation.temperature.unwrap_or(defaults.temperature),
-            top_k: self.generation.top_k.filter(|&k| k > 0).or(defaults.top_k),
-            top_p: self.generation.top_p.unwrap_or(defaults.top_p),
+            temperature: g.temperature.unwrap_or(defaults.temperature),
+            top_k: g.top_k.filter(|&k| k > 0).or(defaults.top_k),
+            top_p: g.top_p.unwrap_or(defaults.top_p),
+            min_p: g.min_p.unwrap_or(defaults.min_p),
+            repetition_penalty: g.repetition_penalty.unwrap_or(defaults.repetition_penalty),
             ..defaults
         }
     }
@@ -276,10 +296,25 @@ impl LLM {
             },
         };
         self.check_token_ids(&ids)?;
+        if params.n > 1 {
+            return Err(EngineError::InvalidRequest(ScheduleError::InvalidSampling {
+                field: "n",
+                value: params.n.to_string(),
+                expected: "1 (several samples of one prompt are not implemented yet)",
+            }));
+        }
+        if !params.stop.is_empty() && self.tokenizer.is_none() {
+            return Err(EngineError::NoTokenizer("the model directory (stop strings need one)".into()));
+        }
         let fallback_seed = self.seeds.random();
-        let sampler = Sampler::new(&params, fallback_seed);
+        let stop_tokens = params.stop_tokens(&self.generation.eos_token_ids);
+        let sampler = Sampler::new(&params, &ids, stop_tokens, fallback_seed);
+        let stop = (!params.stop.is_empty()).then(|| {
+            StopStrings::new(params.stop.clone(), params.include_stop_str_in_output, params.min_tokens)
+        });
+        let logprobs = params.logprobs.map(|_| Vec::new());
         let id = self.scheduler.add(ids, params)?;
-        self.samplers.insert(id, sampler);
+        self.requests.insert(id, RequestState { sampler, stop, logprobs });
         Ok(id)
     }
 
@@ -333,7 +368,7 @@ impl LLM {
     /// Drop every request, running or waiting (for Ctrl-C), releasing their cache blocks.
     pub fn abort_all(&mut self) {
         for id in self.scheduler.abort_all() {
-            self.samplers.remove(&id);
+            self.requests.remove(&id);
         }
     }
 
@@ -365,16 +400,26 @@ impl LLM {
             })
             .collect();
         let sampling: Vec<&ScheduledSeq> = batch.seqs.iter().filter(|s| s.samples).collect();
-        let mut samplers: Vec<Sampler> = sampling
+        // The sampling requests' states leave the map while the backend holds their samplers.
+        let mut states: Vec<RequestState> = sampling
             .iter()
-            .map(|s| self.samplers.remove(&s.id).expect("every request has a sampler"))
+            .map(|s| self.requests.remove(&s.id).expect("every live request has its state"))
             .collect();
+        let mut samplers: Vec<&mut Sampler> = states.iter_mut().map(|state| &mut state.sampler).collect();
         let positions: Vec<usize> = sampling.iter().map(|s| s.start + s.num_tokens).collect();
         let sampled = self.backend.forward_and_sample(&self.model, &inputs, &mut samplers, &positions);
-        self.samplers.extend(sampling.iter().map(|s| s.id).zip(samplers));
+        self.requests.extend(sampling.iter().map(|s| s.id).zip(states));
         let sampled = sampled?;
-        let tokens: Vec<(SeqId, u32)> = sampling.iter().map(|s| s.id).zip(sampled.iter().copied()).collect();
-        let finished = self.scheduler.postprocess(&batch, &sampled)?;
+        let tokens: Vec<(SeqId, u32)> =
+            sampling.iter().map(|s| s.id).zip(sampled.iter().map(|s| s.token)).collect();
+        let ids: Vec<u32> = sampled.iter().map(|s| s.token).collect();
+        let mut finished = self.scheduler.postprocess(&batch, &ids)?;
+        for (&(id, token), drawn) in tokens.iter().zip(sampled) {
+            let finished_seq = finished.iter_mut().find(|seq| seq.id == id);
+            if let Some(stopped) = self.observe(id, token, drawn, finished_seq)? {
+                finished.push(stopped);
+            }
+        }
         let finished = finished.into_iter().map(|seq| self.complete(seq)).collect::<Result<_, _>>()?;
         let seconds = started.elapsed().as_secs_f64();
         self.stats.schedule.record(&batch, running);
@@ -434,11 +479,41 @@ impl LLM {
         Ok(results.into_iter().map(|r| r.expect("every accepted request finishes")).collect())
     }
 
+    /// Keep a sampled token's log-probabilities, and look for the request's stop strings in its
+    /// text. A match ends the request: if `postprocess` already finished it (`finished`, its
+    /// length reached in the same token), the stop string becomes its reason, as in vLLM;
+    /// otherwise it is taken out of the scheduler and returned.
+    fn observe(
+        &mut self,
+        id: SeqId,
+        token: u32,
+        drawn: Sampled,
+        finished: Option<&mut Sequence>,
+    ) -> Result<Option<Sequence>, EngineError> {
+        let tokenizer = self.tokenizer.as_ref();
+        let state = self.requests.get_mut(&id).expect("every live request has its state");
+        if let (Some(all), Some(logprobs)) = (&mut state.logprobs, drawn.logprobs) {
+            all.push(logprobs);
+        }
+        let (Some(stop), Some(tokenizer)) = (&mut state.stop, tokenizer) else { return Ok(None) };
+        let Some(matched) = stop.push(tokenizer, token)? else { return Ok(None) };
+        let reason = Some(StopReason::Text(matched));
+        match finished {
+            Some(seq) => {
+                seq.finish_reason = Some(FinishReason::Stop);
+                seq.stop_reason = reason;
+                Ok(None)
+            }
+            None => Ok(self.scheduler.finish(id, FinishReason::Stop, reason)),
+        }
+    }
+
     fn complete(&mut self, seq: Sequence) -> Result<Completion, EngineError> {
-        self.samplers.remove(&seq.id);
-        let text = match &self.tokenizer {
-            Some(tokenizer) => Some(tokenizer.decode(seq.completion())?),
-            None => None,
+        let state = self.requests.remove(&seq.id).expect("every live request has its state");
+        let text = match (&self.tokenizer, &state.stop) {
+            (Some(_), Some(stop)) => Some(stop.text().to_owned()),
+            (Some(tokenizer), None) => Some(tokenizer.decode(seq.completion())?),
+            (None, _) => None,
         };
         Ok(Completion {
             id: seq.id,
@@ -446,6 +521,8 @@ impl LLM {
             token_ids: seq.completion().to_vec(),
             text,
             finish_reason: seq.finish_reason.expect("finished sequences have a reason"),
+            stop_reason: seq.stop_reason,
+            logprobs: state.logprobs,
         })
     }
 }

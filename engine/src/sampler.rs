@@ -1,37 +1,81 @@
-//! Choosing the next token from logits: greedy, temperature, top-k, top-p.
+//! Choosing the next token from logits, as vLLM does: penalties, temperature, `min_p`, `top_k`,
+//! `top_p`, and the log-probabilities a request asks for. No step sorts the vocabulary: the
+//! truncations are thresholds found by partial selection, and the draw walks the tokens in id
+//! order, so the same seed and logits give the same token.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 
 use nanovllm_qwen3::argmax;
 use nanovllm_scheduler::SamplingParams;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-/// One request's sampler. It owns its random generator, so a request's output depends on its seed
-/// and its logits only, not on what else is batched with it.
+/// A sampled token's log-probability and the most likely tokens', from the model's raw logits
+/// (log-softmax before penalties and temperature: vLLM's default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// The sampled token.
+    pub token: u32,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The most likely tokens and their log-probabilities, most likely first (ties: lower id
+    /// first); as many as the request asked for.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What one draw gives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    /// The token.
+    pub token: u32,
+    /// Its log-probabilities, when the request asked for them.
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// One request's sampler. It owns its random generator and its token counts, so a request's
+/// output depends on its seed, its tokens and its logits only, not on its batch.
 #[derive(Debug, Clone)]
 pub struct Sampler {
-    temperature: f32,
-    top_k: Option<usize>,
-    top_p: f32,
+    params: SamplingParams,
     seed: u64,
     rng: StdRng,
+    /// Tokens that end the request (EOS unless ignored, and its stop tokens): not drawn before
+    /// `min_tokens` tokens.
+    stop_tokens: Vec<u32>,
+    /// Tokens drawn so far.
+    generated: usize,
+    /// The prompt's distinct tokens (for the repetition penalty only).
+    prompt_tokens: HashSet<u32>,
+    /// How often each token was drawn (for the penalties only).
+    output_counts: HashMap<u32, u32>,
+}
+
+thread_local! {
+    /// The logits after penalties and masks, reused from draw to draw on each thread.
+    static ADJUSTED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Sampler {
-    /// A sampler for `params`, seeded from `params.seed`, or from `fallback_seed` when unset.
-    pub fn new(params: &SamplingParams, fallback_seed: u64) -> Self {
-        let temperature = if params.is_greedy() { 0.0 } else { params.temperature };
+    /// A sampler for `params` over a request whose prompt is `prompt` and which ends at
+    /// `stop_tokens`; seeded from `params.seed`, or from `fallback_seed` when unset.
+    pub fn new(params: &SamplingParams, prompt: &[u32], stop_tokens: Vec<u32>, fallback_seed: u64) -> Self {
         let seed = params.seed.unwrap_or(fallback_seed);
+        let prompt_tokens =
+            if params.repetition_penalty != 1.0 { prompt.iter().copied().collect() } else { HashSet::new() };
         Sampler {
-            temperature,
-            top_k: params.top_k,
-            top_p: params.top_p,
+            params: params.clone(),
             seed,
             rng: StdRng::seed_from_u64(seed),
+            stop_tokens,
+            generated: 0,
+            prompt_tokens,
+            output_counts: HashMap::new(),
         }
     }
 
     /// Temperature, 0 for greedy.
     pub fn temperature(&self) -> f32 {
-        self.temperature
+        if self.params.is_greedy() { 0.0 } else { self.params.temperature }
     }
 
     /// The seed this request samples from.
@@ -39,76 +83,174 @@ impl Sampler {
         self.seed
     }
 
-    /// Whether the sampler needs the whole sorted distribution (top-k or top-p), rather than a
-    /// draw from softmax(logits / T) that the GPU can make.
-    pub fn truncates(&self) -> bool {
-        self.temperature > 0.0 && (self.top_k.is_some() || self.top_p < 1.0)
+    /// Whether the next draw needs the logits on the host: anything beyond a draw from
+    /// softmax(logits / T), which the GPU makes (truncation, penalties, log-probabilities, or stop
+    /// tokens held off by `min_tokens`).
+    pub fn needs_logits(&self) -> bool {
+        self.params.truncates()
+            || self.params.penalizes()
+            || self.params.logprobs.is_some()
+            || self.holds_stops()
     }
 
-    /// The next token.
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.temperature == 0.0 {
-            return argmax(logits);
+    /// Whether stop tokens may not be drawn yet.
+    fn holds_stops(&self) -> bool {
+        self.generated < self.params.min_tokens && !self.stop_tokens.is_empty()
+    }
+
+    /// Count a token drawn elsewhere (on the GPU) as this sampler's.
+    pub fn record(&mut self, token: u32) {
+        self.generated += 1;
+        if self.params.penalizes() {
+            *self.output_counts.entry(token).or_default() += 1;
         }
-        if self.top_k.is_none() && self.top_p >= 1.0 {
-            return self.sample_all(logits);
-        }
-        let mut candidates: Vec<(u32, f32)> =
-            logits.iter().enumerate().map(|(i, &l)| (i as u32, l / self.temperature)).collect();
-        candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if let Some(k) = self.top_k {
-            candidates.truncate(k.max(1));
-        }
-        let max = candidates[0].1;
-        let mut total = 0.0f64;
-        let mut probs: Vec<f64> = candidates
-            .iter()
-            .map(|&(_, l)| {
-                let p = ((l - max) as f64).exp();
-                total += p;
-                p
+    }
+
+    /// The next token, and its log-probabilities if the request asked for them.
+    pub fn sample(&mut self, logits: &[f32]) -> Sampled {
+        let logprobs = self.params.logprobs.map(|n| (n, nanovllm_qwen3::log_softmax(logits)));
+        let token = if self.needs_adjusting() {
+            ADJUSTED.with_borrow_mut(|adjusted| {
+                adjusted.clear();
+                adjusted.extend_from_slice(logits);
+                self.adjust(adjusted);
+                self.draw(adjusted)
             })
-            .collect();
-        probs.iter_mut().for_each(|p| *p /= total);
-        let mut keep = probs.len();
-        if self.top_p < 1.0 {
-            let mut cumulative = 0.0;
-            for (i, p) in probs.iter().enumerate() {
-                cumulative += p;
-                if cumulative >= self.top_p as f64 {
-                    keep = i + 1;
-                    break;
+        } else {
+            self.draw(logits)
+        };
+        self.record(token);
+        let logprobs = logprobs.map(|(n, all)| TokenLogprobs {
+            token,
+            logprob: all[token as usize] as f32,
+            top: top_n(&all, n).into_iter().map(|i| (i, all[i as usize] as f32)).collect(),
+        });
+        Sampled { token, logprobs }
+    }
+
+    fn needs_adjusting(&self) -> bool {
+        self.params.penalizes() || self.holds_stops()
+    }
+
+    /// vLLM's penalties (repetition over prompt and output, then frequency and presence over the
+    /// output), and stop tokens masked while `min_tokens` holds them off.
+    fn adjust(&self, logits: &mut [f32]) {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            // Every token of the prompt or the output, once.
+            let output_only = self.output_counts.keys().filter(|t| !self.prompt_tokens.contains(t));
+            for &token in self.prompt_tokens.iter().chain(output_only) {
+                if let Some(l) = logits.get_mut(token as usize) {
+                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
                 }
             }
         }
-        let kept: f64 = probs[..keep].iter().sum();
-        let mut draw = self.rng.random::<f64>() * kept;
-        for (i, p) in probs[..keep].iter().enumerate() {
-            if draw < *p {
-                return candidates[i].0;
+        for (&token, &count) in &self.output_counts {
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l -= p.frequency_penalty * count as f32 + p.presence_penalty;
             }
-            draw -= p;
         }
-        candidates[keep - 1].0
+        if self.holds_stops() {
+            for &token in &self.stop_tokens {
+                if let Some(l) = logits.get_mut(token as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+
+    /// Greedy, or a draw from softmax(logits / T) restricted to the tokens at or above the
+    /// truncation threshold.
+    fn draw(&mut self, logits: &[f32]) -> u32 {
+        let t = self.temperature();
+        if t == 0.0 {
+            return argmax(logits);
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let threshold = truncation_threshold(logits, max, t, &self.params);
+        let weight = |l: f32| if l >= threshold { (((l - max) / t) as f64).exp() } else { 0.0 };
+        let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+        let mut draw = self.rng.random::<f64>() * total;
+        let mut last = argmax(logits);
+        for (i, &l) in logits.iter().enumerate() {
+            let w = weight(l);
+            if w > 0.0 {
+                if draw < w {
+                    return i as u32;
+                }
+                draw -= w;
+                last = i as u32;
+            }
+        }
+        last
     }
 }
 
-impl Sampler {
-    /// Sampling from the whole distribution needs no sort: one pass for the normalizer, one to draw.
-    fn sample_all(&mut self, logits: &[f32]) -> u32 {
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let weight = |l: f32| (((l - max) / self.temperature) as f64).exp();
-        let total: f64 = logits.iter().map(|&l| weight(l)).sum();
-        let mut draw = self.rng.random::<f64>() * total;
-        for (i, &l) in logits.iter().enumerate() {
-            let w = weight(l);
-            if draw < w {
-                return i as u32;
-            }
-            draw -= w;
-        }
-        argmax(logits)
+/// The lowest logit kept by `min_p`, `top_k` and `top_p` (in that order, each over what the one
+/// before left, as vLLM applies them), at temperature `t`; every token at or above it is kept, so
+/// tokens tied with the last one kept are kept too (as vLLM's top-k keeps them).
+fn truncation_threshold(logits: &[f32], max: f32, t: f32, p: &SamplingParams) -> f32 {
+    // min_p: probability >= min_p * the top probability, i.e. logit >= max + T ln(min_p).
+    let mut threshold = if p.min_p > 0.0 { max + t * p.min_p.ln() } else { f32::NEG_INFINITY };
+    if p.top_k.is_none() && p.top_p >= 1.0 {
+        return threshold;
     }
+    let mut kept: Vec<f32> =
+        logits.iter().copied().filter(|&l| l >= threshold && l > f32::NEG_INFINITY).collect();
+    if let Some(k) = p.top_k.filter(|&k| k < kept.len()) {
+        let (_, kth, _) = kept.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        threshold = threshold.max(*kth);
+        kept.retain(|&l| l >= threshold);
+    }
+    if p.top_p < 1.0 {
+        let weights: f64 = kept.iter().map(|&l| (((l - max) / t) as f64).exp()).sum();
+        threshold = threshold.max(top_p_threshold(kept, max, t, weights * p.top_p as f64));
+    }
+    threshold
+}
+
+/// The logit of the token at which the tokens' weight, most likely first, reaches `target`:
+/// the most likely tokens are found a chunk at a time by partial selection, so only the part of
+/// the vocabulary the nucleus holds is ever sorted.
+fn top_p_threshold(mut rest: Vec<f32>, max: f32, t: f32, target: f64) -> f32 {
+    let mut cumulative = 0.0f64;
+    let mut chunk = 64;
+    let mut last = f32::NEG_INFINITY;
+    while !rest.is_empty() {
+        let m = chunk.min(rest.len());
+        if m < rest.len() {
+            rest.select_nth_unstable_by(m - 1, |a, b| b.total_cmp(a));
+        }
+        let (head, tail) = rest.split_at_mut(m);
+        head.sort_unstable_by(|a, b| b.total_cmp(a));
+        for &l in head.iter() {
+            cumulative += (((l - max) / t) as f64).exp();
+            last = l;
+            if cumulative >= target {
+                return l;
+            }
+        }
+        rest = tail.to_vec();
+        chunk *= 4;
+    }
+    last
+}
+
+/// The `n` largest values' indices, largest first, ties to the lower index.
+fn top_n(values: &[f64], n: usize) -> Vec<u32> {
+    let mut top: Vec<u32> = Vec::with_capacity(n + 1);
+    if n == 0 {
+        return top;
+    }
+    for (i, &v) in values.iter().enumerate() {
+        if top.len() == n && v <= values[top[n - 1] as usize] {
+            continue;
+        }
+        let at = top.partition_point(|&j| values[j as usize] >= v);
+        top.insert(at, i as u32);
+        top.truncate(n);
+    }
+    top
 }
 
 #[cfg(test)]
@@ -119,20 +261,24 @@ mod tests {
         SamplingParams { temperature, top_k, top_p, seed: Some(seed), ..SamplingParams::default() }
     }
 
+    fn sampler(params: &SamplingParams) -> Sampler {
+        Sampler::new(params, &[], Vec::new(), 0)
+    }
+
     #[test]
     fn greedy_takes_the_first_maximum() {
-        let mut s = Sampler::new(&SamplingParams::greedy(1), 0);
-        assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0]), 1);
+        let mut s = sampler(&SamplingParams::greedy(1));
+        assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0]).token, 1);
     }
 
     #[test]
     fn top_k_and_top_p_restrict_the_candidates() {
         let logits = [5.0, 4.9, 0.0, -1.0, 4.8];
         for seed in 0..200 {
-            let token = Sampler::new(&params(1.0, Some(2), 1.0, seed), 0).sample(&logits);
+            let token = sampler(&params(1.0, Some(2), 1.0, seed)).sample(&logits).token;
             assert!(token == 0 || token == 1);
             // The two best hold about 68% of the mass: top_p 0.5 keeps them only.
-            let token = Sampler::new(&params(1.0, None, 0.5, seed), 0).sample(&logits);
+            let token = sampler(&params(1.0, None, 0.5, seed)).sample(&logits).token;
             assert!(token == 0 || token == 1, "{token}");
         }
     }
@@ -140,14 +286,38 @@ mod tests {
     #[test]
     fn sampling_follows_the_distribution_and_the_seed() {
         let logits = [0.0f32, (3.0f32).ln()]; // probabilities 1/4 and 3/4
-        let mut s = Sampler::new(&params(1.0, None, 1.0, 7), 0);
-        let ones = (0..4000).filter(|_| s.sample(&logits) == 1).count();
+        let mut s = sampler(&params(1.0, None, 1.0, 7));
+        let ones = (0..4000).filter(|_| s.sample(&logits).token == 1).count();
         assert!((2800..3200).contains(&ones), "{ones}");
         let run = |seed| {
-            let mut s = Sampler::new(&params(0.8, None, 0.9, seed), 0);
-            (0..50).map(|_| s.sample(&[0.3, 0.1, 0.2, 0.25])).collect::<Vec<_>>()
+            let mut s = sampler(&params(0.8, None, 0.9, seed));
+            (0..50).map(|_| s.sample(&[0.3, 0.1, 0.2, 0.25]).token).collect::<Vec<_>>()
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));
+    }
+
+    #[test]
+    fn top_n_is_the_largest_first_with_ties_to_the_lower_index() {
+        assert_eq!(top_n(&[1.0, 3.0, 2.0, 3.0, 0.0], 3), [1, 3, 2]);
+        assert_eq!(top_n(&[1.0, 2.0], 5), [1, 0]);
+        assert!(top_n(&[1.0], 0).is_empty());
+    }
+
+    #[test]
+    fn top_p_over_a_long_tail_finds_the_nucleus_a_chunk_at_a_time() {
+        // 10,000 equal tokens: the nucleus of 0.5 is 5,000 of them, past several chunks.
+        let logits = vec![0.0f32; 10_000];
+        let mut p = params(1.0, None, 0.5, 1);
+        assert_eq!(truncation_threshold(&logits, 0.0, 1.0, &p), 0.0, "ties at the boundary are kept");
+        let logits: Vec<f32> = (0..10_000).map(|i| -(i as f32) * 1e-3).collect();
+        let threshold = truncation_threshold(&logits, 0.0, 1.0, &p);
+        let kept: Vec<f64> = logits.iter().filter(|&&l| l >= threshold).map(|&l| (l as f64).exp()).collect();
+        let total: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        let mass: f64 = kept.iter().sum::<f64>() / total;
+        let without_last = (kept.iter().sum::<f64>() - kept.last().unwrap()) / total;
+        assert!(mass >= 0.5 && without_last < 0.5, "{mass} {without_last}");
+        p.top_p = 1.0;
+        assert_eq!(truncation_threshold(&logits, 0.0, 1.0, &p), f32::NEG_INFINITY);
     }
 }

@@ -10,7 +10,7 @@
 mod kjv_reference;
 
 use kjv_reference::{Case, comparable, generate, hf_cases, model_dir};
-use nanovllm::{CacheDtype, EngineConfig, LLM, LoadFormat};
+use nanovllm::{CacheDtype, EngineConfig, LLM, LoadFormat, Prompt, SamplingParams};
 
 fn engine(dtype: CacheDtype) -> LLM {
     let config = EngineConfig {
@@ -60,4 +60,79 @@ fn the_demo_prompt_continues_as_genesis_does_in_the_training_text() {
     let output = generate(&mut llm, &demo);
     let text = llm.tokenizer().unwrap().decode(&output[0]).unwrap();
     assert!(text.contains("LORD"), "{text:?}");
+}
+
+/// The text of greedy `prompt` under `params` (max 40 tokens, EOS ignored), with its completion.
+fn greedy_text(llm: &mut LLM, prompt: &str, params: SamplingParams) -> nanovllm::Completion {
+    let params = SamplingParams { ignore_eos: true, ..SamplingParams { max_tokens: 40, ..params } };
+    llm.generate(vec![Prompt::from(prompt)], &params).unwrap().remove(0).unwrap()
+}
+
+#[test]
+fn stop_strings_cut_the_text_where_they_begin_even_across_tokens() {
+    let mut llm = engine(CacheDtype::F32);
+    let prompt = "And God said";
+    let full = greedy_text(&mut llm, prompt, SamplingParams::greedy(40));
+    let text = full.text.clone().unwrap();
+    let tokenizer = llm.tokenizer().unwrap();
+    // A stop string that straddles two tokens: the end of one token's text and the start of the
+    // next's, taken from the middle of the text.
+    let pieces: Vec<String> = full.token_ids.iter().map(|&t| tokenizer.decode(&[t]).unwrap()).collect();
+    let k = pieces.len() / 2;
+    let before: String = pieces[..k].concat();
+    let tail = pieces[k - 1].chars().rev().take(2).collect::<String>().chars().rev().collect::<String>();
+    let head: String = pieces[k].chars().take(2).collect();
+    let straddling = format!("{tail}{head}");
+    let at = text.find(&straddling).unwrap();
+    assert!(at <= before.len(), "the first occurrence is at or before the boundary");
+    let stopped = greedy_text(
+        &mut llm,
+        prompt,
+        SamplingParams { stop: vec![straddling.clone()], ..SamplingParams::greedy(40) },
+    );
+    assert_eq!(stopped.text.as_deref(), Some(&text[..at]), "{straddling:?}");
+    assert_eq!(stopped.finish_reason, nanovllm::FinishReason::Stop);
+    assert_eq!(stopped.stop_reason, Some(nanovllm::StopReason::Text(straddling.clone())));
+    assert!(stopped.token_ids.len() < full.token_ids.len());
+    let kept = greedy_text(
+        &mut llm,
+        prompt,
+        SamplingParams {
+            stop: vec![straddling.clone()],
+            include_stop_str_in_output: true,
+            ..SamplingParams::greedy(40)
+        },
+    );
+    assert_eq!(kept.text.as_deref(), Some(&text[..at + straddling.len()]));
+    // A stop string that is in the prompt only does not stop the output.
+    assert!(!text.contains("God said"));
+    let unstopped = greedy_text(
+        &mut llm,
+        prompt,
+        SamplingParams { stop: vec!["God said".into()], ..SamplingParams::greedy(40) },
+    );
+    assert_eq!(unstopped.text, full.text);
+    assert_eq!(unstopped.finish_reason, nanovllm::FinishReason::Length);
+}
+
+#[test]
+fn logprobs_are_the_log_softmax_of_the_models_logits() {
+    let mut llm = engine(CacheDtype::F32);
+    let params = SamplingParams { logprobs: Some(4), ..SamplingParams::greedy(12) };
+    let completion = greedy_text(&mut llm, "In the beginning", params);
+    let logprobs = completion.logprobs.as_ref().unwrap();
+    assert_eq!(logprobs.len(), completion.token_ids.len());
+    let all: Vec<u32> = completion.prompt_token_ids.iter().chain(&completion.token_ids).copied().collect();
+    let logits = llm.score(&all).unwrap();
+    let start = completion.prompt_token_ids.len() - 1;
+    for (i, token) in logprobs.iter().enumerate() {
+        let reference = nanovllm::log_softmax(&logits[start + i]);
+        assert_eq!(token.token, completion.token_ids[i]);
+        assert!((token.logprob as f64 - reference[token.token as usize]).abs() < 1e-4, "token {i}");
+        assert_eq!(token.top.len(), 4);
+        assert_eq!(token.top[0].0, token.token, "greedy takes the most likely token");
+        for &(t, l) in &token.top {
+            assert!((l as f64 - reference[t as usize]).abs() < 1e-4);
+        }
+    }
 }

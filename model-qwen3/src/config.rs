@@ -304,6 +304,10 @@ pub struct GenerationConfig {
     pub top_k: Option<usize>,
     /// Suggested top-p.
     pub top_p: Option<f32>,
+    /// Suggested min-p.
+    pub min_p: Option<f32>,
+    /// Suggested repetition penalty.
+    pub repetition_penalty: Option<f32>,
 }
 
 impl GenerationConfig {

@@ -44,6 +44,6 @@ mod sequence;
 
 pub use error::ScheduleError;
 pub use replay::{ScheduleStats, replay};
-pub use sampling::SamplingParams;
+pub use sampling::{MAX_LOGPROBS, SamplingParams};
 pub use scheduler::{Batch, Phase, ScheduledSeq, Scheduler, SchedulerConfig};
-pub use sequence::{FinishReason, SeqId, Sequence, Status};
+pub use sequence::{FinishReason, SeqId, Sequence, Status, StopReason};

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 
 use nanovllm_kv_cache::BlockManager;
 
-use crate::{FinishReason, SamplingParams, ScheduleError, SeqId, Sequence, Status};
+use crate::{FinishReason, SamplingParams, ScheduleError, SeqId, Sequence, Status, StopReason};
 
 /// Limits of the scheduler and the cache it manages.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +187,19 @@ impl Scheduler {
         ids
     }
 
+    /// End a running or waiting sequence now (its text reached a stop string, or it was
+    /// aborted), releasing its blocks; `None` if it has already finished or never existed.
+    pub fn finish(&mut self, id: SeqId, reason: FinishReason, stop: Option<StopReason>) -> Option<Sequence> {
+        let mut seq = self.seqs.remove(&id)?;
+        self.running.retain(|&other| other != id);
+        self.waiting.retain(|&other| other != id);
+        self.blocks.deallocate(&mut seq.block_table);
+        seq.status = Status::Finished;
+        seq.finish_reason = Some(reason);
+        seq.stop_reason = stop;
+        Some(seq)
+    }
+
     /// Forget cached prefixes of freed blocks (after the cache was written outside the scheduler).
     pub fn reset_prefix_cache(&mut self) {
         self.blocks.reset_prefix_cache();
@@ -234,8 +247,9 @@ impl Scheduler {
             }
             let token = *sampled.next().expect("counted above");
             seq.token_ids.push(token);
-            if let Some(reason) = finish_reason(seq, token, &self.config.eos_token_ids) {
+            if let Some((reason, stop)) = finish_reason(seq, token, &self.config.eos_token_ids) {
                 seq.finish_reason = Some(reason);
+                seq.stop_reason = stop;
                 seq.status = Status::Finished;
                 self.blocks.deallocate(&mut seq.block_table);
                 finished.push(item.id);
@@ -334,13 +348,21 @@ fn chunk(seq: &Sequence, budget: &mut usize) -> ScheduledSeq {
     ScheduledSeq { id: seq.id, start: seq.num_computed_tokens, num_tokens, samples: num_tokens == remaining }
 }
 
-fn finish_reason(seq: &Sequence, token: u32, eos_token_ids: &[u32]) -> Option<FinishReason> {
+fn finish_reason(
+    seq: &Sequence,
+    token: u32,
+    eos_token_ids: &[u32],
+) -> Option<(FinishReason, Option<StopReason>)> {
     let params = &seq.params;
-    if params.stop_token_ids.contains(&token) || (!params.ignore_eos && eos_token_ids.contains(&token)) {
-        Some(FinishReason::Stop)
-    } else if seq.completion().len() >= params.max_tokens {
-        Some(FinishReason::Length)
-    } else {
-        None
+    let generated = seq.completion().len();
+    // The first `min_tokens` tokens do not stop it (the sampler does not draw stop tokens there).
+    if generated > params.min_tokens {
+        if params.stop_token_ids.contains(&token) {
+            return Some((FinishReason::Stop, Some(StopReason::Token(token))));
+        }
+        if !params.ignore_eos && eos_token_ids.contains(&token) {
+            return Some((FinishReason::Stop, None));
+        }
     }
+    (generated >= params.max_tokens).then_some((FinishReason::Length, None))
 }

@@ -18,13 +18,36 @@ pub enum Status {
     Finished,
 }
 
-/// Why a sequence stopped.
+/// Why a sequence stopped, as vLLM's `finish_reason` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// It produced an EOS or stop token.
+    /// It produced an EOS or stop token, or its text a stop string.
     Stop,
     /// It produced `max_tokens` tokens.
     Length,
+    /// It was aborted before it finished.
+    Abort,
+}
+
+impl FinishReason {
+    /// `"stop"`, `"length"` or `"abort"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+        }
+    }
+}
+
+/// What ended a request that finished with [`FinishReason::Stop`], other than EOS (vLLM's
+/// `stop_reason`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// One of its `stop_token_ids`.
+    Token(u32),
+    /// One of its `stop` strings.
+    Text(String),
 }
 
 /// A request: its tokens so far, its place in the KV cache, and how to sample it.
@@ -48,6 +71,8 @@ pub struct Sequence {
     pub params: SamplingParams,
     /// Set once it has finished.
     pub finish_reason: Option<FinishReason>,
+    /// The stop token or string that ended it, if one did.
+    pub stop_reason: Option<StopReason>,
 }
 
 impl Sequence {
@@ -62,6 +87,7 @@ impl Sequence {
             block_table: BlockTable::default(),
             params,
             finish_reason: None,
+            stop_reason: None,
         }
     }
 

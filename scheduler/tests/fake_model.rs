@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 
 use nanovllm_scheduler::{
-    Batch, Phase, SamplingParams, ScheduleError, ScheduleStats, Scheduler, SchedulerConfig, SeqId, replay,
+    Batch, FinishReason, Phase, SamplingParams, ScheduleError, ScheduleStats, Scheduler, SchedulerConfig,
+    SeqId, replay,
 };
 use proptest::prelude::*;
 
@@ -270,6 +271,45 @@ fn eos_and_stop_tokens_end_a_request_unless_ignored() {
     assert_eq!(finished[&stops], (vec![3, 7], Stop));
     assert_eq!(finished[&ignores], (vec![3, 7, 9], Length));
     assert_eq!(finished[&stop_token], (vec![3, 7], Stop), "EOS still stops it");
+}
+
+#[test]
+fn min_tokens_holds_off_stop_tokens_and_stop_reasons_name_the_token() {
+    let mut scheduler =
+        Scheduler::new(SchedulerConfig { eos_token_ids: vec![7], ..SchedulerConfig::new(8, 4, 64) }).unwrap();
+    let held =
+        scheduler.add(vec![1], SamplingParams { min_tokens: 2, ..SamplingParams::greedy(10) }).unwrap();
+    let stop_token = scheduler
+        .add(vec![1], SamplingParams { stop_token_ids: vec![7, 9], ..SamplingParams::greedy(10) })
+        .unwrap();
+    let mut finished = BTreeMap::new();
+    while !scheduler.is_finished() {
+        let batch = scheduler.schedule();
+        let sampled = vec![7; batch.num_samples()]; // EOS every time
+        for seq in scheduler.postprocess(&batch, &sampled).unwrap() {
+            finished.insert(seq.id, (seq.completion().len(), seq.stop_reason.clone()));
+        }
+    }
+    // Two tokens first, then the third (EOS) stops it.
+    assert_eq!(finished[&held], (3, None));
+    // A stop token that is also EOS is reported as the stop token it is.
+    assert_eq!(finished[&stop_token], (1, Some(nanovllm_scheduler::StopReason::Token(7))));
+}
+
+#[test]
+fn finish_ends_a_running_or_waiting_sequence_and_frees_its_blocks() {
+    let mut scheduler = Scheduler::new(SchedulerConfig::new(8, 4, 64)).unwrap();
+    let running = scheduler.add(vec![1, 2, 3, 4, 5], SamplingParams::greedy(10)).unwrap();
+    let batch = scheduler.schedule();
+    scheduler.postprocess(&batch, &[3]).unwrap();
+    let waiting = scheduler.add(vec![6], SamplingParams::greedy(10)).unwrap();
+    let stop = nanovllm_scheduler::StopReason::Text("end".into());
+    let seq = scheduler.finish(running, FinishReason::Stop, Some(stop.clone())).unwrap();
+    assert_eq!((seq.finish_reason, seq.stop_reason), (Some(FinishReason::Stop), Some(stop)));
+    assert_eq!(scheduler.finish(waiting, FinishReason::Abort, None).unwrap().completion(), [0u32; 0]);
+    assert!(scheduler.finish(waiting, FinishReason::Abort, None).is_none(), "already gone");
+    assert!(scheduler.is_finished());
+    assert_eq!(scheduler.block_manager().num_free_blocks(), 8);
 }
 
 proptest! {
