@@ -8,6 +8,7 @@ near the 128 that 16 warps per SM allow, shows here before any device time is sp
 
     scripts/kernel-registers.py                      # the shipped configurations
     scripts/kernel-registers.py THREADS=256 MIN_BLOCKS=2   # extra defines override them
+    scripts/kernel-registers.py model                # the model's kernels (norms, RoPE, sampling)
 """
 import ctypes
 import os
@@ -68,8 +69,18 @@ def report(ptxas, ptx, label):
         print(f"{label:44} {kernel:28} {registers:>3} registers, spills {stores}/{loads} bytes")
 
 
+def model_kernels(lib_dir, ptxas):
+    """nanovllm-qwen3's kernels for Qwen3-0.6B's shape, as the engine compiles them."""
+    headers = ["kv-quant/src/int8_kv.cuh", "model-qwen3/src/cuda/model.cu"]
+    body = "\n".join((ROOT / f).read_text() for f in headers)
+    source = "#define HEAD_DIM 128\n#define HIDDEN 1024\n" + body
+    report(ptxas, compile_ptx(lib_dir, "qwen3", source), "Qwen3-0.6B shape")
+
+
 def main():
     lib_dir, ptxas = toolkit()
+    if sys.argv[1:] == ["model"]:
+        return model_kernels(lib_dir, ptxas)
     headers = ["cuda/src/dependent_launch.cuh", "kv-quant/src/int8_kv.cuh", "kv-cache/src/cuda/layout.cuh", "kv-cache/src/cuda/mma.cuh"]
     body = "\n".join((ROOT / f).read_text() for f in headers + ["kv-cache/src/cuda/decode_attention.cu"])
     extra = dict(arg.split("=", 1) for arg in sys.argv[1:])

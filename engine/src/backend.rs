@@ -103,8 +103,9 @@ pub(crate) enum Backend {
 impl Backend {
     /// Run the batch and sample one token for each input that asks for logits, with its sampler
     /// (`samplers` in the same order; `positions` are the positions of the tokens to sample).
-    /// On a GPU, when no sampler needs the logits on the host (truncation, penalties,
-    /// log-probabilities), the GPU draws and only token ids come back.
+    /// On a GPU, when no sampler needs the logits on the host (penalties, log-probabilities; on
+    /// several GPUs truncation too), the GPU draws, truncating for top_k, top_p and min_p, and
+    /// only token ids come back.
     pub(crate) fn forward_and_sample(
         &mut self,
         model: &Qwen3Model,
@@ -114,17 +115,10 @@ impl Backend {
     ) -> Result<Vec<Sampled>, ModelError> {
         #[cfg(feature = "cuda")]
         if let Backend::Cuda(gpu) = self
-            && !samplers.iter().any(|s| s.needs_logits())
+            && !samplers.iter().any(|s| s.needs_logits() || (s.truncates() && gpu.world() > 1))
         {
-            let specs: Vec<_> = samplers
-                .iter()
-                .zip(positions)
-                .map(|(s, &pos)| nanovllm_qwen3::cuda::GpuSample {
-                    temperature: s.temperature(),
-                    seed: s.seed(),
-                    step: pos as u64,
-                })
-                .collect();
+            let specs: Vec<_> =
+                samplers.iter().zip(positions).map(|(s, &pos)| s.gpu_sample(pos as u64)).collect();
             let tokens = gpu.forward_sampled(inputs, &specs)?;
             return Ok(samplers
                 .iter_mut()

@@ -83,14 +83,28 @@ impl Sampler {
         self.seed
     }
 
-    /// Whether the next draw needs the logits on the host: anything beyond a draw from
-    /// softmax(logits / T), which the GPU makes (truncation, penalties, log-probabilities, or stop
+    /// Whether the next draw needs the logits on the host: anything beyond a draw from the
+    /// truncated softmax(logits / T), which one GPU makes (penalties, log-probabilities, or stop
     /// tokens held off by `min_tokens`).
     pub fn needs_logits(&self) -> bool {
+        self.params.penalizes() || self.params.logprobs.is_some() || self.holds_stops()
+    }
+
+    /// Whether the draw keeps only part of the distribution (`top_k`, `top_p`, `min_p`).
+    pub fn truncates(&self) -> bool {
         self.params.truncates()
-            || self.params.penalizes()
-            || self.params.logprobs.is_some()
-            || self.holds_stops()
+    }
+
+    /// This draw as the GPU makes it: the token at `step` (its position) of this request.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn gpu_sample(&self, step: u64) -> nanovllm_qwen3::cuda::GpuSample {
+        let p = &self.params;
+        nanovllm_qwen3::cuda::GpuSample {
+            top_k: p.top_k.map_or(0, |k| k.min(u32::MAX as usize) as u32),
+            top_p: p.top_p,
+            min_p: p.min_p,
+            ..nanovllm_qwen3::cuda::GpuSample::new(self.temperature(), self.seed, step)
+        }
     }
 
     /// Whether stop tokens may not be drawn yet.

@@ -8,6 +8,7 @@
 
 mod common;
 mod kjv_reference;
+mod sampling_reference;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -127,6 +128,112 @@ fn the_engine_tensor_parallel_over_two_gpus_writes_hfs_greedy_text_until_a_close
                 "{world} GPU(s) {dtype}: differs from HF"
             );
             assert!(needed.iter().sum::<usize>() >= 100, "too few comparable tokens to mean anything");
+        }
+    }
+}
+
+/// The GPU's truncated sampling (min_p, top_k, top_p) against the exact distribution the CPU
+/// sampler follows: 6,400 draws per setting from one row of logits (16 sequences a step, each its
+/// own seed), within the distribution tests' bound, never a token outside the kept set, and the
+/// same seed twice the same token. Vocabularies of 300 (the candidates' fast path) and 5,000
+/// with a flat top (top_p alone over more tokens than the fast path gathers: the bisection path).
+/// Kept sets of more than 64 tokens are compared in ten buckets of a tenth of the mass each, most
+/// likely first, so that a nucleus cut too early or too late moves a bucket's share.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_truncated_sampling_follows_the_exact_distribution() {
+    use nanovllm_kv_cache::BlockManager;
+    use nanovllm_qwen3::cuda::{GpuLimits, GpuQwen3, GpuSample};
+    use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
+    let _turn = turn();
+    let gpu = nanovllm_cuda::Gpu::open().unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
+    for (vocab, scale) in [(300, 0.1f32), (5000, 0.02)] {
+        let config = Qwen3Config::from_json_str(&format!(
+            r#"{{"model_type": "qwen3", "hidden_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "num_key_value_heads": 1, "head_dim": 64, "intermediate_size": 256, "vocab_size": {vocab},
+                "max_position_embeddings": 256, "tie_word_embeddings": true}}"#
+        ))
+        .unwrap();
+        let model = Qwen3Model::random(config, 5, scale);
+        const ROWS: usize = 16;
+        let limits = GpuLimits { max_tokens: 256, max_seqs: ROWS, max_model_len: 256, cuda_graphs: false };
+        let mut gpu_model = GpuQwen3::new(&gpu, &model, CacheDtype::Bf16, 16, limits).unwrap();
+        gpu_model.allocate_cache(ROWS).unwrap();
+        let mut blocks = BlockManager::new(ROWS, 16).unwrap();
+        let prompt = [5u32, 9, 2, 7];
+        let tables: Vec<_> = (0..ROWS).map(|_| blocks.allocate(&prompt).unwrap().0).collect();
+        let inputs: Vec<SeqInput<'_>> = tables
+            .iter()
+            .map(|t| SeqInput { tokens: &prompt, start: 0, block_table: t, logits: true })
+            .collect();
+        let logits = gpu_model.forward(&inputs[..1]).unwrap().pop().unwrap();
+        let cases: Vec<(u32, f32, f32, f32)> = if vocab == 300 {
+            vec![
+                (20, 1.0, 0.0, 0.6),
+                (5, 0.8, 0.0, 1.0),
+                (0, 0.7, 0.0, 1.0),
+                (0, 1.0, 0.05, 0.8),
+                (50, 0.9, 0.02, 1.3),
+            ]
+        } else {
+            vec![(0, 0.9, 0.0, 1.0), (20, 0.95, 0.0, 0.6)]
+        };
+        for (top_k, top_p, min_p, temperature) in cases {
+            let params = SamplingParams {
+                temperature,
+                top_k: (top_k > 0).then_some(top_k as usize),
+                top_p,
+                min_p,
+                ..SamplingParams::default()
+            };
+            let expected = sampling_reference::exact(&logits, &params);
+            let mut counts = vec![0usize; vocab];
+            let mut draws = 0;
+            for round in 0..400u64 {
+                let samples: Vec<GpuSample> = (0..ROWS as u64)
+                    .map(|i| GpuSample {
+                        top_k,
+                        top_p,
+                        min_p,
+                        ..GpuSample::new(temperature, round * 64 + i, 4)
+                    })
+                    .collect();
+                for token in gpu_model.forward_sampled(&inputs, &samples).unwrap() {
+                    assert!(
+                        expected[token as usize] > 0.0,
+                        "{params:?}: drew token {token}, outside the kept set"
+                    );
+                    counts[token as usize] += 1;
+                    draws += 1;
+                }
+            }
+            let seen: Vec<f64> = counts.iter().map(|&c| c as f64 / draws as f64).collect();
+            let kept = expected.iter().filter(|&&p| p > 0.0).count();
+            let (expected, seen, bound) = if kept <= 64 {
+                // 6,400 draws: about 0.5 sqrt(kept / draws) of noise.
+                (expected, seen, sampling_reference::BOUND.max(0.6 * (kept as f64 / draws as f64).sqrt()))
+            } else {
+                let mut order: Vec<usize> = (0..vocab).filter(|&i| expected[i] > 0.0).collect();
+                order.sort_by(|&a, &b| expected[b].total_cmp(&expected[a]));
+                let (mut e, mut o, mut before) = (vec![0.0; 10], vec![0.0; 10], 0.0);
+                for i in order {
+                    let bucket = ((before * 10.0) as usize).min(9);
+                    e[bucket] += expected[i];
+                    o[bucket] += seen[i];
+                    before += expected[i];
+                }
+                (e, o, 0.04)
+            };
+            let tv = sampling_reference::total_variation(&expected, &seen);
+            eprintln!(
+                "vocab {vocab}, T {temperature}, top_k {top_k}, top_p {top_p}, min_p {min_p}: {kept} tokens kept, total variation {tv:.4} over {draws} draws"
+            );
+            assert!(tv < bound, "vocab {vocab}, {params:?}: total variation {tv:.4} (bound {bound:.4})");
+            let spec = [GpuSample { top_k, top_p, min_p, ..GpuSample::new(temperature, 77, 4) }];
+            assert_eq!(
+                gpu_model.forward_sampled(&inputs[..1], &spec).unwrap(),
+                gpu_model.forward_sampled(&inputs[..1], &spec).unwrap()
+            );
         }
     }
 }

@@ -3,49 +3,13 @@
 //! many or too few, of at least 5% of the mass) fails. The reference sorts the whole vocabulary,
 //! as the sampler never does.
 
+mod sampling_reference;
+
 use nanovllm::{Sampler, SamplingParams, log_softmax};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use sampling_reference::{BOUND, exact, total_variation};
 
 const DRAWS: usize = 20_000;
-/// The total variation between 20,000 draws and their distribution stays under about 0.015 over
-/// a dozen tokens; a token of 5% misplaced moves it by 0.05 or more.
-const BOUND: f64 = 0.03;
-
-/// softmax(logits / T), then min_p, top_k and top_p in vLLM's order, each over what is left, ties
-/// with the last token kept kept too; renormalized.
-fn exact(logits: &[f32], p: &SamplingParams) -> Vec<f64> {
-    let t = p.temperature as f64;
-    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
-    let weights: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max) / t).exp()).collect();
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    let mut kept: Vec<usize> = order.iter().copied().filter(|&i| weights[i] >= p.min_p as f64).collect();
-    if let Some(k) = p.top_k.filter(|&k| k < kept.len()) {
-        let kth = logits[kept[k - 1]];
-        kept.retain(|&i| logits[i] >= kth);
-    }
-    if p.top_p < 1.0 {
-        let total: f64 = kept.iter().map(|&i| weights[i]).sum();
-        let mut cumulative = 0.0;
-        let mut last = None;
-        for &i in &kept {
-            cumulative += weights[i] / total;
-            if cumulative >= p.top_p as f64 {
-                last = Some(logits[i]);
-                break;
-            }
-        }
-        if let Some(last) = last {
-            kept.retain(|&i| logits[i] >= last);
-        }
-    }
-    let total: f64 = kept.iter().map(|&i| weights[i]).sum();
-    let mut probs = vec![0.0; logits.len()];
-    for i in kept {
-        probs[i] = weights[i] / total;
-    }
-    probs
-}
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 fn frequencies(logits: &[f32], p: &SamplingParams, seed: u64) -> Vec<f64> {
     let mut sampler = Sampler::new(&SamplingParams { seed: Some(seed), ..p.clone() }, &[], Vec::new(), 0);
@@ -54,10 +18,6 @@ fn frequencies(logits: &[f32], p: &SamplingParams, seed: u64) -> Vec<f64> {
         counts[sampler.sample(logits).token as usize] += 1;
     }
     counts.into_iter().map(|c| c as f64 / DRAWS as f64).collect()
-}
-
-fn total_variation(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / 2.0
 }
 
 fn params(temperature: f32, top_k: Option<usize>, top_p: f32, min_p: f32) -> SamplingParams {

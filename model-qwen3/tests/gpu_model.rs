@@ -231,8 +231,7 @@ fn sampling_follows_the_softmax(gpu: &Gpu, vocab: usize) {
     let (table, _) = blocks.allocate(&prompt).unwrap();
     let input = [SeqInput { tokens: &prompt, start: 0, block_table: &table, logits: true }];
     let logits = gpu_model.forward(&input).unwrap().pop().unwrap();
-    let greedy =
-        gpu_model.forward_sampled(&input, &[GpuSample { temperature: 0.0, seed: 1, step: 4 }]).unwrap();
+    let greedy = gpu_model.forward_sampled(&input, &[GpuSample::new(0.0, 1, 4)]).unwrap();
     assert_eq!(greedy, [argmax(&logits)]);
 
     // A temperature at which the top token has about half the mass, so the count is informative.
@@ -252,7 +251,7 @@ fn sampling_follows_the_softmax(gpu: &Gpu, vocab: usize) {
     let draws = 400;
     let hits = (0..draws)
         .filter(|&seed| {
-            let spec = GpuSample { temperature, seed, step: 4 };
+            let spec = GpuSample::new(temperature, seed, 4);
             gpu_model.forward_sampled(&input, &[spec]).unwrap()[0] == top
         })
         .count();
@@ -261,7 +260,7 @@ fn sampling_follows_the_softmax(gpu: &Gpu, vocab: usize) {
     eprintln!("vocab {vocab}: top token probability {p:.3}, sampled {freq:.3} over {draws} seeds");
     assert!((freq - p).abs() <= 4.0 * sigma + 0.01, "sampled {freq}, softmax {p}");
     // The same seed and step give the same token.
-    let spec = GpuSample { temperature: 1.0, seed: 77, step: 4 };
+    let spec = GpuSample::new(1.0, 77, 4);
     assert_eq!(
         gpu_model.forward_sampled(&input, &[spec]).unwrap(),
         gpu_model.forward_sampled(&input, &[spec]).unwrap()
@@ -405,8 +404,7 @@ fn tensor_parallel_over_two_gpus_matches_one_gpu() {
                 .map(|(p, table)| SeqInput { tokens: p, start: 0, block_table: table, logits: true })
                 .collect();
             let logits = two.forward(&inputs).unwrap();
-            let greedy: Vec<_> =
-                (0..inputs.len()).map(|i| GpuSample { temperature: 0.0, seed: 3, step: i as u64 }).collect();
+            let greedy: Vec<_> = (0..inputs.len()).map(|i| GpuSample::new(0.0, 3, i as u64)).collect();
             let picked = two.forward_sampled(&inputs, &greedy).unwrap();
             let expected: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
             assert_eq!(picked, expected, "{name} {dtype}: greedy across ranks is not the argmax");

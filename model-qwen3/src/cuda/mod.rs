@@ -125,7 +125,8 @@ impl Activations {
 }
 
 /// How to sample one sequence's next token on the GPU: temperature (0: greedy), the request's
-/// seed, and a per-token counter (its position), which together fix the noise.
+/// seed, and a per-token counter (its position), which together fix the noise; and the
+/// truncation (`min_p`, `top_k`, `top_p`, as the engine's CPU sampler applies them).
 #[derive(Debug, Clone, Copy)]
 pub struct GpuSample {
     /// Softmax temperature; 0 takes the most likely token.
@@ -134,6 +135,24 @@ pub struct GpuSample {
     pub seed: u64,
     /// A counter unique to this token of the request (its position).
     pub step: u64,
+    /// Keep the `top_k` most likely tokens (0: all).
+    pub top_k: u32,
+    /// Keep the most likely tokens up to this probability (1: all).
+    pub top_p: f32,
+    /// Keep tokens at least `min_p` times as likely as the most likely one (0: all).
+    pub min_p: f32,
+}
+
+impl GpuSample {
+    /// A draw from softmax(logits / temperature), nothing truncated.
+    pub fn new(temperature: f32, seed: u64, step: u64) -> Self {
+        GpuSample { temperature, seed, step, top_k: 0, top_p: 1.0, min_p: 0.0 }
+    }
+
+    /// Whether the draw keeps only part of the distribution.
+    pub fn truncates(&self) -> bool {
+        self.temperature > 0.0 && (self.top_k > 0 || self.top_p < 1.0 || self.min_p > 0.0)
+    }
 }
 
 /// A Qwen3 model (or one rank's shard of it), its paged KV cache and the buffers of its steps on
@@ -322,10 +341,18 @@ impl GpuQwen3 {
         let (ops, inputs, act) = (&self.ops, &self.inputs, &mut self.act);
         let (temperatures, seeds, steps) = (inputs.temperatures(), inputs.seeds(), inputs.steps());
         match &mut self.ranks {
-            None => ops.sample(&act.logits, temperatures, seeds, steps, &mut act.sampled, None, rows)?,
+            None => {
+                let truncation = samples.iter().any(GpuSample::truncates).then(|| inputs.truncation());
+                ops.sample(&act.logits, temperatures, seeds, steps, &mut act.sampled, None, truncation, rows)?
+            }
+            Some(_) if samples.iter().any(GpuSample::truncates) => {
+                return Err(GpuError::Unsupported(
+                    "top_k, top_p or min_p across tensor-parallel ranks (each holds a slice of the vocabulary): sample those rows from the logits".into(),
+                ));
+            }
             Some(ranks) => {
                 let (ids, values) = (&mut ranks.candidate_ids, &mut ranks.candidate_values);
-                ops.sample(&act.logits, temperatures, seeds, steps, ids, Some(values), rows)?;
+                ops.sample(&act.logits, temperatures, seeds, steps, ids, Some(values), None, rows)?;
                 ranks.gather_candidates(rows)?;
                 let world = ranks.nccl.world();
                 ops.pick_best_shard(

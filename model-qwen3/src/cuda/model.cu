@@ -149,53 +149,287 @@ __device__ __forceinline__ bool better(float v, int id, float best, int best_id)
     return v > best || (v == best && id < best_id);
 }
 
-extern "C" __global__ void sample_tokens(const float* __restrict__ logits, const float* __restrict__ temperatures,
-                                         const unsigned long long* __restrict__ seeds,
-                                         const unsigned long long* __restrict__ steps, int* __restrict__ out,
-                                         float* __restrict__ best_values, int vocab_start, int vocab_rows) {
-    __shared__ float s_value[32];
-    __shared__ int s_index[32];
-    const int row = blockIdx.x;
-    const float t = temperatures[row], inverse_t = t > 0.0f ? 1.0f / t : 0.0f;
-    const unsigned long long key = mix64(seeds[row] ^ mix64(steps[row] + 0x9e3779b97f4a7c15ull));
-    const unsigned int key_lo = (unsigned int)key, key_hi = (unsigned int)(key >> 32);
-    const float* l = logits + (long long)row * vocab_rows;
-    float best = KV_NEG_INF;
-    int best_i = 0x7fffffff;
-    auto consider = [&](float v, int local) {
-        const int i = vocab_start + local;
+// The row's Gumbel score of token i (global id) with logit v: v / T plus the noise keyed by the
+// row's (seed, step) and i; greedy when T = 0.
+struct GumbelRow {
+    float t, inverse_t;
+    unsigned int key_lo, key_hi;
+    __device__ GumbelRow(float temperature, unsigned long long seed, unsigned long long step) {
+        t = temperature;
+        inverse_t = t > 0.0f ? 1.0f / t : 0.0f;
+        const unsigned long long key = mix64(seed ^ mix64(step + 0x9e3779b97f4a7c15ull));
+        key_lo = (unsigned int)key;
+        key_hi = (unsigned int)(key >> 32);
+    }
+    __device__ __forceinline__ float score(float v, int i) const {
         if (t > 0.0f) {
             const unsigned int bits = fmix32(fmix32((unsigned int)i ^ key_lo) + key_hi);
             const float u = ((float)(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);  // (0, 1)
             v = v * inverse_t - __logf(-logf(u));  // -logf(u) >= 2^-25 > 0
         }
-        if (better(v, i, best, best_i)) { best = v; best_i = i; }
-    };
-    if (vocab_rows % 4 == 0) {
-        // Rows 16-byte aligned: four logits per load and two loads in flight per thread, so that
-        // a block per row keeps enough bytes in flight to stream the logits.
-        const float4* l4 = (const float4*)l;
-        #pragma unroll 2
-        for (int q = threadIdx.x; q < vocab_rows / 4; q += blockDim.x) {
-            const float4 v = l4[q];
-            consider(v.x, 4 * q);
-            consider(v.y, 4 * q + 1);
-            consider(v.z, 4 * q + 2);
-            consider(v.w, 4 * q + 3);
-        }
-    } else {
-        for (int local = threadIdx.x; local < vocab_rows; local += blockDim.x) consider(l[local], local);
+        return v;
     }
+};
+
+// The block's best (score, id) of each thread's, ties to the lower id, in thread 0.
+__device__ void block_best(float& best, int& best_i, float* s_value, int* s_index) {
     for (int offset = 16; offset > 0; offset >>= 1) {
         const float ov = __shfl_xor_sync(0xffffffffu, best, offset);
         const int oi = __shfl_xor_sync(0xffffffffu, best_i, offset);
         if (better(ov, oi, best, best_i)) { best = ov; best_i = oi; }
     }
+    __syncthreads();
     if ((threadIdx.x & 31) == 0) { s_value[threadIdx.x / 32] = best; s_index[threadIdx.x / 32] = best_i; }
     __syncthreads();
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == 0)
         for (int w = 1; w < (blockDim.x + 31) / 32; ++w)
             if (better(s_value[w], s_index[w], best, best_i)) { best = s_value[w]; best_i = s_index[w]; }
+}
+
+// Sums of each thread's value over the block, in a fixed order (so a row's result never varies
+// from run to run), returned to every thread.
+template <typename T>
+__device__ T block_sum(T v, T* scratch) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x / 32] = v;
+    __syncthreads();
+    T total = 0;
+    for (int w = 0; w < (blockDim.x + 31) / 32; ++w) total += scratch[w];
+    return total;
+}
+
+__device__ float block_max(float v, float* scratch) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x / 32] = v;
+    __syncthreads();
+    float m = scratch[0];
+    for (int w = 1; w < (blockDim.x + 31) / 32; ++w) m = fmaxf(m, scratch[w]);
+    return m;
+}
+
+// Calls f(logit, local index) for every logit of the row, four per load where rows are 16-byte
+// aligned (two loads in flight per thread), so that one block per row streams the logits.
+template <typename F>
+__device__ __forceinline__ void for_each_logit(const float* l, int vocab_rows, F f) {
+    if (vocab_rows % 4 == 0) {
+        const float4* l4 = (const float4*)l;
+        #pragma unroll 2
+        for (int q = threadIdx.x; q < vocab_rows / 4; q += blockDim.x) {
+            const float4 v = l4[q];
+            f(v.x, 4 * q); f(v.y, 4 * q + 1); f(v.z, 4 * q + 2); f(v.w, 4 * q + 3);
+        }
+    } else {
+        for (int local = threadIdx.x; local < vocab_rows; local += blockDim.x) f(l[local], local);
+    }
+}
+
+// Truncated sampling (min_p, top_k, top_p: the engine's order and tie rule, ties with the last
+// token kept kept too). The kept tokens are those at or above a logit threshold; the Gumbel-max
+// draw among them is a draw from the renormalized distribution. Finding the threshold reads the row
+// three times: its maximum; the count and weight exp((v - max) / T) of the tokens within 2^j / 8
+// of T below the maximum, for 12 levels j at once; then the tokens of the narrowest level that
+// holds the answer are gathered (at most SAMPLE_CANDIDATES), sorted in shared memory, and the
+// threshold and the draw are taken from them. When no level is narrow enough (a long top_k, or a
+// flat distribution's nucleus), the threshold is found by bisection over the logits' order and
+// the draw scans the row.
+#define SAMPLE_CANDIDATES 2048
+#define SAMPLE_LEVELS 12
+
+// Logits as unsigned keys in the same order (for the bisection).
+__device__ __forceinline__ unsigned int order_key(float v) {
+    const unsigned int u = __float_as_uint(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float key_value(unsigned int k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// The largest threshold key x with at least `k` tokens (count) or `target` weight (weight) at or
+// above it, among tokens at or above `floor_key`: 32 steps of bisection, one pass each.
+__device__ unsigned int bisect_key(const float* l, int vocab_rows, unsigned int floor_key, bool by_weight,
+                                   unsigned int k, float target, float m, float inverse_t, float* fscratch,
+                                   unsigned int* uscratch) {
+    unsigned int lo = floor_key, hi = 0xffffffffu;  // the answer is in [lo, hi]
+    while (lo < hi) {
+        const unsigned int mid = lo + (unsigned int)(((unsigned long long)hi - lo + 1) / 2);
+        unsigned int count = 0;
+        float weight = 0.0f;
+        for_each_logit(l, vocab_rows, [&](float v, int) {
+            if (order_key(v) >= mid) { ++count; weight += __expf((v - m) * inverse_t); }
+        });
+        const bool enough = by_weight ? block_sum(weight, fscratch) >= target : block_sum(count, uscratch) >= k;
+        if (enough) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+__device__ void sample_truncated(const float* l, int vocab_rows, int vocab_start, const GumbelRow& g, int top_k,
+                                 float top_p, float log_min_p, int* out_row) {
+    __shared__ float s_cand_v[SAMPLE_CANDIDATES];
+    __shared__ int s_cand_i[SAMPLE_CANDIDATES];
+    __shared__ float s_fscratch[32];
+    __shared__ unsigned int s_uscratch[32];
+    __shared__ float s_value[32];
+    __shared__ int s_index[32];
+    __shared__ unsigned int s_count;
+    __shared__ float s_threshold;
+    const float t = g.t, inverse_t = g.inverse_t;
+    float m = KV_NEG_INF;
+    for_each_logit(l, vocab_rows, [&](float v, int) { m = fmaxf(m, v); });
+    m = block_max(m, s_fscratch);
+    // min_p keeps logits >= max + T ln(min_p), computed as the engine's CPU sampler does.
+    const float floor = log_min_p > KV_NEG_INF ? __fadd_rn(m, __fmul_rn(t, log_min_p)) : KV_NEG_INF;
+    float cut[SAMPLE_LEVELS];
+    unsigned int count[SAMPLE_LEVELS + 1];
+    float weight[SAMPLE_LEVELS + 1];
+    #pragma unroll
+    for (int j = 0; j < SAMPLE_LEVELS; ++j) {
+        cut[j] = fmaxf(__fsub_rn(m, t * (0.125f * (float)(1 << j))), floor);
+        count[j] = 0;
+        weight[j] = 0.0f;
+    }
+    count[SAMPLE_LEVELS] = 0;
+    weight[SAMPLE_LEVELS] = 0.0f;
+    for_each_logit(l, vocab_rows, [&](float v, int) {
+        if (v < floor || v == KV_NEG_INF) return;
+        const float w = __expf((v - m) * inverse_t);
+        #pragma unroll
+        for (int j = 0; j < SAMPLE_LEVELS; ++j)
+            if (v >= cut[j]) { ++count[j]; weight[j] += w; }
+        ++count[SAMPLE_LEVELS];
+        weight[SAMPLE_LEVELS] += w;
+    });
+    const unsigned int kept_all = block_sum(count[SAMPLE_LEVELS], s_uscratch);
+    const float weight_all = block_sum(weight[SAMPLE_LEVELS], s_fscratch);
+    const unsigned int k = top_k > 0 && (unsigned int)top_k < kept_all ? (unsigned int)top_k : 0;
+    // The narrowest level that holds every token the truncation can keep: the top k, or (top_p
+    // alone) weight past the nucleus's, with room for the sums' rounding.
+    int level = -1;
+    #pragma unroll
+    for (int j = 0; j < SAMPLE_LEVELS; ++j) {
+        const unsigned int c = block_sum(count[j], s_uscratch);
+        const float w = block_sum(weight[j], s_fscratch);
+        const bool holds = k > 0 ? c >= k : (top_p < 1.0f ? w >= top_p * weight_all * 1.001f : c == kept_all);
+        if (level < 0 && holds && c <= SAMPLE_CANDIDATES) level = j;
+    }
+    float best = KV_NEG_INF;
+    int best_i = 0x7fffffff;
+    if (level >= 0) {
+        // Gather, sort (largest logit first, ties to the lower id), cut, draw.
+        float lcut = cut[0];
+        #pragma unroll
+        for (int j = 0; j < SAMPLE_LEVELS; ++j) if (j == level) lcut = cut[j];
+        if (threadIdx.x == 0) s_count = 0;
+        for (int c = threadIdx.x; c < SAMPLE_CANDIDATES; c += blockDim.x) { s_cand_v[c] = KV_NEG_INF; s_cand_i[c] = 0x7fffffff; }
+        __syncthreads();
+        for_each_logit(l, vocab_rows, [&](float v, int local) {
+            if (v >= lcut && v >= floor && v > KV_NEG_INF) {
+                const unsigned int at = atomicAdd(&s_count, 1u);
+                if (at < SAMPLE_CANDIDATES) { s_cand_v[at] = v; s_cand_i[at] = vocab_start + local; }
+            }
+        });
+        __syncthreads();
+        for (int size = 2; size <= SAMPLE_CANDIDATES; size <<= 1)
+            for (int stride = size >> 1; stride > 0; stride >>= 1) {
+                for (int a = threadIdx.x; a < SAMPLE_CANDIDATES; a += blockDim.x) {
+                    const int b = a ^ stride;
+                    if (b > a) {
+                        const bool descending = (a & size) == 0;
+                        const bool a_first = better(s_cand_v[a], s_cand_i[a], s_cand_v[b], s_cand_i[b]);
+                        if (a_first != descending) {
+                            const float tv = s_cand_v[a]; s_cand_v[a] = s_cand_v[b]; s_cand_v[b] = tv;
+                            const int ti = s_cand_i[a]; s_cand_i[a] = s_cand_i[b]; s_cand_i[b] = ti;
+                        }
+                    }
+                }
+                __syncthreads();
+            }
+        if (threadIdx.x == 0) {
+            const unsigned int n = min(s_count, (unsigned int)SAMPLE_CANDIDATES);
+            float threshold = floor;
+            if (k > 0 && k <= n) threshold = fmaxf(threshold, s_cand_v[k - 1]);
+            if (top_p < 1.0f) {
+                double total = 0.0;
+                if (k > 0) {
+                    for (unsigned int c = 0; c < n && s_cand_v[c] >= threshold; ++c) total += __expf((s_cand_v[c] - m) * inverse_t);
+                } else {
+                    total = weight_all;
+                }
+                double cumulative = 0.0;
+                for (unsigned int c = 0; c < n && s_cand_v[c] >= threshold; ++c) {
+                    cumulative += __expf((s_cand_v[c] - m) * inverse_t);
+                    if (cumulative >= (double)top_p * total) { threshold = s_cand_v[c]; break; }
+                }
+            }
+            s_threshold = threshold;
+        }
+        __syncthreads();
+        const float threshold = s_threshold;
+        for (int c = threadIdx.x; c < SAMPLE_CANDIDATES; c += blockDim.x) {
+            const float v = s_cand_v[c];
+            if (v >= threshold && v > KV_NEG_INF) {
+                const float score = g.score(v, s_cand_i[c]);
+                if (better(score, s_cand_i[c], best, best_i)) { best = score; best_i = s_cand_i[c]; }
+            }
+        }
+    } else {
+        // Bisection for the threshold, then a draw over the whole row.
+        unsigned int floor_key = order_key(floor);
+        if (k > 0) floor_key = bisect_key(l, vocab_rows, floor_key, false, k, 0.0f, m, inverse_t, s_fscratch, s_uscratch);
+        if (top_p < 1.0f) {
+            float total = weight_all;
+            if (k > 0) {
+                float w = 0.0f;
+                for_each_logit(l, vocab_rows, [&](float v, int) { if (order_key(v) >= floor_key) w += __expf((v - m) * inverse_t); });
+                total = block_sum(w, s_fscratch);
+            }
+            floor_key = bisect_key(l, vocab_rows, floor_key, true, 0, top_p * total, m, inverse_t, s_fscratch, s_uscratch);
+        }
+        const float threshold = key_value(floor_key);
+        for_each_logit(l, vocab_rows, [&](float v, int local) {
+            if (v >= threshold && v > KV_NEG_INF) {
+                const int i = vocab_start + local;
+                const float score = g.score(v, i);
+                if (better(score, i, best, best_i)) { best = score; best_i = i; }
+            }
+        });
+    }
+    block_best(best, best_i, s_value, s_index);
+    if (threadIdx.x == 0) *out_row = best_i;
+}
+
+// top_ks, top_ps and log_min_ps may be null (no truncation); a row truncates when its top_k > 0,
+// top_p < 1 or log_min_p > -inf, at a temperature above 0 (one GPU only: the ranks of a
+// tensor-parallel group hold slices of the vocabulary, and the engine truncates on the host).
+extern "C" __global__ void __launch_bounds__(1024) sample_tokens(const float* __restrict__ logits, const float* __restrict__ temperatures,
+                                         const unsigned long long* __restrict__ seeds,
+                                         const unsigned long long* __restrict__ steps, int* __restrict__ out,
+                                         float* __restrict__ best_values, int vocab_start, int vocab_rows,
+                                         const int* __restrict__ top_ks, const float* __restrict__ top_ps,
+                                         const float* __restrict__ log_min_ps) {
+    __shared__ float s_value[32];
+    __shared__ int s_index[32];
+    const int row = blockIdx.x;
+    const GumbelRow g(temperatures[row], seeds[row], steps[row]);
+    const float* l = logits + (long long)row * vocab_rows;
+    const int top_k = top_ks ? top_ks[row] : 0;
+    const float top_p = top_ps ? top_ps[row] : 1.0f;
+    const float log_min_p = log_min_ps ? log_min_ps[row] : KV_NEG_INF;
+    if (g.t > 0.0f && (top_k > 0 || top_p < 1.0f || log_min_p > KV_NEG_INF)) {
+        sample_truncated(l, vocab_rows, vocab_start, g, top_k, top_p, log_min_p, out + row);
+        return;
+    }
+    float best = KV_NEG_INF;
+    int best_i = 0x7fffffff;
+    for_each_logit(l, vocab_rows, [&](float v, int local) {
+        const int i = vocab_start + local;
+        const float score = g.score(v, i);
+        if (better(score, i, best, best_i)) { best = score; best_i = i; }
+    });
+    block_best(best, best_i, s_value, s_index);
+    if (threadIdx.x == 0) {
         out[row] = best_i;
         if (best_values) best_values[row] = best;
     }

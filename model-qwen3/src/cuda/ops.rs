@@ -13,6 +13,7 @@ use nanovllm_cuda::cudarc::driver::{
 use nanovllm_cuda::{Gpu, GpuError};
 use nanovllm_kv_quant::INT8_KV_CUH;
 
+use super::step::Truncation;
 use crate::Qwen3Config;
 
 const MODEL_CU: &str = include_str!("model.cu");
@@ -222,7 +223,9 @@ impl Ops {
     }
 
     /// One token per logit row (Gumbel-max with the row's temperature, seed and step), among this
-    /// rank's token ids; `best_values`, when given, receives each token's score.
+    /// rank's token ids, kept to each row's `truncation` when given (one GPU only: a rank's slice
+    /// of the vocabulary cannot rank its tokens against the others'); `best_values`, when given,
+    /// receives each token's score.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn sample(
         &self,
@@ -232,6 +235,7 @@ impl Ops {
         steps: &CudaSlice<u64>,
         out: &mut CudaSlice<i32>,
         best_values: Option<&mut CudaSlice<f32>>,
+        truncation: Option<Truncation<'_>>,
         rows: usize,
     ) -> Result<(), GpuError> {
         let (start, vocab) = (self.vocab.start as i32, self.vocab.len() as i32);
@@ -243,6 +247,10 @@ impl Ops {
             None => launch.arg(&null),
         };
         launch.arg(&start).arg(&vocab);
+        match &truncation {
+            Some(t) => launch.arg(t.top_ks).arg(t.top_ps).arg(t.log_min_ps),
+            None => launch.arg(&null).arg(&null).arg(&null),
+        };
         launch_blocks(&mut launch, (rows, 1), 1024)
     }
 

@@ -198,6 +198,9 @@ pub(super) struct StagedInputs {
     temperatures: Staged<f32>,
     seeds: Staged<u64>,
     steps: Staged<u64>,
+    top_ks: Staged<i32>,
+    top_ps: Staged<f32>,
+    log_min_ps: Staged<f32>,
 }
 
 impl StagedInputs {
@@ -217,6 +220,9 @@ impl StagedInputs {
             temperatures: Staged::new(gpu, seqs)?,
             seeds: Staged::new(gpu, seqs)?,
             steps: Staged::new(gpu, seqs)?,
+            top_ks: Staged::new(gpu, seqs)?,
+            top_ps: Staged::new(gpu, seqs)?,
+            log_min_ps: Staged::new(gpu, seqs)?,
         })
     }
 
@@ -242,7 +248,7 @@ impl StagedInputs {
         samples: &[GpuSample],
         rows: usize,
     ) -> Result<(), GpuError> {
-        let pad = GpuSample { temperature: 0.0, seed: 0, step: 0 };
+        let pad = GpuSample::new(0.0, 0, 0);
         let padded = || samples.iter().copied().chain(std::iter::repeat(pad)).take(rows.max(samples.len()));
         let temperatures: Vec<f32> = padded().map(|s| s.temperature).collect();
         let seeds: Vec<u64> = padded().map(|s| s.seed).collect();
@@ -251,6 +257,16 @@ impl StagedInputs {
         self.temperatures.upload(stream, &temperatures, "sampled sequences")?;
         self.seeds.upload(stream, &seeds, "sampled sequences")?;
         self.steps.upload(stream, &steps, "sampled sequences")?;
+        if samples.iter().any(GpuSample::truncates) {
+            // ln(min_p) on the host, as the CPU sampler computes it, so both keep the same tokens.
+            let log_min_p = |p: f32| if p > 0.0 { p.ln() } else { f32::NEG_INFINITY };
+            let top_ks: Vec<i32> = padded().map(|s| s.top_k.min(i32::MAX as u32) as i32).collect();
+            let top_ps: Vec<f32> = padded().map(|s| s.top_p).collect();
+            let log_min_ps: Vec<f32> = padded().map(|s| log_min_p(s.min_p)).collect();
+            self.top_ks.upload(stream, &top_ks, "sampled sequences")?;
+            self.top_ps.upload(stream, &top_ps, "sampled sequences")?;
+            self.log_min_ps.upload(stream, &log_min_ps, "sampled sequences")?;
+        }
         Ok(self.copied.record(stream)?)
     }
 
@@ -287,6 +303,22 @@ impl StagedInputs {
     pub(super) fn steps(&self) -> &CudaSlice<u64> {
         &self.steps.device
     }
+    /// Each row's top_k, top_p and ln(min_p), as [`StagedInputs::upload_samples`] left them.
+    pub(super) fn truncation(&self) -> Truncation<'_> {
+        Truncation {
+            top_ks: &self.top_ks.device,
+            top_ps: &self.top_ps.device,
+            log_min_ps: &self.log_min_ps.device,
+        }
+    }
+}
+
+/// The truncation of each sampled row on the device: top_k (0: all), top_p, ln(min_p).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Truncation<'a> {
+    pub(super) top_ks: &'a CudaSlice<i32>,
+    pub(super) top_ps: &'a CudaSlice<f32>,
+    pub(super) log_min_ps: &'a CudaSlice<f32>,
 }
 
 /// The sizes a queued forward pass runs with; its inputs are in [`StagedInputs`].
