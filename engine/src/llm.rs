@@ -410,13 +410,12 @@ impl LLM {
         let sampled = self.backend.forward_and_sample(&self.model, &inputs, &mut samplers, &positions);
         self.requests.extend(sampling.iter().map(|s| s.id).zip(states));
         let sampled = sampled?;
-        let tokens: Vec<(SeqId, u32)> =
-            sampling.iter().map(|s| s.id).zip(sampled.iter().map(|s| s.token)).collect();
         let ids: Vec<u32> = sampled.iter().map(|s| s.token).collect();
+        let tokens: Vec<(SeqId, u32)> = sampling.iter().map(|s| s.id).zip(ids.iter().copied()).collect();
         let mut finished = self.scheduler.postprocess(&batch, &ids)?;
-        for (&(id, token), drawn) in tokens.iter().zip(sampled) {
-            let finished_seq = finished.iter_mut().find(|seq| seq.id == id);
-            if let Some(stopped) = self.observe(id, token, drawn, finished_seq)? {
+        for (item, drawn) in sampling.iter().zip(sampled) {
+            let finished_seq = finished.iter_mut().find(|seq| seq.id == item.id);
+            if let Some(stopped) = self.observe(item.id, drawn, finished_seq)? {
                 finished.push(stopped);
             }
         }
@@ -486,10 +485,10 @@ impl LLM {
     fn observe(
         &mut self,
         id: SeqId,
-        token: u32,
         drawn: Sampled,
         finished: Option<&mut Sequence>,
     ) -> Result<Option<Sequence>, EngineError> {
+        let token = drawn.token;
         let tokenizer = self.tokenizer.as_ref();
         let state = self.requests.get_mut(&id).expect("every live request has its state");
         if let (Some(all), Some(logprobs)) = (&mut state.logprobs, drawn.logprobs) {

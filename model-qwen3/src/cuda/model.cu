@@ -14,12 +14,15 @@ extern "C" __global__ void embedding(const int* __restrict__ ids, const bf16_t* 
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) x[t * hidden + i] = here ? bf16_to_float(row[i]) : 0.0f;
 }
 
-__device__ float block_sum(float v, float* scratch) {
+// Sums of each thread's value over the block, in a fixed order (so a row's result never varies
+// from run to run), returned to every thread.
+template <typename T>
+__device__ T block_sum(T v, T* scratch) {
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
     __syncthreads();
     if ((threadIdx.x & 31) == 0) scratch[threadIdx.x / 32] = v;
     __syncthreads();
-    float total = 0.0f;
+    T total = 0;
     for (int w = 0; w < (blockDim.x + 31) / 32; ++w) total += scratch[w];
     return total;
 }
@@ -184,19 +187,6 @@ __device__ void block_best(float& best, int& best_i, float* s_value, int* s_inde
     if (threadIdx.x == 0)
         for (int w = 1; w < (blockDim.x + 31) / 32; ++w)
             if (better(s_value[w], s_index[w], best, best_i)) { best = s_value[w]; best_i = s_index[w]; }
-}
-
-// Sums of each thread's value over the block, in a fixed order (so a row's result never varies
-// from run to run), returned to every thread.
-template <typename T>
-__device__ T block_sum(T v, T* scratch) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x / 32] = v;
-    __syncthreads();
-    T total = 0;
-    for (int w = 0; w < (blockDim.x + 31) / 32; ++w) total += scratch[w];
-    return total;
 }
 
 __device__ float block_max(float v, float* scratch) {
