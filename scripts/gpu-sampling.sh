@@ -6,13 +6,13 @@
 # with every penalty and logprobs=5 (logits to the host). Build here first:
 #   cargo build --release -p nanovllm-cli --features cuda
 # and copy target/release/nanovllm-cli there. Results: $OUT/sampling.log and one JSON line per run
-# in $OUT/sampling.jsonl (or ./gpu-out).
+# in $OUT/sampling.jsonl (or ./gpu-out). SETTINGS="temperature model" picks the settings, DTYPES the dtypes.
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 status=0
 for dtype in ${DTYPES:-bf16 int8}; do
-  for setting in temperature model penalties; do
+  for setting in ${SETTINGS:-temperature model penalties}; do
     case $setting in
       temperature) flags="" ;;
       model) flags="--sampling model" ;;
