@@ -1,7 +1,7 @@
 //! The whole engine on the GPU (`--features cuda`), both cache dtypes, against HF transformers'
 //! greedy continuations, in a batch that exercises prefix-cache hits, chunked prefill, preemption
 //! and decode replayed from CUDA graphs; and the engine split over two GPUs (tensor parallelism)
-//! against HF on the trained KJV model. `#[ignore]`d: on a machine with a GPU,
+//! against HF on the trained KJV model. ignored by default: on a machine with a GPU,
 //! `cargo test --release -p nanovllm --features cuda --test gpu_engine -- --ignored` (`--skip
 //! two_gpus` on one GPU), or the test binary it builds, run with `--ignored`.
 #![cfg(feature = "cuda")]

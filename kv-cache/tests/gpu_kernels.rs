@@ -1,5 +1,5 @@
 //! The CUDA store and attention kernels (decode and prefill) against the CPU reference, on fresh random inputs
-//! each run, with outputs poisoned first. `#[ignore]`d: on a machine with a GPU,
+//! each run, with outputs poisoned first. ignored by default: on a machine with a GPU,
 //! `cargo test --release -p nanovllm-kv-cache --features cuda --test gpu_kernels -- --ignored`
 //! (or the test binary it builds, run with `--ignored`).
 #![cfg(feature = "cuda")]
@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-/// The GPU; these tests are `#[ignore]`d, and one run with `--ignored` where there is no GPU
+/// The GPU; these tests are ignored by default, and one run with `--ignored` where there is no GPU
 /// fails rather than passes.
 fn gpu() -> Gpu {
     Gpu::open().unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"))
