@@ -3,7 +3,7 @@
 //! steps (replayed from CUDA graphs, from the first step after capture); decode in graphs against
 //! eager decode; the GPU's reproducibility and batch invariance; and the model split over two GPUs
 //! (tensor parallelism, NCCL) against the same model on one.
-//! `#[ignore]`d, so that a run without a GPU lists them rather than passing them: on a machine
+//! Ignored by default, so that a run without a GPU lists them rather than passing them: on a machine
 //! with a GPU, `cargo test --release -p nanovllm-qwen3 --features cuda --test gpu_model -- --ignored`
 //! (`--skip two_gpus` on one GPU), or the test binary it builds, run with `--ignored`.
 #![cfg(feature = "cuda")]
@@ -30,7 +30,7 @@ fn turn() -> MutexGuard<'static, ()> {
 }
 
 /// The GPU, and this test's turn on it.
-/// These tests are `#[ignore]`d; one run with `--ignored` where there is no GPU fails rather than
+/// These tests are ignored by default; one run with `--ignored` where there is no GPU fails rather than
 /// passes.
 fn gpu() -> (Gpu, MutexGuard<'static, ()>) {
     let turn = turn();
