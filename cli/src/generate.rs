@@ -90,16 +90,20 @@ fn with_template(llm: &LLM, text: String, args: &GenerateArgs) -> anyhow::Result
     Ok(Prompt::Text(if args.chat { llm.chat_prompt(&text, !args.no_thinking)? } else { text }))
 }
 
-/// One prompt, its tokens printed as they are generated.
+/// One prompt, its tokens printed as they are generated. With stop strings, the text that could
+/// still turn out to begin one is held back, so that what is printed ends where the engine cut
+/// the completion (vLLM's streaming does the same).
 fn stream_one(
     llm: &mut LLM,
     prompt: &str,
     args: &GenerateArgs,
     params: SamplingParams,
 ) -> anyhow::Result<ExitCode> {
+    let hold_back = params.stop.iter().map(String::len).max().map_or(0, |longest| longest - 1);
     let prompt = with_template(llm, prompt.to_owned(), args)?;
     let id = llm.add_request(prompt, params)?;
     let mut decoder = StreamDecoder::default();
+    let (mut text, mut printed) = (String::new(), 0);
     let mut stdout = std::io::stdout().lock();
     while !llm.is_finished() {
         if crate::interrupted() {
@@ -107,16 +111,30 @@ fn stream_one(
             writeln!(stdout)?;
             return Err(nanovllm::EngineError::Interrupted.into());
         }
-        for (seq, token) in llm.step()?.tokens {
-            if seq != id {
-                continue;
-            }
+        let step = llm.step()?;
+        for &(_, token) in step.tokens.iter().filter(|(seq, _)| *seq == id) {
             match llm.tokenizer() {
-                Some(tokenizer) => write!(stdout, "{}", decoder.push(tokenizer, token)?)?,
+                Some(tokenizer) => text.push_str(&decoder.push(tokenizer, token)?),
                 None => write!(stdout, "{token} ")?,
             }
-            stdout.flush()?;
         }
+        let done = step.finished.iter().find(|c| c.id == id);
+        // The final text is the engine's (cut at a stop string); before it, all but the tail.
+        let shown = match done.and_then(|c| c.text.as_deref()) {
+            Some(final_text) => final_text,
+            None => {
+                let mut end = text.len().saturating_sub(hold_back);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                &text[..end]
+            }
+        };
+        if shown.len() > printed && shown.is_char_boundary(printed) {
+            write!(stdout, "{}", &shown[printed..])?;
+            printed = shown.len();
+        }
+        stdout.flush()?;
     }
     writeln!(stdout)?;
     Ok(ExitCode::SUCCESS)

@@ -363,4 +363,24 @@ fn json_output_carries_the_stop_reason_and_logprobs() {
     assert_eq!(stopped[0]["stop_reason"], word);
     assert_eq!(stopped[0]["text"].as_str().unwrap(), &text[..text.find(word).unwrap()]);
     assert!(stopped[0]["logprobs"].is_null());
+    // Streamed, the printed text ends where the stop string begins too.
+    let streamed = cli(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "And God said",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "30",
+        "--ignore-eos",
+        "--stop",
+        word,
+    ]);
+    assert!(streamed.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&streamed.stdout).trim_end_matches('\n'),
+        stopped[0]["text"].as_str().unwrap()
+    );
 }
