@@ -365,6 +365,16 @@ impl LLM {
         }
     }
 
+    /// End request `id` now, running or still queued, and free its cache blocks at once: its
+    /// completion so far, with `finish_reason` abort; `None` if it already finished (a front end's
+    /// cancel, or a client that went away).
+    pub fn abort(&mut self, id: SeqId) -> Result<Option<Completion>, EngineError> {
+        match self.scheduler.finish(id, FinishReason::Abort, None) {
+            Some(seq) => self.complete(seq).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Drop every request, running or waiting (for Ctrl-C), releasing their cache blocks.
     pub fn abort_all(&mut self) {
         for id in self.scheduler.abort_all() {

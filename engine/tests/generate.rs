@@ -211,3 +211,34 @@ fn scoring_gives_hf_logits_at_every_prompt_end() {
         assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * scale));
     }
 }
+
+#[test]
+fn an_aborted_request_frees_its_blocks_at_once_and_the_others_finish() {
+    let name = "gqa-tied";
+    let mut llm =
+        LLM::load(&fixture(name), settings(name, CacheDtype::Int8, 512), LoadFormat::Safetensors).unwrap();
+    let cases = hf_greedy(name);
+    let ids: Vec<_> = cases
+        .iter()
+        .take(3)
+        .map(|(prompt, _)| llm.add_request(Prompt::Tokens(prompt.clone()), greedy_ignoring_eos(24)).unwrap())
+        .collect();
+    llm.step().unwrap();
+    llm.step().unwrap();
+    let blocks = llm.scheduler().block_manager();
+    let free_before = blocks.num_free_blocks();
+    let aborted = llm.abort(ids[1]).unwrap().unwrap();
+    assert_eq!(aborted.finish_reason, nanovllm::FinishReason::Abort);
+    assert!(llm.scheduler().block_manager().num_free_blocks() > free_before, "its blocks are free at once");
+    assert!(llm.abort(ids[1]).unwrap().is_none(), "a second abort finds nothing");
+    let mut finished = Vec::new();
+    while !llm.is_finished() {
+        finished.extend(llm.step().unwrap().finished);
+    }
+    assert_eq!(finished.len(), 2);
+    assert!(
+        finished.iter().all(|c| c.finish_reason == nanovllm::FinishReason::Length && c.token_ids.len() == 24)
+    );
+    let blocks = llm.scheduler().block_manager();
+    assert_eq!(blocks.num_free_blocks(), blocks.num_blocks());
+}

@@ -332,6 +332,63 @@ proptest! {
         let constrained = run(config(num_blocks, block_size, budget, max_num_seqs), &requests);
         prop_assert_eq!(constrained.outputs, reference.outputs);
     }
+
+    /// Requests added and aborted (waiting, running, or already finished) at any point: once the
+    /// scheduler is idle every block is free, and the requests not aborted got exactly the tokens
+    /// they get alone.
+    #[test]
+    fn aborts_at_any_point_free_every_block_and_leave_the_others_untouched(
+        seed in any::<u64>(),
+        count in 1usize..16,
+        late in 0usize..16,
+        aborts in proptest::collection::vec((0usize..40, 0usize..16), 0..12),
+        block_size in 1usize..9,
+        extra_blocks in 0usize..10,
+    ) {
+        let requests = workload(seed, count, 40, 20);
+        let reference = unconstrained(&requests);
+        let num_blocks = tightest_blocks(&requests, block_size) + extra_blocks;
+        let mut scheduler = Scheduler::new(config(num_blocks, block_size, 48, 6)).unwrap();
+        let add = |scheduler: &mut Scheduler, r: &Request| {
+            let params = SamplingParams { ignore_eos: r.ignore_eos, ..SamplingParams::greedy(r.max_tokens) };
+            scheduler.add(r.prompt.clone(), params).unwrap()
+        };
+        let late = late.min(count);
+        for r in &requests[..late] {
+            add(&mut scheduler, r);
+        }
+        let mut model = FakeModel::new(&scheduler);
+        let (mut outputs, mut aborted) = (BTreeMap::new(), Vec::new());
+        let mut step = 0;
+        while step <= 3 || !scheduler.is_finished() {
+            if step == 3 {
+                for r in &requests[late..] {
+                    add(&mut scheduler, r);
+                }
+            }
+            for &(_, victim) in aborts.iter().filter(|(at, _)| *at == step) {
+                let id = victim as SeqId;
+                if let Some(seq) = scheduler.finish(id, FinishReason::Abort, None) {
+                    prop_assert_eq!(seq.finish_reason, Some(FinishReason::Abort));
+                    aborted.push(id);
+                }
+            }
+            let batch = scheduler.schedule();
+            let sampled = model.step(&scheduler, &batch);
+            for seq in scheduler.postprocess(&batch, &sampled).unwrap() {
+                outputs.insert(seq.id, seq.completion().to_vec());
+            }
+            step += 1;
+            prop_assert!(step < 10_000, "a request starved");
+        }
+        let blocks = scheduler.block_manager();
+        prop_assert_eq!(blocks.num_free_blocks(), blocks.num_blocks());
+        for (id, expected) in &reference.outputs {
+            if !aborted.contains(id) {
+                prop_assert_eq!(outputs.get(id), Some(expected), "request {}", id);
+            }
+        }
+    }
 }
 
 #[test]
