@@ -62,7 +62,7 @@ impl Hub {
                 Err(ApiError::RequestError(e)) => match *e {
                     ureq::Error::Status(404, _) => Ok(None),
                     ureq::Error::Status(401 | 403, _) => Err(hub_error(format!(
-                        "{file}: access denied; a gated or private model needs HF_TOKEN (or --hf-token)"
+                        "{file}: access denied; a gated or private model needs a Hugging Face token (HF_TOKEN)"
                     ))),
                     ureq::Error::Status(code, _) => {
                         Err(hub_error(format!("{file}: the hub answered {code}")))

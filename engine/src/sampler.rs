@@ -185,7 +185,8 @@ impl Sampler {
         let weight = |l: f32| if l >= threshold { (((l - max) / t) as f64).exp() } else { 0.0 };
         let total: f64 = logits.iter().map(|&l| weight(l)).sum();
         let mut draw = self.rng.random::<f64>() * total;
-        let mut last = argmax(logits);
+        // Rounding may leave a sliver of the draw past the last kept token: it takes that token.
+        let mut last = None;
         for (i, &l) in logits.iter().enumerate() {
             let w = weight(l);
             if w > 0.0 {
@@ -193,10 +194,10 @@ impl Sampler {
                     return i as u32;
                 }
                 draw -= w;
-                last = i as u32;
+                last = Some(i as u32);
             }
         }
-        last
+        last.unwrap_or_else(|| argmax(logits))
     }
 }
 
