@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Run on a machine with a GPU, from the repository root: what sampling costs end to end.
 # nano-vllm's workload (nanovllm-cli bench, Qwen3-0.6B's shape, dummy weights) for each cache
-# dtype under three settings, side by side: nano-vllm's (temperature 0.6), the model's
-# generation_config (temperature 0.6, top-k 20, top-p 0.95: truncation on the GPU), and the model's
-# with every penalty and logprobs=5 (logits to the host). Build here first:
+# dtype under four settings, side by side: greedy, nano-vllm's (temperature 0.6), the model's
+# generation_config (temperature 0.6, top-k 20, top-p 0.95), and the model's with every penalty
+# and logprobs=5; all of them drawn on the GPU. Build here first:
 #   cargo build --release -p nanovllm-cli --features cuda
 # and copy target/release/nanovllm-cli there. Results: $OUT/sampling.log and one JSON line per run
 # in $OUT/sampling.jsonl (or ./gpu-out). SETTINGS="temperature model" picks the settings, DTYPES the dtypes.
@@ -12,8 +12,9 @@ out=${OUT:-gpu-out}
 mkdir -p "$out"
 status=0
 for dtype in ${DTYPES:-bf16 int8}; do
-  for setting in ${SETTINGS:-temperature model penalties}; do
+  for setting in ${SETTINGS:-greedy temperature model penalties}; do
     case $setting in
+      greedy) flags="--temperature 0" ;;
       temperature) flags="" ;;
       model) flags="--sampling model" ;;
       penalties) flags="--sampling model --presence-penalty 0.5 --frequency-penalty 0.5 --repetition-penalty 1.1 --logprobs 5" ;;

@@ -15,7 +15,7 @@ use crate::sampling_args::SamplingArgs;
 pub(crate) struct GenerateArgs {
     #[command(flatten)]
     engine: EngineArgs,
-    /// The prompt (its completion is streamed to stdout).
+    /// The prompt (its completion is streamed to stdout, unless --json or -n asks for more).
     #[arg(long, required_unless_present = "prompts_file", conflicts_with = "prompts_file")]
     prompt: Option<String>,
     /// A file of prompts, one per line: text, or JSON objects with "prompt" or "prompt_token_ids".
@@ -49,7 +49,11 @@ pub(crate) struct GenerateArgs {
     /// Keep the stop string that ended a completion at the end of its text.
     #[arg(long)]
     include_stop_str_in_output: bool,
-    /// With --prompts-file: print one JSON object per prompt instead of text.
+    /// Completions per prompt, each its own draw (vLLM's `n`; sample i draws from seed + i); the
+    /// prompt is computed once.
+    #[arg(short = 'n', long = "n", default_value_t = 1)]
+    n: usize,
+    /// Print one JSON object per completion instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -64,8 +68,14 @@ pub(crate) fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let params = args.sampling(llm.default_sampling());
     params.validate()?;
     match (&args.prompt, &args.prompts_file) {
-        (Some(prompt), _) => stream_one(&mut llm, prompt, &args, params),
-        (None, Some(path)) => generate_batch(&mut llm, read_prompts_file(path)?, &args, &params),
+        (Some(prompt), _) if !args.json && params.n == 1 => stream_one(&mut llm, prompt, &args, params),
+        (Some(prompt), _) => {
+            generate_batch(&mut llm, "--prompt", vec![(1, Prompt::Text(prompt.clone()))], &args, &params)
+        }
+        (None, Some(path)) => {
+            let source = path.display().to_string();
+            generate_batch(&mut llm, &source, read_prompts_file(path)?, &args, &params)
+        }
         (None, None) => unreachable!("clap requires --prompt or --prompts-file"),
     }
 }
@@ -80,6 +90,7 @@ impl GenerateArgs {
             stop: self.stop.clone(),
             stop_token_ids: self.stop_token_ids.clone(),
             include_stop_str_in_output: self.include_stop_str_in_output,
+            n: self.n,
             seed: Some(self.engine.seed),
             ..self.sampling.over(defaults)
         }
@@ -112,7 +123,7 @@ fn stream_one(
             return Err(nanovllm::EngineError::Interrupted.into());
         }
         let step = llm.step()?;
-        for &(_, token) in step.tokens.iter().filter(|(seq, _)| *seq == id) {
+        for token in step.tokens.iter().filter(|t| t.id == id).map(|t| t.token) {
             match llm.tokenizer() {
                 Some(tokenizer) => text.push_str(&decoder.push(tokenizer, token)?),
                 None => write!(stdout, "{token} ")?,
@@ -140,10 +151,12 @@ fn stream_one(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A file of prompts, batched; completions printed in input order. A refused prompt is reported
-/// with its line, the others still run, and the exit code says something was refused.
+/// Prompts (from `source`, each with its line), batched; completions printed in input order, a
+/// prompt's samples in order. A refused prompt is reported with its line, the others still run,
+/// and the exit code says something was refused.
 fn generate_batch(
     llm: &mut LLM,
+    source: &str,
     prompts: Vec<(usize, Prompt)>,
     args: &GenerateArgs,
     params: &SamplingParams,
@@ -158,24 +171,33 @@ fn generate_batch(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let outputs = llm.generate_until(prompts, params, &crate::interrupted)?;
     let mut refused = 0;
-    let path = args.prompts_file.as_ref().expect("batch mode has a prompts file").display();
-    for (line, output) in lines.iter().zip(outputs) {
+    // Each prompt gives one refusal, or its samples from index 0 on.
+    let mut lines = lines.into_iter();
+    let mut line = 0;
+    for output in outputs {
+        if matches!(&output, Err(_) | Ok(Completion { index: 0, .. })) {
+            line = lines.next().expect("one line per prompt");
+        }
+        let sample = match &output {
+            Ok(completion) if params.n > 1 => format!(" (sample {})", completion.index),
+            _ => String::new(),
+        };
         match output {
-            Ok(completion) if args.json => println!("{}", completion_json(*line, &completion)),
+            Ok(completion) if args.json => println!("{}", completion_json(line, &completion)),
             Ok(completion) => match completion.text {
-                Some(text) => println!("--- {path}:{line}\n{text}"),
-                None => println!("--- {path}:{line}\n{:?}", completion.token_ids),
+                Some(text) => println!("--- {source}:{line}{sample}\n{text}"),
+                None => println!("--- {source}:{line}{sample}\n{:?}", completion.token_ids),
             },
             Err(error) => {
                 refused += 1;
-                eprintln!("error: {path}:{line}: {error}");
+                eprintln!("error: {source}:{line}: {error}");
             }
         }
     }
     Ok(if refused == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// A completion as one JSON line: vLLM's field names where it has them (`finish_reason`,
+/// A completion as one JSON line: vLLM's field names where it has them (`index`, `finish_reason`,
 /// `stop_reason`: the stop token id or string, null for EOS or length; `logprobs`: per token, its
 /// log-probability and the most likely tokens').
 fn completion_json(line: usize, completion: &Completion) -> serde_json::Value {
@@ -192,6 +214,7 @@ fn completion_json(line: usize, completion: &Completion) -> serde_json::Value {
     });
     serde_json::json!({
         "line": line,
+        "index": completion.index,
         "text": completion.text,
         "token_ids": completion.token_ids,
         "finish_reason": completion.finish_reason.name(),

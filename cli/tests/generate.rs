@@ -384,3 +384,21 @@ fn json_output_carries_the_stop_reason_and_logprobs() {
         stopped[0]["text"].as_str().unwrap()
     );
 }
+
+#[test]
+fn n_samples_of_a_prompt_come_as_json_lines_with_their_index() {
+    let model = repo().join("models/kjv-qwen3").display().to_string();
+    let base =
+        ["generate", "--model", &model, "--prompt", "And God said", "--max-tokens", "8", "--ignore-eos"];
+    let output = cli(&[&base[..], &["--json", "-n", "3", "--temperature", "1"]].concat());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|l| l["index"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(lines.iter().all(|l| l["line"] == 1 && l["token_ids"].as_array().unwrap().len() == 8));
+    // --json alone gives the one completion as JSON; -n 0 is refused before anything loads.
+    let output = cli(&[&base[..], &["--json"]].concat());
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 1);
+    assert_one_line_error(&cli(&[&base[..], &["-n", "0"]].concat()), "n = 0");
+}

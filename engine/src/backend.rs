@@ -7,8 +7,9 @@ use nanovllm_qwen3::{ModelError, Qwen3Model, SeqInput};
 use rayon::prelude::*;
 
 use crate::cache::AnyCache;
-use crate::sampler::Sampled;
 use crate::{EngineConfig, EngineError, Sampler};
+use nanovllm_kv_cache::BlockId;
+use nanovllm_qwen3::Sampled;
 
 /// Why a build without the `cuda` feature cannot use a GPU.
 #[cfg(not(feature = "cuda"))]
@@ -97,15 +98,16 @@ fn gpu_or_reason(choice: DeviceChoice) -> Result<(Device, String), EngineError> 
 pub(crate) enum Backend {
     Cpu(AnyCache),
     #[cfg(feature = "cuda")]
-    Cuda(Box<nanovllm_qwen3::cuda::GpuGroup>),
+    /// The model on its GPUs, and the draws of a step, reused from step to step.
+    Cuda(Box<nanovllm_qwen3::cuda::GpuGroup>, nanovllm_qwen3::cuda::SampleBatch),
 }
 
 impl Backend {
     /// Run the batch and sample one token for each input that asks for logits, with its sampler
     /// (`samplers` in the same order; `positions` are the positions of the tokens to sample).
-    /// On a GPU, when no sampler needs the logits on the host (penalties, log-probabilities; on
-    /// several GPUs truncation too), the GPU draws, truncating for top_k, top_p and min_p, and
-    /// only token ids come back.
+    /// On one GPU every draw happens there (penalties, truncation, log-probabilities) and only
+    /// token ids and the log-probabilities asked for come back; a tensor-parallel group draws
+    /// plain temperature sampling itself and brings the logits to the host for anything more.
     pub(crate) fn forward_and_sample(
         &mut self,
         model: &Qwen3Model,
@@ -114,20 +116,18 @@ impl Backend {
         positions: &[usize],
     ) -> Result<Vec<Sampled>, ModelError> {
         #[cfg(feature = "cuda")]
-        if let Backend::Cuda(gpu) = self
-            && !samplers.iter().any(|s| s.needs_logits() || (s.truncates() && gpu.world() > 1))
+        if let Backend::Cuda(gpu, batch) = self
+            && (gpu.world() == 1 || !samplers.iter().any(|s| s.needs_whole_rows() || s.truncates()))
         {
-            let specs: Vec<_> =
-                samplers.iter().zip(positions).map(|(s, &pos)| s.gpu_sample(pos as u64)).collect();
-            let tokens = gpu.forward_sampled(inputs, &specs)?;
-            return Ok(samplers
-                .iter_mut()
-                .zip(tokens)
-                .map(|(sampler, token)| {
-                    sampler.record(token);
-                    Sampled { token, logprobs: None }
-                })
-                .collect());
+            batch.clear();
+            for (sampler, &pos) in samplers.iter().zip(positions) {
+                batch.push(sampler.gpu_sample(pos as u64), |out| sampler.adjustments(out));
+            }
+            let sampled = gpu.forward_sampled(inputs, batch)?;
+            for (sampler, drawn) in samplers.iter_mut().zip(&sampled) {
+                sampler.record(drawn.token);
+            }
+            return Ok(sampled);
         }
         let logits = self.logits(model, inputs)?;
         debug_assert_eq!(samplers.len(), positions.len());
@@ -135,12 +135,29 @@ impl Backend {
         Ok(samplers.par_iter_mut().zip(&logits).map(|(sampler, logits)| sampler.sample(logits)).collect())
     }
 
+    /// Copy each (from, to) block of the KV cache: the partly filled blocks of forked sequences.
+    pub(crate) fn copy_blocks(&mut self, copies: &[(BlockId, BlockId)]) -> Result<(), EngineError> {
+        if copies.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Backend::Cpu(cache) => {
+                for &(from, to) in copies {
+                    cache.copy_block(from as usize, to as usize)?;
+                }
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(gpu, _) => gpu.copy_blocks(copies).map_err(ModelError::from)?,
+        }
+        Ok(())
+    }
+
     /// What the backend adds to the cache's log line: the decode graphs on a GPU.
     pub(crate) fn describe(&self) -> String {
         match self {
             Backend::Cpu(_) => String::new(),
             #[cfg(feature = "cuda")]
-            Backend::Cuda(gpu) => {
+            Backend::Cuda(gpu, _) => {
                 let graphs = match gpu.decode_graphs() {
                     0 => "; CUDA graphs off".to_owned(),
                     graphs => format!("; decode in CUDA graphs for {graphs} batch sizes"),
@@ -162,7 +179,7 @@ impl Backend {
         match self {
             Backend::Cpu(cache) => cache.forward(model, inputs),
             #[cfg(feature = "cuda")]
-            Backend::Cuda(gpu) => gpu.forward(inputs),
+            Backend::Cuda(gpu, _) => gpu.forward(inputs),
         }
     }
 }
@@ -244,7 +261,7 @@ fn cuda_backend(
     gpu_model
         .allocate_cache(num_blocks)
         .map_err(out_of_memory(format!("{:.1} GiB of KV cache", gib(budget))))?;
-    Ok((Backend::Cuda(Box::new(gpu_model)), num_blocks))
+    Ok((Backend::Cuda(Box::new(gpu_model), Default::default()), num_blocks))
 }
 
 /// Refuse a tensor-parallel size the model cannot be split into, or the machine cannot run.

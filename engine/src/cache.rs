@@ -26,6 +26,17 @@ impl AnyCache {
         })
     }
 
+    /// Copy block `from` into block `to` (a forked sequence's partly filled block).
+    pub(crate) fn copy_block(&mut self, from: usize, to: usize) -> Result<(), EngineError> {
+        match self {
+            AnyCache::Bf16(cache) => cache.copy_block(from, to)?,
+            AnyCache::F16(cache) => cache.copy_block(from, to)?,
+            AnyCache::Int8(cache) => cache.copy_block(from, to)?,
+            AnyCache::F32(cache) => cache.copy_block(from, to)?,
+        }
+        Ok(())
+    }
+
     pub(crate) fn forward(
         &mut self,
         model: &Qwen3Model,

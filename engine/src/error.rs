@@ -92,9 +92,9 @@ impl From<ScheduleError> for EngineError {
     /// length, or the engine's own settings.
     fn from(error: ScheduleError) -> Self {
         match error {
-            ScheduleError::InvalidSampling { .. } | ScheduleError::EmptyPrompt => {
-                EngineError::InvalidRequest(error)
-            }
+            ScheduleError::InvalidSampling { .. }
+            | ScheduleError::EmptyPrompt
+            | ScheduleError::TooManySamples { .. } => EngineError::InvalidRequest(error),
             ScheduleError::TooLong { .. } | ScheduleError::NeverFits { .. } => {
                 EngineError::ContextLength(error)
             }

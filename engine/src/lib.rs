@@ -45,12 +45,14 @@ pub use chat::{ChatTemplate, Message};
 pub use config::EngineConfig;
 pub use error::EngineError;
 pub use hub::{Hub, resolve_model};
-pub use llm::{Completion, EngineStats, LLM, LoadFormat, Prompt, StepOutput};
+pub use llm::{Completion, EngineStats, LLM, LoadFormat, Prompt, StepOutput, StepToken};
 pub use nanovllm_kv_quant::{CacheDtype, UnknownCacheDtype};
-pub use nanovllm_qwen3::{GenerationConfig, Qwen3Config, argmax, log_softmax};
-pub use nanovllm_scheduler::{
-    FinishReason, MAX_LOGPROBS, SamplingParams, ScheduleError, ScheduleStats, SchedulerConfig, StopReason,
-    replay,
+pub use nanovllm_qwen3::{
+    GenerationConfig, LogitAdjustment, Qwen3Config, Sampled, TokenLogprobs, argmax, log_softmax,
 };
-pub use sampler::{Sampled, Sampler, TokenLogprobs};
+pub use nanovllm_scheduler::{
+    FinishReason, MAX_LOGPROBS, Phase, SamplingParams, ScheduleError, ScheduleStats, SchedulerConfig,
+    StopReason, replay,
+};
+pub use sampler::Sampler;
 pub use tokenizer::{StreamDecoder, Tokenizer};

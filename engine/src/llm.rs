@@ -7,17 +7,17 @@ use std::time::Instant;
 use nanovllm_kv_cache::BlockManager;
 use nanovllm_qwen3::{GenerationConfig, Qwen3Model, SeqInput};
 use nanovllm_scheduler::{
-    FinishReason, Phase, SamplingParams, ScheduleError, ScheduleStats, ScheduledSeq, Scheduler,
-    SchedulerConfig, SeqId, Sequence, StopReason,
+    FinishReason, Phase, SamplingParams, ScheduleStats, ScheduledSeq, Scheduler, SchedulerConfig, SeqId,
+    Sequence, StopReason,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::backend::{Backend, build_backend};
 use crate::config::gib;
 use crate::progress::Progress;
-use crate::sampler::{Sampled, TokenLogprobs};
 use crate::stop::StopStrings;
 use crate::{ChatTemplate, EngineConfig, EngineError, Message, Sampler, Tokenizer};
+use nanovllm_qwen3::{Sampled, TokenLogprobs};
 
 /// Where the weights come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -83,11 +83,13 @@ impl From<Vec<u32>> for Prompt {
     }
 }
 
-/// A finished request.
+/// A finished request, or one of its `n` samples.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
-    /// The request's id, as `add_request` returned it.
+    /// The request's id, as `add_request` returned it (the same for all its samples).
     pub id: SeqId,
+    /// Which of the request's `n` samples this is (0 to n - 1; vLLM's `index`).
+    pub index: usize,
     /// The prompt's tokens.
     pub prompt_token_ids: Vec<u32>,
     /// The generated tokens (a final EOS or stop token included).
@@ -102,14 +104,30 @@ pub struct Completion {
     pub logprobs: Option<Vec<TokenLogprobs>>,
 }
 
-/// What the engine keeps for a request while it runs, besides its sequence.
-#[derive(Debug)]
+/// What the engine keeps for a sequence while it runs (a request, or one of its samples).
+#[derive(Debug, Clone)]
 struct RequestState {
+    /// The request it belongs to, and which of its samples it is.
+    request: SeqId,
+    index: usize,
+    /// The samples still to be forked from it at the end of its prefill (indices 1 to n - 1).
+    siblings: Vec<RequestState>,
     sampler: Sampler,
     /// Its stop strings and decoded text, if it has stop strings.
     stop: Option<StopStrings>,
     /// The log-probabilities of its tokens so far, if it asked for them.
     logprobs: Option<Vec<TokenLogprobs>>,
+}
+
+/// A token one of a request's samples got in a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepToken {
+    /// The request.
+    pub id: SeqId,
+    /// Which of its samples.
+    pub index: usize,
+    /// The token.
+    pub token: u32,
 }
 
 /// What one step did.
@@ -119,8 +137,8 @@ pub struct StepOutput {
     pub phase: Option<Phase>,
     /// Tokens the model computed.
     pub num_tokens: usize,
-    /// The token each sampling sequence got, in batch order.
-    pub tokens: Vec<(SeqId, u32)>,
+    /// The tokens drawn, in batch order.
+    pub tokens: Vec<StepToken>,
     /// Requests that finished in this step.
     pub finished: Vec<Completion>,
 }
@@ -296,13 +314,6 @@ impl LLM {
             },
         };
         self.check_token_ids(&ids)?;
-        if params.n > 1 {
-            return Err(EngineError::InvalidRequest(ScheduleError::InvalidSampling {
-                field: "n",
-                value: params.n.to_string(),
-                expected: "1 (several samples of one prompt are not implemented yet)",
-            }));
-        }
         if !params.stop.is_empty() && self.tokenizer.is_none() {
             return Err(EngineError::NoTokenizer("the model directory (stop strings need one)".into()));
         }
@@ -313,8 +324,14 @@ impl LLM {
             StopStrings::new(params.stop.clone(), params.include_stop_str_in_output, params.min_tokens)
         });
         let logprobs = params.logprobs.map(|_| Vec::new());
+        let n = params.n;
         let id = self.scheduler.add(ids, params)?;
-        self.requests.insert(id, RequestState { sampler, stop, logprobs });
+        let state = RequestState { request: id, index: 0, siblings: Vec::new(), sampler, stop, logprobs };
+        // Sample i draws from seed + i (vLLM's rule for a request's samples).
+        let siblings = (1..n)
+            .map(|index| RequestState { index, sampler: state.sampler.sibling(index), ..state.clone() })
+            .collect();
+        self.requests.insert(id, RequestState { siblings, ..state });
         Ok(id)
     }
 
@@ -345,7 +362,7 @@ impl LLM {
                     tokens: &tokens[pos..pos + 1],
                     start: pos,
                     block_table: &table,
-                    logits: true,
+                    logits: 1,
                 })
                 .collect();
             logits.extend(self.backend.logits(&self.model, &inputs)?);
@@ -365,14 +382,27 @@ impl LLM {
         }
     }
 
-    /// End request `id` now, running or still queued, and free its cache blocks at once: its
-    /// completion so far, with `finish_reason` abort; `None` if it already finished (a front end's
-    /// cancel, or a client that went away).
-    pub fn abort(&mut self, id: SeqId) -> Result<Option<Completion>, EngineError> {
-        match self.scheduler.finish(id, FinishReason::Abort, None) {
-            Some(seq) => self.complete(seq).map(Some),
-            None => Ok(None),
+    /// End request `id` now, running or still queued, every sample of it, and free their cache
+    /// blocks at once: the completions of the samples not finished yet, with `finish_reason`
+    /// abort (none if all had finished: a front end's cancel, or a client that went away).
+    pub fn abort(&mut self, id: SeqId) -> Result<Vec<Completion>, EngineError> {
+        let live: Vec<SeqId> =
+            self.requests.iter().filter(|(_, state)| state.request == id).map(|(&seq, _)| seq).collect();
+        let mut aborted = Vec::new();
+        for seq_id in live {
+            if let Some(seq) = self.scheduler.finish(seq_id, FinishReason::Abort, None) {
+                let siblings = self.requests.get_mut(&seq_id).map(|s| std::mem::take(&mut s.siblings));
+                for sibling in siblings.unwrap_or_default() {
+                    // Never forked: an empty sample of the same prompt.
+                    let mut unforked = seq.clone();
+                    unforked.token_ids.truncate(seq.prompt_len);
+                    aborted.push(self.completion(unforked, sibling)?);
+                }
+                aborted.push(self.complete(seq)?);
+            }
         }
+        aborted.sort_by_key(|c| c.index);
+        Ok(aborted)
     }
 
     /// Drop every request, running or waiting (for Ctrl-C), releasing their cache blocks.
@@ -409,23 +439,51 @@ impl LLM {
                 }
             })
             .collect();
-        let sampling: Vec<&ScheduledSeq> = batch.seqs.iter().filter(|s| s.samples).collect();
-        // The sampling requests' states leave the map while the backend holds their samplers.
-        let mut states: Vec<RequestState> = sampling
-            .iter()
-            .map(|s| self.requests.remove(&s.id).expect("every live request has its state"))
-            .collect();
+        let sampling: Vec<&ScheduledSeq> = batch.seqs.iter().filter(|s| s.samples > 0).collect();
+        // The sampling sequences' states leave the map while the backend holds their samplers; a
+        // sequence that forks draws for its siblings too, from the same logits.
+        let mut states: Vec<RequestState> = Vec::with_capacity(batch.num_samples());
+        let mut positions = Vec::with_capacity(batch.num_samples());
+        for item in &sampling {
+            let mut state = self.requests.remove(&item.id).expect("every live request has its state");
+            let siblings = std::mem::take(&mut state.siblings);
+            debug_assert_eq!(siblings.len() + 1, item.samples);
+            states.push(state);
+            states.extend(siblings);
+            positions.extend(std::iter::repeat_n(item.start + item.num_tokens, item.samples));
+        }
         let mut samplers: Vec<&mut Sampler> = states.iter_mut().map(|state| &mut state.sampler).collect();
-        let positions: Vec<usize> = sampling.iter().map(|s| s.start + s.num_tokens).collect();
         let sampled = self.backend.forward_and_sample(&self.model, &inputs, &mut samplers, &positions);
-        self.requests.extend(sampling.iter().map(|s| s.id).zip(states));
-        let sampled = sampled?;
+        let sampled = match sampled {
+            Ok(sampled) => sampled,
+            Err(e) => {
+                self.restore(&sampling, states);
+                return Err(e.into());
+            }
+        };
         let ids: Vec<u32> = sampled.iter().map(|s| s.token).collect();
-        let tokens: Vec<(SeqId, u32)> = sampling.iter().map(|s| s.id).zip(ids.iter().copied()).collect();
         let mut finished = self.scheduler.postprocess(&batch, &ids)?;
-        for (item, drawn) in sampling.iter().zip(sampled) {
-            let finished_seq = finished.iter_mut().find(|seq| seq.id == item.id);
-            if let Some(stopped) = self.observe(item.id, drawn, finished_seq)? {
+        // Each draw's sequence: the scheduled one, then its forks in order.
+        let mut forks = self.scheduler.forks().iter();
+        let mut seq_ids: Vec<SeqId> = Vec::with_capacity(ids.len());
+        for item in &sampling {
+            seq_ids.push(item.id);
+            seq_ids.extend(forks.by_ref().take(item.samples - 1).map(|f| f.child));
+        }
+        let copies: Vec<_> = self.scheduler.forks().iter().filter_map(|f| f.copy).collect();
+        self.backend.copy_blocks(&copies)?;
+        self.requests.extend(seq_ids.iter().copied().zip(states));
+        let tokens = seq_ids
+            .iter()
+            .zip(&ids)
+            .map(|(seq, &token)| {
+                let state = &self.requests[seq];
+                StepToken { id: state.request, index: state.index, token }
+            })
+            .collect();
+        for (&seq_id, drawn) in seq_ids.iter().zip(sampled) {
+            let finished_seq = finished.iter_mut().find(|seq| seq.id == seq_id);
+            if let Some(stopped) = self.observe(seq_id, drawn, finished_seq)? {
                 finished.push(stopped);
             }
         }
@@ -440,8 +498,9 @@ impl LLM {
         Ok(StepOutput { phase: Some(batch.phase), num_tokens: batch.num_tokens(), tokens, finished })
     }
 
-    /// Run `prompts` to completion and return, in input order, each completion or the reason its
-    /// request was refused (the others still run).
+    /// Run `prompts` to completion and return, in input order, each prompt's completions (`n` of
+    /// them, in sample order; one when `n` is 1) or the reason its request was refused (one entry;
+    /// the others still run).
     pub fn generate(
         &mut self,
         prompts: Vec<Prompt>,
@@ -459,17 +518,19 @@ impl LLM {
         interrupted: &dyn Fn() -> bool,
     ) -> Result<Vec<Result<Completion, EngineError>>, EngineError> {
         let mut results: Vec<Option<Result<Completion, EngineError>>> = Vec::new();
-        let mut index_of = HashMap::new();
-        for (index, prompt) in prompts.into_iter().enumerate() {
+        let mut slot_of = HashMap::new();
+        for prompt in prompts {
             match self.add_request(prompt, params.clone()) {
                 Ok(id) => {
-                    index_of.insert(id, index);
-                    results.push(None);
+                    for index in 0..params.n {
+                        slot_of.insert((id, index), results.len());
+                        results.push(None);
+                    }
                 }
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        let mut progress = Progress::new(index_of.len(), self.config.progress);
+        let mut progress = Progress::new(slot_of.len(), self.config.progress);
         while !self.is_finished() {
             if interrupted() {
                 self.abort_all();
@@ -480,8 +541,8 @@ impl LLM {
             let output = self.step()?;
             progress.step(output.phase, output.num_tokens, output.finished.len(), started.elapsed());
             for completion in output.finished {
-                let index = index_of[&completion.id];
-                results[index] = Some(Ok(completion));
+                let slot = slot_of[&(completion.id, completion.index)];
+                results[slot] = Some(Ok(completion));
             }
         }
         progress.finish();
@@ -519,13 +580,18 @@ impl LLM {
 
     fn complete(&mut self, seq: Sequence) -> Result<Completion, EngineError> {
         let state = self.requests.remove(&seq.id).expect("every live request has its state");
+        self.completion(seq, state)
+    }
+
+    fn completion(&self, seq: Sequence, state: RequestState) -> Result<Completion, EngineError> {
         let text = match (&self.tokenizer, &state.stop) {
             (Some(_), Some(stop)) => Some(stop.text().to_owned()),
             (Some(tokenizer), None) => Some(tokenizer.decode(seq.completion())?),
             (None, _) => None,
         };
         Ok(Completion {
-            id: seq.id,
+            id: state.request,
+            index: state.index,
             prompt_token_ids: seq.prompt().to_vec(),
             token_ids: seq.completion().to_vec(),
             text,
@@ -533,5 +599,16 @@ impl LLM {
             stop_reason: seq.stop_reason,
             logprobs: state.logprobs,
         })
+    }
+
+    /// Put back the states taken out for a step that failed: each sequence's own, its unforked
+    /// siblings' with it.
+    fn restore(&mut self, sampling: &[&ScheduledSeq], states: Vec<RequestState>) {
+        let mut states = states.into_iter();
+        for item in sampling {
+            let mut state = states.next().expect("one state per sampling sequence and sibling");
+            state.siblings = states.by_ref().take(item.samples - 1).collect();
+            self.requests.insert(item.id, state);
+        }
     }
 }

@@ -4,33 +4,11 @@
 //! order, so the same seed and logits give the same token.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use nanovllm_qwen3::argmax;
+use nanovllm_qwen3::{LogitAdjustment, Sampled, TokenLogprobs, argmax};
 use nanovllm_scheduler::SamplingParams;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-
-/// A sampled token's log-probability and the most likely tokens', from the model's raw logits
-/// (log-softmax before penalties and temperature: vLLM's default).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenLogprobs {
-    /// The sampled token.
-    pub token: u32,
-    /// Its log-probability.
-    pub logprob: f32,
-    /// The most likely tokens and their log-probabilities, most likely first (ties: lower id
-    /// first); as many as the request asked for.
-    pub top: Vec<(u32, f32)>,
-}
-
-/// What one draw gives.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sampled {
-    /// The token.
-    pub token: u32,
-    /// Its log-probabilities, when the request asked for them.
-    pub logprobs: Option<TokenLogprobs>,
-}
 
 /// One request's sampler. It owns its random generator and its token counts, so a request's
 /// output depends on its seed, its tokens and its logits only, not on its batch.
@@ -39,38 +17,74 @@ pub struct Sampler {
     params: SamplingParams,
     seed: u64,
     rng: StdRng,
-    /// Tokens that end the request (EOS unless ignored, and its stop tokens): not drawn before
-    /// `min_tokens` tokens.
+    /// Tokens that end the request (EOS unless ignored, and its stop tokens), each once: not drawn
+    /// before `min_tokens` tokens.
     stop_tokens: Vec<u32>,
     /// Tokens drawn so far.
     generated: usize,
-    /// The prompt's distinct tokens (for the repetition penalty only).
-    prompt_tokens: HashSet<u32>,
-    /// How often each token was drawn (for the penalties only).
-    output_counts: HashMap<u32, u32>,
+    /// The tokens a penalty applies to (the prompt's for the repetition penalty, and every token
+    /// drawn), each once, in the order first seen; empty when the request has no penalty.
+    penalized: Vec<Penalized>,
+    /// Where each token of `penalized` is.
+    penalized_at: HashMap<u32, usize>,
+}
+
+/// A token a penalty applies to.
+#[derive(Debug, Clone, Copy)]
+struct Penalized {
+    token: u32,
+    /// Times drawn.
+    count: u32,
 }
 
 thread_local! {
-    /// The logits after penalties and masks, reused from draw to draw on each thread.
-    static ADJUSTED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The logits after penalties and masks, and the adjustments, reused from draw to draw on
+    /// each thread.
+    static ADJUSTED: RefCell<(Vec<f32>, Vec<LogitAdjustment>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 impl Sampler {
     /// A sampler for `params` over a request whose prompt is `prompt` and which ends at
     /// `stop_tokens`; seeded from `params.seed`, or from `fallback_seed` when unset.
-    pub fn new(params: &SamplingParams, prompt: &[u32], stop_tokens: Vec<u32>, fallback_seed: u64) -> Self {
-        let seed = params.seed.unwrap_or(fallback_seed);
-        let prompt_tokens =
-            if params.repetition_penalty != 1.0 { prompt.iter().copied().collect() } else { HashSet::new() };
-        Sampler {
+    pub fn new(
+        params: &SamplingParams,
+        prompt: &[u32],
+        mut stop_tokens: Vec<u32>,
+        fallback_seed: u64,
+    ) -> Self {
+        stop_tokens.sort_unstable();
+        stop_tokens.dedup();
+        let mut sampler = Sampler {
             params: params.clone(),
-            seed,
-            rng: StdRng::seed_from_u64(seed),
+            seed: params.seed.unwrap_or(fallback_seed),
+            rng: StdRng::seed_from_u64(params.seed.unwrap_or(fallback_seed)),
             stop_tokens,
             generated: 0,
-            prompt_tokens,
-            output_counts: HashMap::new(),
+            penalized: Vec::new(),
+            penalized_at: HashMap::new(),
+        };
+        if params.repetition_penalty != 1.0 {
+            for &token in prompt {
+                sampler.penalize(token, 0);
+            }
         }
+        sampler
+    }
+
+    /// Count `token` as seen `times` more (0: seen in the prompt).
+    fn penalize(&mut self, token: u32, times: u32) {
+        let at = *self.penalized_at.entry(token).or_insert_with(|| {
+            self.penalized.push(Penalized { token, count: 0 });
+            self.penalized.len() - 1
+        });
+        self.penalized[at].count += times;
+    }
+
+    /// The sampler of sample `index` of the same request (vLLM's `n`), before any draw: its seed
+    /// is this one's plus `index`.
+    pub fn sibling(&self, index: usize) -> Sampler {
+        let seed = self.seed.wrapping_add(index as u64);
+        Sampler { seed, rng: StdRng::seed_from_u64(seed), ..self.clone() }
     }
 
     /// Temperature, 0 for greedy.
@@ -83,10 +97,10 @@ impl Sampler {
         self.seed
     }
 
-    /// Whether the next draw needs the logits on the host: anything beyond a draw from the
-    /// truncated softmax(logits / T), which one GPU makes (penalties, log-probabilities, or stop
-    /// tokens held off by `min_tokens`).
-    pub fn needs_logits(&self) -> bool {
+    /// Whether the next draw goes beyond a draw from the truncated softmax(logits / T): penalties,
+    /// log-probabilities, or stop tokens held off by `min_tokens` (one GPU does these too; a
+    /// tensor-parallel group, whose ranks hold slices of the vocabulary, leaves them to the host).
+    pub fn needs_whole_rows(&self) -> bool {
         self.params.penalizes() || self.params.logprobs.is_some() || self.holds_stops()
     }
 
@@ -103,7 +117,32 @@ impl Sampler {
             top_k: p.top_k.map_or(0, |k| k.min(u32::MAX as usize) as u32),
             top_p: p.top_p,
             min_p: p.min_p,
+            logprobs: p.logprobs.map(|n| n.min(u32::MAX as usize) as u32),
             ..nanovllm_qwen3::cuda::GpuSample::new(self.temperature(), self.seed, step)
+        }
+    }
+
+    /// The next draw's changes to the logits (penalties, and stop tokens masked while
+    /// `min_tokens` holds them off), each token once, appended to `out`.
+    pub fn adjustments(&self, out: &mut Vec<LogitAdjustment>) {
+        let p = &self.params;
+        let first = out.len();
+        out.extend(self.penalized.iter().map(|e| LogitAdjustment {
+            token: e.token,
+            repetition: p.repetition_penalty,
+            subtract: if e.count > 0 {
+                p.frequency_penalty * e.count as f32 + p.presence_penalty
+            } else {
+                0.0
+            },
+        }));
+        if self.holds_stops() {
+            for &token in &self.stop_tokens {
+                match self.penalized_at.get(&token) {
+                    Some(&at) => out[first + at].subtract = f32::INFINITY,
+                    None => out.push(LogitAdjustment { token, repetition: 1.0, subtract: f32::INFINITY }),
+                }
+            }
         }
     }
 
@@ -116,18 +155,24 @@ impl Sampler {
     pub fn record(&mut self, token: u32) {
         self.generated += 1;
         if self.params.penalizes() {
-            *self.output_counts.entry(token).or_default() += 1;
+            self.penalize(token, 1);
         }
     }
 
     /// The next token, and its log-probabilities if the request asked for them.
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
         let logprobs = self.params.logprobs.map(|n| (n, nanovllm_qwen3::log_softmax(logits)));
-        let token = if self.needs_adjusting() {
-            ADJUSTED.with_borrow_mut(|adjusted| {
+        let token = if self.params.penalizes() || self.holds_stops() {
+            ADJUSTED.with_borrow_mut(|(adjusted, adjustments)| {
                 adjusted.clear();
                 adjusted.extend_from_slice(logits);
-                self.adjust(adjusted);
+                adjustments.clear();
+                self.adjustments(adjustments);
+                for a in adjustments.iter() {
+                    if let Some(l) = adjusted.get_mut(a.token as usize) {
+                        *l = a.apply(*l);
+                    }
+                }
                 self.draw(adjusted)
             })
         } else {
@@ -140,37 +185,6 @@ impl Sampler {
             top: top_n(&all, n).into_iter().map(|i| (i, all[i as usize] as f32)).collect(),
         });
         Sampled { token, logprobs }
-    }
-
-    fn needs_adjusting(&self) -> bool {
-        self.params.penalizes() || self.holds_stops()
-    }
-
-    /// vLLM's penalties (repetition over prompt and output, then frequency and presence over the
-    /// output), and stop tokens masked while `min_tokens` holds them off.
-    fn adjust(&self, logits: &mut [f32]) {
-        let p = &self.params;
-        if p.repetition_penalty != 1.0 {
-            // Every token of the prompt or the output, once.
-            let output_only = self.output_counts.keys().filter(|t| !self.prompt_tokens.contains(t));
-            for &token in self.prompt_tokens.iter().chain(output_only) {
-                if let Some(l) = logits.get_mut(token as usize) {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
-                }
-            }
-        }
-        for (&token, &count) in &self.output_counts {
-            if let Some(l) = logits.get_mut(token as usize) {
-                *l -= p.frequency_penalty * count as f32 + p.presence_penalty;
-            }
-        }
-        if self.holds_stops() {
-            for &token in &self.stop_tokens {
-                if let Some(l) = logits.get_mut(token as usize) {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
-        }
     }
 
     /// Greedy, or a draw from softmax(logits / T) restricted to the tokens at or above the

@@ -227,10 +227,11 @@ fn an_aborted_request_frees_its_blocks_at_once_and_the_others_finish() {
     llm.step().unwrap();
     let blocks = llm.scheduler().block_manager();
     let free_before = blocks.num_free_blocks();
-    let aborted = llm.abort(ids[1]).unwrap().unwrap();
-    assert_eq!(aborted.finish_reason, nanovllm::FinishReason::Abort);
+    let aborted = llm.abort(ids[1]).unwrap();
+    assert_eq!(aborted.len(), 1);
+    assert_eq!(aborted[0].finish_reason, nanovllm::FinishReason::Abort);
     assert!(llm.scheduler().block_manager().num_free_blocks() > free_before, "its blocks are free at once");
-    assert!(llm.abort(ids[1]).unwrap().is_none(), "a second abort finds nothing");
+    assert!(llm.abort(ids[1]).unwrap().is_empty(), "a second abort finds nothing");
     let mut finished = Vec::new();
     while !llm.is_finished() {
         finished.extend(llm.step().unwrap().finished);
@@ -239,6 +240,78 @@ fn an_aborted_request_frees_its_blocks_at_once_and_the_others_finish() {
     assert!(
         finished.iter().all(|c| c.finish_reason == nanovllm::FinishReason::Length && c.token_ids.len() == 24)
     );
+    let blocks = llm.scheduler().block_manager();
+    assert_eq!(blocks.num_free_blocks(), blocks.num_blocks());
+}
+
+/// `n` samples of one prompt: the prompt's tokens are computed once (the engine's prefill count),
+/// the siblings read the parent's shared blocks and a copy of its partly filled one, so greedy
+/// samples are all HF's greedy continuation, in both dtypes; and sampled ones are, sample by sample,
+/// what a single request with seed + i draws (vLLM's rule).
+#[test]
+fn n_samples_compute_the_prompt_once_and_draw_from_seed_plus_index() {
+    let name = "gqa-tied";
+    let (prompt, hf) = hf_greedy(name).into_iter().nth(1).unwrap();
+    assert!(prompt.len() % 16 != 0, "the prompt ends in a partly filled block, which siblings copy");
+    for dtype in [CacheDtype::F32, CacheDtype::Int8] {
+        let mut llm =
+            LLM::load(&fixture(name), settings(name, dtype, 1024), LoadFormat::Safetensors).unwrap();
+        let params = SamplingParams { n: 4, ..greedy_ignoring_eos(hf.len()) };
+        let outputs = llm.generate(vec![Prompt::Tokens(prompt.clone())], &params).unwrap();
+        assert_eq!(outputs.len(), 4);
+        assert_eq!(llm.stats().schedule.prefill_tokens, prompt.len(), "{dtype}: the prompt once");
+        for (index, output) in outputs.into_iter().enumerate() {
+            let output = output.unwrap();
+            assert_eq!(output.index, index);
+            if dtype == CacheDtype::F32 {
+                assert_eq!(output.token_ids, hf, "{dtype}: sample {index} is HF's greedy continuation");
+            }
+        }
+        let blocks = llm.scheduler().block_manager();
+        assert_eq!(blocks.num_free_blocks(), blocks.num_blocks());
+    }
+    let sampling = SamplingParams {
+        temperature: 1.0,
+        seed: Some(9),
+        max_tokens: 12,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let run = |params: SamplingParams| {
+        let config = settings(name, CacheDtype::F32, 1024);
+        let mut llm = LLM::load(&fixture(name), config, LoadFormat::Safetensors).unwrap();
+        let outputs = llm.generate(vec![Prompt::Tokens(prompt.clone())], &params).unwrap();
+        outputs.into_iter().map(|o| o.unwrap().token_ids).collect::<Vec<_>>()
+    };
+    let together = run(SamplingParams { n: 3, ..sampling.clone() });
+    for (index, sample) in together.iter().enumerate() {
+        let alone = run(SamplingParams { seed: Some(9 + index as u64), ..sampling.clone() });
+        assert_eq!(sample, &alone[0], "sample {index} draws as a request with seed 9 + {index}");
+    }
+    assert_ne!(together[0], together[1], "samples draw apart");
+}
+
+#[test]
+fn aborting_a_request_ends_all_its_samples() {
+    let name = "gqa-tied";
+    let mut llm =
+        LLM::load(&fixture(name), settings(name, CacheDtype::Int8, 512), LoadFormat::Safetensors).unwrap();
+    let (prompt, _) = hf_greedy(name).into_iter().next().unwrap();
+    let id = llm
+        .add_request(Prompt::Tokens(prompt.clone()), SamplingParams { n: 3, ..greedy_ignoring_eos(20) })
+        .unwrap();
+    // Before its prefill: the samples never forked are aborted too.
+    let aborted = llm.abort(id).unwrap();
+    assert_eq!(aborted.iter().map(|c| c.index).collect::<Vec<_>>(), [0, 1, 2]);
+    let id =
+        llm.add_request(Prompt::Tokens(prompt), SamplingParams { n: 3, ..greedy_ignoring_eos(20) }).unwrap();
+    while llm.step().unwrap().phase != Some(nanovllm::Phase::Decode) {}
+    let aborted = llm.abort(id).unwrap();
+    assert_eq!(aborted.len(), 3);
+    assert!(
+        aborted.iter().all(|c| c.finish_reason == nanovllm::FinishReason::Abort && !c.token_ids.is_empty())
+    );
+    assert!(llm.is_finished());
     let blocks = llm.scheduler().block_manager();
     assert_eq!(blocks.num_free_blocks(), blocks.num_blocks());
 }

@@ -78,6 +78,66 @@ fn the_engine_on_the_gpu_follows_hf_greedy_with_prefix_hits_preemption_and_graph
     }
 }
 
+/// `n` samples on the GPU: the prompt computed once, the siblings forked from its blocks with a
+/// copy of the partly filled one (bf16 rows, and INT8 rows with their scales), so the greedy
+/// samples are alike and follow the single request's greedy output; with penalties and logprobs (drawn on the GPU),
+/// each sample has its logprobs and the four samples are not all alike.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_n_samples_fork_the_prompt_once() {
+    let _turn = turn();
+    if let Err(e) = nanovllm::resolve_device(DeviceChoice::Cuda) {
+        panic!("this test needs a CUDA GPU: {e}");
+    }
+    let (prompt, _) = hf_greedy(FIXTURE).into_iter().next().unwrap();
+    assert!(prompt.len() % 16 != 0, "the prompt ends in a partly filled block, which siblings copy");
+    for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
+        let load = || {
+            let config = EngineConfig { device: Device::Cuda, ..settings(FIXTURE, dtype, 512) };
+            LLM::load(&fixture(FIXTURE), config, LoadFormat::Safetensors).unwrap()
+        };
+        let greedy = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(24) };
+        let alone = load().generate(vec![Prompt::Tokens(prompt.clone())], &greedy).unwrap();
+        let alone = alone[0].as_ref().unwrap().token_ids.clone();
+        let four = SamplingParams { n: 4, ..greedy.clone() };
+        // A fresh engine: a prefix-cache hit would hide the fork.
+        let mut llm = load();
+        let outputs = llm.generate(vec![Prompt::Tokens(prompt.clone())], &four).unwrap();
+        assert_eq!(llm.stats().schedule.prefill_tokens, prompt.len(), "{dtype}: the prompt once");
+        let samples: Vec<_> = outputs.into_iter().map(|o| o.unwrap()).collect();
+        for (index, sample) in samples.iter().enumerate() {
+            assert_eq!(sample.index, index);
+            // Same inputs in one batch: the same tokens. Against the request alone (a batch of
+            // one), within the GPU's batch-invariance bound: agreement up to a close call.
+            assert_eq!(sample.token_ids, samples[0].token_ids, "{dtype}: greedy sample {index}");
+        }
+        let agree = samples[0].token_ids.iter().zip(&alone).take_while(|(a, b)| a == b).count();
+        eprintln!("{dtype}: greedy samples agree with the request alone for {agree} of 24 tokens");
+        assert!(agree >= 16, "{dtype}: {:?} against {alone:?}", samples[0].token_ids);
+        let penalized = SamplingParams {
+            n: 4,
+            temperature: 0.8,
+            top_k: Some(20),
+            presence_penalty: 0.5,
+            frequency_penalty: 0.5,
+            repetition_penalty: 1.1,
+            logprobs: Some(3),
+            seed: Some(5),
+            ..greedy
+        };
+        let outputs = llm.generate(vec![Prompt::Tokens(prompt.clone())], &penalized).unwrap();
+        let samples: Vec<_> = outputs.into_iter().map(|o| o.unwrap()).collect();
+        for sample in &samples {
+            let logprobs = sample.logprobs.as_ref().unwrap();
+            assert_eq!(logprobs.len(), 24);
+            assert!(logprobs.iter().zip(&sample.token_ids).all(|(l, &t)| l.token == t && l.top.len() == 3));
+        }
+        assert!(samples.iter().any(|s| s.token_ids != samples[0].token_ids), "{dtype}: samples draw apart");
+        let blocks = llm.scheduler().block_manager();
+        assert_eq!(blocks.num_free_blocks(), blocks.num_blocks());
+    }
+}
+
 /// Tensor parallelism through the whole engine: the trained KJV model (4 query heads on
 /// 2 kv heads: one kv head per GPU) on 1 and on 2 GPUs, both cache dtypes, its prompts twice over
 /// in a cache too small for them all (preemption and recompute), decode in CUDA graphs; every
@@ -143,7 +203,7 @@ fn the_engine_tensor_parallel_over_two_gpus_writes_hfs_greedy_text_until_a_close
 #[ignore = "needs a CUDA GPU"]
 fn gpu_truncated_sampling_follows_the_exact_distribution() {
     use nanovllm_kv_cache::BlockManager;
-    use nanovllm_qwen3::cuda::{GpuLimits, GpuQwen3, GpuSample};
+    use nanovllm_qwen3::cuda::{GpuLimits, GpuQwen3, GpuSample, SampleBatch};
     use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
     let _turn = turn();
     let gpu = nanovllm_cuda::Gpu::open().unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
@@ -164,7 +224,7 @@ fn gpu_truncated_sampling_follows_the_exact_distribution() {
         let tables: Vec<_> = (0..ROWS).map(|_| blocks.allocate(&prompt).unwrap().0).collect();
         let inputs: Vec<SeqInput<'_>> = tables
             .iter()
-            .map(|t| SeqInput { tokens: &prompt, start: 0, block_table: t, logits: true })
+            .map(|t| SeqInput { tokens: &prompt, start: 0, block_table: t, logits: 1 })
             .collect();
         let logits = gpu_model.forward(&inputs[..1]).unwrap().pop().unwrap();
         let cases: Vec<(u32, f32, f32, f32)> = if vocab == 300 {
@@ -198,7 +258,8 @@ fn gpu_truncated_sampling_follows_the_exact_distribution() {
                         ..GpuSample::new(temperature, round * 64 + i, 4)
                     })
                     .collect();
-                for token in gpu_model.forward_sampled(&inputs, &samples).unwrap() {
+                for token in gpu_model.forward_sampled(&inputs, &SampleBatch::from(&samples[..])).unwrap() {
+                    let token = token.token;
                     assert!(
                         expected[token as usize] > 0.0,
                         "{params:?}: drew token {token}, outside the kept set"
@@ -229,11 +290,136 @@ fn gpu_truncated_sampling_follows_the_exact_distribution() {
                 "vocab {vocab}, T {temperature}, top_k {top_k}, top_p {top_p}, min_p {min_p}: {kept} tokens kept, total variation {tv:.4} over {draws} draws"
             );
             assert!(tv < bound, "vocab {vocab}, {params:?}: total variation {tv:.4} (bound {bound:.4})");
-            let spec = [GpuSample { top_k, top_p, min_p, ..GpuSample::new(temperature, 77, 4) }];
+            let spec = SampleBatch::from(
+                &[GpuSample { top_k, top_p, min_p, ..GpuSample::new(temperature, 77, 4) }][..],
+            );
             assert_eq!(
                 gpu_model.forward_sampled(&inputs[..1], &spec).unwrap(),
                 gpu_model.forward_sampled(&inputs[..1], &spec).unwrap()
             );
         }
+    }
+}
+
+/// Penalties, masks and log-probabilities on the GPU against the host. Two random sets of
+/// adjustments, fresh each run (a repetition penalty over a random half of the vocabulary,
+/// frequency and presence penalties from random counts; the first set also masks the most likely
+/// token), alternate over 16 rows: 2,400 draws of each follow the exact distribution of its
+/// adjusted logits, never a masked token; every draw's log-probabilities are the log-softmax of the
+/// raw logits (the adjustments undone after the draw), its top 5 the raw logits' five largest; and
+/// a greedy draw is the adjusted argmax.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_penalties_and_logprobs_match_the_host() {
+    use nanovllm::{LogitAdjustment, argmax, log_softmax};
+    use nanovllm_kv_cache::BlockManager;
+    use nanovllm_qwen3::cuda::{GpuLimits, GpuQwen3, GpuSample, SampleBatch};
+    use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let _turn = turn();
+    let gpu = nanovllm_cuda::Gpu::open().unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
+    let vocab = 300;
+    let config = Qwen3Config::from_json_str(&format!(
+        r#"{{"model_type": "qwen3", "hidden_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "head_dim": 64, "intermediate_size": 256, "vocab_size": {vocab},
+            "max_position_embeddings": 256, "tie_word_embeddings": true}}"#
+    ))
+    .unwrap();
+    let model = Qwen3Model::random(config, 5, 0.1);
+    const ROWS: usize = 16;
+    let limits = GpuLimits { max_tokens: 256, max_seqs: ROWS, max_model_len: 256, cuda_graphs: false };
+    let mut gpu_model = GpuQwen3::new(&gpu, &model, CacheDtype::Bf16, 16, limits).unwrap();
+    gpu_model.allocate_cache(ROWS).unwrap();
+    let mut blocks = BlockManager::new(ROWS, 16).unwrap();
+    let prompt = [5u32, 9, 2, 7];
+    let tables: Vec<_> = (0..ROWS).map(|_| blocks.allocate(&prompt).unwrap().0).collect();
+    let inputs: Vec<SeqInput<'_>> =
+        tables.iter().map(|t| SeqInput { tokens: &prompt, start: 0, block_table: t, logits: 1 }).collect();
+    let raw = gpu_model.forward(&inputs[..1]).unwrap().pop().unwrap();
+    let raw_logprobs = log_softmax(&raw);
+    let mut top5: Vec<u32> = (0..vocab as u32).collect();
+    top5.sort_by(|&a, &b| raw[b as usize].total_cmp(&raw[a as usize]).then(a.cmp(&b)));
+    top5.truncate(5);
+
+    let seed = rand::random::<u64>();
+    eprintln!("adjustments from seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let sets: Vec<Vec<LogitAdjustment>> = (0..2)
+        .map(|set| {
+            let mut tokens: Vec<u32> = (0..vocab as u32).filter(|_| rng.random_bool(0.5)).collect();
+            if set == 0 && !tokens.contains(&top5[0]) {
+                tokens.push(top5[0]);
+            }
+            tokens
+                .into_iter()
+                .map(|token| LogitAdjustment {
+                    token,
+                    repetition: rng.random_range(1.0f32..2.0),
+                    subtract: if set == 0 && token == top5[0] {
+                        f32::INFINITY
+                    } else {
+                        0.5 * rng.random_range(0..4) as f32 + 0.2
+                    },
+                })
+                .collect()
+        })
+        .collect();
+    let adjusted: Vec<Vec<f32>> = sets
+        .iter()
+        .map(|adjustments| {
+            let mut l = raw.clone();
+            for a in adjustments {
+                l[a.token as usize] = a.apply(l[a.token as usize]);
+            }
+            l
+        })
+        .collect();
+    let params = SamplingParams { temperature: 1.0, top_k: Some(20), ..SamplingParams::default() };
+    let expected: Vec<Vec<f64>> = adjusted.iter().map(|l| sampling_reference::exact(l, &params)).collect();
+    let unadjusted = sampling_reference::exact(&raw, &params);
+    let batch = |round: u64, temperature: f32| {
+        let mut batch = SampleBatch::default();
+        for i in 0..ROWS {
+            let sample = GpuSample {
+                top_k: 20,
+                logprobs: Some(5),
+                ..GpuSample::new(temperature, round * 64 + i as u64, 4)
+            };
+            batch.push(sample, |out| out.extend_from_slice(&sets[i % 2]));
+        }
+        batch
+    };
+    let mut counts = vec![vec![0usize; vocab]; 2];
+    let rounds = 300;
+    for round in 0..rounds {
+        let drawn = gpu_model.forward_sampled(&inputs, &batch(round, 1.0)).unwrap();
+        for (row, sampled) in drawn.iter().enumerate() {
+            let token = sampled.token as usize;
+            assert!(expected[row % 2][token] > 0.0, "row {row}: drew token {token}, outside the kept set");
+            counts[row % 2][token] += 1;
+            let logprobs = sampled.logprobs.as_ref().expect("logprobs were asked for");
+            assert_eq!(logprobs.token, sampled.token);
+            assert!((logprobs.logprob as f64 - raw_logprobs[token]).abs() < 1e-4, "row {row}: {logprobs:?}");
+            let top: Vec<u32> = logprobs.top.iter().map(|&(id, _)| id).collect();
+            assert_eq!(top, top5, "row {row}: the raw logits' five largest");
+            for &(id, lp) in &logprobs.top {
+                assert!((lp as f64 - raw_logprobs[id as usize]).abs() < 1e-4, "row {row}: {logprobs:?}");
+            }
+        }
+    }
+    let draws = rounds as f64 * (ROWS / 2) as f64;
+    // 2,400 draws over at most 20 tokens: about 0.5 sqrt(20 / 2400) = 0.045 of noise.
+    let bound = 0.08;
+    for (set, (expected, counts)) in expected.iter().zip(&counts).enumerate() {
+        let seen: Vec<f64> = counts.iter().map(|&c| c as f64 / draws).collect();
+        let tv = sampling_reference::total_variation(expected, &seen);
+        let moved = sampling_reference::total_variation(expected, &unadjusted);
+        eprintln!("set {set}: total variation {tv:.4} over {draws} draws; the adjustments move {moved:.4}");
+        assert!(moved > 2.0 * bound, "set {set}: adjustments too weak for the test to see them");
+        assert!(tv < bound, "set {set}: total variation {tv:.4} (bound {bound})");
+    }
+    let greedy = gpu_model.forward_sampled(&inputs, &batch(0, 0.0)).unwrap();
+    for (row, sampled) in greedy.iter().enumerate() {
+        assert_eq!(sampled.token, argmax(&adjusted[row % 2]), "row {row}: greedy after adjustments");
     }
 }

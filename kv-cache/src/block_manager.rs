@@ -151,6 +151,41 @@ impl BlockManager {
         }
     }
 
+    /// A table for a copy of a sequence whose first `num_tokens` tokens are computed (a sibling
+    /// forked after its parent's prefill, for vLLM's `n`): the full blocks are shared, and the
+    /// partly filled last block, if any, becomes a fresh block of the copy's own, whose contents the
+    /// caller copies from the parent's (the returned pair: from, to), as vLLM's copy-on-write does.
+    /// Fails, changing nothing, when no block is free for that copy or the full blocks are not all
+    /// registered as computed (only those may be shared).
+    pub fn fork(
+        &mut self,
+        table: &BlockTable,
+        num_tokens: usize,
+    ) -> Result<(BlockTable, Option<(BlockId, BlockId)>), CacheError> {
+        let full = num_tokens / self.block_size;
+        let partial = !num_tokens.is_multiple_of(self.block_size);
+        if full > table.num_hashed || table.len() < self.blocks_for(num_tokens) {
+            return Err(CacheError::OutOfRange {
+                what: "computed tokens to fork",
+                value: num_tokens,
+                limit: table.num_hashed * self.block_size,
+            });
+        }
+        if partial && self.free.is_empty() {
+            return Err(CacheError::OutOfBlocks { needed: 1, free: 0 });
+        }
+        let mut blocks = table.blocks[..full].to_vec();
+        for &block in &blocks {
+            self.ref_counts[block as usize] += 1;
+        }
+        let copy = partial.then(|| {
+            let to = self.take_free_block();
+            blocks.push(to);
+            (table.blocks[full], to)
+        });
+        Ok((BlockTable { blocks, num_hashed: full }, copy))
+    }
+
     /// Forget every cached prefix (vLLM's `reset_prefix_cache`): needed when the cache's contents
     /// were written outside this manager. Blocks in use keep their contents and ref counts.
     pub fn reset_prefix_cache(&mut self) {
@@ -239,6 +274,39 @@ mod tests {
         let (mut table, cached) = manager.allocate(prompt).unwrap();
         manager.register_computed(&mut table, prompt, prompt.len());
         (table, cached)
+    }
+
+    #[test]
+    fn a_fork_shares_the_full_blocks_and_copies_the_partial_one() {
+        let mut m = BlockManager::new(8, 4).unwrap();
+        let (mut parent, _) = prefill(&mut m, &tokens(0..10));
+        let (mut child, copy) = m.fork(&parent, 10).unwrap();
+        assert_eq!(child.blocks()[..2], parent.blocks()[..2]);
+        assert_eq!(copy, Some((parent.blocks()[2], child.blocks()[2])));
+        assert_ne!(child.blocks()[2], parent.blocks()[2]);
+        assert_eq!(child.num_hashed(), 2);
+        assert_eq!(m.ref_count(parent.blocks()[0]), 2);
+        assert_eq!(m.num_free_blocks(), 8 - 4);
+        // A prompt of whole blocks shares them all and copies nothing.
+        let (aligned, _) = prefill(&mut m, &tokens(50..54));
+        let (mut twin, copy) = m.fork(&aligned, 4).unwrap();
+        assert_eq!((twin.blocks(), copy), (aligned.blocks(), None));
+        m.deallocate(&mut twin);
+        m.deallocate(&mut child);
+        m.deallocate(&mut parent);
+        assert_eq!(m.ref_count(aligned.blocks()[0]), 1);
+        assert_eq!(m.num_free_blocks(), 8 - 1);
+    }
+
+    #[test]
+    fn a_fork_refuses_uncomputed_blocks_and_a_full_cache() {
+        let mut m = BlockManager::new(3, 4).unwrap();
+        let (table, _) = m.allocate(&tokens(0..10)).unwrap();
+        assert!(matches!(m.fork(&table, 10), Err(CacheError::OutOfRange { .. })), "not registered yet");
+        let mut m = BlockManager::new(3, 4).unwrap();
+        let (table, _) = prefill(&mut m, &tokens(0..10));
+        assert_eq!(m.fork(&table, 10), Err(CacheError::OutOfBlocks { needed: 1, free: 0 }));
+        assert_eq!(m.ref_count(table.blocks()[0]), 1, "a refused fork changes nothing");
     }
 
     #[test]

@@ -160,6 +160,19 @@ impl<T: StorageDtype> KvCache<T> {
         Ok(())
     }
 
+    /// Copy block `from`'s K and V (with their scales) into block `to`, in every layer: the
+    /// partly filled last block of a forked sequence.
+    pub fn copy_block(&mut self, from: usize, to: usize) -> Result<(), CacheError> {
+        check_range("block", from.max(to), self.layout.num_blocks)?;
+        let rows = self.layout.block_size * self.layout.kv_heads;
+        let elements = rows * self.layout.head_dim;
+        for plane in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            plane.data.copy_within(from * elements..(from + 1) * elements, to * elements);
+            plane.meta.copy_within(from * rows..(from + 1) * rows, to * rows);
+        }
+        Ok(())
+    }
+
     /// The key row of token `pos` of a sequence, for one kv head.
     pub fn key(
         &self,

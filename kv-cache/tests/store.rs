@@ -1,5 +1,6 @@
 //! The host cache storage against the kv-quant reference: what is written by slot is what is read
-//! back by block table, rounded or quantized exactly as the reference does it.
+//! back by block table, rounded or quantized exactly as the reference does it, and a forked
+//! sequence's table reads the same rows.
 
 use half::{bf16, f16};
 use nanovllm_kv_cache::{Bf16, BlockManager, CacheError, CacheLayout, F16, Int8, KvCache, StorageDtype};
@@ -34,6 +35,23 @@ fn write_and_read<T: StorageDtype>(
             prop_assert_eq!(value, expected(&values[at..at + d]));
             // Layer 0 was not written.
             prop_assert!(cache.key(0, &table, pos, head).unwrap().to_f32().iter().all(|&x| x == 0.0));
+        }
+    }
+    // A fork reads what its parent reads: the full blocks shared, the partly filled one copied
+    // (when a block is free for it).
+    let mut table = table;
+    manager.register_computed(&mut table, &tokens, len);
+    if let Ok((child, copy)) = manager.fork(&table, len) {
+        if let Some((from, to)) = copy {
+            cache.copy_block(from as usize, to as usize).unwrap();
+        }
+        for pos in 0..len {
+            for head in 0..layout.kv_heads {
+                let parent = cache.key(1, &table, pos, head).unwrap().to_f32();
+                prop_assert_eq!(cache.key(1, &child, pos, head).unwrap().to_f32(), parent);
+                let parent = cache.value(1, &table, pos, head).unwrap().to_f32();
+                prop_assert_eq!(cache.value(1, &child, pos, head).unwrap().to_f32(), parent);
+            }
         }
     }
     Ok(())

@@ -34,7 +34,7 @@ fn prefilled<T: StorageDtype>(model: &Qwen3Model) -> (KvCache<T>, Vec<Vec<u32>>,
         with_next.push(1);
         let (table, _) = manager.allocate(&with_next).expect("room");
         model
-            .forward(&[SeqInput { tokens: prompt, start: 0, block_table: &table, logits: false }], &mut cache)
+            .forward(&[SeqInput { tokens: prompt, start: 0, block_table: &table, logits: 0 }], &mut cache)
             .expect("prefill");
         tables.push(table);
     }
@@ -48,7 +48,7 @@ fn decode_step<T: StorageDtype>(c: &mut Criterion, model: &Qwen3Model, name: &st
         b.iter(|| {
             let inputs: Vec<SeqInput> = tables
                 .iter()
-                .map(|t| SeqInput { tokens: &next, start: CONTEXT, block_table: t, logits: true })
+                .map(|t| SeqInput { tokens: &next, start: CONTEXT, block_table: t, logits: 1 })
                 .collect();
             black_box(model.forward(&inputs, &mut cache).expect("decode"))
         })
@@ -63,7 +63,7 @@ fn forward(c: &mut Criterion) {
     let (mut cache, prompts, tables) = prefilled::<Int8>(&model);
     c.bench_function("prefill chunk of 512 tokens (GEMM path), int8 cache", |b| {
         b.iter(|| {
-            let input = SeqInput { tokens: &prompts[0], start: 0, block_table: &tables[0], logits: true };
+            let input = SeqInput { tokens: &prompts[0], start: 0, block_table: &tables[0], logits: 1 };
             black_box(model.forward(&[input], &mut cache).expect("prefill"))
         })
     });

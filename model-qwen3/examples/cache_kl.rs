@@ -29,7 +29,7 @@ fn run(
     let mut blocks = BlockManager::new(num_blocks, BLOCK).expect("blocks");
     let (mut table, _) = blocks.allocate(prompt).expect("room");
     let mut tokens = prompt.to_vec();
-    let first = SeqInput { tokens: prompt, start: 0, block_table: &table, logits: true };
+    let first = SeqInput { tokens: prompt, start: 0, block_table: &table, logits: 1 };
     let mut logits = model.forward(&[first]).expect("prefill").remove(0);
     let mut all = Vec::new();
     for step in 0..steps {
@@ -41,7 +41,7 @@ fn run(
             tokens: &tokens[tokens.len() - 1..],
             start: tokens.len() - 1,
             block_table: &table,
-            logits: true,
+            logits: 1,
         };
         logits = model.forward(&[input]).expect("decode").remove(0);
     }

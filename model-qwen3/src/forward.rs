@@ -18,8 +18,9 @@ pub struct SeqInput<'a> {
     pub start: usize,
     /// Where the sequence's K/V live; it must have a slot for every position up to the last.
     pub block_table: &'a BlockTable,
-    /// Whether to compute the logits of the last token.
-    pub logits: bool,
+    /// How many rows of logits of the last token to compute: 0 or 1, or one per sample drawn
+    /// from them (the siblings of a request with `n` samples, drawn at the end of its prefill).
+    pub logits: usize,
 }
 
 /// Where one token of the flattened batch belongs.
@@ -229,15 +230,14 @@ pub(crate) fn lay_out(
     Ok(tokens)
 }
 
-/// Index in the flattened batch of the last token of each sequence that asks for logits.
+/// Index in the flattened batch of the last token of each sequence that asks for logits, once per
+/// row of logits it asks for.
 pub(crate) fn logit_rows(seqs: &[SeqInput<'_>]) -> Vec<usize> {
     let mut rows = Vec::new();
     let mut end = 0;
     for seq in seqs {
         end += seq.tokens.len();
-        if seq.logits {
-            rows.push(end - 1);
-        }
+        rows.extend(std::iter::repeat_n(end - 1, seq.logits));
     }
     rows
 }

@@ -23,7 +23,7 @@
 //! let mut cache = KvCache::<F32>::new(model.cache_layout(8, 4))?;
 //! let prompt = [1, 2, 3, 4, 5];
 //! let (table, _) = blocks.allocate(&prompt)?;
-//! let logits = model.forward(&[SeqInput { tokens: &prompt, start: 0, block_table: &table, logits: true }], &mut cache)?;
+//! let logits = model.forward(&[SeqInput { tokens: &prompt, start: 0, block_table: &table, logits: 1 }], &mut cache)?;
 //! assert_eq!(logits[0].len(), 100);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -41,7 +41,7 @@ mod weights;
 pub use config::{GenerationConfig, Qwen3Config};
 pub use error::ModelError;
 pub use forward::SeqInput;
-pub use logits::{argmax, log_softmax};
+pub use logits::{LogitAdjustment, Sampled, TokenLogprobs, argmax, log_softmax};
 pub use model::Qwen3Model;
 pub use weights::SafetensorsIndex;
 

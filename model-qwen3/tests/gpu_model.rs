@@ -16,11 +16,17 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use nanovllm_cuda::Gpu;
 use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, Int8, KvCache, StorageDtype};
 use nanovllm_kv_quant::CacheDtype;
-use nanovllm_qwen3::cuda::{GpuGroup, GpuLimits, GpuQwen3, GpuSample};
+use nanovllm_qwen3::cuda::{GpuGroup, GpuLimits, GpuQwen3, GpuSample, SampleBatch};
 use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput, argmax};
 
 const BLOCK_SIZE: usize = 16;
 const NUM_BLOCKS: usize = 256;
+
+/// The tokens one GPU draws for `samples` after running `inputs`.
+fn draw(gpu_model: &mut GpuQwen3, inputs: &[SeqInput<'_>], samples: &[GpuSample]) -> Vec<u32> {
+    let sampled = gpu_model.forward_sampled(inputs, &SampleBatch::from(samples)).unwrap();
+    sampled.iter().map(|s| s.token).collect()
+}
 
 /// A turn on the GPUs, one test at a time: the harness runs tests in parallel threads, and one
 /// test's allocations break another's CUDA graph capture in the same context.
@@ -111,7 +117,12 @@ fn run(
             .filter(|(t, _)| start < t.len())
             .map(|(t, table)| {
                 let end = start.saturating_add(chunk).min(t.len());
-                SeqInput { tokens: &t[start..end], start, block_table: table, logits: end == t.len() }
+                SeqInput {
+                    tokens: &t[start..end],
+                    start,
+                    block_table: table,
+                    logits: usize::from(end == t.len()),
+                }
             })
             .collect();
         let wanted: Vec<usize> = tokens
@@ -229,9 +240,9 @@ fn sampling_follows_the_softmax(gpu: &Gpu, vocab: usize) {
     let mut blocks = BlockManager::new(8, BLOCK_SIZE).unwrap();
     let prompt = [5u32, 9, 2, 7];
     let (table, _) = blocks.allocate(&prompt).unwrap();
-    let input = [SeqInput { tokens: &prompt, start: 0, block_table: &table, logits: true }];
+    let input = [SeqInput { tokens: &prompt, start: 0, block_table: &table, logits: 1 }];
     let logits = gpu_model.forward(&input).unwrap().pop().unwrap();
-    let greedy = gpu_model.forward_sampled(&input, &[GpuSample::new(0.0, 1, 4)]).unwrap();
+    let greedy = draw(&mut gpu_model, &input, &[GpuSample::new(0.0, 1, 4)]);
     assert_eq!(greedy, [argmax(&logits)]);
 
     // A temperature at which the top token has about half the mass, so the count is informative.
@@ -252,7 +263,7 @@ fn sampling_follows_the_softmax(gpu: &Gpu, vocab: usize) {
     let hits = (0..draws)
         .filter(|&seed| {
             let spec = GpuSample::new(temperature, seed, 4);
-            gpu_model.forward_sampled(&input, &[spec]).unwrap()[0] == top
+            draw(&mut gpu_model, &input, &[spec])[0] == top
         })
         .count();
     let freq = hits as f64 / draws as f64;
@@ -261,10 +272,7 @@ fn sampling_follows_the_softmax(gpu: &Gpu, vocab: usize) {
     assert!((freq - p).abs() <= 4.0 * sigma + 0.01, "sampled {freq}, softmax {p}");
     // The same seed and step give the same token.
     let spec = GpuSample::new(1.0, 77, 4);
-    assert_eq!(
-        gpu_model.forward_sampled(&input, &[spec]).unwrap(),
-        gpu_model.forward_sampled(&input, &[spec]).unwrap()
-    );
+    assert_eq!(draw(&mut gpu_model, &input, &[spec]), draw(&mut gpu_model, &input, &[spec]));
 }
 
 /// Reproducibility on the GPU: the same batch twice gives bit-identical logits (no atomics,
@@ -401,11 +409,16 @@ fn tensor_parallel_over_two_gpus_matches_one_gpu() {
             let inputs: Vec<SeqInput> = prompts
                 .iter()
                 .zip(&tables)
-                .map(|(p, table)| SeqInput { tokens: p, start: 0, block_table: table, logits: true })
+                .map(|(p, table)| SeqInput { tokens: p, start: 0, block_table: table, logits: 1 })
                 .collect();
             let logits = two.forward(&inputs).unwrap();
             let greedy: Vec<_> = (0..inputs.len()).map(|i| GpuSample::new(0.0, 3, i as u64)).collect();
-            let picked = two.forward_sampled(&inputs, &greedy).unwrap();
+            let picked: Vec<u32> = two
+                .forward_sampled(&inputs, &SampleBatch::from(&greedy[..]))
+                .unwrap()
+                .iter()
+                .map(|s| s.token)
+                .collect();
             let expected: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
             assert_eq!(picked, expected, "{name} {dtype}: greedy across ranks is not the argmax");
         }

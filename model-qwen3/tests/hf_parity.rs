@@ -62,8 +62,12 @@ fn prefill<T: StorageDtype>(
     let mut start = cached;
     while start < prompt.len() {
         let end = start.saturating_add(chunk).min(prompt.len());
-        let input =
-            SeqInput { tokens: &prompt[start..end], start, block_table: &table, logits: end == prompt.len() };
+        let input = SeqInput {
+            tokens: &prompt[start..end],
+            start,
+            block_table: &table,
+            logits: usize::from(end == prompt.len()),
+        };
         logits = model.forward(&[input], cache).unwrap().pop().unwrap_or_default();
         start = end;
     }
@@ -93,7 +97,7 @@ fn decode<T: StorageDtype>(
             tokens: &tokens[tokens.len() - 1..],
             start: tokens.len() - 1,
             block_table: &table,
-            logits: true,
+            logits: 1,
         };
         logits = model.forward(&[input], &mut cache).unwrap().pop().unwrap();
         all_logits.push(logits.clone());
@@ -211,7 +215,7 @@ fn a_batch_gives_each_sequence_its_own_logits() {
     let inputs: Vec<SeqInput> = cases
         .iter()
         .zip(&tables)
-        .map(|(c, t)| SeqInput { tokens: &c.prompt, start: 0, block_table: t, logits: true })
+        .map(|(c, t)| SeqInput { tokens: &c.prompt, start: 0, block_table: t, logits: 1 })
         .collect();
     let logits = model.forward(&inputs, &mut cache).unwrap();
     for (case, logits) in cases.iter().zip(&logits) {

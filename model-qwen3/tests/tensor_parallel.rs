@@ -38,7 +38,7 @@ fn run<T: StorageDtype>(
     let inputs: Vec<SeqInput> = tokens
         .iter()
         .zip(&tables)
-        .map(|(t, table)| SeqInput { tokens: t, start: 0, block_table: table, logits: true })
+        .map(|(t, table)| SeqInput { tokens: t, start: 0, block_table: table, logits: 1 })
         .collect();
     all.extend(forward(&inputs, &mut cache));
     for _ in 0..steps {

@@ -44,6 +44,14 @@ pub enum ScheduleError {
         /// What it must be.
         expected: &'static str,
     },
+    /// A request for more samples (`n`) than sequences may run at once.
+    #[error("n = {n} samples of one prompt, more than max_num_seqs {max_num_seqs} sequences running at once")]
+    TooManySamples {
+        /// Samples asked for.
+        n: usize,
+        /// The limit.
+        max_num_seqs: usize,
+    },
     /// A scheduler setting out of range.
     #[error("invalid scheduler setting {field} = {value}: must be at least 1")]
     InvalidConfig {

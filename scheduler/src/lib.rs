@@ -24,8 +24,7 @@
 //!     let sampled: Vec<u32> = batch
 //!         .seqs
 //!         .iter()
-//!         .filter(|s| s.samples)
-//!         .map(|s| (s.start + s.num_tokens) as u32 * 10)
+//!         .flat_map(|s| std::iter::repeat_n((s.start + s.num_tokens) as u32 * 10, s.samples))
 //!         .collect();
 //!     for seq in scheduler.postprocess(&batch, &sampled)? {
 //!         outputs.push((seq.id, seq.completion().to_vec()));
@@ -45,5 +44,5 @@ mod sequence;
 pub use error::ScheduleError;
 pub use replay::{ScheduleStats, replay};
 pub use sampling::{MAX_LOGPROBS, SamplingParams};
-pub use scheduler::{Batch, Phase, ScheduledSeq, Scheduler, SchedulerConfig};
+pub use scheduler::{Batch, Fork, Phase, ScheduledSeq, Scheduler, SchedulerConfig};
 pub use sequence::{FinishReason, SeqId, Sequence, Status, StopReason};

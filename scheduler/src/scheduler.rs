@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use nanovllm_kv_cache::BlockManager;
+use nanovllm_kv_cache::{BlockId, BlockManager};
 
 use crate::{FinishReason, SamplingParams, ScheduleError, SeqId, Sequence, Status, StopReason};
 
@@ -47,8 +47,9 @@ pub enum Phase {
     Decode,
 }
 
-/// One sequence's share of a step: compute the K/V of tokens `start..start + num_tokens`, and if
-/// `samples`, sample its next token from the logits of the last of them.
+/// One sequence's share of a step: compute the K/V of tokens `start..start + num_tokens`, and
+/// draw `samples` tokens from the logits of the last of them: its next token, and at the end of
+/// the prefill of a request with `n` samples, its siblings' first tokens too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScheduledSeq {
     /// The sequence.
@@ -57,8 +58,9 @@ pub struct ScheduledSeq {
     pub start: usize,
     /// Tokens to compute.
     pub num_tokens: usize,
-    /// Whether this chunk reaches the end of the sequence, so a token is sampled.
-    pub samples: bool,
+    /// Tokens drawn: 0 for a chunk short of the sequence's end, 1, or `n` when a request's prefill
+    /// ends and its siblings fork.
+    pub samples: usize,
 }
 
 /// The sequences of one model step.
@@ -81,9 +83,9 @@ impl Batch {
         self.seqs.iter().map(|s| s.num_tokens).sum()
     }
 
-    /// Sequences that sample a token in this step.
+    /// Tokens drawn in this step.
     pub fn num_samples(&self) -> usize {
-        self.seqs.iter().filter(|s| s.samples).count()
+        self.seqs.iter().map(|s| s.samples).sum()
     }
 }
 
@@ -99,6 +101,25 @@ pub struct Scheduler {
     running: VecDeque<SeqId>,
     next_id: SeqId,
     num_preemptions: usize,
+    /// Siblings not forked yet of the running sequences: the places in `max_num_seqs` they hold.
+    reserved_seqs: usize,
+    /// The forks of the last step, for the engine to copy their partly filled blocks.
+    forks: Vec<Fork>,
+}
+
+/// A sibling forked from its parent at the end of the parent's prefill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fork {
+    /// The parent.
+    pub parent: SeqId,
+    /// The new sequence.
+    pub child: SeqId,
+    /// Its place among the parent's samples (1 to n - 1; the parent is 0).
+    pub index: usize,
+    /// A block to copy in the KV cache (from, to): the parent's partly filled last block, which
+    /// the child gets a copy of; `None` when the prompt fills whole blocks, or when no block was
+    /// free and the child waits to be prefilled from the prefix cache instead.
+    pub copy: Option<(BlockId, BlockId)>,
 }
 
 impl Scheduler {
@@ -122,6 +143,8 @@ impl Scheduler {
             running: VecDeque::new(),
             next_id: 0,
             num_preemptions: 0,
+            reserved_seqs: 0,
+            forks: Vec::new(),
         })
     }
 
@@ -138,6 +161,12 @@ impl Scheduler {
                 max_tokens: params.max_tokens,
                 total,
                 max_model_len: self.config.max_model_len,
+            });
+        }
+        if params.n > self.config.max_num_seqs {
+            return Err(ScheduleError::TooManySamples {
+                n: params.n,
+                max_num_seqs: self.config.max_num_seqs,
             });
         }
         let needed_blocks = self.blocks.blocks_for(total);
@@ -179,6 +208,7 @@ impl Scheduler {
     /// Drop every request, running or waiting, releasing their blocks (Ctrl-C). Returns their ids.
     pub fn abort_all(&mut self) -> Vec<SeqId> {
         let ids: Vec<SeqId> = self.running.drain(..).chain(self.waiting.drain(..)).collect();
+        self.reserved_seqs = 0;
         for id in &ids {
             if let Some(mut seq) = self.seqs.remove(id) {
                 self.blocks.deallocate(&mut seq.block_table);
@@ -191,6 +221,9 @@ impl Scheduler {
     /// aborted), releasing its blocks; `None` if it has already finished or never existed.
     pub fn finish(&mut self, id: SeqId, reason: FinishReason, stop: Option<StopReason>) -> Option<Sequence> {
         let mut seq = self.seqs.remove(&id)?;
+        if seq.status == Status::Running {
+            self.reserved_seqs -= seq.pending_siblings;
+        }
         self.running.retain(|&other| other != id);
         self.waiting.retain(|&other| other != id);
         self.blocks.deallocate(&mut seq.block_table);
@@ -230,33 +263,80 @@ impl Scheduler {
         Batch { phase: Phase::Decode, seqs: self.schedule_decode() }
     }
 
-    /// Record a step's results: `sampled` holds one token for each scheduled sequence that
-    /// samples, in batch order. Returns the sequences that finished, which leave the scheduler.
+    /// Record a step's results: `sampled` holds the tokens each scheduled sequence draws
+    /// (`samples` of them), in batch order; a sequence drawing several forks its siblings, which
+    /// get the others ([`Scheduler::forks`]). Returns the sequences that finished, which leave the
+    /// scheduler.
     pub fn postprocess(&mut self, batch: &Batch, sampled: &[u32]) -> Result<Vec<Sequence>, ScheduleError> {
         if sampled.len() != batch.num_samples() {
             return Err(ScheduleError::StepOutput { expected: batch.num_samples(), got: sampled.len() });
         }
-        let mut sampled = sampled.iter();
+        self.forks.clear();
+        let mut sampled = sampled.iter().copied();
         let mut finished = Vec::new();
         for item in &batch.seqs {
             let seq = self.seqs.get_mut(&item.id).expect("scheduled sequences are live");
             seq.num_computed_tokens = item.start + item.num_tokens;
             self.blocks.register_computed(&mut seq.block_table, &seq.token_ids, seq.num_computed_tokens);
-            if !item.samples {
+            if item.samples == 0 {
                 continue;
             }
-            let token = *sampled.next().expect("counted above");
-            seq.token_ids.push(token);
-            if let Some((reason, stop)) = finish_reason(seq, token, &self.config.eos_token_ids) {
-                seq.finish_reason = Some(reason);
-                seq.stop_reason = stop;
-                seq.status = Status::Finished;
-                self.blocks.deallocate(&mut seq.block_table);
-                finished.push(item.id);
+            // Siblings fork before any token is added, while the parent holds its blocks.
+            let mut ids = vec![item.id];
+            if item.samples > 1 {
+                let parent = seq.clone();
+                ids.extend((1..item.samples).map(|index| self.fork(&parent, index)));
+            }
+            for (id, token) in ids.into_iter().zip(sampled.by_ref()) {
+                let seq = self.seqs.get_mut(&id).expect("scheduled and forked sequences are live");
+                seq.token_ids.push(token);
+                if let Some((reason, stop)) = finish_reason(seq, token, &self.config.eos_token_ids) {
+                    seq.finish_reason = Some(reason);
+                    seq.stop_reason = stop;
+                    seq.status = Status::Finished;
+                    self.blocks.deallocate(&mut seq.block_table);
+                    finished.push(id);
+                }
             }
         }
         self.running.retain(|id| !finished.contains(id));
+        self.waiting.retain(|id| !finished.contains(id));
         Ok(finished.iter().map(|id| self.seqs.remove(id).expect("finished sequences are live")).collect())
+    }
+
+    /// The forks of the last step, in the order of their samples.
+    pub fn forks(&self) -> &[Fork] {
+        &self.forks
+    }
+
+    /// Fork sibling `index` of `parent`, whose prompt's K/V are computed: it shares the parent's
+    /// full blocks and gets a copy of the partly filled one, and runs next to it; when no block
+    /// is free for the copy it waits, to be prefilled from the prefix cache.
+    fn fork(&mut self, parent: &Sequence, index: usize) -> SeqId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut child = Sequence::new(id, parent.prompt().to_vec(), parent.params.clone());
+        child.pending_siblings = 0;
+        let copy = match self.blocks.fork(&parent.block_table, parent.prompt_len) {
+            Ok((table, copy)) => {
+                child.block_table = table;
+                child.num_cached_tokens = parent.num_cached_tokens;
+                child.num_computed_tokens = parent.prompt_len;
+                child.status = Status::Running;
+                self.running.push_back(id);
+                copy
+            }
+            Err(_) => {
+                self.waiting.push_front(id);
+                None
+            }
+        };
+        let parent_seq = self.seqs.get_mut(&parent.id).expect("forking sequences are live");
+        parent_seq.pending_siblings -= 1;
+        self.reserved_seqs -= 1;
+        self.seqs.insert(id, child);
+        self.forks.push(Fork { parent: parent.id, child: id, index, copy });
+        id
     }
 
     /// Continue chunked prefills, then admit waiting sequences while blocks, the token budget and
@@ -273,18 +353,20 @@ impl Scheduler {
             }
         }
         while let Some(&id) = self.waiting.front() {
+            let seq = self.seqs.get_mut(&id).expect("waiting sequences are live");
             if budget == 0
                 || items.len() >= self.config.max_num_seqs
-                || self.running.len() >= self.config.max_num_seqs
+                || self.running.len() + self.reserved_seqs + 1 + seq.pending_siblings
+                    > self.config.max_num_seqs
             {
                 break;
             }
-            let seq = self.seqs.get_mut(&id).expect("waiting sequences are live");
             let Ok((table, cached)) = self.blocks.allocate(&seq.token_ids) else { break };
             seq.block_table = table;
             seq.num_cached_tokens = cached;
             seq.num_computed_tokens = cached;
             seq.status = Status::Running;
+            self.reserved_seqs += seq.pending_siblings;
             items.push(chunk(seq, &mut budget));
             self.waiting.pop_front();
             self.running.push_back(id);
@@ -305,7 +387,9 @@ impl Scheduler {
             loop {
                 let seq = self.seqs.get_mut(&id).expect("running sequences are live");
                 if self.blocks.may_append(&mut seq.block_table, len).is_ok() {
-                    items.push(ScheduledSeq { id, start: len - 1, num_tokens: 1, samples: true });
+                    // A prefill whose last token is left to a decode step forks there.
+                    let samples = 1 + seq.pending_siblings;
+                    items.push(ScheduledSeq { id, start: len - 1, num_tokens: 1, samples });
                     scheduled.push_back(id);
                     break;
                 }
@@ -326,6 +410,7 @@ impl Scheduler {
     /// Release a sequence's blocks and queue it first, to be prefilled again from its tokens.
     fn preempt(&mut self, id: SeqId) {
         let seq = self.seqs.get_mut(&id).expect("preempted sequences are live");
+        self.reserved_seqs -= seq.pending_siblings;
         self.blocks.deallocate(&mut seq.block_table);
         seq.status = Status::Waiting;
         seq.num_cached_tokens = 0;
@@ -345,7 +430,8 @@ fn chunk(seq: &Sequence, budget: &mut usize) -> ScheduledSeq {
     let remaining = seq.len() - seq.num_computed_tokens;
     let num_tokens = remaining.min(*budget);
     *budget -= num_tokens;
-    ScheduledSeq { id: seq.id, start: seq.num_computed_tokens, num_tokens, samples: num_tokens == remaining }
+    let samples = if num_tokens == remaining { 1 + seq.pending_siblings } else { 0 };
+    ScheduledSeq { id: seq.id, start: seq.num_computed_tokens, num_tokens, samples }
 }
 
 fn finish_reason(

@@ -73,12 +73,16 @@ pub struct Sequence {
     pub finish_reason: Option<FinishReason>,
     /// The stop token or string that ended it, if one did.
     pub stop_reason: Option<StopReason>,
+    /// Siblings (`n - 1`) still to be forked from it when its prefill ends, their first tokens
+    /// drawn from the same logits; 0 once forked.
+    pub pending_siblings: usize,
 }
 
 impl Sequence {
     pub(crate) fn new(id: SeqId, prompt: Vec<u32>, params: SamplingParams) -> Self {
         Sequence {
             id,
+            pending_siblings: params.n.saturating_sub(1),
             status: Status::Waiting,
             prompt_len: prompt.len(),
             token_ids: prompt,

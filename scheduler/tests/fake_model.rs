@@ -2,7 +2,9 @@
 //! from a simulated KV cache through the block table. A request's output therefore depends only
 //! on its own tokens, so every schedule (tight budgets, preemption, chunked prefill, prefix hits)
 //! must reproduce the output of an unconstrained run, token for token; and a block table that
-//! points at the wrong K/V changes the output or trips an assertion.
+//! points at the wrong K/V changes the output or trips an assertion. Requests with `n` samples
+//! fork siblings whose first tokens differ, and whose copied blocks the fake cache copies as the
+//! engine does.
 
 use std::collections::BTreeMap;
 
@@ -40,7 +42,7 @@ impl FakeModel {
             }
         }
         let mut sampled = Vec::new();
-        for item in batch.seqs.iter().filter(|s| s.samples) {
+        for item in batch.seqs.iter().filter(|s| s.samples > 0) {
             let seq = scheduler.sequence(item.id).unwrap();
             let end = item.start + item.num_tokens;
             assert_eq!(end, seq.len(), "a sampling chunk ends at the last token");
@@ -50,9 +52,23 @@ impl FakeModel {
                 assert_eq!(self.slots[slot], Some((seq.token_ids[pos], pos)), "seq {} pos {pos}", item.id);
                 hash = (hash ^ u64::from(seq.token_ids[pos])).wrapping_mul(0x100000001b3);
             }
-            sampled.push((hash >> 33) as u32 % VOCAB);
+            // Sibling i's first token: another hash of the same history.
+            for i in 0..item.samples as u64 {
+                sampled.push(((hash ^ i.wrapping_mul(0x9e3779b97f4a7c15)) >> 33) as u32 % VOCAB);
+            }
         }
         sampled
+    }
+
+    /// Copy the blocks the last step's forks got copies of, as the engine copies K/V.
+    fn copy_forked_blocks(&mut self, scheduler: &Scheduler) {
+        let block_size = scheduler.block_manager().block_size();
+        for fork in scheduler.forks() {
+            if let Some((from, to)) = fork.copy {
+                let (from, to) = (from as usize * block_size, to as usize * block_size);
+                self.slots.copy_within(from..from + block_size, to);
+            }
+        }
     }
 }
 
@@ -61,11 +77,39 @@ struct Request {
     prompt: Vec<u32>,
     max_tokens: usize,
     ignore_eos: bool,
+    n: usize,
+}
+
+/// Which request (by the order it was added in) and which of its samples each sequence is.
+#[derive(Debug, Default)]
+struct Samples {
+    of: BTreeMap<SeqId, (usize, usize)>,
+    added: usize,
+}
+
+impl Samples {
+    fn add(&mut self, scheduler: &mut Scheduler, r: &Request) {
+        let params =
+            SamplingParams { ignore_eos: r.ignore_eos, n: r.n, ..SamplingParams::greedy(r.max_tokens) };
+        let id = scheduler.add(r.prompt.clone(), params).unwrap();
+        self.of.insert(id, (self.added, 0));
+        self.added += 1;
+    }
+
+    fn record_forks(&mut self, scheduler: &Scheduler) {
+        for fork in scheduler.forks() {
+            let (request, _) = self.of[&fork.parent];
+            self.of.insert(fork.child, (request, fork.index));
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Run {
-    outputs: BTreeMap<SeqId, Vec<u32>>,
+    /// Each request's outputs, by the order it was added in and the sample's index.
+    outputs: BTreeMap<(usize, usize), Vec<u32>>,
+    /// Prompt tokens computed in prefill steps.
+    prefill_tokens: usize,
     preemptions: usize,
     cached_tokens: usize,
     chunked: bool,
@@ -76,15 +120,16 @@ struct Run {
 fn run(config: SchedulerConfig, requests: &[Request]) -> Run {
     let max_model_len = config.max_model_len;
     let mut scheduler = Scheduler::new(config).unwrap();
+    let mut samples = Samples::default();
     for r in requests {
-        let params = SamplingParams { ignore_eos: r.ignore_eos, ..SamplingParams::greedy(r.max_tokens) };
-        scheduler.add(r.prompt.clone(), params).unwrap();
+        samples.add(&mut scheduler, r);
     }
     let mut model = FakeModel::new(&scheduler);
     let mut result = Run::default();
     // A generous bound on steps: every request needs at most its length in steps, and each
     // preemption costs one recompute of at most max_model_len tokens.
-    let mut steps_left = requests.iter().map(|r| r.prompt.len() + r.max_tokens).sum::<usize>() * 4 + 100;
+    let mut steps_left =
+        requests.iter().map(|r| (r.prompt.len() + r.max_tokens) * r.n).sum::<usize>() * 4 + 100;
     while !scheduler.is_finished() {
         steps_left = steps_left.checked_sub(1).expect("a request starved");
         let batch = scheduler.schedule();
@@ -92,20 +137,26 @@ fn run(config: SchedulerConfig, requests: &[Request]) -> Run {
         assert!(batch.num_tokens() <= scheduler.config().max_num_batched_tokens);
         assert!(batch.seqs.len() <= scheduler.config().max_num_seqs);
         if batch.phase == Phase::Decode {
-            assert!(batch.seqs.iter().all(|s| s.num_tokens == 1 && s.samples));
+            assert!(batch.seqs.iter().all(|s| s.num_tokens == 1 && s.samples >= 1));
         }
         for item in &batch.seqs {
             let seq = scheduler.sequence(item.id).unwrap();
             if item.start == seq.num_cached_tokens && batch.phase == Phase::Prefill {
                 result.cached_tokens += seq.num_cached_tokens;
             }
-            result.chunked |= !item.samples;
+            result.chunked |= item.samples == 0;
             assert!(seq.len() <= max_model_len);
         }
         result.schedule.record(&batch, scheduler.num_running());
+        if batch.phase == Phase::Prefill {
+            result.prefill_tokens += batch.num_tokens();
+        }
         let sampled = model.step(&scheduler, &batch);
-        for seq in scheduler.postprocess(&batch, &sampled).unwrap() {
-            result.outputs.insert(seq.id, seq.completion().to_vec());
+        let finished = scheduler.postprocess(&batch, &sampled).unwrap();
+        model.copy_forked_blocks(&scheduler);
+        samples.record_forks(&scheduler);
+        for seq in finished {
+            result.outputs.insert(samples.of[&seq.id], seq.completion().to_vec());
         }
     }
     result.preemptions = scheduler.num_preemptions();
@@ -144,7 +195,8 @@ fn workload(seed: u64, count: usize, max_prompt: usize, max_tokens: usize) -> Ve
             let stem = &stems[next(3)];
             let mut prompt = stem[..next(max_prompt)].to_vec();
             prompt.extend((0..1 + next(8)).map(|_| 1 + next(VOCAB as usize - 1) as u32));
-            Request { prompt, max_tokens: 1 + next(max_tokens), ignore_eos: next(2) == 0 }
+            let n = if next(4) == 0 { 2 + next(2) } else { 1 };
+            Request { prompt, max_tokens: 1 + next(max_tokens), ignore_eos: next(2) == 0, n }
         })
         .collect()
 }
@@ -170,6 +222,29 @@ fn a_tight_cache_preempts_and_still_gives_the_unconstrained_tokens() {
 }
 
 #[test]
+fn n_samples_compute_the_prompt_once_and_differ_from_their_first_token() {
+    for (prompt_len, block_size) in [(10, 4), (12, 4)] {
+        let prompt: Vec<u32> = (1..=prompt_len).collect();
+        let requests = [Request { prompt, max_tokens: 6, ignore_eos: true, n: 4 }];
+        let run = run(config(64, block_size, 4096, 8), &requests);
+        assert_eq!(
+            run.prefill_tokens, prompt_len as usize,
+            "the prompt is computed once for the four samples"
+        );
+        assert_eq!(run.outputs.len(), 4);
+        let firsts: std::collections::BTreeSet<u32> = run.outputs.values().map(|o| o[0]).collect();
+        assert_eq!(firsts.len(), 4, "each sample's first token is its own draw: {:?}", run.outputs);
+        assert!(run.outputs.values().all(|o| o.len() == 6));
+    }
+    // Too many samples for max_num_seqs can never run.
+    let mut scheduler = Scheduler::new(config(64, 4, 4096, 3)).unwrap();
+    assert_eq!(
+        scheduler.add(vec![1, 2], SamplingParams { n: 4, ..SamplingParams::greedy(2) }),
+        Err(ScheduleError::TooManySamples { n: 4, max_num_seqs: 3 })
+    );
+}
+
+#[test]
 fn shared_prefixes_are_served_from_the_cache() {
     let requests = workload(3, 30, 80, 10);
     // Admitted a few at a time, later prompts find the stems that earlier ones computed.
@@ -189,7 +264,7 @@ fn max_num_seqs_bounds_the_running_set() {
 #[test]
 fn a_replay_schedules_as_the_model_did_when_no_request_stops_early() {
     let requests: Vec<Request> =
-        workload(5, 40, 60, 40).into_iter().map(|r| Request { ignore_eos: true, ..r }).collect();
+        workload(5, 40, 60, 40).into_iter().map(|r| Request { ignore_eos: true, n: 1, ..r }).collect();
     let tight = config(tightest_blocks(&requests, 4), 4, 64, 8);
     for config in [tight, config(400, 8, 256, 4), config(100_000, 16, 1 << 20, 1 << 20)] {
         let model_run = run(config.clone(), &requests);
@@ -326,16 +401,19 @@ proptest! {
         budget in 1usize..128,
         max_num_seqs in 1usize..10,
     ) {
-        let requests = workload(seed, count, max_prompt, max_tokens);
+        let requests: Vec<Request> = workload(seed, count, max_prompt, max_tokens)
+            .into_iter()
+            .map(|r| Request { n: r.n.min(max_num_seqs), ..r })
+            .collect();
         let reference = unconstrained(&requests);
         let num_blocks = tightest_blocks(&requests, block_size) + extra_blocks;
         let constrained = run(config(num_blocks, block_size, budget, max_num_seqs), &requests);
         prop_assert_eq!(constrained.outputs, reference.outputs);
     }
 
-    /// Requests added and aborted (waiting, running, or already finished) at any point: once the
-    /// scheduler is idle every block is free, and the requests not aborted got exactly the tokens
-    /// they get alone.
+    /// Requests added and aborted (waiting, running, or already finished; parents and forked
+    /// siblings) at any point: once the scheduler is idle every block is free, and the samples not
+    /// aborted got exactly the tokens they get alone.
     #[test]
     fn aborts_at_any_point_free_every_block_and_leave_the_others_untouched(
         seed in any::<u64>(),
@@ -349,13 +427,10 @@ proptest! {
         let reference = unconstrained(&requests);
         let num_blocks = tightest_blocks(&requests, block_size) + extra_blocks;
         let mut scheduler = Scheduler::new(config(num_blocks, block_size, 48, 6)).unwrap();
-        let add = |scheduler: &mut Scheduler, r: &Request| {
-            let params = SamplingParams { ignore_eos: r.ignore_eos, ..SamplingParams::greedy(r.max_tokens) };
-            scheduler.add(r.prompt.clone(), params).unwrap()
-        };
+        let mut samples = Samples::default();
         let late = late.min(count);
         for r in &requests[..late] {
-            add(&mut scheduler, r);
+            samples.add(&mut scheduler, r);
         }
         let mut model = FakeModel::new(&scheduler);
         let (mut outputs, mut aborted) = (BTreeMap::new(), Vec::new());
@@ -363,29 +438,37 @@ proptest! {
         while step <= 3 || !scheduler.is_finished() {
             if step == 3 {
                 for r in &requests[late..] {
-                    add(&mut scheduler, r);
+                    samples.add(&mut scheduler, r);
                 }
             }
             for &(_, victim) in aborts.iter().filter(|(at, _)| *at == step) {
                 let id = victim as SeqId;
                 if let Some(seq) = scheduler.finish(id, FinishReason::Abort, None) {
                     prop_assert_eq!(seq.finish_reason, Some(FinishReason::Abort));
-                    aborted.push(id);
+                    aborted.push(samples.of[&id]);
                 }
             }
             let batch = scheduler.schedule();
             let sampled = model.step(&scheduler, &batch);
-            for seq in scheduler.postprocess(&batch, &sampled).unwrap() {
-                outputs.insert(seq.id, seq.completion().to_vec());
+            let finished = scheduler.postprocess(&batch, &sampled).unwrap();
+            model.copy_forked_blocks(&scheduler);
+            samples.record_forks(&scheduler);
+            for seq in finished {
+                outputs.insert(samples.of[&seq.id], seq.completion().to_vec());
             }
             step += 1;
             prop_assert!(step < 10_000, "a request starved");
         }
         let blocks = scheduler.block_manager();
         prop_assert_eq!(blocks.num_free_blocks(), blocks.num_blocks());
-        for (id, expected) in &reference.outputs {
-            if !aborted.contains(id) {
-                prop_assert_eq!(outputs.get(id), Some(expected), "request {}", id);
+        for (sample, output) in &outputs {
+            if !aborted.contains(sample) {
+                prop_assert_eq!(Some(output), reference.outputs.get(sample), "sample {:?}", sample);
+            }
+        }
+        for (&(request, _), expected) in reference.outputs.iter().filter(|((_, index), _)| *index == 0) {
+            if !aborted.contains(&(request, 0)) {
+                prop_assert_eq!(outputs.get(&(request, 0)), Some(expected), "request {}", request);
             }
         }
     }

@@ -6,7 +6,7 @@ use half::bf16;
 use std::sync::Arc;
 
 use nanovllm_cuda::cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaModule, CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
     sys::CUdevice_attribute,
 };
 use nanovllm_cuda::{DEPENDENT_LAUNCH_CUH, DependentLaunch, Gpu, GpuError};
@@ -182,6 +182,59 @@ impl GpuKvCache {
         let values = (0..layout.num_layers).map(|_| plane()).collect::<Result<_, _>>()?;
         Ok(GpuKvCache { dtype, layout, keys, values })
     }
+
+    /// Queue the copy of block `from`'s K and V (and INT8 scales) into block `to`, in every layer:
+    /// the partly filled last block of a forked sequence. A block's rows are contiguous
+    /// ([`cache_row`]); its scales are one run of `block_size` per kv head.
+    pub fn copy_block(&mut self, gpu: &Gpu, from: usize, to: usize) -> Result<(), GpuError> {
+        let layout = self.layout;
+        if from.max(to) >= layout.num_blocks || from == to {
+            return Err(GpuError::Unsupported(format!(
+                "a copy of block {from} to block {to} in a cache of {} blocks",
+                layout.num_blocks
+            )));
+        }
+        let block_bytes = layout.block_size * layout.kv_heads * layout.head_dim * self.dtype.element_bytes();
+        let runs: Vec<(usize, usize, usize)> = if self.dtype == CacheDtype::Int8 {
+            let slots = layout.num_slots();
+            (0..layout.kv_heads)
+                .map(|h| {
+                    (
+                        h * slots + from * layout.block_size,
+                        h * slots + to * layout.block_size,
+                        layout.block_size,
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for plane in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            copy_within(gpu, &mut plane.data, from * block_bytes, to * block_bytes, block_bytes)?;
+            for &(src, dst, len) in &runs {
+                copy_within(gpu, &mut plane.scales, src, dst, len)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Queue the copy of `len` elements of `buffer` from `src` to `dst`, ranges that do not overlap.
+fn copy_within<T: DeviceRepr>(
+    gpu: &Gpu,
+    buffer: &mut CudaSlice<T>,
+    src: usize,
+    dst: usize,
+    len: usize,
+) -> Result<(), GpuError> {
+    let (low, high) = (src.min(dst), src.max(dst));
+    let (mut head, mut tail) = buffer.split_at_mut(high);
+    if src < dst {
+        gpu.stream.memcpy_dtod(&head.slice(low..low + len), &mut tail.slice_mut(..len))?;
+    } else {
+        gpu.stream.memcpy_dtod(&tail.slice(..len), &mut head.slice_mut(low..low + len))?;
+    }
+    Ok(())
 }
 
 /// The queries of one attention call, on the device.

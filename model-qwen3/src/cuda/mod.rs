@@ -4,9 +4,9 @@
 //! (store with quantize-on-write, attention reading INT8 or bf16 rows in place).
 //!
 //! Every buffer a step uses is allocated once, for the largest step ([`GpuLimits`]); inputs go
-//! through pinned host memory; decode steps replay CUDA graphs (`graphs.rs`). Sampling without
-//! top-k/top-p runs on the GPU ([`GpuQwen3::forward_sampled`]); otherwise logits come back to the
-//! host in f32.
+//! through pinned host memory; decode steps replay CUDA graphs (`graphs.rs`). Sampling runs on the
+//! GPU ([`GpuQwen3::forward_sampled`]: penalties, truncation, log-probabilities), or the logits
+//! come back to the host in f32 ([`GpuQwen3::forward`]).
 //!
 //! Under tensor parallelism ([`GpuGroup`]) each GPU runs a [`GpuQwen3`] of its shard, in a thread
 //! of its own, and the ranks exchange through NCCL: the embedding and the outputs of o_proj and
@@ -21,10 +21,11 @@ mod step;
 use half::bf16;
 use nanovllm_cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
 use nanovllm_cuda::{Gpu, GpuError};
+use nanovllm_kv_cache::BlockId;
 use nanovllm_kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache};
 use nanovllm_kv_quant::CacheDtype;
 
-use crate::{ModelError, Qwen3Config, Qwen3Model, SeqInput};
+use crate::{LogitAdjustment, ModelError, Qwen3Config, Qwen3Model, Sampled, SeqInput, TokenLogprobs};
 use graphs::DecodeGraphs;
 use nccl::{Nccl, RankExchange, sum_over_ranks};
 use ops::Ops;
@@ -97,6 +98,8 @@ struct Activations {
     logits: CudaSlice<f32>,
     sampled: CudaSlice<i32>,
     sampled_host: PinnedHostSlice<i32>,
+    /// The logits that adjustments replaced, put back after the draw.
+    saved_logits: CudaSlice<f32>,
     workspace: DecodeWorkspace,
 }
 
@@ -119,6 +122,7 @@ impl Activations {
             logits: stream.alloc_zeros(seqs * vocab_rows)?,
             sampled: stream.alloc_zeros(seqs)?,
             sampled_host,
+            saved_logits: stream.alloc_zeros(1)?,
             workspace: DecodeWorkspace::new(gpu, t, seqs, c.num_attention_heads, d, limits.max_model_len)?,
         })
     }
@@ -141,17 +145,78 @@ pub struct GpuSample {
     pub top_p: f32,
     /// Keep tokens at least `min_p` times as likely as the most likely one (0: all).
     pub min_p: f32,
+    /// Return the sampled token's log-probability and the `logprobs` most likely tokens' (from
+    /// the raw logits, before adjustments and temperature).
+    pub logprobs: Option<u32>,
 }
 
 impl GpuSample {
     /// A draw from softmax(logits / temperature), nothing truncated.
     pub fn new(temperature: f32, seed: u64, step: u64) -> Self {
-        GpuSample { temperature, seed, step, top_k: 0, top_p: 1.0, min_p: 0.0 }
+        GpuSample { temperature, seed, step, top_k: 0, top_p: 1.0, min_p: 0.0, logprobs: None }
     }
 
     /// Whether the draw keeps only part of the distribution.
     pub fn truncates(&self) -> bool {
         self.temperature > 0.0 && (self.top_k > 0 || self.top_p < 1.0 || self.min_p > 0.0)
+    }
+}
+
+/// One step's draws on the GPU: each sampled row's [`GpuSample`] and its logit adjustments
+/// (penalties and masks), kept back to back so that a batch is reused from step to step without
+/// allocating.
+#[derive(Debug, Clone, Default)]
+pub struct SampleBatch {
+    samples: Vec<GpuSample>,
+    adjustments: Vec<LogitAdjustment>,
+    /// Where each row's adjustments end in `adjustments`.
+    ends: Vec<usize>,
+}
+
+impl SampleBatch {
+    /// Empty the batch, keeping its memory.
+    pub fn clear(&mut self) {
+        self.samples.clear();
+        self.adjustments.clear();
+        self.ends.clear();
+    }
+
+    /// Add the next row: its draw, and `adjust` appends its adjustments (each token once).
+    pub fn push(&mut self, sample: GpuSample, adjust: impl FnOnce(&mut Vec<LogitAdjustment>)) {
+        adjust(&mut self.adjustments);
+        self.samples.push(sample);
+        self.ends.push(self.adjustments.len());
+    }
+
+    /// The rows' draws, in order.
+    pub fn samples(&self) -> &[GpuSample] {
+        &self.samples
+    }
+
+    /// Whether any row needs more than a draw from its (truncated) softmax: adjustments or
+    /// log-probabilities, which read whole rows of logits.
+    pub fn needs_whole_rows(&self) -> bool {
+        !self.adjustments.is_empty() || self.samples.iter().any(|s| s.logprobs.is_some())
+    }
+
+    /// Each adjustment with its row.
+    fn adjustments_by_row(&self) -> impl Iterator<Item = (usize, &LogitAdjustment)> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .enumerate()
+            .flat_map(move |(row, (start, &end))| self.adjustments[start..end].iter().map(move |a| (row, a)))
+    }
+}
+
+impl From<&[GpuSample]> for SampleBatch {
+    /// Draws without adjustments.
+    fn from(samples: &[GpuSample]) -> Self {
+        let mut batch = SampleBatch::default();
+        for &sample in samples {
+            batch.push(sample, |_| {});
+        }
+        batch
     }
 }
 
@@ -268,6 +333,15 @@ impl GpuQwen3 {
         Ok(self.ops.gpu.stream.synchronize()?)
     }
 
+    /// Copy each (from, to) block of the KV cache, every layer: the partly filled blocks of
+    /// forked sequences. Queued before the next step's work on the same stream.
+    pub fn copy_blocks(&mut self, copies: &[(BlockId, BlockId)]) -> Result<(), GpuError> {
+        for &(from, to) in copies {
+            self.cache.copy_block(&self.ops.gpu, from as usize, to as usize)?;
+        }
+        Ok(())
+    }
+
     /// Decode batch sizes captured in CUDA graphs (0 when eager), each at several table widths.
     pub fn decode_graphs(&self) -> usize {
         self.graphs.batch_sizes_captured()
@@ -283,16 +357,17 @@ impl GpuQwen3 {
     }
 
     /// The forward pass, then one token sampled on the GPU for each sequence that asks for
-    /// logits (`samples` in the same order): only token ids come back to the host.
+    /// logits (`batch`'s rows in the same order): only token ids (and the log-probabilities asked
+    /// for) come back to the host.
     pub fn forward_sampled(
         &mut self,
         seqs: &[SeqInput<'_>],
-        samples: &[GpuSample],
-    ) -> Result<Vec<u32>, ModelError> {
+        batch: &SampleBatch,
+    ) -> Result<Vec<Sampled>, ModelError> {
         let step = self.lay_out(seqs)?;
-        check_samples(&step, samples)?;
+        check_samples(&step, batch)?;
         let rows = self.launch(step)?;
-        Ok(self.sample(samples, rows)?)
+        Ok(self.sample(batch, rows)?)
     }
 
     /// The first `outputs` rows of logits (this rank's columns), on the host.
@@ -331,23 +406,56 @@ impl GpuQwen3 {
         Ok(shape.outputs)
     }
 
-    /// Sample `rows` logit rows on the GPU and bring back the first `samples.len()` tokens.
-    fn sample(&mut self, samples: &[GpuSample], rows: usize) -> Result<Vec<u32>, GpuError> {
+    /// Sample `rows` logit rows on the GPU and bring back the first `batch.samples().len()`
+    /// tokens. Adjustments change the logits in place for the draw and are undone after it, so
+    /// that log-probabilities come from the raw logits.
+    fn sample(&mut self, batch: &SampleBatch, rows: usize) -> Result<Vec<Sampled>, GpuError> {
+        let samples = batch.samples();
         if samples.is_empty() {
             return Ok(Vec::new());
         }
         let stream = self.ops.gpu.stream.clone();
-        self.inputs.upload_samples(&stream, samples, rows)?;
+        let adjusted = self.inputs.upload_samples(&self.ops.gpu, batch, rows, self.config.vocab_size)?;
+        if self.act.saved_logits.len() < adjusted {
+            self.act.saved_logits = stream.alloc_zeros(adjusted.next_power_of_two())?;
+        }
         let (ops, inputs, act) = (&self.ops, &self.inputs, &mut self.act);
         let (temperatures, seeds, steps) = (inputs.temperatures(), inputs.seeds(), inputs.steps());
         match &mut self.ranks {
             None => {
+                if adjusted > 0 {
+                    ops.adjust_logits(
+                        &mut act.logits,
+                        inputs.adjustments(),
+                        &mut act.saved_logits,
+                        adjusted,
+                        false,
+                    )?;
+                }
                 let truncation = samples.iter().any(GpuSample::truncates).then(|| inputs.truncation());
-                ops.sample(&act.logits, temperatures, seeds, steps, &mut act.sampled, None, truncation, rows)?
+                ops.sample(
+                    &act.logits,
+                    temperatures,
+                    seeds,
+                    steps,
+                    &mut act.sampled,
+                    None,
+                    truncation,
+                    rows,
+                )?;
+                if adjusted > 0 {
+                    ops.adjust_logits(
+                        &mut act.logits,
+                        inputs.adjustments(),
+                        &mut act.saved_logits,
+                        adjusted,
+                        true,
+                    )?;
+                }
             }
-            Some(_) if samples.iter().any(GpuSample::truncates) => {
+            Some(_) if samples.iter().any(GpuSample::truncates) || batch.needs_whole_rows() => {
                 return Err(GpuError::Unsupported(
-                    "top_k, top_p or min_p across tensor-parallel ranks (each holds a slice of the vocabulary): sample those rows from the logits".into(),
+                    "top_k, top_p, min_p, penalties or log-probabilities across tensor-parallel ranks (each holds a slice of the vocabulary): sample those rows from the logits".into(),
                 ));
             }
             Some(ranks) => {
@@ -364,10 +472,68 @@ impl GpuQwen3 {
                 )?;
             }
         }
+        let logprobs = self.logprobs(samples)?;
+        let act = &mut self.act;
         let host = act.sampled_host.as_mut_slice()?;
         stream.memcpy_dtoh(&act.sampled.slice(..samples.len()), &mut host[..samples.len()])?;
         stream.synchronize()?;
-        Ok(host[..samples.len()].iter().map(|&t| t as u32).collect())
+        let tokens = host[..samples.len()].iter().map(|&t| t as u32);
+        Ok(match logprobs {
+            None => tokens.map(|token| Sampled { token, logprobs: None }).collect(),
+            Some(logprobs) => tokens
+                .zip(logprobs)
+                .map(|(token, logprobs)| Sampled {
+                    token,
+                    logprobs: logprobs.map(|(logprob, top)| TokenLogprobs { token, logprob, top }),
+                })
+                .collect(),
+        })
+    }
+
+    /// The log-probabilities of the sampled tokens and the most likely ones, for the rows that
+    /// ask for them (`None` when none does): queued after the draw, read back with the tokens.
+    #[allow(clippy::type_complexity)]
+    fn logprobs(
+        &mut self,
+        samples: &[GpuSample],
+    ) -> Result<Option<Vec<Option<(f32, Vec<(u32, f32)>)>>>, GpuError> {
+        let Some(widest) = samples.iter().filter_map(|s| s.logprobs).max() else { return Ok(None) };
+        let widest = widest as usize;
+        let (gpu, act) = (&self.ops.gpu, &mut self.act);
+        let counts: Vec<i32> = samples.iter().map(|s| s.logprobs.map_or(-1, |n| n as i32)).collect();
+        let counts = gpu.stream.clone_htod(&counts)?;
+        let mut chosen = gpu.stream.alloc_zeros::<f32>(samples.len())?;
+        let mut top_ids = gpu.stream.alloc_zeros::<i32>(samples.len() * widest.max(1))?;
+        let mut top_logprobs = gpu.stream.alloc_zeros::<f32>(samples.len() * widest.max(1))?;
+        self.ops.token_logprobs(
+            &act.logits,
+            &act.sampled,
+            &counts,
+            widest,
+            &mut chosen,
+            &mut top_ids,
+            &mut top_logprobs,
+            samples.len(),
+        )?;
+        let (chosen, top_ids, top_logprobs) = (
+            gpu.stream.clone_dtoh(&chosen)?,
+            gpu.stream.clone_dtoh(&top_ids)?,
+            gpu.stream.clone_dtoh(&top_logprobs)?,
+        );
+        Ok(Some(
+            samples
+                .iter()
+                .enumerate()
+                .map(|(row, s)| {
+                    s.logprobs.map(|n| {
+                        let top = (row * widest..row * widest + n as usize)
+                            .map(|i| (top_ids[i] as u32, top_logprobs[i]))
+                            .collect();
+                        (chosen[row], top)
+                    })
+                })
+                .collect(),
+        ))
     }
 
     /// Queue one forward pass of `shape` over the staged inputs: no allocation and no copy, so
@@ -445,12 +611,12 @@ impl GpuQwen3 {
 }
 
 /// One sampling spec per sequence that asks for logits.
-fn check_samples(step: &StepInputs, samples: &[GpuSample]) -> Result<(), ModelError> {
+fn check_samples(step: &StepInputs, batch: &SampleBatch) -> Result<(), ModelError> {
     let outputs = step.logit_rows.len();
-    if outputs != samples.len() {
+    if outputs != batch.samples.len() {
         return Err(ModelError::Input(format!(
             "{} sampling specs for {outputs} sequences with logits",
-            samples.len()
+            batch.samples.len()
         )));
     }
     Ok(())

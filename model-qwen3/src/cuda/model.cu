@@ -425,6 +425,78 @@ extern "C" __global__ void __launch_bounds__(1024) sample_tokens(const float* __
     }
 }
 
+// Penalties and masks before the draw (LogitAdjustment::apply, each operation rounded as the CPU
+// rounds it): entry e changes token tokens[e] of row rows[e], keeping the value it replaces in
+// saved[e]; with restore, it puts that value back, so that log-probabilities see the raw logits.
+// A row lists each token once, so no two threads touch one logit.
+extern "C" __global__ void adjust_logits(float* __restrict__ logits, const int* __restrict__ rows,
+                                         const int* __restrict__ tokens, const float* __restrict__ repetitions,
+                                         const float* __restrict__ subtracts, float* __restrict__ saved, int count,
+                                         int vocab_rows, int restore) {
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= count) return;
+    float* l = logits + (long long)rows[e] * vocab_rows + tokens[e];
+    if (restore) { *l = saved[e]; return; }
+    const float v = *l, r = repetitions[e];
+    saved[e] = v;
+    *l = __fsub_rn(v > 0.0f ? __fdiv_rn(v, r) : __fmul_rn(v, r), subtracts[e]);
+}
+
+// Log-probabilities from the raw logits (log-softmax, vLLM's default) for each row with
+// counts[row] >= 0: the sampled token's, and the counts[row] most likely tokens' (ties to the lower
+// id), written at top_*[row * widest + j]. The top tokens come by repeated block argmax over each
+// thread's best token not yet taken: only the thread whose token was taken rescans its share of
+// the row, so n tokens cost two passes over the row plus n short ones.
+extern "C" __global__ void __launch_bounds__(1024) token_logprobs(const float* __restrict__ logits,
+                                          const int* __restrict__ sampled, const int* __restrict__ counts,
+                                          int vocab_rows, int widest, float* __restrict__ chosen,
+                                          int* __restrict__ top_ids, float* __restrict__ top_logprobs) {
+    __shared__ float s_scratch[32];
+    __shared__ float s_value[32];
+    __shared__ int s_index[32];
+    __shared__ int s_taken;
+    const int row = blockIdx.x, n = counts[row];
+    if (n < 0) return;
+    const float* l = logits + (long long)row * vocab_rows;
+    float m = KV_NEG_INF;
+    for_each_logit(l, vocab_rows, [&](float v, int) { m = fmaxf(m, v); });
+    m = block_max(m, s_scratch);
+    float sum = 0.0f;
+    for_each_logit(l, vocab_rows, [&](float v, int) { sum += __expf(v - m); });
+    const float log_total = m + logf(block_sum(sum, s_scratch));
+    if (threadIdx.x == 0) chosen[row] = l[sampled[row]] - log_total;
+    // This thread's best token below (bound, bound_i) in the order of `better`.
+    float bound = -KV_NEG_INF;
+    int bound_i = -1;
+    auto best_below = [&](float& best, int& best_i) {
+        best = KV_NEG_INF;
+        best_i = 0x7fffffff;
+        for_each_logit(l, vocab_rows, [&](float v, int i) {
+            if (better(bound, bound_i, v, i) && better(v, i, best, best_i)) { best = v; best_i = i; }
+        });
+    };
+    float mine, reduced;
+    int mine_i, reduced_i;
+    best_below(mine, mine_i);
+    for (int j = 0; j < n; ++j) {
+        reduced = mine;
+        reduced_i = mine_i;
+        block_best(reduced, reduced_i, s_value, s_index);
+        if (threadIdx.x == 0) {
+            s_taken = reduced_i;
+            top_ids[(long long)row * widest + j] = reduced_i;
+            top_logprobs[(long long)row * widest + j] = l[reduced_i] - log_total;
+        }
+        __syncthreads();
+        if (s_taken >= vocab_rows) break;  // every token taken (n > vocab_rows)
+        if (mine_i == s_taken) {
+            bound = mine;
+            bound_i = mine_i;
+            best_below(mine, mine_i);
+        }
+    }
+}
+
 // Tensor parallelism: each rank's candidate per row, gathered rank after rank ([world][rows]); the
 // token is the best score, ties to the lower id, as on one GPU.
 extern "C" __global__ void pick_best_shard(const int* __restrict__ ids, const float* __restrict__ values,

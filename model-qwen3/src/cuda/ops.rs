@@ -13,7 +13,7 @@ use nanovllm_cuda::cudarc::driver::{
 use nanovllm_cuda::{Gpu, GpuError};
 use nanovllm_kv_quant::INT8_KV_CUH;
 
-use super::step::Truncation;
+use super::step::{StagedAdjustments, Truncation};
 use crate::Qwen3Config;
 
 const MODEL_CU: &str = include_str!("model.cu");
@@ -31,6 +31,8 @@ pub(super) struct Ops {
     qk_norm_rope: CudaFunction,
     silu_mul: CudaFunction,
     sample_tokens: CudaFunction,
+    adjust_logits: CudaFunction,
+    token_logprobs: CudaFunction,
     pick_best_shard: CudaFunction,
 }
 
@@ -54,6 +56,8 @@ impl Ops {
             qk_norm_rope: module.load_function("qk_norm_rope")?,
             silu_mul: module.load_function("silu_mul")?,
             sample_tokens: module.load_function("sample_tokens")?,
+            adjust_logits: module.load_function("adjust_logits")?,
+            token_logprobs: module.load_function("token_logprobs")?,
             pick_best_shard: module.load_function("pick_best_shard")?,
             gpu: gpu.clone(),
             config: config.clone(),
@@ -251,6 +255,46 @@ impl Ops {
             Some(t) => launch.arg(t.top_ks).arg(t.top_ps).arg(t.log_min_ps),
             None => launch.arg(&null).arg(&null).arg(&null),
         };
+        launch_blocks(&mut launch, (rows, 1), 1024)
+    }
+
+    /// Apply the first `count` staged adjustments to the logits in place, keeping the values they
+    /// replace in `saved`; or (`restore`) put those values back.
+    pub(super) fn adjust_logits(
+        &self,
+        logits: &mut CudaSlice<f32>,
+        adjustments: &StagedAdjustments,
+        saved: &mut CudaSlice<f32>,
+        count: usize,
+        restore: bool,
+    ) -> Result<(), GpuError> {
+        let (count_arg, vocab, restore) = (count as i32, self.vocab.len() as i32, restore as i32);
+        let mut launch = self.gpu.stream.launch_builder(&self.adjust_logits);
+        let (rows, tokens, repetitions, subtracts) = adjustments.device();
+        launch.arg(logits).arg(rows).arg(tokens).arg(repetitions).arg(subtracts).arg(saved);
+        launch.arg(&count_arg).arg(&vocab).arg(&restore);
+        launch_blocks(&mut launch, (count.div_ceil(256), 1), 256)
+    }
+
+    /// For each of `rows` rows with `counts[row] >= 0`: the log-probability of its sampled token
+    /// (`chosen`), and of its `counts[row]` most likely tokens (`top_ids`, `top_logprobs`, `widest`
+    /// per row), from the logits.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn token_logprobs(
+        &self,
+        logits: &CudaSlice<f32>,
+        sampled: &CudaSlice<i32>,
+        counts: &CudaSlice<i32>,
+        widest: usize,
+        chosen: &mut CudaSlice<f32>,
+        top_ids: &mut CudaSlice<i32>,
+        top_logprobs: &mut CudaSlice<f32>,
+        rows: usize,
+    ) -> Result<(), GpuError> {
+        let (vocab, widest) = (self.vocab.len() as i32, widest as i32);
+        let mut launch = self.gpu.stream.launch_builder(&self.token_logprobs);
+        launch.arg(logits).arg(sampled).arg(counts).arg(&vocab).arg(&widest);
+        launch.arg(chosen).arg(top_ids).arg(top_logprobs);
         launch_blocks(&mut launch, (rows, 1), 1024)
     }
 

@@ -10,11 +10,12 @@ use std::thread::JoinHandle;
 
 use nanovllm_cuda::cudarc::nccl::Id;
 use nanovllm_cuda::{Gpu, GpuError};
+use nanovllm_kv_cache::BlockId;
 use nanovllm_kv_quant::CacheDtype;
 
 use super::step::StepInputs;
-use super::{GpuLimits, GpuQwen3, GpuSample, Nccl, check_samples};
-use crate::{ModelError, Qwen3Model, SeqInput};
+use super::{GpuLimits, GpuQwen3, Nccl, SampleBatch, check_samples};
+use crate::{ModelError, Qwen3Model, Sampled, SeqInput};
 
 /// What every rank does, in the same order.
 #[derive(Clone)]
@@ -23,10 +24,11 @@ enum Command {
     Connect(Id),
     FreeMemory,
     AllocateCache(usize),
+    CopyBlocks(Vec<(BlockId, BlockId)>),
     /// Run a step, then sample (all ranks take part) or return this rank's logit columns.
     Step {
         step: StepInputs,
-        samples: Option<Vec<GpuSample>>,
+        samples: Option<SampleBatch>,
     },
 }
 
@@ -34,7 +36,7 @@ enum Reply {
     Done,
     Memory { free: usize, total: usize },
     Logits(Vec<f32>),
-    Tokens(Vec<u32>),
+    Tokens(Vec<Sampled>),
 }
 
 impl GpuQwen3 {
@@ -52,6 +54,10 @@ impl GpuQwen3 {
             }
             Command::AllocateCache(num_blocks) => {
                 self.allocate_cache(num_blocks)?;
+                Ok(Reply::Done)
+            }
+            Command::CopyBlocks(copies) => {
+                self.copy_blocks(&copies)?;
                 Ok(Reply::Done)
             }
             Command::Step { step, samples } => {
@@ -204,6 +210,11 @@ impl GpuGroup {
         self.on_every_rank(Command::AllocateCache(num_blocks)).map(drop)
     }
 
+    /// [`GpuQwen3::copy_blocks`] on every rank (each holds its kv heads of every block).
+    pub fn copy_blocks(&mut self, copies: &[(BlockId, BlockId)]) -> Result<(), GpuError> {
+        self.on_every_rank(Command::CopyBlocks(copies.to_vec())).map(drop)
+    }
+
     /// Decode batch sizes captured in CUDA graphs (0 when eager).
     pub fn decode_graphs(&self) -> usize {
         self.leader.decode_graphs()
@@ -231,11 +242,14 @@ impl GpuGroup {
     pub fn forward_sampled(
         &mut self,
         seqs: &[SeqInput<'_>],
-        samples: &[GpuSample],
-    ) -> Result<Vec<u32>, ModelError> {
+        batch: &SampleBatch,
+    ) -> Result<Vec<Sampled>, ModelError> {
+        if self.workers.is_empty() {
+            return self.leader.forward_sampled(seqs, batch);
+        }
         let step = self.leader.lay_out(seqs)?;
-        check_samples(&step, samples)?;
-        match self.on_every_rank(Command::Step { step, samples: Some(samples.to_vec()) })?.swap_remove(0) {
+        check_samples(&step, batch)?;
+        match self.on_every_rank(Command::Step { step, samples: Some(batch.clone()) })?.swap_remove(0) {
             Reply::Tokens(tokens) => Ok(tokens),
             _ => Err(GpuError::Rank { rank: 0, problem: "answered a sampled step without tokens" }.into()),
         }

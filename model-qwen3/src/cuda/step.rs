@@ -9,7 +9,7 @@ use nanovllm_cuda::cudarc::driver::{
 };
 use nanovllm_cuda::{Gpu, GpuError};
 
-use super::GpuSample;
+use super::{GpuSample, SampleBatch};
 use crate::forward::{lay_out, logit_rows};
 use crate::{ModelError, SeqInput};
 
@@ -45,6 +45,10 @@ impl<T: DeviceRepr + ValidAsZeroBits + Copy> Staged<T> {
             std::ptr::write_bytes(host.as_mut_ptr()?, 0, capacity);
         }
         Ok(Staged { host, device: gpu.stream.alloc_zeros(capacity)? })
+    }
+
+    fn capacity(&self) -> usize {
+        self.device.len()
     }
 
     /// Queue the copy of `values` to the start of the device buffer. The caller makes sure the
@@ -201,6 +205,7 @@ pub(super) struct StagedInputs {
     top_ks: Staged<i32>,
     top_ps: Staged<f32>,
     log_min_ps: Staged<f32>,
+    adjustments: StagedAdjustments,
 }
 
 impl StagedInputs {
@@ -223,6 +228,7 @@ impl StagedInputs {
             top_ks: Staged::new(gpu, seqs)?,
             top_ps: Staged::new(gpu, seqs)?,
             log_min_ps: Staged::new(gpu, seqs)?,
+            adjustments: StagedAdjustments::new(gpu, seqs)?,
         })
     }
 
@@ -240,14 +246,18 @@ impl StagedInputs {
         Ok(self.copied.record(stream)?)
     }
 
-    /// Queue the copies of the sampling parameters, one per output row; rows past `samples`
-    /// (graph padding) sample greedily and are ignored.
+    /// Queue the copies of the sampling parameters, one per output row (rows past the batch's
+    /// are graph padding: they sample greedily and are ignored), and of the adjustments of tokens
+    /// in the vocabulary of `vocab` ids (others cannot be drawn); returns how many adjustments.
     pub(super) fn upload_samples(
         &mut self,
-        stream: &Arc<CudaStream>,
-        samples: &[GpuSample],
+        gpu: &Gpu,
+        batch: &SampleBatch,
         rows: usize,
-    ) -> Result<(), GpuError> {
+        vocab: usize,
+    ) -> Result<usize, GpuError> {
+        let samples = batch.samples();
+        let stream = &gpu.stream;
         let pad = GpuSample::new(0.0, 0, 0);
         let padded = || samples.iter().copied().chain(std::iter::repeat(pad)).take(rows.max(samples.len()));
         let temperatures: Vec<f32> = padded().map(|s| s.temperature).collect();
@@ -267,7 +277,9 @@ impl StagedInputs {
             self.top_ps.upload(stream, &top_ps, "sampled sequences")?;
             self.log_min_ps.upload(stream, &log_min_ps, "sampled sequences")?;
         }
-        Ok(self.copied.record(stream)?)
+        let adjusted = self.adjustments.upload(gpu, batch, vocab)?;
+        self.copied.record(stream)?;
+        Ok(adjusted)
     }
 
     pub(super) fn ids(&self) -> &CudaSlice<i32> {
@@ -303,6 +315,10 @@ impl StagedInputs {
     pub(super) fn steps(&self) -> &CudaSlice<u64> {
         &self.steps.device
     }
+    /// The adjustments [`StagedInputs::upload_samples`] left.
+    pub(super) fn adjustments(&self) -> &StagedAdjustments {
+        &self.adjustments
+    }
     /// Each row's top_k, top_p and ln(min_p), as [`StagedInputs::upload_samples`] left them.
     pub(super) fn truncation(&self) -> Truncation<'_> {
         Truncation {
@@ -310,6 +326,67 @@ impl StagedInputs {
             top_ps: &self.top_ps.device,
             log_min_ps: &self.log_min_ps.device,
         }
+    }
+}
+
+/// The logit adjustments of a step on the device, one entry each: its row, token, repetition
+/// penalty and subtrahend. The buffers grow with the longest list seen.
+pub(super) struct StagedAdjustments {
+    rows: Staged<i32>,
+    tokens: Staged<i32>,
+    repetitions: Staged<f32>,
+    subtracts: Staged<f32>,
+    /// The lists laid out on the host, reused.
+    host: (Vec<i32>, Vec<i32>, Vec<f32>, Vec<f32>),
+}
+
+impl StagedAdjustments {
+    fn new(gpu: &Gpu, capacity: usize) -> Result<Self, GpuError> {
+        Ok(StagedAdjustments {
+            rows: Staged::new(gpu, capacity)?,
+            tokens: Staged::new(gpu, capacity)?,
+            repetitions: Staged::new(gpu, capacity)?,
+            subtracts: Staged::new(gpu, capacity)?,
+            host: Default::default(),
+        })
+    }
+
+    /// The device buffers: rows, tokens, repetition penalties, subtrahends.
+    pub(super) fn device(&self) -> (&CudaSlice<i32>, &CudaSlice<i32>, &CudaSlice<f32>, &CudaSlice<f32>) {
+        (&self.rows.device, &self.tokens.device, &self.repetitions.device, &self.subtracts.device)
+    }
+
+    /// Queue the copy of `batch`'s adjustments of tokens below `vocab`; returns how many. The
+    /// caller makes sure the previous copies have finished.
+    fn upload(&mut self, gpu: &Gpu, batch: &SampleBatch, vocab: usize) -> Result<usize, GpuError> {
+        let (rows, tokens, repetitions, subtracts) = &mut self.host;
+        rows.clear();
+        tokens.clear();
+        repetitions.clear();
+        subtracts.clear();
+        for (row, a) in batch.adjustments_by_row().filter(|(_, a)| (a.token as usize) < vocab) {
+            rows.push(row as i32);
+            tokens.push(a.token as i32);
+            repetitions.push(a.repetition);
+            subtracts.push(a.subtract);
+        }
+        let n = rows.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        if n > self.rows.capacity() {
+            *self = StagedAdjustments {
+                host: std::mem::take(&mut self.host),
+                ..Self::new(gpu, n.next_power_of_two())?
+            };
+        }
+        let (rows, tokens, repetitions, subtracts) = &self.host;
+        let stream = &gpu.stream;
+        self.rows.upload(stream, rows, "adjustments")?;
+        self.tokens.upload(stream, tokens, "adjustments")?;
+        self.repetitions.upload(stream, repetitions, "adjustments")?;
+        self.subtracts.upload(stream, subtracts, "adjustments")?;
+        Ok(n)
     }
 }
 
@@ -362,8 +439,8 @@ mod tests {
         let (long_table, _) = blocks.allocate(&long).unwrap(); // blocks 0, 1
         let (one_table, _) = blocks.allocate(&one).unwrap(); // block 2
         let seqs = [
-            SeqInput { tokens: &long, start: 0, block_table: &long_table, logits: true },
-            SeqInput { tokens: &one, start: 0, block_table: &one_table, logits: true },
+            SeqInput { tokens: &long, start: 0, block_table: &long_table, logits: 1 },
+            SeqInput { tokens: &one, start: 0, block_table: &one_table, logits: 1 },
         ];
         let step = StepInputs::new(&seqs, per_group, 16, BLOCK_SIZE, 8).unwrap();
         assert!(step.prefill && !step.is_decode());
@@ -390,7 +467,7 @@ mod tests {
                 tokens: &p[p.len() - 1..],
                 start: p.len() - 1,
                 block_table: table,
-                logits: true,
+                logits: 1,
             })
             .collect();
         let mut step = StepInputs::new(&seqs, per_group, 16, BLOCK_SIZE, 8).unwrap();

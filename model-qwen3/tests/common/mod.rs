@@ -22,7 +22,7 @@ pub(crate) fn decode_step<'a>(
             tokens: &t[t.len() - 1..],
             start: t.len() - 1,
             block_table: table,
-            logits: true,
+            logits: 1,
         })
         .collect()
 }
