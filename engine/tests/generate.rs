@@ -76,6 +76,10 @@ fn a_seed_fixes_the_output_whatever_else_is_batched() {
     let alone = sampled(1, &[vec![5, 6, 7]], Some(42));
     let batched = sampled(2, &[vec![9; 40], vec![5, 6, 7], vec![1, 2]], Some(42));
     assert_eq!(alone[0], batched[1], "same request, same seed, other company");
+    // In a batch of 256.
+    let mut crowd: Vec<Vec<u32>> = (0..255u32).map(|i| vec![1 + i % 50, 2 + i % 7, 3]).collect();
+    crowd.insert(128, vec![5, 6, 7]);
+    assert_eq!(sampled(3, &crowd, Some(42))[128], alone[0], "same seed in a batch of 256");
     assert_ne!(sampled(1, &[vec![5, 6, 7]], Some(43))[0], alone[0], "another seed, another sample");
     // Without per-request seeds, the engine seed fixes the run.
     assert_eq!(sampled(7, &[vec![5, 6, 7], vec![8]], None), sampled(7, &[vec![5, 6, 7], vec![8]], None));
