@@ -66,13 +66,24 @@ impl EngineArgs {
     /// Resolve the device and the model, and load the engine; says on stderr which device it
     /// picked and what the KV cache holds.
     pub(crate) fn load(&self, progress: bool) -> anyhow::Result<LLM> {
+        let (dir, config) = self.prepare(progress)?;
+        let llm = LLM::load(&dir, config, self.load_format).map_err(|e| self.flag_error(e))?;
+        eprintln!("{}", llm.describe_cache());
+        Ok(llm)
+    }
+
+    /// What loading needs, checked: the model's directory (fetched if an id) and the settings on
+    /// the resolved device (said on stderr).
+    pub(crate) fn prepare(&self, progress: bool) -> anyhow::Result<(std::path::PathBuf, EngineConfig)> {
         let config = self.config()?;
         let (device, line) = nanovllm::resolve_device(self.device).map_err(|e| self.flag_error(e))?;
         eprintln!("{line}");
-        let config = EngineConfig { device, progress, ..config };
-        let llm = LLM::load(&self.model_dir()?, config, self.load_format).map_err(|e| self.flag_error(e))?;
-        eprintln!("{}", llm.describe_cache());
-        Ok(llm)
+        Ok((self.model_dir()?, EngineConfig { device, progress, ..config }))
+    }
+
+    /// How the weights are loaded.
+    pub(crate) fn load_format(&self) -> LoadFormat {
+        self.load_format
     }
 
     /// The local directory of `--model`, fetched from the hub if it is a model id.
@@ -110,7 +121,7 @@ impl EngineArgs {
 
     /// An engine error with the flag that sets what it names: the engine speaks of its settings,
     /// the user typed flags.
-    fn flag_error(&self, error: EngineError) -> anyhow::Error {
+    pub(crate) fn flag_error(&self, error: EngineError) -> anyhow::Error {
         match &error {
             EngineError::DeviceUnavailable(reason) => anyhow::anyhow!("--device: {reason}"),
             EngineError::Config { field, .. } => match flag_of(field) {

@@ -6,6 +6,7 @@ mod eval;
 mod generate;
 mod prompts;
 mod sampling_args;
+mod serve;
 mod workload;
 
 use std::io::IsTerminal;
@@ -33,6 +34,8 @@ enum Command {
     /// Perplexity of a text, and the KL divergence of one KV cache dtype from another.
     #[command(allow_negative_numbers = true)]
     Eval(eval::EvalArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (`serve MODEL`, as `vllm serve`).
+    Serve(serve::ServeArgs),
 }
 
 /// Set by Ctrl-C; generation loops check it between steps and stop cleanly.
@@ -60,11 +63,12 @@ fn main() -> ExitCode {
             std::process::exit(130);
         }
     });
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(serve::positional_model(std::env::args_os().collect()));
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,

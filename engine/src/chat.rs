@@ -88,13 +88,30 @@ impl ChatTemplate {
     /// Render `messages` as HF does with `add_generation_prompt=True`; `enable_thinking` is
     /// Qwen3's switch (false adds an empty think block so the model answers directly).
     pub fn render(&self, messages: &[Message], enable_thinking: bool) -> Result<String, EngineError> {
+        let kwargs = serde_json::json!({ "enable_thinking": enable_thinking });
+        let serde_json::Value::Object(kwargs) = kwargs else { unreachable!("an object literal") };
+        self.render_with(messages, None, &kwargs)
+    }
+
+    /// Render `messages` with the `tools` the model may call (OpenAI's function specs, which
+    /// Qwen3's template lists in its system prompt) and template variables `kwargs` (vLLM's
+    /// `chat_template_kwargs`, such as `enable_thinking`), as HF's `apply_chat_template` with
+    /// `add_generation_prompt=True` does.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, EngineError> {
         let messages: Vec<_> = messages
             .iter()
             .map(|m| context! { role => m.role.clone(), content => m.content.clone() })
             .collect();
         let template = self.env.get_template("chat").map_err(|e| EngineError::ChatTemplate(e.to_string()))?;
+        let kwargs = minijinja::Value::from_serialize(kwargs);
+        let tools = tools.map(minijinja::Value::from_serialize);
         template
-            .render(context! { messages, add_generation_prompt => true, enable_thinking })
+            .render(context! { messages, add_generation_prompt => true, tools, ..kwargs })
             .map_err(|e| EngineError::ChatTemplate(e.to_string()))
     }
 }

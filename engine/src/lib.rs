@@ -51,7 +51,7 @@ pub use nanovllm_qwen3::{
     GenerationConfig, LogitAdjustment, Qwen3Config, Sampled, TokenLogprobs, argmax, log_softmax,
 };
 pub use nanovllm_scheduler::{
-    FinishReason, MAX_LOGPROBS, Phase, SamplingParams, ScheduleError, ScheduleStats, SchedulerConfig,
+    FinishReason, MAX_LOGPROBS, Phase, SamplingParams, ScheduleError, ScheduleStats, SchedulerConfig, SeqId,
     StopReason, replay,
 };
 pub use sampler::Sampler;

@@ -92,6 +92,8 @@ pub struct Completion {
     pub index: usize,
     /// The prompt's tokens.
     pub prompt_token_ids: Vec<u32>,
+    /// How many of them came from the prefix cache (vLLM's `cached_tokens`).
+    pub cached_prompt_tokens: usize,
     /// The generated tokens (a final EOS or stop token included).
     pub token_ids: Vec<u32>,
     /// The generated text, when the engine has a tokenizer (cut at a stop string).
@@ -593,6 +595,7 @@ impl LLM {
             id: state.request,
             index: state.index,
             prompt_token_ids: seq.prompt().to_vec(),
+            cached_prompt_tokens: seq.cached_prompt_tokens.unwrap_or(0),
             token_ids: seq.completion().to_vec(),
             text,
             finish_reason: seq.finish_reason.expect("finished sequences have a reason"),

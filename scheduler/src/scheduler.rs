@@ -321,6 +321,7 @@ impl Scheduler {
             Ok((table, copy)) => {
                 child.block_table = table;
                 child.num_cached_tokens = parent.num_cached_tokens;
+                child.cached_prompt_tokens = parent.cached_prompt_tokens;
                 child.num_computed_tokens = parent.prompt_len;
                 child.status = Status::Running;
                 self.running.push_back(id);
@@ -364,6 +365,7 @@ impl Scheduler {
             let Ok((table, cached)) = self.blocks.allocate(&seq.token_ids) else { break };
             seq.block_table = table;
             seq.num_cached_tokens = cached;
+            seq.cached_prompt_tokens.get_or_insert(cached.min(seq.prompt_len));
             seq.num_computed_tokens = cached;
             seq.status = Status::Running;
             self.reserved_seqs += seq.pending_siblings;

@@ -63,6 +63,10 @@ pub struct Sequence {
     pub prompt_len: usize,
     /// Leading tokens whose K/V came from the prefix cache at the last admission.
     pub num_cached_tokens: usize,
+    /// Prompt tokens that came from the prefix cache at its first admission (what vLLM reports
+    /// as `usage.prompt_tokens_details.cached_tokens`; a preemption's recompute does not change
+    /// it); `None` until admitted.
+    pub cached_prompt_tokens: Option<usize>,
     /// Leading tokens whose K/V are in the cache (cached or computed).
     pub num_computed_tokens: usize,
     /// The blocks holding its K/V.
@@ -87,6 +91,7 @@ impl Sequence {
             prompt_len: prompt.len(),
             token_ids: prompt,
             num_cached_tokens: 0,
+            cached_prompt_tokens: None,
             num_computed_tokens: 0,
             block_table: BlockTable::default(),
             params,

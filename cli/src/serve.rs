@@ -1,0 +1,131 @@
+//! `nanovllm-cli serve MODEL`: the OpenAI-compatible server (`nanovllm-server`), as `vllm serve`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use nanovllm::{ChatTemplate, LLM, Tokenizer};
+use nanovllm_server::{Admission, AppState, EngineHandle, Metrics, ServedModel, ServerError};
+
+use crate::engine_args::EngineArgs;
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Address to listen on (loopback by default: pass 0.0.0.0 to serve other hosts).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// The model name clients give (default: the model argument).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Require `Authorization: Bearer KEY` on /v1/* (also NANOVLLM_API_KEY or VLLM_API_KEY).
+    #[arg(long, env = "NANOVLLM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Requests handed to the engine at once (default: --max-num-seqs).
+    #[arg(long)]
+    max_concurrent_requests: Option<usize>,
+    /// Requests waiting for one of those places; beyond, 503 with Retry-After.
+    #[arg(long, default_value_t = 1024)]
+    max_queued_requests: usize,
+    /// Largest request body, in bytes (larger: 413).
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Seconds that requests in flight may take to finish after SIGTERM or Ctrl-C.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout: u64,
+}
+
+/// `serve MODEL` as vLLM takes it: a leading positional model becomes `--model MODEL`.
+pub(crate) fn positional_model(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let is_serve = args.get(1).is_some_and(|a| a == "serve");
+    if is_serve && args.get(2).is_some_and(|a| !a.to_string_lossy().starts_with('-')) {
+        args.insert(2, "--model".into());
+    }
+    args
+}
+
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (dir, config) = args.engine.prepare(false)?;
+    let name = args.served_model_name.clone().unwrap_or_else(|| args.engine.model.clone());
+    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let chat_template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
+    let metrics = Arc::new(Metrics::new(&name));
+    let max_num_seqs = config.max_num_seqs;
+    let format = args.engine.load_format();
+    let build_dir = dir.clone();
+    let (engine, info) = EngineHandle::start(move || LLM::load(&build_dir, config, format), metrics.clone())
+        .map_err(|e| match e {
+            ServerError::Engine(e) => args.engine.flag_error(e),
+            e => e.into(),
+        })?;
+    eprintln!("{}", info.cache);
+    let model = ServedModel {
+        name,
+        tokenizer,
+        chat_template,
+        default_sampling: info.default_sampling,
+        max_model_len: info.max_model_len,
+    };
+    let api_key = args.api_key.clone().or_else(|| std::env::var("VLLM_API_KEY").ok());
+    let served = model.name.clone();
+    let limits = Admission {
+        concurrent: args.max_concurrent_requests.unwrap_or(max_num_seqs),
+        queued: args.max_queued_requests,
+    };
+    let state = Arc::new(AppState::new(engine, model, metrics, limits, api_key));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
+        eprintln!("serving {served} on http://{}/v1", listener.local_addr()?);
+        let (signalled, drained) = tokio::sync::oneshot::channel();
+        let shutdown = async move {
+            termination().await;
+            eprintln!("draining: requests in flight finish, new ones get 503");
+            let _ = signalled.send(());
+        };
+        let server = nanovllm_server::serve(listener, state, args.max_body_bytes, shutdown);
+        let deadline = async {
+            if drained.await.is_ok() {
+                tokio::time::sleep(Duration::from_secs(args.shutdown_timeout)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = server => served?,
+            () = deadline => eprintln!("shutdown timeout: aborting the requests still in flight"),
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // Dropping the runtime drops the connections left, which aborts their requests.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or Ctrl-C.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

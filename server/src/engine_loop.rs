@@ -1,0 +1,245 @@
+//! The engine thread: it builds and owns the `LLM` (with CUDA graphs, which are not `Send`) and
+//! loops: take new requests from a channel, step, send each request what it got on its own
+//! channel. A request whose channel is closed (its client went away) is aborted before the next
+//! step. When idle, the thread blocks on the channel. Nothing else runs here: tokenizing,
+//! detokenizing, JSON and HTTP live in the handlers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use nanovllm::{Completion, EngineError, LLM, Prompt, SamplingParams, SeqId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ServerError;
+use crate::metrics::Metrics;
+
+/// What a request gets from the engine, one message per step at most, then one per sample that
+/// finishes.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// The tokens drawn in one step, by sample index.
+    Tokens(Vec<(usize, u32)>),
+    /// One sample finished.
+    Finished(Box<Completion>),
+    /// The engine failed while the request ran; nothing more comes.
+    Failed(String),
+}
+
+/// A request for the engine thread.
+pub(crate) struct Submission {
+    pub(crate) prompt: Vec<u32>,
+    pub(crate) params: SamplingParams,
+    /// Where its events go; closing it aborts the request.
+    pub(crate) events: mpsc::UnboundedSender<Event>,
+    /// Whether the engine took it (the reason if not).
+    pub(crate) accepted: oneshot::Sender<Result<(), EngineError>>,
+}
+
+/// The engine's state as `/health` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    Ready = 0,
+    Draining = 1,
+    Failed = 2,
+}
+
+/// What the engine tells the server once it is built.
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    /// Sampling values a request does not give (the model's generation_config).
+    pub default_sampling: SamplingParams,
+    /// The longest sequence, prompt and output.
+    pub max_model_len: usize,
+    /// The KV cache, in one line (blocks, tokens, dtype, bytes, graphs).
+    pub cache: String,
+}
+
+/// What the handlers know of the engine thread.
+#[derive(Debug)]
+pub struct EngineHandle {
+    /// `None` once dropping: the closed channel ends the engine loop.
+    submissions: Option<mpsc::UnboundedSender<Submission>>,
+    health: Arc<AtomicU8>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EngineHandle {
+    /// Start the engine thread: it runs `build` (loading the model) and then serves. Returns once
+    /// the engine is built, with what the server needs to know of it, or with the reason it could
+    /// not be built.
+    pub fn start(
+        build: impl FnOnce() -> Result<LLM, EngineError> + Send + 'static,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, EngineInfo), ServerError> {
+        let (submissions, receiver) = mpsc::unbounded_channel();
+        let (built, ready) = std::sync::mpsc::channel();
+        let health = Arc::new(AtomicU8::new(Health::Ready as u8));
+        let thread_health = health.clone();
+        let thread = std::thread::Builder::new()
+            .name("nanovllm-engine".into())
+            .spawn(move || match build() {
+                Ok(llm) => {
+                    let config = llm.config();
+                    metrics.set_cache_config(config.kv_cache_dtype.name(), config.block_size);
+                    let _ = built.send(Ok(EngineInfo {
+                        default_sampling: llm.default_sampling(),
+                        max_model_len: llm.scheduler().config().max_model_len,
+                        cache: llm.describe_cache(),
+                    }));
+                    EngineLoop { llm, receiver, live: HashMap::new(), metrics, health: thread_health }.run();
+                }
+                Err(e) => {
+                    let _ = built.send(Err(e));
+                }
+            })
+            .map_err(|e| ServerError::EngineThread(e.to_string()))?;
+        match ready.recv() {
+            Ok(Ok(info)) => {
+                Ok((EngineHandle { submissions: Some(submissions), health, thread: Some(thread) }, info))
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ServerError::EngineThread("ended while loading the model".into())),
+        }
+    }
+
+    /// Hand `submission` to the engine thread; `false` if it has stopped.
+    pub(crate) fn submit(&self, submission: Submission) -> bool {
+        self.submissions.as_ref().is_some_and(|s| s.send(submission).is_ok())
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        match self.health.load(Ordering::Relaxed) {
+            0 => Health::Ready,
+            1 => Health::Draining,
+            _ => Health::Failed,
+        }
+    }
+
+    /// Turn `/health` to 503 and refuse new requests; those in flight go on.
+    pub(crate) fn drain(&self) {
+        let _ = self.health.compare_exchange(
+            Health::Ready as u8,
+            Health::Draining as u8,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        // Closing the channel ends the loop once it is idle: in-flight requests are aborted when
+        // their handlers drop their receivers.
+        self.submissions = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A live request: where its events go, and how many of its samples are still running.
+struct Live {
+    events: mpsc::UnboundedSender<Event>,
+    running: usize,
+}
+
+struct EngineLoop {
+    llm: LLM,
+    receiver: mpsc::UnboundedReceiver<Submission>,
+    live: HashMap<SeqId, Live>,
+    metrics: Arc<Metrics>,
+    health: Arc<AtomicU8>,
+}
+
+impl EngineLoop {
+    fn run(mut self) {
+        loop {
+            if self.llm.is_finished() {
+                // Idle: wait for work, or end when every handle is gone.
+                match self.receiver.blocking_recv() {
+                    Some(submission) => self.accept(submission),
+                    None => return,
+                }
+            }
+            while let Ok(submission) = self.receiver.try_recv() {
+                self.accept(submission);
+            }
+            self.abort_abandoned();
+            self.metrics.observe_engine(&self.llm);
+            if !self.llm.is_finished() {
+                self.step();
+            }
+        }
+    }
+
+    fn accept(&mut self, submission: Submission) {
+        let Submission { prompt, params, events, accepted } = submission;
+        let n = params.n;
+        match self.llm.add_request(Prompt::Tokens(prompt), params) {
+            Ok(id) => {
+                if accepted.send(Ok(())).is_ok() {
+                    self.live.insert(id, Live { events, running: n });
+                } else {
+                    let _ = self.llm.abort(id);
+                }
+            }
+            Err(e) => {
+                let _ = accepted.send(Err(e));
+            }
+        }
+    }
+
+    /// Abort the requests whose clients went away (their receivers dropped).
+    fn abort_abandoned(&mut self) {
+        let gone: Vec<SeqId> =
+            self.live.iter().filter(|(_, live)| live.events.is_closed()).map(|(&id, _)| id).collect();
+        for id in gone {
+            self.live.remove(&id);
+            match self.llm.abort(id) {
+                Ok(aborted) => self.metrics.count_finished(&aborted),
+                Err(e) => tracing::warn!(request = id, error = %e, "abort failed"),
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        let output = match self.llm.step() {
+            Ok(output) => output,
+            Err(e) => {
+                // The engine cannot go on: fail every request and turn /health to 503.
+                tracing::error!(error = %e, "engine step failed");
+                self.health.store(Health::Failed as u8, Ordering::Relaxed);
+                for (_, live) in self.live.drain() {
+                    let _ = live.events.send(Event::Failed(e.to_string()));
+                }
+                self.llm.abort_all();
+                return;
+            }
+        };
+        // Before any event goes out, so that a client that saw its tokens sees the step in
+        // /metrics too.
+        self.metrics.observe_engine(&self.llm);
+        self.metrics.count_step(&output);
+        let mut by_request: HashMap<SeqId, Vec<(usize, u32)>> = HashMap::new();
+        for token in &output.tokens {
+            by_request.entry(token.id).or_default().push((token.index, token.token));
+        }
+        for (id, tokens) in by_request {
+            if let Some(live) = self.live.get(&id) {
+                let _ = live.events.send(Event::Tokens(tokens));
+            }
+        }
+        self.metrics.count_finished(&output.finished);
+        for completion in output.finished {
+            let id = completion.id;
+            if let Some(live) = self.live.get_mut(&id) {
+                let _ = live.events.send(Event::Finished(Box::new(completion)));
+                live.running -= 1;
+                if live.running == 0 {
+                    self.live.remove(&id);
+                }
+            }
+        }
+    }
+}

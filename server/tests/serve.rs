@@ -1,0 +1,355 @@
+//! The server as a client sees it, in process on a loopback port: the committed tiny model (the
+//! real Qwen3 tokenizer and chat template, random weights) on the CPU. Streamed text equals the
+//! whole text; a seed gives `LLM::generate`'s tokens, alone or among concurrent requests; usage is
+//! what the engine counted; every error comes in OpenAI's shape with its status, and the server
+//! serves on after each; a client that goes away frees its blocks; overload gives 503s.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use nanovllm::{CacheDtype, ChatTemplate, EngineConfig, LLM, LoadFormat, Prompt, SamplingParams, Tokenizer};
+use nanovllm_server::{Admission, AppState, EngineHandle, Metrics, ServedModel};
+use serde_json::{Value, json};
+
+const MODEL: &str = "tiny";
+
+fn model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-random-qwen3")
+}
+
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        kv_cache_dtype: CacheDtype::Int8,
+        kv_cache_memory_bytes: Some(4 << 20),
+        block_size: 16,
+        max_model_len: Some(256),
+        max_num_seqs: 8,
+        progress: false,
+        ..EngineConfig::default()
+    }
+}
+
+fn load() -> Result<LLM, nanovllm::EngineError> {
+    LLM::load(&model_dir(), engine_config(), LoadFormat::Dummy)
+}
+
+/// A server on a free loopback port, admitting `max_in_flight` requests; it stops when the
+/// returned sender drops.
+async fn start(
+    max_in_flight: usize,
+    api_key: Option<&str>,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let dir = model_dir();
+    let metrics = Arc::new(Metrics::new(MODEL));
+    let (engine, info) = EngineHandle::start(load, metrics.clone()).unwrap();
+    let model = ServedModel {
+        name: MODEL.into(),
+        tokenizer: Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap(),
+        chat_template: ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json")).unwrap(),
+        default_sampling: info.default_sampling,
+        max_model_len: info.max_model_len,
+    };
+    let limits = Admission { concurrent: max_in_flight, queued: 0 };
+    let state = Arc::new(AppState::new(engine, model, metrics, limits, api_key.map(str::to_owned)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(nanovllm_server::serve(listener, state, 1 << 16, async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+async fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    let response = client().post(format!("http://{addr}{path}")).json(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// The `data:` payloads of an SSE body, `[DONE]` last.
+async fn events(addr: SocketAddr, path: &str, body: &Value) -> Vec<String> {
+    let response = client().post(format!("http://{addr}{path}")).json(body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    text.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_owned).collect()
+}
+
+fn chunks(events: &[String]) -> Vec<Value> {
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect()
+}
+
+/// A metric's value from `/metrics`.
+async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let text = client().get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_text_is_the_whole_text_and_usage_is_the_engines() {
+    let (addr, _stop) = start(64, None).await;
+    let request = json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 24, "temperature": 0,
+                         "ignore_eos": true});
+    let (status, whole) = post(addr, "/v1/completions", &request).await;
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(whole["object"], "text_completion");
+    let text = whole["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(whole["choices"][0]["finish_reason"], "length");
+    let prompt_tokens = Tokenizer::from_file(&model_dir().join("tokenizer.json"))
+        .unwrap()
+        .encode("The capital of France is")
+        .unwrap()
+        .len();
+    assert_eq!(
+        whole["usage"],
+        json!({"prompt_tokens": prompt_tokens, "completion_tokens": 24, "total_tokens": prompt_tokens + 24,
+               "prompt_tokens_details": {"cached_tokens": 0}})
+    );
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let chunks = chunks(&events(addr, "/v1/completions", &streamed).await);
+    let joined: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    assert_eq!(joined, text);
+    let finish: Vec<&Value> = chunks.iter().filter(|c| !c["choices"][0]["finish_reason"].is_null()).collect();
+    assert_eq!(finish.len(), 1);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"], whole["usage"]);
+    // Token ids in, and n samples out with their own indices.
+    let ids = json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 5, "n": 3, "temperature": 1.0, "seed": 3,
+                     "ignore_eos": true});
+    let (status, body) = post(addr, "/v1/completions", &ids).await;
+    assert_eq!(status, 200, "{body}");
+    let indices: Vec<u64> =
+        body["choices"].as_array().unwrap().iter().map(|c| c["index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, [0, 1, 2]);
+    assert_eq!(body["usage"]["completion_tokens"], 15);
+    // A prompt of 40 tokens seen before: its two full blocks of 16 come from the prefix cache.
+    let long = json!({"model": MODEL, "prompt": (100..140).collect::<Vec<u32>>(), "max_tokens": 2});
+    let (_, first) = post(addr, "/v1/completions", &long).await;
+    let (_, again) = post(addr, "/v1/completions", &long).await;
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"], 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_gives_the_engines_tokens_alone_and_among_concurrent_requests() {
+    let params = SamplingParams {
+        temperature: 0.8,
+        seed: Some(11),
+        max_tokens: 12,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let expected = {
+        let mut llm = load().unwrap();
+        let out = llm.generate(vec![Prompt::Tokens(vec![5, 6, 7, 8])], &params).unwrap();
+        llm.tokenizer().unwrap().decode(&out[0].as_ref().unwrap().token_ids).unwrap()
+    };
+    let (addr, _stop) = start(64, None).await;
+    let request = |seed: u64| {
+        json!({"model": MODEL, "prompt": [5, 6, 7, 8], "max_tokens": 12, "temperature": 0.8, "seed": seed,
+               "ignore_eos": true, "top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0})
+    };
+    let (_, alone) = post(addr, "/v1/completions", &request(11)).await;
+    assert_eq!(alone["choices"][0]["text"], expected);
+    let requests: Vec<Value> = (0..8).map(|i| request(11 + i)).collect();
+    let together =
+        futures_util::future::join_all(requests.iter().map(|r| post(addr, "/v1/completions", r))).await;
+    assert_eq!(together[0].1["choices"][0]["text"], expected, "the same seed among 8 concurrent requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_streams_the_role_then_deltas_then_one_finish_and_usage() {
+    let (addr, _stop) = start(64, None).await;
+    let request = json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8,
+                         "temperature": 0, "ignore_eos": true, "chat_template_kwargs": {"enable_thinking": false}});
+    let (status, whole) = post(addr, "/v1/chat/completions", &request).await;
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(whole["object"], "chat.completion");
+    assert_eq!(whole["choices"][0]["message"]["role"], "assistant");
+    let (_, tokenized) = post(
+        addr,
+        "/tokenize",
+        &json!({"messages": request["messages"],
+                                                         "chat_template_kwargs": {"enable_thinking": false}}),
+    )
+    .await;
+    assert_eq!(whole["usage"]["prompt_tokens"], tokenized["count"], "the prompt is the rendered template");
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let chunks = chunks(&events(addr, "/v1/chat/completions", &streamed).await);
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(content, whole["choices"][0]["message"]["content"].as_str().unwrap());
+    assert_eq!(chunks.iter().filter(|c| !c["choices"][0]["finish_reason"].is_null()).count(), 1);
+    assert_eq!(chunks.last().unwrap()["choices"], json!([]));
+    assert_eq!(chunks.last().unwrap()["usage"], whole["usage"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_has_openais_shape_and_the_server_serves_on() {
+    let (addr, _stop) = start(64, None).await;
+    let ok = json!({"model": MODEL, "prompt": "x", "max_tokens": 2});
+    let raw = |body: &'static str| async move {
+        let response = client()
+            .post(format!("http://{addr}/v1/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+    };
+    let cases: Vec<(u16, Value, Option<&str>, Option<&str>)> = vec![
+        {
+            let (s, b) = raw("{not json").await;
+            (s, b, None, None)
+        },
+        {
+            let (s, b) =
+                post(addr, "/v1/completions", &json!({"model": MODEL, "prompt": "x", "max_tokens": "many"}))
+                    .await;
+            (s, b, Some("max_tokens"), None)
+        },
+        {
+            let (s, b) =
+                post(addr, "/v1/completions", &json!({"model": MODEL, "prompt": "x", "temperature": -1}))
+                    .await;
+            (s, b, Some("temperature"), None)
+        },
+        {
+            let (s, b) =
+                post(addr, "/v1/completions", &json!({"model": MODEL, "prompt": "x", "top_k": -5})).await;
+            (s, b, Some("top_k"), None)
+        },
+        {
+            let (s, b) =
+                post(addr, "/v1/completions", &json!({"model": MODEL, "prompt": "x", "max_tokens": 1000}))
+                    .await;
+            (s, b, Some("max_tokens"), Some("context_length_exceeded"))
+        },
+        {
+            let (s, b) = post(addr, "/v1/completions", &json!({"model": MODEL, "prompt": [999999]})).await;
+            (s, b, None, None)
+        },
+    ];
+    for (status, body, param, code) in cases {
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        if let Some(param) = param {
+            assert_eq!(body["error"]["param"], param, "{body}");
+        }
+        if let Some(code) = code {
+            assert_eq!(body["error"]["code"], code, "{body}");
+        }
+        assert_eq!(post(addr, "/v1/completions", &ok).await.0, 200, "serves on");
+    }
+    let (status, body) = post(addr, "/v1/completions", &json!({"model": "other", "prompt": "x"})).await;
+    assert_eq!((status, &body["error"]["code"]), (404, &json!("model_not_found")));
+    let big = json!({"model": MODEL, "prompt": "x".repeat(1 << 17)});
+    let (status, body) = post(addr, "/v1/completions", &big).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"]["message"].is_string());
+    assert_eq!(post(addr, "/v1/completions", &ok).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_guards_v1_and_the_rest_stays_open() {
+    let (addr, _stop) = start(64, Some("secret")).await;
+    let url = format!("http://{addr}/v1/models");
+    let without = client().get(&url).send().await.unwrap();
+    assert_eq!(without.status(), 401);
+    let body: Value = without.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "authentication_error");
+    assert_eq!(client().get(&url).bearer_auth("wrong").send().await.unwrap().status(), 401);
+    let with = client().get(&url).bearer_auth("secret").send().await.unwrap();
+    assert_eq!(with.status(), 200);
+    let models: Value = with.json().await.unwrap();
+    assert_eq!(models["data"][0]["id"], MODEL);
+    assert_eq!(client().get(format!("http://{addr}/health")).send().await.unwrap().status(), 200);
+    let version: Value =
+        client().get(format!("http://{addr}/version")).send().await.unwrap().json().await.unwrap();
+    assert!(version["version"].is_string());
+    let (_, tokens) = post(addr, "/tokenize", &json!({"prompt": "Hello world"})).await;
+    let (_, text) = post(addr, "/detokenize", &json!({"tokens": tokens["tokens"]})).await;
+    assert_eq!(text["prompt"], "Hello world");
+}
+
+/// Polls `/metrics` until the KV cache is empty (bounded).
+async fn wait_for_empty_cache(addr: SocketAddr) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let usage = metric(addr, "vllm:kv_cache_usage_perc").await;
+        if usage == 0.0 || Instant::now() > deadline {
+            return usage;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_frees_its_blocks_and_overload_is_503() {
+    let (addr, _stop) = start(2, None).await;
+    let long = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 200, "ignore_eos": true,
+                      "stream": true});
+    // Two streams hold the two places; a third request gets 503 with Retry-After.
+    let first = client().post(format!("http://{addr}/v1/completions")).json(&long).send().await.unwrap();
+    let second = client().post(format!("http://{addr}/v1/completions")).json(&long).send().await.unwrap();
+    let mut first_body = first.bytes_stream();
+    assert!(first_body.next().await.is_some(), "the stream has begun");
+    assert!(metric(addr, "vllm:kv_cache_usage_perc").await > 0.0);
+    let third = client().post(format!("http://{addr}/v1/completions")).json(&long).send().await.unwrap();
+    assert_eq!(third.status(), 503);
+    assert!(third.headers().contains_key("retry-after"));
+    let body: Value = third.json().await.unwrap();
+    assert!(body["error"]["message"].is_string());
+    // Both clients leave mid-stream: their requests are aborted, their blocks freed.
+    drop(first_body);
+    drop(second);
+    assert_eq!(wait_for_empty_cache(addr).await, 0.0);
+    assert!(metric(addr, "vllm:request_success_total{finished_reason=\"abort\"").await >= 2.0);
+    // A non-streaming client that leaves is aborted too.
+    let request =
+        json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 200, "ignore_eos": true});
+    let pending = tokio::spawn(async move {
+        client().post(format!("http://{addr}/v1/completions")).json(&request).send().await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pending.abort();
+    assert_eq!(wait_for_empty_cache(addr).await, 0.0);
+    assert_eq!(
+        post(addr, "/v1/completions", &json!({"model": MODEL, "prompt": "x", "max_tokens": 2})).await.0,
+        200
+    );
+    // vLLM's metric names.
+    let text = client().get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:cache_config_info",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+        "vllm:num_preemptions_total",
+        "vllm:request_success_total",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:inter_token_latency_seconds_bucket",
+        "vllm:e2e_request_latency_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    assert!(text.contains("cache_dtype=\"int8\""));
+}
