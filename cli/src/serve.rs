@@ -35,6 +35,10 @@ pub(crate) struct ServeArgs {
     /// Largest request body, in bytes (larger: 413).
     #[arg(long, default_value_t = 16 << 20)]
     max_body_bytes: usize,
+    /// Split a chat answer's <think> section into `reasoning_content` (vLLM's flag; qwen3 is
+    /// the parser there is).
+    #[arg(long, value_parser = ["qwen3"])]
+    reasoning_parser: Option<String>,
     /// Seconds that requests in flight may take to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30)]
     shutdown_timeout: u64,
@@ -70,6 +74,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         chat_template,
         default_sampling: info.default_sampling,
         max_model_len: info.max_model_len,
+        reasoning_parser: args.reasoning_parser.is_some(),
     };
     let api_key = args.api_key.clone().or_else(|| std::env::var("VLLM_API_KEY").ok());
     let served = model.name.clone();

@@ -80,6 +80,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
         });
+        env.add_filter("tojson", python_tojson);
         env.add_template_owned("chat", source.to_owned())
             .map_err(|e| EngineError::ChatTemplate(e.to_string()))?;
         Ok(ChatTemplate { env })
@@ -113,5 +114,52 @@ impl ChatTemplate {
         template
             .render(context! { messages, add_generation_prompt => true, tools, ..kwargs })
             .map_err(|e| EngineError::ChatTemplate(e.to_string()))
+    }
+}
+
+/// HF's `tojson` filter: Python's `json.dumps` (keys in the given order, `", "` and `": "` between
+/// items, non-ASCII kept), so that a template renders tools and tool-call arguments byte for byte
+/// as transformers does. minijinja's own is compact.
+fn python_tojson(value: minijinja::Value) -> Result<String, minijinja::Error> {
+    /// serde_json's compact output with Python's separators.
+    struct PythonFormatter;
+    impl serde_json::ser::Formatter for PythonFormatter {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { writer.write_all(b", ") }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { writer.write_all(b", ") }
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+            writer.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+    serde::Serialize::serialize(&value, &mut serializer)
+        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))?;
+    String::from_utf8(out)
+        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tojson_writes_as_pythons_json_dumps() {
+        let template = ChatTemplate::new("{{ messages[0].content | tojson }} {{ x | tojson }}").unwrap();
+        let kwargs = serde_json::json!({"x": {"name": "f", "arguments": {"b": [1, 2.5], "a": "é\""}}});
+        let serde_json::Value::Object(kwargs) = kwargs else { unreachable!() };
+        let rendered = template.render_with(&[Message::user("hi")], None, &kwargs).unwrap();
+        assert_eq!(rendered, r#""hi" {"name": "f", "arguments": {"b": [1, 2.5], "a": "é\""}}"#);
     }
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::completions::{ResponseMeta, check_model, chunk_stream, sse, stop_reason, token_text, usage};
 use crate::error::ApiError;
 use crate::generation::{Delta, Generation};
+use crate::parsers::{Parsing, Parts, ToolCall};
 use crate::protocol::{ChatMessage, ChatRequest, parse_with_sampling};
 use crate::state::AppState;
 
@@ -49,7 +50,20 @@ async fn start(state: Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> 
     if request.messages.is_empty() {
         return Err(ApiError::invalid("messages: at least one message is needed", Some("messages")));
     }
-    let text = render(&state, &request.messages, None, &request.chat_template_kwargs)?;
+    let tools = match (&request.tools, &request.tool_choice) {
+        (None, _) => None,
+        (Some(tools), None) => Some(tools),
+        (Some(tools), Some(Value::String(choice))) if choice == "auto" => Some(tools),
+        (Some(_), Some(Value::String(choice))) if choice == "none" => None,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "tool_choice: \"auto\" and \"none\" are supported (forcing a call needs guided decoding)",
+                Some("tool_choice"),
+            ));
+        }
+    };
+    let parsing = Parsing { reasoning: state.model.reasoning_parser, tools: tools.is_some() };
+    let text = render(&state, &request.messages, tools, &request.chat_template_kwargs)?;
     let prompt = state.model.tokenizer.encode(&text)?;
     // Without max_tokens, up to the end of the context (vLLM's default for chat).
     let room = state.model.max_model_len.saturating_sub(prompt.len()).max(1);
@@ -61,12 +75,12 @@ async fn start(state: Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> 
     let meta = ResponseMeta::new("chatcmpl", &state.model.name);
     if request.stream {
         let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-        Ok(sse(stream_chunks(generation, meta, include_usage)).into_response())
+        Ok(sse(stream_chunks(generation, meta, include_usage, parsing)).into_response())
     } else {
         let prompt_tokens = generation.prompt_tokens;
         let completions = generation.complete().await?;
         let tokenizer = &state.model.tokenizer;
-        let choices: Vec<Value> = completions.iter().map(|c| choice(c, tokenizer)).collect();
+        let choices: Vec<Value> = completions.iter().map(|c| choice(c, tokenizer, parsing, &meta)).collect();
         let usage = usage(prompt_tokens, &completions);
         Ok(axum::Json(meta.body("chat.completion", choices, Some(usage))).into_response())
     }
@@ -90,37 +104,115 @@ fn chat_logprobs(completion: &Completion, tokenizer: &Tokenizer) -> Value {
     json!({ "content": content })
 }
 
-fn choice(completion: &Completion, tokenizer: &Tokenizer) -> Value {
+/// OpenAI's `tool_calls`, each with an id unique to the response.
+fn tool_calls(calls: &[ToolCall], meta: &ResponseMeta, index: usize) -> Value {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, call)| {
+            json!({
+                "index": i, "id": format!("call-{}-{index}-{i}", meta.id()), "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            })
+        })
+        .collect()
+}
+
+/// `finish_reason`: `tool_calls` when the answer called a tool, else the engine's.
+fn finish_reason(completion: &Completion, parts: &Parts) -> &'static str {
+    if parts.tool_calls.is_empty() { completion.finish_reason.name() } else { "tool_calls" }
+}
+
+fn choice(completion: &Completion, tokenizer: &Tokenizer, parsing: Parsing, meta: &ResponseMeta) -> Value {
+    let parts = parsing.parts(completion.text.as_deref().unwrap_or_default(), true);
+    let mut message = json!({"role": "assistant", "content": parts.content});
+    if parsing.reasoning {
+        message["reasoning_content"] = json!(parts.reasoning);
+    }
+    if !parts.tool_calls.is_empty() {
+        message["tool_calls"] = tool_calls(&parts.tool_calls, meta, completion.index);
+        if parts.content.is_empty() {
+            message["content"] = Value::Null;
+        }
+    }
     json!({
         "index": completion.index,
-        "message": {"role": "assistant", "content": completion.text.clone().unwrap_or_default()},
+        "message": message,
         "logprobs": chat_logprobs(completion, tokenizer),
-        "finish_reason": completion.finish_reason.name(),
+        "finish_reason": finish_reason(completion, &parts),
         "stop_reason": stop_reason(completion),
     })
 }
 
-/// The chunks of a streamed chat completion: the role first, then content deltas and each
-/// sample's finish chunk.
+/// One sample's answer so far, and how much of each part was sent.
+#[derive(Debug, Default)]
+struct SampleView {
+    text: String,
+    sent_reasoning: usize,
+    sent_content: usize,
+}
+
+impl SampleView {
+    /// The delta of what `parts` shows beyond what was sent, or `None` if nothing.
+    fn delta(&mut self, parts: &Parts) -> Option<Value> {
+        let mut delta = serde_json::Map::new();
+        if let Some(reasoning) = &parts.reasoning
+            && reasoning.len() > self.sent_reasoning
+        {
+            delta.insert("reasoning_content".into(), json!(reasoning[self.sent_reasoning..]));
+            self.sent_reasoning = reasoning.len();
+        }
+        if parts.content.len() > self.sent_content {
+            delta.insert("content".into(), json!(parts.content[self.sent_content..]));
+            self.sent_content = parts.content.len();
+        }
+        (!delta.is_empty()).then_some(Value::Object(delta))
+    }
+}
+
+/// The chunks of a streamed chat completion: the role first, then reasoning and content deltas
+/// (a tool call comes whole with its sample's finish chunk), and each sample's finish chunk.
 fn stream_chunks(
     generation: Generation,
     meta: ResponseMeta,
     include_usage: bool,
+    parsing: Parsing,
 ) -> impl Stream<Item = Value> {
-    let role: Vec<Value> = (0..generation.num_samples())
+    let n = generation.num_samples();
+    let role: Vec<Value> = (0..n)
         .map(|index| {
             json!({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})
         })
         .collect();
     let first = meta.body("chat.completion.chunk", role, None);
-    let rest = chunk_stream(generation, meta, "chat.completion.chunk", include_usage, |delta| match delta {
-        Delta::Text { index, text } => json!({
-            "index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": null,
-        }),
-        Delta::Finished { index, completion } => json!({
-            "index": index, "delta": {}, "logprobs": null,
-            "finish_reason": completion.finish_reason.name(), "stop_reason": stop_reason(completion),
-        }),
-    });
+    let mut views: Vec<SampleView> = (0..n).map(|_| SampleView::default()).collect();
+    let chunk_meta = meta.clone();
+    let rest = chunk_stream(
+        generation,
+        meta,
+        "chat.completion.chunk",
+        include_usage,
+        move |delta| match delta {
+            Delta::Text { index, text } => {
+                let view = &mut views[*index];
+                view.text.push_str(text);
+                let parts = parsing.parts(&view.text, false);
+                let delta = view.delta(&parts)?;
+                Some(json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": null}))
+            }
+            Delta::Finished { index, completion } => {
+                let view = &mut views[*index];
+                let parts = parsing.parts(completion.text.as_deref().unwrap_or_default(), true);
+                let mut delta = view.delta(&parts).unwrap_or_else(|| json!({}));
+                if !parts.tool_calls.is_empty() {
+                    delta["tool_calls"] = tool_calls(&parts.tool_calls, &chunk_meta, *index);
+                }
+                Some(json!({
+                    "index": index, "delta": delta, "logprobs": null,
+                    "finish_reason": finish_reason(completion, &parts), "stop_reason": stop_reason(completion),
+                }))
+            }
+        },
+    );
     stream::once(async move { first }).chain(rest)
 }

@@ -70,6 +70,11 @@ impl ResponseMeta {
         ResponseMeta { id: format!("{prefix}-{created:x}{serial:08x}"), created, model: model.to_owned() }
     }
 
+    /// The response's id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
     pub(crate) fn body(&self, object: &str, choices: Vec<Value>, usage: Option<Value>) -> Value {
         let mut body = json!({
             "id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices,
@@ -165,26 +170,28 @@ fn stream_chunks(
     meta: ResponseMeta,
     include_usage: bool,
 ) -> impl Stream<Item = Value> {
-    chunk_stream(generation, meta, "text_completion", include_usage, |delta| match delta {
-        Delta::Text { index, text } => json!({
-            "index": index, "text": text, "logprobs": null, "finish_reason": null, "stop_reason": null,
-        }),
-        Delta::Finished { index, completion } => json!({
-            "index": index, "text": "", "logprobs": null,
-            "finish_reason": completion.finish_reason.name(), "stop_reason": stop_reason(completion),
-        }),
+    chunk_stream(generation, meta, "text_completion", include_usage, |delta| {
+        Some(match delta {
+            Delta::Text { index, text } => json!({
+                "index": index, "text": text, "logprobs": null, "finish_reason": null, "stop_reason": null,
+            }),
+            Delta::Finished { index, completion } => json!({
+                "index": index, "text": "", "logprobs": null,
+                "finish_reason": completion.finish_reason.name(), "stop_reason": stop_reason(completion),
+            }),
+        })
     })
 }
 
-/// A request's chunks of type `object`: each step's deltas as choices (`choice` makes one), then
-/// the usage chunk (`choices: []`) if asked; an engine failure ends the stream with an error
-/// chunk.
+/// A request's chunks of type `object`: each step's deltas as choices (`choice` makes one, or
+/// none for a delta that shows nothing yet), then the usage chunk (`choices: []`) if asked; an
+/// engine failure ends the stream with an error chunk.
 pub(crate) fn chunk_stream(
     generation: Generation,
     meta: ResponseMeta,
     object: &'static str,
     include_usage: bool,
-    choice: impl Fn(&Delta) -> Value + Send + 'static,
+    choice: impl FnMut(&Delta) -> Option<Value> + Send + 'static,
 ) -> impl Stream<Item = Value> {
     struct Streaming<F> {
         generation: Generation,
@@ -202,12 +209,12 @@ pub(crate) fn chunk_stream(
         }
         let chunks = match s.generation.next().await {
             Some(Ok(deltas)) => {
-                let choices = deltas.iter().map(&s.choice).collect();
+                let choices: Vec<Value> = deltas.iter().filter_map(&mut s.choice).collect();
                 s.completions.extend(deltas.into_iter().filter_map(|delta| match delta {
                     Delta::Finished { completion, .. } => Some(*completion),
                     Delta::Text { .. } => None,
                 }));
-                vec![s.meta.body(object, choices, None)]
+                if choices.is_empty() { Vec::new() } else { vec![s.meta.body(object, choices, None)] }
             }
             Some(Err(e)) => {
                 s.done = true;

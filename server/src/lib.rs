@@ -13,6 +13,7 @@ mod engine_loop;
 mod error;
 mod generation;
 mod metrics;
+mod parsers;
 mod protocol;
 mod routes;
 mod state;

@@ -202,6 +202,10 @@ pub(crate) struct ChatRequest {
     /// Template variables such as `enable_thinking`.
     #[serde(default)]
     pub(crate) chat_template_kwargs: serde_json::Map<String, serde_json::Value>,
+    /// Functions the model may call (OpenAI's specs, rendered by the template).
+    pub(crate) tools: Option<serde_json::Value>,
+    /// `"auto"` (default with tools) or `"none"`.
+    pub(crate) tool_choice: Option<serde_json::Value>,
 }
 
 /// `POST /tokenize`: a prompt, or messages through the chat template.
@@ -209,6 +213,8 @@ pub(crate) struct ChatRequest {
 pub(crate) struct TokenizeRequest {
     pub(crate) prompt: Option<String>,
     pub(crate) messages: Option<Vec<ChatMessage>>,
+    /// With messages: the tools the template lists.
+    pub(crate) tools: Option<serde_json::Value>,
     #[serde(default)]
     pub(crate) chat_template_kwargs: serde_json::Map<String, serde_json::Value>,
 }

@@ -104,7 +104,9 @@ async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     let request: TokenizeRequest = parse(&body)?;
     let text = match (&request.prompt, &request.messages) {
         (Some(prompt), None) => prompt.clone(),
-        (None, Some(messages)) => render(&state, messages, None, &request.chat_template_kwargs)?,
+        (None, Some(messages)) => {
+            render(&state, messages, request.tools.as_ref(), &request.chat_template_kwargs)?
+        }
         _ => return Err(ApiError::invalid("give either prompt or messages", Some("prompt"))),
     };
     let tokens = state.model.tokenizer.encode(&text)?;

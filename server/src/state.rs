@@ -22,6 +22,9 @@ pub struct ServedModel {
     pub default_sampling: SamplingParams,
     /// The longest sequence, prompt and output.
     pub max_model_len: usize,
+    /// Split a chat answer's `<think>` section into `reasoning_content` (vLLM's
+    /// `--reasoning-parser qwen3`).
+    pub reasoning_parser: bool,
 }
 
 /// The server's shared state.

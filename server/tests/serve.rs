@@ -51,6 +51,7 @@ async fn start(
         chat_template: ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json")).unwrap(),
         default_sampling: info.default_sampling,
         max_model_len: info.max_model_len,
+        reasoning_parser: true,
     };
     let limits = Admission { concurrent: max_in_flight, queued: 0 };
     let state = Arc::new(AppState::new(engine, model, metrics, limits, api_key.map(str::to_owned)));
@@ -352,4 +353,25 @@ async fn a_client_that_goes_away_frees_its_blocks_and_overload_is_503() {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
     assert!(text.contains("cache_dtype=\"int8\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_reach_the_qwen3_template_and_unsupported_tool_choices_are_refused() {
+    let (addr, _stop) = start(64, None).await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let messages = json!([{"role": "user", "content": "Weather in Paris?"}]);
+    let (_, tokenized) = post(addr, "/tokenize", &json!({"messages": messages, "tools": tools})).await;
+    let (_, rendered) = post(addr, "/detokenize", &json!({"tokens": tokenized["tokens"]})).await;
+    let rendered = rendered["prompt"].as_str().unwrap();
+    assert!(rendered.contains("<tools>") && rendered.contains("\"name\": \"get_weather\""), "{rendered}");
+    let request = json!({"model": MODEL, "messages": messages, "tools": tools, "max_tokens": 4});
+    let (status, body) = post(addr, "/v1/chat/completions", &request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], tokenized["count"], "the tools are in the prompt");
+    assert!(body["choices"][0]["message"].get("reasoning_content").is_some(), "the reasoning parser is on");
+    let mut forced = request.clone();
+    forced["tool_choice"] = json!("required");
+    let (status, body) = post(addr, "/v1/chat/completions", &forced).await;
+    assert_eq!((status, &body["error"]["param"]), (400, &json!("tool_choice")));
 }
