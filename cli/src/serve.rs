@@ -60,6 +60,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let chat_template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
     let metrics = Arc::new(Metrics::new(&name));
     let max_num_seqs = config.max_num_seqs;
+    let cpu = config.device == nanovllm::Device::Cpu;
     let format = args.engine.load_format();
     let build_dir = dir.clone();
     let (engine, info) = EngineHandle::start(move || LLM::load(&build_dir, config, format), metrics.clone())
@@ -83,7 +84,12 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         queued: args.max_queued_requests,
     };
     let state = Arc::new(AppState::new(engine, model, metrics, limits, api_key));
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // On the CPU the model's rayon threads take every core: two workers are plenty for HTTP.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if cpu {
+        runtime.worker_threads(2);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
         eprintln!("serving {served} on http://{}/v1", listener.local_addr()?);

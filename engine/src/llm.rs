@@ -122,7 +122,7 @@ struct RequestState {
 }
 
 /// A token one of a request's samples got in a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepToken {
     /// The request.
     pub id: SeqId,
@@ -130,6 +130,8 @@ pub struct StepToken {
     pub index: usize,
     /// The token.
     pub token: u32,
+    /// Its log-probabilities, when the request asked for them.
+    pub logprobs: Option<TokenLogprobs>,
 }
 
 /// What one step did.
@@ -477,10 +479,11 @@ impl LLM {
         self.requests.extend(seq_ids.iter().copied().zip(states));
         let tokens = seq_ids
             .iter()
-            .zip(&ids)
-            .map(|(seq, &token)| {
+            .zip(&sampled)
+            .map(|(seq, drawn)| {
                 let state = &self.requests[seq];
-                StepToken { id: state.request, index: state.index, token }
+                let (token, logprobs) = (drawn.token, drawn.logprobs.clone());
+                StepToken { id: state.request, index: state.index, token, logprobs }
             })
             .collect();
         for (&seq_id, drawn) in seq_ids.iter().zip(sampled) {

@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
-use nanovllm::{Completion, Message, SamplingParams, Tokenizer};
+use nanovllm::{Completion, Message, SamplingParams, TokenLogprobs, Tokenizer};
 use serde_json::{Value, json};
 
 use crate::completions::{ResponseMeta, check_model, chunk_stream, sse, stop_reason, token_text, usage};
@@ -75,7 +75,7 @@ async fn start(state: Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> 
     let meta = ResponseMeta::new("chatcmpl", &state.model.name);
     if request.stream {
         let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-        Ok(sse(stream_chunks(generation, meta, include_usage, parsing)).into_response())
+        Ok(sse(stream_chunks(generation, meta, include_usage, parsing, state.clone())).into_response())
     } else {
         let prompt_tokens = generation.prompt_tokens;
         let completions = generation.complete().await?;
@@ -87,8 +87,7 @@ async fn start(state: Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> 
 }
 
 /// Chat logprobs: `{"content": [{token, logprob, bytes, top_logprobs: [...]}]}`.
-fn chat_logprobs(completion: &Completion, tokenizer: &Tokenizer) -> Value {
-    let Some(logprobs) = &completion.logprobs else { return Value::Null };
+fn chat_logprobs(logprobs: &[TokenLogprobs], tokenizer: &Tokenizer) -> Value {
     let entry = |token: u32, logprob: f32| {
         let text = token_text(tokenizer, token);
         json!({"token": text, "logprob": logprob, "bytes": text.as_bytes()})
@@ -138,7 +137,7 @@ fn choice(completion: &Completion, tokenizer: &Tokenizer, parsing: Parsing, meta
     json!({
         "index": completion.index,
         "message": message,
-        "logprobs": chat_logprobs(completion, tokenizer),
+        "logprobs": completion.logprobs.as_ref().map(|l| chat_logprobs(l, tokenizer)),
         "finish_reason": finish_reason(completion, &parts),
         "stop_reason": stop_reason(completion),
     })
@@ -177,6 +176,7 @@ fn stream_chunks(
     meta: ResponseMeta,
     include_usage: bool,
     parsing: Parsing,
+    state: Arc<AppState>,
 ) -> impl Stream<Item = Value> {
     let n = generation.num_samples();
     let role: Vec<Value> = (0..n)
@@ -193,12 +193,18 @@ fn stream_chunks(
         "chat.completion.chunk",
         include_usage,
         move |delta| match delta {
-            Delta::Text { index, text } => {
+            Delta::Text { index, text, logprobs } => {
                 let view = &mut views[*index];
                 view.text.push_str(text);
                 let parts = parsing.parts(&view.text, false);
-                let delta = view.delta(&parts)?;
-                Some(json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": null}))
+                let delta = view.delta(&parts);
+                let logprobs =
+                    (!logprobs.is_empty()).then(|| chat_logprobs(logprobs, &state.model.tokenizer));
+                if delta.is_none() && logprobs.is_none() {
+                    return None;
+                }
+                let delta = delta.unwrap_or_else(|| json!({}));
+                Some(json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": null}))
             }
             Delta::Finished { index, completion } => {
                 let view = &mut views[*index];

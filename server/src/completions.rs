@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
-use nanovllm::{Completion, StopReason, Tokenizer};
+use nanovllm::{Completion, StopReason, TokenLogprobs, Tokenizer};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -38,7 +38,7 @@ async fn start(state: Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> 
     let meta = ResponseMeta::new("cmpl", &state.model.name);
     if request.stream {
         let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-        Ok(sse(stream_chunks(generation, meta, include_usage)).into_response())
+        Ok(sse(stream_chunks(generation, meta, include_usage, state.clone())).into_response())
     } else {
         let prompt_tokens = generation.prompt_tokens;
         let completions = generation.complete().await?;
@@ -112,43 +112,40 @@ pub(crate) fn token_text(tokenizer: &Tokenizer, token: u32) -> String {
     tokenizer.decode(&[token]).unwrap_or_default()
 }
 
-/// Legacy completions logprobs: `tokens`, `token_logprobs`, `top_logprobs` (a map per token),
-/// `text_offset`.
-fn completion_logprobs(completion: &Completion, tokenizer: &Tokenizer) -> Value {
-    let Some(logprobs) = &completion.logprobs else { return Value::Null };
+/// Legacy completions logprobs of `logprobs`, whose text starts at byte `offset` of the
+/// completion: `tokens`, `token_logprobs`, `top_logprobs` (a map per token), `text_offset`.
+/// Returns them and the offset past them.
+fn legacy_logprobs(logprobs: &[TokenLogprobs], tokenizer: &Tokenizer, offset: usize) -> (Value, usize) {
     let tokens: Vec<String> = logprobs.iter().map(|l| token_text(tokenizer, l.token)).collect();
-    let mut offset = 0;
+    let mut end = offset;
     let text_offset: Vec<usize> = tokens
         .iter()
         .map(|t| {
-            let at = offset;
-            offset += t.len();
+            let at = end;
+            end += t.len();
             at
         })
         .collect();
     let top: Vec<Value> = logprobs
         .iter()
         .map(|l| {
-            let mut map = serde_json::Map::new();
-            for &(id, lp) in &l.top {
-                map.insert(token_text(tokenizer, id), json!(lp));
-            }
-            Value::Object(map)
+            Value::Object(l.top.iter().map(|&(id, lp)| (token_text(tokenizer, id), json!(lp))).collect())
         })
         .collect();
-    json!({
+    let value = json!({
         "tokens": tokens,
         "token_logprobs": logprobs.iter().map(|l| l.logprob).collect::<Vec<_>>(),
         "top_logprobs": top,
         "text_offset": text_offset,
-    })
+    });
+    (value, end)
 }
 
 fn choice(completion: &Completion, tokenizer: &Tokenizer) -> Value {
     json!({
         "index": completion.index,
         "text": completion.text.clone().unwrap_or_default(),
-        "logprobs": completion_logprobs(completion, tokenizer),
+        "logprobs": completion.logprobs.as_ref().map(|l| legacy_logprobs(l, tokenizer, 0).0),
         "finish_reason": completion.finish_reason.name(),
         "stop_reason": stop_reason(completion),
     })
@@ -169,12 +166,20 @@ fn stream_chunks(
     generation: Generation,
     meta: ResponseMeta,
     include_usage: bool,
+    state: Arc<AppState>,
 ) -> impl Stream<Item = Value> {
-    chunk_stream(generation, meta, "text_completion", include_usage, |delta| {
+    // Where each sample's next token's text starts (logprobs' text_offset).
+    let mut offsets = vec![0; generation.num_samples()];
+    chunk_stream(generation, meta, "text_completion", include_usage, move |delta| {
         Some(match delta {
-            Delta::Text { index, text } => json!({
-                "index": index, "text": text, "logprobs": null, "finish_reason": null, "stop_reason": null,
-            }),
+            Delta::Text { index, text, logprobs } => {
+                let logprobs = (!logprobs.is_empty()).then(|| {
+                    let (value, end) = legacy_logprobs(logprobs, &state.model.tokenizer, offsets[*index]);
+                    offsets[*index] = end;
+                    value
+                });
+                json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": null, "stop_reason": null})
+            }
             Delta::Finished { index, completion } => json!({
                 "index": index, "text": "", "logprobs": null,
                 "finish_reason": completion.finish_reason.name(), "stop_reason": stop_reason(completion),

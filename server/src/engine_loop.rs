@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use nanovllm::{Completion, EngineError, LLM, Prompt, SamplingParams, SeqId};
+use nanovllm::{Completion, EngineError, LLM, Prompt, SamplingParams, SeqId, StepToken};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ServerError;
@@ -18,8 +18,8 @@ use crate::metrics::Metrics;
 /// finishes.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// The tokens drawn in one step, by sample index.
-    Tokens(Vec<(usize, u32)>),
+    /// The tokens drawn in one step, by sample index (with their log-probabilities if asked).
+    Tokens(Vec<StepToken>),
     /// One sample finished.
     Finished(Box<Completion>),
     /// The engine failed while the request ran; nothing more comes.
@@ -221,9 +221,9 @@ impl EngineLoop {
         // /metrics too.
         self.metrics.observe_engine(&self.llm);
         self.metrics.count_step(&output);
-        let mut by_request: HashMap<SeqId, Vec<(usize, u32)>> = HashMap::new();
-        for token in &output.tokens {
-            by_request.entry(token.id).or_default().push((token.index, token.token));
+        let mut by_request: HashMap<SeqId, Vec<StepToken>> = HashMap::new();
+        for token in output.tokens {
+            by_request.entry(token.id).or_default().push(token);
         }
         for (id, tokens) in by_request {
             if let Some(live) = self.live.get(&id) {

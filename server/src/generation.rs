@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use nanovllm::{Completion, SamplingParams, StreamDecoder};
+use nanovllm::{Completion, SamplingParams, StepToken, StreamDecoder, TokenLogprobs};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::engine_loop::{Event, Health, Submission};
@@ -16,8 +16,9 @@ use crate::state::AppState;
 /// What a request's stream gives next.
 #[derive(Debug)]
 pub(crate) enum Delta {
-    /// New text of sample `index`.
-    Text { index: usize, text: String },
+    /// New text of sample `index` (possibly empty: a token whose text is not complete yet), and
+    /// the log-probabilities of the tokens that brought it, when asked for.
+    Text { index: usize, text: String, logprobs: Vec<TokenLogprobs> },
     /// Sample `index` finished (its final text already sent as `Text`).
     Finished { index: usize, completion: Box<Completion> },
 }
@@ -125,7 +126,7 @@ impl Generation {
         Ok(completions.into_iter().map(|c| c.expect("every sample finishes")).collect())
     }
 
-    fn tokens(&mut self, tokens: Vec<(usize, u32)>) -> Result<Vec<Delta>, ApiError> {
+    fn tokens(&mut self, tokens: Vec<StepToken>) -> Result<Vec<Delta>, ApiError> {
         let now = Instant::now();
         let metrics = &self.state.metrics;
         match self.last_token {
@@ -135,16 +136,17 @@ impl Generation {
         self.last_token = Some(now);
         let tokenizer = &self.state.model.tokenizer;
         let mut deltas = Vec::new();
-        for (index, token) in tokens {
+        for StepToken { index, token, logprobs, .. } in tokens {
             let sample = &mut self.samples[index];
             sample.text.push_str(&sample.decoder.push(tokenizer, token)?);
             let mut end = sample.text.len().saturating_sub(self.hold_back);
             while !sample.text.is_char_boundary(end) {
                 end -= 1;
             }
-            if end > sample.sent {
-                deltas.push(Delta::Text { index, text: sample.text[sample.sent..end].to_owned() });
-                sample.sent = end;
+            let text = sample.text.get(sample.sent..end).unwrap_or_default().to_owned();
+            sample.sent = sample.sent.max(end);
+            if !text.is_empty() || logprobs.is_some() {
+                deltas.push(Delta::Text { index, text, logprobs: logprobs.into_iter().collect() });
             }
         }
         Ok(deltas)
@@ -163,7 +165,7 @@ impl Generation {
             && text.len() > sample.sent
             && text.is_char_boundary(sample.sent)
         {
-            deltas.push(Delta::Text { index, text: text[sample.sent..].to_owned() });
+            deltas.push(Delta::Text { index, text: text[sample.sent..].to_owned(), logprobs: Vec::new() });
             sample.sent = text.len();
         }
         deltas.push(Delta::Finished { index, completion });

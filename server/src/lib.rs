@@ -43,8 +43,9 @@ pub enum ServerError {
     EngineThread(String),
 }
 
-/// Serve `state` on `listener` until `shutdown` completes; then `/health` turns 503, new
-/// requests get 503, and those in flight finish (the caller bounds how long it waits).
+/// Serve `state` on `listener` until `shutdown` completes; then drain: `/health` turns 503, new
+/// requests get 503, and once those in flight have finished the server stops (the caller bounds
+/// how long it waits).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
@@ -55,6 +56,9 @@ pub async fn serve(
     let draining = async move {
         shutdown.await;
         state.engine.drain();
+        while state.in_flight() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     };
     // One SSE event per request per engine step: sent at once, not held back by Nagle.
     let listener = listener.tap_io(|tcp| {

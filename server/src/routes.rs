@@ -2,11 +2,13 @@
 //! `/health`, `/version`, `/tokenize`, `/detokenize` and `/metrics`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,8 +39,37 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(payload_too_large))
+        .layer(middleware::from_fn(access_log))
         .with_state(state)
 }
+
+/// One `tracing` line per request (method, path, status, time to the response's head: a stream's
+/// length is not in it), under the client's `x-request-id` or one of ours, which the response
+/// carries back. No prompt or output text.
+async fn access_log(request: Request, next: Next) -> Response {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+    let id = match request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        Some(given) => given.to_owned(),
+        None => format!("{:016x}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+    };
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let started = Instant::now();
+    let mut response = next.run(request).await;
+    tracing::info!(
+        request_id = %id,
+        %method,
+        path,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+const REQUEST_ID: &str = "x-request-id";
 
 /// Without the right `Authorization: Bearer` key, 401 (compared in constant time).
 async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {

@@ -41,6 +41,8 @@ pub struct AppState {
     pub(crate) api_key: Option<String>,
     /// When the server started (the `created` of `/v1/models`).
     pub(crate) created: u64,
+    /// Permits of `admission` in all.
+    admitted_at_most: usize,
 }
 
 impl AppState {
@@ -61,7 +63,13 @@ impl AppState {
             engine_slots: Arc::new(Semaphore::new(limits.concurrent)),
             api_key,
             created: unix_time(),
+            admitted_at_most: limits.concurrent + limits.queued,
         }
+    }
+
+    /// Requests admitted and not finished.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.admitted_at_most - self.admission.available_permits()
     }
 }
 

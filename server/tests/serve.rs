@@ -125,6 +125,23 @@ async fn streamed_text_is_the_whole_text_and_usage_is_the_engines() {
     let last = chunks.last().unwrap();
     assert_eq!(last["choices"], json!([]));
     assert_eq!(last["usage"], whole["usage"]);
+    // Log-probabilities, streamed token by token, are the whole response's.
+    let with_logprobs = |stream: bool| {
+        json!({"model": MODEL, "prompt": "Hello", "max_tokens": 6, "temperature": 0, "ignore_eos": true,
+               "logprobs": 2, "stream": stream})
+    };
+    let (_, whole) = post(addr, "/v1/completions", &with_logprobs(false)).await;
+    let logprobs = &whole["choices"][0]["logprobs"];
+    assert_eq!(logprobs["token_logprobs"].as_array().unwrap().len(), 6);
+    assert_eq!(logprobs["top_logprobs"][0].as_object().unwrap().len(), 2);
+    let logprob_chunks = self::chunks(&events(addr, "/v1/completions", &with_logprobs(true)).await);
+    let streamed: Vec<Value> = logprob_chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["token_logprobs"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    assert_eq!(&Value::Array(streamed), &logprobs["token_logprobs"]);
     // Token ids in, and n samples out with their own indices.
     let ids = json!({"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 5, "n": 3, "temperature": 1.0, "seed": 3,
                      "ignore_eos": true});
@@ -276,8 +293,9 @@ async fn an_api_key_guards_v1_and_the_rest_stays_open() {
     let body: Value = without.json().await.unwrap();
     assert_eq!(body["error"]["type"], "authentication_error");
     assert_eq!(client().get(&url).bearer_auth("wrong").send().await.unwrap().status(), 401);
-    let with = client().get(&url).bearer_auth("secret").send().await.unwrap();
+    let with = client().get(&url).bearer_auth("secret").header("x-request-id", "abc").send().await.unwrap();
     assert_eq!(with.status(), 200);
+    assert_eq!(with.headers()["x-request-id"], "abc", "the access log's id comes back");
     let models: Value = with.json().await.unwrap();
     assert_eq!(models["data"][0]["id"], MODEL);
     assert_eq!(client().get(format!("http://{addr}/health")).send().await.unwrap().status(), 200);
