@@ -309,14 +309,7 @@ async fn an_api_key_guards_v1_and_the_rest_stays_open() {
 
 /// Polls `/metrics` until the KV cache is empty (bounded).
 async fn wait_for_empty_cache(addr: SocketAddr) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let usage = metric(addr, "vllm:kv_cache_usage_perc").await;
-        if usage == 0.0 || Instant::now() > deadline {
-            return usage;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(addr, "vllm:kv_cache_usage_perc", 0.0).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,4 +385,36 @@ async fn tools_reach_the_qwen3_template_and_unsupported_tool_choices_are_refused
     forced["tool_choice"] = json!("required");
     let (status, body) = post(addr, "/v1/chat/completions", &forced).await;
     assert_eq!((status, &body["error"]["param"]), (400, &json!("tool_choice")));
+}
+
+/// Polls `/metrics` until `name` reads `value` (bounded); returns the last reading.
+async fn wait_for(addr: SocketAddr, name: &str, value: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let read = metric(addr, name).await;
+        if read == value || Instant::now() > deadline {
+            return read;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_in_the_engine_is_aborted_when_its_client_leaves() {
+    let (addr, _stop) = start(64, None).await;
+    let long = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 200, "ignore_eos": true,
+                      "stream": true});
+    let send = || client().post(format!("http://{addr}/v1/completions")).json(&long).send();
+    // The engine runs 8 sequences at once: the ninth waits in its queue.
+    let mut running = Vec::new();
+    for _ in 0..8 {
+        running.push(send().await.unwrap());
+    }
+    let queued = send().await.unwrap();
+    assert_eq!(wait_for(addr, "vllm:num_requests_waiting", 1.0).await, 1.0);
+    drop(queued);
+    assert_eq!(wait_for(addr, "vllm:num_requests_waiting", 0.0).await, 0.0, "aborted while queued");
+    assert_eq!(metric(addr, "vllm:num_requests_running").await, 8.0, "the others run on");
+    drop(running);
+    assert_eq!(wait_for_empty_cache(addr).await, 0.0);
 }
