@@ -194,10 +194,14 @@ fn stream_chunks(
         include_usage,
         move |delta| match delta {
             Delta::Text { index, text, logprobs } => {
-                let view = &mut views[*index];
-                view.text.push_str(text);
-                let parts = parsing.parts(&view.text, false);
-                let delta = view.delta(&parts);
+                let delta = if parsing.is_active() {
+                    let view = &mut views[*index];
+                    view.text.push_str(text);
+                    view.delta(&parsing.parts(&view.text, false))
+                } else {
+                    // Nothing to split: the text passes through as it comes.
+                    (!text.is_empty()).then(|| json!({"content": text}))
+                };
                 let logprobs =
                     (!logprobs.is_empty()).then(|| chat_logprobs(logprobs, &state.model.tokenizer));
                 if delta.is_none() && logprobs.is_none() {
@@ -207,9 +211,12 @@ fn stream_chunks(
                 Some(json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": null}))
             }
             Delta::Finished { index, completion } => {
-                let view = &mut views[*index];
                 let parts = parsing.parts(completion.text.as_deref().unwrap_or_default(), true);
-                let mut delta = view.delta(&parts).unwrap_or_else(|| json!({}));
+                let mut delta = match parsing.is_active() {
+                    true => views[*index].delta(&parts).unwrap_or_else(|| json!({})),
+                    // The final text already went out as the last text delta.
+                    false => json!({}),
+                };
                 if !parts.tool_calls.is_empty() {
                     delta["tool_calls"] = tool_calls(&parts.tool_calls, &chunk_meta, *index);
                 }

@@ -17,6 +17,8 @@ pub struct Metrics {
     prompt_tokens: IntCounter,
     generation_tokens: IntCounter,
     num_preemptions: IntCounter,
+    prefix_cache_queries: IntCounter,
+    prefix_cache_hits: IntCounter,
     request_success: IntCounterVec,
     pub(crate) time_to_first_token: Histogram,
     pub(crate) inter_token_latency: Histogram,
@@ -89,6 +91,16 @@ impl Metrics {
                 "Cumulative number of preemption from the engine.",
             ))
             .expect("valid counter"),
+            prefix_cache_queries: IntCounter::with_opts(labels(
+                "vllm:prefix_cache_queries_total",
+                "Prefix cache queries, in terms of number of queried tokens.",
+            ))
+            .expect("valid counter"),
+            prefix_cache_hits: IntCounter::with_opts(labels(
+                "vllm:prefix_cache_hits_total",
+                "Prefix cache hits, in terms of number of cached tokens.",
+            ))
+            .expect("valid counter"),
             request_success: IntCounterVec::new(
                 labels("vllm:request_success_total", "Count of successfully processed requests."),
                 &["finished_reason"],
@@ -122,7 +134,7 @@ impl Metrics {
             registry,
             preemptions_seen: Default::default(),
         };
-        let collectors: [Box<dyn Collector>; 12] = [
+        let collectors: [Box<dyn Collector>; 14] = [
             Box::new(metrics.num_requests_running.clone()),
             Box::new(metrics.num_requests_waiting.clone()),
             Box::new(metrics.kv_cache_usage_perc.clone()),
@@ -130,6 +142,8 @@ impl Metrics {
             Box::new(metrics.generation_tokens.clone()),
             Box::new(metrics.num_preemptions.clone()),
             Box::new(metrics.request_success.clone()),
+            Box::new(metrics.prefix_cache_queries.clone()),
+            Box::new(metrics.prefix_cache_hits.clone()),
             Box::new(metrics.time_to_first_token.clone()),
             Box::new(metrics.inter_token_latency.clone()),
             Box::new(metrics.e2e_request_latency.clone()),
@@ -169,10 +183,15 @@ impl Metrics {
         self.generation_tokens.inc_by(output.tokens.len() as u64);
     }
 
-    /// Requests (samples) that ended, by finish reason.
+    /// Requests (samples) that ended, by finish reason; and each request's prompt as the prefix
+    /// cache saw it at its first admission (its first sample counts for the others).
     pub(crate) fn count_finished(&self, finished: &[Completion]) {
         for completion in finished {
             self.request_success.with_label_values(&[completion.finish_reason.name()]).inc();
+            if completion.index == 0 {
+                self.prefix_cache_queries.inc_by(completion.prompt_token_ids.len() as u64);
+                self.prefix_cache_hits.inc_by(completion.cached_prompt_tokens as u64);
+            }
         }
     }
 

@@ -37,6 +37,11 @@ pub(crate) struct Parsing {
 }
 
 impl Parsing {
+    /// Whether anything is split out of the text at all.
+    pub(crate) fn is_active(&self) -> bool {
+        self.reasoning || self.tools
+    }
+
     /// The parts of `text`. While the answer is still growing (`finished` false), a marker that
     /// may be forming at the end is left out, and so is everything from an unfinished
     /// `<tool_call>` on, so that what is shown never has to be taken back.

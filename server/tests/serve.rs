@@ -51,7 +51,7 @@ async fn start(
         chat_template: ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json")).unwrap(),
         default_sampling: info.default_sampling,
         max_model_len: info.max_model_len,
-        reasoning_parser: true,
+        reasoning_parser: false,
     };
     let limits = Admission { concurrent: max_in_flight, queued: 0 };
     let state = Arc::new(AppState::new(engine, model, metrics, limits, api_key.map(str::to_owned)));
@@ -157,6 +157,7 @@ async fn streamed_text_is_the_whole_text_and_usage_is_the_engines() {
     let (_, again) = post(addr, "/v1/completions", &long).await;
     assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
     assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"], 32);
+    assert!(metric(addr, "vllm:prefix_cache_hits_total").await >= 32.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,6 +357,8 @@ async fn a_client_that_goes_away_frees_its_blocks_and_overload_is_503() {
         "vllm:prompt_tokens_total",
         "vllm:generation_tokens_total",
         "vllm:num_preemptions_total",
+        "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_hits_total",
         "vllm:request_success_total",
         "vllm:time_to_first_token_seconds_bucket",
         "vllm:inter_token_latency_seconds_bucket",
@@ -380,7 +383,10 @@ async fn tools_reach_the_qwen3_template_and_unsupported_tool_choices_are_refused
     let (status, body) = post(addr, "/v1/chat/completions", &request).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["usage"]["prompt_tokens"], tokenized["count"], "the tools are in the prompt");
-    assert!(body["choices"][0]["message"].get("reasoning_content").is_some(), "the reasoning parser is on");
+    assert!(
+        body["choices"][0]["message"].get("reasoning_content").is_none(),
+        "no reasoning parser asked for"
+    );
     let mut forced = request.clone();
     forced["tool_choice"] = json!("required");
     let (status, body) = post(addr, "/v1/chat/completions", &forced).await;
