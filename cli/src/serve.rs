@@ -56,50 +56,45 @@ pub(crate) fn positional_model(mut args: Vec<std::ffi::OsString>) -> Vec<std::ff
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (dir, config) = args.engine.prepare(false)?;
     let name = args.served_model_name.clone().unwrap_or_else(|| args.engine.model.clone());
-    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-    let chat_template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
-    let metrics = Arc::new(Metrics::new(&name));
-    let max_num_seqs = config.max_num_seqs;
-    let cpu = config.device == nanovllm::Device::Cpu;
-    let format = args.engine.load_format();
-    let build_dir = dir.clone();
-    let (engine, info) = EngineHandle::start(move || LLM::load(&build_dir, config, format), metrics.clone())
-        .map_err(|e| match e {
-            ServerError::Engine(e) => args.engine.flag_error(e),
-            e => e.into(),
-        })?;
-    eprintln!("{}", info.cache);
     let model = ServedModel {
-        name,
-        tokenizer,
-        chat_template,
-        default_sampling: info.default_sampling,
-        max_model_len: info.max_model_len,
+        name: name.clone(),
+        tokenizer: Tokenizer::from_file(&dir.join("tokenizer.json"))?,
+        chat_template: ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?,
         reasoning_parser: args.reasoning_parser.is_some(),
     };
-    let api_key = args.api_key.clone().or_else(|| std::env::var("VLLM_API_KEY").ok());
-    let served = model.name.clone();
+    let metrics = Arc::new(Metrics::new(&name));
     let limits = Admission {
-        concurrent: args.max_concurrent_requests.unwrap_or(max_num_seqs),
+        concurrent: args.max_concurrent_requests.unwrap_or(config.max_num_seqs),
         queued: args.max_queued_requests,
     };
-    let state = Arc::new(AppState::new(engine, model, metrics, limits, api_key));
     // On the CPU the model's rayon threads take every core: two workers are plenty for HTTP.
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if cpu {
+    if config.device == nanovllm::Device::Cpu {
         runtime.worker_threads(2);
     }
     let runtime = runtime.enable_all().build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind((args.host.as_str(), args.port)))?;
+    // The socket answers while the model loads: /health and every request get 503 until then.
+    eprintln!("serving {name} on http://{}/v1", listener.local_addr()?);
+    let format = args.engine.load_format();
+    let engine = EngineHandle::spawn(move || LLM::load(&dir, config, format), metrics.clone())?;
+    let api_key = args.api_key.clone().or_else(|| std::env::var("VLLM_API_KEY").ok());
+    let state = Arc::new(AppState::new(engine, model, metrics, limits, api_key));
+    let (signalled, drained) = tokio::sync::oneshot::channel();
+    let shutdown = async move {
+        termination().await;
+        eprintln!("draining: requests in flight finish, new ones get 503");
+        let _ = signalled.send(());
+    };
+    let server =
+        runtime.spawn(nanovllm_server::serve(listener, state.clone(), args.max_body_bytes, shutdown));
+    match state.engine().wait_until_built() {
+        Ok(info) => eprintln!("{}", info.cache),
+        Err(ServerError::Engine(e)) => return Err(args.engine.flag_error(e)),
+        Err(e) => return Err(e.into()),
+    }
+    drop(state);
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
-        eprintln!("serving {served} on http://{}/v1", listener.local_addr()?);
-        let (signalled, drained) = tokio::sync::oneshot::channel();
-        let shutdown = async move {
-            termination().await;
-            eprintln!("draining: requests in flight finish, new ones get 503");
-            let _ = signalled.send(());
-        };
-        let server = nanovllm_server::serve(listener, state, args.max_body_bytes, shutdown);
         let deadline = async {
             if drained.await.is_ok() {
                 tokio::time::sleep(Duration::from_secs(args.shutdown_timeout)).await;
@@ -108,7 +103,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         };
         tokio::select! {
-            served = server => served?,
+            served = server => served??,
             () = deadline => eprintln!("shutdown timeout: aborting the requests still in flight"),
         }
         Ok::<_, anyhow::Error>(())

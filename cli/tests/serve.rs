@@ -1,5 +1,5 @@
-//! `nanovllm-cli serve` as a user runs it, on a loopback port: it says where it listens, answers,
-//! and on SIGTERM drains: `/health` and new requests get 503 while a request in flight finishes,
+//! `nanovllm-cli serve` as a user runs it, on a loopback port: it says where it listens, turns
+//! ready once the model is loaded, answers, and on SIGTERM drains: `/health` and new requests get 503 while a request in flight finishes,
 //! then it exits 0.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -44,8 +44,12 @@ fn serve_answers_then_drains_on_sigterm_and_exits_0() {
             break rest.trim().trim_end_matches("/v1").to_owned();
         }
     };
-    let (status, _) = http(&addr, "GET", "/health", "");
-    assert_eq!(status, 200);
+    // It listens while the model loads (503), then is ready.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http(&addr, "GET", "/health", "").0 != 200 {
+        assert!(Instant::now() < deadline, "not ready within a minute");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // A long request in flight when SIGTERM comes.
     let long =
         r#"{"model": "tiny", "prompt": "Once", "max_tokens": 120, "ignore_eos": true, "stream": true}"#;

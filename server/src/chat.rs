@@ -66,11 +66,12 @@ async fn start(state: Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> 
     let text = render(&state, &request.messages, tools, &request.chat_template_kwargs)?;
     let prompt = state.model.tokenizer.encode(&text)?;
     // Without max_tokens, up to the end of the context (vLLM's default for chat).
-    let room = state.model.max_model_len.saturating_sub(prompt.len()).max(1);
+    let info = state.engine_info()?;
+    let room = info.max_model_len.saturating_sub(prompt.len()).max(1);
     let logprobs = request.logprobs.then(|| request.top_logprobs.unwrap_or(0));
     let max_tokens = request.max_completion_tokens.or(sampling.max_tokens()).unwrap_or(room);
     let params =
-        SamplingParams { max_tokens, ..sampling.over(&state.model.default_sampling, max_tokens, logprobs)? };
+        SamplingParams { max_tokens, ..sampling.over(&info.default_sampling, max_tokens, logprobs)? };
     let generation = Generation::start(state.clone(), prompt, params).await?;
     let meta = ResponseMeta::new("chatcmpl", &state.model.name);
     if request.stream {

@@ -33,7 +33,8 @@ async fn start(state: Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> 
         PromptField::Text(text) => state.model.tokenizer.encode(text)?,
         PromptField::Tokens(ids) => ids.clone(),
     };
-    let params = sampling.over(&state.model.default_sampling, DEFAULT_MAX_TOKENS, request.logprobs)?;
+    let params =
+        sampling.over(&state.engine_info()?.default_sampling, DEFAULT_MAX_TOKENS, request.logprobs)?;
     let generation = Generation::start(state.clone(), prompt, params).await?;
     let meta = ResponseMeta::new("cmpl", &state.model.name);
     if request.stream {

@@ -5,8 +5,8 @@
 //! detokenizing, JSON and HTTP live in the handlers.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use nanovllm::{Completion, EngineError, LLM, Prompt, SamplingParams, SeqId, StepToken};
 use tokio::sync::{mpsc, oneshot};
@@ -39,9 +39,10 @@ pub(crate) struct Submission {
 /// The engine's state as `/health` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Health {
-    Ready = 0,
-    Draining = 1,
-    Failed = 2,
+    Loading = 0,
+    Ready = 1,
+    Draining = 2,
+    Failed = 3,
 }
 
 /// What the engine tells the server once it is built.
@@ -61,46 +62,83 @@ pub struct EngineHandle {
     /// `None` once dropping: the closed channel ends the engine loop.
     submissions: Option<mpsc::UnboundedSender<Submission>>,
     health: Arc<AtomicU8>,
+    /// Set once the engine is built.
+    info: Arc<OnceLock<EngineInfo>>,
+    /// Whether it was built, once known (taken by the first wait).
+    built: Mutex<Option<std::sync::mpsc::Receiver<Result<(), EngineError>>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EngineHandle {
-    /// Start the engine thread: it runs `build` (loading the model) and then serves. Returns once
-    /// the engine is built, with what the server needs to know of it, or with the reason it could
-    /// not be built.
-    pub fn start(
+    /// Start the engine thread: it runs `build` (loading the model) and then serves. Returns at
+    /// once; until the engine is built, [`EngineHandle::info`] is `None` and `/health` answers
+    /// 503. [`EngineHandle::wait_until_built`] waits for it.
+    pub fn spawn(
         build: impl FnOnce() -> Result<LLM, EngineError> + Send + 'static,
         metrics: Arc<Metrics>,
-    ) -> Result<(Self, EngineInfo), ServerError> {
+    ) -> Result<Self, ServerError> {
         let (submissions, receiver) = mpsc::unbounded_channel();
-        let (built, ready) = std::sync::mpsc::channel();
-        let health = Arc::new(AtomicU8::new(Health::Ready as u8));
-        let thread_health = health.clone();
+        let (built, built_receiver) = std::sync::mpsc::channel();
+        let health = Arc::new(AtomicU8::new(Health::Loading as u8));
+        let info = Arc::new(OnceLock::new());
+        let (thread_health, thread_info) = (health.clone(), info.clone());
         let thread = std::thread::Builder::new()
             .name("nanovllm-engine".into())
             .spawn(move || match build() {
                 Ok(llm) => {
                     let config = llm.config();
                     metrics.set_cache_config(config.kv_cache_dtype.name(), config.block_size);
-                    let _ = built.send(Ok(EngineInfo {
+                    let _ = thread_info.set(EngineInfo {
                         default_sampling: llm.default_sampling(),
                         max_model_len: llm.scheduler().config().max_model_len,
                         cache: llm.describe_cache(),
-                    }));
+                    });
+                    thread_health.store(Health::Ready as u8, Ordering::Relaxed);
+                    let _ = built.send(Ok(()));
                     EngineLoop { llm, receiver, live: HashMap::new(), metrics, health: thread_health }.run();
                 }
                 Err(e) => {
+                    thread_health.store(Health::Failed as u8, Ordering::Relaxed);
                     let _ = built.send(Err(e));
                 }
             })
             .map_err(|e| ServerError::EngineThread(e.to_string()))?;
-        match ready.recv() {
-            Ok(Ok(info)) => {
-                Ok((EngineHandle { submissions: Some(submissions), health, thread: Some(thread) }, info))
+        Ok(EngineHandle {
+            submissions: Some(submissions),
+            health,
+            info,
+            built: Mutex::new(Some(built_receiver)),
+            thread: Some(thread),
+        })
+    }
+
+    /// [`EngineHandle::spawn`], then wait until the engine is built.
+    pub fn start(
+        build: impl FnOnce() -> Result<LLM, EngineError> + Send + 'static,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ServerError> {
+        let engine = Self::spawn(build, metrics)?;
+        engine.wait_until_built()?;
+        Ok(engine)
+    }
+
+    /// Block until the engine is built (at once if it already was), or return why it could not
+    /// be. Call it from outside the async runtime, or through `spawn_blocking`.
+    pub fn wait_until_built(&self) -> Result<&EngineInfo, ServerError> {
+        let waiting = self.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(built) = waiting {
+            match built.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(ServerError::EngineThread("ended while loading the model".into())),
             }
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(ServerError::EngineThread("ended while loading the model".into())),
         }
+        self.info().ok_or_else(|| ServerError::EngineThread("the engine failed to load".into()))
+    }
+
+    /// What the engine told once built; `None` while it loads.
+    pub fn info(&self) -> Option<&EngineInfo> {
+        self.info.get()
     }
 
     /// Hand `submission` to the engine thread; `false` if it has stopped.
@@ -110,8 +148,9 @@ impl EngineHandle {
 
     pub(crate) fn health(&self) -> Health {
         match self.health.load(Ordering::Relaxed) {
-            0 => Health::Ready,
-            1 => Health::Draining,
+            0 => Health::Loading,
+            1 => Health::Ready,
+            2 => Health::Draining,
             _ => Health::Failed,
         }
     }

@@ -108,22 +108,23 @@ async fn not_found() -> ApiError {
     }
 }
 
-async fn models(State(state): State<Arc<AppState>>) -> Response {
+async fn models(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let model = &state.model;
-    axum::Json(json!({
+    let max_model_len = state.engine_info()?.max_model_len;
+    Ok(axum::Json(json!({
         "object": "list",
         "data": [{
             "id": model.name, "object": "model", "created": state.created, "owned_by": "nanovllm",
-            "root": model.name, "parent": null, "max_model_len": model.max_model_len,
+            "root": model.name, "parent": null, "max_model_len": max_model_len,
         }],
     }))
-    .into_response()
+    .into_response())
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> StatusCode {
     match state.engine.health() {
         Health::Ready => StatusCode::OK,
-        Health::Draining | Health::Failed => StatusCode::SERVICE_UNAVAILABLE,
+        Health::Loading | Health::Draining | Health::Failed => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -142,7 +143,7 @@ async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     };
     let tokens = state.model.tokenizer.encode(&text)?;
     Ok(axum::Json(json!({
-        "count": tokens.len(), "max_model_len": state.model.max_model_len, "tokens": tokens,
+        "count": tokens.len(), "max_model_len": state.engine_info()?.max_model_len, "tokens": tokens,
     }))
     .into_response())
 }

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use nanovllm::{ChatTemplate, SamplingParams, Tokenizer};
+use nanovllm::{ChatTemplate, Tokenizer};
 use tokio::sync::Semaphore;
 
-use crate::engine_loop::EngineHandle;
+use crate::engine_loop::{EngineHandle, EngineInfo};
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// The model as the handlers need it: tokenized and rendered here, off the engine thread.
@@ -18,10 +19,6 @@ pub struct ServedModel {
     pub tokenizer: Tokenizer,
     /// Its chat template, if it has one.
     pub chat_template: Option<ChatTemplate>,
-    /// Sampling values a request does not give (the model's generation_config).
-    pub default_sampling: SamplingParams,
-    /// The longest sequence, prompt and output.
-    pub max_model_len: usize,
     /// Split a chat answer's `<think>` section into `reasoning_content` (vLLM's
     /// `--reasoning-parser qwen3`).
     pub reasoning_parser: bool,
@@ -65,6 +62,16 @@ impl AppState {
             created: unix_time(),
             admitted_at_most: limits.concurrent + limits.queued,
         }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &EngineHandle {
+        &self.engine
+    }
+
+    /// What the engine told once built, or 503 while it loads.
+    pub(crate) fn engine_info(&self) -> Result<&EngineInfo, ApiError> {
+        self.engine.info().ok_or_else(|| ApiError::unavailable("the model is still loading"))
     }
 
     /// Requests admitted and not finished.

@@ -44,13 +44,11 @@ async fn start(
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let dir = model_dir();
     let metrics = Arc::new(Metrics::new(MODEL));
-    let (engine, info) = EngineHandle::start(load, metrics.clone()).unwrap();
+    let engine = EngineHandle::start(load, metrics.clone()).unwrap();
     let model = ServedModel {
         name: MODEL.into(),
         tokenizer: Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap(),
         chat_template: ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json")).unwrap(),
-        default_sampling: info.default_sampling,
-        max_model_len: info.max_model_len,
         reasoning_parser: false,
     };
     let limits = Admission { concurrent: max_in_flight, queued: 0 };
@@ -423,4 +421,42 @@ async fn a_request_queued_in_the_engine_is_aborted_when_its_client_leaves() {
     assert_eq!(metric(addr, "vllm:num_requests_running").await, 8.0, "the others run on");
     drop(running);
     assert_eq!(wait_for_empty_cache(addr).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_model_loads_health_and_requests_get_503() {
+    let dir = model_dir();
+    let (release, loading) = std::sync::mpsc::channel::<()>();
+    let metrics = Arc::new(Metrics::new(MODEL));
+    let engine = EngineHandle::spawn(
+        move || {
+            let _ = loading.recv();
+            load()
+        },
+        metrics.clone(),
+    )
+    .unwrap();
+    let model = ServedModel {
+        name: MODEL.into(),
+        tokenizer: Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap(),
+        chat_template: None,
+        reasoning_parser: false,
+    };
+    let limits = Admission { concurrent: 4, queued: 0 };
+    let state = Arc::new(AppState::new(engine, model, metrics, limits, None));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(nanovllm_server::serve(listener, state.clone(), 1 << 16, std::future::pending()));
+    let health = || async { client().get(format!("http://{addr}/health")).send().await.unwrap().status() };
+    assert_eq!(health().await, 503);
+    let request = json!({"model": MODEL, "prompt": "x", "max_tokens": 2});
+    let (status, body) = post(addr, "/v1/completions", &request).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("loading"));
+    release.send(()).unwrap();
+    let ready =
+        tokio::task::spawn_blocking(move || state.engine().wait_until_built().map(|i| i.max_model_len));
+    assert_eq!(ready.await.unwrap().unwrap(), 256);
+    assert_eq!(health().await, 200);
+    assert_eq!(post(addr, "/v1/completions", &request).await.0, 200);
 }

@@ -5,12 +5,23 @@ import os
 import pathlib
 import signal
 import subprocess
+import time
+import urllib.error
+import urllib.request
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 API_KEY = "test-key"
 MODEL = "tiny"
+
+
+def ready(base):
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError):
+        return False
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +42,14 @@ def server():
     if base is None:
         process.kill()
         raise RuntimeError("the server ended before listening")
-    yield base.removesuffix("/v1")
+    base = base.removesuffix("/v1")
+    # It listens while the model loads (/health 503), then turns ready.
+    deadline = time.monotonic() + 60
+    while not ready(base):
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError("the server did not turn ready")
+        time.sleep(0.05)
+    yield base
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
