@@ -192,6 +192,34 @@ fn the_engine_tensor_parallel_over_two_gpus_writes_hfs_greedy_text_until_a_close
     }
 }
 
+/// Rows of logits the sampling tests draw from: `ROWS` copies of one short prompt.
+const ROWS: usize = 16;
+const SAMPLING_PROMPT: [u32; 4] = [5, 9, 2, 7];
+
+/// A one-layer random model of `vocab` tokens (weights of scale `scale`) on the GPU, and `ROWS`
+/// block tables for `SAMPLING_PROMPT`.
+fn sampling_model(
+    gpu: &nanovllm_cuda::Gpu,
+    vocab: usize,
+    scale: f32,
+) -> (nanovllm_qwen3::cuda::GpuQwen3, Vec<nanovllm_kv_cache::BlockTable>) {
+    use nanovllm_qwen3::cuda::{GpuLimits, GpuQwen3};
+    use nanovllm_qwen3::{Qwen3Config, Qwen3Model};
+    let config = Qwen3Config::from_json_str(&format!(
+        r#"{{"model_type": "qwen3", "hidden_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "head_dim": 64, "intermediate_size": 256, "vocab_size": {vocab},
+            "max_position_embeddings": 256, "tie_word_embeddings": true}}"#
+    ))
+    .unwrap();
+    let model = Qwen3Model::random(config, 5, scale);
+    let limits = GpuLimits { max_tokens: 256, max_seqs: ROWS, max_model_len: 256, cuda_graphs: false };
+    let mut gpu_model = GpuQwen3::new(gpu, &model, CacheDtype::Bf16, 16, limits).unwrap();
+    gpu_model.allocate_cache(ROWS).unwrap();
+    let mut blocks = nanovllm_kv_cache::BlockManager::new(ROWS, 16).unwrap();
+    let tables = (0..ROWS).map(|_| blocks.allocate(&SAMPLING_PROMPT).unwrap().0).collect();
+    (gpu_model, tables)
+}
+
 /// The GPU's truncated sampling (min_p, top_k, top_p) against the exact distribution the CPU
 /// sampler follows: 6,400 draws per setting from one row of logits (16 sequences a step, each its
 /// own seed), within the distribution tests' bound, never a token outside the kept set, and the
@@ -202,29 +230,15 @@ fn the_engine_tensor_parallel_over_two_gpus_writes_hfs_greedy_text_until_a_close
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_truncated_sampling_follows_the_exact_distribution() {
-    use nanovllm_kv_cache::BlockManager;
-    use nanovllm_qwen3::cuda::{GpuLimits, GpuQwen3, GpuSample, SampleBatch};
-    use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
+    use nanovllm_qwen3::SeqInput;
+    use nanovllm_qwen3::cuda::{GpuSample, SampleBatch};
     let _turn = turn();
     let gpu = nanovllm_cuda::Gpu::open().unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
     for (vocab, scale) in [(300, 0.1f32), (5000, 0.02)] {
-        let config = Qwen3Config::from_json_str(&format!(
-            r#"{{"model_type": "qwen3", "hidden_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
-                "num_key_value_heads": 1, "head_dim": 64, "intermediate_size": 256, "vocab_size": {vocab},
-                "max_position_embeddings": 256, "tie_word_embeddings": true}}"#
-        ))
-        .unwrap();
-        let model = Qwen3Model::random(config, 5, scale);
-        const ROWS: usize = 16;
-        let limits = GpuLimits { max_tokens: 256, max_seqs: ROWS, max_model_len: 256, cuda_graphs: false };
-        let mut gpu_model = GpuQwen3::new(&gpu, &model, CacheDtype::Bf16, 16, limits).unwrap();
-        gpu_model.allocate_cache(ROWS).unwrap();
-        let mut blocks = BlockManager::new(ROWS, 16).unwrap();
-        let prompt = [5u32, 9, 2, 7];
-        let tables: Vec<_> = (0..ROWS).map(|_| blocks.allocate(&prompt).unwrap().0).collect();
+        let (mut gpu_model, tables) = sampling_model(&gpu, vocab, scale);
         let inputs: Vec<SeqInput<'_>> = tables
             .iter()
-            .map(|t| SeqInput { tokens: &prompt, start: 0, block_table: t, logits: 1 })
+            .map(|t| SeqInput { tokens: &SAMPLING_PROMPT, start: 0, block_table: t, logits: 1 })
             .collect();
         let logits = gpu_model.forward(&inputs[..1]).unwrap().pop().unwrap();
         let cases: Vec<(u32, f32, f32, f32)> = if vocab == 300 {
@@ -312,29 +326,17 @@ fn gpu_truncated_sampling_follows_the_exact_distribution() {
 #[ignore = "needs a CUDA GPU"]
 fn gpu_penalties_and_logprobs_match_the_host() {
     use nanovllm::{LogitAdjustment, argmax, log_softmax};
-    use nanovllm_kv_cache::BlockManager;
-    use nanovllm_qwen3::cuda::{GpuLimits, GpuQwen3, GpuSample, SampleBatch};
-    use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput};
+    use nanovllm_qwen3::SeqInput;
+    use nanovllm_qwen3::cuda::{GpuSample, SampleBatch};
     use rand::{Rng, SeedableRng, rngs::StdRng};
     let _turn = turn();
     let gpu = nanovllm_cuda::Gpu::open().unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
     let vocab = 300;
-    let config = Qwen3Config::from_json_str(&format!(
-        r#"{{"model_type": "qwen3", "hidden_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
-            "num_key_value_heads": 1, "head_dim": 64, "intermediate_size": 256, "vocab_size": {vocab},
-            "max_position_embeddings": 256, "tie_word_embeddings": true}}"#
-    ))
-    .unwrap();
-    let model = Qwen3Model::random(config, 5, 0.1);
-    const ROWS: usize = 16;
-    let limits = GpuLimits { max_tokens: 256, max_seqs: ROWS, max_model_len: 256, cuda_graphs: false };
-    let mut gpu_model = GpuQwen3::new(&gpu, &model, CacheDtype::Bf16, 16, limits).unwrap();
-    gpu_model.allocate_cache(ROWS).unwrap();
-    let mut blocks = BlockManager::new(ROWS, 16).unwrap();
-    let prompt = [5u32, 9, 2, 7];
-    let tables: Vec<_> = (0..ROWS).map(|_| blocks.allocate(&prompt).unwrap().0).collect();
-    let inputs: Vec<SeqInput<'_>> =
-        tables.iter().map(|t| SeqInput { tokens: &prompt, start: 0, block_table: t, logits: 1 }).collect();
+    let (mut gpu_model, tables) = sampling_model(&gpu, vocab, 0.1);
+    let inputs: Vec<SeqInput<'_>> = tables
+        .iter()
+        .map(|t| SeqInput { tokens: &SAMPLING_PROMPT, start: 0, block_table: t, logits: 1 })
+        .collect();
     let raw = gpu_model.forward(&inputs[..1]).unwrap().pop().unwrap();
     let raw_logprobs = log_softmax(&raw);
     let mut top5: Vec<u32> = (0..vocab as u32).collect();

@@ -423,15 +423,17 @@ impl GpuQwen3 {
         let (temperatures, seeds, steps) = (inputs.temperatures(), inputs.seeds(), inputs.steps());
         match &mut self.ranks {
             None => {
-                if adjusted > 0 {
-                    ops.adjust_logits(
+                let adjust = |act: &mut Activations, restore| match adjusted {
+                    0 => Ok(()),
+                    n => ops.adjust_logits(
                         &mut act.logits,
                         inputs.adjustments(),
                         &mut act.saved_logits,
-                        adjusted,
-                        false,
-                    )?;
-                }
+                        n,
+                        restore,
+                    ),
+                };
+                adjust(act, false)?;
                 let truncation = samples.iter().any(GpuSample::truncates).then(|| inputs.truncation());
                 ops.sample(
                     &act.logits,
@@ -443,15 +445,7 @@ impl GpuQwen3 {
                     truncation,
                     rows,
                 )?;
-                if adjusted > 0 {
-                    ops.adjust_logits(
-                        &mut act.logits,
-                        inputs.adjustments(),
-                        &mut act.saved_logits,
-                        adjusted,
-                        true,
-                    )?;
-                }
+                adjust(act, true)?;
             }
             Some(_) if samples.iter().any(GpuSample::truncates) || batch.needs_whole_rows() => {
                 return Err(GpuError::Unsupported(
