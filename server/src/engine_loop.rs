@@ -1,8 +1,9 @@
 //! The engine thread: it builds and owns the `LLM` (with CUDA graphs, which are not `Send`) and
 //! loops: take new requests from a channel, step, send each request what it got on its own
 //! channel. A request whose channel is closed (its client went away) is aborted before the next
-//! step. When idle, the thread blocks on the channel. Nothing else runs here: tokenizing,
-//! detokenizing, JSON and HTTP live in the handlers.
+//! step. When idle, the thread blocks on the channel. Tokenizing, the streamed text, JSON and
+//! HTTP live in the handlers; the engine itself still decodes a request's text where it has stop
+//! strings to find, and once for its final completion.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
