@@ -69,7 +69,8 @@ impl Generation {
         state.metrics.queue_time.observe(queued.elapsed().as_secs_f64());
         let (events, receiver) = mpsc::unbounded_channel();
         let (accepted, verdict) = oneshot::channel();
-        let hold_back = params.stop.iter().map(String::len).max().map_or(0, |longest| longest - 1);
+        let hold_back =
+            params.stop.iter().map(String::len).max().map_or(0, |longest| longest.saturating_sub(1));
         let n = params.n;
         let prompt_tokens = prompt.len();
         if !state.engine.submit(Submission { prompt, params, events, accepted }) {

@@ -258,6 +258,11 @@ async fn every_error_has_openais_shape_and_the_server_serves_on() {
             (s, b, Some("max_tokens"), Some("context_length_exceeded"))
         },
         {
+            let body = json!({"model": MODEL, "prompt": "x", "stop": ""});
+            let (s, b) = post(addr, "/v1/completions", &body).await;
+            (s, b, Some("stop"), None)
+        },
+        {
             let (s, b) = post(addr, "/v1/completions", &json!({"model": MODEL, "prompt": [999999]})).await;
             (s, b, None, None)
         },
