@@ -41,11 +41,19 @@ impl Metrics {
     /// Metrics for `model` (the `model_name` label of every metric).
     pub fn new(model: &str) -> Self {
         let registry = Registry::new();
-        let labels = |name: &str, help: &str| Opts::new(name, help).const_label(MODEL_LABEL, model);
+        // Each metric is made and registered in one call.
+        fn registered<C: Collector + Clone + 'static>(registry: &Registry, made: prometheus::Result<C>) -> C {
+            let metric = made.expect("a valid metric");
+            registry.register(Box::new(metric.clone())).expect("metric names are unique");
+            metric
+        }
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_label(MODEL_LABEL, model);
+        let counter = |name: &str, help: &str| registered(&registry, IntCounter::with_opts(opts(name, help)));
+        let gauge = |name: &str, help: &str| registered(&registry, IntGauge::with_opts(opts(name, help)));
         let histogram = |name: &str, help: &str, buckets: &[f64]| {
             let opts =
                 HistogramOpts::new(name, help).const_label(MODEL_LABEL, model).buckets(buckets.to_vec());
-            Histogram::with_opts(opts).expect("valid histogram")
+            registered(&registry, Histogram::with_opts(opts))
         };
         // vLLM's buckets, in seconds.
         let ttft = [
@@ -60,52 +68,46 @@ impl Metrics {
             0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
             480.0, 960.0, 1920.0, 7680.0,
         ];
-        let metrics = Metrics {
-            num_requests_running: IntGauge::with_opts(labels(
+        Metrics {
+            num_requests_running: gauge(
                 "vllm:num_requests_running",
                 "Number of requests in model execution batches.",
-            ))
-            .expect("valid gauge"),
-            num_requests_waiting: IntGauge::with_opts(labels(
+            ),
+            num_requests_waiting: gauge(
                 "vllm:num_requests_waiting",
                 "Number of requests waiting to be processed.",
-            ))
-            .expect("valid gauge"),
-            kv_cache_usage_perc: prometheus::Gauge::with_opts(labels(
-                "vllm:kv_cache_usage_perc",
-                "KV-cache usage. 1 means 100 percent usage.",
-            ))
-            .expect("valid gauge"),
-            prompt_tokens: IntCounter::with_opts(labels(
-                "vllm:prompt_tokens_total",
-                "Number of prefill tokens processed.",
-            ))
-            .expect("valid counter"),
-            generation_tokens: IntCounter::with_opts(labels(
+            ),
+            kv_cache_usage_perc: registered(
+                &registry,
+                prometheus::Gauge::with_opts(opts(
+                    "vllm:kv_cache_usage_perc",
+                    "KV-cache usage. 1 means 100 percent usage.",
+                )),
+            ),
+            prompt_tokens: counter("vllm:prompt_tokens_total", "Number of prefill tokens processed."),
+            generation_tokens: counter(
                 "vllm:generation_tokens_total",
                 "Number of generation tokens processed.",
-            ))
-            .expect("valid counter"),
-            num_preemptions: IntCounter::with_opts(labels(
+            ),
+            num_preemptions: counter(
                 "vllm:num_preemptions_total",
                 "Cumulative number of preemption from the engine.",
-            ))
-            .expect("valid counter"),
-            prefix_cache_queries: IntCounter::with_opts(labels(
+            ),
+            prefix_cache_queries: counter(
                 "vllm:prefix_cache_queries_total",
                 "Prefix cache queries, in terms of number of queried tokens.",
-            ))
-            .expect("valid counter"),
-            prefix_cache_hits: IntCounter::with_opts(labels(
+            ),
+            prefix_cache_hits: counter(
                 "vllm:prefix_cache_hits_total",
                 "Prefix cache hits, in terms of number of cached tokens.",
-            ))
-            .expect("valid counter"),
-            request_success: IntCounterVec::new(
-                labels("vllm:request_success_total", "Count of successfully processed requests."),
-                &["finished_reason"],
-            )
-            .expect("valid counter"),
+            ),
+            request_success: registered(
+                &registry,
+                IntCounterVec::new(
+                    opts("vllm:request_success_total", "Count of successfully processed requests."),
+                    &["finished_reason"],
+                ),
+            ),
             time_to_first_token: histogram(
                 "vllm:time_to_first_token_seconds",
                 "Histogram of time to first token in seconds.",
@@ -126,34 +128,16 @@ impl Metrics {
                 "Histogram of time spent in WAITING phase for request.",
                 &request,
             ),
-            cache_config_info: IntGaugeVec::new(
-                Opts::new("vllm:cache_config_info", "Information of the LLMEngine CacheConfig"),
-                &["cache_dtype", "block_size"],
-            )
-            .expect("valid gauge"),
-            registry,
+            cache_config_info: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("vllm:cache_config_info", "Information of the LLMEngine CacheConfig"),
+                    &["cache_dtype", "block_size"],
+                ),
+            ),
             preemptions_seen: Default::default(),
-        };
-        let collectors: [Box<dyn Collector>; 14] = [
-            Box::new(metrics.num_requests_running.clone()),
-            Box::new(metrics.num_requests_waiting.clone()),
-            Box::new(metrics.kv_cache_usage_perc.clone()),
-            Box::new(metrics.prompt_tokens.clone()),
-            Box::new(metrics.generation_tokens.clone()),
-            Box::new(metrics.num_preemptions.clone()),
-            Box::new(metrics.request_success.clone()),
-            Box::new(metrics.prefix_cache_queries.clone()),
-            Box::new(metrics.prefix_cache_hits.clone()),
-            Box::new(metrics.time_to_first_token.clone()),
-            Box::new(metrics.inter_token_latency.clone()),
-            Box::new(metrics.e2e_request_latency.clone()),
-            Box::new(metrics.queue_time.clone()),
-            Box::new(metrics.cache_config_info.clone()),
-        ];
-        for collector in collectors {
-            metrics.registry.register(collector).expect("metric names are unique");
+            registry,
         }
-        metrics
     }
 
     /// `vllm:cache_config_info`: the cache's dtype and block size.
