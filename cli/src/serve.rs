@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use nanovllm::{ChatTemplate, LLM, Tokenizer};
-use nanovllm_server::{Admission, AppState, EngineHandle, Metrics, ServedModel, ServerError};
+use nanovllm::{ChatTemplate, EngineConfig, GenerationConfig, LLM, Qwen3Config, Tokenizer};
+use nanovllm_server::{
+    Admission, AppState, EngineHandle, Metrics, MockEngine, MockEngineConfig, ServedModel, ServerError,
+};
 
 use crate::engine_args::EngineArgs;
 
@@ -42,6 +44,18 @@ pub(crate) struct ServeArgs {
     /// Seconds that requests in flight may take to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30)]
     shutdown_timeout: u64,
+    /// Serve without a model, to measure the server alone: every step takes --mock-step-ms and
+    /// gives each running stream one token (its prompt's tokens, in order, over and over). Only
+    /// the model directory's tokenizer and configs are read.
+    #[arg(long)]
+    mock_engine: bool,
+    /// Milliseconds a step of --mock-engine takes.
+    #[arg(long, default_value_t = 5.0, requires = "mock_engine")]
+    mock_step_ms: f64,
+    /// What --mock-engine answers every request, then stopping as at an EOS (instead of the
+    /// prompt's tokens): a client can be tested on a fixed model answer.
+    #[arg(long, requires = "mock_engine")]
+    mock_reply: Option<String>,
 }
 
 /// `serve MODEL` as vLLM takes it: a leading positional model becomes `--model MODEL`.
@@ -54,7 +68,11 @@ pub(crate) fn positional_model(mut args: Vec<std::ffi::OsString>) -> Vec<std::ff
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let (dir, config) = args.engine.prepare(false)?;
+    let (dir, config) = if args.mock_engine {
+        (args.engine.model_dir()?, args.engine.config()?)
+    } else {
+        args.engine.prepare(false)?
+    };
     let name = args.served_model_name.clone().unwrap_or_else(|| args.engine.model.clone());
     let model = ServedModel {
         name: name.clone(),
@@ -68,16 +86,24 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         queued: args.max_queued_requests,
     };
     // On the CPU the model's rayon threads take every core: two workers are plenty for HTTP.
+    // The mock engine computes nothing: the server has every core.
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.device == nanovllm::Device::Cpu {
+    if config.device == nanovllm::Device::Cpu && !args.mock_engine {
         runtime.worker_threads(2);
     }
     let runtime = runtime.enable_all().build()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind((args.host.as_str(), args.port)))?;
     // The socket answers while the model loads: /health and every request get 503 until then.
     eprintln!("serving {name} on http://{}/v1", listener.local_addr()?);
-    let format = args.engine.load_format();
-    let engine = EngineHandle::spawn(move || LLM::load(&dir, config, format), metrics.clone())?;
+    let engine = if args.mock_engine {
+        let reply = args.mock_reply.as_deref().map(|text| model.tokenizer.encode(text)).transpose()?;
+        let mock = mock_config(&dir, &config, model.tokenizer.vocab_size(), args.mock_step_ms)?;
+        let mock = MockEngineConfig { reply, ..mock };
+        EngineHandle::spawn(move || Ok(MockEngine::new(mock)), metrics.clone())?
+    } else {
+        let format = args.engine.load_format();
+        EngineHandle::spawn(move || LLM::load(&dir, config, format), metrics.clone())?
+    };
     let api_key = args.api_key.clone().or_else(|| std::env::var("VLLM_API_KEY").ok());
     let state = Arc::new(AppState::new(engine, model, metrics, limits, api_key));
     let (signalled, drained) = tokio::sync::oneshot::channel();
@@ -111,6 +137,29 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Dropping the runtime drops the connections left, which aborts their requests.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The mock engine for the model in `dir`: its context and EOS tokens, the engine flags' limits.
+fn mock_config(
+    dir: &std::path::Path,
+    config: &EngineConfig,
+    vocab_size: usize,
+    step_ms: f64,
+) -> anyhow::Result<MockEngineConfig> {
+    if !(step_ms.is_finite() && step_ms >= 0.0) {
+        anyhow::bail!("--mock-step-ms {step_ms}: must be a number >= 0");
+    }
+    let model = Qwen3Config::from_file(&dir.join("config.json"))?;
+    let generation = GenerationConfig::from_file(&dir.join("generation_config.json"))?;
+    Ok(MockEngineConfig {
+        step_time: Duration::from_secs_f64(step_ms / 1000.0),
+        max_num_seqs: config.max_num_seqs,
+        max_model_len: config.max_model_len_for(&model)?,
+        vocab_size,
+        eos_token_ids: generation.eos_token_ids,
+        reply: None,
+        fail_at_step: None,
+    })
 }
 
 /// SIGTERM or Ctrl-C.

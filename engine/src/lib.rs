@@ -36,8 +36,8 @@ mod error;
 mod hub;
 mod llm;
 mod progress;
+mod sample_text;
 mod sampler;
-mod stop;
 mod tokenizer;
 
 pub use backend::{Device, DeviceChoice, resolve_device};
@@ -54,5 +54,6 @@ pub use nanovllm_scheduler::{
     FinishReason, MAX_LOGPROBS, Phase, SamplingParams, ScheduleError, ScheduleStats, SchedulerConfig, SeqId,
     StopReason, replay,
 };
+pub use sample_text::SampleText;
 pub use sampler::Sampler;
 pub use tokenizer::{StreamDecoder, Tokenizer};

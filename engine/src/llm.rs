@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use crate::backend::{Backend, build_backend};
 use crate::config::gib;
 use crate::progress::Progress;
-use crate::stop::StopStrings;
+use crate::sample_text::SampleText;
 use crate::{ChatTemplate, EngineConfig, EngineError, Message, Sampler, Tokenizer};
 use nanovllm_qwen3::{Sampled, TokenLogprobs};
 
@@ -96,7 +96,8 @@ pub struct Completion {
     pub cached_prompt_tokens: usize,
     /// The generated tokens (a final EOS or stop token included).
     pub token_ids: Vec<u32>,
-    /// The generated text, when the engine has a tokenizer (cut at a stop string).
+    /// The generated text, when the engine has a tokenizer and the request asked for it
+    /// (`detokenize`; cut at a stop string).
     pub text: Option<String>,
     /// Why it stopped.
     pub finish_reason: FinishReason,
@@ -115,8 +116,10 @@ struct RequestState {
     /// The samples still to be forked from it at the end of its prefill (indices 1 to n - 1).
     siblings: Vec<RequestState>,
     sampler: Sampler,
-    /// Its stop strings and decoded text, if it has stop strings.
-    stop: Option<StopStrings>,
+    /// Its text as it is decoded, if it has stop strings (which are found in it).
+    stop: Option<SampleText>,
+    /// Whether its completion carries its text.
+    detokenize: bool,
     /// The log-probabilities of its tokens so far, if it asked for them.
     logprobs: Option<Vec<TokenLogprobs>>,
 }
@@ -324,13 +327,12 @@ impl LLM {
         let fallback_seed = self.seeds.random();
         let stop_tokens = params.stop_tokens(&self.generation.eos_token_ids);
         let sampler = Sampler::new(&params, &ids, stop_tokens, fallback_seed);
-        let stop = (!params.stop.is_empty()).then(|| {
-            StopStrings::new(params.stop.clone(), params.include_stop_str_in_output, params.min_tokens)
-        });
+        let stop = (!params.stop.is_empty()).then(|| SampleText::new(&params));
         let logprobs = params.logprobs.map(|_| Vec::new());
-        let n = params.n;
+        let (n, detokenize) = (params.n, params.detokenize);
         let id = self.scheduler.add(ids, params)?;
-        let state = RequestState { request: id, index: 0, siblings: Vec::new(), sampler, stop, logprobs };
+        let state =
+            RequestState { request: id, index: 0, siblings: Vec::new(), sampler, stop, detokenize, logprobs };
         // Sample i draws from seed + i (vLLM's rule for a request's samples).
         let siblings = (1..n)
             .map(|index| RequestState { index, sampler: state.sampler.sibling(index), ..state.clone() })
@@ -407,6 +409,24 @@ impl LLM {
         }
         aborted.sort_by_key(|c| c.index);
         Ok(aborted)
+    }
+
+    /// End sample `index` of request `id` as stopped by `reason` (a front end that detokenizes
+    /// on its own found a stop string) and free its blocks at once: its completion, or `None` if
+    /// it had already finished.
+    pub fn finish(
+        &mut self,
+        id: SeqId,
+        index: usize,
+        reason: StopReason,
+    ) -> Result<Option<Completion>, EngineError> {
+        let sample =
+            self.requests.iter().find(|(_, s)| s.request == id && s.index == index).map(|(&seq, _)| seq);
+        let Some(seq) = sample.and_then(|seq| self.scheduler.finish(seq, FinishReason::Stop, Some(reason)))
+        else {
+            return Ok(None);
+        };
+        self.complete(seq).map(Some)
     }
 
     /// Drop every request, running or waiting (for Ctrl-C), releasing their cache blocks.
@@ -589,10 +609,13 @@ impl LLM {
     }
 
     fn completion(&self, seq: Sequence, state: RequestState) -> Result<Completion, EngineError> {
-        let text = match (&self.tokenizer, &state.stop) {
-            (Some(_), Some(stop)) => Some(stop.text().to_owned()),
-            (Some(tokenizer), None) => Some(tokenizer.decode(seq.completion())?),
-            (None, _) => None,
+        let text = match (&self.tokenizer, state.stop) {
+            (Some(tokenizer), Some(mut stop)) if state.detokenize => {
+                stop.finish(tokenizer)?;
+                Some(stop.text().to_owned())
+            }
+            (Some(tokenizer), None) if state.detokenize => Some(tokenizer.decode(seq.completion())?),
+            _ => None,
         };
         Ok(Completion {
             id: state.request,

@@ -78,4 +78,14 @@ impl StreamDecoder {
         .map_err(|e| tokenizer.error(e))?;
         Ok(piece.unwrap_or_default())
     }
+
+    /// The text of the tokens pushed but not yet shown (the bytes of an unfinished character,
+    /// decoded lossily as U+FFFD, as decoding the whole sequence shows them); empty if none.
+    pub fn flush(&mut self, tokenizer: &Tokenizer) -> Result<String, EngineError> {
+        let text = tokenizer.decode(&self.ids)?;
+        let rest = text.strip_prefix(self.prefix.as_str()).unwrap_or_default().to_owned();
+        self.prefix_index = self.ids.len();
+        self.prefix = text;
+        Ok(rest)
+    }
 }

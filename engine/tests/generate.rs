@@ -319,3 +319,30 @@ fn aborting_a_request_ends_all_its_samples() {
     let blocks = llm.scheduler().block_manager();
     assert_eq!(blocks.num_free_blocks(), blocks.num_blocks());
 }
+
+#[test]
+fn a_front_end_finishes_one_sample_and_the_others_run_on() {
+    let name = "gqa-tied";
+    let mut llm =
+        LLM::load(&fixture(name), settings(name, CacheDtype::Int8, 512), LoadFormat::Safetensors).unwrap();
+    let (prompt, _) = hf_greedy(name).into_iter().next().unwrap();
+    let params = SamplingParams { n: 2, detokenize: false, ..greedy_ignoring_eos(12) };
+    let id = llm.add_request(Prompt::Tokens(prompt), params).unwrap();
+    let mut drawn = 0;
+    while drawn < 6 {
+        drawn += llm.step().unwrap().tokens.iter().filter(|t| t.index == 1).count();
+    }
+    let reason = nanovllm::StopReason::Text("found".into());
+    let stopped = llm.finish(id, 1, reason.clone()).unwrap().expect("sample 1 was running");
+    assert_eq!((stopped.index, stopped.finish_reason), (1, nanovllm::FinishReason::Stop));
+    assert_eq!((stopped.stop_reason, stopped.token_ids.len(), stopped.text), (Some(reason.clone()), 6, None));
+    assert_eq!(llm.finish(id, 1, reason).unwrap(), None, "already finished");
+    let mut rest = Vec::new();
+    while !llm.is_finished() {
+        rest.extend(llm.step().unwrap().finished);
+    }
+    assert_eq!(rest.len(), 1);
+    assert_eq!((rest[0].index, rest[0].token_ids.len()), (0, 12));
+    let blocks = llm.scheduler().block_manager();
+    assert_eq!(blocks.num_free_blocks(), blocks.num_blocks());
+}

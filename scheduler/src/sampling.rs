@@ -46,6 +46,10 @@ pub struct SamplingParams {
     /// Seed of this request's sampler: the same seed gives the same output. The `n` samples of a
     /// request use `seed`, `seed + 1`, ... (vLLM's rule).
     pub seed: Option<u64>,
+    /// Decode the output into text (vLLM's `detokenize`). A front end that decodes off the
+    /// engine's thread turns it off, and then looks for stop strings itself: the engine only
+    /// takes stop strings from a request it detokenizes.
+    pub detokenize: bool,
 }
 
 impl Default for SamplingParams {
@@ -68,6 +72,7 @@ impl Default for SamplingParams {
             include_stop_str_in_output: false,
             logprobs: None,
             seed: None,
+            detokenize: true,
         }
     }
 }
@@ -132,6 +137,9 @@ impl SamplingParams {
         if self.stop.iter().any(String::is_empty) {
             return invalid("stop", "\"\"".into(), "non-empty strings");
         }
+        if !self.detokenize && !self.stop.is_empty() {
+            return invalid("stop", format!("{:?}", self.stop), "none when detokenize is off");
+        }
         if let Some(n) = self.logprobs.filter(|&n| n > MAX_LOGPROBS) {
             return invalid("logprobs", n.to_string(), "at most 20");
         }
@@ -167,6 +175,7 @@ mod tests {
             (SamplingParams { min_tokens: 65, ..Default::default() }, "min_tokens"),
             (SamplingParams { stop: vec![String::new()], ..Default::default() }, "stop"),
             (SamplingParams { logprobs: Some(21), ..Default::default() }, "logprobs"),
+            (SamplingParams { stop: vec!["x".into()], detokenize: false, ..Default::default() }, "stop"),
         ];
         for (params, field) in cases {
             let err = params.validate().unwrap_err();

@@ -7,13 +7,13 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
-use nanovllm::{Completion, Message, SamplingParams, TokenLogprobs, Tokenizer};
+use nanovllm::{Completion, FinishReason, Message, SamplingParams, TokenLogprobs, Tokenizer};
 use serde_json::{Value, json};
 
 use crate::completions::{ResponseMeta, check_model, chunk_stream, sse, stop_reason, token_text, usage};
 use crate::error::ApiError;
 use crate::generation::{Delta, Generation};
-use crate::parsers::{Parsing, Parts, ToolCall};
+use crate::parsers::{AnswerParser, Parsing, PartsDelta, ToolCall};
 use crate::protocol::{ChatMessage, ChatRequest, parse_with_sampling};
 use crate::state::AppState;
 
@@ -82,7 +82,7 @@ async fn start(state: Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> 
         let completions = generation.complete().await?;
         let tokenizer = &state.model.tokenizer;
         let choices: Vec<Value> = completions.iter().map(|c| choice(c, tokenizer, parsing, &meta)).collect();
-        let usage = usage(prompt_tokens, &completions);
+        let usage = usage(prompt_tokens, completions.iter());
         Ok(axum::Json(meta.body("chat.completion", choices, Some(usage))).into_response())
     }
 }
@@ -119,12 +119,12 @@ fn tool_calls(calls: &[ToolCall], meta: &ResponseMeta, index: usize) -> Value {
 }
 
 /// `finish_reason`: `tool_calls` when the answer called a tool, else the engine's.
-fn finish_reason(completion: &Completion, parts: &Parts) -> &'static str {
-    if parts.tool_calls.is_empty() { completion.finish_reason.name() } else { "tool_calls" }
+fn finish_reason(reason: FinishReason, calls: &[ToolCall]) -> &'static str {
+    if calls.is_empty() { reason.name() } else { "tool_calls" }
 }
 
 fn choice(completion: &Completion, tokenizer: &Tokenizer, parsing: Parsing, meta: &ResponseMeta) -> Value {
-    let parts = parsing.parts(completion.text.as_deref().unwrap_or_default(), true);
+    let parts = parsing.parts(completion.text.as_deref().unwrap_or_default());
     let mut message = json!({"role": "assistant", "content": parts.content});
     if parsing.reasoning {
         message["reasoning_content"] = json!(parts.reasoning);
@@ -139,35 +139,21 @@ fn choice(completion: &Completion, tokenizer: &Tokenizer, parsing: Parsing, meta
         "index": completion.index,
         "message": message,
         "logprobs": completion.logprobs.as_ref().map(|l| chat_logprobs(l, tokenizer)),
-        "finish_reason": finish_reason(completion, &parts),
-        "stop_reason": stop_reason(completion),
+        "finish_reason": finish_reason(completion.finish_reason, &parts.tool_calls),
+        "stop_reason": stop_reason(completion.stop_reason.as_ref()),
     })
 }
 
-/// One sample's answer so far, and how much of each part was sent.
-#[derive(Debug, Default)]
-struct SampleView {
-    text: String,
-    sent_reasoning: usize,
-    sent_content: usize,
-}
-
-impl SampleView {
-    /// The delta of what `parts` shows beyond what was sent, or `None` if nothing.
-    fn delta(&mut self, parts: &Parts) -> Option<Value> {
-        let mut delta = serde_json::Map::new();
-        if let Some(reasoning) = &parts.reasoning
-            && reasoning.len() > self.sent_reasoning
-        {
-            delta.insert("reasoning_content".into(), json!(reasoning[self.sent_reasoning..]));
-            self.sent_reasoning = reasoning.len();
-        }
-        if parts.content.len() > self.sent_content {
-            delta.insert("content".into(), json!(parts.content[self.sent_content..]));
-            self.sent_content = parts.content.len();
-        }
-        (!delta.is_empty()).then_some(Value::Object(delta))
+/// A chat delta of what a piece of the answer shows, or `None` if it shows nothing.
+fn chat_delta(parts: PartsDelta) -> Option<Value> {
+    let mut delta = serde_json::Map::new();
+    if !parts.reasoning.is_empty() {
+        delta.insert("reasoning_content".into(), json!(parts.reasoning));
     }
+    if !parts.content.is_empty() {
+        delta.insert("content".into(), json!(parts.content));
+    }
+    (!delta.is_empty()).then_some(Value::Object(delta))
 }
 
 /// The chunks of a streamed chat completion: the role first, then reasoning and content deltas
@@ -186,7 +172,7 @@ fn stream_chunks(
         })
         .collect();
     let first = meta.body("chat.completion.chunk", role, None);
-    let mut views: Vec<SampleView> = (0..n).map(|_| SampleView::default()).collect();
+    let mut parsers: Vec<AnswerParser> = (0..n).map(|_| AnswerParser::new(parsing)).collect();
     let chunk_meta = meta.clone();
     let rest = chunk_stream(
         generation,
@@ -196,9 +182,7 @@ fn stream_chunks(
         move |delta| match delta {
             Delta::Text { index, text, logprobs } => {
                 let delta = if parsing.is_active() {
-                    let view = &mut views[*index];
-                    view.text.push_str(text);
-                    view.delta(&parsing.parts(&view.text, false))
+                    chat_delta(parsers[*index].push(text))
                 } else {
                     // Nothing to split: the text passes through as it comes.
                     (!text.is_empty()).then(|| json!({"content": text}))
@@ -211,19 +195,15 @@ fn stream_chunks(
                 let delta = delta.unwrap_or_else(|| json!({}));
                 Some(json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": null}))
             }
-            Delta::Finished { index, completion } => {
-                let parts = parsing.parts(completion.text.as_deref().unwrap_or_default(), true);
-                let mut delta = match parsing.is_active() {
-                    true => views[*index].delta(&parts).unwrap_or_else(|| json!({})),
-                    // The final text already went out as the last text delta.
-                    false => json!({}),
-                };
-                if !parts.tool_calls.is_empty() {
-                    delta["tool_calls"] = tool_calls(&parts.tool_calls, &chunk_meta, *index);
+            Delta::Finished { index, reason, stop_reason: stop } => {
+                let (rest, calls) = parsers[*index].finish();
+                let mut delta = chat_delta(rest).unwrap_or_else(|| json!({}));
+                if !calls.is_empty() {
+                    delta["tool_calls"] = tool_calls(&calls, &chunk_meta, *index);
                 }
                 Some(json!({
                     "index": index, "delta": delta, "logprobs": null,
-                    "finish_reason": finish_reason(completion, &parts), "stop_reason": stop_reason(completion),
+                    "finish_reason": finish_reason(*reason, &calls), "stop_reason": stop_reason(stop.as_ref()),
                 }))
             }
         },

@@ -45,7 +45,7 @@ async fn start(state: Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> 
         let completions = generation.complete().await?;
         let tokenizer = &state.model.tokenizer;
         let choices: Vec<Value> = completions.iter().map(|c| choice(c, tokenizer)).collect();
-        let usage = usage(prompt_tokens, &completions);
+        let usage = usage(prompt_tokens, completions.iter());
         Ok(axum::Json(meta.body("text_completion", choices, Some(usage))).into_response())
     }
 }
@@ -88,9 +88,12 @@ impl ResponseMeta {
 }
 
 /// `usage`: the prompt once, every sample's tokens, and the prompt tokens the prefix cache gave.
-pub(crate) fn usage(prompt_tokens: usize, completions: &[Completion]) -> Value {
-    let completion_tokens: usize = completions.iter().map(|c| c.token_ids.len()).sum();
-    let cached = completions.iter().map(|c| c.cached_prompt_tokens).max().unwrap_or(0);
+pub(crate) fn usage<'a>(prompt_tokens: usize, completions: impl Iterator<Item = &'a Completion>) -> Value {
+    let (mut completion_tokens, mut cached) = (0, 0);
+    for completion in completions {
+        completion_tokens += completion.token_ids.len();
+        cached = cached.max(completion.cached_prompt_tokens);
+    }
     json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -100,8 +103,8 @@ pub(crate) fn usage(prompt_tokens: usize, completions: &[Completion]) -> Value {
 }
 
 /// vLLM's `stop_reason`: the stop token id or string, null for EOS or length.
-pub(crate) fn stop_reason(completion: &Completion) -> Value {
-    match &completion.stop_reason {
+pub(crate) fn stop_reason(reason: Option<&StopReason>) -> Value {
+    match reason {
         Some(StopReason::Token(id)) => json!(id),
         Some(StopReason::Text(text)) => json!(text),
         None => Value::Null,
@@ -148,7 +151,7 @@ fn choice(completion: &Completion, tokenizer: &Tokenizer) -> Value {
         "text": completion.text.clone().unwrap_or_default(),
         "logprobs": completion.logprobs.as_ref().map(|l| legacy_logprobs(l, tokenizer, 0).0),
         "finish_reason": completion.finish_reason.name(),
-        "stop_reason": stop_reason(completion),
+        "stop_reason": stop_reason(completion.stop_reason.as_ref()),
     })
 }
 
@@ -181,9 +184,9 @@ fn stream_chunks(
                 });
                 json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": null, "stop_reason": null})
             }
-            Delta::Finished { index, completion } => json!({
+            Delta::Finished { index, reason, stop_reason: stop } => json!({
                 "index": index, "text": "", "logprobs": null,
-                "finish_reason": completion.finish_reason.name(), "stop_reason": stop_reason(completion),
+                "finish_reason": reason.name(), "stop_reason": stop_reason(stop.as_ref()),
             }),
         })
     })
@@ -203,12 +206,10 @@ pub(crate) fn chunk_stream(
         generation: Generation,
         meta: ResponseMeta,
         choice: F,
-        completions: Vec<Completion>,
         include_usage: bool,
         done: bool,
     }
-    let streaming =
-        Streaming { generation, meta, choice, completions: Vec::new(), include_usage, done: false };
+    let streaming = Streaming { generation, meta, choice, include_usage, done: false };
     stream::unfold(streaming, move |mut s| async move {
         if s.done {
             return None;
@@ -216,10 +217,6 @@ pub(crate) fn chunk_stream(
         let chunks = match s.generation.next().await {
             Some(Ok(deltas)) => {
                 let choices: Vec<Value> = deltas.iter().filter_map(&mut s.choice).collect();
-                s.completions.extend(deltas.into_iter().filter_map(|delta| match delta {
-                    Delta::Finished { completion, .. } => Some(*completion),
-                    Delta::Text { .. } => None,
-                }));
                 if choices.is_empty() { Vec::new() } else { vec![s.meta.body(object, choices, None)] }
             }
             Some(Err(e)) => {
@@ -228,7 +225,7 @@ pub(crate) fn chunk_stream(
             }
             None => {
                 s.done = true;
-                let usage = usage(s.generation.prompt_tokens, &s.completions);
+                let usage = s.generation.usage();
                 if s.include_usage { vec![s.meta.body(object, Vec::new(), Some(usage))] } else { Vec::new() }
             }
         };

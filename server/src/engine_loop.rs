@@ -1,18 +1,19 @@
-//! The engine thread: it builds and owns the `LLM` (with CUDA graphs, which are not `Send`) and
-//! loops: take new requests from a channel, step, send each request what it got on its own
-//! channel. A request whose channel is closed (its client went away) is aborted before the next
-//! step. When idle, the thread blocks on the channel. Tokenizing, the streamed text, JSON and
-//! HTTP live in the handlers; the engine itself still decodes a request's text where it has stop
-//! strings to find, and once for its final completion.
+//! The engine thread: it builds and owns the engine (an `LLM`, with CUDA graphs, which are not
+//! `Send`) and loops: take new requests and stops from a channel, step, send each request what it
+//! got on its own channel. A request whose channel is closed (its client went away) is aborted
+//! before the next step. When idle, the thread blocks on the channel. Nothing else runs here:
+//! tokenizing, decoding text and finding stop strings (a handler that finds one sends a stop),
+//! JSON and HTTP live in the handlers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use nanovllm::{Completion, EngineError, LLM, Prompt, SamplingParams, SeqId, StepToken};
+use nanovllm::{Completion, EngineError, SamplingParams, SeqId, StepToken, StopReason};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ServerError;
+use crate::engine::{Engine, EngineInfo};
 use crate::metrics::Metrics;
 
 /// What a request gets from the engine, one message per step at most, then one per sample that
@@ -30,11 +31,23 @@ pub(crate) enum Event {
 /// A request for the engine thread.
 pub(crate) struct Submission {
     pub(crate) prompt: Vec<u32>,
+    /// Its sampling, with `detokenize` off and no stop strings: the handler finds those.
     pub(crate) params: SamplingParams,
     /// Where its events go; closing it aborts the request.
     pub(crate) events: mpsc::UnboundedSender<Event>,
-    /// Whether the engine took it (the reason if not).
-    pub(crate) accepted: oneshot::Sender<Result<(), EngineError>>,
+    /// Its id if the engine took it, the reason if not.
+    pub(crate) accepted: oneshot::Sender<Result<SeqId, EngineError>>,
+}
+
+/// What handlers tell the engine thread.
+enum Command {
+    Submit(Submission),
+    /// End a sample whose text reached one of its stop strings.
+    Stop {
+        id: SeqId,
+        index: usize,
+        stop: String,
+    },
 }
 
 /// The engine's state as `/health` reports it.
@@ -46,22 +59,11 @@ pub(crate) enum Health {
     Failed = 3,
 }
 
-/// What the engine tells the server once it is built.
-#[derive(Debug, Clone)]
-pub struct EngineInfo {
-    /// Sampling values a request does not give (the model's generation_config).
-    pub default_sampling: SamplingParams,
-    /// The longest sequence, prompt and output.
-    pub max_model_len: usize,
-    /// The KV cache, in one line (blocks, tokens, dtype, bytes, graphs).
-    pub cache: String,
-}
-
 /// What the handlers know of the engine thread.
 #[derive(Debug)]
 pub struct EngineHandle {
     /// `None` once dropping: the closed channel ends the engine loop.
-    submissions: Option<mpsc::UnboundedSender<Submission>>,
+    commands: Option<mpsc::UnboundedSender<Command>>,
     health: Arc<AtomicU8>,
     /// Set once the engine is built.
     info: Arc<OnceLock<EngineInfo>>,
@@ -74,11 +76,11 @@ impl EngineHandle {
     /// Start the engine thread: it runs `build` (loading the model) and then serves. Returns at
     /// once; until the engine is built, [`EngineHandle::info`] is `None` and `/health` answers
     /// 503. [`EngineHandle::wait_until_built`] waits for it.
-    pub fn spawn(
-        build: impl FnOnce() -> Result<LLM, EngineError> + Send + 'static,
+    pub fn spawn<E: Engine + 'static>(
+        build: impl FnOnce() -> Result<E, EngineError> + Send + 'static,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ServerError> {
-        let (submissions, receiver) = mpsc::unbounded_channel();
+        let (commands, receiver) = mpsc::unbounded_channel();
         let (built, built_receiver) = std::sync::mpsc::channel();
         let health = Arc::new(AtomicU8::new(Health::Loading as u8));
         let info = Arc::new(OnceLock::new());
@@ -86,17 +88,14 @@ impl EngineHandle {
         let thread = std::thread::Builder::new()
             .name("nanovllm-engine".into())
             .spawn(move || match build() {
-                Ok(llm) => {
-                    let config = llm.config();
-                    metrics.set_cache_config(config.kv_cache_dtype.name(), config.block_size);
-                    let _ = thread_info.set(EngineInfo {
-                        default_sampling: llm.default_sampling(),
-                        max_model_len: llm.scheduler().config().max_model_len,
-                        cache: llm.describe_cache(),
-                    });
+                Ok(engine) => {
+                    let info = engine.info();
+                    metrics.set_cache_config(&info.cache_dtype, info.block_size);
+                    let _ = thread_info.set(info);
                     thread_health.store(Health::Ready as u8, Ordering::Relaxed);
                     let _ = built.send(Ok(()));
-                    EngineLoop { llm, receiver, live: HashMap::new(), metrics, health: thread_health }.run();
+                    EngineLoop { engine, receiver, live: HashMap::new(), metrics, health: thread_health }
+                        .run();
                 }
                 Err(e) => {
                     thread_health.store(Health::Failed as u8, Ordering::Relaxed);
@@ -105,7 +104,7 @@ impl EngineHandle {
             })
             .map_err(|e| ServerError::EngineThread(e.to_string()))?;
         Ok(EngineHandle {
-            submissions: Some(submissions),
+            commands: Some(commands),
             health,
             info,
             built: Mutex::new(Some(built_receiver)),
@@ -114,8 +113,8 @@ impl EngineHandle {
     }
 
     /// [`EngineHandle::spawn`], then wait until the engine is built.
-    pub fn start(
-        build: impl FnOnce() -> Result<LLM, EngineError> + Send + 'static,
+    pub fn start<E: Engine + 'static>(
+        build: impl FnOnce() -> Result<E, EngineError> + Send + 'static,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ServerError> {
         let engine = Self::spawn(build, metrics)?;
@@ -144,7 +143,16 @@ impl EngineHandle {
 
     /// Hand `submission` to the engine thread; `false` if it has stopped.
     pub(crate) fn submit(&self, submission: Submission) -> bool {
-        self.submissions.as_ref().is_some_and(|s| s.send(submission).is_ok())
+        self.send(Command::Submit(submission))
+    }
+
+    /// End sample `index` of request `id`, whose text reached the stop string `stop`.
+    pub(crate) fn stop(&self, id: SeqId, index: usize, stop: String) {
+        self.send(Command::Stop { id, index, stop });
+    }
+
+    fn send(&self, command: Command) -> bool {
+        self.commands.as_ref().is_some_and(|c| c.send(command).is_ok())
     }
 
     pub(crate) fn health(&self) -> Health {
@@ -171,7 +179,7 @@ impl Drop for EngineHandle {
     fn drop(&mut self) {
         // Closing the channel ends the loop once it is idle: in-flight requests are aborted when
         // their handlers drop their receivers.
-        self.submissions = None;
+        self.commands = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -184,31 +192,44 @@ struct Live {
     running: usize,
 }
 
-struct EngineLoop {
-    llm: LLM,
-    receiver: mpsc::UnboundedReceiver<Submission>,
+struct EngineLoop<E> {
+    engine: E,
+    receiver: mpsc::UnboundedReceiver<Command>,
     live: HashMap<SeqId, Live>,
     metrics: Arc<Metrics>,
     health: Arc<AtomicU8>,
 }
 
-impl EngineLoop {
+impl<E: Engine> EngineLoop<E> {
     fn run(mut self) {
         loop {
-            if self.llm.is_finished() {
+            if self.engine.is_finished() {
                 // Idle: wait for work, or end when every handle is gone.
                 match self.receiver.blocking_recv() {
-                    Some(submission) => self.accept(submission),
+                    Some(command) => self.command(command),
                     None => return,
                 }
             }
-            while let Ok(submission) = self.receiver.try_recv() {
-                self.accept(submission);
+            while let Ok(command) = self.receiver.try_recv() {
+                self.command(command);
             }
             self.abort_abandoned();
-            self.metrics.observe_engine(&self.llm);
-            if !self.llm.is_finished() {
+            self.metrics.observe_engine(&self.engine.load());
+            if !self.engine.is_finished() {
                 self.step();
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Submit(submission) => self.accept(submission),
+            Command::Stop { id, index, stop } => {
+                match self.engine.finish(id, index, StopReason::Text(stop)) {
+                    Ok(Some(completion)) => self.finished(completion),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(request = id, error = %e, "stop failed"),
+                }
             }
         }
     }
@@ -216,12 +237,12 @@ impl EngineLoop {
     fn accept(&mut self, submission: Submission) {
         let Submission { prompt, params, events, accepted } = submission;
         let n = params.n;
-        match self.llm.add_request(Prompt::Tokens(prompt), params) {
+        match self.engine.add_request(prompt, params) {
             Ok(id) => {
-                if accepted.send(Ok(())).is_ok() {
+                if accepted.send(Ok(id)).is_ok() {
                     self.live.insert(id, Live { events, running: n });
                 } else {
-                    let _ = self.llm.abort(id);
+                    let _ = self.engine.abort(id);
                 }
             }
             Err(e) => {
@@ -236,7 +257,7 @@ impl EngineLoop {
             self.live.iter().filter(|(_, live)| live.events.is_closed()).map(|(&id, _)| id).collect();
         for id in gone {
             self.live.remove(&id);
-            match self.llm.abort(id) {
+            match self.engine.abort(id) {
                 Ok(aborted) => self.metrics.count_finished(&aborted),
                 Err(e) => tracing::warn!(request = id, error = %e, "abort failed"),
             }
@@ -244,7 +265,7 @@ impl EngineLoop {
     }
 
     fn step(&mut self) {
-        let output = match self.llm.step() {
+        let output = match self.engine.step() {
             Ok(output) => output,
             Err(e) => {
                 // The engine cannot go on: fail every request and turn /health to 503.
@@ -253,13 +274,13 @@ impl EngineLoop {
                 for (_, live) in self.live.drain() {
                     let _ = live.events.send(Event::Failed(e.to_string()));
                 }
-                self.llm.abort_all();
+                self.engine.abort_all();
                 return;
             }
         };
         // Before any event goes out, so that a client that saw its tokens sees the step in
         // /metrics too.
-        self.metrics.observe_engine(&self.llm);
+        self.metrics.observe_engine(&self.engine.load());
         self.metrics.count_step(&output);
         let mut by_request: HashMap<SeqId, Vec<StepToken>> = HashMap::new();
         for token in output.tokens {
@@ -270,15 +291,20 @@ impl EngineLoop {
                 let _ = live.events.send(Event::Tokens(tokens));
             }
         }
-        self.metrics.count_finished(&output.finished);
         for completion in output.finished {
-            let id = completion.id;
-            if let Some(live) = self.live.get_mut(&id) {
-                let _ = live.events.send(Event::Finished(Box::new(completion)));
-                live.running -= 1;
-                if live.running == 0 {
-                    self.live.remove(&id);
-                }
+            self.finished(completion);
+        }
+    }
+
+    /// Count a sample that ended and tell its handler.
+    fn finished(&mut self, completion: Completion) {
+        self.metrics.count_finished(std::slice::from_ref(&completion));
+        let id = completion.id;
+        if let Some(live) = self.live.get_mut(&id) {
+            let _ = live.events.send(Event::Finished(Box::new(completion)));
+            live.running -= 1;
+            if live.running == 0 {
+                self.live.remove(&id);
             }
         }
     }

@@ -2,17 +2,20 @@
 //! `/v1/chat/completions` (streaming over SSE or not), `/v1/models`, `/health`, `/version`,
 //! `/tokenize`, `/detokenize`, and `/metrics` under vLLM's metric names.
 //!
-//! One engine thread builds and owns the [`nanovllm::LLM`] and steps it; handlers (axum on tokio)
-//! tokenize, detokenize and speak HTTP, and talk to it over channels: a request's channel closing
-//! (its client gone) aborts it within a step. Admission is bounded: past the bound, 503 with
+//! One engine thread builds and owns the engine (a [`nanovllm::LLM`], or a [`MockEngine`] that
+//! computes nothing, to measure the server alone) and steps it; handlers (axum on tokio) tokenize,
+//! detokenize, find stop strings and speak HTTP, and talk to it over channels: a request's channel
+//! closing (its client gone) aborts it within a step. Admission is bounded: past the bound, 503 with
 //! `Retry-After`. Errors come in OpenAI's shape with the status vLLM gives.
 
 mod chat;
 mod completions;
+mod engine;
 mod engine_loop;
 mod error;
 mod generation;
 mod metrics;
+mod mock_engine;
 mod parsers;
 mod protocol;
 mod routes;
@@ -23,9 +26,11 @@ use std::future::Future;
 use axum::serve::ListenerExt;
 use std::sync::Arc;
 
-pub use engine_loop::{EngineHandle, EngineInfo};
+pub use engine::{Engine, EngineInfo, EngineLoad};
+pub use engine_loop::EngineHandle;
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use mock_engine::{MockEngine, MockEngineConfig};
 pub use routes::router;
 pub use state::{Admission, AppState, ServedModel};
 

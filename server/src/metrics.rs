@@ -1,7 +1,9 @@
 //! `/metrics` in Prometheus' text format, under vLLM's metric names, so that dashboards and
 //! routers built for vLLM read this server unchanged.
 
-use nanovllm::{Completion, LLM, StepOutput};
+use nanovllm::{Completion, StepOutput};
+
+use crate::engine::EngineLoad;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder, core::Collector,
@@ -147,16 +149,12 @@ impl Metrics {
 
     /// The engine's state after a step (or an abort): running and waiting requests, cache use,
     /// preemptions.
-    pub(crate) fn observe_engine(&self, llm: &LLM) {
-        let scheduler = llm.scheduler();
-        self.num_requests_running.set(scheduler.num_running() as i64);
-        self.num_requests_waiting.set(scheduler.num_waiting() as i64);
-        let blocks = scheduler.block_manager();
-        let used = blocks.num_blocks() - blocks.num_free_blocks();
-        self.kv_cache_usage_perc.set(used as f64 / blocks.num_blocks() as f64);
-        let preemptions = scheduler.num_preemptions();
-        let seen = self.preemptions_seen.swap(preemptions, std::sync::atomic::Ordering::Relaxed);
-        self.num_preemptions.inc_by(preemptions.saturating_sub(seen) as u64);
+    pub(crate) fn observe_engine(&self, load: &EngineLoad) {
+        self.num_requests_running.set(load.running as i64);
+        self.num_requests_waiting.set(load.waiting as i64);
+        self.kv_cache_usage_perc.set(load.kv_cache_usage);
+        let seen = self.preemptions_seen.swap(load.preemptions, std::sync::atomic::Ordering::Relaxed);
+        self.num_preemptions.inc_by(load.preemptions.saturating_sub(seen) as u64);
     }
 
     /// Tokens a step computed: prompt tokens in prefill steps, drawn tokens always.

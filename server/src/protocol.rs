@@ -114,6 +114,7 @@ impl SamplingFields {
             include_stop_str_in_output: self.include_stop_str_in_output.unwrap_or(false),
             max_tokens: self.max_tokens.unwrap_or(max_tokens),
             logprobs,
+            detokenize: defaults.detokenize,
         })
     }
 

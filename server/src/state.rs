@@ -6,7 +6,8 @@ use std::sync::Arc;
 use nanovllm::{ChatTemplate, Tokenizer};
 use tokio::sync::Semaphore;
 
-use crate::engine_loop::{EngineHandle, EngineInfo};
+use crate::engine::EngineInfo;
+use crate::engine_loop::EngineHandle;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 

@@ -4,21 +4,17 @@
 //! what the engine counted; every error comes in OpenAI's shape with its status, and the server
 //! serves on after each; a client that goes away frees its blocks; overload gives 503s.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{MODEL, chunks, client, events, metric, model_dir, post, served_model, wait_for};
 use futures_util::StreamExt;
-use nanovllm::{CacheDtype, ChatTemplate, EngineConfig, LLM, LoadFormat, Prompt, SamplingParams, Tokenizer};
+use nanovllm::{CacheDtype, EngineConfig, LLM, LoadFormat, Prompt, SamplingParams, Tokenizer};
 use nanovllm_server::{Admission, AppState, EngineHandle, Metrics, ServedModel};
 use serde_json::{Value, json};
-
-const MODEL: &str = "tiny";
-
-fn model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-random-qwen3")
-}
 
 fn engine_config() -> EngineConfig {
     EngineConfig {
@@ -36,60 +32,17 @@ fn load() -> Result<LLM, nanovllm::EngineError> {
     LLM::load(&model_dir(), engine_config(), LoadFormat::Dummy)
 }
 
-/// A server on a free loopback port, admitting `max_in_flight` requests; it stops when the
-/// returned sender drops.
+/// A server of the tiny model on a free loopback port, admitting `max_in_flight` requests; it
+/// stops when the returned sender drops.
 async fn start(
     max_in_flight: usize,
     api_key: Option<&str>,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let dir = model_dir();
     let metrics = Arc::new(Metrics::new(MODEL));
     let engine = EngineHandle::start(load, metrics.clone()).unwrap();
-    let model = ServedModel {
-        name: MODEL.into(),
-        tokenizer: Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap(),
-        chat_template: ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json")).unwrap(),
-        reasoning_parser: false,
-    };
     let limits = Admission { concurrent: max_in_flight, queued: 0 };
-    let state = Arc::new(AppState::new(engine, model, metrics, limits, api_key.map(str::to_owned)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(nanovllm_server::serve(listener, state, 1 << 16, async move {
-        let _ = stopped.await;
-    }));
-    (addr, stop)
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
-}
-
-async fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
-    let response = client().post(format!("http://{addr}{path}")).json(body).send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
-/// The `data:` payloads of an SSE body, `[DONE]` last.
-async fn events(addr: SocketAddr, path: &str, body: &Value) -> Vec<String> {
-    let response = client().post(format!("http://{addr}{path}")).json(body).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.unwrap();
-    text.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_owned).collect()
-}
-
-fn chunks(events: &[String]) -> Vec<Value> {
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect()
-}
-
-/// A metric's value from `/metrics`.
-async fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let text = client().get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
-    let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
+    let state = AppState::new(engine, served_model(false), metrics, limits, api_key.map(str::to_owned));
+    common::serve(Arc::new(state)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,6 +136,56 @@ async fn a_seed_gives_the_engines_tokens_alone_and_among_concurrent_requests() {
     let together =
         futures_util::future::join_all(requests.iter().map(|r| post(addr, "/v1/completions", r))).await;
     assert_eq!(together[0].1["choices"][0]["text"], expected, "the same seed among 8 concurrent requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_strings_found_off_the_engine_end_requests_as_the_engine_does() {
+    let (addr, _stop) = start(64, None).await;
+    let request = |stop: Option<&str>, n: usize, stream: bool| {
+        json!({"model": MODEL, "prompt": [5, 6, 7, 8], "max_tokens": 40, "temperature": 0, "ignore_eos": true,
+               "n": n, "stop": stop, "stream": stream, "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null }})
+    };
+    let (_, free) = post(addr, "/v1/completions", &request(None, 1, false)).await;
+    let text = free["choices"][0]["text"].as_str().unwrap().to_owned();
+    // A stop string from the middle of the greedy text, which may straddle tokens.
+    let chars: Vec<char> = text.chars().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
+    let params = SamplingParams { stop: vec![stop.clone()], ignore_eos: true, ..SamplingParams::greedy(40) };
+    let expected = {
+        let mut llm = load().unwrap();
+        llm.generate(vec![Prompt::Tokens(vec![5, 6, 7, 8])], &params).unwrap().remove(0).unwrap()
+    };
+    assert_eq!(expected.finish_reason, nanovllm::FinishReason::Stop, "{text:?} holds {stop:?}");
+    let (status, whole) = post(addr, "/v1/completions", &request(Some(&stop), 2, false)).await;
+    assert_eq!(status, 200, "{whole}");
+    for choice in whole["choices"].as_array().unwrap() {
+        assert_eq!(choice["text"], expected.text.clone().unwrap());
+        assert_eq!((&choice["finish_reason"], &choice["stop_reason"]), (&json!("stop"), &json!(stop)));
+    }
+    assert_eq!(
+        whole["usage"]["completion_tokens"],
+        2 * expected.token_ids.len(),
+        "the tokens up to the match"
+    );
+    let chunks = chunks(&events(addr, "/v1/completions", &request(Some(&stop), 2, true)).await);
+    for index in 0..2 {
+        let mine: Vec<&Value> = chunks
+            .iter()
+            .flat_map(|c| c["choices"].as_array().unwrap())
+            .filter(|c| c["index"] == index)
+            .collect();
+        let joined: String = mine.iter().filter_map(|c| c["text"].as_str()).collect();
+        assert_eq!(joined, expected.text.clone().unwrap());
+        let finish: Vec<&&Value> = mine.iter().filter(|c| !c["finish_reason"].is_null()).collect();
+        assert_eq!(finish.len(), 1);
+        assert_eq!(finish[0]["stop_reason"], json!(stop));
+    }
+    assert_eq!(chunks.last().unwrap()["usage"], whole["usage"]);
+    assert_eq!(
+        wait_for(addr, "vllm:kv_cache_usage_perc", 0.0).await,
+        0.0,
+        "stopped samples free their blocks"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,18 +399,6 @@ async fn tools_reach_the_qwen3_template_and_unsupported_tool_choices_are_refused
     assert_eq!((status, &body["error"]["param"]), (400, &json!("tool_choice")));
 }
 
-/// Polls `/metrics` until `name` reads `value` (bounded); returns the last reading.
-async fn wait_for(addr: SocketAddr, name: &str, value: f64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let read = metric(addr, name).await;
-        if read == value || Instant::now() > deadline {
-            return read;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_queued_in_the_engine_is_aborted_when_its_client_leaves() {
     let (addr, _stop) = start(64, None).await;
@@ -430,7 +421,6 @@ async fn a_request_queued_in_the_engine_is_aborted_when_its_client_leaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_model_loads_health_and_requests_get_503() {
-    let dir = model_dir();
     let (release, loading) = std::sync::mpsc::channel::<()>();
     let metrics = Arc::new(Metrics::new(MODEL));
     let engine = EngineHandle::spawn(
@@ -441,12 +431,7 @@ async fn while_the_model_loads_health_and_requests_get_503() {
         metrics.clone(),
     )
     .unwrap();
-    let model = ServedModel {
-        name: MODEL.into(),
-        tokenizer: Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap(),
-        chat_template: None,
-        reasoning_parser: false,
-    };
+    let model = ServedModel { chat_template: None, ..served_model(false) };
     let limits = Admission { concurrent: 4, queued: 0 };
     let state = Arc::new(AppState::new(engine, model, metrics, limits, None));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

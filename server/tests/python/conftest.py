@@ -1,5 +1,6 @@
 """Starts `nanovllm-cli serve` on a free loopback port with the committed tiny model (random
-weights, the real Qwen3 tokenizer and chat template) for the client tests, and stops it after."""
+weights, the real Qwen3 tokenizer and chat template) for the client tests, and stops it after; and
+the same over the mock engine, whose answer is fixed."""
 
 import os
 import pathlib
@@ -24,14 +25,18 @@ def ready(base):
         return False
 
 
-@pytest.fixture(scope="session")
-def server():
+# The answer the mock engine gives every request: a Qwen3 answer with reasoning and a tool call.
+MOCK_REPLY = ('<think>\nThe user wants the weather.\n</think>\n\nLet me check.\n<tool_call>\n'
+              '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>')
+
+
+def serve(*flags):
+    """`nanovllm-cli serve` of the tiny model with `flags`, once ready: the process and its base URL."""
     cli = os.environ.get("NANOVLLM_CLI", str(REPO / "target" / "debug" / "nanovllm-cli"))
     process = subprocess.Popen(
-        [cli, "serve", str(REPO / "models" / "tiny-random-qwen3"), "--load-format", "dummy",
-         "--host", "127.0.0.1", "--port", "0", "--served-model-name", MODEL, "--api-key", API_KEY,
-         "--kv-cache-memory-gib", "0.05", "--max-model-len", "512", "--block-size", "16",
-         "--max-body-bytes", "65536", "--reasoning-parser", "qwen3"],
+        [cli, "serve", str(REPO / "models" / "tiny-random-qwen3"), "--host", "127.0.0.1", "--port", "0",
+         "--served-model-name", MODEL, "--api-key", API_KEY, "--max-model-len", "512",
+         "--reasoning-parser", "qwen3", *flags],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     base = None
@@ -50,6 +55,25 @@ def server():
             process.kill()
             raise RuntimeError("the server did not turn ready")
         time.sleep(0.05)
-    yield base
+    return process, base
+
+
+def stop(process):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
+
+
+@pytest.fixture(scope="session")
+def server():
+    process, base = serve("--load-format", "dummy", "--kv-cache-memory-gib", "0.05", "--block-size", "16",
+                          "--max-body-bytes", "65536")
+    yield base
+    stop(process)
+
+
+@pytest.fixture(scope="session")
+def mock_server():
+    """The server over the mock engine, which answers MOCK_REPLY to every request."""
+    process, base = serve("--mock-engine", "--mock-step-ms", "1", "--mock-reply", MOCK_REPLY)
+    yield base
+    stop(process)

@@ -1,6 +1,7 @@
 """The server through the official `openai` client and `prometheus_client`, as users point them at
 vLLM: completions (text and token ids), chat streaming with usage, tools in the rendered prompt,
-the SDK's error classes, 32 concurrent async streams, and /metrics parsed."""
+tool calls and reasoning parsed from a fixed answer (the mock engine's), the SDK's error classes,
+32 concurrent async streams, and /metrics parsed."""
 
 import asyncio
 import json
@@ -10,7 +11,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import API_KEY, MODEL
+from conftest import API_KEY, MODEL, MOCK_REPLY
 
 
 def get(url):
@@ -75,6 +76,31 @@ def test_tools_are_rendered_by_the_qwen3_template(server):
     assert "<tools>" in prompt and '{"type": "function", "function": {"name": "get_weather"' in prompt
     answer = client(server).chat.completions.create(model=MODEL, messages=messages, tools=tools, max_tokens=4)
     assert answer.usage.prompt_tokens == tokens["count"]
+
+
+def test_tool_calls_and_reasoning_are_parsed_from_the_answer(mock_server):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    c = client(mock_server)
+    whole = c.chat.completions.create(model=MODEL, messages=messages, tools=tools, max_tokens=200)
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Let me check."
+    assert choice.message.reasoning_content == "\nThe user wants the weather.\n"
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    chunks = list(c.chat.completions.create(model=MODEL, messages=messages, tools=tools, max_tokens=200,
+                                            stream=True))
+    deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
+    assert "".join(d.content or "" for d in deltas) == "Let me check."
+    streamed_calls = [call for d in deltas for call in d.tool_calls or []]
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in streamed_calls] == \
+        [("get_weather", {"city": "Paris"})]
+    # Without tools offered, the answer's text is all content (its reasoning still split).
+    plain = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=200)
+    assert plain.choices[0].message.tool_calls is None
+    assert plain.choices[0].message.content == MOCK_REPLY.split("</think>\n\n", 1)[1]
 
 
 def test_errors_raise_the_sdks_classes(server):
