@@ -1,12 +1,14 @@
 //! `nanovllm-cli`: generate text with Qwen3 models from the command line.
 
 mod bench;
+mod bench_serve;
 mod engine_args;
 mod eval;
 mod generate;
 mod prompts;
 mod sampling_args;
 mod serve;
+mod serve_metrics;
 mod workload;
 
 use std::io::IsTerminal;
@@ -36,6 +38,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (`serve MODEL`, as `vllm serve`).
     Serve(serve::ServeArgs),
+    /// Measure a server as `vllm bench serve` does: TTFT, TPOT, ITL, end-to-end latency, throughput.
+    BenchServe(bench_serve::BenchServeArgs),
 }
 
 /// Set by Ctrl-C; generation loops check it between steps and stop cleanly.
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::BenchServe(args) => bench_serve::run(args),
     };
     match result {
         Ok(code) => code,

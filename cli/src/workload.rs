@@ -54,6 +54,14 @@ pub(crate) struct Shape {
     pub(crate) seed: u64,
 }
 
+impl Shape {
+    /// bench.py's ranges (prompts of 100 to 1024 tokens below id 10,000, 100 to 1024 tokens out),
+    /// for `num_seqs` requests from `seed`.
+    pub(crate) fn bench_py(num_seqs: usize, seed: u64) -> Self {
+        Shape { num_seqs, input_len: (100, 1024), output_len: (100, 1024), max_token_id: 10000, seed }
+    }
+}
+
 impl Workload {
     /// nano-vllm's bench.py: `random.seed(0)`; every prompt first (a length, then its tokens),
     /// then every `max_tokens`.
@@ -109,13 +117,7 @@ mod tests {
     use super::*;
 
     fn bench_py() -> Workload {
-        Workload::nano_vllm(&Shape {
-            num_seqs: 256,
-            input_len: (100, 1024),
-            output_len: (100, 1024),
-            max_token_id: 10000,
-            seed: 0,
-        })
+        Workload::nano_vllm(&Shape::bench_py(256, 0))
     }
 
     #[test]
