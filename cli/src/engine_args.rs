@@ -32,7 +32,8 @@ pub(crate) struct EngineArgs {
     /// (uppercase suffixes are binary, lowercase decimal).
     #[arg(long, value_parser = parse_bytes)]
     kv_cache_memory_bytes: Option<usize>,
-    /// Fraction of the GPU's memory the engine may use in all.
+    /// This process's share of the GPU's memory, weights and cache together (as vLLM's, per
+    /// instance: two replicas on one GPU can take 0.45 each).
     #[arg(long, default_value_t = 0.9)]
     gpu_memory_utilization: f64,
     /// Token slots per KV cache block.

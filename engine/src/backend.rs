@@ -234,9 +234,11 @@ fn cuda_backend(
             }
         }
     };
-    // The weights and the buffers of the largest step, after one such step: what is free then is
-    // what the cache may take.
+    // `gpu_memory_utilization` is this engine's share of the card, as vLLM's is per instance: the
+    // cache gets the share less what the weights and the buffers of the largest step took (after
+    // one such step), whatever other processes hold, so that replicas can share a GPU.
     let world = config.tensor_parallel_size;
+    let free_at_start = least_free_memory(world)?;
     let mut gpu_model = GpuGroup::new(model, world, config.kv_cache_dtype, config.block_size, limits)
         .map_err(out_of_memory("the weights and activations".into()))?;
     let budget = match config.kv_cache_memory_bytes {
@@ -244,15 +246,25 @@ fn cuda_backend(
         None => {
             let (free, total) = gpu_model.free_memory()?;
             let allowed = (total as f64 * config.gpu_memory_utilization) as usize;
-            let taken = total - free;
-            allowed.checked_sub(taken).ok_or_else(|| EngineError::Config {
+            let refuse = |problem: String| EngineError::Config {
                 field: "gpu_memory_utilization",
                 value: config.gpu_memory_utilization.to_string(),
-                problem: format!(
-                    "leaves no room for a KV cache: {:.1} GiB allowed, {:.1} GiB in use after loading the weights and a warm-up step; raise it or give a KV cache budget (kv_cache_memory_bytes)",
+                problem,
+            };
+            if allowed > free_at_start {
+                return Err(refuse(format!(
+                    "asks for {:.1} GiB of the GPU, but only {:.1} GiB were free at start (other processes hold the rest); lower it",
+                    gib(allowed),
+                    gib(free_at_start)
+                )));
+            }
+            let taken = free_at_start.saturating_sub(free);
+            allowed.checked_sub(taken).ok_or_else(|| {
+                refuse(format!(
+                    "leaves no room for a KV cache: {:.1} GiB allowed, {:.1} GiB taken by the weights and a warm-up step; raise it or give a KV cache budget (kv_cache_memory_bytes)",
                     gib(allowed),
                     gib(taken)
-                ),
+                ))
             })?
         }
     };
@@ -262,6 +274,19 @@ fn cuda_backend(
         .allocate_cache(num_blocks)
         .map_err(out_of_memory(format!("{:.1} GiB of KV cache", gib(budget))))?;
     Ok((Backend::Cuda(Box::new(gpu_model), Default::default()), num_blocks))
+}
+
+/// Free bytes of the GPU, among the first `world`, with the least free memory, before this
+/// engine has taken any.
+#[cfg(feature = "cuda")]
+fn least_free_memory(world: usize) -> Result<usize, EngineError> {
+    let mut least = usize::MAX;
+    for ordinal in 0..world {
+        let gpu = nanovllm_cuda::Gpu::open_ordinal(ordinal)?;
+        let (free, _) = gpu.ctx.mem_get_info().map_err(nanovllm_cuda::GpuError::from)?;
+        least = least.min(free);
+    }
+    Ok(least)
 }
 
 /// Refuse a tensor-parallel size the model cannot be split into, or the machine cannot run.

@@ -19,7 +19,8 @@ pub struct EngineConfig {
     /// parallelism. `None`: 256 MiB on the CPU; on a GPU, what `gpu_memory_utilization` leaves
     /// after the weights and the activations.
     pub kv_cache_memory_bytes: Option<usize>,
-    /// Fraction of the GPU's memory the engine may take in all (nano-vllm: 0.9).
+    /// This engine's share of each GPU's memory, weights, activations and cache together (0.9 as
+    /// in nano-vllm; per instance, as vLLM's: two replicas can share a GPU at 0.45 each).
     pub gpu_memory_utilization: f64,
     /// Token slots per cache block.
     pub block_size: usize,

@@ -64,11 +64,10 @@ pub(crate) struct ResponseMeta {
 }
 
 impl ResponseMeta {
+    /// A fresh random id (as vLLM's): unique across the replicas behind a router too.
     pub(crate) fn new(prefix: &str, model: &str) -> Self {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let serial = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let created = unix_time();
-        ResponseMeta { id: format!("{prefix}-{created:x}{serial:08x}"), created, model: model.to_owned() }
+        let id = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
+        ResponseMeta { id, created: unix_time(), model: model.to_owned() }
     }
 
     /// The response's id.

@@ -25,18 +25,22 @@ def ready(base):
         return False
 
 
+# The tiny model with dummy weights and a small cache, as every test server runs it.
+REPLICA_FLAGS = ("--load-format", "dummy", "--kv-cache-memory-gib", "0.05", "--block-size", "16")
+
 # The answer the mock engine gives every request: a Qwen3 answer with reasoning and a tool call.
 MOCK_REPLY = ('<think>\nThe user wants the weather.\n</think>\n\nLet me check.\n<tool_call>\n'
               '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>')
 
 
-def serve(*flags):
-    """`nanovllm-cli serve` of the tiny model with `flags`, once ready: the process and its base URL."""
+def serve(*flags, api_key=API_KEY):
+    """`nanovllm-cli serve` of the tiny model with `flags` (and `--api-key` unless None), once
+    ready: the process and its base URL."""
     cli = os.environ.get("NANOVLLM_CLI", str(REPO / "target" / "debug" / "nanovllm-cli"))
+    key = ["--api-key", api_key] if api_key else []
     process = subprocess.Popen(
         [cli, "serve", str(REPO / "models" / "tiny-random-qwen3"), "--host", "127.0.0.1", "--port", "0",
-         "--served-model-name", MODEL, "--api-key", API_KEY, "--max-model-len", "512",
-         "--reasoning-parser", "qwen3", *flags],
+         "--served-model-name", MODEL, "--max-model-len", "512", "--reasoning-parser", "qwen3", *key, *flags],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     base = None
@@ -65,8 +69,7 @@ def stop(process):
 
 @pytest.fixture(scope="session")
 def server():
-    process, base = serve("--load-format", "dummy", "--kv-cache-memory-gib", "0.05", "--block-size", "16",
-                          "--max-body-bytes", "65536")
+    process, base = serve(*REPLICA_FLAGS, "--max-body-bytes", "65536")
     yield base
     stop(process)
 
