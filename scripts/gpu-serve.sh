@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on a machine with a GPU, from the repository root: served speed beside the offline engine,
 # Qwen3-0.6B's shape with dummy weights (the committed config, the tiny model's real tokenizer).
-# PARTS picks what runs (default "s1 s2 s4"; "s3 s5" is the other half):
+# PARTS picks what runs (default "s1 s2 s4"; "s3 s5 s6" is the other half):
 #   s1  nano-vllm's workload: offline `bench` vs `bench-serve --dataset-name nano-vllm`, all at once,
 #       temperature 0.6 for both, per dtype in DTYPES (default "bf16 int8")
 #   s2  random 1024 in / 128 out at concurrency 1 (100 requests), and the offline floors: one
@@ -10,6 +10,8 @@
 #       `bench` on the same shape (int8)
 #   s4  the mock engine (no GPU work): 1,024 streams, SSE events per second
 #   s5  arrivals far past capacity into a bounded queue: statuses, admitted TTFT, server RSS
+#   s6  256 streams, half cancelled mid-stream (scripts/serve-cancel.py): KV usage after the
+#       cancel, the survivors' speed against 128 streams alone (int8)
 # Build here first: cargo build --release -p nanovllm-cli --features cuda, and carry
 # target/release/nanovllm-cli. Results: one JSON line per run in $OUT/serve.jsonl, logs in
 # $OUT/serve.log.
@@ -143,6 +145,12 @@ rss = [int(l.split()[2]) for l in open(sys.argv[1]) if l.startswith("rss_kb") an
 print(json.dumps({"run": "s5-rss", "samples": len(rss), "first_mib": rss[0] / 1024 if rss else None,
                   "peak_mib": max(rss) / 1024 if rss else None, "last_mib": rss[-1] / 1024 if rss else None}))
 PY
+      ;;
+    s6)
+      start_server --kv-cache-dtype int8
+      timeout 400 python3 scripts/serve-cancel.py --port "$port" --model qwen3 --streams 256 --prompt-len 256 \
+        --max-tokens 1024 --cancel-after 64 2>> "$log" | sed 's/^{/{"run": "s6-cancel-int8", /' | tee -a "$out/serve.jsonl"
+      stop_server
       ;;
   esac
 done

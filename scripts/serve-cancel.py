@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Half of a server's streams cancelled mid-stream: how fast the KV cache they held comes back, and
+whether the survivors keep their speed. Standard library only (runs where nothing can be
+installed); bounded in streams and time; loopback by default.
+
+Run A: STREAMS streaming completions (random token-id prompts, ignore_eos); once every stream has
+CANCEL_AFTER chunks, half of them close their connections at once. /metrics is polled every 10 ms
+for vllm:kv_cache_usage_perc. Run B: STREAMS/2 streams alone, the survivors' baseline.
+Prints one JSON line: usage before the cancel, the survivors' share, milliseconds from the cancel
+until usage fell to that share, usage at the end, and the survivors' chunks per second in both runs.
+"""
+
+import argparse
+import asyncio
+import json
+import random
+import time
+
+
+async def http_get(host, port, path):
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    return data.decode(errors="replace")
+
+
+async def poll_usage(host, port, samples, stop):
+    while not stop.is_set():
+        text = await http_get(host, port, "/metrics")
+        for line in text.splitlines():
+            if line.startswith("vllm:kv_cache_usage_perc"):
+                samples.append((time.monotonic(), float(line.rsplit(" ", 1)[1])))
+        await asyncio.sleep(0.01)
+
+
+async def stream(host, port, model, prompt, max_tokens, times, cancel=None):
+    """One streaming completion; chunk arrival times go to `times`. Closes early once `cancel` is set."""
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
+                       "temperature": 0, "stream": True})
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write((f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}").encode())
+    await writer.drain()
+    while True:
+        read = asyncio.ensure_future(reader.readline())
+        waits = [read] + ([asyncio.ensure_future(cancel.wait())] if cancel else [])
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if read not in done:
+            writer.transport.abort()
+            return "cancelled"
+        line = read.result()
+        if not line:
+            break
+        if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
+            times.append(time.monotonic())
+    writer.close()
+    return "done"
+
+
+async def run(args, streams, cancel_half):
+    host, port = args.host, args.port
+    rng = random.Random(0)
+    prompts = [[rng.randrange(100, 100000) for _ in range(args.prompt_len)] for _ in range(streams)]
+    times = [[] for _ in range(streams)]
+    cancel = asyncio.Event()
+    samples, stop = [], asyncio.Event()
+    poller = asyncio.ensure_future(poll_usage(host, port, samples, stop))
+    tasks = [asyncio.ensure_future(stream(host, port, args.model, prompts[i], args.max_tokens, times[i],
+                                          cancel if cancel_half and i % 2 == 0 else None))
+             for i in range(streams)]
+    cancelled_at = None
+    if cancel_half:
+        deadline = time.monotonic() + args.timeout
+        while min(len(t) for t in times) < args.cancel_after and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        cancelled_at = time.monotonic()
+        cancel.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), args.timeout)
+    await asyncio.sleep(0.3)
+    stop.set()
+    await poller
+    return times, samples, cancelled_at
+
+
+def rate_after(times, since):
+    """Chunks per second of each stream after `since` (its own first chunk after it on), averaged."""
+    rates = []
+    for t in times:
+        later = [x for x in t if x >= since]
+        if len(later) > 1:
+            rates.append((len(later) - 1) / (later[-1] - later[0]))
+    return sum(rates) / len(rates) if rates else 0.0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--streams", type=int, default=256)
+    parser.add_argument("--prompt-len", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, default=1024)
+    parser.add_argument("--cancel-after", type=int, default=64)
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+    times, samples, cancelled_at = asyncio.run(run(args, args.streams, True))
+    before = max((u for t, u in samples if t < cancelled_at), default=0.0)
+    survivors = [t for i, t in enumerate(times) if i % 2 == 1]
+    # The survivors' share: their blocks at the cancel, about half of what all held.
+    share = before / 2
+    fell = next((t for t, u in samples if t >= cancelled_at and u <= share + 0.01), None)
+    alone, _, _ = asyncio.run(run(args, args.streams // 2, False))
+    start_alone = min(t[args.cancel_after] for t in alone if len(t) > args.cancel_after)
+    print(json.dumps({
+        "streams": args.streams, "usage_before_cancel": before, "survivors_share": share,
+        "ms_to_share": None if fell is None else (fell - cancelled_at) * 1000,
+        "usage_at_end": samples[-1][1] if samples else None,
+        "survivor_chunks_per_s": rate_after(survivors, cancelled_at),
+        "alone_chunks_per_s": rate_after(alone, start_alone),
+    }))
+
+
+if __name__ == "__main__":
+    main()
