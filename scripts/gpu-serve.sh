@@ -12,6 +12,10 @@
 #   s5  arrivals far past capacity into a bounded queue: statuses, admitted TTFT, server RSS
 #   s6  256 streams, half cancelled mid-stream (scripts/serve-cancel.py): KV usage after the
 #       cancel, the survivors' speed against 128 streams alone (int8)
+#   s7  two replicas on the one GPU (--gpu-memory-utilization 0.45 each) behind vllm-router
+#       against one replica alone, random 1024/128 at concurrency 256 (int8). The router comes as
+#       wheels in .whl/ (carried; the GPU machine has no network): vllm-router and those of its
+#       needs the machine lacks.
 # Build here first: cargo build --release -p nanovllm-cli --features cuda, and carry
 # target/release/nanovllm-cli. Results: one JSON line per run in $OUT/serve.jsonl, logs in
 # $OUT/serve.log.
@@ -145,6 +149,33 @@ rss = [int(l.split()[2]) for l in open(sys.argv[1]) if l.startswith("rss_kb") an
 print(json.dumps({"run": "s5-rss", "samples": len(rss), "first_mib": rss[0] / 1024 if rss else None,
                   "peak_mib": max(rss) / 1024 if rss else None, "last_mib": rss[-1] / 1024 if rss else None}))
 PY
+      ;;
+    s7)
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl >> "$log" 2>&1
+      export PYTHONPATH=/tmp/site
+      start_server --kv-cache-dtype int8
+      bench_serve s7-one-replica-int8 --random-input-len 1024 --random-output-len 128 --num-prompts 1000 \
+        --max-concurrency 256
+      stop_server
+      start_server --kv-cache-dtype int8 --gpu-memory-utilization 0.45
+      first=$port first_pid=$server_pid
+      start_server --kv-cache-dtype int8 --gpu-memory-utilization 0.45
+      second=$port
+      port=$((port + 1))
+      /tmp/site/bin/vllm-router --host 127.0.0.1 --port "$port" --policy round_robin --prometheus-host 127.0.0.1 \
+        --prometheus-port $((port + 100)) --worker-urls "http://127.0.0.1:$first" "http://127.0.0.1:$second" >> "$log" 2>&1 &
+      router_pid=$!
+      for _ in $(seq 100); do
+        python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/v1/models', timeout=2)" 2>/dev/null && break
+        sleep 0.2
+      done
+      bench_serve s7-two-replicas-router-int8 --random-input-len 1024 --random-output-len 128 --num-prompts 1000 \
+        --max-concurrency 256
+      kill "$router_pid"
+      stop_server
+      server_pid=$first_pid
+      stop_server
       ;;
     s6)
       start_server --kv-cache-dtype int8
