@@ -96,8 +96,8 @@ impl ChatTemplate {
 
     /// Render `messages` with the `tools` the model may call (OpenAI's function specs, which
     /// Qwen3's template lists in its system prompt) and template variables `kwargs` (vLLM's
-    /// `chat_template_kwargs`, such as `enable_thinking`), as HF's `apply_chat_template` with
-    /// `add_generation_prompt=True` does.
+    /// `chat_template_kwargs`, such as `enable_thinking`), as HF's `apply_chat_template` does;
+    /// with `add_generation_prompt=True` unless `kwargs` says otherwise.
     pub fn render_with(
         &self,
         messages: &[Message],
@@ -109,10 +109,12 @@ impl ChatTemplate {
             .map(|m| context! { role => m.role.clone(), content => m.content.clone() })
             .collect();
         let template = self.env.get_template("chat").map_err(|e| EngineError::ChatTemplate(e.to_string()))?;
+        let mut kwargs = kwargs.clone();
+        kwargs.entry("add_generation_prompt").or_insert(true.into());
         let kwargs = minijinja::Value::from_serialize(kwargs);
         let tools = tools.map(minijinja::Value::from_serialize);
         template
-            .render(context! { messages, add_generation_prompt => true, tools, ..kwargs })
+            .render(context! { messages, tools, ..kwargs })
             .map_err(|e| EngineError::ChatTemplate(e.to_string()))
     }
 }

@@ -54,6 +54,7 @@ pub use nanovllm_scheduler::{
     FinishReason, MAX_LOGPROBS, Phase, SamplingParams, ScheduleError, ScheduleStats, SchedulerConfig, SeqId,
     StopReason, replay,
 };
+pub use progress::Progress;
 pub use sample_text::SampleText;
 pub use sampler::Sampler;
 pub use tokenizer::{StreamDecoder, Tokenizer};
