@@ -5,9 +5,10 @@ installed); bounded in streams and time; loopback by default.
 
 Run A: STREAMS streaming completions (random token-id prompts, ignore_eos); once every stream has
 CANCEL_AFTER chunks, half of them close their connections at once. /metrics is polled every 10 ms
-for vllm:kv_cache_usage_perc. Run B: STREAMS/2 streams alone, the survivors' baseline.
-Prints one JSON line: usage before the cancel, the survivors' share, milliseconds from the cancel
-until usage fell to that share, usage at the end, and the survivors' chunks per second in both runs.
+for vllm:kv_cache_usage_perc and vllm:num_requests_running. Run B: STREAMS/2 streams alone, the
+survivors' baseline. Prints one JSON line: usage and running requests before the cancel, the
+milliseconds until only the survivors run and the usage then, the usage at the end, and the
+survivors' chunks per second in both runs.
 """
 
 import argparse
@@ -26,11 +27,16 @@ async def http_get(host, port, path):
 
 
 async def poll_usage(host, port, samples, stop):
+    """(time, KV cache usage, running requests) from /metrics every 10 ms."""
     while not stop.is_set():
         text = await http_get(host, port, "/metrics")
+        values = {}
         for line in text.splitlines():
-            if line.startswith("vllm:kv_cache_usage_perc"):
-                samples.append((time.monotonic(), float(line.rsplit(" ", 1)[1])))
+            for name in ("vllm:kv_cache_usage_perc", "vllm:num_requests_running"):
+                if line.startswith(name):
+                    values[name] = float(line.rsplit(" ", 1)[1])
+        samples.append((time.monotonic(), values.get("vllm:kv_cache_usage_perc"),
+                        values.get("vllm:num_requests_running")))
         await asyncio.sleep(0.01)
 
 
@@ -112,16 +118,17 @@ def main():
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
     times, samples, cancelled_at = asyncio.run(run(args, args.streams, True))
-    before = max((u for t, u in samples if t < cancelled_at), default=0.0)
+    before = [(u, r) for t, u, r in samples if t < cancelled_at][-1]
     survivors = [t for i, t in enumerate(times) if i % 2 == 1]
-    # The survivors' share: their blocks at the cancel, about half of what all held.
-    share = before / 2
-    fell = next((t for t, u in samples if t >= cancelled_at and u <= share + 0.01), None)
+    # The cancelled requests are gone once the engine runs only the survivors; the cache then
+    # holds the survivors' blocks.
+    gone = next(((t, u) for t, u, r in samples if t >= cancelled_at and r <= args.streams // 2), None)
     alone, _, _ = asyncio.run(run(args, args.streams // 2, False))
     start_alone = min(t[args.cancel_after] for t in alone if len(t) > args.cancel_after)
     print(json.dumps({
-        "streams": args.streams, "usage_before_cancel": before, "survivors_share": share,
-        "ms_to_share": None if fell is None else (fell - cancelled_at) * 1000,
+        "streams": args.streams, "usage_before_cancel": before[0], "running_before_cancel": before[1],
+        "ms_to_survivors_only": None if gone is None else (gone[0] - cancelled_at) * 1000,
+        "usage_with_survivors_only": None if gone is None else gone[1],
         "usage_at_end": samples[-1][1] if samples else None,
         "survivor_chunks_per_s": rate_after(survivors, cancelled_at),
         "alone_chunks_per_s": rate_after(alone, start_alone),
