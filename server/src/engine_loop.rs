@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 /// finishes.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// The tokens drawn in one step, by sample index (with their log-probabilities if asked).
+    /// Tokens drawn in one step, by sample index (with their log-probabilities if asked).
     Tokens(Vec<StepToken>),
     /// One sample finished.
     Finished(Box<Completion>),
@@ -314,12 +314,13 @@ impl<E: Engine> EngineLoop<E> {
         // /metrics too.
         self.metrics.observe_engine(&self.engine.load());
         self.metrics.count_step(&output);
-        let mut by_request: HashMap<SeqId, Vec<StepToken>> = HashMap::new();
-        for token in output.tokens {
-            by_request.entry(token.id).or_default().push(token);
-        }
-        for (id, tokens) in by_request {
-            self.emit(id, Event::Tokens(tokens));
+        // One event per run of one request's tokens (its samples mostly sit together in a batch).
+        let mut tokens = output.tokens.into_iter().peekable();
+        while let Some(first) = tokens.next() {
+            let id = first.id;
+            let mut run = vec![first];
+            run.extend(std::iter::from_fn(|| tokens.next_if(|t| t.id == id)));
+            self.emit(id, Event::Tokens(run));
         }
         for completion in output.finished {
             self.finished(completion);
