@@ -2,7 +2,8 @@
 //! flags, its metric definitions (`serve_metrics`), its table and its JSON field names. Requests
 //! stream from `/v1/completions` (token-id prompts, `ignore_eos`, usage in the last chunk);
 //! arrivals are all at once or a gamma process (`--request-rate`, `--burstiness`), optionally
-//! capped by `--max-concurrency`.
+//! capped by `--max-concurrency`. Failed requests are counted and shown, and make the exit status
+//! non-zero (a load test in CI fails on them).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
