@@ -153,10 +153,7 @@ fn flag_of(field: &str) -> Option<&'static str> {
 
 /// `--kv-cache-dtype`: the engine's names and aliases, and vLLM's `auto`.
 fn parse_cache_dtype(text: &str) -> Result<CacheDtype, String> {
-    match text {
-        "auto" => Ok(CacheDtype::Bf16),
-        _ => text.parse().map_err(|e: nanovllm::UnknownCacheDtype| e.to_string()),
-    }
+    nanovllm::parse_kv_cache_dtype(text).map_err(|e| e.to_string())
 }
 
 /// A byte count as vLLM's `human_readable_int` reads it: a number with an optional suffix, k/m/g/t

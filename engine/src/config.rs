@@ -6,6 +6,12 @@ use nanovllm_qwen3::Qwen3Config;
 use nanovllm_scheduler::SchedulerConfig;
 
 use crate::EngineError;
+
+/// A KV cache dtype by any name it goes by: the engine's, its aliases, and vLLM's `auto` (the
+/// dtype the engine computes in, bf16).
+pub fn parse_kv_cache_dtype(name: &str) -> Result<CacheDtype, nanovllm_kv_quant::UnknownCacheDtype> {
+    if name == "auto" { Ok(CacheDtype::Bf16) } else { name.parse() }
+}
 use crate::backend::Device;
 
 /// Engine settings, with nano-vllm's defaults.

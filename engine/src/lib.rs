@@ -42,7 +42,7 @@ mod tokenizer;
 
 pub use backend::{Device, DeviceChoice, resolve_device};
 pub use chat::{ChatTemplate, Message};
-pub use config::EngineConfig;
+pub use config::{EngineConfig, parse_kv_cache_dtype};
 pub use error::EngineError;
 pub use hub::{Hub, resolve_model};
 pub use llm::{Completion, EngineStats, LLM, LoadFormat, Prompt, StepOutput, StepToken};

@@ -73,7 +73,7 @@ fn settings(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, LoadF
             "kv_quant" => kv_quant = Some(value.extract::<bool>()?),
             "kv_cache_dtype" => {
                 let name: String = value.extract()?;
-                let parsed = if name == "auto" { Ok(CacheDtype::Bf16) } else { name.parse::<CacheDtype>() };
+                let parsed = nanovllm::parse_kv_cache_dtype(&name);
                 dtype = Some(parsed.map_err(|e| PyValueError::new_err(format!("kv_cache_dtype: {e}")))?);
             }
             "load_format" => {
@@ -154,7 +154,7 @@ impl Llm {
         prompt: PyPrompt,
         sampling_params: Option<SamplingParams>,
     ) -> PyResult<SeqId> {
-        let params = sampling_params.map_or_else(default_params, |p| p.to_engine())?;
+        let params = sampling_params.map(|p| p.to_engine()).transpose()?.unwrap_or_default();
         let prompt = Prompt::from(prompt);
         py.detach(|| self.engine.call(move |llm| llm.add_request(prompt, params)))?.map_err(to_py)
     }
@@ -223,11 +223,6 @@ impl Llm {
         }
         Ok(list)
     }
-}
-
-/// nano-vllm's default `SamplingParams()`.
-fn default_params() -> PyResult<nanovllm::SamplingParams> {
-    Ok(nanovllm::SamplingParams::default())
 }
 
 /// One sample of `generate_outputs`.
@@ -337,7 +332,7 @@ impl Llm {
             _ => prompts.extract()?,
         };
         let params: Vec<nanovllm::SamplingParams> = match sampling_params {
-            None => vec![default_params()?; prompts.len()],
+            None => vec![nanovllm::SamplingParams::default(); prompts.len()],
             Some(PySampling::One(p)) => vec![p.to_engine()?; prompts.len()],
             Some(PySampling::PerPrompt(list)) if list.len() == prompts.len() => {
                 list.iter().map(SamplingParams::to_engine).collect::<PyResult<_>>()?

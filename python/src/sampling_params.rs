@@ -2,7 +2,6 @@
 //! and, by keyword, every other field of the engine's sampler, with vLLM's names; checked when
 //! made (and again when used, since fields can be set).
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::errors::to_py;
@@ -109,15 +108,7 @@ impl SamplingParams {
 impl SamplingParams {
     /// The engine's parameters, checked: a value out of range is a `ValueError` naming it.
     pub(crate) fn to_engine(&self) -> PyResult<nanovllm::SamplingParams> {
-        let top_k = match self.top_k {
-            -1 | 0 => None,
-            k if k > 0 => Some(k as usize),
-            k => {
-                return Err(PyValueError::new_err(format!(
-                    "top_k = {k}: must be -1 or 0 (disabled), or at least 1"
-                )));
-            }
-        };
+        let top_k = nanovllm::SamplingParams::top_k_from_vllm(self.top_k).map_err(|e| to_py(e.into()))?;
         let params = nanovllm::SamplingParams {
             n: self.n,
             temperature: self.temperature as f32,

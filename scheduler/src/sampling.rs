@@ -98,6 +98,19 @@ impl SamplingParams {
         !self.is_greedy() && (self.top_k.is_some() || self.top_p < 1.0 || self.min_p > 0.0)
     }
 
+    /// `top_k` as vLLM takes it: -1 or 0 keeps every token (`None`), a positive `k` keeps `k`.
+    pub fn top_k_from_vllm(k: i64) -> Result<Option<usize>, ScheduleError> {
+        match k {
+            -1 | 0 => Ok(None),
+            k if k > 0 => Ok(Some(k as usize)),
+            k => Err(ScheduleError::InvalidSampling {
+                field: "top_k",
+                value: k.to_string(),
+                expected: "-1 or 0 (disabled), or at least 1",
+            }),
+        }
+    }
+
     /// Reject values vLLM rejects, naming the field and the value.
     pub fn validate(&self) -> Result<(), ScheduleError> {
         let invalid = |field: &'static str, value: String, expected: &'static str| {
@@ -157,6 +170,15 @@ impl SamplingParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_reads_as_vllm_reads_it() {
+        assert_eq!(SamplingParams::top_k_from_vllm(-1), Ok(None));
+        assert_eq!(SamplingParams::top_k_from_vllm(0), Ok(None));
+        assert_eq!(SamplingParams::top_k_from_vllm(20), Ok(Some(20)));
+        let err = SamplingParams::top_k_from_vllm(-5).unwrap_err();
+        assert!(matches!(err, ScheduleError::InvalidSampling { field: "top_k", .. }), "{err}");
+    }
 
     #[test]
     fn bad_values_name_the_field() {

@@ -146,9 +146,8 @@ impl Generation {
     /// `usage` of the samples completed: the prompt once, every sample's tokens, and the prompt
     /// tokens the prefix cache gave.
     pub(crate) fn usage(&self) -> Value {
-        let completions: Vec<&Completion> =
-            self.samples.iter().filter_map(|s| s.completion.as_ref()).collect();
-        crate::completions::usage(self.prompt_tokens, completions.into_iter())
+        let completions = self.samples.iter().filter_map(|s| s.completion.as_ref());
+        crate::completions::usage(self.prompt_tokens, completions)
     }
 
     fn tokens(&mut self, tokens: Vec<StepToken>) -> Result<Vec<Delta>, ApiError> {

@@ -43,6 +43,8 @@ struct Stream {
     /// What it answers: the fixed reply, or its prompt.
     answer: std::sync::Arc<[u32]>,
     params: std::sync::Arc<SamplingParams>,
+    /// The tokens that end it (EOS unless ignored, and its stop tokens).
+    stop_tokens: std::sync::Arc<[u32]>,
     generated: Vec<u32>,
     logprobs: Option<Vec<TokenLogprobs>>,
 }
@@ -103,9 +105,7 @@ impl MockEngine {
         }
         tokens.push(StepToken { id: stream.id, index: stream.index, token, logprobs });
         let params = &stream.params;
-        if stream.generated.len() > params.min_tokens
-            && params.stop_tokens(&self.config.eos_token_ids).contains(&token)
-        {
+        if stream.generated.len() > params.min_tokens && stream.stop_tokens.contains(&token) {
             let reason = params.stop_token_ids.contains(&token).then_some(StopReason::Token(token));
             return Some((FinishReason::Stop, reason));
         }
@@ -162,6 +162,7 @@ impl Engine for MockEngine {
             Some(reply) if !reply.is_empty() => reply.as_slice().into(),
             _ => prompt.clone(),
         };
+        let stop_tokens: std::sync::Arc<[u32]> = params.stop_tokens(&self.config.eos_token_ids).into();
         for index in 0..params.n {
             let logprobs = params.logprobs.map(|_| Vec::new());
             let (prompt, answer, params) = (prompt.clone(), answer.clone(), params.clone());
@@ -171,6 +172,7 @@ impl Engine for MockEngine {
                 prompt,
                 answer,
                 params,
+                stop_tokens: stop_tokens.clone(),
                 generated: Vec::new(),
                 logprobs,
             });

@@ -1,7 +1,7 @@
 //! OpenAI's request bodies as vLLM reads them, and their sampling fields mapped onto the engine's
 //! `SamplingParams` over the model's defaults (its generation_config, as vLLM does).
 
-use nanovllm::SamplingParams;
+use nanovllm::{EngineError, SamplingParams};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -83,14 +83,7 @@ impl SamplingFields {
     ) -> Result<SamplingParams, ApiError> {
         let top_k = match self.top_k {
             None => defaults.top_k,
-            Some(-1 | 0) => None,
-            Some(k) if k > 0 => Some(k as usize),
-            Some(k) => {
-                return Err(ApiError::invalid(
-                    format!("top_k = {k}: must be -1 or 0 (disabled), or at least 1"),
-                    Some("top_k"),
-                ));
-            }
+            Some(k) => SamplingParams::top_k_from_vllm(k).map_err(EngineError::from)?,
         };
         let stop = match &self.stop {
             None => Vec::new(),
