@@ -28,7 +28,7 @@ for round in $(seq "${ROUNDS:-1}"); do
       for dtype in bf16 int8; do
         cli=$(env $vars sh -c 'echo "${CLI:-target/release/nanovllm-cli}"')
         line=$(env $vars timeout 240 "$cli" bench --model models/configs/qwen3-0.6b \
-          --load-format dummy --kv-cache-dtype $dtype "$@" --json 2>>"$out/ab-bench.err") || status=1
+          --load-format dummy --max-model-len 4096 --kv-cache-dtype $dtype "$@" --json 2>>"$out/ab-bench.err") || status=1
         echo "round $round $setting $dtype $line" | tee -a "$out/ab-bench.log"
       done
     fi

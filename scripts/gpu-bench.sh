@@ -16,7 +16,7 @@ for extra in "" "--kv-cache-memory-gib 4"; do
       flags=$extra
       if [ "$mode" = eager ]; then tag=$tag-eager; flags="$flags --enforce-eager"; fi
       echo "== bench $dtype $flags" | tee -a "$out/bench.log"
-      timeout "$limit" target/release/nanovllm-cli bench --model models/configs/qwen3-0.6b --load-format dummy \
+      timeout "$limit" target/release/nanovllm-cli bench --model models/configs/qwen3-0.6b --load-format dummy --max-model-len 4096 \
         --kv-cache-dtype $dtype $flags --json > "$out/bench-$tag.json" 2>> "$out/bench.log" || { echo "FAILED" | tee -a "$out/bench.log"; status=1; }
       cat "$out/bench-$tag.json" | tee -a "$out/bench.log"
     done

@@ -12,6 +12,6 @@ ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -
 for dtype in ${DTYPES:-bf16 int8}; do
   timeout "${PROFILE_TIMEOUT:-240}" "$ncu" --clock-control none --graph-profiling node --metrics gpu__time_duration.sum \
     --launch-skip "${SKIP:-6000}" --launch-count "${COUNT:-700}" --csv --page raw \
-    target/release/nanovllm-cli bench --model models/configs/qwen3-0.6b --load-format dummy --kv-cache-dtype $dtype \
+    target/release/nanovllm-cli bench --model models/configs/qwen3-0.6b --load-format dummy --max-model-len 4096 --kv-cache-dtype $dtype \
     > "$out/profile-$dtype.csv" 2> "$out/profile-$dtype.log" || echo "profile $dtype FAILED" | tee -a "$out/profile-$dtype.log"
 done

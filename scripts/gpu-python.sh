@@ -22,7 +22,7 @@ sed -e 's/num_seqs = 16 .*/num_seqs = 256/' -e 's/max_input_len = 128 .*/max_inp
 sed 's/load_format="dummy")/load_format="dummy", kv_quant=True)/' "$bench/bench_bf16.py" > "$bench/bench_int8.py"
 nvidia-smi --query-gpu=name --format=csv,noheader
 for dtype in bf16 int8; do
-  timeout 300 target/release/nanovllm-cli bench --model "$model" --load-format dummy --kv-cache-dtype "$dtype" --json \
+  timeout 300 target/release/nanovllm-cli bench --model "$model" --load-format dummy --max-model-len 4096 --kv-cache-dtype "$dtype" --json \
     2>/dev/null | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'run': 'cli-bench-$dtype', 'output_tok_s': r['output_tokens_per_second']}))" \
     | tee -a "$out/python.jsonl"
   line=$(NANOVLLM_TEST_MODEL="$model" PYTHONPATH=/tmp/pysite timeout 300 python3 "$bench/bench_$dtype.py" 2>>"$out/python.log" | grep Throughput)

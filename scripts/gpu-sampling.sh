@@ -21,7 +21,7 @@ for dtype in ${DTYPES:-bf16 int8}; do
     esac
     echo "== $dtype $setting: $flags" | tee -a "$out/sampling.log"
     timeout "${BENCH_TIMEOUT:-240}" target/release/nanovllm-cli bench --model models/configs/qwen3-0.6b \
-      --load-format dummy --kv-cache-dtype "$dtype" $flags --json 2>> "$out/sampling.log" \
+      --load-format dummy --max-model-len 4096 --kv-cache-dtype "$dtype" $flags --json 2>> "$out/sampling.log" \
       | sed "s/^{/{\"setting\":\"$setting\",/" | tee -a "$out/sampling.jsonl" || { echo "FAILED" | tee -a "$out/sampling.log"; status=1; }
   done
 done

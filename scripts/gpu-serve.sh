@@ -8,6 +8,9 @@
 #       1024-token prefill and one bs=1 decode step (`bench` on one such request)
 #   s3  random 1024/128, 1000 prompts, concurrency 8..256, a Poisson rate sweep, and offline
 #       `bench` on the same shape (int8)
+#   s3m s3's Poisson sweep and concurrency 256 under the mixed step policy
+#       (--mixed-prefill-tokens ${MIXED_TOKENS:-512}), and offline `bench` on the same shape and on
+#       nano-vllm's workload under that policy (int8)
 #   s4  the mock engine (no GPU work): 1,024 streams, SSE events per second
 #   s5  arrivals far past capacity into a bounded queue: statuses, admitted TTFT, server RSS
 #   s6  256 streams, half cancelled mid-stream (scripts/serve-cancel.py): KV usage after the
@@ -33,7 +36,7 @@ server_pid=
 
 start_server() {
   port=$((port + 1))
-  "$cli" serve "$model" --load-format dummy --port "$port" --served-model-name qwen3 "$@" >> "$log" 2>&1 &
+  "$cli" serve "$model" --load-format dummy --max-model-len 4096 --port "$port" --served-model-name qwen3 "$@" >> "$log" 2>&1 &
   server_pid=$!
   python3 - "$port" <<'PY'
 import sys, time, urllib.request
@@ -80,7 +83,7 @@ bench() {
   local label=$1
   shift
   echo "== $label: bench $*" >> "$log"
-  timeout 400 "$cli" bench --model "$model" --load-format dummy --json "$@" 2>> "$log" \
+  timeout 400 "$cli" bench --model "$model" --load-format dummy --max-model-len 4096 --json "$@" 2>> "$log" \
     | sed "s/^{/{\"run\":\"$label\",/" | tee -a "$out/serve.jsonl"
 }
 
@@ -124,6 +127,20 @@ for part in ${PARTS:-s1 s2 s4}; do
       done
       for rate in 8 16 32 64; do
         bench_serve "s3-served-rate$rate-int8" --random-input-len 1024 --random-output-len 128 \
+          --num-prompts $((rate * 10)) --request-rate "$rate"
+      done
+      stop_server
+      ;;
+    s3m)
+      mixed=(--mixed-prefill-tokens "${MIXED_TOKENS:-512}")
+      random_workload 1000 "$results/thousand.jsonl"
+      bench s3m-offline-int8 --kv-cache-dtype int8 --workload "$results/thousand.jsonl" --temperature 0 "${mixed[@]}"
+      bench s3m-offline-nanovllm-int8 --kv-cache-dtype int8 "${mixed[@]}"
+      start_server --kv-cache-dtype int8 "${mixed[@]}"
+      bench_serve s3m-served-c256-int8 --random-input-len 1024 --random-output-len 128 --num-prompts 1000 \
+        --max-concurrency 256
+      for rate in 8 16 32 64; do
+        bench_serve "s3m-served-rate$rate-int8" --random-input-len 1024 --random-output-len 128 \
           --num-prompts $((rate * 10)) --request-rate "$rate"
       done
       stop_server

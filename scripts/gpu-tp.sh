@@ -57,7 +57,7 @@ for model in ${BENCH_MODELS-qwen3-0.6b}; do
     for tp in 1 2; do
       tag=$model-$dtype-tp$tp
       log "== bench $model $dtype --tensor-parallel-size $tp"
-      timeout "${BENCH_TIMEOUT:-240}" $cli bench --model models/configs/$model --load-format dummy --kv-cache-dtype $dtype \
+      timeout "${BENCH_TIMEOUT:-240}" $cli bench --model models/configs/$model --load-format dummy --max-model-len 4096 --kv-cache-dtype $dtype \
         --tensor-parallel-size $tp --json > "$out/bench-$tag.json" 2>> "$out/tp.log" || { log FAILED; status=1; }
       cat "$out/bench-$tag.json" | tee -a "$out/tp.log"
     done

@@ -3,7 +3,7 @@
 
 use anyhow::bail;
 use clap::Args;
-use nanovllm::{CacheDtype, DeviceChoice, EngineConfig, EngineError, LLM, LoadFormat};
+use nanovllm::{CacheDtype, DeviceChoice, EngineConfig, EngineError, LLM, LoadFormat, StepPolicy};
 
 #[derive(Args, Clone)]
 pub(crate) struct EngineArgs {
@@ -39,7 +39,9 @@ pub(crate) struct EngineArgs {
     /// Token slots per KV cache block.
     #[arg(long, default_value_t = 256)]
     block_size: usize,
-    /// Longest sequence (prompt + generated). Default: the model's context, at most 4096.
+    /// Longest sequence (prompt + generated). Default: the model's context, lowered to what the KV
+    /// cache holds when it cannot hold one such sequence (as vLLM's `auto`; said on stderr); a value
+    /// given must fit.
     #[arg(long)]
     max_model_len: Option<usize>,
     /// Sequences running at once.
@@ -48,6 +50,12 @@ pub(crate) struct EngineArgs {
     /// Tokens computed per step (longer prefills are chunked).
     #[arg(long, default_value_t = 16384)]
     max_num_batched_tokens: usize,
+    /// Decode every running sequence in every step, and prefill at most this many prompt tokens
+    /// beside them (vLLM's chunked prefill): a stream's tokens are not held back by a whole
+    /// prefill when prompts arrive. Default: a step prefills whenever a prompt waits (nano-vllm),
+    /// the most tokens per second for a batch given at once.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    mixed_prefill_tokens: Option<u64>,
     /// Seed of the sampler (and of dummy weights): the same seed gives the same output.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
@@ -112,6 +120,10 @@ impl EngineArgs {
             block_size: self.block_size,
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,
+            step_policy: match self.mixed_prefill_tokens {
+                Some(tokens) => StepPolicy::Mixed { max_prefill_tokens: tokens as usize },
+                None => StepPolicy::PrefillFirst,
+            },
             max_model_len: self.max_model_len,
             seed: self.seed,
             enforce_eager: self.enforce_eager,

@@ -7,6 +7,7 @@ use nanovllm_qwen3::{ModelError, Qwen3Model, SeqInput};
 use rayon::prelude::*;
 
 use crate::cache::AnyCache;
+use crate::config::CacheFit;
 use crate::{EngineConfig, EngineError, Sampler};
 use nanovllm_kv_cache::BlockId;
 use nanovllm_qwen3::Sampled;
@@ -184,12 +185,12 @@ impl Backend {
     }
 }
 
-/// The backend for `config.device` and the number of cache blocks it holds.
+/// The backend for `config.device` and what its cache holds.
 pub(crate) fn build_backend(
     model: &Qwen3Model,
     config: &EngineConfig,
     max_model_len: usize,
-) -> Result<(Backend, usize), EngineError> {
+) -> Result<(Backend, CacheFit), EngineError> {
     if config.block_size == 0 {
         return Err(EngineError::Config {
             field: "block_size",
@@ -201,11 +202,11 @@ pub(crate) fn build_backend(
     match config.device {
         Device::Cpu => {
             let budget = config.kv_cache_memory_bytes.unwrap_or(256 << 20);
-            let num_blocks = config.kv_blocks(model.config(), budget, max_model_len)?;
-            tracing::info!(budget_bytes = budget, num_blocks, dtype = %config.kv_cache_dtype, "KV cache sized (CPU)");
+            let fit = config.fit_cache(model.config(), budget, max_model_len)?;
+            tracing::info!(budget_bytes = budget, fit.num_blocks, dtype = %config.kv_cache_dtype, "KV cache sized (CPU)");
             let cache =
-                AnyCache::new(config.kv_cache_dtype, model.cache_layout(num_blocks, config.block_size))?;
-            Ok((Backend::Cpu(cache), num_blocks))
+                AnyCache::new(config.kv_cache_dtype, model.cache_layout(fit.num_blocks, config.block_size))?;
+            Ok((Backend::Cpu(cache), fit))
         }
         Device::Cuda => cuda_backend(model, config, max_model_len),
     }
@@ -216,7 +217,7 @@ fn cuda_backend(
     model: &Qwen3Model,
     config: &EngineConfig,
     max_model_len: usize,
-) -> Result<(Backend, usize), EngineError> {
+) -> Result<(Backend, CacheFit), EngineError> {
     use crate::config::gib;
     use nanovllm_qwen3::cuda::{GpuGroup, GpuLimits};
     let limits = GpuLimits {
@@ -268,12 +269,12 @@ fn cuda_backend(
             })?
         }
     };
-    let num_blocks = config.kv_blocks(model.config(), budget, max_model_len)?;
-    tracing::info!(budget_bytes = budget, num_blocks, dtype = %config.kv_cache_dtype, "KV cache sized (GPU)");
+    let fit = config.fit_cache(model.config(), budget, max_model_len)?;
+    tracing::info!(budget_bytes = budget, fit.num_blocks, dtype = %config.kv_cache_dtype, "KV cache sized (GPU)");
     gpu_model
-        .allocate_cache(num_blocks)
+        .allocate_cache(fit.num_blocks)
         .map_err(out_of_memory(format!("{:.1} GiB of KV cache", gib(budget))))?;
-    Ok((Backend::Cuda(Box::new(gpu_model), Default::default()), num_blocks))
+    Ok((Backend::Cuda(Box::new(gpu_model), Default::default()), fit))
 }
 
 /// Free bytes of the GPU, among the first `world`, with the least free memory, before this
@@ -318,6 +319,6 @@ fn gpu_count() -> Result<usize, EngineError> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_backend(_: &Qwen3Model, _: &EngineConfig, _: usize) -> Result<(Backend, usize), EngineError> {
+fn cuda_backend(_: &Qwen3Model, _: &EngineConfig, _: usize) -> Result<(Backend, CacheFit), EngineError> {
     Err(EngineError::DeviceUnavailable(NO_CUDA.into()))
 }

@@ -3,7 +3,7 @@
 
 use nanovllm_kv_quant::{CacheDtype, kv_bytes_per_token};
 use nanovllm_qwen3::Qwen3Config;
-use nanovllm_scheduler::SchedulerConfig;
+use nanovllm_scheduler::{SchedulerConfig, StepPolicy};
 
 use crate::EngineError;
 
@@ -34,7 +34,13 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// Tokens computed per step.
     pub max_num_batched_tokens: usize,
-    /// Longest sequence; `None`: the model's context length, at most 4096 (as nano-vllm).
+    /// How prefill and decode share steps: nano-vllm's prefill first (the most tokens per
+    /// second for a batch), or mixed (the least time between a stream's tokens while prompts
+    /// arrive).
+    pub step_policy: StepPolicy,
+    /// Longest sequence. `None`: the model's context (`max_position_embeddings`), lowered to what
+    /// the KV cache holds when it cannot hold one such sequence (vLLM's `--max-model-len auto`);
+    /// a value given must fit.
     pub max_model_len: Option<usize>,
     /// Seed of the dummy weights and of requests that bring no seed of their own.
     pub seed: u64,
@@ -58,6 +64,7 @@ impl Default for EngineConfig {
             block_size: 256,
             max_num_seqs: 512,
             max_num_batched_tokens: 16384,
+            step_policy: StepPolicy::PrefillFirst,
             max_model_len: None,
             seed: 0,
             progress: false,
@@ -68,9 +75,10 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// The longest sequence for `model`: `max_model_len`, or the model's context up to 4096.
+    /// The longest sequence for `model` before the cache is sized: `max_model_len`, or the model's
+    /// context ([`EngineConfig::fit_cache`] may lower the latter).
     pub fn max_model_len_for(&self, model: &Qwen3Config) -> Result<usize, EngineError> {
-        let max_model_len = self.max_model_len.unwrap_or(model.max_position_embeddings.min(4096));
+        let max_model_len = self.max_model_len.unwrap_or(model.max_position_embeddings);
         if max_model_len > model.max_position_embeddings {
             return Err(EngineError::Config {
                 field: "max_model_len",
@@ -96,16 +104,21 @@ impl EngineConfig {
         )
     }
 
-    /// Blocks that fit a KV budget of `budget` bytes (per GPU); at least one sequence of
-    /// `max_model_len` must fit.
-    pub fn kv_blocks(
+    /// What a KV budget of `budget` bytes (per GPU) holds: its blocks, and the longest sequence.
+    /// A `max_model_len` given must fit whole; the model's context, when it was left to the
+    /// model, is lowered to what the cache holds.
+    pub fn fit_cache(
         &self,
         model: &Qwen3Config,
         budget: usize,
         max_model_len: usize,
-    ) -> Result<usize, EngineError> {
+    ) -> Result<CacheFit, EngineError> {
         let num_blocks = budget / (self.kv_bytes_per_token(model) * self.block_size);
-        if num_blocks * self.block_size < max_model_len {
+        let tokens = num_blocks * self.block_size;
+        if self.max_model_len.is_none() && tokens > 0 && tokens < max_model_len {
+            return Ok(CacheFit { num_blocks, max_model_len: tokens, lowered_from: Some(max_model_len) });
+        }
+        if tokens < max_model_len {
             return Err(EngineError::Config {
                 field: "kv_cache_memory",
                 value: format!("{:.3} GiB", gib(budget)),
@@ -116,7 +129,7 @@ impl EngineConfig {
                 ),
             });
         }
-        Ok(num_blocks)
+        Ok(CacheFit { num_blocks, max_model_len, lowered_from: None })
     }
 
     /// The scheduler an engine builds for `model` with a KV cache of `budget` bytes (per GPU), its
@@ -127,8 +140,8 @@ impl EngineConfig {
         model: &Qwen3Config,
         budget: usize,
     ) -> Result<SchedulerConfig, EngineError> {
-        let max_model_len = self.max_model_len_for(model)?;
-        Ok(self.scheduler_limits(max_model_len, self.kv_blocks(model, budget, max_model_len)?))
+        let fit = self.fit_cache(model, budget, self.max_model_len_for(model)?)?;
+        Ok(self.scheduler_limits(fit.max_model_len, fit.num_blocks))
     }
 
     /// This configuration's limits for a cache of `num_blocks`, with no EOS tokens.
@@ -140,8 +153,21 @@ impl EngineConfig {
             num_blocks,
             block_size: self.block_size,
             eos_token_ids: Vec::new(),
+            step_policy: self.step_policy,
         }
     }
+}
+
+/// A KV cache sized: its blocks and the longest sequence it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheFit {
+    /// Blocks of the cache.
+    pub num_blocks: usize,
+    /// The longest sequence, prompt and output.
+    pub max_model_len: usize,
+    /// The model's context, when the cache could not hold one such sequence and `max_model_len`
+    /// was lowered to what it holds.
+    pub lowered_from: Option<usize>,
 }
 
 pub(crate) fn gib(bytes: usize) -> f64 {

@@ -42,7 +42,7 @@ mod tokenizer;
 
 pub use backend::{Device, DeviceChoice, resolve_device};
 pub use chat::{ChatTemplate, Message};
-pub use config::{EngineConfig, parse_kv_cache_dtype};
+pub use config::{CacheFit, EngineConfig, parse_kv_cache_dtype};
 pub use error::EngineError;
 pub use hub::{Hub, resolve_model};
 pub use llm::{Completion, EngineStats, LLM, LoadFormat, Prompt, StepOutput, StepToken};
@@ -52,7 +52,7 @@ pub use nanovllm_qwen3::{
 };
 pub use nanovllm_scheduler::{
     FinishReason, MAX_LOGPROBS, Phase, SamplingParams, ScheduleError, ScheduleStats, SchedulerConfig, SeqId,
-    StopReason, replay,
+    StepPolicy, StopReason, replay,
 };
 pub use progress::Progress;
 pub use sample_text::SampleText;

@@ -144,6 +144,8 @@ pub struct StepOutput {
     pub phase: Option<Phase>,
     /// Tokens the model computed.
     pub num_tokens: usize,
+    /// Of those, tokens of prompts (or of preempted sequences recomputed): all but the decodes.
+    pub num_prefill_tokens: usize,
     /// The tokens drawn, in batch order.
     pub tokens: Vec<StepToken>,
     /// Requests that finished in this step.
@@ -173,6 +175,8 @@ pub struct LLM {
     requests: HashMap<SeqId, RequestState>,
     seeds: StdRng,
     config: EngineConfig,
+    /// The model's context, when the cache could not hold it and `max_model_len` was lowered.
+    context_lowered_from: Option<usize>,
     stats: EngineStats,
 }
 
@@ -219,10 +223,10 @@ impl LLM {
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
         let max_model_len = config.max_model_len_for(model.config())?;
-        let (backend, num_blocks) = build_backend(&model, &config, max_model_len)?;
+        let (backend, fit) = build_backend(&model, &config, max_model_len)?;
         let scheduler = Scheduler::new(SchedulerConfig {
             eos_token_ids: generation.eos_token_ids.clone(),
-            ..config.scheduler_limits(max_model_len, num_blocks)
+            ..config.scheduler_limits(fit.max_model_len, fit.num_blocks)
         })?;
         Ok(LLM {
             backend,
@@ -234,6 +238,7 @@ impl LLM {
             requests: HashMap::new(),
             seeds: StdRng::seed_from_u64(config.seed),
             config,
+            context_lowered_from: fit.lowered_from,
             stats: EngineStats::default(),
         })
     }
@@ -291,8 +296,15 @@ impl LLM {
         let tokens = blocks.num_blocks() * blocks.block_size();
         let bytes = tokens * self.config.kv_bytes_per_token(self.model.config());
         let per_gpu = if self.config.tensor_parallel_size > 1 { " per GPU" } else { "" };
+        let max_model_len = self.scheduler.config().max_model_len;
+        let lowered = match self.context_lowered_from {
+            Some(context) => format!(
+                " (lowered from the model's {context}: the cache holds no longer sequence; a larger KV budget raises it)"
+            ),
+            None => String::new(),
+        };
         format!(
-            "KV cache: {} blocks of {} = {tokens} tokens, {}, {:.2} GiB{per_gpu}{}",
+            "KV cache: {} blocks of {} = {tokens} tokens, {}, {:.2} GiB{per_gpu}{}; max_model_len {max_model_len}{lowered}",
             blocks.num_blocks(),
             blocks.block_size(),
             self.config.kv_cache_dtype,
@@ -520,7 +532,13 @@ impl LLM {
             Phase::Prefill => self.stats.prefill_seconds += seconds,
             Phase::Decode => self.stats.decode_seconds += seconds,
         }
-        Ok(StepOutput { phase: Some(batch.phase), num_tokens: batch.num_tokens(), tokens, finished })
+        Ok(StepOutput {
+            phase: Some(batch.phase),
+            num_tokens: batch.num_tokens(),
+            num_prefill_tokens: batch.num_prefill_tokens(),
+            tokens,
+            finished,
+        })
     }
 
     /// Run `prompts` to completion and return, in input order, each prompt's completions (`n` of

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use common::{fixture, hf_greedy, settings};
 use nanovllm::{
-    CacheDtype, EngineConfig, EngineError, LLM, LoadFormat, Prompt, SamplingParams, SchedulerConfig, replay,
+    CacheDtype, EngineConfig, EngineError, LLM, LoadFormat, Prompt, SamplingParams, SchedulerConfig,
+    StepPolicy, replay,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::Value;
@@ -87,14 +88,17 @@ fn a_seed_fixes_the_output_whatever_else_is_batched() {
 
 #[test]
 fn greedy_output_does_not_depend_on_the_batch() {
-    for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
+    let mixed = StepPolicy::Mixed { max_prefill_tokens: 16 };
+    for (dtype, step_policy) in [
+        (CacheDtype::Bf16, StepPolicy::PrefillFirst),
+        (CacheDtype::Int8, StepPolicy::PrefillFirst),
+        (CacheDtype::Bf16, mixed),
+        (CacheDtype::Int8, mixed),
+    ] {
         let run = |prompts: Vec<Vec<u32>>| {
-            let mut llm = LLM::load(
-                &fixture("mha-untied-sharded"),
-                settings("mha-untied-sharded", dtype, 2048),
-                LoadFormat::Safetensors,
-            )
-            .unwrap();
+            let settings = EngineConfig { step_policy, ..settings("mha-untied-sharded", dtype, 2048) };
+            let mut llm =
+                LLM::load(&fixture("mha-untied-sharded"), settings, LoadFormat::Safetensors).unwrap();
             let prompts = prompts.into_iter().map(Prompt::Tokens).collect();
             llm.generate(prompts, &greedy_ignoring_eos(20))
                 .unwrap()
@@ -104,7 +108,7 @@ fn greedy_output_does_not_depend_on_the_batch() {
         };
         let alone = run(vec![vec![3, 1, 4, 1, 5, 9, 2, 6]]);
         let batched = run(vec![vec![7; 30], vec![3, 1, 4, 1, 5, 9, 2, 6], (0..100).collect()]);
-        assert_eq!(alone[0], batched[1], "{dtype}");
+        assert_eq!(alone[0], batched[1], "{dtype} {step_policy:?}");
     }
 }
 
@@ -139,10 +143,21 @@ fn bad_requests_are_refused_alone_and_the_others_finish() {
 }
 
 #[test]
-fn a_kv_budget_below_one_sequence_is_refused_at_start() {
-    let err =
-        LLM::load(&fixture("gqa-tied"), settings("gqa-tied", CacheDtype::Bf16, 500), LoadFormat::Safetensors)
-            .unwrap_err();
+fn a_kv_budget_below_one_sequence_lowers_the_models_context_or_refuses_a_given_one() {
+    // 500 tokens of budget are 31 blocks of 16; the model's context is 512.
+    let small = settings("gqa-tied", CacheDtype::Bf16, 500);
+    let llm = LLM::load(&fixture("gqa-tied"), small.clone(), LoadFormat::Safetensors).unwrap();
+    assert_eq!(llm.scheduler().config().max_model_len, 496);
+    assert!(llm.describe_cache().contains("max_model_len 496 (lowered from the model's 512"));
+    let too_long = llm.scheduler().config().max_model_len + 1;
+    let mut llm = llm;
+    assert!(matches!(
+        llm.add_request(Prompt::Tokens(vec![1; too_long - 8]), greedy_ignoring_eos(9)),
+        Err(EngineError::ContextLength(_))
+    ));
+
+    let given = EngineConfig { max_model_len: Some(512), ..small };
+    let err = LLM::load(&fixture("gqa-tied"), given, LoadFormat::Safetensors).unwrap_err();
     assert!(matches!(err, EngineError::Config { field: "kv_cache_memory", .. }));
     assert!(err.to_string().contains("less than one sequence of max_model_len 512"), "{err}");
 }

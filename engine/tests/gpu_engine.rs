@@ -13,7 +13,9 @@ mod sampling_reference;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use common::{fixture, hf_greedy, settings};
-use nanovllm::{CacheDtype, Device, DeviceChoice, EngineConfig, LLM, LoadFormat, Prompt, SamplingParams};
+use nanovllm::{
+    CacheDtype, Device, DeviceChoice, EngineConfig, LLM, LoadFormat, Prompt, SamplingParams, StepPolicy,
+};
 
 const FIXTURE: &str = "head-dim-128";
 
@@ -35,13 +37,20 @@ fn the_engine_on_the_gpu_follows_hf_greedy_with_prefix_hits_preemption_and_graph
     // margin of 0.014, inside bf16 activations' noise (measured on the H200 when the GPU model was first checked).
     let cases: Vec<(Vec<u32>, Vec<u32>)> =
         hf_greedy(FIXTURE).into_iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, c)| c).collect();
-    for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
+    let mixed = StepPolicy::Mixed { max_prefill_tokens: 24 };
+    for (dtype, step_policy) in [
+        (CacheDtype::Bf16, StepPolicy::PrefillFirst),
+        (CacheDtype::Int8, StepPolicy::PrefillFirst),
+        (CacheDtype::Bf16, mixed),
+        (CacheDtype::Int8, mixed),
+    ] {
         // Three copies of every prompt in one batch, chunks of 64 tokens, a cache of 512 tokens for
         // about 900: later copies hit the prefix cache, long prompts are chunked, sequences are
-        // preempted and recomputed.
+        // preempted and recomputed; under the mixed policy, decodes ride beside prefill chunks.
         let settings = EngineConfig {
             device: Device::Cuda,
             max_num_batched_tokens: 64,
+            step_policy,
             ..settings(FIXTURE, dtype, 512)
         };
         let mut llm = LLM::load(&fixture(FIXTURE), settings, LoadFormat::Safetensors).unwrap();
@@ -74,7 +83,7 @@ fn the_engine_on_the_gpu_follows_hf_greedy_with_prefix_hits_preemption_and_graph
             "{dtype}: tokens agreeing with HF before the first difference, per output: {leading:?} of 24"
         );
         let needed = if dtype == CacheDtype::Bf16 { 24 } else { 16 };
-        assert!(leading.iter().all(|&n| n >= needed), "{dtype}: {leading:?}");
+        assert!(leading.iter().all(|&n| n >= needed), "{dtype} {step_policy:?}: {leading:?}");
     }
 }
 

@@ -54,7 +54,8 @@ pub(crate) struct Llm {
 
 /// The engine settings `LLM(...)`'s keywords give, and how the weights load.
 fn settings(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, LoadFormat, DeviceChoice)> {
-    let mut config = EngineConfig { progress: false, ..EngineConfig::default() };
+    // nano-vllm's max_model_len: 4096, clamped to the model's context.
+    let mut config = EngineConfig { progress: false, max_model_len: Some(4096), ..EngineConfig::default() };
     let (mut format, mut device) = (LoadFormat::Safetensors, DeviceChoice::Auto);
     let (mut kv_quant, mut dtype) = (None, None);
     let Some(kwargs) = kwargs else { return Ok((config, format, device)) };

@@ -44,5 +44,5 @@ mod sequence;
 pub use error::ScheduleError;
 pub use replay::{ScheduleStats, replay};
 pub use sampling::{MAX_LOGPROBS, SamplingParams};
-pub use scheduler::{Batch, Fork, Phase, ScheduledSeq, Scheduler, SchedulerConfig};
+pub use scheduler::{Batch, Fork, Phase, ScheduledSeq, Scheduler, SchedulerConfig, StepPolicy};
 pub use sequence::{FinishReason, SeqId, Sequence, Status, StopReason};

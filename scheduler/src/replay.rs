@@ -4,18 +4,19 @@
 //! the sequences running at once and the preemptions of a benchmark are known without running it:
 //! on any machine, in milliseconds, for any KV budget or workload seed.
 
-use crate::{Batch, Phase, SamplingParams, ScheduleError, Scheduler, SchedulerConfig};
+use crate::{Batch, SamplingParams, ScheduleError, Scheduler, SchedulerConfig};
 
 /// What the policy did over a workload, counted as the engine counts its steps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScheduleStats {
     /// Model steps, prefill and decode.
     pub steps: usize,
-    /// Decode steps (one token for each running sequence).
+    /// Steps that decode (one token for each running sequence; under the mixed policy, beside
+    /// prefill chunks).
     pub decode_steps: usize,
     /// Prompt tokens computed, those of preempted sequences again (prefix-cache hits excluded).
     pub prefill_tokens: usize,
-    /// Tokens computed by decode steps.
+    /// Tokens decoded.
     pub decode_tokens: usize,
     /// Most sequences holding cache blocks at once.
     pub peak_running: usize,
@@ -33,12 +34,10 @@ impl ScheduleStats {
     pub fn record(&mut self, batch: &Batch, num_running: usize) {
         self.steps += 1;
         self.peak_running = self.peak_running.max(num_running);
-        match batch.phase {
-            Phase::Prefill => self.prefill_tokens += batch.num_tokens(),
-            Phase::Decode => {
-                self.decode_steps += 1;
-                self.decode_tokens += batch.num_tokens();
-            }
+        self.prefill_tokens += batch.num_prefill_tokens();
+        if batch.decodes > 0 {
+            self.decode_steps += 1;
+            self.decode_tokens += batch.decodes;
         }
     }
 }

@@ -22,6 +22,26 @@ pub struct SchedulerConfig {
     pub block_size: usize,
     /// The model's end-of-sequence tokens.
     pub eos_token_ids: Vec<u32>,
+    /// How prefill and decode share steps.
+    pub step_policy: StepPolicy,
+}
+
+/// How prefill and decode share steps: for throughput, or for the time between tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepPolicy {
+    /// nano-vllm's: a step prefills whenever a prompt is waiting and decodes otherwise. The
+    /// fewest steps for a batch given at once, but each arriving prompt holds every running
+    /// sequence back for a whole prefill.
+    #[default]
+    PrefillFirst,
+    /// Sarathi-Serve's stall-free batching (vLLM's chunked prefill): every running sequence
+    /// decodes in every step, and prompts are prefilled beside them, at most
+    /// `max_prefill_tokens` tokens a step while any sequence decodes (`max_num_batched_tokens`
+    /// when none does), so an arriving prompt delays the running ones by one bounded chunk.
+    Mixed {
+        /// Prompt tokens in a step that also decodes.
+        max_prefill_tokens: usize,
+    },
 }
 
 impl SchedulerConfig {
@@ -34,6 +54,7 @@ impl SchedulerConfig {
             num_blocks,
             block_size,
             eos_token_ids: Vec::new(),
+            step_policy: StepPolicy::PrefillFirst,
         }
     }
 }
@@ -41,7 +62,8 @@ impl SchedulerConfig {
 /// What a step does: prefill steps compute prompts (in chunks), decode steps one token each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Prompt tokens, possibly in chunks, possibly after a prefix-cache hit.
+    /// Prompt tokens, possibly in chunks, possibly after a prefix-cache hit (and, under
+    /// [`StepPolicy::Mixed`], the running sequences' decode tokens beside them).
     Prefill,
     /// One new token per sequence.
     Decode,
@@ -68,8 +90,11 @@ pub struct ScheduledSeq {
 pub struct Batch {
     /// Prefill or decode.
     pub phase: Phase,
-    /// The sequences, in the order the model sees them.
+    /// The sequences, in the order the model sees them: the decoding ones first.
     pub seqs: Vec<ScheduledSeq>,
+    /// How many of `seqs`, from the first, decode one token each: all of a decode step's, none
+    /// of a prefill-first prefill step's.
+    pub decodes: usize,
 }
 
 impl Batch {
@@ -83,14 +108,20 @@ impl Batch {
         self.seqs.iter().map(|s| s.num_tokens).sum()
     }
 
+    /// Tokens of prompts (or of preempted sequences recomputed) in this step: all but the decodes.
+    pub fn num_prefill_tokens(&self) -> usize {
+        self.num_tokens() - self.decodes
+    }
+
     /// Tokens drawn in this step.
     pub fn num_samples(&self) -> usize {
         self.seqs.iter().map(|s| s.samples).sum()
     }
 }
 
-/// nano-vllm's scheduler: prefill first; decode otherwise, preempting the newest running
-/// sequence (to be recomputed later) when blocks run out. Requests that could never run are
+/// nano-vllm's scheduler: prefill first, decode otherwise (or both in one step, under
+/// [`StepPolicy::Mixed`]), preempting the newest running sequence (to be recomputed later) when
+/// blocks run out. Requests that could never run are
 /// refused when added, so one bad request never stalls the others.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -125,10 +156,15 @@ pub struct Fork {
 impl Scheduler {
     /// A scheduler with an empty cache of `config.num_blocks` blocks.
     pub fn new(config: SchedulerConfig) -> Result<Self, ScheduleError> {
+        let max_prefill_tokens = match config.step_policy {
+            StepPolicy::PrefillFirst => config.max_num_batched_tokens,
+            StepPolicy::Mixed { max_prefill_tokens } => max_prefill_tokens,
+        };
         for (field, value) in [
             ("max_num_seqs", config.max_num_seqs),
             ("max_num_batched_tokens", config.max_num_batched_tokens),
             ("max_model_len", config.max_model_len),
+            ("max_prefill_tokens", max_prefill_tokens),
         ] {
             if value == 0 {
                 return Err(ScheduleError::InvalidConfig { field, value });
@@ -253,14 +289,30 @@ impl Scheduler {
         self.waiting.len()
     }
 
-    /// Choose the next step: unfinished prefills and new prompts first, otherwise one decode
-    /// token for each running sequence. Empty when nothing can run.
+    /// Choose the next step. Prefill first: unfinished prefills and new prompts, otherwise one
+    /// decode token for each running sequence. Mixed: the decode tokens, and prefill chunks beside
+    /// them. Empty when nothing can run.
     pub fn schedule(&mut self) -> Batch {
-        let prefill = self.schedule_prefill();
-        if !prefill.is_empty() {
-            return Batch { phase: Phase::Prefill, seqs: prefill };
+        let max_batched = self.config.max_num_batched_tokens;
+        let mut seqs = match self.config.step_policy {
+            StepPolicy::PrefillFirst => Vec::new(),
+            StepPolicy::Mixed { .. } => self.schedule_decode(),
+        };
+        let decodes = seqs.len();
+        let budget = match self.config.step_policy {
+            StepPolicy::Mixed { max_prefill_tokens } if decodes > 0 => {
+                max_prefill_tokens.min(max_batched.saturating_sub(decodes))
+            }
+            _ => max_batched,
+        };
+        seqs.extend(self.schedule_prefill(budget, decodes));
+        if seqs.len() > decodes {
+            return Batch { phase: Phase::Prefill, seqs, decodes };
         }
-        Batch { phase: Phase::Decode, seqs: self.schedule_decode() }
+        if decodes == 0 {
+            seqs = self.schedule_decode();
+        }
+        Batch { phase: Phase::Decode, decodes: seqs.len(), seqs }
     }
 
     /// Record a step's results: `sampled` holds the tokens each scheduled sequence draws
@@ -340,23 +392,23 @@ impl Scheduler {
         id
     }
 
-    /// Continue chunked prefills, then admit waiting sequences while blocks, the token budget and
-    /// `max_num_seqs` allow; the last one admitted may be chunked. A chunked prefill that leaves a
-    /// single token is finished by the next decode step, which computes exactly that token.
-    fn schedule_prefill(&mut self) -> Vec<ScheduledSeq> {
-        let mut budget = self.config.max_num_batched_tokens;
+    /// Continue chunked prefills, then admit waiting sequences while blocks, the token `budget`
+    /// and `max_num_seqs` (beside the step's `decodes`) allow; the last one admitted may be
+    /// chunked. A chunked prefill that leaves a single token is finished by the next decode step,
+    /// which computes exactly that token.
+    fn schedule_prefill(&mut self, mut budget: usize, decodes: usize) -> Vec<ScheduledSeq> {
+        let max_items = self.config.max_num_seqs - decodes;
         let mut items = Vec::new();
         for &id in &self.running {
             let seq = &self.seqs[&id];
-            let prefilling = seq.num_computed_tokens + 1 < seq.len();
-            if prefilling && budget > 0 && items.len() < self.config.max_num_seqs {
+            if is_prefilling(seq) && budget > 0 && items.len() < max_items {
                 items.push(chunk(seq, &mut budget));
             }
         }
         while let Some(&id) = self.waiting.front() {
             let seq = self.seqs.get_mut(&id).expect("waiting sequences are live");
             if budget == 0
-                || items.len() >= self.config.max_num_seqs
+                || items.len() >= max_items
                 || self.running.len() + self.reserved_seqs + 1 + seq.pending_siblings
                     > self.config.max_num_seqs
             {
@@ -376,15 +428,19 @@ impl Scheduler {
         items
     }
 
-    /// One token for each running sequence, oldest first, within `max_num_seqs` and the token
-    /// budget; when blocks run out, preempt the newest (or the sequence itself when it is the only
-    /// one left).
+    /// One token for each running sequence that is not prefilling, oldest first, within
+    /// `max_num_seqs` and the token budget; when blocks run out, preempt the newest (or the
+    /// sequence itself when it is the only one left).
     fn schedule_decode(&mut self) -> Vec<ScheduledSeq> {
         let limit = self.config.max_num_seqs.min(self.config.max_num_batched_tokens);
         let mut items = Vec::new();
         let mut scheduled = VecDeque::new();
         while items.len() < limit {
             let Some(id) = self.running.pop_front() else { break };
+            if is_prefilling(&self.seqs[&id]) {
+                scheduled.push_back(id);
+                continue;
+            }
             let len = self.seqs[&id].len();
             loop {
                 let seq = self.seqs.get_mut(&id).expect("running sequences are live");
@@ -425,6 +481,12 @@ impl Scheduler {
             "KV cache full: preempted, to be recomputed"
         );
     }
+}
+
+/// Whether a running sequence has more than one token left to compute (its prompt, or what a
+/// preemption made it recompute); the last one is computed by a decode.
+fn is_prefilling(seq: &Sequence) -> bool {
+    seq.num_computed_tokens + 1 < seq.len()
 }
 
 /// The next prefill chunk of `seq`, as much as `budget` allows.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use nanovllm_scheduler::{
     Batch, FinishReason, Phase, SamplingParams, ScheduleError, ScheduleStats, Scheduler, SchedulerConfig,
-    SeqId, replay,
+    SeqId, StepPolicy, replay,
 };
 use proptest::prelude::*;
 
@@ -136,8 +136,14 @@ fn run(config: SchedulerConfig, requests: &[Request]) -> Run {
         assert!(!batch.is_empty(), "nothing scheduled with requests pending");
         assert!(batch.num_tokens() <= scheduler.config().max_num_batched_tokens);
         assert!(batch.seqs.len() <= scheduler.config().max_num_seqs);
+        assert!(batch.seqs[..batch.decodes].iter().all(|s| s.num_tokens == 1 && s.samples >= 1));
         if batch.phase == Phase::Decode {
-            assert!(batch.seqs.iter().all(|s| s.num_tokens == 1 && s.samples >= 1));
+            assert_eq!(batch.decodes, batch.seqs.len());
+        }
+        if let StepPolicy::Mixed { max_prefill_tokens } = scheduler.config().step_policy
+            && batch.decodes > 0
+        {
+            assert!(batch.num_prefill_tokens() <= max_prefill_tokens);
         }
         for item in &batch.seqs {
             let seq = scheduler.sequence(item.id).unwrap();
@@ -148,9 +154,7 @@ fn run(config: SchedulerConfig, requests: &[Request]) -> Run {
             assert!(seq.len() <= max_model_len);
         }
         result.schedule.record(&batch, scheduler.num_running());
-        if batch.phase == Phase::Prefill {
-            result.prefill_tokens += batch.num_tokens();
-        }
+        result.prefill_tokens += batch.num_prefill_tokens();
         let sampled = model.step(&scheduler, &batch);
         let finished = scheduler.postprocess(&batch, &sampled).unwrap();
         model.copy_forked_blocks(&scheduler);
@@ -178,7 +182,12 @@ fn config(
         num_blocks,
         block_size,
         eos_token_ids: vec![EOS],
+        step_policy: StepPolicy::PrefillFirst,
     }
+}
+
+fn mixed(config: SchedulerConfig, max_prefill_tokens: usize) -> SchedulerConfig {
+    SchedulerConfig { step_policy: StepPolicy::Mixed { max_prefill_tokens }, ..config }
 }
 
 /// Requests with shared stems (prefix hits) and their own tails.
@@ -219,6 +228,33 @@ fn a_tight_cache_preempts_and_still_gives_the_unconstrained_tokens() {
     assert!(tight.preemptions > 0, "the workload is meant to preempt");
     assert!(tight.chunked, "the workload is meant to chunk prefills");
     assert_eq!(tight.outputs, reference.outputs);
+    let tight_mixed = run(mixed(config(tightest_blocks(&requests, 4), 4, 64, 8), 16), &requests);
+    assert!(tight_mixed.preemptions > 0, "the workload is meant to preempt");
+    assert_eq!(tight_mixed.outputs, reference.outputs);
+}
+
+#[test]
+fn mixed_steps_decode_every_running_sequence_beside_bounded_prefill_chunks() {
+    let mut scheduler = Scheduler::new(mixed(config(64, 4, 64, 8), 8)).unwrap();
+    let mut model = FakeModel::new(&scheduler);
+    let first = scheduler.add(vec![1, 2, 3], SamplingParams::greedy(20)).unwrap();
+    let batch = scheduler.schedule();
+    assert_eq!((batch.phase, batch.decodes, batch.num_tokens()), (Phase::Prefill, 0, 3));
+    let sampled = model.step(&scheduler, &batch);
+    scheduler.postprocess(&batch, &sampled).unwrap();
+    // A 30-token prompt arrives while the first decodes: it is prefilled 8 tokens a step (then
+    // its last token by a decode), and the first decodes in every one of those steps.
+    let second = scheduler.add((1..=30).collect(), SamplingParams::greedy(2)).unwrap();
+    let mut chunks = Vec::new();
+    while scheduler.sequence(second).unwrap().completion().is_empty() {
+        let batch = scheduler.schedule();
+        assert_eq!(batch.seqs[0].id, first, "the running sequence decodes first: {batch:?}");
+        assert_eq!(batch.decodes, 1);
+        chunks.extend(batch.seqs[batch.decodes..].iter().map(|s| s.num_tokens));
+        let sampled = model.step(&scheduler, &batch);
+        scheduler.postprocess(&batch, &sampled).unwrap();
+    }
+    assert_eq!(chunks, [8, 8, 8, 6]);
 }
 
 #[test]
@@ -400,6 +436,7 @@ proptest! {
         extra_blocks in 0usize..20,
         budget in 1usize..128,
         max_num_seqs in 1usize..10,
+        mixed_prefill in proptest::option::of(1usize..64),
     ) {
         let requests: Vec<Request> = workload(seed, count, max_prompt, max_tokens)
             .into_iter()
@@ -407,8 +444,11 @@ proptest! {
             .collect();
         let reference = unconstrained(&requests);
         let num_blocks = tightest_blocks(&requests, block_size) + extra_blocks;
-        let constrained = run(config(num_blocks, block_size, budget, max_num_seqs), &requests);
-        prop_assert_eq!(constrained.outputs, reference.outputs);
+        let mut constrained = config(num_blocks, block_size, budget, max_num_seqs);
+        if let Some(tokens) = mixed_prefill {
+            constrained = mixed(constrained, tokens);
+        }
+        prop_assert_eq!(run(constrained, &requests).outputs, reference.outputs);
     }
 
     /// Requests added and aborted (waiting, running, or already finished; parents and forked
@@ -422,11 +462,16 @@ proptest! {
         aborts in proptest::collection::vec((0usize..40, 0usize..16), 0..12),
         block_size in 1usize..9,
         extra_blocks in 0usize..10,
+        mixed_prefill in proptest::option::of(1usize..32),
     ) {
         let requests = workload(seed, count, 40, 20);
         let reference = unconstrained(&requests);
         let num_blocks = tightest_blocks(&requests, block_size) + extra_blocks;
-        let mut scheduler = Scheduler::new(config(num_blocks, block_size, 48, 6)).unwrap();
+        let mut config = config(num_blocks, block_size, 48, 6);
+        if let Some(tokens) = mixed_prefill {
+            config = mixed(config, tokens);
+        }
+        let mut scheduler = Scheduler::new(config).unwrap();
         let mut samples = Samples::default();
         let late = late.min(count);
         for r in &requests[..late] {

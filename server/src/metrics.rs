@@ -157,11 +157,9 @@ impl Metrics {
         self.num_preemptions.inc_by(load.preemptions.saturating_sub(seen) as u64);
     }
 
-    /// Tokens a step computed: prompt tokens in prefill steps, drawn tokens always.
+    /// Tokens a step computed: prompt tokens, and drawn tokens.
     pub(crate) fn count_step(&self, output: &StepOutput) {
-        if output.phase == Some(nanovllm::Phase::Prefill) {
-            self.prompt_tokens.inc_by(output.num_tokens as u64);
-        }
+        self.prompt_tokens.inc_by(output.num_prefill_tokens as u64);
         self.generation_tokens.inc_by(output.tokens.len() as u64);
     }
 

@@ -206,7 +206,8 @@ impl Engine for MockEngine {
                 None => self.running.push(stream),
             }
         }
-        Ok(StepOutput { phase: Some(phase), num_tokens, tokens, finished })
+        let num_prefill_tokens = if phase == Phase::Prefill { num_tokens } else { 0 };
+        Ok(StepOutput { phase: Some(phase), num_tokens, num_prefill_tokens, tokens, finished })
     }
 
     fn abort(&mut self, id: SeqId) -> Result<Vec<Completion>, EngineError> {

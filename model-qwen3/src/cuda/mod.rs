@@ -322,9 +322,10 @@ impl GpuQwen3 {
     }
 
     /// Allocate the KV cache, `num_blocks` blocks, and capture the decode graphs (unless
-    /// `limits.cuda_graphs` is off).
+    /// `limits.cuda_graphs` is off), as wide as the longest sequence the cache holds.
     pub fn allocate_cache(&mut self, num_blocks: usize) -> Result<(), GpuError> {
         let layout = nanovllm_kv_cache::CacheLayout { num_blocks, ..self.cache.layout };
+        self.limits.max_model_len = self.limits.max_model_len.min(num_blocks * layout.block_size);
         let dtype = self.cache.dtype;
         self.cache = GpuKvCache::new(&self.ops.gpu, layout, dtype)?;
         if self.limits.cuda_graphs {
