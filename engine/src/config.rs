@@ -38,7 +38,8 @@ pub struct EngineConfig {
     /// second for a batch), or mixed (the least time between a stream's tokens while prompts
     /// arrive).
     pub step_policy: StepPolicy,
-    /// Longest sequence. `None`: the model's context (`max_position_embeddings`), lowered to what
+    /// Longest sequence. `None`: the model's context (`max_position_embeddings`, or under YaRN the
+    /// original context times its factor), lowered to what
     /// the KV cache holds when it cannot hold one such sequence (vLLM's `--max-model-len auto`);
     /// a value given must fit.
     pub max_model_len: Option<usize>,
@@ -78,14 +79,14 @@ impl EngineConfig {
     /// The longest sequence for `model` before the cache is sized: `max_model_len`, or the model's
     /// context ([`EngineConfig::fit_cache`] may lower the latter).
     pub fn max_model_len_for(&self, model: &Qwen3Config) -> Result<usize, EngineError> {
-        let max_model_len = self.max_model_len.unwrap_or(model.max_position_embeddings);
-        if max_model_len > model.max_position_embeddings {
+        let max_model_len = self.max_model_len.unwrap_or(model.context_length());
+        if max_model_len > model.context_length() {
             return Err(EngineError::Config {
                 field: "max_model_len",
                 value: max_model_len.to_string(),
                 problem: format!(
-                    "exceeds the model's max_position_embeddings ({})",
-                    model.max_position_embeddings
+                    "exceeds the model's context ({}: max_position_embeddings, or YaRN's factor times the original context)",
+                    model.context_length()
                 ),
             });
         }

@@ -28,6 +28,8 @@ pub struct Qwen3Config {
     pub vocab_size: usize,
     /// RoPE base.
     pub rope_theta: f64,
+    /// YaRN context extension (`rope_scaling` with `rope_type: "yarn"`); `None`: plain RoPE.
+    pub rope_scaling: Option<Yarn>,
     /// Epsilon of every RMSNorm.
     pub rms_norm_eps: f64,
     /// Context length the model was trained for.
@@ -36,6 +38,28 @@ pub struct Qwen3Config {
     pub tie_word_embeddings: bool,
     /// The checkpoint's dtype as written (`torch_dtype` or `dtype`), if any.
     pub torch_dtype: Option<String>,
+}
+
+/// YaRN (Peng et al., 2023), as Qwen3 extends its context (factor 4 over 32,768 positions):
+/// RoPE frequencies blended between the original and `factor`-times interpolated ones, by a
+/// ramp over the dimensions whose wavelengths fall between `beta_fast` and `beta_slow`
+/// rotations of the original context; cos and sin scaled by `attention_factor`. Computed as HF
+/// transformers and vLLM compute it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Yarn {
+    /// How much longer the context becomes.
+    pub factor: f64,
+    /// The context the model was trained for (default: `max_position_embeddings`).
+    pub original_max_position_embeddings: usize,
+    /// Rotations over the original context above which a dimension keeps its frequency (32).
+    pub beta_fast: f64,
+    /// Rotations below which a dimension is fully interpolated (1).
+    pub beta_slow: f64,
+    /// The factor on cos and sin: given, or `0.1 ln(factor) + 1` (with `mscale` and
+    /// `mscale_all_dim`, their ratio of that, as DeepSeek's configs give it).
+    pub attention_factor: f64,
+    /// Whether the ramp's ends are rounded to whole dimensions (true).
+    pub truncate: bool,
 }
 
 /// Sizes beyond which a config is refused as absurd rather than allocated.
@@ -77,6 +101,43 @@ struct RawRope {
     #[serde(rename = "type")]
     legacy_type: Option<Value>,
     rope_theta: Option<PositiveFloat>,
+    factor: Option<PositiveFloat>,
+    original_max_position_embeddings: Option<Positive>,
+    beta_fast: Option<PositiveFloat>,
+    beta_slow: Option<PositiveFloat>,
+    attention_factor: Option<PositiveFloat>,
+    mscale: Option<PositiveFloat>,
+    mscale_all_dim: Option<PositiveFloat>,
+    truncate: Option<bool>,
+}
+
+impl RawRope {
+    fn kind(&self) -> Option<&Value> {
+        self.rope_type.as_ref().or(self.legacy_type.as_ref())
+    }
+
+    /// YaRN's parameters with HF's defaults; `field` names this object in errors.
+    fn yarn(&self, field: &str, max_position_embeddings: usize) -> Result<Yarn, ModelError> {
+        let factor = self.factor.map(|f| f.0).ok_or_else(|| {
+            config_error(&format!("{field}.factor"), Value::Null, "missing (YaRN needs its factor)")
+        })?;
+        let mscale = |scale: f64| if factor <= 1.0 { 1.0 } else { 0.1 * scale * factor.ln() + 1.0 };
+        let attention_factor = match (self.attention_factor, self.mscale, self.mscale_all_dim) {
+            (Some(given), ..) => given.0,
+            (None, Some(m), Some(all)) => mscale(m.0) / mscale(all.0),
+            _ => mscale(1.0),
+        };
+        Ok(Yarn {
+            factor,
+            original_max_position_embeddings: self
+                .original_max_position_embeddings
+                .map_or(max_position_embeddings, |p| p.0),
+            beta_fast: self.beta_fast.map_or(32.0, |b| b.0),
+            beta_slow: self.beta_slow.map_or(1.0, |b| b.0),
+            attention_factor,
+            truncate: self.truncate.unwrap_or(true),
+        })
+    }
 }
 
 /// `config.json` as written: every field this implementation reads, typed; the others ignored.
@@ -173,7 +234,9 @@ impl RawConfig {
                 "only \"full_attention\" layers are implemented",
             ));
         }
-        let rope_theta = self.rope_theta()?;
+        let rope_theta = self.rope_theta();
+        let max_position_embeddings = required("max_position_embeddings", self.max_position_embeddings)?;
+        let rope_scaling = self.rope_scaling(max_position_embeddings)?;
         let hidden_size = required("hidden_size", self.hidden_size)?;
         let num_attention_heads = required("num_attention_heads", self.num_attention_heads)?;
         let num_key_value_heads = self.num_key_value_heads.map_or(num_attention_heads, |p| p.0);
@@ -207,8 +270,9 @@ impl RawConfig {
             intermediate_size: required("intermediate_size", self.intermediate_size)?,
             vocab_size: required("vocab_size", self.vocab_size)?,
             rope_theta,
+            rope_scaling,
             rms_norm_eps: self.rms_norm_eps.map_or(1e-6, |e| e.0),
-            max_position_embeddings: required("max_position_embeddings", self.max_position_embeddings)?,
+            max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             torch_dtype: self.torch_dtype.or(self.dtype),
         };
@@ -236,27 +300,82 @@ impl RawConfig {
         Ok(config)
     }
 
-    /// `rope_theta` at the top level (transformers 4) or in `rope_parameters` (transformers 5);
-    /// any RoPE scaling other than the default is refused.
-    fn rope_theta(&self) -> Result<f64, ModelError> {
+    /// `rope_theta` at the top level (transformers 4) or in `rope_parameters` (transformers 5).
+    fn rope_theta(&self) -> f64 {
+        let nested = self.rope_parameters.as_ref().and_then(|r| r.rope_theta);
+        nested.or(self.rope_theta).map_or(10000.0, |t| t.0)
+    }
+
+    /// YaRN from `rope_scaling` or `rope_parameters`; the default RoPE is `None`, and any other
+    /// scaling is refused.
+    fn rope_scaling(&self, max_position_embeddings: usize) -> Result<Option<Yarn>, ModelError> {
+        let mut yarn = None;
         for (field, rope) in
             [("rope_scaling", &self.rope_scaling), ("rope_parameters", &self.rope_parameters)]
         {
-            let kind = rope.as_ref().and_then(|r| r.rope_type.as_ref().or(r.legacy_type.as_ref()));
-            if let Some(kind) = kind.filter(|k| k.as_str() != Some("default")) {
-                return Err(config_error(
-                    &format!("{field}.rope_type"),
-                    kind.clone(),
-                    "only the default RoPE is implemented",
-                ));
+            let Some(rope) = rope else { continue };
+            match rope.kind().map(|k| (k, k.as_str())) {
+                None | Some((_, Some("default"))) => {}
+                Some((_, Some("yarn"))) => yarn = Some(rope.yarn(field, max_position_embeddings)?),
+                Some((kind, _)) => {
+                    return Err(config_error(
+                        &format!("{field}.rope_type"),
+                        kind.clone(),
+                        "only the default RoPE and \"yarn\" are implemented",
+                    ));
+                }
             }
         }
-        let nested = self.rope_parameters.as_ref().and_then(|r| r.rope_theta);
-        Ok(nested.or(self.rope_theta).map_or(10000.0, |t| t.0))
+        Ok(yarn)
     }
 }
 
 impl Qwen3Config {
+    /// The longest context the model runs: `max_position_embeddings`, or under YaRN the original
+    /// context times the factor (as vLLM derives it: 131,072 for Qwen3 at factor 4).
+    pub fn context_length(&self) -> usize {
+        match &self.rope_scaling {
+            Some(yarn) => (yarn.original_max_position_embeddings as f64 * yarn.factor) as usize,
+            None => self.max_position_embeddings,
+        }
+    }
+
+    /// RoPE's inverse frequencies, one per pair of dimensions, as HF computes them in f32
+    /// (`1 / theta^(2i / head_dim)`, blended by YaRN when it is on), and the factor on cos and sin.
+    pub fn rope(&self) -> (Vec<f32>, f32) {
+        let d = self.head_dim;
+        let theta = self.rope_theta as f32;
+        let base: Vec<f32> = (0..d / 2).map(|i| theta.powf((2 * i) as f32 / d as f32)).collect();
+        let Some(yarn) = &self.rope_scaling else {
+            return (base.iter().map(|f| 1.0 / f).collect(), 1.0);
+        };
+        // The dimension whose wavelength makes `rotations` turns over the original context.
+        let dim_of = |rotations: f64| {
+            let positions = yarn.original_max_position_embeddings as f64;
+            d as f64 * (positions / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                / (2.0 * self.rope_theta.ln())
+        };
+        let (mut low, mut high) = (dim_of(yarn.beta_fast), dim_of(yarn.beta_slow));
+        if yarn.truncate {
+            (low, high) = (low.floor(), high.ceil());
+        }
+        let (low, mut high) = (low.max(0.0) as f32, high.min(d as f64 - 1.0) as f32);
+        if low == high {
+            high += 0.001;
+        }
+        let factor = yarn.factor as f32;
+        let inv_freq = base
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| {
+                let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                let extrapolated = 1.0 - ramp;
+                (1.0 / (factor * f)) * (1.0 - extrapolated) + (1.0 / f) * extrapolated
+            })
+            .collect();
+        (inv_freq, yarn.attention_factor as f32)
+    }
+
     /// Columns of the packed Q, K, V projection: `(heads + 2 * kv_heads) * head_dim`.
     pub fn qkv_size(&self) -> usize {
         (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim
@@ -378,6 +497,20 @@ mod tests {
     }
 
     #[test]
+    fn qwen3_yarn_extends_the_context_fourfold() {
+        let yarn = r#"{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}"#;
+        let c = Qwen3Config::from_json_str(&with("rope_scaling", yarn)).unwrap();
+        assert_eq!(c.context_length(), 131_072);
+        let (inv_freq, scale) = c.rope();
+        assert!((scale - (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6);
+        // The fastest dimensions keep their frequency, the slowest are divided by the factor.
+        let (plain, _) = Qwen3Config { rope_scaling: None, ..c.clone() }.rope();
+        assert_eq!(inv_freq[0], plain[0]);
+        assert!((inv_freq[63] * 4.0 / plain[63] - 1.0).abs() < 1e-6);
+        assert!(inv_freq.iter().zip(&plain).all(|(y, p)| y <= p && *y >= p / 4.0 * 0.999_999));
+    }
+
+    #[test]
     fn transformers_5_rope_parameters_are_read() {
         let text = with("rope_parameters", r#"{"rope_type": "default", "rope_theta": 5000.0}"#);
         assert_eq!(Qwen3Config::from_json_str(&text).unwrap().rope_theta, 5000.0);
@@ -399,8 +532,12 @@ mod tests {
                 "config.json: num_key_value_heads = 3: must divide num_attention_heads (16)",
             ),
             (
-                with("rope_scaling", r#"{"rope_type": "yarn", "factor": 4.0}"#),
-                "config.json: rope_scaling.rope_type = \"yarn\": only the default RoPE is implemented",
+                with("rope_scaling", r#"{"rope_type": "longrope", "factor": 4.0}"#),
+                "config.json: rope_scaling.rope_type = \"longrope\": only the default RoPE and \"yarn\" are implemented",
+            ),
+            (
+                with("rope_scaling", r#"{"rope_type": "yarn"}"#),
+                "config.json: rope_scaling.factor = null: missing (YaRN needs its factor)",
             ),
             (
                 with("hidden_size", r#""big""#),

@@ -58,11 +58,11 @@ impl Qwen3Model {
         let mut x = self.embed(&tokens);
         group.all_reduce_sum(&mut x);
         let eps = self.config.rms_norm_eps as f32;
-        let inv_freq = self.inv_freq();
+        let rope = self.config.rope();
         for (index, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_norm, eps);
             let mut qkv = h.dot(&layer.qkv.t());
-            self.norm_and_rotate(&mut qkv, &tokens, &layer.q_norm, &layer.k_norm, &inv_freq);
+            self.norm_and_rotate(&mut qkv, &tokens, &layer.q_norm, &layer.k_norm, &rope);
             let (q_end, k_end) = self.qkv_bounds();
             let keys = qkv.slice(s![.., q_end..k_end]).to_owned();
             let values = qkv.slice(s![.., k_end..]).to_owned();
@@ -128,13 +128,6 @@ impl Qwen3Model {
         (q_end, q_end + c.num_key_value_heads * c.head_dim)
     }
 
-    /// RoPE frequencies as HF computes them in f32: `1 / theta^(2i / head_dim)`.
-    pub(crate) fn inv_freq(&self) -> Vec<f32> {
-        let d = self.config.head_dim;
-        let theta = self.config.rope_theta as f32;
-        (0..d / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32)).collect()
-    }
-
     /// Per-head RMSNorm of Q and K (Qwen3's q_norm/k_norm), then NeoX-style RoPE, in place.
     fn norm_and_rotate(
         &self,
@@ -142,7 +135,7 @@ impl Qwen3Model {
         tokens: &[TokenSlot],
         q_norm: &[f32],
         k_norm: &[f32],
-        inv_freq: &[f32],
+        rope: &(Vec<f32>, f32),
     ) {
         let d = self.config.head_dim;
         let (_, k_end) = self.qkv_bounds();
@@ -152,7 +145,7 @@ impl Qwen3Model {
             let row = row.as_slice_mut().expect("rows of a fresh product are contiguous");
             for (head, x) in row[..k_end].chunks_exact_mut(d).enumerate() {
                 norm_in_place(x, if head < q_heads { q_norm } else { k_norm }, eps);
-                rotate(x, token.pos, inv_freq);
+                rotate(x, token.pos, rope);
             }
         });
     }
@@ -264,11 +257,13 @@ fn norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// NeoX-style rotary embedding: the first half of the head is rotated with the second.
-fn rotate(x: &mut [f32], pos: usize, inv_freq: &[f32]) {
+/// NeoX-style rotary embedding: the first half of the head is rotated with the second, by cos and
+/// sin scaled by YaRN's attention factor (1 for plain RoPE).
+fn rotate(x: &mut [f32], pos: usize, (inv_freq, scale): &(Vec<f32>, f32)) {
     let half = x.len() / 2;
     for (i, &freq) in inv_freq.iter().enumerate() {
         let (sin, cos) = (pos as f32 * freq).sin_cos();
+        let (sin, cos) = (sin * scale, cos * scale);
         let (a, b) = (x[i], x[i + half]);
         x[i] = a * cos - b * sin;
         x[i + half] = b * cos + a * sin;

@@ -216,6 +216,17 @@ fn gpu_logits_match_the_cpu_reference() {
     let prompts: Vec<Vec<u32>> =
         [3usize, 100, 513].iter().map(|&n| (0..n as u32).map(|i| (i * 13 + 5) % 1000).collect()).collect();
     compare("random MHA, head_dim 64, untied", &model, &gpu, &prompts);
+
+    // YaRN (Qwen3's factor 4) over an original context of 256, which the longest prompt passes.
+    let yarn = Qwen3Config::from_json_str(
+        r#"{"model_type": "qwen3", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 512, "vocab_size": 1000,
+            "max_position_embeddings": 1024, "tie_word_embeddings": true, "rope_theta": 10000,
+            "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256}}"#,
+    )
+    .unwrap();
+    let model = Qwen3Model::random(yarn, 5, 0.08);
+    compare("random GQA with YaRN", &model, &gpu, &prompts);
 }
 
 #[test]

@@ -54,8 +54,7 @@ pub(crate) struct Llm {
 
 /// The engine settings `LLM(...)`'s keywords give, and how the weights load.
 fn settings(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, LoadFormat, DeviceChoice)> {
-    // nano-vllm's max_model_len: 4096, clamped to the model's context.
-    let mut config = EngineConfig { progress: false, max_model_len: Some(4096), ..EngineConfig::default() };
+    let mut config = EngineConfig { progress: false, ..EngineConfig::default() };
     let (mut format, mut device) = (LoadFormat::Safetensors, DeviceChoice::Auto);
     let (mut kv_quant, mut dtype) = (None, None);
     let Some(kwargs) = kwargs else { return Ok((config, format, device)) };
@@ -111,16 +110,15 @@ fn settings(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, LoadF
     Ok((config, format, device))
 }
 
-/// `max_model_len` clamped to the model's context, as nano-vllm does (with a note).
+/// nano-vllm's `max_model_len`: 4096 unless given, clamped to the model's context (with a note
+/// when the value was given).
 fn clamp_max_model_len(dir: &std::path::Path, config: &mut EngineConfig) -> PyResult<()> {
     let model = nanovllm::Qwen3Config::from_file(&dir.join("config.json")).map_err(|e| to_py(e.into()))?;
-    if let Some(asked) = config.max_model_len.filter(|&len| len > model.max_position_embeddings) {
-        eprintln!(
-            "max_model_len {asked} is longer than the model's context: using {}",
-            model.max_position_embeddings
-        );
-        config.max_model_len = Some(model.max_position_embeddings);
+    let context = model.context_length();
+    if let Some(asked) = config.max_model_len.filter(|&len| len > context) {
+        eprintln!("max_model_len {asked} is longer than the model's context: using {context}");
     }
+    config.max_model_len = Some(config.max_model_len.unwrap_or(4096).min(context));
     Ok(())
 }
 

@@ -50,6 +50,8 @@ struct GpuWeights {
     lm_head: Option<CudaSlice<bf16>>,
     norm: CudaSlice<f32>,
     inv_freq: CudaSlice<f32>,
+    /// YaRN's factor on cos and sin (1 for plain RoPE).
+    rope_scale: f32,
     layers: Vec<GpuLayer>,
 }
 
@@ -75,11 +77,13 @@ impl GpuWeights {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let (inv_freq, rope_scale) = model.config().rope();
         Ok(GpuWeights {
             embed: up16(&contiguous(&model.embed_tokens))?,
             lm_head: model.lm_head.as_ref().map(|h| up16(&contiguous(h))).transpose()?,
             norm: up32(&model.norm)?,
-            inv_freq: up32(&model.inv_freq())?,
+            inv_freq: up32(&inv_freq)?,
+            rope_scale,
             layers,
         })
     }
@@ -560,7 +564,7 @@ impl GpuQwen3 {
                 inputs.positions(),
                 &layer.q_norm,
                 &layer.k_norm,
-                &weights.inv_freq,
+                (&weights.inv_freq, weights.rope_scale),
                 t,
                 qkv_size,
             )?;

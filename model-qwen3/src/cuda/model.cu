@@ -65,12 +65,14 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ x, const bf16_t* __r
     }
 }
 
-// Per-head RMSNorm of q and k, then NeoX RoPE, in place on the packed qkv rows. Grid (tokens,
+// Per-head RMSNorm of q and k, then NeoX RoPE (cos and sin times rope_scale, YaRN's attention
+// factor), in place on the packed qkv rows. Grid (tokens,
 // heads in blocks of 4), a warp per head: lane l owns the pairs (d, d + HEAD_DIM / 2) for d = l,
 // l + 32, ..., so the norm's sum is a warp shuffle, with no shared memory or barrier.
 extern "C" __global__ void qk_norm_rope(bf16_t* __restrict__ qkv, const int* __restrict__ positions,
                                         const float* __restrict__ q_weight, const float* __restrict__ k_weight,
-                                        const float* __restrict__ inv_freq, int heads, int kv_heads, long long stride, float eps) {
+                                        const float* __restrict__ inv_freq, float rope_scale, int heads, int kv_heads,
+                                        long long stride, float eps) {
     constexpr int HALF = HEAD_DIM / 2, PAIRS = (HALF + 31) / 32;
     const int lane = threadIdx.x % 32, head = blockIdx.y * (blockDim.x / 32) + threadIdx.x / 32;
     if (head >= heads + kv_heads) return;
@@ -94,6 +96,8 @@ extern "C" __global__ void qk_norm_rope(bf16_t* __restrict__ qkv, const int* __r
         const float u = w[d] * (a[p] * inverse), v = w[d + HALF] * (b[p] * inverse);
         float s, c;
         sincosf(position * inv_freq[d], &s, &c);
+        s *= rope_scale;
+        c *= rope_scale;
         x[d] = float_to_bf16(u * c - v * s);
         x[d + HALF] = float_to_bf16(v * c + u * s);
     }

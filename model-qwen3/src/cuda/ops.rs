@@ -187,7 +187,7 @@ impl Ops {
         positions: &CudaSlice<i32>,
         q_norm: &CudaSlice<f32>,
         k_norm: &CudaSlice<f32>,
-        inv_freq: &CudaSlice<f32>,
+        (inv_freq, rope_scale): (&CudaSlice<f32>, f32),
         tokens: usize,
         stride: usize,
     ) -> Result<(), GpuError> {
@@ -202,6 +202,7 @@ impl Ops {
             .arg(q_norm)
             .arg(k_norm)
             .arg(inv_freq)
+            .arg(&rope_scale)
             .arg(&heads)
             .arg(&kv_heads)
             .arg(&stride)
