@@ -2,8 +2,9 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
-use nanovllm_qwen3::{ModelError, Qwen3Model, SeqInput};
+use nanovllm_qwen3::{ModelError, Qwen3Config, Qwen3Model, SeqInput, WeightSource};
 use rayon::prelude::*;
 
 use crate::cache::AnyCache;
@@ -94,10 +95,27 @@ fn gpu_or_reason(choice: DeviceChoice) -> Result<(Device, String), EngineError> 
     }
 }
 
+/// A model's weights as the engine gets them: a model in host memory (which the CPU runs), or a
+/// source the GPU uploads from in chunks, with no host copy of the model.
+pub(crate) enum Weights {
+    Host(Box<Qwen3Model>),
+    Source(Arc<dyn WeightSource>),
+}
+
+impl Weights {
+    pub(crate) fn config(&self) -> &Qwen3Config {
+        match self {
+            Weights::Host(model) => model.config(),
+            Weights::Source(source) => source.config(),
+        }
+    }
+}
+
 /// The forward pass and the KV cache it writes, on one device.
 #[derive(Debug)]
 pub(crate) enum Backend {
-    Cpu(AnyCache),
+    /// The model in f32 and its cache.
+    Cpu(Box<Qwen3Model>, AnyCache),
     #[cfg(feature = "cuda")]
     /// The model on its GPUs, and the draws of a step, reused from step to step.
     Cuda(Box<nanovllm_qwen3::cuda::GpuGroup>, nanovllm_qwen3::cuda::SampleBatch),
@@ -111,7 +129,6 @@ impl Backend {
     /// plain temperature sampling itself and brings the logits to the host for anything more.
     pub(crate) fn forward_and_sample(
         &mut self,
-        model: &Qwen3Model,
         inputs: &[SeqInput<'_>],
         samplers: &mut [&mut Sampler],
         positions: &[usize],
@@ -130,7 +147,7 @@ impl Backend {
             }
             return Ok(sampled);
         }
-        let logits = self.logits(model, inputs)?;
+        let logits = self.logits(inputs)?;
         debug_assert_eq!(samplers.len(), positions.len());
         // Each request samples with its own generator, so the batch samples in parallel.
         Ok(samplers.par_iter_mut().zip(&logits).map(|(sampler, logits)| sampler.sample(logits)).collect())
@@ -142,7 +159,7 @@ impl Backend {
             return Ok(());
         }
         match self {
-            Backend::Cpu(cache) => {
+            Backend::Cpu(_, cache) => {
                 for &(from, to) in copies {
                     cache.copy_block(from as usize, to as usize)?;
                 }
@@ -156,7 +173,7 @@ impl Backend {
     /// What the backend adds to the cache's log line: the decode graphs on a GPU.
     pub(crate) fn describe(&self) -> String {
         match self {
-            Backend::Cpu(_) => String::new(),
+            Backend::Cpu(..) => String::new(),
             #[cfg(feature = "cuda")]
             Backend::Cuda(gpu, _) => {
                 let graphs = match gpu.decode_graphs() {
@@ -172,13 +189,9 @@ impl Backend {
     }
 
     /// Run the batch and return the logits of each input that asks for them.
-    pub(crate) fn logits(
-        &mut self,
-        model: &Qwen3Model,
-        inputs: &[SeqInput<'_>],
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub(crate) fn logits(&mut self, inputs: &[SeqInput<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
         match self {
-            Backend::Cpu(cache) => cache.forward(model, inputs),
+            Backend::Cpu(model, cache) => cache.forward(model, inputs),
             #[cfg(feature = "cuda")]
             Backend::Cuda(gpu, _) => gpu.forward(inputs),
         }
@@ -187,7 +200,7 @@ impl Backend {
 
 /// The backend for `config.device` and what its cache holds.
 pub(crate) fn build_backend(
-    model: &Qwen3Model,
+    weights: Weights,
     config: &EngineConfig,
     max_model_len: usize,
 ) -> Result<(Backend, CacheFit), EngineError> {
@@ -198,23 +211,29 @@ pub(crate) fn build_backend(
             problem: "must be at least 1".into(),
         });
     }
-    check_tensor_parallel(model, config)?;
+    check_tensor_parallel(weights.config(), config)?;
     match config.device {
         Device::Cpu => {
             let budget = config.kv_cache_memory_bytes.unwrap_or(256 << 20);
-            let fit = config.fit_cache(model.config(), budget, max_model_len)?;
+            let fit = config.fit_cache(weights.config(), budget, max_model_len)?;
             tracing::info!(budget_bytes = budget, fit.num_blocks, dtype = %config.kv_cache_dtype, "KV cache sized (CPU)");
-            let cache =
-                AnyCache::new(config.kv_cache_dtype, model.cache_layout(fit.num_blocks, config.block_size))?;
-            Ok((Backend::Cpu(cache), fit))
+            let cache = AnyCache::new(
+                config.kv_cache_dtype,
+                weights.config().cache_layout(fit.num_blocks, config.block_size),
+            )?;
+            let model = match weights {
+                Weights::Host(model) => model,
+                Weights::Source(source) => Box::new(Qwen3Model::from_source(&*source)),
+            };
+            Ok((Backend::Cpu(model, cache), fit))
         }
-        Device::Cuda => cuda_backend(model, config, max_model_len),
+        Device::Cuda => cuda_backend(weights, config, max_model_len),
     }
 }
 
 #[cfg(feature = "cuda")]
 fn cuda_backend(
-    model: &Qwen3Model,
+    weights: Weights,
     config: &EngineConfig,
     max_model_len: usize,
 ) -> Result<(Backend, CacheFit), EngineError> {
@@ -240,7 +259,12 @@ fn cuda_backend(
     // one such step), whatever other processes hold, so that replicas can share a GPU.
     let world = config.tensor_parallel_size;
     let free_at_start = least_free_memory(world)?;
-    let mut gpu_model = GpuGroup::new(model, world, config.kv_cache_dtype, config.block_size, limits)
+    let model_config = weights.config().clone();
+    let source: Arc<dyn WeightSource> = match weights {
+        Weights::Host(model) => Arc::new(*model),
+        Weights::Source(source) => source,
+    };
+    let mut gpu_model = GpuGroup::new(source, world, config.kv_cache_dtype, config.block_size, limits)
         .map_err(out_of_memory("the weights and activations".into()))?;
     let budget = match config.kv_cache_memory_bytes {
         Some(bytes) => bytes,
@@ -269,7 +293,7 @@ fn cuda_backend(
             })?
         }
     };
-    let fit = config.fit_cache(model.config(), budget, max_model_len)?;
+    let fit = config.fit_cache(&model_config, budget, max_model_len)?;
     tracing::info!(budget_bytes = budget, fit.num_blocks, dtype = %config.kv_cache_dtype, "KV cache sized (GPU)");
     gpu_model
         .allocate_cache(fit.num_blocks)
@@ -291,9 +315,9 @@ fn least_free_memory(world: usize) -> Result<usize, EngineError> {
 }
 
 /// Refuse a tensor-parallel size the model cannot be split into, or the machine cannot run.
-fn check_tensor_parallel(model: &Qwen3Model, config: &EngineConfig) -> Result<(), EngineError> {
+fn check_tensor_parallel(model: &Qwen3Config, config: &EngineConfig) -> Result<(), EngineError> {
     let size = config.tensor_parallel_size;
-    model.config().check_tensor_parallel(size)?;
+    model.check_tensor_parallel(size)?;
     if size == 1 {
         return Ok(());
     }
@@ -319,6 +343,6 @@ fn gpu_count() -> Result<usize, EngineError> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_backend(_: &Qwen3Model, _: &EngineConfig, _: usize) -> Result<(Backend, CacheFit), EngineError> {
+fn cuda_backend(_: Weights, _: &EngineConfig, _: usize) -> Result<(Backend, CacheFit), EngineError> {
     Err(EngineError::DeviceUnavailable(NO_CUDA.into()))
 }

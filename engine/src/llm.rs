@@ -2,17 +2,20 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use nanovllm_kv_cache::BlockManager;
-use nanovllm_qwen3::{GenerationConfig, Qwen3Model, SeqInput};
+use nanovllm_qwen3::{
+    Checkpoint, DummyWeights, GenerationConfig, Qwen3Config, Qwen3Model, SeqInput, WeightSource,
+};
 use nanovllm_scheduler::{
     FinishReason, Phase, SamplingParams, ScheduleStats, ScheduledSeq, Scheduler, SchedulerConfig, SeqId,
     Sequence, StopReason,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use crate::backend::{Backend, build_backend};
+use crate::backend::{Backend, Weights, build_backend};
 use crate::config::gib;
 use crate::progress::Progress;
 use crate::sample_text::SampleText;
@@ -166,7 +169,8 @@ pub struct EngineStats {
 
 /// The engine: a Qwen3 model, its tokenizer, a paged KV cache and a scheduler.
 pub struct LLM {
-    model: Qwen3Model,
+    /// The model's architecture (its weights are in the backend).
+    model_config: Qwen3Config,
     tokenizer: Option<Tokenizer>,
     chat_template: Option<ChatTemplate>,
     generation: GenerationConfig,
@@ -182,7 +186,7 @@ pub struct LLM {
 
 impl std::fmt::Debug for LLM {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LLM").field("config", &self.config).field("model", self.model.config()).finish()
+        f.debug_struct("LLM").field("config", &self.config).field("model", &self.model_config).finish()
     }
 }
 
@@ -191,26 +195,26 @@ impl LLM {
     /// and, when present, `tokenizer.json` and the chat template of `tokenizer_config.json`.
     pub fn load(dir: &Path, config: EngineConfig, format: LoadFormat) -> Result<Self, EngineError> {
         let started = Instant::now();
-        let model = match format {
-            LoadFormat::Safetensors => Qwen3Model::load(dir)?,
+        let source: Arc<dyn WeightSource> = match format {
+            LoadFormat::Safetensors => Arc::new(Checkpoint::open(dir)?),
             LoadFormat::Dummy => {
-                let model_config = nanovllm_qwen3::Qwen3Config::from_file(&dir.join("config.json"))?;
-                Qwen3Model::random(model_config, config.seed, 0.02)
+                let model_config = Qwen3Config::from_file(&dir.join("config.json"))?;
+                Arc::new(DummyWeights::new(model_config, config.seed, 0.02))
             }
         };
         tracing::info!(
             model = %dir.display(),
             %format,
-            parameters = model.config().num_parameters(),
+            parameters = source.config().num_parameters(),
             seconds = started.elapsed().as_secs_f64(),
-            "model loaded"
+            "checkpoint opened"
         );
         let generation = GenerationConfig::from_file(&dir.join("generation_config.json"))?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer =
             if tokenizer_path.exists() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };
         let chat_template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
-        let mut llm = Self::new(model, generation, config)?;
+        let mut llm = Self::build(Weights::Source(source), generation, config)?;
         llm.tokenizer = tokenizer;
         llm.chat_template = chat_template;
         Ok(llm)
@@ -222,15 +226,26 @@ impl LLM {
         generation: GenerationConfig,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
-        let max_model_len = config.max_model_len_for(model.config())?;
-        let (backend, fit) = build_backend(&model, &config, max_model_len)?;
+        Self::build(Weights::Host(Box::new(model)), generation, config)
+    }
+
+    fn build(
+        weights: Weights,
+        generation: GenerationConfig,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let started = Instant::now();
+        let model_config = weights.config().clone();
+        let max_model_len = config.max_model_len_for(&model_config)?;
+        let (backend, fit) = build_backend(weights, &config, max_model_len)?;
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "model loaded and KV cache allocated");
         let scheduler = Scheduler::new(SchedulerConfig {
             eos_token_ids: generation.eos_token_ids.clone(),
             ..config.scheduler_limits(fit.max_model_len, fit.num_blocks)
         })?;
         Ok(LLM {
             backend,
-            model,
+            model_config,
             tokenizer: None,
             chat_template: None,
             generation,
@@ -264,9 +279,9 @@ impl LLM {
         }
     }
 
-    /// The model.
-    pub fn model(&self) -> &Qwen3Model {
-        &self.model
+    /// The model's architecture.
+    pub fn model_config(&self) -> &Qwen3Config {
+        &self.model_config
     }
 
     /// The scheduler (its limits, its block manager's geometry, its statistics).
@@ -294,7 +309,7 @@ impl LLM {
     pub fn describe_cache(&self) -> String {
         let blocks = self.scheduler.block_manager();
         let tokens = blocks.num_blocks() * blocks.block_size();
-        let bytes = tokens * self.config.kv_bytes_per_token(self.model.config());
+        let bytes = tokens * self.config.kv_bytes_per_token(&self.model_config);
         let per_gpu = if self.config.tensor_parallel_size > 1 { " per GPU" } else { "" };
         let max_model_len = self.scheduler.config().max_model_len;
         let lowered = match self.context_lowered_from {
@@ -383,7 +398,7 @@ impl LLM {
                     logits: 1,
                 })
                 .collect();
-            logits.extend(self.backend.logits(&self.model, &inputs)?);
+            logits.extend(self.backend.logits(&inputs)?);
         }
         // The blocks written here may hold prefixes the scheduler still remembers.
         self.scheduler.reset_prefix_cache();
@@ -391,7 +406,7 @@ impl LLM {
     }
 
     fn check_token_ids(&self, ids: &[u32]) -> Result<(), EngineError> {
-        let vocab = self.model.config().vocab_size;
+        let vocab = self.model_config.vocab_size;
         match ids.iter().find(|&&id| id as usize >= vocab) {
             Some(bad) => Err(EngineError::InvalidPrompt(format!(
                 "token id {bad} is outside the vocabulary of {vocab}"
@@ -489,7 +504,7 @@ impl LLM {
             positions.extend(std::iter::repeat_n(item.start + item.num_tokens, item.samples));
         }
         let mut samplers: Vec<&mut Sampler> = states.iter_mut().map(|state| &mut state.sampler).collect();
-        let sampled = self.backend.forward_and_sample(&self.model, &inputs, &mut samplers, &positions);
+        let sampled = self.backend.forward_and_sample(&inputs, &mut samplers, &positions);
         let sampled = match sampled {
             Ok(sampled) => sampled,
             Err(e) => {

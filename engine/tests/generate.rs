@@ -182,7 +182,7 @@ fn the_engine_schedules_a_benchmark_as_its_replay_predicts() {
     while !llm.is_finished() {
         llm.step().unwrap();
     }
-    let model_config = llm.model().config();
+    let model_config = llm.model_config();
     let predicted_config = settings.scheduler_config(model_config, settings.kv_cache_memory_bytes.unwrap());
     let engine_config = llm.scheduler().config();
     assert_eq!(predicted_config.unwrap(), SchedulerConfig { eos_token_ids: vec![], ..engine_config.clone() });

@@ -35,20 +35,30 @@ mod error;
 mod forward;
 mod logits;
 mod model;
+mod source;
 pub mod tensor_parallel;
 mod weights;
 
-pub use config::{GenerationConfig, Qwen3Config};
+pub use config::{GenerationConfig, Qwen3Config, Yarn};
 pub use error::ModelError;
 pub use forward::SeqInput;
 pub use logits::{LogitAdjustment, Sampled, TokenLogprobs, argmax, log_softmax};
 pub use model::Qwen3Model;
-pub use weights::SafetensorsIndex;
+pub use source::{DummyWeights, WeightSource, tensor_shapes};
+pub use weights::{Checkpoint, SafetensorsIndex};
 
 impl Qwen3Model {
     /// The shape of a KV cache of `num_blocks` blocks of `block_size` for this model.
     pub fn cache_layout(&self, num_blocks: usize, block_size: usize) -> nanovllm_kv_cache::CacheLayout {
-        let c = &self.config;
+        self.config.cache_layout(num_blocks, block_size)
+    }
+}
+
+impl Qwen3Config {
+    /// The shape of a KV cache of `num_blocks` blocks of `block_size` for this model (a shard's:
+    /// its kv heads).
+    pub fn cache_layout(&self, num_blocks: usize, block_size: usize) -> nanovllm_kv_cache::CacheLayout {
+        let c = self;
         nanovllm_kv_cache::CacheLayout {
             num_layers: c.num_hidden_layers,
             num_blocks,

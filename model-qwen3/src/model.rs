@@ -4,12 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use ndarray::{Array2, Axis, concatenate};
-use rand::{SeedableRng, rngs::StdRng};
-use rand_distr::{Distribution, Normal};
-use rayon::prelude::*;
 
-use crate::weights::{expected_tensors, load_tensors};
-use crate::{ModelError, Qwen3Config};
+use crate::source::tensor_shapes;
+use crate::weights::expected_tensors;
+use crate::{Checkpoint, DummyWeights, ModelError, Qwen3Config, WeightSource};
 
 /// One decoder layer, with Q/K/V and gate/up packed into single matrices (one GEMM each).
 #[derive(Debug, Clone)]
@@ -46,33 +44,24 @@ pub struct Qwen3Model {
 impl Qwen3Model {
     /// Load `config.json` and the safetensors checkpoint of a model directory.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        check_model_dir(dir)?;
-        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
-        let tensors = load_tensors(dir, &config)?;
-        Ok(Self::from_tensors(config, tensors))
+        Ok(Self::from_source(&Checkpoint::open(dir)?))
     }
 
     /// A model with random weights drawn from `seed` (vLLM's `--load-format dummy`): for
-    /// benchmarks and tests, with no checkpoint. Norm weights are 1, matrices N(0, std^2).
+    /// benchmarks and tests, with no checkpoint. Norm weights are 1, matrices N(0, std^2)
+    /// ([`DummyWeights`]).
     pub fn random(config: Qwen3Config, seed: u64, std: f32) -> Self {
-        let normal = Normal::new(0.0f32, std).expect("std is finite and positive");
-        // Each tensor draws from its own generator (seeded by `seed` and its index), so tensors
-        // are drawn in parallel and the weights do not depend on the thread count.
-        let tensors = expected_tensors(&config)
+        Self::from_source(&DummyWeights::new(config, seed, std))
+    }
+
+    /// The model of `source`'s weights, widened to f32.
+    pub fn from_source(source: &dyn WeightSource) -> Self {
+        let config = source.config().clone();
+        let tensors = tensor_shapes(&config)
             .into_iter()
-            .enumerate()
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|(index, (name, shape))| {
-                let len = shape.iter().product();
-                let mut rng = StdRng::seed_from_u64(
-                    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(index as u64),
-                );
-                let values = if shape.len() == 1 {
-                    vec![1.0; len]
-                } else {
-                    (0..len).map(|_| normal.sample(&mut rng)).collect()
-                };
+            .map(|(name, (rows, cols))| {
+                let mut values = Vec::with_capacity(rows * cols);
+                source.read(&name, 0..rows, 0..cols, &mut values);
                 (name, values)
             })
             .collect();
@@ -140,26 +129,12 @@ struct Tensors {
 
 impl Tensors {
     fn vector(&mut self, name: &str) -> Vec<f32> {
-        self.tensors.remove(name).expect("load_tensors checked every name")
+        self.tensors.remove(name).expect("every tensor of the config was read")
     }
 
     fn matrix(&mut self, name: &str) -> Array2<f32> {
         let (rows, cols) = (self.shapes[name][0], self.shapes[name][1]);
         let values = self.vector(name);
-        Array2::from_shape_vec((rows, cols), values).expect("load_tensors checked every shape")
+        Array2::from_shape_vec((rows, cols), values).expect("every tensor was read whole")
     }
-}
-
-fn check_model_dir(dir: &Path) -> Result<(), ModelError> {
-    let problem = match std::fs::metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "no such directory".to_owned(),
-        Err(e) => format!("cannot be read ({e})"),
-        Ok(meta) if !meta.is_dir() => "is a file, expected a model directory".to_owned(),
-        Ok(_) => match std::fs::read_dir(dir) {
-            Err(e) => format!("cannot be read ({e})"),
-            Ok(_) if !dir.join("config.json").is_file() => "not a model directory: no config.json".to_owned(),
-            Ok(_) => return Ok(()),
-        },
-    };
-    Err(ModelError::ModelDir { path: dir.to_owned(), problem })
 }

@@ -117,6 +117,18 @@ impl Collective for ThreadRank {
 }
 
 impl Qwen3Config {
+    /// One rank's config of a `world`-way split: its heads, kv heads and intermediate size; the
+    /// whole vocabulary (token ids stay global). `world` must divide them
+    /// ([`Qwen3Config::check_tensor_parallel`]).
+    pub fn shard(&self, world: usize) -> Qwen3Config {
+        Qwen3Config {
+            num_attention_heads: self.num_attention_heads / world,
+            num_key_value_heads: self.num_key_value_heads / world,
+            intermediate_size: self.intermediate_size / world,
+            ..self.clone()
+        }
+    }
+
     /// Refuse a tensor-parallel size that does not split the heads, kv heads, intermediate size and
     /// vocabulary evenly (each rank must hold whole heads and equal slices).
     pub fn check_tensor_parallel(&self, world: usize) -> Result<(), ModelError> {
@@ -191,12 +203,8 @@ impl Qwen3Model {
             })
             .collect();
         let vocab_rows = rank * vocab..(rank + 1) * vocab;
-        let mut config = c.clone();
-        config.num_attention_heads = heads;
-        config.num_key_value_heads = kv_heads;
-        config.intermediate_size = inter;
         Ok(Qwen3Model {
-            config,
+            config: c.shard(world),
             embed_tokens: self.embed_tokens.slice(s![vocab_rows.clone(), ..]).to_owned(),
             vocab_start: vocab_rows.start,
             layers,

@@ -17,7 +17,7 @@ use nanovllm_cuda::Gpu;
 use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, Int8, KvCache, StorageDtype};
 use nanovllm_kv_quant::CacheDtype;
 use nanovllm_qwen3::cuda::{GpuGroup, GpuLimits, GpuQwen3, GpuSample, SampleBatch};
-use nanovllm_qwen3::{Qwen3Config, Qwen3Model, SeqInput, argmax};
+use nanovllm_qwen3::{Checkpoint, Qwen3Config, Qwen3Model, SeqInput, WeightSource, argmax};
 
 const BLOCK_SIZE: usize = 16;
 const NUM_BLOCKS: usize = 256;
@@ -50,7 +50,13 @@ fn limits(num_blocks: usize, eager: bool) -> GpuLimits {
 }
 
 /// A GPU model with a cache of `num_blocks` (see [`limits`]).
-fn gpu_model(gpu: &Gpu, model: &Qwen3Model, dtype: CacheDtype, num_blocks: usize, eager: bool) -> GpuQwen3 {
+fn gpu_model(
+    gpu: &Gpu,
+    model: &dyn WeightSource,
+    dtype: CacheDtype,
+    num_blocks: usize,
+    eager: bool,
+) -> GpuQwen3 {
     let mut gpu_model = GpuQwen3::new(gpu, model, dtype, BLOCK_SIZE, limits(num_blocks, eager)).unwrap();
     gpu_model.allocate_cache(num_blocks).unwrap();
     assert_eq!(gpu_model.decode_graphs() > 0, !eager, "decode graphs captured");
@@ -205,6 +211,14 @@ fn gpu_logits_match_the_cpu_reference() {
         .map(|&n| (0..n as u32).map(|i| (i * 37 + 11) % 384).collect())
         .collect();
     compare("head-dim-128 fixture (HF weights)", &model, &gpu, &prompts);
+    // Uploaded in chunks from the checkpoint's maps, with no host model: the same weights, so
+    // the same logits, bit for bit.
+    let from_maps = Checkpoint::open(&fixture).unwrap();
+    let logits = |source: &dyn WeightSource| {
+        let mut gpu_model = gpu_model(&gpu, source, CacheDtype::Bf16, NUM_BLOCKS, true);
+        run(|inputs| gpu_model.forward(inputs).unwrap(), &prompts, 4, 64)
+    };
+    assert_eq!(logits(&from_maps), logits(&model), "weights uploaded from the checkpoint");
 
     let config = Qwen3Config::from_json_str(
         r#"{"model_type": "qwen3", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -377,7 +391,8 @@ fn tensor_parallel_over_two_gpus_matches_one_gpu() {
     assert!(gpus >= 2, "this test needs two CUDA GPUs; this machine has {gpus}");
     const BOUND: f32 = 2e-2;
     let group = |model: &Qwen3Model, world: usize, dtype: CacheDtype, eager: bool| {
-        let mut group = GpuGroup::new(model, world, dtype, BLOCK_SIZE, limits(NUM_BLOCKS, eager)).unwrap();
+        let source = std::sync::Arc::new(model.clone());
+        let mut group = GpuGroup::new(source, world, dtype, BLOCK_SIZE, limits(NUM_BLOCKS, eager)).unwrap();
         group.allocate_cache(NUM_BLOCKS).unwrap();
         assert_eq!(group.world(), world);
         group

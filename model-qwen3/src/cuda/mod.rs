@@ -17,6 +17,7 @@ mod nccl;
 mod ops;
 mod parallel;
 mod step;
+mod weights;
 
 use half::bf16;
 use nanovllm_cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
@@ -25,69 +26,14 @@ use nanovllm_kv_cache::BlockId;
 use nanovllm_kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache};
 use nanovllm_kv_quant::CacheDtype;
 
-use crate::{LogitAdjustment, ModelError, Qwen3Config, Qwen3Model, Sampled, SeqInput, TokenLogprobs};
+use crate::{LogitAdjustment, ModelError, Qwen3Config, Sampled, SeqInput, TokenLogprobs, WeightSource};
 use graphs::DecodeGraphs;
 use nccl::{Nccl, RankExchange, sum_over_ranks};
 use ops::Ops;
 pub use parallel::GpuGroup;
 pub use step::GpuLimits;
 use step::{StagedInputs, StepInputs, StepShape};
-
-struct GpuLayer {
-    input_norm: CudaSlice<f32>,
-    post_norm: CudaSlice<f32>,
-    q_norm: CudaSlice<f32>,
-    k_norm: CudaSlice<f32>,
-    qkv: CudaSlice<bf16>,
-    o_proj: CudaSlice<bf16>,
-    gate_up: CudaSlice<bf16>,
-    down: CudaSlice<bf16>,
-}
-
-/// The weights in GPU memory: bf16 matrices (Q/K/V and gate/up packed), f32 norms.
-struct GpuWeights {
-    embed: CudaSlice<bf16>,
-    lm_head: Option<CudaSlice<bf16>>,
-    norm: CudaSlice<f32>,
-    inv_freq: CudaSlice<f32>,
-    /// YaRN's factor on cos and sin (1 for plain RoPE).
-    rope_scale: f32,
-    layers: Vec<GpuLayer>,
-}
-
-impl GpuWeights {
-    fn upload(gpu: &Gpu, model: &Qwen3Model) -> Result<Self, GpuError> {
-        let up16 = |values: &[f32]| gpu.stream.clone_htod(&to_bf16(values));
-        let up32 = |values: &[f32]| gpu.stream.clone_htod(values);
-        let contiguous =
-            |a: &ndarray::Array2<f32>| a.as_standard_layout().into_owned().into_raw_vec_and_offset().0;
-        let layers = model
-            .layers
-            .iter()
-            .map(|l| -> Result<GpuLayer, GpuError> {
-                Ok(GpuLayer {
-                    input_norm: up32(&l.input_norm)?,
-                    post_norm: up32(&l.post_norm)?,
-                    q_norm: up32(&l.q_norm)?,
-                    k_norm: up32(&l.k_norm)?,
-                    qkv: up16(&contiguous(&l.qkv))?,
-                    o_proj: up16(&contiguous(&l.o_proj))?,
-                    gate_up: up16(&contiguous(&l.gate_up))?,
-                    down: up16(&contiguous(&l.down))?,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        let (inv_freq, rope_scale) = model.config().rope();
-        Ok(GpuWeights {
-            embed: up16(&contiguous(&model.embed_tokens))?,
-            lm_head: model.lm_head.as_ref().map(|h| up16(&contiguous(h))).transpose()?,
-            norm: up32(&model.norm)?,
-            inv_freq: up32(&inv_freq)?,
-            rope_scale,
-            layers,
-        })
-    }
-}
+use weights::GpuWeights;
 
 /// The activations of the largest step, kept across steps.
 struct Activations {
@@ -256,35 +202,30 @@ impl std::fmt::Debug for GpuQwen3 {
     }
 }
 
-fn to_bf16(values: &[f32]) -> Vec<bf16> {
-    values.iter().map(|&x| bf16::from_f32(x)).collect()
-}
-
 impl GpuQwen3 {
-    /// Upload `model` and allocate the buffers of the largest step `limits` allows, then run that
-    /// step once (padding only), so that cuBLAS has its workspace and the memory still free is
-    /// what the KV cache may take. The cache itself comes with [`GpuQwen3::allocate_cache`]:
-    /// blocks of `block_size` tokens in `dtype` (bf16 or int8). A model split across GPUs runs as
-    /// a [`GpuGroup`].
+    /// Upload the weights of `source` (in bounded chunks: no host copy of the model) and allocate
+    /// the buffers of the largest step `limits` allows, then run that step once (padding only),
+    /// so that cuBLAS has its workspace and the memory still free is what the KV cache may take.
+    /// The cache itself comes with [`GpuQwen3::allocate_cache`]: blocks of `block_size` tokens in
+    /// `dtype` (bf16 or int8). A model split across GPUs runs as a [`GpuGroup`].
     pub fn new(
         gpu: &Gpu,
-        model: &Qwen3Model,
+        source: &dyn WeightSource,
         dtype: CacheDtype,
         block_size: usize,
         limits: GpuLimits,
     ) -> Result<Self, GpuError> {
-        if model.is_shard() {
-            return Err(GpuError::Unsupported("a tensor-parallel shard outside a GpuGroup".into()));
-        }
-        let mut runner = Self::load(gpu, model, dtype, block_size, limits)?;
+        let mut runner = Self::load(gpu, source, (0, 1), dtype, block_size, limits)?;
         runner.warm_up()?;
         Ok(runner)
     }
 
-    /// Upload `model` (whole, or a rank's shard) and allocate the buffers of the largest step.
+    /// Upload rank `rank` of `world`'s shard of `source` and allocate the buffers of the largest
+    /// step.
     fn load(
         gpu: &Gpu,
-        model: &Qwen3Model,
+        source: &dyn WeightSource,
+        (rank, world): (usize, usize),
         dtype: CacheDtype,
         block_size: usize,
         limits: GpuLimits,
@@ -293,14 +234,15 @@ impl GpuQwen3 {
             return Err(GpuError::Unsupported(format!("limits of zero sequences or tokens: {limits:?}")));
         }
         let limits = GpuLimits { max_tokens: limits.max_tokens.max(limits.max_seqs), ..limits };
-        let c = model.config().clone();
-        let vocab = model.vocab_range();
+        let c = source.config().shard(world);
+        let vocab_part = c.vocab_size / world;
+        let vocab = vocab_part * rank..vocab_part * (rank + 1);
         Ok(GpuQwen3 {
             ops: Ops::new(gpu, &c, vocab.clone())?,
             ranks: None,
-            weights: GpuWeights::upload(gpu, model)?,
+            weights: GpuWeights::upload(gpu, source, rank, world)?,
             cache_kernels: CacheKernels::new(gpu, dtype, c.head_dim, c.group_size(), block_size)?,
-            cache: GpuKvCache::new(gpu, model.cache_layout(1, block_size), dtype)?,
+            cache: GpuKvCache::new(gpu, c.cache_layout(1, block_size), dtype)?,
             inputs: StagedInputs::new(gpu, &limits, block_size)?,
             act: Activations::new(gpu, &c, &limits, vocab.len())?,
             graphs: DecodeGraphs::default(),

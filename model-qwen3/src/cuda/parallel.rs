@@ -1,10 +1,12 @@
 //! The model on one or more GPUs: tensor parallelism as nano-vllm does it. Each GPU holds one
-//! rank's shard ([`Qwen3Model::shard`]) in a [`GpuQwen3`]. Rank 0 runs in the caller's thread;
+//! rank's shard (cut as [`crate::Qwen3Model::shard`] cuts it, read from the source) in a
+//! [`GpuQwen3`]. Rank 0 runs in the caller's thread;
 //! every other rank in a thread of its own, which takes the same commands over a channel and queues
 //! the same work on its GPU, the ranks meeting in NCCL collectives. The ranks are threads of one
 //! process, so the group's NCCL id reaches them in memory: no port is opened, and two engines on
 //! one host cannot collide (nano-vllm's fixed port 2333 can).
 
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
@@ -15,7 +17,7 @@ use nanovllm_kv_quant::CacheDtype;
 
 use super::step::StepInputs;
 use super::{GpuLimits, GpuQwen3, Nccl, SampleBatch, check_samples};
-use crate::{ModelError, Qwen3Model, Sampled, SeqInput};
+use crate::{ModelError, Sampled, SeqInput, WeightSource};
 
 /// What every rank does, in the same order.
 #[derive(Clone)]
@@ -81,11 +83,12 @@ struct Worker {
 }
 
 impl Worker {
-    /// Start rank `rank`: it opens its GPU and loads `shard`, then answers (see [`Worker::reply`]).
+    /// Start rank `rank`: it opens its GPU and loads its shard of `source`, then answers (see
+    /// [`Worker::reply`]).
     fn spawn(
         rank: usize,
         world: usize,
-        shard: Qwen3Model,
+        source: Arc<dyn WeightSource>,
         dtype: CacheDtype,
         block_size: usize,
         limits: GpuLimits,
@@ -94,8 +97,8 @@ impl Worker {
         let (outbox, replies) = channel();
         let serve = move || {
             let loaded = Gpu::open_ordinal(rank)
-                .and_then(|gpu| GpuQwen3::load(&gpu, &shard, dtype, block_size, limits));
-            drop(shard);
+                .and_then(|gpu| GpuQwen3::load(&gpu, &*source, (rank, world), dtype, block_size, limits));
+            drop(source);
             let mut runner = match loaded {
                 Ok(runner) => runner,
                 Err(e) => {
@@ -148,17 +151,17 @@ impl std::fmt::Debug for GpuGroup {
 }
 
 impl GpuGroup {
-    /// `model` on GPUs `0..world`, each rank warmed up as [`GpuQwen3::new`] does; the cache comes
-    /// with [`GpuGroup::allocate_cache`].
+    /// The model of `source` on GPUs `0..world`, each rank warmed up as [`GpuQwen3::new`] does;
+    /// the cache comes with [`GpuGroup::allocate_cache`].
     pub fn new(
-        model: &Qwen3Model,
+        source: Arc<dyn WeightSource>,
         world: usize,
         dtype: CacheDtype,
         block_size: usize,
         limits: GpuLimits,
     ) -> Result<Self, GpuError> {
         if world <= 1 {
-            let leader = GpuQwen3::new(&Gpu::open()?, model, dtype, block_size, limits)?;
+            let leader = GpuQwen3::new(&Gpu::open()?, &*source, dtype, block_size, limits)?;
             return Ok(GpuGroup { leader, workers: Vec::new() });
         }
         let gpus = Gpu::count()?;
@@ -167,13 +170,14 @@ impl GpuGroup {
                 "tensor parallelism over {world} GPUs; this machine has {gpus}"
             )));
         }
+        source.config().check_tensor_parallel(world).map_err(|e| GpuError::Unsupported(e.to_string()))?;
         let id = Nccl::new_id()?;
-        let shard = |rank| model.shard(rank, world).map_err(|e| GpuError::Unsupported(e.to_string()));
         let mut workers = Vec::with_capacity(world - 1);
         for rank in 1..world {
-            workers.push(Worker::spawn(rank, world, shard(rank)?, dtype, block_size, limits)?);
+            workers.push(Worker::spawn(rank, world, source.clone(), dtype, block_size, limits)?);
         }
-        let leader = Gpu::open().and_then(|gpu| GpuQwen3::load(&gpu, &shard(0)?, dtype, block_size, limits));
+        let leader =
+            Gpu::open().and_then(|gpu| GpuQwen3::load(&gpu, &*source, (0, world), dtype, block_size, limits));
         // Every rank loads before any joins the group: a rank that failed would leave the others
         // waiting in NCCL for it.
         let loaded: Vec<_> = workers.iter().map(Worker::reply).collect();
