@@ -9,12 +9,13 @@
 //! as threads of one process with the exchanges done in memory: the CPU stand-in for NCCL, which
 //! the tests use to check that the ranks together compute the unsharded model's logits.
 
+use std::ops::Range;
 use std::sync::{Arc, Barrier, Mutex};
 
-use ndarray::{Array2, Axis, concatenate, s};
+use ndarray::{Array2, Axis, concatenate};
 
 use crate::model::DecoderLayer;
-use crate::{ModelError, Qwen3Config, Qwen3Model};
+use crate::{ModelError, Qwen3Config, Qwen3Model, WeightSource};
 
 /// What the ranks of a tensor-parallel group do together. Every rank calls the same methods in the
 /// same order.
@@ -153,10 +154,66 @@ impl Qwen3Config {
     }
 }
 
+/// A block of one tensor, by its Hugging Face name: its rows and columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Piece {
+    pub(crate) name: String,
+    pub(crate) rows: Range<usize>,
+    pub(crate) cols: Range<usize>,
+}
+
+/// The packed matrices of one layer as pieces of the checkpoint's tensors, stacked by rows.
+pub(crate) struct LayerPieces {
+    pub(crate) qkv: Vec<Piece>,
+    pub(crate) o_proj: Vec<Piece>,
+    pub(crate) gate_up: Vec<Piece>,
+    pub(crate) down: Vec<Piece>,
+}
+
+/// Rank `rank` of a `world`-way split of `config`'s model (`world` 1: the whole model): for each
+/// layer its query and kv heads' rows of Q/K/V and columns of o_proj, its slice of gate/up rows
+/// and down columns; and its rows of the vocabulary. The CPU shards and the GPU ranks upload by
+/// this one plan.
+pub(crate) fn shard_plan(
+    config: &Qwen3Config,
+    rank: usize,
+    world: usize,
+) -> (Vec<LayerPieces>, Range<usize>) {
+    let part = |total: usize| total / world * rank..total / world * (rank + 1);
+    let (h, d) = (config.hidden_size, config.head_dim);
+    let (q_rows, kv_rows) = (part(config.num_attention_heads * d), part(config.num_key_value_heads * d));
+    let inter = part(config.intermediate_size);
+    let layers = (0..config.num_hidden_layers)
+        .map(|layer| {
+            let piece = |name: &str, rows: &Range<usize>, cols: &Range<usize>| Piece {
+                name: format!("model.layers.{layer}.{name}"),
+                rows: rows.clone(),
+                cols: cols.clone(),
+            };
+            let all = 0..h;
+            LayerPieces {
+                qkv: vec![
+                    piece("self_attn.q_proj.weight", &q_rows, &all),
+                    piece("self_attn.k_proj.weight", &kv_rows, &all),
+                    piece("self_attn.v_proj.weight", &kv_rows, &all),
+                ],
+                o_proj: vec![piece("self_attn.o_proj.weight", &all, &q_rows)],
+                gate_up: vec![
+                    piece("mlp.gate_proj.weight", &inter, &all),
+                    piece("mlp.up_proj.weight", &inter, &all),
+                ],
+                down: vec![piece("mlp.down_proj.weight", &all, &inter)],
+            }
+        })
+        .collect();
+    (layers, part(config.vocab_size))
+}
+
 impl Qwen3Model {
-    /// Rank `rank`'s shard of a `world`-way tensor-parallel model: its query and kv heads, its
-    /// slice of the intermediate size and of the vocabulary; norms whole. Its config has the heads
-    /// and intermediate size of one rank and the whole vocabulary (token ids stay global).
+    /// Rank `rank`'s shard of a `world`-way tensor-parallel model ([`shard_plan`]): its query and
+    /// kv heads, its slice of the intermediate size and of the vocabulary; norms whole. Its config
+    /// has the heads and intermediate size of one rank and the whole vocabulary (token ids stay
+    /// global).
     pub fn shard(&self, rank: usize, world: usize) -> Result<Qwen3Model, ModelError> {
         let c = &self.config;
         c.check_tensor_parallel(world)?;
@@ -169,47 +226,39 @@ impl Qwen3Model {
         if rank >= world {
             return Err(ModelError::TensorParallel { size: world, problem: format!("has no rank {rank}") });
         }
-        let d = c.head_dim;
-        let (heads, kv_heads, inter) =
-            (c.num_attention_heads / world, c.num_key_value_heads / world, c.intermediate_size / world);
-        let vocab = c.vocab_size / world;
-        let q_rows = rank * heads * d..(rank + 1) * heads * d;
-        let k_base = c.num_attention_heads * d;
-        let v_base = k_base + c.num_key_value_heads * d;
-        let kv_rows = |base: usize| base + rank * kv_heads * d..base + (rank + 1) * kv_heads * d;
-        let rows = |m: &Array2<f32>, ranges: &[std::ops::Range<usize>]| {
-            let parts: Vec<_> = ranges.iter().map(|r| m.slice(s![r.clone(), ..])).collect();
-            concatenate(Axis(0), &parts).expect("slices of one matrix share their columns")
+        let (plan, vocab_rows) = shard_plan(c, rank, world);
+        let matrix = |pieces: &[Piece]| {
+            let mut values = Vec::new();
+            for p in pieces {
+                self.read(&p.name, p.rows.clone(), p.cols.clone(), &mut values);
+            }
+            let cols = pieces[0].cols.len();
+            Array2::from_shape_vec((values.len() / cols, cols), values).expect("pieces of equal width")
         };
-        let inter_rows = rank * inter..(rank + 1) * inter;
-        let layers = self
-            .layers
+        let layers = plan
             .iter()
-            .map(|l| DecoderLayer {
+            .zip(&self.layers)
+            .map(|(pieces, l)| DecoderLayer {
                 input_norm: l.input_norm.clone(),
-                qkv: rows(&l.qkv, &[q_rows.clone(), kv_rows(k_base), kv_rows(v_base)]),
+                qkv: matrix(&pieces.qkv),
                 q_norm: l.q_norm.clone(),
                 k_norm: l.k_norm.clone(),
-                o_proj: l.o_proj.slice(s![.., q_rows.clone()]).to_owned(),
+                o_proj: matrix(&pieces.o_proj),
                 post_norm: l.post_norm.clone(),
-                gate_up: rows(
-                    &l.gate_up,
-                    &[
-                        inter_rows.clone(),
-                        c.intermediate_size + inter_rows.start..c.intermediate_size + inter_rows.end,
-                    ],
-                ),
-                down: l.down.slice(s![.., inter_rows.clone()]).to_owned(),
+                gate_up: matrix(&pieces.gate_up),
+                down: matrix(&pieces.down),
             })
             .collect();
-        let vocab_rows = rank * vocab..(rank + 1) * vocab;
+        let h = c.hidden_size;
+        let vocab =
+            |name: &str| matrix(&[Piece { name: name.to_owned(), rows: vocab_rows.clone(), cols: 0..h }]);
         Ok(Qwen3Model {
             config: c.shard(world),
-            embed_tokens: self.embed_tokens.slice(s![vocab_rows.clone(), ..]).to_owned(),
+            embed_tokens: vocab("model.embed_tokens.weight"),
             vocab_start: vocab_rows.start,
             layers,
             norm: self.norm.clone(),
-            lm_head: self.lm_head.as_ref().map(|h| h.slice(s![vocab_rows, ..]).to_owned()),
+            lm_head: self.lm_head.as_ref().map(|_| vocab("lm_head.weight")),
         })
     }
 }
