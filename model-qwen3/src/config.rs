@@ -116,11 +116,22 @@ impl RawRope {
         self.rope_type.as_ref().or(self.legacy_type.as_ref())
     }
 
-    /// YaRN's parameters with HF's defaults; `field` names this object in errors.
+    /// YaRN's parameters with HF's defaults (transformers 5: a missing factor is
+    /// `max_position_embeddings / original_max_position_embeddings`); `field` names this object
+    /// in errors.
     fn yarn(&self, field: &str, max_position_embeddings: usize) -> Result<Yarn, ModelError> {
-        let factor = self.factor.map(|f| f.0).ok_or_else(|| {
-            config_error(&format!("{field}.factor"), Value::Null, "missing (YaRN needs its factor)")
-        })?;
+        let original = self.original_max_position_embeddings.map(|p| p.0);
+        let factor = match (self.factor, original) {
+            (Some(factor), _) => factor.0,
+            (None, Some(original)) => max_position_embeddings as f64 / original as f64,
+            (None, None) => {
+                return Err(config_error(
+                    &format!("{field}.factor"),
+                    Value::Null,
+                    "missing (YaRN needs its factor, or original_max_position_embeddings)",
+                ));
+            }
+        };
         let mscale = |scale: f64| if factor <= 1.0 { 1.0 } else { 0.1 * scale * factor.ln() + 1.0 };
         let attention_factor = match (self.attention_factor, self.mscale, self.mscale_all_dim) {
             (Some(given), ..) => given.0,
@@ -129,9 +140,7 @@ impl RawRope {
         };
         Ok(Yarn {
             factor,
-            original_max_position_embeddings: self
-                .original_max_position_embeddings
-                .map_or(max_position_embeddings, |p| p.0),
+            original_max_position_embeddings: original.unwrap_or(max_position_embeddings),
             beta_fast: self.beta_fast.map_or(32.0, |b| b.0),
             beta_slow: self.beta_slow.map_or(1.0, |b| b.0),
             attention_factor,
@@ -537,7 +546,7 @@ mod tests {
             ),
             (
                 with("rope_scaling", r#"{"rope_type": "yarn"}"#),
-                "config.json: rope_scaling.factor = null: missing (YaRN needs its factor)",
+                "config.json: rope_scaling.factor = null: missing (YaRN needs its factor, or original_max_position_embeddings)",
             ),
             (
                 with("hidden_size", r#""big""#),

@@ -8,7 +8,7 @@ use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, F32, Int8, KvCache, Stor
 use nanovllm_qwen3::{Qwen3Model, SeqInput, argmax, log_softmax};
 use serde_json::Value;
 
-const FIXTURES: [&str; 3] = ["gqa-tied", "mha-untied-sharded", "head-dim-128"];
+const FIXTURES: [&str; 4] = ["gqa-tied", "mha-untied-sharded", "head-dim-128", "yarn"];
 const BLOCK_SIZE: usize = 16;
 const NUM_BLOCKS: usize = 64;
 
