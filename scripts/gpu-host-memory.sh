@@ -19,7 +19,8 @@ for shape in ${SHAPES:-qwen3-0.6b qwen3-8b}; do
   peak_anon=0 hwm=0
   while kill -0 "$pid" 2>/dev/null; do
     anon=$(awk '/^RssAnon/ {print $2}' "/proc/$pid/status" 2>/dev/null)
-    hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo "$hwm")
+    latest=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+    [ -n "$latest" ] && hwm=$latest
     [ -n "$anon" ] && [ "$anon" -gt "$peak_anon" ] && peak_anon=$anon
     sleep 0.05
   done
