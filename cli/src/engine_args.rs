@@ -51,8 +51,8 @@ pub(crate) struct EngineArgs {
     #[arg(long, default_value_t = 16384)]
     max_num_batched_tokens: usize,
     /// Decode every running sequence in every step, and prefill at most this many prompt tokens
-    /// beside them (vLLM's chunked prefill): a stream's tokens are not held back by a whole
-    /// prefill when prompts arrive. Default: a step prefills whenever a prompt waits (nano-vllm),
+    /// beside them, plus 8 per running sequence (vLLM's chunked prefill): a stream's tokens are
+    /// not held back by a whole prefill when prompts arrive. Default: a step prefills whenever a prompt waits (nano-vllm),
     /// the most tokens per second for a batch given at once.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     mixed_prefill_tokens: Option<u64>,

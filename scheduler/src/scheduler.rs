@@ -36,12 +36,32 @@ pub enum StepPolicy {
     PrefillFirst,
     /// Sarathi-Serve's stall-free batching (vLLM's chunked prefill): every running sequence
     /// decodes in every step, and prompts are prefilled beside them, at most
-    /// `max_prefill_tokens` tokens a step while any sequence decodes (`max_num_batched_tokens`
-    /// when none does), so an arriving prompt delays the running ones by one bounded chunk.
+    /// `max_prefill_tokens` plus [`StepPolicy::PREFILL_TOKENS_PER_DECODE`] per decoding sequence
+    /// while any sequence decodes (`max_num_batched_tokens` when none does), so an arriving prompt
+    /// delays the running ones by one bounded chunk.
     Mixed {
-        /// Prompt tokens in a step that also decodes.
+        /// Prompt tokens in a step that decodes one sequence.
         max_prefill_tokens: usize,
     },
+}
+
+impl StepPolicy {
+    /// Prompt tokens a mixed step takes for each sequence it decodes, beyond `max_prefill_tokens`.
+    /// A decode step's time grows with its batch (each sequence's attention), so the chunk that
+    /// delays its tokens by a bounded share of a step grows too; without this, a step of 256
+    /// streams would admit one 1,024-token prompt every two steps and the batch would drain.
+    pub const PREFILL_TOKENS_PER_DECODE: usize = 8;
+
+    /// Prompt tokens a step that decodes `decodes` sequences may compute, within `max_batched`.
+    fn prefill_budget(&self, decodes: usize, max_batched: usize) -> usize {
+        match *self {
+            StepPolicy::Mixed { max_prefill_tokens } if decodes > 0 => {
+                let tokens = max_prefill_tokens + Self::PREFILL_TOKENS_PER_DECODE * decodes;
+                tokens.min(max_batched.saturating_sub(decodes))
+            }
+            _ => max_batched,
+        }
+    }
 }
 
 impl SchedulerConfig {
@@ -299,12 +319,7 @@ impl Scheduler {
             StepPolicy::Mixed { .. } => self.schedule_decode(),
         };
         let decodes = seqs.len();
-        let budget = match self.config.step_policy {
-            StepPolicy::Mixed { max_prefill_tokens } if decodes > 0 => {
-                max_prefill_tokens.min(max_batched.saturating_sub(decodes))
-            }
-            _ => max_batched,
-        };
+        let budget = self.config.step_policy.prefill_budget(decodes, max_batched);
         seqs.extend(self.schedule_prefill(budget, decodes));
         if seqs.len() > decodes {
             return Batch { phase: Phase::Prefill, seqs, decodes };

@@ -143,7 +143,8 @@ fn run(config: SchedulerConfig, requests: &[Request]) -> Run {
         if let StepPolicy::Mixed { max_prefill_tokens } = scheduler.config().step_policy
             && batch.decodes > 0
         {
-            assert!(batch.num_prefill_tokens() <= max_prefill_tokens);
+            let per_decode = StepPolicy::PREFILL_TOKENS_PER_DECODE;
+            assert!(batch.num_prefill_tokens() <= max_prefill_tokens + per_decode * batch.decodes);
         }
         for item in &batch.seqs {
             let seq = scheduler.sequence(item.id).unwrap();
@@ -242,9 +243,9 @@ fn mixed_steps_decode_every_running_sequence_beside_bounded_prefill_chunks() {
     assert_eq!((batch.phase, batch.decodes, batch.num_tokens()), (Phase::Prefill, 0, 3));
     let sampled = model.step(&scheduler, &batch);
     scheduler.postprocess(&batch, &sampled).unwrap();
-    // A 30-token prompt arrives while the first decodes: it is prefilled 8 tokens a step (then
-    // its last token by a decode), and the first decodes in every one of those steps.
-    let second = scheduler.add((1..=30).collect(), SamplingParams::greedy(2)).unwrap();
+    // A 60-token prompt arrives while the first decodes: it is prefilled 8 + 8 tokens a step (8,
+    // and 8 for the one decoding sequence), and the first decodes in every one of those steps.
+    let second = scheduler.add((1..=60).collect(), SamplingParams::greedy(2)).unwrap();
     let mut chunks = Vec::new();
     while scheduler.sequence(second).unwrap().completion().is_empty() {
         let batch = scheduler.schedule();
@@ -254,7 +255,7 @@ fn mixed_steps_decode_every_running_sequence_beside_bounded_prefill_chunks() {
         let sampled = model.step(&scheduler, &batch);
         scheduler.postprocess(&batch, &sampled).unwrap();
     }
-    assert_eq!(chunks, [8, 8, 8, 6]);
+    assert_eq!(chunks, [16, 16, 16, 12]);
 }
 
 #[test]
