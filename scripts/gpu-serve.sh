@@ -3,7 +3,9 @@
 # Qwen3-0.6B's shape with dummy weights (the committed config, the tiny model's real tokenizer).
 # PARTS picks what runs (default "s1 s2 s4"; "s3 s5 s6" is the other half):
 #   s1  nano-vllm's workload: offline `bench` vs `bench-serve --dataset-name nano-vllm`, all at once,
-#       temperature 0.6 for both, per dtype in DTYPES (default "bf16 int8")
+#       sampling alike (temperature 0.6 and the rest from the model's generation_config.json: the
+#       server's defaults, as vLLM's; `bench --sampling model`), per dtype in DTYPES (default
+#       "bf16 int8")
 #   s2  random 1024 in / 128 out at concurrency 1 (100 requests), and the offline floors: one
 #       1024-token prefill and one bs=1 decode step (`bench` on one such request)
 #   s3  random 1024/128, 1000 prompts, concurrency 8..256, a Poisson rate sweep, and offline
@@ -103,7 +105,7 @@ for part in ${PARTS:-s1 s2 s4}; do
   case $part in
     s1)
       for dtype in ${DTYPES:-bf16 int8}; do
-        bench "s1-offline-$dtype" --kv-cache-dtype "$dtype"
+        bench "s1-offline-$dtype" --kv-cache-dtype "$dtype" --sampling model
         start_server --kv-cache-dtype "$dtype"
         bench_serve "s1-served-$dtype" --dataset-name nano-vllm --num-prompts 256 --temperature 0.6
         stop_server
