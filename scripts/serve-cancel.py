@@ -27,16 +27,16 @@ async def http_get(host, port, path):
 
 
 async def poll_usage(host, port, samples, stop):
-    """(time, KV cache usage, running requests) from /metrics every 10 ms."""
+    """(time, KV cache usage, running requests, tokens generated so far) from /metrics every 10 ms."""
+    names = ("vllm:kv_cache_usage_perc", "vllm:num_requests_running", "vllm:generation_tokens_total")
     while not stop.is_set():
         text = await http_get(host, port, "/metrics")
         values = {}
         for line in text.splitlines():
-            for name in ("vllm:kv_cache_usage_perc", "vllm:num_requests_running"):
+            for name in names:
                 if line.startswith(name):
                     values[name] = float(line.rsplit(" ", 1)[1])
-        samples.append((time.monotonic(), values.get("vllm:kv_cache_usage_perc"),
-                        values.get("vllm:num_requests_running")))
+        samples.append((time.monotonic(), *(values.get(name) for name in names)))
         await asyncio.sleep(0.01)
 
 
@@ -106,6 +106,15 @@ def rate_after(times, since):
     return sum(rates) / len(rates) if rates else 0.0
 
 
+def server_rate(samples, since, streams):
+    """Tokens per second per stream from the server's generation counter, from `since` until
+    the running requests fall below `streams`."""
+    window = [(t, g) for t, _, r, g in samples if t >= since and r is not None and r >= streams and g is not None]
+    if len(window) < 2 or window[-1][0] == window[0][0]:
+        return None
+    return (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]) / streams
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -118,12 +127,12 @@ def main():
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
     times, samples, cancelled_at = asyncio.run(run(args, args.streams, True))
-    before = [(u, r) for t, u, r in samples if t < cancelled_at][-1]
+    before = [(u, r) for t, u, r, _ in samples if t < cancelled_at][-1]
     survivors = [t for i, t in enumerate(times) if i % 2 == 1]
     # The cancelled requests are gone once the engine runs only the survivors; the cache then
     # holds the survivors' blocks.
-    gone = next(((t, u) for t, u, r in samples if t >= cancelled_at and r <= args.streams // 2), None)
-    alone, _, _ = asyncio.run(run(args, args.streams // 2, False))
+    gone = next(((t, u) for t, u, r, _ in samples if t >= cancelled_at and r <= args.streams // 2), None)
+    alone, alone_samples, _ = asyncio.run(run(args, args.streams // 2, False))
     start_alone = min(t[args.cancel_after] for t in alone if len(t) > args.cancel_after)
     print(json.dumps({
         "streams": args.streams, "usage_before_cancel": before[0], "running_before_cancel": before[1],
@@ -132,6 +141,10 @@ def main():
         "usage_at_end": samples[-1][1] if samples else None,
         "survivor_chunks_per_s": rate_after(survivors, cancelled_at),
         "alone_chunks_per_s": rate_after(alone, start_alone),
+        # The server's side of the same: tokens it generated per second per stream, so that a
+        # client that cannot keep up shows as a gap between the two.
+        "survivor_server_tokens_per_s": server_rate(samples, gone[0] if gone else cancelled_at, args.streams // 2),
+        "alone_server_tokens_per_s": server_rate(alone_samples, start_alone, args.streams // 2),
     }))
 
 
