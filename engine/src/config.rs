@@ -39,9 +39,8 @@ pub struct EngineConfig {
     /// arrive).
     pub step_policy: StepPolicy,
     /// Longest sequence. `None`: the model's context (`max_position_embeddings`, or under YaRN the
-    /// original context times its factor), lowered to what
-    /// the KV cache holds when it cannot hold one such sequence (vLLM's `--max-model-len auto`);
-    /// a value given must fit.
+    /// original context times its factor), lowered to what the KV cache holds when it cannot
+    /// hold one such sequence (vLLM's `--max-model-len auto`); a value given must fit.
     pub max_model_len: Option<usize>,
     /// Seed of the dummy weights and of requests that bring no seed of their own.
     pub seed: u64,

@@ -141,8 +141,8 @@ impl Batch {
 
 /// nano-vllm's scheduler: prefill first, decode otherwise (or both in one step, under
 /// [`StepPolicy::Mixed`]), preempting the newest running sequence (to be recomputed later) when
-/// blocks run out. Requests that could never run are
-/// refused when added, so one bad request never stalls the others.
+/// blocks run out. Requests that could never run are refused when added, so one bad request
+/// never stalls the others.
 #[derive(Debug)]
 pub struct Scheduler {
     config: SchedulerConfig,
