@@ -60,15 +60,15 @@ impl DummyWeights {
         DummyWeights { config, seed, std, tensors }
     }
 
-    /// The value at `index` (row-major) of tensor number `tensor`.
-    fn value(&self, tensor: u64, index: u64) -> f32 {
-        // One hash gives two uniforms, and Box-Muller two normals: even places take the cosine.
-        let bits = mix(self.seed ^ mix(tensor.wrapping_add(0x9E37_79B9_7F4A_7C15)) ^ (index / 2));
+    /// The two values at places `2 * pair` and `2 * pair + 1` of the tensor whose key is `key`:
+    /// one hash gives two uniforms, and Box-Muller two normals.
+    fn pair(&self, key: u64, pair: u64) -> [f32; 2] {
+        let bits = mix(self.seed ^ key ^ pair);
         let u1 = ((bits >> 40) as f32 + 1.0) / (1u64 << 24) as f32;
         let u2 = (bits & 0xFF_FFFF) as f32 / (1u64 << 24) as f32;
-        let radius = (-2.0 * u1.ln()).sqrt();
+        let radius = self.std * (-2.0 * u1.ln()).sqrt();
         let (sin, cos) = (std::f32::consts::TAU * u2).sin_cos();
-        self.std * radius * if index.is_multiple_of(2) { cos } else { sin }
+        [radius * cos, radius * sin]
     }
 }
 
@@ -90,9 +90,15 @@ impl WeightSource for DummyWeights {
         let start = out.len();
         out.resize(start + rows.len() * cols.len(), 1.0);
         let Some(width) = width else { return };
+        let key = mix(tensor.wrapping_add(0x9E37_79B9_7F4A_7C15));
         out[start..].par_chunks_mut(cols.len()).zip(rows).for_each(|(row_out, row)| {
+            let mut drawn = (u64::MAX, [0.0; 2]);
             for (v, col) in row_out.iter_mut().zip(cols.clone()) {
-                *v = self.value(tensor, (row * width + col) as u64);
+                let index = (row * width + col) as u64;
+                if drawn.0 != index / 2 {
+                    drawn = (index / 2, self.pair(key, index / 2));
+                }
+                *v = drawn.1[(index % 2) as usize];
             }
         });
     }
