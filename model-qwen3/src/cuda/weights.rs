@@ -5,6 +5,7 @@
 use half::bf16;
 use nanovllm_cuda::cudarc::driver::CudaSlice;
 use nanovllm_cuda::{Gpu, GpuError};
+use rayon::prelude::*;
 
 use crate::WeightSource;
 use crate::tensor_parallel::{Piece, shard_plan};
@@ -57,7 +58,7 @@ impl Uploader<'_> {
                 self.values.clear();
                 self.source.read(&piece.name, rows, piece.cols.clone(), &mut self.values);
                 self.halves.clear();
-                self.halves.extend(self.values.iter().map(|&v| bf16::from_f32(v)));
+                self.halves.par_extend(self.values.par_iter().map(|&v| bf16::from_f32(v)));
                 let n = self.halves.len();
                 // From pageable memory, the copy has taken the buffer when this returns.
                 self.gpu.stream.memcpy_htod(&self.halves, &mut device.slice_mut(at..at + n))?;
