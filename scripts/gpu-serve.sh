@@ -17,6 +17,7 @@
 #   s5  arrivals far past capacity into a bounded queue: statuses, admitted TTFT, server RSS
 #   s6  256 streams, half cancelled mid-stream (scripts/serve-cancel.py): KV usage after the
 #       cancel, the survivors' speed against 128 streams alone (int8)
+#   s3m and s6 also log every served step and summarize the step times (scripts/step-times.py)
 #   s7  two replicas on the one GPU (--gpu-memory-utilization 0.45 each) behind vllm-router
 #       against one replica alone, random 1024/128 at concurrency 256 (int8). The router comes as
 #       wheels in .whl/ (carried; the GPU machine has no network): vllm-router and those of its
@@ -35,10 +36,11 @@ cp models/tiny-random-qwen3/tokenizer.json models/tiny-random-qwen3/tokenizer_co
 port=18400
 results=$(mktemp -d)
 server_pid=
+server_log=$log
 
 start_server() {
   port=$((port + 1))
-  "$cli" serve "$model" --load-format dummy --max-model-len 4096 --port "$port" --served-model-name qwen3 "$@" >> "$log" 2>&1 &
+  "$cli" serve "$model" --load-format dummy --max-model-len 4096 --port "$port" --served-model-name qwen3 "$@" >> "$server_log" 2>&1 &
   server_pid=$!
   python3 - "$port" <<'PY'
 import sys, time, urllib.request
@@ -78,6 +80,19 @@ line["errors_503"] = sum(e.startswith("HTTP 503") for e in errors)
 line["errors_other"] = len(errors) - line["errors_503"]
 print(json.dumps(line))
 PY
+}
+
+# Log every served step of the next server (RUST_LOG=nanovllm_server=debug) to its own file.
+log_steps() {
+  server_log="$results/steps-$1.log"
+  export RUST_LOG=nanovllm_server=debug
+}
+
+# The step times of the server whose steps were logged (scripts/step-times.py), labelled.
+step_times() {
+  python3 scripts/step-times.py "$server_log" --gap 1.5 --label "$1" | tee -a "$out/serve.jsonl"
+  server_log=$log
+  unset RUST_LOG
 }
 
 # Offline bench (JSON line, labelled).
@@ -138,6 +153,7 @@ for part in ${PARTS:-s1 s2 s4}; do
       random_workload 1000 "$results/thousand.jsonl"
       bench s3m-offline-int8 --kv-cache-dtype int8 --workload "$results/thousand.jsonl" --temperature 0 "${mixed[@]}"
       bench s3m-offline-nanovllm-int8 --kv-cache-dtype int8 "${mixed[@]}"
+      log_steps s3m
       start_server --kv-cache-dtype int8 "${mixed[@]}"
       bench_serve s3m-served-c256-int8 --random-input-len 1024 --random-output-len 128 --num-prompts 1000 \
         --max-concurrency 256
@@ -146,6 +162,7 @@ for part in ${PARTS:-s1 s2 s4}; do
           --num-prompts $((rate * 10)) --request-rate "$rate"
       done
       stop_server
+      step_times s3m-steps
       ;;
     s4)
       start_server --mock-engine --mock-step-ms 1 --max-num-seqs 1024 --max-model-len 4096
@@ -197,10 +214,12 @@ PY
       stop_server
       ;;
     s6)
+      log_steps s6
       start_server --kv-cache-dtype int8
       timeout 400 python3 scripts/serve-cancel.py --port "$port" --model qwen3 --streams 256 --prompt-len 256 \
         --max-tokens 1024 --cancel-after 64 2>> "$log" | sed 's/^{/{"run": "s6-cancel-int8", /' | tee -a "$out/serve.jsonl"
       stop_server
+      step_times s6-steps
       ;;
   esac
 done

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use nanovllm::{Completion, EngineError, SamplingParams, SeqId, StepToken, StopReason};
 use tokio::sync::{mpsc, oneshot};
@@ -96,7 +97,8 @@ impl EngineHandle {
                     thread_health.store(Health::Ready as u8, Ordering::Relaxed);
                     let _ = built.send(Ok(()));
                     let (live, health, outbox) = (HashMap::new(), thread_health, Vec::new());
-                    EngineLoop { engine, receiver, live, metrics, health, outbox, dispatch }.run();
+                    EngineLoop { engine, receiver, live, metrics, health, outbox, dispatch, last_step: None }
+                        .run();
                 }
                 Err(e) => {
                     thread_health.store(Health::Failed as u8, Ordering::Relaxed);
@@ -220,6 +222,8 @@ struct EngineLoop<E> {
     /// This pass's events, in order, and where they go.
     outbox: Batch,
     dispatch: std::sync::mpsc::Sender<Batch>,
+    /// When the last step returned: the time until the next one is the loop's own.
+    last_step: Option<Instant>,
 }
 
 impl<E: Engine> EngineLoop<E> {
@@ -297,7 +301,12 @@ impl<E: Engine> EngineLoop<E> {
     }
 
     fn step(&mut self) {
-        let output = match self.engine.step() {
+        let started = Instant::now();
+        let between = self.last_step.map(|last| started - last);
+        let result = self.engine.step();
+        let ended = Instant::now();
+        self.last_step = Some(ended);
+        let output = match result {
             Ok(output) => output,
             Err(e) => {
                 // The engine cannot go on: fail every request and turn /health to 503.
@@ -314,6 +323,15 @@ impl<E: Engine> EngineLoop<E> {
         // /metrics too.
         self.metrics.observe_engine(&self.engine.load());
         self.metrics.count_step(&output);
+        // Where a served step's time goes (`RUST_LOG=nanovllm_server=debug`): the engine's step,
+        // and the loop's own work since the previous one (commands, aborts, events).
+        tracing::debug!(
+            tokens = output.num_tokens,
+            prompt_tokens = output.num_prefill_tokens,
+            step_us = (ended - started).as_micros() as u64,
+            loop_us = between.map(|b| b.as_micros() as u64),
+            "engine step"
+        );
         // One event per run of one request's tokens (its samples mostly sit together in a batch).
         let mut tokens = output.tokens.into_iter().peekable();
         while let Some(first) = tokens.next() {
