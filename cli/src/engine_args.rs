@@ -219,9 +219,12 @@ mod tests {
             ("float16", CacheDtype::F16),
             ("int8_per_token_head", CacheDtype::Int8),
             ("int8", CacheDtype::Int8),
+            ("fp8_per_token_head", CacheDtype::Fp8PerTokenHead),
         ] {
             assert_eq!(parse_cache_dtype(text), Ok(dtype), "{text}");
         }
-        assert!(parse_cache_dtype("fp8").unwrap_err().contains("expected bf16, f16, int8 or f32"));
+        let error = parse_cache_dtype("fp8").unwrap_err();
+        assert!(error.contains("expected bf16, f16, int8, fp8_per_token_head or f32"), "{error}");
+        assert!(error.contains("per-tensor fp8 is not offered"), "{error}");
     }
 }

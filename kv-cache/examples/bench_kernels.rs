@@ -1,5 +1,5 @@
-//! Times the cache kernels on the GPU against the bandwidth floor: paged decode attention (bf16
-//! and INT8) at the Qwen3-8B and Qwen3-0.6B layer shapes, and the store kernel.
+//! Times the cache kernels on the GPU against the bandwidth floor: paged decode attention (bf16,
+//! INT8 and FP8) at the Qwen3-8B and Qwen3-0.6B layer shapes, and the store kernel.
 //!
 //! `cargo run --release -p kv-cache --features cuda --example bench_kernels [copy_TBps] [filter]`
 //! (on a machine with a GPU: the binary from target/release/examples). `filter` keeps the benches whose
@@ -24,13 +24,14 @@ use rand::{Rng, SeedableRng};
 
 /// Fills device memory with random data on the GPU (hashing the index), so that gigabytes of test
 /// data need no host copy (`fill` mode 0: random bytes; 1: bf16 values in [-1, 1); 2: bf16 scales
-/// in [1/128, 1/64)); and reads a buffer through, to flush L2 (`Timer`).
+/// in [1/128, 1/64); 3: E4M3 codes other than NaN); and reads a buffer through, to flush L2 (`Timer`).
 const FILL_CU: &str = r#"
 extern "C" __global__ void fill(unsigned char* p, long long n, unsigned int seed, int mode) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         unsigned int h = (unsigned int)i * 2654435761u ^ seed;
         h ^= h >> 15; h *= 2246822519u; h ^= h >> 13; h *= 3266489917u; h ^= h >> 16;
         if (mode == 0) { p[i] = (unsigned char)h; continue; }
+        if (mode == 3) { p[i] = (unsigned char)(h & 0xfeu); continue; }  // E4M3 codes, never NaN
         if (i % 2) continue;
         unsigned short bits;
         if (mode == 1) { float f = (h >> 8) * (1.0f / 8388608.0f) - 1.0f; bits = (unsigned short)(__float_as_uint(f) >> 16); }
@@ -180,8 +181,13 @@ fn bench_decode(
         let mut cache = GpuKvCache::new(gpu, layout, dtype)?;
         for (i, plane) in cache.keys.iter_mut().chain(cache.values.iter_mut()).enumerate() {
             let seed = (copy * 16 + i) as u32;
-            fill(gpu, &mut plane.data.as_view_mut(), if dtype == CacheDtype::Int8 { 0 } else { 1 }, seed)?;
-            if dtype == CacheDtype::Int8 {
+            let mode = match dtype {
+                CacheDtype::Int8 => 0,
+                CacheDtype::Fp8PerTokenHead => 3,
+                _ => 1,
+            };
+            fill(gpu, &mut plane.data.as_view_mut(), mode, seed)?;
+            if dtype.has_scales() {
                 fill_bf16(gpu, &mut plane.scales, 2, seed + 1000)?;
             }
         }
@@ -353,7 +359,7 @@ fn main() -> Result<(), GpuError> {
         );
     };
     for shape in &shapes {
-        for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
+        for dtype in [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead] {
             if !format!("{} {}x{} {dtype}", shape.model, shape.batch, shape.context).contains(&filter) {
                 continue;
             }
@@ -370,7 +376,7 @@ fn main() -> Result<(), GpuError> {
         }
     }
     for pattern in [Slots::Shuffled, Slots::Blocks] {
-        for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
+        for dtype in [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead] {
             if !format!("store {dtype} {pattern:?}").contains(&filter) {
                 continue;
             }

@@ -2,7 +2,7 @@
 
 use bytemuck::Pod;
 use half::{bf16, f16};
-use nanovllm_kv_quant::{CacheDtype, Element};
+use nanovllm_kv_quant::{CacheDtype, Element, F8E4M3};
 
 /// A storage dtype of the cache: the element type of a row, its per-row side data, and the two
 /// operations attention needs, which read the row in place (nothing is dequantized into a copy).
@@ -47,6 +47,10 @@ pub struct F32;
 /// Rows of INT8 codes with a bf16 scale, in the kv-quant format.
 #[derive(Debug, Clone, Copy)]
 pub struct Int8;
+
+/// Rows of FP8 E4M3 codes with a bf16 scale (`fp8_per_token_head`), in the kv-quant format.
+#[derive(Debug, Clone, Copy)]
+pub struct Fp8;
 
 /// The float dtypes differ only in their element type.
 macro_rules! float_storage {
@@ -97,6 +101,27 @@ impl StorageDtype for Int8 {
     }
 }
 
+impl StorageDtype for Fp8 {
+    type Elem = F8E4M3;
+    type RowMeta = bf16;
+    const DTYPE: CacheDtype = CacheDtype::Fp8PerTokenHead;
+
+    fn store_row(src: &[f32], dst: &mut [F8E4M3]) -> bf16 {
+        nanovllm_kv_quant::quantize_row_fp8(src, dst)
+            .expect("the cache passes rows of head_dim to both sides")
+    }
+    fn dot(row: &[F8E4M3], scale: bf16, q: &[f32]) -> f32 {
+        let raw: f32 = row.iter().zip(q).map(|(c, q)| c.to_f32() * q).sum();
+        raw * scale.to_f32()
+    }
+    fn add_scaled(row: &[F8E4M3], scale: bf16, weight: f32, acc: &mut [f32]) {
+        let weight = weight * scale.to_f32();
+        for (a, c) in acc.iter_mut().zip(row) {
+            *a += weight * c.to_f32();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +136,7 @@ mod tests {
             assert_eq!(row_bytes::<Bf16>(head_dim), Bf16::DTYPE.row_bytes(head_dim));
             assert_eq!(row_bytes::<F16>(head_dim), F16::DTYPE.row_bytes(head_dim));
             assert_eq!(row_bytes::<Int8>(head_dim), Int8::DTYPE.row_bytes(head_dim));
+            assert_eq!(row_bytes::<Fp8>(head_dim), Fp8::DTYPE.row_bytes(head_dim));
             assert_eq!(row_bytes::<F32>(head_dim), F32::DTYPE.row_bytes(head_dim));
         }
     }

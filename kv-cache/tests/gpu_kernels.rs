@@ -1,4 +1,4 @@
-//! The CUDA store and attention kernels (decode and prefill) against the CPU reference, on fresh random inputs
+//! The CUDA store and attention kernels (decode and prefill), for bf16, INT8 and FP8 rows, against the CPU reference, on fresh random inputs
 //! each run, with outputs poisoned first. ignored by default: on a machine with a GPU,
 //! `cargo test --release -p nanovllm-kv-cache --features cuda --test gpu_kernels -- --ignored`
 //! (or the test binary it builds, run with `--ignored`).
@@ -8,7 +8,7 @@ use half::bf16;
 use nanovllm_cuda::Gpu;
 use nanovllm_kv_cache::CacheLayout;
 use nanovllm_kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache, cache_row};
-use nanovllm_kv_quant::CacheDtype;
+use nanovllm_kv_quant::{CacheDtype, F8E4M3};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -44,7 +44,7 @@ fn to_bf16(values: &[f32]) -> Vec<bf16> {
 fn store_matches_the_reference_bit_for_bit() {
     let gpu = gpu();
     let mut rng = rng();
-    for dtype in [CacheDtype::Int8, CacheDtype::Bf16] {
+    for dtype in [CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Bf16] {
         for head_dim in [32, 64, 128, 256] {
             let (kv_heads, q_heads, tokens) = (8, 16, 333);
             let layout = CacheLayout { num_layers: 2, num_blocks: 80, block_size: 16, kv_heads, head_dim };
@@ -61,7 +61,8 @@ fn store_matches_the_reference_bit_for_bit() {
             for (i, x) in qkv[row_start(7, true, 2)..][..head_dim].iter_mut().enumerate() {
                 *x = bf16::from_f32(if i == 0 { 127.0 } else { (i % 254) as f32 * 0.5 - 63.5 });
             }
-            // The largest bf16s: the scale saturates at 2^121 and the codes clamp at 127.
+            // The largest bf16s: the scale saturates at its cap (INT8 2^121, FP8 2^119) and the codes
+            // clamp at 127 (FP8: saturate at 448).
             for (i, x) in qkv[row_start(8, false, 4)..][..head_dim].iter_mut().enumerate() {
                 *x = if i % 3 == 0 { -bf16::MAX } else { bf16::MAX };
             }
@@ -115,6 +116,21 @@ fn store_matches_the_reference_bit_for_bit() {
                                     "scale of token {t} head {h}"
                                 );
                             }
+                            CacheDtype::Fp8PerTokenHead => {
+                                let mut codes = vec![F8E4M3::ZERO; head_dim];
+                                let scale = nanovllm_kv_quant::quantize_row_fp8(src, &mut codes).unwrap();
+                                let expected: Vec<u8> = codes.iter().map(|c| c.to_bits()).collect();
+                                assert_eq!(
+                                    &data[row * head_dim..][..head_dim],
+                                    &expected[..],
+                                    "{dtype} d{head_dim} token {t} head {h} value {is_value}"
+                                );
+                                assert_eq!(
+                                    scales[h * layout.num_slots() + slot as usize].to_bits(),
+                                    scale.to_bits(),
+                                    "scale of token {t} head {h}"
+                                );
+                            }
                             _ => {
                                 let got: Vec<u16> = data[row * head_dim * 2..][..head_dim * 2]
                                     .chunks_exact(2)
@@ -138,6 +154,7 @@ fn store_matches_the_reference_bit_for_bit() {
     }
 }
 
+#[derive(Clone)]
 struct DecodeCase {
     dtype: CacheDtype,
     heads: usize,
@@ -205,6 +222,21 @@ fn stored_rows(rng: &mut StdRng, dtype: CacheDtype, rows: usize, d: usize) -> (V
             let mut back = vec![0f32; rows * d];
             nanovllm_kv_quant::dequantize_rows(&codes, &scales, d, &mut back).unwrap();
             (codes.iter().map(|&c| c as u8).collect(), scales, back)
+        }
+        CacheDtype::Fp8PerTokenHead => {
+            let mut codes = vec![F8E4M3::ZERO; rows * d];
+            let mut scales = vec![bf16::ZERO; rows];
+            let mut back = vec![0f32; rows * d];
+            for (((row, codes), scale), back) in raw
+                .chunks_exact(d)
+                .zip(codes.chunks_exact_mut(d))
+                .zip(&mut scales)
+                .zip(back.chunks_exact_mut(d))
+            {
+                *scale = nanovllm_kv_quant::quantize_row_fp8(row, codes).unwrap();
+                nanovllm_kv_quant::dequantize_row_fp8(codes, *scale, back).unwrap();
+            }
+            (codes.iter().map(|c| c.to_bits()).collect(), scales, back)
         }
         _ => {
             let values = to_bf16(&raw);
@@ -396,6 +428,12 @@ fn attention_kernels_match_the_reference() {
             queries: 20,
         },
     ];
+    // Every INT8 case again with FP8 rows: the same kernels with E4M3 codes.
+    let fp8 = cases
+        .iter()
+        .filter(|c| c.dtype == CacheDtype::Int8)
+        .map(|c| DecodeCase { dtype: CacheDtype::Fp8PerTokenHead, ..c.clone() });
+    let cases: Vec<DecodeCase> = cases.iter().cloned().chain(fp8).collect();
     for case in &cases {
         let bs = case.block_size;
         let needed: usize = case.contexts.iter().map(|c| c.div_ceil(bs)).sum();

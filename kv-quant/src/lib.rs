@@ -63,16 +63,19 @@
 mod batch;
 mod element;
 mod error;
+mod fp8;
 mod row;
 mod size;
 
 pub use batch::{dequantize_rows, quantize_rows};
 pub use element::Element;
 pub use error::QuantError;
+pub use float8::F8E4M3;
+pub use fp8::{FP8_MAX, FP8_MAX_SCALE, dequantize_row_fp8, fp8_scale_for_amax, quantize_row_fp8};
 pub use row::{MAX_SCALE, QMAX, dequantize_row, quantize_row, scale_for_amax};
 pub use size::{CacheDtype, RowLayout, UnknownCacheDtype, kv_bytes_per_token};
 
 /// The device side of the format (bf16 conversion, a row's scale, one code), bit for bit as
 /// [`quantize_row`]: CUDA C to prepend to the source of every kernel that writes or reads INT8
 /// rows. Plain text, so this crate needs no CUDA to build.
-pub const INT8_KV_CUH: &str = include_str!("int8_kv.cuh");
+pub const KV_QUANT_CUH: &str = include_str!("kv_quant.cuh");

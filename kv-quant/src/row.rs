@@ -15,14 +15,20 @@ pub const MAX_SCALE: bf16 = bf16::from_bits(0x7C00);
 ///
 /// This is steps 3 to 5 of the format; kernels implement exactly this.
 pub fn scale_for_amax(amax: f32) -> bf16 {
+    scale_for(amax, QMAX, MAX_SCALE)
+}
+
+/// `amax / top` rounded to bf16; 0 below the smallest normal f32, at most `max_scale`; NaN for a
+/// poisoned row. Steps 3 to 5 for a format whose largest code is `top`.
+pub(crate) fn scale_for(amax: f32, top: f32, max_scale: bf16) -> bf16 {
     if amax.is_nan() {
         return bf16::NAN;
     }
-    let scale = bf16::from_f32(amax / QMAX);
+    let scale = bf16::from_f32(amax / top);
     if scale.to_f32() < f32::MIN_POSITIVE {
         bf16::ZERO
-    } else if scale > MAX_SCALE {
-        MAX_SCALE
+    } else if scale > max_scale {
+        max_scale
     } else {
         scale
     }
@@ -57,7 +63,7 @@ pub fn dequantize_row<E: Element>(codes: &[i8], scale: bf16, out: &mut [E]) -> R
 }
 
 /// The row's largest magnitude, or NaN when any element is NaN or infinite.
-fn row_amax<E: Element>(row: &[E]) -> f32 {
+pub(crate) fn row_amax<E: Element>(row: &[E]) -> f32 {
     let mut amax = 0.0f32;
     for &x in row {
         let magnitude = x.to_f32().abs();
@@ -69,7 +75,7 @@ fn row_amax<E: Element>(row: &[E]) -> f32 {
     amax
 }
 
-fn check_lengths(input: usize, output: usize) -> Result<(), QuantError> {
+pub(crate) fn check_lengths(input: usize, output: usize) -> Result<(), QuantError> {
     if input == output { Ok(()) } else { Err(QuantError::RowLength { input, output }) }
 }
 

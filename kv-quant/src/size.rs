@@ -13,6 +13,8 @@ pub enum CacheDtype {
     F16,
     /// INT8 codes plus one bf16 scale per (token, kv head) row: this crate's format.
     Int8,
+    /// FP8 E4M3 codes plus one bf16 scale per (token, kv head) row, as INT8's (`fp8.rs`).
+    Fp8PerTokenHead,
     /// f32 values: the exact oracle that the other dtypes and HF transformers are compared with.
     F32,
 }
@@ -52,15 +54,21 @@ pub const fn kv_bytes_per_token(row: RowLayout, layers: usize, kv_heads: usize, 
 
 impl CacheDtype {
     /// Every dtype, in the order reports print them.
-    pub const ALL: [CacheDtype; 4] = [CacheDtype::Bf16, CacheDtype::F16, CacheDtype::Int8, CacheDtype::F32];
+    pub const ALL: [CacheDtype; 5] =
+        [CacheDtype::Bf16, CacheDtype::F16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::F32];
 
     /// How a row of this dtype is stored.
     pub const fn row_layout(self) -> RowLayout {
         match self {
             CacheDtype::Bf16 | CacheDtype::F16 => RowLayout { element_bytes: 2, side_bytes: 0 },
-            CacheDtype::Int8 => RowLayout { element_bytes: 1, side_bytes: 2 },
+            CacheDtype::Int8 | CacheDtype::Fp8PerTokenHead => RowLayout { element_bytes: 1, side_bytes: 2 },
             CacheDtype::F32 => RowLayout { element_bytes: 4, side_bytes: 0 },
         }
+    }
+
+    /// Codes and a per-row scale (INT8 or FP8), rather than plain floats.
+    pub const fn has_scales(self) -> bool {
+        self.row_layout().side_bytes > 0
     }
 
     /// Bytes of one element of a row.
@@ -79,6 +87,7 @@ impl CacheDtype {
             CacheDtype::Bf16 => "bf16",
             CacheDtype::F16 => "f16",
             CacheDtype::Int8 => "int8",
+            CacheDtype::Fp8PerTokenHead => "fp8_per_token_head",
             CacheDtype::F32 => "f32",
         }
     }
@@ -92,7 +101,9 @@ impl fmt::Display for CacheDtype {
 
 /// A name that is not a cache dtype.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown KV cache dtype {0:?}: expected bf16, f16, int8 or f32")]
+#[error(
+    "unknown KV cache dtype {0:?}: expected bf16, f16, int8, fp8_per_token_head or f32 (vLLM's per-tensor fp8 is not offered: its one scale clips where a row's scale does not)"
+)]
 pub struct UnknownCacheDtype(pub String);
 
 impl FromStr for CacheDtype {
@@ -131,8 +142,8 @@ mod tests {
             assert_eq!(dtype.name().parse::<CacheDtype>(), Ok(dtype));
         }
         assert_eq!(
-            "fp8".parse::<CacheDtype>().unwrap_err().to_string(),
-            "unknown KV cache dtype \"fp8\": expected bf16, f16, int8 or f32"
+            "int3".parse::<CacheDtype>().unwrap_err().to_string(),
+            "unknown KV cache dtype \"int3\": expected bf16, f16, int8, fp8_per_token_head or f32 (vLLM's per-tensor fp8 is not offered: its one scale clips where a row's scale does not)"
         );
     }
 }

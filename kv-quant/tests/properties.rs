@@ -1,7 +1,10 @@
 //! The format's guarantees (crate docs), over arbitrary rows across the whole f32 and bf16 range.
 
 use half::{bf16, f16};
-use nanovllm_kv_quant::{Element, MAX_SCALE, QMAX, dequantize_row, quantize_row};
+use nanovllm_kv_quant::{
+    Element, F8E4M3, FP8_MAX, FP8_MAX_SCALE, MAX_SCALE, QMAX, dequantize_row, dequantize_row_fp8,
+    quantize_row, quantize_row_fp8,
+};
 use proptest::prelude::*;
 
 /// Rows whose largest magnitude is below this are stored as zeros (format step 4).
@@ -157,7 +160,7 @@ fn f16_saturation_case_is_exercised() {
     assert_eq!(back[0], f16::MAX);
 }
 
-/// The GPU store's code for `x` (`kv_quantize4` in `src/int8_kv.cuh`), the same f32
+/// The GPU store's code for `x` (`kv_quantize4` in `src/kv_quant.cuh`), the same f32
 /// operations in the same order (each rounds to nearest even, as the kernel's `__fmaf_rn`,
 /// `__fadd_rn` and `__frcp_rn` do): `x * (1 / step)` rounded to a multiple of 2^-12 in one fused
 /// multiply-add, then to an integer, by adding magic numbers; no division. `capped`: the row's
@@ -197,5 +200,71 @@ proptest! {
         prop_assume!(x.is_finite() && (capped || (x / step).abs() <= 127.25));
         let expected = (x / step).round_ties_even().clamp(-QMAX, QMAX) as i8;
         prop_assert_eq!(division_free_code(x, step, capped), expected, "x={:e} step={:e}", x, step);
+    }
+}
+
+fn fp8_round_trip(row: &[f32]) -> (Vec<F8E4M3>, bf16, Vec<f32>) {
+    let mut codes = vec![F8E4M3::ZERO; row.len()];
+    let scale = quantize_row_fp8(row, &mut codes).unwrap();
+    let mut back = vec![0f32; row.len()];
+    dequantize_row_fp8(&codes, scale, &mut back).unwrap();
+    (codes, scale, back)
+}
+
+/// FP8 rows whose largest magnitude is below this are stored as zeros.
+const FP8_FLUSH_BELOW: f32 = FP8_MAX * f32::MIN_POSITIVE;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Half an E4M3 step at `x / s`: a relative 2^-4 in the normal range, `s * 2^-10` below it;
+    /// saturated and flushed rows up to their documented edge.
+    #[test]
+    fn fp8_error_is_at_most_half_an_e4m3_step(row in row(1..160)) {
+        let (_, scale, back) = fp8_round_trip(&row);
+        let step = scale.to_f32() as f64;
+        let saturation = (FP8_MAX * FP8_MAX_SCALE.to_f32()) as f64;
+        for (&x, &y) in row.iter().zip(&back) {
+            let err = (x as f64 - y as f64).abs();
+            let magnitude = x.abs() as f64;
+            let bound = if amax(&row) < FP8_FLUSH_BELOW {
+                FP8_FLUSH_BELOW as f64
+            } else {
+                (magnitude * 2f64.powi(-4)).max(step * 2f64.powi(-10)) * (1.0 + 2f64.powi(-20))
+                    + (magnitude - saturation).max(0.0)
+            };
+            prop_assert!(err <= bound, "x={x:e} y={y:e} err={err:e} bound={bound:e} scale={step:e}");
+        }
+    }
+
+    /// No code is NaN, and the largest magnitude takes ±448 unless the row was flushed or capped.
+    #[test]
+    fn fp8_codes_are_finite_and_use_the_full_range(row in row(1..160)) {
+        let (codes, scale, _) = fp8_round_trip(&row);
+        prop_assert!(codes.iter().all(|c| c.to_bits() & 0x7f != 0x7f));
+        if amax(&row) >= FP8_FLUSH_BELOW && scale != FP8_MAX_SCALE {
+            prop_assert!(codes.iter().any(|c| c.to_f32().abs() == FP8_MAX));
+        }
+    }
+
+    #[test]
+    fn fp8_requantizing_gives_the_same_codes(row in row(1..160)) {
+        let (codes, scale, back) = fp8_round_trip(&row);
+        let (codes2, scale2, back2) = fp8_round_trip(&back);
+        prop_assert_eq!(codes.iter().map(|c| c.to_bits()).collect::<Vec<_>>(),
+                        codes2.iter().map(|c| c.to_bits()).collect::<Vec<_>>());
+        prop_assert_eq!(scale.to_bits(), scale2.to_bits());
+        prop_assert_eq!(back, back2);
+    }
+
+    #[test]
+    fn fp8_non_finite_elements_poison_the_row(mut row in row(1..160), at in any::<prop::sample::Index>(),
+                                              bad in prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(f32::NEG_INFINITY)]) {
+        let i = at.index(row.len());
+        row[i] = bad;
+        let (codes, scale, back) = fp8_round_trip(&row);
+        prop_assert!(scale.is_nan());
+        prop_assert!(codes.iter().all(|c| c.to_bits() == 0));
+        prop_assert!(back.iter().all(|y| y.is_nan()));
     }
 }

@@ -85,10 +85,11 @@ struct Format {
     row: RowLayout,
 }
 
-const FORMATS: [Format; 3] = [
+const FORMATS: [Format; 4] = [
     Format { name: "bf16", row: CacheDtype::Bf16.row_layout() },
     Format { name: "int8 (nanovllm: bf16 scale)", row: CacheDtype::Int8.row_layout() },
     Format { name: "int8 (PR #184: f32 scale)", row: RowLayout { element_bytes: 1, side_bytes: 4 } },
+    Format { name: "fp8_per_token_head (bf16 scale)", row: CacheDtype::Fp8PerTokenHead.row_layout() },
 ];
 
 /// GPUs of common sizes: a label and the memory the driver reports, in MiB.
@@ -234,7 +235,7 @@ fn measure(config: &Qwen3Config, args: &Args, blocks: usize) -> anyhow::Result<s
     use nanovllm_kv_cache::cuda::GpuKvCache;
     let gpu = nanovllm_cuda::Gpu::open()?;
     let mut out = Vec::new();
-    for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
+    for dtype in [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead] {
         let layout = CacheLayout {
             num_layers: config.num_hidden_layers,
             num_blocks: blocks,
@@ -276,8 +277,8 @@ fn engine_choice(config: &Qwen3Config, args: &Args, dtype: CacheDtype) -> anyhow
     let llm = LLM::new(model, nanovllm_qwen3::GenerationConfig::default(), settings)?;
     let (free_after, total) = gpu.ctx.mem_get_info()?;
     let blocks = llm.scheduler().block_manager().num_blocks();
-    let per_block = bytes_per_token(config, if dtype == CacheDtype::Int8 { FORMATS[1] } else { FORMATS[0] })
-        * args.block_size;
+    let per_block =
+        bytes_per_token(config, Format { name: dtype.name(), row: dtype.row_layout() }) * args.block_size;
     Ok(json!({
         "dtype": dtype.name(), "engine_blocks": blocks, "tokens": blocks * args.block_size,
         "estimated_mib": (blocks * per_block) as f64 / MIB,

@@ -1,8 +1,10 @@
 // Paged attention (decode, and prefill in query groups) on tensor cores, reading the cache in place. INT8 rows become exact fp16
 // integers in registers (two byte permutes and a subtraction per four codes; keys skip the
-// subtraction, their 1152 offset taken out once per row); the K scale is folded into the score and
-// the V scale into the probability. bf16 rows go to the tensor cores as they are.
-// Defines: HEAD_DIM (32, 64, 128 or 256), GROUP (query heads per kv head, at most 8), INT8 (0/1),
+// subtraction, their 1152 offset taken out once per row), FP8 rows exact fp16 values (the
+// hardware's E4M3 conversion); the K scale is folded into the score and the V scale into the
+// probability. bf16 rows go to the tensor cores as they are.
+// Defines: HEAD_DIM (32, 64, 128 or 256), GROUP (query heads per kv head, at most 8), QUANT (0/1:
+// one-byte codes and a bf16 scale per row), FP8 (0/1: the codes are E4M3, not INT8),
 // BLOCK_SIZE (slots per cache block, multiple of 16), THREADS (threads per block), MIN_BLOCKS
 // (thread blocks per SM the register allocation must allow).
 //
@@ -21,7 +23,7 @@
 //
 // The online softmax rescales lazily (as FlashAttention-4 does): a row's running maximum moves only
 // when a score exceeds it by more than TAU (log2 units), so probabilities stay below 2^TAU and most
-// tiles rescale nothing; INT8's V scales are divided by a power of two at least as large as any seen,
+// tiles rescale nothing; quantized rows' V scales are divided by a power of two at least as large as any seen,
 // which moves as rarely. One vote per tile decides whether anything moves.
 //
 // Lane roles in a warp: j = lane / 4, q = lane % 4. For QK, lane (j, q) loads key rows j and j + 8
@@ -39,14 +41,14 @@
 #define WARPS (THREADS / 32)
 #define QUERIES (8 / GROUP)                 // query tokens per group
 #define TILE 16
-#define ELEM_BYTES (INT8 ? 1 : 2)
+#define ELEM_BYTES (QUANT ? 1 : 2)
 #define KB (HEAD_DIM / 4 * ELEM_BYTES)      // bytes of a key row a lane loads
 #define VB (HEAD_DIM / 8 * ELEM_BYTES)      // ... of a value row
 #define KU (KB < 16 ? KB : 16)              // bytes per copy
 #define VU (VB < 16 ? VB : 16)
 #define KW (KB / 4)                         // 32-bit words
 #define VW (VB / 4)
-#define ACC_STRIDE (HEAD_DIM + (INT8 ? 4 : 1)) // padded rows of the warps' outputs: fewer bank conflicts
+#define ACC_STRIDE (HEAD_DIM + (QUANT ? 4 : 1)) // padded rows of the warps' outputs: fewer bank conflicts
 #define ROW_BYTES (HEAD_DIM * ELEM_BYTES)
 #define TAU 8.0f                            // lazy rescaling: probabilities stay below 2^TAU
 #define CHUNKS (HEAD_DIM / 16)              // k16 steps of QK, and m16 tiles of PV
@@ -76,7 +78,7 @@ __device__ __forceinline__ int value_element(int w, int j) {
 
 // The value dim of output row j (+1 for row j + 8) of m-tile c, for lane j.
 __device__ __forceinline__ int value_dim(int c, int j) {
-#if INT8
+#if QUANT
     return value_element(c / 2, j) + 2 * (c % 2);
 #else
     return value_element(c, j);
@@ -88,7 +90,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     long long q_stride,
     const unsigned char* __restrict__ key_cache,   // rows of HEAD_DIM elements, placed by cache_row (layout.cuh)
     const unsigned char* __restrict__ value_cache,
-    const bf16_t* __restrict__ key_scale,       // [kv_heads][slots] (INT8 only)
+    const bf16_t* __restrict__ key_scale,       // [kv_heads][slots] (QUANT only)
     const bf16_t* __restrict__ value_scale,
     long long num_slots,
     const int* __restrict__ block_tables,       // [sequences][max_blocks]
@@ -123,12 +125,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
                              + (long long)(kv_head * GROUP + j % GROUP) * HEAD_DIM;
         #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
-            const int element = INT8 ? key_element(c, qd) : key_element(2 * c, qd);
+            const int element = QUANT ? key_element(c, qd) : key_element(2 * c, qd);
             unsigned int w[2] = {0u, 0u};
             if (used) load_bytes<8>((const unsigned char*)(qrow + element), w);
             #pragma unroll
             for (int h = 0; h < 2; ++h) {
-#if INT8
+#if QUANT
                 const float lo = fminf(fmaxf(bf16_to_float((bf16_t)(w[h] & 0xffffu)), -65504.0f), 65504.0f);
                 const float hi = fminf(fmaxf(bf16_to_float((bf16_t)(w[h] >> 16)), -65504.0f), 65504.0f);
                 qb[c][h] = pack2(lo, hi);
@@ -177,7 +179,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     // Where each tile's QK chain starts. INT8 keys enter the MMA as x + 1152 (no subtraction per
     // code), so the chain starts at -1152 * (sum of the row's q), computed by the same MMA once.
     float s_start[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#if INT8
+#if QUANT && KEY_CODES_BIASED
     #pragma unroll
     for (int c = 0; c < CHUNKS; ++c)
         mma(s_start, INT8_F16_BIAS, INT8_F16_BIAS, INT8_F16_BIAS, INT8_F16_BIAS, qb[c][0], qb[c][1]);
@@ -191,15 +193,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     // Softmax state of rows 2q and 2q + 1: the (lazy) maximum, what exp2 subtracts (0 while a row
     // has seen no key), and the sum of this lane's keys' probabilities.
     float m[2] = {KV_NEG_INF, KV_NEG_INF}, m_sub[2] = {0.0f, 0.0f}, l[2] = {0.0f, 0.0f};
-    float vs_norm = 0.0f, vs_inv = 0.0f;  // INT8: V scales are multiplied by vs_inv = 1 / vs_norm
+    float vs_norm = 0.0f, vs_inv = 0.0f;  // QUANT: V scales are multiplied by vs_inv = 1 / vs_norm
 
     for (int k = 0; warp + k * WARPS < tiles; ++k) {
         const Tile tile = tile_at(k);
         const int valid = tile.valid;
-        // INT8 rows past the context in the last tile are read anyway (they lie in the sequence's
-        // block, and codes are always finite): their scales are 0 and their scores masked, so no
+        // Quantized rows past the context in the last tile are read anyway (they lie in the sequence's
+        // block, and codes are always finite, FP8 ones never NaN): their scales are 0 and their scores masked, so no
         // load needs a predicate. bf16 rows there may hold anything, NaN included: not read.
-        constexpr bool read_all = INT8;
+        constexpr bool read_all = QUANT;
         unsigned int kraw[2][KW], vraw[4][VW];
         #pragma unroll
         for (int h = 0; h < 2; ++h)
@@ -218,7 +220,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
                     load_bytes<VU>(tile.value + value_lane + value_rows[r] * ROW_BYTES + i * 8 * VU, w);
                 else for (int x = 0; x < VU / 4; ++x) w[x] = 0u;
             }
-#if INT8
+#if QUANT
         // Lane L holds the scale of token L % 16: K for L < 16, V after.
         const long long scale_at = kv_head * num_slots + tile.slot0 + lane % 16;
         const float my_scale = lane % 16 < valid ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 0.0f;
@@ -229,10 +231,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         float s[4] = {s_start[0], s_start[1], s_start[2], s_start[3]}, s_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
-#if INT8
+#if QUANT
             unsigned int a0, a1, a2, a3;
-            int8x4_to_biased_f16x2(kraw[0][c], a0, a2);
-            int8x4_to_biased_f16x2(kraw[1][c], a1, a3);
+            key_codes4_to_f16x2(kraw[0][c], a0, a2);
+            key_codes4_to_f16x2(kraw[1][c], a1, a3);
 #else
             const unsigned int a0 = kraw[0][2 * c], a1 = kraw[1][2 * c];
             const unsigned int a2 = kraw[0][2 * c + 1], a3 = kraw[1][2 * c + 1];
@@ -242,7 +244,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         float score[4];
         #pragma unroll
         for (int e = 0; e < 4; ++e) score[e] = s[e] + s_odd[e];
-#if INT8
+#if QUANT
         const float kscale[2] = {__shfl_sync(0xffffffffu, my_scale, j), __shfl_sync(0xffffffffu, my_scale, j + 8)};
         const float vscale[2] = {__shfl_sync(0xffffffffu, my_scale, 16 + j), __shfl_sync(0xffffffffu, my_scale, 24 + j)};
 #endif
@@ -250,7 +252,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int key = j + 8 * (e / 2), row = e % 2;
-#if INT8
+#if QUANT
             score[e] *= score_scale * kscale[e / 2];
 #else
             score[e] *= score_scale;
@@ -258,7 +260,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
             if (tile.first + key >= limit[row]) score[e] = KV_NEG_INF;
             grow |= score[e] > m[row] + TAU;
         }
-#if INT8
+#if QUANT
         grow |= fmaxf(vscale[0], vscale[1]) > vs_norm;
 #endif
         if (__any_sync(0xffffffffu, grow)) {
@@ -277,7 +279,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
                 m_sub[row] = m_new == KV_NEG_INF ? 0.0f : m_new;
                 l[row] *= alpha[row];
             }
-#if INT8
+#if QUANT
             float vs_max = fmaxf(vscale[0], vscale[1]);
             #pragma unroll
             for (int offset = 4; offset < 32; offset *= 2)
@@ -300,7 +302,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         for (int e = 0; e < 4; ++e) p[e] = fast_exp2(score[e] - m_sub[e % 2]);
         l[0] += p[0] + p[2];
         l[1] += p[1] + p[3];
-#if INT8
+#if QUANT
         const float vweight[2] = {vscale[0] * vs_inv, vscale[1] * vs_inv};
         #pragma unroll
         for (int e = 0; e < 4; ++e) p[e] *= vweight[e / 2];
@@ -311,12 +313,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         // O^T += V^T P^T, one m16 tile of dims at a time.
         #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
-#if INT8
+#if QUANT
             // Word c/2 of a row holds four dims; tile c takes the pair 2(c%2), 2(c%2)+1.
             const unsigned int sel = (c % 2) ? 0x7362u : 0x5140u;
             unsigned int a0, a1, a2, a3;
-            int8x4_to_f16x2(__byte_perm(vraw[0][c / 2], vraw[1][c / 2], sel), a0, a1);
-            int8x4_to_f16x2(__byte_perm(vraw[2][c / 2], vraw[3][c / 2], sel), a2, a3);
+            codes4_to_f16x2(__byte_perm(vraw[0][c / 2], vraw[1][c / 2], sel), a0, a1);
+            codes4_to_f16x2(__byte_perm(vraw[2][c / 2], vraw[3][c / 2], sel), a2, a3);
 #else
             const unsigned int a0 = __byte_perm(vraw[0][c], vraw[1][c], 0x5410u);
             const unsigned int a1 = __byte_perm(vraw[0][c], vraw[1][c], 0x7632u);
@@ -346,7 +348,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         s_m[warp][2 * qd] = m[0]; s_l[warp][2 * qd] = l[0];
         s_m[warp][2 * qd + 1] = m[1]; s_l[warp][2 * qd + 1] = l[1];
     }
-    if (lane == 0) s_vs[warp] = INT8 ? vs_norm : 1.0f;
+    if (lane == 0) s_vs[warp] = QUANT ? vs_norm : 1.0f;
     __syncthreads();
     for (int i = threadIdx.x; i < queries * GROUP * HEAD_DIM; i += THREADS) {
         const int g = i / HEAD_DIM, d = i % HEAD_DIM, token = first_query + g / GROUP;

@@ -1,12 +1,13 @@
 // Tensor-core helpers shared by the attention kernels (decode_attention.cu, prefill_attention.cu):
-// the m16n8k16 MMA in the cache's input type, INT8 codes widened to fp16 exactly, quad reductions,
-// and the decode kernel's exp2, powers of two and 8x8 transpose. Needs the INT8 define and
-// int8_kv.cuh.
+// the m16n8k16 MMA in the cache's input type, INT8 and FP8 codes widened to fp16 exactly, quad
+// reductions, and the decode kernel's exp2, powers of two and 8x8 transpose. Needs the QUANT
+// (one-byte codes with a scale per row) and FP8 (the codes are E4M3, not INT8) defines and
+// kv_quant.cuh.
 
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 #define FLT_MIN_NORMAL 1.17549435e-38f
-#if INT8
+#if QUANT
 #define MMA_AB "f16"                        // INT8 codes are exact in fp16
 #else
 #define MMA_AB "bf16"
@@ -29,10 +30,32 @@ __device__ __forceinline__ void int8x4_to_f16x2(unsigned int w, unsigned int& lo
     asm("sub.f16x2 %0, %1, %2;" : "=r"(hi) : "r"(b), "r"(INT8_F16_BIAS));
 }
 
+#if QUANT
+// Four codes of a row as two fp16x2 (codes 0,1 and 2,3), exactly.
+__device__ __forceinline__ void codes4_to_f16x2(unsigned int w, unsigned int& lo, unsigned int& hi) {
+#if FP8
+    fp8x4_to_f16x2(w, lo, hi);
+#else
+    int8x4_to_f16x2(w, lo, hi);
+#endif
+}
+
+// Four codes of a key row for the QK MMA: INT8 codes biased by 1152 (KEY_CODES_BIASED: the decode
+// kernel takes the bias out once per row instead of once per code), FP8 codes as they are.
+#define KEY_CODES_BIASED (!FP8)
+__device__ __forceinline__ void key_codes4_to_f16x2(unsigned int w, unsigned int& lo, unsigned int& hi) {
+#if FP8
+    fp8x4_to_f16x2(w, lo, hi);
+#else
+    int8x4_to_biased_f16x2(w, lo, hi);
+#endif
+}
+#endif
+
 // Two floats as one 16-bit pair (first in the low half), in the MMA's input type.
 __device__ __forceinline__ unsigned int pack2(float first, float second) {
     unsigned int r;
-#if INT8
+#if QUANT
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(second), "f"(first));
 #else
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(second), "f"(first));

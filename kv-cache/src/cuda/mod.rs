@@ -10,7 +10,7 @@ use nanovllm_cuda::cudarc::driver::{
     sys::CUdevice_attribute,
 };
 use nanovllm_cuda::{DEPENDENT_LAUNCH_CUH, DependentLaunch, Gpu, GpuError};
-use nanovllm_kv_quant::INT8_KV_CUH;
+use nanovllm_kv_quant::KV_QUANT_CUH;
 
 use nanovllm_kv_quant::CacheDtype;
 
@@ -47,10 +47,10 @@ fn reduce_shape(head_dim: usize, splits: usize, rows: usize, sms: usize) -> (usi
 }
 const THREADS: u32 = 128;
 /// Values of a row each lane of the store kernel takes (as `ELEMS` in store.cu), in 16-byte loads:
-/// an INT8 row's per-row work (its maximum, scale and index) is spread over 32 values (measured
-/// faster than 16: docs/perf-history.md, version 17), a bf16 row is one load.
+/// a quantized row's per-row work (its maximum, scale and index) is spread over 32 values
+/// (measured faster than 16 for INT8: docs/perf-history.md, version 17), a bf16 row is one load.
 fn store_values_per_lane(dtype: CacheDtype, head_dim: usize) -> usize {
-    if dtype == CacheDtype::Int8 { head_dim.min(32) } else { 8 }
+    if dtype.has_scales() { head_dim.min(32) } else { 8 }
 }
 
 /// Passes of the store kernel per warp, each over 32 / (head_dim / values per lane) rows (token, kv
@@ -58,7 +58,7 @@ fn store_values_per_lane(dtype: CacheDtype, head_dim: usize) -> usize {
 /// `NANOVLLM_STORE_ROWS` overrides it, for tuning.
 fn store_passes(dtype: CacheDtype) -> u32 {
     let tuned = std::env::var("NANOVLLM_STORE_ROWS").ok().and_then(|v| v.parse().ok());
-    tuned.filter(|&rows| (1..=8).contains(&rows)).unwrap_or(if dtype == CacheDtype::Int8 { 1 } else { 2 })
+    tuned.filter(|&rows| (1..=8).contains(&rows)).unwrap_or(if dtype.has_scales() { 1 } else { 2 })
 }
 
 /// Warps per thread block of decode attention, for three kinds of launch: a block's warps take its
@@ -122,7 +122,7 @@ impl DecodeKernel {
         let bounds = [("THREADS", threads.to_string()), ("MIN_BLOCKS", decode_min_blocks(warps).to_string())];
         let module = gpu.module(
             "decode_attention",
-            &format!("{DEPENDENT_LAUNCH_CUH}\n{INT8_KV_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
+            &format!("{DEPENDENT_LAUNCH_CUH}\n{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
             &[shape, &bounds[..]].concat(),
         )?;
         let partial = module.load_function("decode_attention_partial")?;
@@ -138,10 +138,10 @@ pub fn cache_row(layout: &CacheLayout, slot: usize, kv_head: usize) -> usize {
     (slot / layout.block_size * layout.kv_heads + kv_head) * layout.block_size + slot % layout.block_size
 }
 
-/// One layer's K or V plane, and its scales for INT8.
+/// One layer's K or V plane, and its scales for INT8 and FP8.
 #[derive(Debug)]
 pub struct GpuPlane {
-    /// Rows of `head_dim` elements (int8 codes or bf16 bits), as bytes, placed by [`cache_row`].
+    /// Rows of `head_dim` elements (INT8 or FP8 codes, or bf16 bits), as bytes, placed by [`cache_row`].
     pub data: CudaSlice<u8>,
     /// `[kv_heads][slots]` bf16 scales (one dummy element for bf16 caches): head-major, so that
     /// the scales of a tile of tokens are contiguous.
@@ -152,7 +152,7 @@ pub struct GpuPlane {
 /// rows ordered by kv head ([`cache_row`]).
 #[derive(Debug)]
 pub struct GpuKvCache {
-    /// bf16 or INT8.
+    /// bf16, INT8 or FP8 (`fp8_per_token_head`).
     pub dtype: CacheDtype,
     /// The shape.
     pub layout: CacheLayout,
@@ -163,16 +163,16 @@ pub struct GpuKvCache {
 }
 
 impl GpuKvCache {
-    /// A zeroed cache (bf16 and INT8 only: the GPU kernels read those).
+    /// A zeroed cache (bf16, INT8 and FP8 only: the GPU kernels read those).
     pub fn new(gpu: &Gpu, layout: CacheLayout, dtype: CacheDtype) -> Result<Self, GpuError> {
-        if !matches!(dtype, CacheDtype::Bf16 | CacheDtype::Int8) {
+        if !matches!(dtype, CacheDtype::Bf16 | CacheDtype::Int8 | CacheDtype::Fp8PerTokenHead) {
             return Err(GpuError::Unsupported(format!(
-                "a {dtype} KV cache (the GPU kernels read bf16 and int8)"
+                "a {dtype} KV cache (the GPU kernels read bf16, int8 and fp8_per_token_head)"
             )));
         }
         let rows = layout.num_slots() * layout.kv_heads;
         let plane = || -> Result<GpuPlane, GpuError> {
-            let scales = if dtype == CacheDtype::Int8 { rows } else { 1 };
+            let scales = if dtype.has_scales() { rows } else { 1 };
             Ok(GpuPlane {
                 data: gpu.stream.alloc_zeros::<u8>(rows * layout.head_dim * dtype.element_bytes())?,
                 scales: gpu.stream.alloc_zeros::<bf16>(scales)?,
@@ -183,7 +183,7 @@ impl GpuKvCache {
         Ok(GpuKvCache { dtype, layout, keys, values })
     }
 
-    /// Queue the copy of block `from`'s K and V (and INT8 scales) into block `to`, in every layer:
+    /// Queue the copy of block `from`'s K and V (and their scales) into block `to`, in every layer:
     /// the partly filled last block of a forked sequence. A block's rows are contiguous
     /// ([`cache_row`]); its scales are one run of `block_size` per kv head.
     pub fn copy_block(&mut self, gpu: &Gpu, from: usize, to: usize) -> Result<(), GpuError> {
@@ -195,7 +195,7 @@ impl GpuKvCache {
             )));
         }
         let block_bytes = layout.block_size * layout.kv_heads * layout.head_dim * self.dtype.element_bytes();
-        let runs: Vec<(usize, usize, usize)> = if self.dtype == CacheDtype::Int8 {
+        let runs: Vec<(usize, usize, usize)> = if self.dtype.has_scales() {
             let slots = layout.num_slots();
             (0..layout.kv_heads)
                 .map(|h| {
@@ -247,8 +247,9 @@ pub struct AttentionQueries<'a> {
     /// `[num_queries]` i32: each query's causal context length (its position + 1; 0 for a
     /// padding query, which reads nothing and gets zeros).
     pub context_lens: CudaView<'a, i32>,
-    /// `[num_groups + 1]` i32: each group's first query, then `num_queries`. A group is up to
-    /// [`CacheKernels::queries_per_group`] consecutive queries of one sequence.
+    /// `[num_groups + 1]` i32: each group's first query, then the end of the last group (at most
+    /// `num_queries`). A group is up to [`CacheKernels::queries_per_group`] consecutive queries of
+    /// one sequence.
     pub groups: CudaView<'a, i32>,
     /// `[num_groups]` i32: the row of `block_tables` (the sequence) each group reads.
     pub group_tables: CudaView<'a, i32>,
@@ -256,6 +257,57 @@ pub struct AttentionQueries<'a> {
     pub num_queries: usize,
     /// Groups.
     pub num_groups: usize,
+}
+
+impl<'a> AttentionQueries<'a> {
+    /// The first `n` groups, which the caller promises are single queries of their own (queries
+    /// `0..n`: a mixed step's decode rows, for [`CacheKernels::attention`]), and the groups after
+    /// them (the step's prompt chunks, for [`CacheKernels::prefill_attention`]). The second part
+    /// keeps the step's query count: its groups name queries by their place in the whole step.
+    pub fn split_single_queries(
+        &self,
+        n: usize,
+    ) -> Result<(AttentionQueries<'a>, AttentionQueries<'a>), GpuError> {
+        let n = n.min(self.num_groups);
+        let too_short = || {
+            GpuError::Unsupported(format!(
+                "groups and group_tables hold fewer than {} groups",
+                self.num_groups
+            ))
+        };
+        let singles = self.with_groups(
+            self.groups.try_slice(..=n).ok_or_else(too_short)?,
+            self.group_tables.try_slice(..n).ok_or_else(too_short)?,
+            n,
+            n,
+        );
+        let rest = self.with_groups(
+            self.groups.try_slice(n..).ok_or_else(too_short)?,
+            self.group_tables.try_slice(n..).ok_or_else(too_short)?,
+            self.num_queries,
+            self.num_groups - n,
+        );
+        Ok((singles, rest))
+    }
+
+    /// These tables and contexts with other groups.
+    fn with_groups(
+        &self,
+        groups: CudaView<'a, i32>,
+        group_tables: CudaView<'a, i32>,
+        num_queries: usize,
+        num_groups: usize,
+    ) -> AttentionQueries<'a> {
+        AttentionQueries {
+            block_tables: self.block_tables.slice(..),
+            max_blocks: self.max_blocks,
+            context_lens: self.context_lens.slice(..),
+            groups,
+            group_tables,
+            num_queries,
+            num_groups,
+        }
+    }
 }
 
 /// Scratch of attention's splits, sized for a batch of queries and a longest context.
@@ -424,13 +476,21 @@ impl CacheKernels {
                 gpu.describe()
             )));
         }
-        let int8 = u8::from(dtype == CacheDtype::Int8).to_string();
+        let fp8 = dtype == CacheDtype::Fp8PerTokenHead;
+        if fp8 && gpu.modules.arch_number() < 89 {
+            return Err(GpuError::Unsupported(format!(
+                "{}: an fp8_per_token_head cache uses the E4M3 conversions of compute capability 8.9 and later (use int8)",
+                gpu.describe()
+            )));
+        }
+        let codes = [("QUANT", u8::from(dtype.has_scales()).to_string()), ("FP8", u8::from(fp8).to_string())];
         let store = gpu.module(
             "store_kv",
-            &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{STORE_CU}"),
+            &format!("{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{STORE_CU}"),
             &[
                 ("HEAD_DIM", head_dim.to_string()),
-                ("INT8", int8.clone()),
+                codes[0].clone(),
+                codes[1].clone(),
                 ("ROWS", store_passes(dtype).to_string()),
                 ("BLOCK_SIZE", block_size.to_string()),
                 ("ELEMS", store_values_per_lane(dtype, head_dim).to_string()),
@@ -440,7 +500,8 @@ impl CacheKernels {
         let shape = [
             ("HEAD_DIM", head_dim.to_string()),
             ("GROUP", group.to_string()),
-            ("INT8", int8),
+            codes[0].clone(),
+            codes[1].clone(),
             ("BLOCK_SIZE", block_size.to_string()),
         ];
         let sms =
@@ -451,7 +512,7 @@ impl CacheKernels {
         let decode_long = DecodeKernel::new(gpu, &shape, warps.long, sms)?;
         let prefill = gpu.module(
             "prefill_attention",
-            &format!("{INT8_KV_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{PREFILL_CU}"),
+            &format!("{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{PREFILL_CU}"),
             &shape,
         )?;
         Ok(CacheKernels {
@@ -611,7 +672,7 @@ impl CacheKernels {
     ///
     /// What `queries` holds on the device is the kernels' to trust: every block id in
     /// `block_tables` is a block of this cache; each query's context length is at most
-    /// `max_blocks * block_size`; `groups` ascends from 0 to `num_queries`, a group holding at most
+    /// `max_blocks * block_size`; `groups` ascends to at most `num_queries`, a group holding at most
     /// [`CacheKernels::queries_per_group`] queries ([`CacheKernels::prefill_queries_per_group`] for
     /// prefill) of one sequence; and each entry of `group_tables` is a row of `block_tables`.
     #[allow(clippy::too_many_arguments, unsafe_code)]

@@ -2,10 +2,11 @@
 // 64 (query, head) rows of one kv head, PREFILL_QUERIES (64 / GROUP) consecutive positions of one
 // sequence with all of that kv head's query heads, and streams the sequence's K/V through shared
 // memory in tiles of KT keys, each loaded once for all 64 rows. Each row keeps its own causal
-// context and online softmax. INT8 codes become exact fp16 integers as they are staged; the K scale
+// context and online softmax. INT8 and FP8 codes become exact fp16 values as they are staged; the K scale
 // multiplies the score, the V scale the probability (over the running maximum V scale, so that
 // fp16 keeps it in range). Output: normalized bf16, no splits.
-// Defines: HEAD_DIM (32, 64, 128 or 256), GROUP (query heads per kv head, at most 8), INT8 (0/1),
+// Defines: HEAD_DIM (32, 64, 128 or 256), GROUP (query heads per kv head, at most 8), QUANT (0/1:
+// one-byte codes and a bf16 scale per row), FP8 (0/1: the codes are E4M3, not INT8),
 // BLOCK_SIZE (slots per cache block, multiple of 16).
 //
 // Warp w owns rows 16w .. 16w + 15 (row r: query r / GROUP of the group, head r % GROUP) and
@@ -19,7 +20,7 @@
 #define SMEM_STRIDE (HEAD_DIM + 8)           // 16-bit elements per staged row: no bank conflicts
 #define QK_CHUNKS (HEAD_DIM / 16)            // k16 steps of S = Q K^T
 #define O_TILES (HEAD_DIM / 8)               // n8 tiles of the output
-#define ROW_BYTES (HEAD_DIM * (INT8 ? 1 : 2))
+#define ROW_BYTES (HEAD_DIM * (QUANT ? 1 : 2))
 #define UNITS (ROW_BYTES / 16)               // 16-byte loads per cache row
 
 // Two 16-bit matrices of 8x8 from shared memory, transposed: the B operand of one m16n8k16 MMA.
@@ -34,7 +35,7 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
     long long q_stride,
     const unsigned char* __restrict__ key_cache,   // rows of HEAD_DIM elements, placed by cache_row (layout.cuh)
     const unsigned char* __restrict__ value_cache,
-    const bf16_t* __restrict__ key_scale,       // [kv_heads][slots] (INT8 only)
+    const bf16_t* __restrict__ key_scale,       // [kv_heads][slots] (QUANT only)
     const bf16_t* __restrict__ value_scale,
     long long num_slots,
     const int* __restrict__ block_tables,       // [sequences][max_blocks]
@@ -75,7 +76,7 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
             #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 unsigned int w = row_query[h] >= 0 ? *(const unsigned int*)(qrow + 16 * c + 2 * t + 8 * half) : 0u;
-#if INT8
+#if QUANT
                 const float lo = fminf(fmaxf(bf16_to_float((bf16_t)(w & 0xffffu)), -65504.0f), 65504.0f);
                 const float hi = fminf(fmaxf(bf16_to_float((bf16_t)(w >> 16)), -65504.0f), 65504.0f);
                 w = pack2(lo, hi);
@@ -88,7 +89,7 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
     #pragma unroll
     for (int n = 0; n < O_TILES; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m[2] = {KV_NEG_INF, KV_NEG_INF}, l[2] = {0.0f, 0.0f};  // l: this lane's keys only
-    float vs_max = 0.0f;  // INT8: the V scales are divided by this running maximum
+    float vs_max = 0.0f;  // QUANT: the V scales are divided by this running maximum
     const float score_scale = softmax_scale * LOG2E;  // scores in log2 units: exp2 below
 
     for (int key0 = 0; key0 < context; key0 += KT) {
@@ -104,12 +105,12 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
                 kw = *(const uint4*)(key_cache + at);
                 vw = *(const uint4*)(value_cache + at);
             }
-#if INT8
+#if QUANT
             uint4 k_lo, k_hi, v_lo, v_hi;
-            int8x4_to_f16x2(kw.x, k_lo.x, k_lo.y); int8x4_to_f16x2(kw.y, k_lo.z, k_lo.w);
-            int8x4_to_f16x2(kw.z, k_hi.x, k_hi.y); int8x4_to_f16x2(kw.w, k_hi.z, k_hi.w);
-            int8x4_to_f16x2(vw.x, v_lo.x, v_lo.y); int8x4_to_f16x2(vw.y, v_lo.z, v_lo.w);
-            int8x4_to_f16x2(vw.z, v_hi.x, v_hi.y); int8x4_to_f16x2(vw.w, v_hi.z, v_hi.w);
+            codes4_to_f16x2(kw.x, k_lo.x, k_lo.y); codes4_to_f16x2(kw.y, k_lo.z, k_lo.w);
+            codes4_to_f16x2(kw.z, k_hi.x, k_hi.y); codes4_to_f16x2(kw.w, k_hi.z, k_hi.w);
+            codes4_to_f16x2(vw.x, v_lo.x, v_lo.y); codes4_to_f16x2(vw.y, v_lo.z, v_lo.w);
+            codes4_to_f16x2(vw.z, v_hi.x, v_hi.y); codes4_to_f16x2(vw.w, v_hi.z, v_hi.w);
             *(uint4*)&s_k[key][unit * 16] = k_lo; *(uint4*)&s_k[key][unit * 16 + 8] = k_hi;
             *(uint4*)&s_v[key][unit * 16] = v_lo; *(uint4*)&s_v[key][unit * 16 + 8] = v_hi;
 #else
@@ -117,7 +118,7 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
             *(uint4*)&s_v[key][unit * 8] = vw;
 #endif
         }
-#if INT8
+#if QUANT
         if (warp == 0) {
             float ks = 0.0f, vs = 0.0f;
             if (lane < valid) {
@@ -153,7 +154,7 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int key = 8 * n + 2 * t + (e & 1), h = e >> 1;
-#if INT8
+#if QUANT
                 s[n][e] *= score_scale * s_ks[key];
 #else
                 s[n][e] *= score_scale;
@@ -178,7 +179,7 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
                     l[h] += s[n][e];
                 }
         }
-#if INT8
+#if QUANT
         const float vs_new = fmaxf(fmaxf(vs_max, FLT_MIN_NORMAL), s_tile_vs_max);
         const float ratio = vs_max / vs_new, inv = 1.0f / vs_new;
         vs_max = vs_new;
@@ -216,7 +217,7 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
     #pragma unroll
     for (int h = 0; h < 2; ++h) {
         if (row_query[h] < 0) continue;
-        const float scale = (INT8 ? vs_max : 1.0f) / sum[h];
+        const float scale = (QUANT ? vs_max : 1.0f) / sum[h];
         bf16_t* row = out + ((long long)(first_query + row_query[h]) * kv_heads * GROUP + row_head[h]) * HEAD_DIM;
         #pragma unroll
         for (int n = 0; n < O_TILES; ++n) {

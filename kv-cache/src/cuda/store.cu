@@ -1,12 +1,12 @@
-// Store a batch of tokens' K and V into the paged cache by slot, quantizing INT8 rows on the way.
-// Defines: HEAD_DIM (32, 64, 128 or 256), INT8 (1: int8 codes + bf16 scales; 0: bf16 rows), ROWS,
-// ELEMS, BLOCK_SIZE (for layout.cuh).
+// Store a batch of tokens' K and V into the paged cache by slot, quantizing INT8 or FP8 rows on the
+// way. Defines: HEAD_DIM (32, 64, 128 or 256), QUANT (1: one-byte codes + bf16 scales; 0: bf16
+// rows), FP8 (1: the codes are E4M3, 0: INT8), ROWS, ELEMS, BLOCK_SIZE (for layout.cuh).
 // Each lane owns ELEMS contiguous values of a row (16-byte loads: 32 values of an INT8 row, 8 of a
 // bf16 row), so HEAD_DIM / ELEMS lanes share a row and a warp takes 32 / (HEAD_DIM / ELEMS) rows
 // (token, kv head, K or V) at a time, ROWS times, all loaded before any is stored. Sharing a row
 // among few lanes spreads a row's fixed work (its index, slot, maximum and scale) over many values;
 // INT8 codes cost two float operations each, a fused multiply-add and an add (kv_quantize4 in
-// int8_kv.cuh).
+// kv_quant.cuh); FP8 codes an IEEE division each and the hardware conversion (kv_fp8_quantize4).
 
 #define LOADS (ELEMS / 8)                   // 16-byte loads per lane
 #define LANES_PER_ROW (HEAD_DIM / ELEMS)
@@ -19,7 +19,7 @@ extern "C" __global__ void store_kv(
     const long long* __restrict__ slots, // [tokens]; negative: padding, skipped
     void* __restrict__ key_cache,        // rows of HEAD_DIM int8 or bf16, placed by cache_row (layout.cuh)
     void* __restrict__ value_cache,
-    bf16_t* __restrict__ key_scale,      // [kv_heads][num_slots] (INT8 only)
+    bf16_t* __restrict__ key_scale,      // [kv_heads][num_slots] (QUANT only)
     bf16_t* __restrict__ value_scale,
     long long num_slots, int num_tokens, int kv_heads)
 {
@@ -51,7 +51,7 @@ extern "C" __global__ void store_kv(
     for (int r = 0; r < ROWS; ++r) {
         const int is_value = (int)((first + r * ROWS_PER_PASS) & 1);
         const long long dst_row = cache_row(slot[r], head[r], kv_heads);
-#if INT8
+#if QUANT
         float x[ELEMS];
         float amax = 0.0f;  // NaN when a value is NaN, infinite when one is
         #pragma unroll
@@ -65,6 +65,15 @@ extern "C" __global__ void store_kv(
             amax = kv_max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
         if (slot[r] < 0) continue;  // past the end or padding
         const bool finite = amax <= 3.4028235e38f;
+#if FP8
+        const bf16_t scale = finite ? kv_fp8_scale_from_amax(amax) : KV_BF16_NAN;
+        const float step = bf16_to_float(scale);
+        unsigned int codes[ELEMS / 4] = {};
+        if (finite && step != 0.0f) {
+            #pragma unroll
+            for (int i = 0; i < ELEMS / 4; ++i) codes[i] = kv_fp8_quantize4(&x[4 * i], step);
+        }
+#else
         const bf16_t scale = finite ? kv_scale_from_amax(amax) : KV_BF16_NAN;
         const float step = bf16_to_float(scale);
         unsigned int codes[ELEMS / 4] = {};
@@ -78,6 +87,7 @@ extern "C" __global__ void store_kv(
                 for (int i = 0; i < ELEMS / 4; ++i) codes[i] = kv_quantize4<false>(&x[4 * i], inverse);
             }
         }
+#endif
         uint4* dst = (uint4*)((signed char*)(is_value ? value_cache : key_cache) + dst_row * HEAD_DIM + part * ELEMS);
         #pragma unroll
         for (int i = 0; i < ELEMS / 16; ++i) dst[i] = make_uint4(codes[4 * i], codes[4 * i + 1], codes[4 * i + 2], codes[4 * i + 3]);

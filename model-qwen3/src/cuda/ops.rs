@@ -11,7 +11,7 @@ use nanovllm_cuda::cudarc::driver::{
     PushKernelArg,
 };
 use nanovllm_cuda::{Gpu, GpuError};
-use nanovllm_kv_quant::INT8_KV_CUH;
+use nanovllm_kv_quant::KV_QUANT_CUH;
 
 use super::step::{StagedAdjustments, Truncation};
 use crate::Qwen3Config;
@@ -46,7 +46,7 @@ impl Ops {
         }
         let module = gpu.module(
             "qwen3",
-            &format!("{INT8_KV_CUH}\n{MODEL_CU}"),
+            &format!("{KV_QUANT_CUH}\n{MODEL_CU}"),
             &[("HEAD_DIM", config.head_dim.to_string()), ("HIDDEN", config.hidden_size.to_string())],
         )?;
         Ok(Ops {

@@ -1,5 +1,6 @@
-// Device-side INT8 KV helpers: the nanovllm-kv-quant format (crate docs, steps 1 to 7), bit for
-// bit. Prepended to every kernel source of the engine (no CUDA headers needed).
+// Device-side KV quantization helpers: the nanovllm-kv-quant formats (INT8: the crate docs, steps
+// 1 to 7; FP8: fp8.rs), bit for bit. Prepended to every kernel source of the engine (no CUDA
+// headers needed).
 #pragma once
 
 typedef unsigned short bf16_t;  // bf16 bits; converted by hand so NVRTC needs no include path
@@ -65,3 +66,32 @@ __device__ __forceinline__ float kv_max_nan(float a, float b) {
     asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
     return r;
 }
+
+// FP8 rows (fp8.rs): the scale of a row whose largest magnitude is `amax` (finite, >= 0), as
+// kv_scale_from_amax with 448 for 127 and 2^119 for the cap.
+#define KV_FP8_MAX 448.0f
+#define KV_FP8_MAX_SCALE_BITS ((bf16_t)0x7b00)  // 2^119
+__device__ __forceinline__ bf16_t kv_fp8_scale_from_amax(float amax) {
+    bf16_t scale = float_to_bf16(amax / KV_FP8_MAX);
+    float s = bf16_to_float(scale);
+    if (s < 1.17549435e-38f) return 0;
+    if (scale > KV_FP8_MAX_SCALE_BITS) return KV_FP8_MAX_SCALE_BITS;
+    return scale;
+}
+
+#if __CUDA_ARCH__ >= 890
+// Four values' E4M3 codes, packed (first value in the low byte): x / step with an IEEE division,
+// then the hardware conversion (round to nearest even, saturating at +-448), as fp8.rs.
+__device__ __forceinline__ unsigned int kv_fp8_quantize4(const float* x, float step) {
+    unsigned short lo, hi;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(__fdiv_rn(x[1], step)), "f"(__fdiv_rn(x[0], step)));
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(__fdiv_rn(x[3], step)), "f"(__fdiv_rn(x[2], step)));
+    return (unsigned int)lo | ((unsigned int)hi << 16);
+}
+
+// Four E4M3 codes as two fp16x2 (codes 0,1 and 2,3), exactly (every E4M3 value is an fp16).
+__device__ __forceinline__ void fp8x4_to_f16x2(unsigned int w, unsigned int& lo, unsigned int& hi) {
+    asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n\t}"
+        : "=r"(lo), "=r"(hi) : "r"(w));
+}
+#endif
