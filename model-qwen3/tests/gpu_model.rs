@@ -1,6 +1,7 @@
 //! The GPU forward pass against the CPU forward pass (itself checked against HF transformers) with
-//! the same cache dtype, bf16 and INT8: batched prefill, chunked prefill after a prefix, and decode
-//! steps (replayed from CUDA graphs, from the first step after capture); decode in graphs against
+//! the same cache dtype, bf16, INT8 and FP8: batched prefill, chunked prefill after a prefix, decode
+//! steps (replayed from CUDA graphs, from the first step after capture), and mixed steps (decode
+//! rows beside prompt chunks, as the mixed step policy batches them); decode in graphs against
 //! eager decode; the GPU's reproducibility and batch invariance; and the model split over two GPUs
 //! (tensor parallelism, NCCL) against the same model on one.
 //! Ignored by default, so that a run without a GPU lists them rather than passing them: on a machine
@@ -14,10 +15,10 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nanovllm_cuda::Gpu;
-use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, Int8, KvCache, StorageDtype};
+use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, Fp8, Int8, KvCache, StorageDtype};
 use nanovllm_kv_quant::CacheDtype;
 use nanovllm_qwen3::cuda::{GpuGroup, GpuLimits, GpuQwen3, GpuSample, SampleBatch};
-use nanovllm_qwen3::{Checkpoint, Qwen3Config, Qwen3Model, SeqInput, WeightSource, argmax};
+use nanovllm_qwen3::{Checkpoint, DummyWeights, Qwen3Config, Qwen3Model, SeqInput, WeightSource, argmax};
 
 const BLOCK_SIZE: usize = 16;
 const NUM_BLOCKS: usize = 256;
@@ -152,23 +153,106 @@ fn run(
     logits
 }
 
+/// The mixed policy's steps: prompts in chunks of `chunk` tokens; from the step after its prompt's
+/// last chunk, a sequence decodes in every step, placed before the chunks as the scheduler places
+/// them; `steps` steps after the last chunk. Returns every step's logits per sequence.
+fn run_mixed(
+    mut forward: impl FnMut(&[SeqInput<'_>]) -> Vec<Vec<f32>>,
+    prompts: &[Vec<u32>],
+    steps: usize,
+    chunk: usize,
+) -> Vec<Vec<Vec<f32>>> {
+    let mut blocks = BlockManager::new(NUM_BLOCKS, BLOCK_SIZE).unwrap();
+    let mut tokens: Vec<Vec<u32>> = prompts.to_vec();
+    let mut tables: Vec<BlockTable> = tokens.iter().map(|t| blocks.allocate(t).unwrap().0).collect();
+    let mut computed = vec![0; prompts.len()];
+    let mut logits: Vec<Vec<Vec<f32>>> = vec![Vec::new(); prompts.len()];
+    let mut steps_left = steps;
+    for step in 0.. {
+        let decoding: Vec<usize> = (0..tokens.len()).filter(|&i| computed[i] == tokens[i].len()).collect();
+        if decoding.len() == tokens.len() {
+            if steps_left == 0 {
+                break;
+            }
+            steps_left -= 1;
+        }
+        for &i in &decoding {
+            let next = ((tokens[i].len() * 31 + step * 7) % 97) as u32 + 3;
+            tokens[i].push(next);
+            blocks.may_append(&mut tables[i], tokens[i].len()).unwrap();
+        }
+        let chunks: Vec<(usize, usize)> = (0..tokens.len())
+            .filter(|&i| computed[i] < tokens[i].len())
+            .map(|i| (i, computed[i].saturating_add(chunk).min(tokens[i].len())))
+            .collect();
+        let decode_rows = decoding.iter().map(|&i| (i, tokens[i].len() - 1, tokens[i].len()));
+        let rows: Vec<(usize, usize, usize)> =
+            decode_rows.chain(chunks.iter().map(|&(i, end)| (i, computed[i], end))).collect();
+        let inputs: Vec<SeqInput> = rows
+            .iter()
+            .map(|&(i, start, end)| SeqInput {
+                tokens: &tokens[i][start..end],
+                start,
+                block_table: &tables[i],
+                logits: usize::from(end == tokens[i].len()),
+            })
+            .collect();
+        let wanted = rows.iter().filter(|&&(i, _, end)| end == tokens[i].len()).map(|&(i, ..)| i);
+        for (i, l) in wanted.collect::<Vec<_>>().into_iter().zip(forward(&inputs)) {
+            logits[i].push(l);
+        }
+        for &(i, _, end) in &rows {
+            computed[i] = end;
+        }
+    }
+    logits
+}
+
+/// A schedule of steps: [`run`] or [`run_mixed`] with their sizes, over any forward pass.
+type Schedule<'a> = dyn Fn(&mut dyn FnMut(&[SeqInput<'_>]) -> Vec<Vec<f32>>) -> Vec<Vec<Vec<f32>>> + 'a;
+
 /// The CPU forward pass with a cache of `T`, the reference for the GPU with the same cache dtype:
 /// both store the same K/V rows (INT8 codes and scales bit for bit), so what differs is the GPU's
 /// bf16 weights and activations.
-fn cpu_logits<T: StorageDtype>(model: &Qwen3Model, prompts: &[Vec<u32>]) -> Vec<Vec<Vec<f32>>> {
+fn cpu_logits<T: StorageDtype>(model: &Qwen3Model, schedule: &Schedule<'_>) -> Vec<Vec<Vec<f32>>> {
     let mut cache = KvCache::<T>::new(model.cache_layout(NUM_BLOCKS, BLOCK_SIZE)).unwrap();
-    run(|inputs| model.forward(inputs, &mut cache).unwrap(), prompts, 8, usize::MAX)
+    schedule(&mut |inputs| model.forward(inputs, &mut cache).unwrap())
 }
 
+/// The GPU against the CPU on `prompts`, for both cache dtypes: prefill whole and in chunks, then
+/// decode steps (the CPU prefilling whole); and the mixed policy's steps, decode rows beside
+/// prompt chunks (the CPU taking the same steps).
 fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
-    for dtype in [CacheDtype::Bf16, CacheDtype::Int8] {
-        let expected = match dtype {
-            CacheDtype::Int8 => cpu_logits::<Int8>(model, prompts),
-            _ => cpu_logits::<Bf16>(model, prompts),
-        };
-        for chunk in [usize::MAX, 48] {
+    let schedules: [(&str, Box<Schedule<'_>>, Box<Schedule<'_>>); 3] = [
+        (
+            "prefill whole",
+            Box::new(|f| run(f, prompts, 8, usize::MAX)),
+            Box::new(|f| run(f, prompts, 8, usize::MAX)),
+        ),
+        (
+            "prefill chunks 48",
+            Box::new(|f| run(f, prompts, 8, usize::MAX)),
+            Box::new(|f| run(f, prompts, 8, 48)),
+        ),
+        (
+            "mixed steps, chunks 48",
+            Box::new(|f| run_mixed(f, prompts, 4, 48)),
+            Box::new(|f| run_mixed(f, prompts, 4, 48)),
+        ),
+    ];
+    for dtype in [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead] {
+        for (schedule_name, cpu_schedule, gpu_schedule) in &schedules {
+            let expected = match dtype {
+                CacheDtype::Int8 => cpu_logits::<Int8>(model, cpu_schedule),
+                CacheDtype::Fp8PerTokenHead => cpu_logits::<Fp8>(model, cpu_schedule),
+                _ => cpu_logits::<Bf16>(model, cpu_schedule),
+            };
             let mut gpu_model = gpu_model(gpu, model, dtype, NUM_BLOCKS, false);
-            let got = run(|inputs| gpu_model.forward(inputs).unwrap(), prompts, 8, chunk);
+            let got = gpu_schedule(&mut |inputs| gpu_model.forward(inputs).unwrap());
+            assert_eq!(
+                got.iter().map(Vec::len).collect::<Vec<_>>(),
+                expected.iter().map(Vec::len).collect::<Vec<_>>()
+            );
             // bf16 weights and activations move logits by up to MAX_ERROR of the largest; a top-1
             // choice whose reference margin exceeds twice that must not change.
             const MAX_ERROR: f32 = 5e-2;
@@ -184,13 +268,15 @@ fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
                     clear_agree += same;
                 }
             }
-            let chunk_name = if chunk == usize::MAX { "whole".to_owned() } else { chunk.to_string() };
             eprintln!(
-                "{name}, {dtype} cache, prefill chunks {chunk_name}: worst relative logit error {worst:.3e}, top-1 agreement {agree}/{count}, {clear_agree}/{clear} where the reference is clear"
+                "{name}, {dtype} cache, {schedule_name}: worst relative logit error {worst:.3e}, top-1 agreement {agree}/{count}, {clear_agree}/{clear} where the reference is clear"
             );
-            assert!(worst < MAX_ERROR, "{name} {dtype}: relative error {worst}");
-            assert_eq!(clear_agree, clear, "{name} {dtype}: a clear top-1 choice changed");
-            assert!(agree * 10 >= count * 8, "{name} {dtype}: top-1 agreement {agree}/{count}");
+            assert!(worst < MAX_ERROR, "{name} {dtype} {schedule_name}: relative error {worst}");
+            assert_eq!(clear_agree, clear, "{name} {dtype} {schedule_name}: a clear top-1 choice changed");
+            assert!(
+                agree * 10 >= count * 8,
+                "{name} {dtype} {schedule_name}: top-1 agreement {agree}/{count}"
+            );
         }
     }
 }
@@ -219,6 +305,10 @@ fn gpu_logits_match_the_cpu_reference() {
         run(|inputs| gpu_model.forward(inputs).unwrap(), &prompts, 4, 64)
     };
     assert_eq!(logits(&from_maps), logits(&model), "weights uploaded from the checkpoint");
+    // Dummy weights drawn as they are uploaded, against the host model drawn from them.
+    let dummy = DummyWeights::new(model.config().clone(), 11, 0.08);
+    let drawn = Qwen3Model::from_source(&dummy);
+    assert_eq!(logits(&dummy), logits(&drawn), "dummy weights drawn in the upload");
 
     let config = Qwen3Config::from_json_str(
         r#"{"model_type": "qwen3", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,

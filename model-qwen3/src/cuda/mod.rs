@@ -520,7 +520,14 @@ impl GpuQwen3 {
             unsafe {
                 cache_kernels.store(&ops.gpu, cache, index, &key, &value, qkv_size, &inputs.slots(), t)?;
                 if shape.prefill {
-                    cache_kernels.prefill_attention(&ops.gpu, cache, index, &q, qkv_size, &queries, out)?;
+                    // A mixed step: its decode rows split their contexts in the decode kernel;
+                    // only the prompt chunks take the prefill kernel's tiles of 64 rows.
+                    let (decodes, chunks) = queries.split_single_queries(shape.single_queries)?;
+                    if decodes.num_groups > 0 {
+                        cache_kernels
+                            .attention(&ops.gpu, cache, index, &q, qkv_size, &decodes, workspace, out)?;
+                    }
+                    cache_kernels.prefill_attention(&ops.gpu, cache, index, &q, qkv_size, &chunks, out)?;
                 } else {
                     cache_kernels
                         .attention(&ops.gpu, cache, index, &q, qkv_size, &queries, workspace, out)?;

@@ -88,6 +88,10 @@ pub(super) struct StepInputs {
     pub(super) logit_rows: Vec<i32>,
     /// Some sequence computes more than one token: attention runs the prefill kernel.
     pub(super) prefill: bool,
+    /// The leading sequences that compute one token each (a mixed step's decode rows, which the
+    /// scheduler places first): the first groups, of one query each, which attention runs through
+    /// the decode kernel even when the rest of the step is prefill.
+    pub(super) single_queries: usize,
 }
 
 impl StepInputs {
@@ -112,8 +116,9 @@ impl StepInputs {
         }
         let table_width = seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(1).max(1);
         let prefill = seqs.iter().any(|s| s.tokens.len() > 1);
+        let single_queries = seqs.iter().take_while(|s| s.tokens.len() == 1).count();
         let per_group = per_group(prefill);
-        let mut step = StepInputs { table_width, prefill, ..Default::default() };
+        let mut step = StepInputs { table_width, prefill, single_queries, ..Default::default() };
         for seq in seqs {
             let blocks = seq.block_table.blocks();
             step.tables.extend(blocks.iter().map(|&b| b as i32));
@@ -166,6 +171,7 @@ impl StepInputs {
         self.groups = (0..=rows as i32).collect();
         self.group_tables = (0..rows as i32).collect();
         self.logit_rows = (0..rows as i32).collect();
+        self.single_queries = rows;
         debug_assert!(rows >= n);
     }
 
@@ -183,6 +189,7 @@ impl StepInputs {
             table_width,
             logit_rows: (0..outputs as i32).map(|r| r.min(rows as i32 - 1)).collect(),
             prefill: false,
+            single_queries: rows,
         }
     }
 }
@@ -406,6 +413,7 @@ pub(super) struct StepShape {
     pub(super) outputs: usize,
     pub(super) table_width: usize,
     pub(super) prefill: bool,
+    pub(super) single_queries: usize,
 }
 
 impl StepShape {
@@ -416,6 +424,7 @@ impl StepShape {
             outputs: step.logit_rows.len(),
             table_width: step.table_width,
             prefill: step.prefill,
+            single_queries: step.single_queries,
         }
     }
 }
@@ -453,6 +462,27 @@ mod tests {
         assert_eq!(step.group_tables, [0, 0, 1]);
         assert_eq!((step.table_width, step.tables.as_slice()), (2, &[0, 1, 2, 0][..]));
         assert_eq!(step.logit_rows, [5, 6]);
+        assert_eq!(step.single_queries, 0);
+    }
+
+    #[test]
+    fn a_mixed_step_counts_its_leading_decode_rows() {
+        let mut blocks = BlockManager::new(8, BLOCK_SIZE).unwrap();
+        let prompts: [&[u32]; 4] = [&[1, 2, 3, 4, 5], &[6, 7], &[8, 9, 10, 11], &[12]];
+        let tables: Vec<_> = prompts.iter().map(|p| blocks.allocate(p).unwrap().0).collect();
+        // Two decode rows, a prompt chunk, then a one-token chunk after it.
+        let seqs = [
+            SeqInput { tokens: &prompts[0][4..], start: 4, block_table: &tables[0], logits: 1 },
+            SeqInput { tokens: &prompts[1][1..], start: 1, block_table: &tables[1], logits: 1 },
+            SeqInput { tokens: &prompts[2][..3], start: 0, block_table: &tables[2], logits: 0 },
+            SeqInput { tokens: prompts[3], start: 0, block_table: &tables[3], logits: 1 },
+        ];
+        let step = StepInputs::new(&seqs, per_group, 16, BLOCK_SIZE, 8).unwrap();
+        assert!(step.prefill && !step.is_decode());
+        assert_eq!(step.single_queries, 2);
+        // The leading rows are groups of one: the decode kernel's queries 0 and 1.
+        assert_eq!(step.groups, [0, 1, 2, 5, 6]);
+        assert_eq!(step.group_tables, [0, 1, 2, 3]);
     }
 
     #[test]
