@@ -30,4 +30,10 @@ pub enum QuantError {
     /// `head_dim` of zero.
     #[error("head_dim must be at least 1")]
     ZeroHeadDim,
+    /// Groups of zero values.
+    #[error("a group must hold at least 1 value")]
+    ZeroGroup,
+    /// A Hadamard rotation of a row whose length is not a power of two.
+    #[error("a Hadamard rotation needs a power-of-two length, not {0}")]
+    NotPowerOfTwo(usize),
 }

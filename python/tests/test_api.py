@@ -5,6 +5,7 @@ stops a generate and leaves the engine usable."""
 
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -126,11 +127,17 @@ def test_the_gil_is_released_while_the_engine_works():
 
 def test_ctrl_c_stops_a_generate_and_the_engine_goes_on():
     llm = LLM(KJV)
+    # Python raises KeyboardInterrupt only under its own SIGINT handler, which it does not install
+    # when started with SIGINT ignored (as a shell starts background jobs): install it here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     # A real Ctrl-C: SIGINT from another process. (A Python timer thread calling interrupt_main
     # needs the GIL first; on the 2-core CI machine it missed whole generates.)
     ctrl_c = subprocess.Popen(["sh", "-c", f"sleep 0.3; kill -INT {os.getpid()}"])
-    with pytest.raises(KeyboardInterrupt):
-        llm.generate(PROMPTS * 64, SamplingParams(max_tokens=400, ignore_eos=True), use_tqdm=False)
-    ctrl_c.wait()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            llm.generate(PROMPTS * 64, SamplingParams(max_tokens=400, ignore_eos=True), use_tqdm=False)
+    finally:
+        ctrl_c.wait()
+        signal.signal(signal.SIGINT, previous)
     assert llm.is_finished(), "the interrupted requests were dropped"
     assert len(llm.generate(PROMPTS, SamplingParams(max_tokens=4), use_tqdm=False)) == 2

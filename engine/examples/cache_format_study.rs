@@ -1,0 +1,188 @@
+//! Accuracy of candidate KV-cache formats on a trained model, before any of them gets kernels:
+//! each format's round trip (quantize, read back) is applied to every K and V row as it is stored,
+//! and the model scores a text with that cache against the f32 cache: perplexity, mean
+//! KL(f32 || format) per token, top-1 agreement. The formats: INT8 and FP8 (the cache's own, as
+//! a check against `nanovllm-cli eval`), and 4-bit codes per row or per group of 32, symmetric or
+//! asymmetric, with and without a Hadamard rotation of every row (undone as it is read; in a
+//! kernel the queries would be rotated instead for keys, and the output for values).
+//!
+//! `cargo run --release -p nanovllm --example cache_format_study -- models/kjv-qwen3 models/kjv-qwen3/data/heldout.txt [max_tokens]`
+//! (the held-out text is written by `models/kjv-qwen3/prepare_data.py`). Windows of 512 tokens,
+//! stride 256, as `nanovllm-cli eval --context 512`. One JSON line per format.
+
+use std::marker::PhantomData;
+use std::path::Path;
+
+use nanovllm::{Tokenizer, argmax, log_softmax};
+use nanovllm_kv_cache::{BlockManager, F32, KvCache, StorageDtype};
+use nanovllm_kv_quant::{
+    CacheDtype, F8E4M3, Int4Group, Int4Scheme, dequantize_row, dequantize_row_fp8, dequantize_row_int4,
+    hadamard_in_place, quantize_row, quantize_row_fp8, quantize_row_int4,
+};
+use nanovllm_qwen3::{Qwen3Model, SeqInput};
+
+const CONTEXT: usize = 512;
+const STRIDE: usize = 256;
+const BLOCK: usize = 16;
+
+/// A format's round trip of one row, in place.
+trait RoundTrip: Send + Sync + 'static {
+    fn round_trip(row: &mut [f32]);
+}
+
+/// Rows stored as f32 after the round trip of `R`: attention then reads exactly the values the
+/// format gives back (the bytes are the f32 cache's; only accuracy is measured here).
+struct Simulated<R>(PhantomData<R>);
+
+impl<R: RoundTrip> StorageDtype for Simulated<R> {
+    type Elem = f32;
+    type RowMeta = ();
+    const DTYPE: CacheDtype = CacheDtype::F32;
+
+    fn store_row(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+        R::round_trip(dst);
+    }
+    fn dot(row: &[f32], meta: (), q: &[f32]) -> f32 {
+        F32::dot(row, meta, q)
+    }
+    fn add_scaled(row: &[f32], meta: (), weight: f32, acc: &mut [f32]) {
+        F32::add_scaled(row, meta, weight, acc)
+    }
+}
+
+struct Int8;
+impl RoundTrip for Int8 {
+    fn round_trip(row: &mut [f32]) {
+        let mut codes = vec![0i8; row.len()];
+        let scale = quantize_row(row, &mut codes).expect("same lengths");
+        dequantize_row(&codes, scale, row).expect("same lengths");
+    }
+}
+
+struct Fp8;
+impl RoundTrip for Fp8 {
+    fn round_trip(row: &mut [f32]) {
+        let mut codes = vec![F8E4M3::ZERO; row.len()];
+        let scale = quantize_row_fp8(row, &mut codes).expect("same lengths");
+        dequantize_row_fp8(&codes, scale, row).expect("same lengths");
+    }
+}
+
+/// 4-bit codes in groups of `GROUP` values (0: the whole row), asymmetric if `ASYMMETRIC`, the
+/// row rotated first if `ROTATED`.
+struct Int4<const GROUP: usize, const ASYMMETRIC: bool, const ROTATED: bool>;
+impl<const GROUP: usize, const ASYMMETRIC: bool, const ROTATED: bool> RoundTrip
+    for Int4<GROUP, ASYMMETRIC, ROTATED>
+{
+    fn round_trip(row: &mut [f32]) {
+        if ROTATED {
+            hadamard_in_place(row).expect("head_dim is a power of two");
+        }
+        let group = if GROUP == 0 { row.len() } else { GROUP };
+        let scheme = if ASYMMETRIC { Int4Scheme::Asymmetric } else { Int4Scheme::Symmetric };
+        let mut codes = vec![0u8; row.len()];
+        let mut groups = vec![Int4Group::default(); row.len().div_ceil(group)];
+        quantize_row_int4(row, group, scheme, &mut codes, &mut groups).expect("shapes fit");
+        dequantize_row_int4(&codes, group, scheme, &groups, row).expect("shapes fit");
+        if ROTATED {
+            hadamard_in_place(row).expect("head_dim is a power of two");
+        }
+    }
+}
+
+/// The logits at every position of each window, as `LLM::score` computes them: one-token queries
+/// over a fresh cache of `T`, 256 per forward pass.
+fn score<T: StorageDtype>(model: &Qwen3Model, windows: &[(usize, &[u32])]) -> Vec<Vec<Vec<f32>>> {
+    let blocks = CONTEXT.div_ceil(BLOCK);
+    windows
+        .iter()
+        .map(|&(_, window)| {
+            let mut cache = KvCache::<T>::new(model.cache_layout(blocks, BLOCK)).expect("a valid layout");
+            let mut manager = BlockManager::new(blocks, BLOCK).expect("blocks");
+            let (table, _) = manager.allocate(window).expect("one window fits");
+            let mut logits = Vec::new();
+            for start in (0..window.len()).step_by(256) {
+                let inputs: Vec<SeqInput<'_>> = (start..(start + 256).min(window.len()))
+                    .map(|pos| SeqInput {
+                        tokens: &window[pos..pos + 1],
+                        start: pos,
+                        block_table: &table,
+                        logits: 1,
+                    })
+                    .collect();
+                logits.extend(model.forward(&inputs, &mut cache).expect("forward"));
+            }
+            logits
+        })
+        .collect()
+}
+
+/// [`report`] for one cache type.
+type Report = fn(&str, &Qwen3Model, &[u32], &[(usize, &[u32])], &[Vec<Vec<f32>>]);
+
+/// Score every window with a cache of `T`, each token once (in the first window that predicts it),
+/// against the f32 cache's logits; print one JSON line.
+fn report<T: StorageDtype>(
+    name: &str,
+    model: &Qwen3Model,
+    tokens: &[u32],
+    windows: &[(usize, &[u32])],
+    reference: &[Vec<Vec<f32>>],
+) {
+    let logits = score::<T>(model, windows);
+    let (mut nll, mut reference_nll, mut kl, mut agree, mut count) = (0.0f64, 0.0f64, 0.0f64, 0usize, 0usize);
+    let mut scored_until = 1;
+    for ((&(begin, window), got), expected) in windows.iter().zip(&logits).zip(reference) {
+        let end = begin + window.len();
+        for target in scored_until.max(begin + 1)..end {
+            let row = target - begin - 1;
+            let (p, q) = (log_softmax(&expected[row]), log_softmax(&got[row]));
+            nll -= q[tokens[target] as usize];
+            reference_nll -= p[tokens[target] as usize];
+            kl += p.iter().zip(&q).map(|(r, t)| r.exp() * (r - t)).sum::<f64>();
+            agree += usize::from(argmax(&p) == argmax(&q));
+            count += 1;
+        }
+        scored_until = end;
+    }
+    let (ppl, reference_ppl) = ((nll / count as f64).exp(), (reference_nll / count as f64).exp());
+    println!(
+        "{}",
+        serde_json::json!({
+            "format": name, "tokens": count, "perplexity": ppl, "f32_perplexity": reference_ppl,
+            "perplexity_change_percent": 100.0 * (ppl / reference_ppl - 1.0),
+            "mean_kl_nats": kl / count as f64, "top1_agreement": agree as f64 / count as f64,
+        })
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(model_dir), Some(text)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: cache_format_study MODEL_DIR TEXT [max_tokens]");
+        std::process::exit(2);
+    };
+    let model = Qwen3Model::load(Path::new(model_dir)).expect("model");
+    let tokenizer = Tokenizer::from_file(&Path::new(model_dir).join("tokenizer.json")).expect("tokenizer");
+    let mut tokens = tokenizer.encode(&std::fs::read_to_string(text).expect("text")).expect("tokens");
+    tokens.truncate(args.get(3).map_or(usize::MAX, |n| n.parse().expect("max_tokens")));
+    let mut windows = Vec::new();
+    for begin in (0..tokens.len()).step_by(STRIDE) {
+        let end = (begin + CONTEXT).min(tokens.len());
+        windows.push((begin, &tokens[begin..end]));
+        if end == tokens.len() {
+            break;
+        }
+    }
+    let reference = score::<F32>(&model, &windows);
+    let run = |name: &str, report: Report| report(name, &model, &tokens, &windows, &reference);
+    run("int8, per row", report::<Simulated<Int8>>);
+    run("fp8_per_token_head, per row", report::<Simulated<Fp8>>);
+    run("int4 symmetric, per row (66 B)", report::<Simulated<Int4<0, false, false>>>);
+    run("int4 symmetric, groups of 32 (72 B)", report::<Simulated<Int4<32, false, false>>>);
+    run("int4 asymmetric, groups of 32 (80 B)", report::<Simulated<Int4<32, true, false>>>);
+    run("int4 symmetric, per row, Hadamard (66 B)", report::<Simulated<Int4<0, false, true>>>);
+    run("int4 symmetric, groups of 32, Hadamard (72 B)", report::<Simulated<Int4<32, false, true>>>);
+    run("int4 asymmetric, groups of 32, Hadamard (80 B)", report::<Simulated<Int4<32, true, true>>>);
+}
