@@ -36,18 +36,18 @@ struct Simulated<R>(PhantomData<R>);
 
 impl<R: RoundTrip> StorageDtype for Simulated<R> {
     type Elem = f32;
-    type RowMeta = ();
+    type Side = ();
     const DTYPE: CacheDtype = CacheDtype::F32;
 
-    fn store_row(src: &[f32], dst: &mut [f32]) {
+    fn store_row(src: &[f32], dst: &mut [f32], _: &mut [()]) {
         dst.copy_from_slice(src);
         R::round_trip(dst);
     }
-    fn dot(row: &[f32], meta: (), q: &[f32]) -> f32 {
-        F32::dot(row, meta, q)
+    fn dot(row: &[f32], side: &[()], q: &[f32]) -> f32 {
+        F32::dot(row, side, q)
     }
-    fn add_scaled(row: &[f32], meta: (), weight: f32, acc: &mut [f32]) {
-        F32::add_scaled(row, meta, weight, acc)
+    fn add_scaled(row: &[f32], side: &[()], weight: f32, acc: &mut [f32]) {
+        F32::add_scaled(row, side, weight, acc)
     }
 }
 

@@ -63,42 +63,46 @@ impl CacheLayout {
 pub struct Row<'a, T: StorageDtype> {
     /// The stored elements.
     pub data: &'a [T::Elem],
-    /// The row's side data (the INT8 scale).
-    pub meta: T::RowMeta,
+    /// The row's side data, one entry per group (an INT8 row's one scale).
+    pub side: &'a [T::Side],
+    /// Values in the row (`head_dim`).
+    pub values: usize,
 }
 
 impl<T: StorageDtype> Row<'_, T> {
     /// The attention score of `q` against this row (a key).
     pub fn dot(&self, q: &[f32]) -> f32 {
-        T::dot(self.data, self.meta, q)
+        T::dot(self.data, self.side, q)
     }
 
     /// `acc += weight * row` (for a value row).
     pub fn add_scaled(&self, weight: f32, acc: &mut [f32]) {
-        T::add_scaled(self.data, self.meta, weight, acc)
+        T::add_scaled(self.data, self.side, weight, acc)
     }
 
     /// The row as f32 values.
     pub fn to_f32(&self) -> Vec<f32> {
-        let mut out = vec![0.0; self.data.len()];
-        T::load_row(self.data, self.meta, &mut out);
+        let mut out = vec![0.0; self.values];
+        T::load_row(self.data, self.side, &mut out);
         out
     }
 }
 
-/// K or V of one layer: `[slot][kv_head][head_dim]` elements and `[slot][kv_head]` side data.
+/// K or V of one layer: `[slot][kv_head]` rows of `T::row_elems` elements and of `T::row_sides`
+/// side entries.
 #[derive(Debug, Clone)]
 struct Plane<T: StorageDtype> {
     data: Vec<T::Elem>,
-    meta: Vec<T::RowMeta>,
+    side: Vec<T::Side>,
 }
 
 /// All layers' K and V in a storage dtype `T`.
 ///
-/// Layout, which the GPU kernels follow: for each layer, K and V are separate planes of
-/// `[num_blocks][block_size][kv_heads][head_dim]` elements (slot-major, as flash-attention's paged
-/// layout), and the per-row side data is `[num_blocks][block_size][kv_heads]`. A slot is
-/// `block_id * block_size + offset`; one (slot, head) row is `head_dim` contiguous elements.
+/// Layout: for each layer, K and V are separate planes of `[num_blocks][block_size][kv_heads]`
+/// rows (slot-major, as flash-attention's paged layout) of `T::row_elems(head_dim)` contiguous
+/// elements, and their side data `[num_blocks][block_size][kv_heads][T::row_sides(head_dim)]`. A
+/// slot is `block_id * block_size + offset`. (The GPU cache orders each block's rows by kv head
+/// instead: KERNELS.md.)
 #[derive(Debug, Clone)]
 pub struct KvCache<T: StorageDtype> {
     layout: CacheLayout,
@@ -111,9 +115,10 @@ impl<T: StorageDtype> KvCache<T> {
     pub fn new(layout: CacheLayout) -> Result<Self, CacheError> {
         layout.validate()?;
         let rows = layout.num_slots() * layout.kv_heads;
+        let (elems, sides) = (T::row_elems(layout.head_dim), T::row_sides(layout.head_dim));
         let plane = || Plane::<T> {
-            data: vec![T::Elem::default(); rows * layout.head_dim],
-            meta: vec![T::RowMeta::default(); rows],
+            data: vec![T::Elem::default(); rows * elems],
+            side: vec![T::Side::default(); rows * sides],
         };
         Ok(KvCache {
             layout,
@@ -148,12 +153,13 @@ impl<T: StorageDtype> KvCache<T> {
             return Err(CacheError::OutOfRange { what: "slot", value: slot, limit: self.layout.num_slots() });
         }
         let head_dim = self.layout.head_dim;
+        let (elems, sides) = (T::row_elems(head_dim), T::row_sides(head_dim));
         for (plane, source) in [(&mut self.keys[layer], keys), (&mut self.values[layer], values)] {
             for (&slot, token) in slots.iter().zip(source.chunks_exact(token_len)) {
                 for (head, src) in token.chunks_exact(head_dim).enumerate() {
                     let row = slot * self.layout.kv_heads + head;
-                    let dst = &mut plane.data[row * head_dim..(row + 1) * head_dim];
-                    plane.meta[row] = T::store_row(src, dst);
+                    let dst = &mut plane.data[row * elems..(row + 1) * elems];
+                    T::store_row(src, dst, &mut plane.side[row * sides..(row + 1) * sides]);
                 }
             }
         }
@@ -165,10 +171,11 @@ impl<T: StorageDtype> KvCache<T> {
     pub fn copy_block(&mut self, from: usize, to: usize) -> Result<(), CacheError> {
         check_range("block", from.max(to), self.layout.num_blocks)?;
         let rows = self.layout.block_size * self.layout.kv_heads;
-        let elements = rows * self.layout.head_dim;
+        let elements = rows * T::row_elems(self.layout.head_dim);
+        let sides = rows * T::row_sides(self.layout.head_dim);
         for plane in self.keys.iter_mut().chain(self.values.iter_mut()) {
             plane.data.copy_within(from * elements..(from + 1) * elements, to * elements);
-            plane.meta.copy_within(from * rows..(from + 1) * rows, to * rows);
+            plane.side.copy_within(from * sides..(from + 1) * sides, to * sides);
         }
         Ok(())
     }
@@ -213,8 +220,12 @@ impl<T: StorageDtype> KvCache<T> {
         check_range("slot", slot, self.layout.num_slots())?;
         let row = slot * self.layout.kv_heads + head;
         let plane = &planes[layer];
-        let head_dim = self.layout.head_dim;
-        Ok(Row { data: &plane.data[row * head_dim..(row + 1) * head_dim], meta: plane.meta[row] })
+        let (elems, sides) = (T::row_elems(self.layout.head_dim), T::row_sides(self.layout.head_dim));
+        Ok(Row {
+            data: &plane.data[row * elems..(row + 1) * elems],
+            side: &plane.side[row * sides..(row + 1) * sides],
+            values: self.layout.head_dim,
+        })
     }
 }
 

@@ -142,7 +142,7 @@ fn store_matches_the_reference_bit_for_bit() {
                         }
                     }
                 }
-                let row_bytes = head_dim * dtype.element_bytes();
+                let row_bytes = dtype.code_bytes(head_dim);
                 for (slot, _) in written.iter().enumerate().filter(|(_, w)| !**w) {
                     for h in 0..kv_heads {
                         let bytes = &data[cache_row(&layout, slot, h) * row_bytes..][..row_bytes];
@@ -454,7 +454,7 @@ fn attention_kernels_match_the_reference() {
         let (k_bytes, k_scales, keys) = stored_rows(&mut rng, case.dtype, rows, case.head_dim);
         let (v_bytes, v_scales, values) = stored_rows(&mut rng, case.dtype, rows, case.head_dim);
         let mut cache = GpuKvCache::new(&gpu, layout, case.dtype).unwrap();
-        let row_bytes = case.head_dim * case.dtype.element_bytes();
+        let row_bytes = case.dtype.code_bytes(case.head_dim);
         gpu.stream.memcpy_htod(&gpu_order(&k_bytes, &layout, row_bytes), &mut cache.keys[0].data).unwrap();
         gpu.stream.memcpy_htod(&gpu_order(&v_bytes, &layout, row_bytes), &mut cache.values[0].data).unwrap();
         gpu.stream.memcpy_htod(&head_major(&k_scales, case.kv_heads), &mut cache.keys[0].scales).unwrap();

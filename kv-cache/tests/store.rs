@@ -3,7 +3,10 @@
 //! sequence's table reads the same rows.
 
 use half::{bf16, f16};
-use nanovllm_kv_cache::{Bf16, BlockManager, CacheError, CacheLayout, F16, Int8, KvCache, StorageDtype};
+use nanovllm_kv_cache::{
+    Bf16, BlockManager, CacheError, CacheLayout, F16, Fp8, Int4, Int8, KvCache, StorageDtype,
+};
+use nanovllm_kv_quant::{F8E4M3, INT4_GROUP, Int4Group, Int4Scheme};
 use proptest::prelude::*;
 
 fn layout(num_blocks: usize, block_size: usize, kv_heads: usize, head_dim: usize) -> CacheLayout {
@@ -86,6 +89,30 @@ proptest! {
     }
 
     #[test]
+    fn fp8_rows_are_the_reference_quantization((layout, len, keys, values) in case()) {
+        write_and_read::<Fp8>(layout, len, &keys, &values, |row| {
+            let mut codes = vec![F8E4M3::ZERO; row.len()];
+            let scale = nanovllm_kv_quant::quantize_row_fp8(row, &mut codes).unwrap();
+            let mut back = vec![0f32; row.len()];
+            nanovllm_kv_quant::dequantize_row_fp8(&codes, scale, &mut back).unwrap();
+            back
+        })?;
+    }
+
+    #[test]
+    fn int4_rows_are_the_reference_quantization((layout, len, keys, values) in case()) {
+        write_and_read::<Int4>(layout, len, &keys, &values, |row| {
+            let (group, scheme) = (INT4_GROUP, Int4Scheme::Symmetric);
+            let mut codes = vec![0u8; row.len()];
+            let mut groups = vec![Int4Group::default(); row.len().div_ceil(group)];
+            nanovllm_kv_quant::quantize_row_int4(row, group, scheme, &mut codes, &mut groups).unwrap();
+            let mut back = vec![0f32; row.len()];
+            nanovllm_kv_quant::dequantize_row_int4(&codes, group, scheme, &groups, &mut back).unwrap();
+            back
+        })?;
+    }
+
+    #[test]
     fn bf16_rows_are_rounded_to_nearest((layout, len, keys, values) in case()) {
         write_and_read::<Bf16>(layout, len, &keys, &values, |row| {
             row.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
@@ -116,7 +143,7 @@ fn int8_storage_is_bit_identical_to_the_reference() {
             let at = (pos * 2 + head) * 16;
             let scale = nanovllm_kv_quant::quantize_row(&keys[at..at + 16], &mut codes).unwrap();
             assert_eq!(row.data, &codes);
-            assert_eq!(row.meta.to_bits(), scale.to_bits());
+            assert_eq!(row.side[0].to_bits(), scale.to_bits());
         }
     }
 }

@@ -73,7 +73,9 @@ pub use element::Element;
 pub use error::QuantError;
 pub use float8::F8E4M3;
 pub use fp8::{FP8_MAX, FP8_MAX_SCALE, dequantize_row_fp8, fp8_scale_for_amax, quantize_row_fp8};
-pub use int4::{Int4Group, Int4Scheme, dequantize_row_int4, hadamard_in_place, quantize_row_int4};
+pub use int4::{
+    INT4_GROUP, Int4Group, Int4Scheme, dequantize_row_int4, hadamard_in_place, quantize_row_int4,
+};
 pub use row::{MAX_SCALE, QMAX, dequantize_row, quantize_row, scale_for_amax};
 pub use size::{CacheDtype, RowLayout, UnknownCacheDtype, kv_bytes_per_token};
 

@@ -1,6 +1,8 @@
 //! How many bytes a cache of each dtype needs: the numbers the allocator and `bench-memory` use.
 
 use std::fmt;
+
+use crate::INT4_GROUP;
 use std::str::FromStr;
 
 /// The element type of the KV cache, chosen at run time.
@@ -15,25 +17,45 @@ pub enum CacheDtype {
     Int8,
     /// FP8 E4M3 codes plus one bf16 scale per (token, kv head) row, as INT8's (`fp8.rs`).
     Fp8PerTokenHead,
+    /// 4-bit codes, two per byte, plus a bf16 scale per group of 32 values, symmetric (`int4.rs`).
+    Int4,
     /// f32 values: the exact oracle that the other dtypes and HF transformers are compared with.
     F32,
 }
 
-/// How one (token, kv head) row of `head_dim` values is stored: bytes per value and bytes of side
-/// data (scales) per row. Every byte count of the cache derives from this, through
-/// [`kv_bytes_per_token`].
+/// How one (token, kv head) row of `head_dim` values is stored: bits per value's code, and side
+/// data (scales, minimums) per group of values. Every byte count of the cache derives from this,
+/// through [`kv_bytes_per_token`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowLayout {
-    /// Bytes of one stored value.
-    pub element_bytes: usize,
-    /// Bytes of per-row side data (an INT8 row's scale).
+    /// Bits of one value's code: 16 (bf16), 8 (INT8, FP8), 4 (INT4, two per byte).
+    pub code_bits: usize,
+    /// Values that share one group's side data; 0: the whole row is one group.
+    pub group: usize,
+    /// Bytes of side data per group (INT8's bf16 scale: 2; none: 0).
     pub side_bytes: usize,
 }
 
 impl RowLayout {
+    /// Bytes of the codes of a row of `head_dim` values.
+    pub const fn code_bytes(self, head_dim: usize) -> usize {
+        (head_dim * self.code_bits).div_ceil(8)
+    }
+
+    /// Groups of side data in a row of `head_dim` values (0 when there is none).
+    pub const fn groups(self, head_dim: usize) -> usize {
+        if self.side_bytes == 0 {
+            0
+        } else if self.group == 0 {
+            1
+        } else {
+            head_dim.div_ceil(self.group)
+        }
+    }
+
     /// Bytes of one row of `head_dim` values, side data included.
     pub const fn row_bytes(self, head_dim: usize) -> usize {
-        head_dim * self.element_bytes + self.side_bytes
+        self.code_bytes(head_dim) + self.groups(head_dim) * self.side_bytes
     }
 }
 
@@ -47,6 +69,7 @@ impl RowLayout {
 /// // Qwen3-0.6B: 8 kv heads of 128, per layer.
 /// assert_eq!(kv_bytes_per_token(CacheDtype::Bf16.row_layout(), 1, 8, 128), 4096);
 /// assert_eq!(kv_bytes_per_token(CacheDtype::Int8.row_layout(), 1, 8, 128), 2080);
+/// assert_eq!(kv_bytes_per_token(CacheDtype::Int4.row_layout(), 1, 8, 128), 1152);
 /// ```
 pub const fn kv_bytes_per_token(row: RowLayout, layers: usize, kv_heads: usize, head_dim: usize) -> usize {
     2 * layers * kv_heads * row.row_bytes(head_dim)
@@ -54,26 +77,35 @@ pub const fn kv_bytes_per_token(row: RowLayout, layers: usize, kv_heads: usize, 
 
 impl CacheDtype {
     /// Every dtype, in the order reports print them.
-    pub const ALL: [CacheDtype; 5] =
-        [CacheDtype::Bf16, CacheDtype::F16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::F32];
+    pub const ALL: [CacheDtype; 6] = [
+        CacheDtype::Bf16,
+        CacheDtype::F16,
+        CacheDtype::Int8,
+        CacheDtype::Fp8PerTokenHead,
+        CacheDtype::Int4,
+        CacheDtype::F32,
+    ];
 
     /// How a row of this dtype is stored.
     pub const fn row_layout(self) -> RowLayout {
         match self {
-            CacheDtype::Bf16 | CacheDtype::F16 => RowLayout { element_bytes: 2, side_bytes: 0 },
-            CacheDtype::Int8 | CacheDtype::Fp8PerTokenHead => RowLayout { element_bytes: 1, side_bytes: 2 },
-            CacheDtype::F32 => RowLayout { element_bytes: 4, side_bytes: 0 },
+            CacheDtype::Bf16 | CacheDtype::F16 => RowLayout { code_bits: 16, group: 0, side_bytes: 0 },
+            CacheDtype::Int8 | CacheDtype::Fp8PerTokenHead => {
+                RowLayout { code_bits: 8, group: 0, side_bytes: 2 }
+            }
+            CacheDtype::Int4 => RowLayout { code_bits: 4, group: INT4_GROUP, side_bytes: 2 },
+            CacheDtype::F32 => RowLayout { code_bits: 32, group: 0, side_bytes: 0 },
         }
     }
 
-    /// Codes and a per-row scale (INT8 or FP8), rather than plain floats.
+    /// Codes and scales (INT8, FP8, INT4), rather than plain floats.
     pub const fn has_scales(self) -> bool {
         self.row_layout().side_bytes > 0
     }
 
-    /// Bytes of one element of a row.
-    pub const fn element_bytes(self) -> usize {
-        self.row_layout().element_bytes
+    /// Bytes of the codes of one row of `head_dim` values (its side data apart).
+    pub const fn code_bytes(self, head_dim: usize) -> usize {
+        self.row_layout().code_bytes(head_dim)
     }
 
     /// Bytes of one (token, kv head) row of `head_dim` values, side data included.
@@ -88,6 +120,7 @@ impl CacheDtype {
             CacheDtype::F16 => "f16",
             CacheDtype::Int8 => "int8",
             CacheDtype::Fp8PerTokenHead => "fp8_per_token_head",
+            CacheDtype::Int4 => "int4",
             CacheDtype::F32 => "f32",
         }
     }
@@ -102,7 +135,7 @@ impl fmt::Display for CacheDtype {
 /// A name that is not a cache dtype.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown KV cache dtype {0:?}: expected bf16, f16, int8, fp8_per_token_head or f32 (vLLM's per-tensor fp8 is not offered: its one scale clips where a row's scale does not)"
+    "unknown KV cache dtype {0:?}: expected bf16, f16, int8, fp8_per_token_head, int4 or f32 (vLLM's per-tensor fp8 is not offered: its one scale clips where a row's scale does not)"
 )]
 pub struct UnknownCacheDtype(pub String);
 
@@ -137,13 +170,21 @@ mod tests {
     }
 
     #[test]
+    fn int4_rows_are_72_bytes_at_head_dim_128() {
+        assert_eq!(CacheDtype::Int4.row_bytes(128), 72);
+        assert_eq!(CacheDtype::Int4.row_bytes(64), 36);
+        let ratio = CacheDtype::Bf16.row_bytes(128) as f64 / CacheDtype::Int4.row_bytes(128) as f64;
+        assert_eq!(format!("{ratio:.2}"), "3.56");
+    }
+
+    #[test]
     fn names_round_trip() {
         for dtype in CacheDtype::ALL {
             assert_eq!(dtype.name().parse::<CacheDtype>(), Ok(dtype));
         }
         assert_eq!(
             "int3".parse::<CacheDtype>().unwrap_err().to_string(),
-            "unknown KV cache dtype \"int3\": expected bf16, f16, int8, fp8_per_token_head or f32 (vLLM's per-tensor fp8 is not offered: its one scale clips where a row's scale does not)"
+            "unknown KV cache dtype \"int3\": expected bf16, f16, int8, fp8_per_token_head, int4 or f32 (vLLM's per-tensor fp8 is not offered: its one scale clips where a row's scale does not)"
         );
     }
 }

@@ -174,7 +174,7 @@ impl GpuKvCache {
         let plane = || -> Result<GpuPlane, GpuError> {
             let scales = if dtype.has_scales() { rows } else { 1 };
             Ok(GpuPlane {
-                data: gpu.stream.alloc_zeros::<u8>(rows * layout.head_dim * dtype.element_bytes())?,
+                data: gpu.stream.alloc_zeros::<u8>(rows * dtype.code_bytes(layout.head_dim))?,
                 scales: gpu.stream.alloc_zeros::<bf16>(scales)?,
             })
         };
@@ -194,7 +194,7 @@ impl GpuKvCache {
                 layout.num_blocks
             )));
         }
-        let block_bytes = layout.block_size * layout.kv_heads * layout.head_dim * self.dtype.element_bytes();
+        let block_bytes = layout.block_size * layout.kv_heads * self.dtype.code_bytes(layout.head_dim);
         let runs: Vec<(usize, usize, usize)> = if self.dtype.has_scales() {
             let slots = layout.num_slots();
             (0..layout.kv_heads)
