@@ -3,6 +3,7 @@
 # shape (dummy weights) with bf16 and INT8 KV caches, then bench-memory --measure. Build here first:
 #   cargo build --release -p nanovllm-cli --features cuda && cargo build --release -p xtask --features cuda
 # and copy target/release/nanovllm-cli and target/release/xtask. Results go to $OUT (or ./gpu-out).
+# DTYPES picks the cache dtypes (default "bf16 int8"; fp8_per_token_head too).
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -11,7 +12,7 @@ limit=${BENCH_TIMEOUT:-240}
 # MODES="graphs eager" also runs each bench with --enforce-eager, side by side.
 for extra in "" "--kv-cache-memory-gib 4"; do
   for mode in ${MODES:-graphs}; do
-    for dtype in bf16 int8; do
+    for dtype in ${DTYPES:-bf16 int8}; do
       tag=$dtype${extra:+-4gib}
       flags=$extra
       if [ "$mode" = eager ]; then tag=$tag-eager; flags="$flags --enforce-eager"; fi

@@ -3,13 +3,14 @@
 # with nanovllm-cli on the GPU (generate, held-out eval) for both cache dtypes. Needs the git-ignored
 # models/kjv-qwen3/data/ (prepare_data.py) and target/release/nanovllm-cli (cargo build --release -p
 # nanovllm-cli --features cuda): copy both there. The checkpoint and logs go to $OUT/kjv-qwen3 (or ./gpu-out/...).
+# DTYPES picks the cache dtypes (default "bf16 int8"; fp8_per_token_head too).
 set -uo pipefail
 out=${OUT:-gpu-out}/kjv-qwen3
 mkdir -p "$out"
 status=0
 timeout 420 python3 models/kjv-qwen3/train.py "$out" 2>&1 | tee "$out/train.log" || exit 1
 cli=target/release/nanovllm-cli
-for dtype in bf16 int8; do
+for dtype in ${DTYPES:-bf16 int8}; do
   echo "== generate cuda $dtype" | tee -a "$out/run.log"
   timeout 60 $cli generate --model "$out" --device cuda --kv-cache-dtype $dtype --prompt "In the beginning" \
     --temperature 0 --max-tokens 48 >> "$out/run.log" 2>&1 || { echo FAILED | tee -a "$out/run.log"; status=1; }
