@@ -223,8 +223,8 @@ mod tests {
         ] {
             assert_eq!(parse_cache_dtype(text), Ok(dtype), "{text}");
         }
-        let error = parse_cache_dtype("fp8").unwrap_err();
-        assert!(error.contains("expected bf16, f16, int8, fp8_per_token_head, int4 or f32"), "{error}");
-        assert!(error.contains("per-tensor fp8 is not offered"), "{error}");
+        assert_eq!(parse_cache_dtype("fp8_e4m3"), Ok(CacheDtype::Fp8));
+        let error = parse_cache_dtype("fp8_e5m2").unwrap_err();
+        assert!(error.contains("expected bf16, f16, int8, fp8_per_token_head, fp8, int4 or f32"), "{error}");
     }
 }

@@ -1,6 +1,6 @@
 //! The KV cache in the dtype chosen at run time.
 
-use nanovllm_kv_cache::{Bf16, CacheLayout, F16, F32, Fp8, Int4, Int8, KvCache};
+use nanovllm_kv_cache::{Bf16, CacheLayout, F16, F32, Fp8, Fp8PerTokenHead, Int4, Int8, KvCache};
 use nanovllm_kv_quant::CacheDtype;
 use nanovllm_qwen3::{ModelError, Qwen3Model, SeqInput};
 
@@ -13,6 +13,7 @@ pub(crate) enum AnyCache {
     Bf16(KvCache<Bf16>),
     F16(KvCache<F16>),
     Int8(KvCache<Int8>),
+    Fp8PerTokenHead(KvCache<Fp8PerTokenHead>),
     Fp8(KvCache<Fp8>),
     Int4(KvCache<Int4>),
     F32(KvCache<F32>),
@@ -24,7 +25,8 @@ impl AnyCache {
             CacheDtype::Bf16 => AnyCache::Bf16(KvCache::new(layout)?),
             CacheDtype::F16 => AnyCache::F16(KvCache::new(layout)?),
             CacheDtype::Int8 => AnyCache::Int8(KvCache::new(layout)?),
-            CacheDtype::Fp8PerTokenHead => AnyCache::Fp8(KvCache::new(layout)?),
+            CacheDtype::Fp8PerTokenHead => AnyCache::Fp8PerTokenHead(KvCache::new(layout)?),
+            CacheDtype::Fp8 => AnyCache::Fp8(KvCache::new(layout)?),
             CacheDtype::Int4 => AnyCache::Int4(KvCache::new(layout)?),
             CacheDtype::F32 => AnyCache::F32(KvCache::new(layout)?),
         })
@@ -36,6 +38,7 @@ impl AnyCache {
             AnyCache::Bf16(cache) => cache.copy_block(from, to)?,
             AnyCache::F16(cache) => cache.copy_block(from, to)?,
             AnyCache::Int8(cache) => cache.copy_block(from, to)?,
+            AnyCache::Fp8PerTokenHead(cache) => cache.copy_block(from, to)?,
             AnyCache::Fp8(cache) => cache.copy_block(from, to)?,
             AnyCache::Int4(cache) => cache.copy_block(from, to)?,
             AnyCache::F32(cache) => cache.copy_block(from, to)?,
@@ -52,6 +55,7 @@ impl AnyCache {
             AnyCache::Bf16(cache) => model.forward(inputs, cache),
             AnyCache::F16(cache) => model.forward(inputs, cache),
             AnyCache::Int8(cache) => model.forward(inputs, cache),
+            AnyCache::Fp8PerTokenHead(cache) => model.forward(inputs, cache),
             AnyCache::Fp8(cache) => model.forward(inputs, cache),
             AnyCache::Int4(cache) => model.forward(inputs, cache),
             AnyCache::F32(cache) => model.forward(inputs, cache),

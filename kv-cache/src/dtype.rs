@@ -64,7 +64,7 @@ pub struct Int8;
 
 /// Rows of FP8 E4M3 codes with a bf16 scale (`fp8_per_token_head`), in the kv-quant format.
 #[derive(Debug, Clone, Copy)]
-pub struct Fp8;
+pub struct Fp8PerTokenHead;
 
 /// The float dtypes differ only in their element type.
 macro_rules! float_storage {
@@ -115,7 +115,7 @@ impl StorageDtype for Int8 {
     }
 }
 
-impl StorageDtype for Fp8 {
+impl StorageDtype for Fp8PerTokenHead {
     type Elem = F8E4M3;
     type Side = bf16;
     const DTYPE: CacheDtype = CacheDtype::Fp8PerTokenHead;
@@ -129,6 +129,30 @@ impl StorageDtype for Fp8 {
     }
     fn add_scaled(row: &[F8E4M3], scale: &[bf16], weight: f32, acc: &mut [f32]) {
         let weight = weight * scale[0].to_f32();
+        for (a, c) in acc.iter_mut().zip(row) {
+            *a += weight * c.to_f32();
+        }
+    }
+}
+
+/// Rows of FP8 E4M3 values with no scale: vLLM's `fp8` at its default per-tensor scale of 1.0.
+#[derive(Debug, Clone, Copy)]
+pub struct Fp8;
+
+impl StorageDtype for Fp8 {
+    type Elem = F8E4M3;
+    type Side = ();
+    const DTYPE: CacheDtype = CacheDtype::Fp8;
+
+    fn store_row(src: &[f32], dst: &mut [F8E4M3], _: &mut [()]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = F8E4M3::from_f32(s);
+        }
+    }
+    fn dot(row: &[F8E4M3], _: &[()], q: &[f32]) -> f32 {
+        row.iter().zip(q).map(|(c, q)| c.to_f32() * q).sum()
+    }
+    fn add_scaled(row: &[F8E4M3], _: &[()], weight: f32, acc: &mut [f32]) {
         for (a, c) in acc.iter_mut().zip(row) {
             *a += weight * c.to_f32();
         }
@@ -195,6 +219,7 @@ mod tests {
             assert_eq!(row_bytes::<Bf16>(head_dim), Bf16::DTYPE.row_bytes(head_dim));
             assert_eq!(row_bytes::<F16>(head_dim), F16::DTYPE.row_bytes(head_dim));
             assert_eq!(row_bytes::<Int8>(head_dim), Int8::DTYPE.row_bytes(head_dim));
+            assert_eq!(row_bytes::<Fp8PerTokenHead>(head_dim), Fp8PerTokenHead::DTYPE.row_bytes(head_dim));
             assert_eq!(row_bytes::<Fp8>(head_dim), Fp8::DTYPE.row_bytes(head_dim));
             assert_eq!(row_bytes::<Int4>(head_dim), Int4::DTYPE.row_bytes(head_dim));
             assert_eq!(row_bytes::<F32>(head_dim), F32::DTYPE.row_bytes(head_dim));
@@ -223,7 +248,7 @@ mod tests {
     #[test]
     fn quantized_rows_fold_their_scales_into_scores_and_weights() {
         folds_its_scales::<Int8>(16);
-        folds_its_scales::<Fp8>(16);
+        folds_its_scales::<Fp8PerTokenHead>(16);
         folds_its_scales::<Int4>(64);
     }
 

@@ -53,7 +53,7 @@ mod store;
 
 pub use block_manager::BlockManager;
 pub use block_table::{BlockId, BlockTable};
-pub use dtype::{Bf16, F16, F32, Fp8, Int4, Int8, StorageDtype};
+pub use dtype::{Bf16, F16, F32, Fp8, Fp8PerTokenHead, Int4, Int8, StorageDtype};
 pub use error::CacheError;
 pub use hash::block_hash;
 pub use store::{CacheLayout, KvCache, Row};

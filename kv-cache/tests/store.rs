@@ -4,7 +4,7 @@
 
 use half::{bf16, f16};
 use nanovllm_kv_cache::{
-    Bf16, BlockManager, CacheError, CacheLayout, F16, Fp8, Int4, Int8, KvCache, StorageDtype,
+    Bf16, BlockManager, CacheError, CacheLayout, F16, Fp8, Fp8PerTokenHead, Int4, Int8, KvCache, StorageDtype,
 };
 use nanovllm_kv_quant::{F8E4M3, INT4_GROUP, Int4Group, Int4Scheme};
 use proptest::prelude::*;
@@ -90,12 +90,19 @@ proptest! {
 
     #[test]
     fn fp8_rows_are_the_reference_quantization((layout, len, keys, values) in case()) {
-        write_and_read::<Fp8>(layout, len, &keys, &values, |row| {
+        write_and_read::<Fp8PerTokenHead>(layout, len, &keys, &values, |row| {
             let mut codes = vec![F8E4M3::ZERO; row.len()];
             let scale = nanovllm_kv_quant::quantize_row_fp8(row, &mut codes).unwrap();
             let mut back = vec![0f32; row.len()];
             nanovllm_kv_quant::dequantize_row_fp8(&codes, scale, &mut back).unwrap();
             back
+        })?;
+    }
+
+    #[test]
+    fn per_tensor_fp8_rows_are_rounded_to_e4m3((layout, len, keys, values) in case()) {
+        write_and_read::<Fp8>(layout, len, &keys, &values, |row| {
+            row.iter().map(|&x| F8E4M3::from_f32(x).to_f32()).collect()
         })?;
     }
 

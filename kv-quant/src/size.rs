@@ -17,6 +17,9 @@ pub enum CacheDtype {
     Int8,
     /// FP8 E4M3 codes plus one bf16 scale per (token, kv head) row, as INT8's (`fp8.rs`).
     Fp8PerTokenHead,
+    /// FP8 E4M3 codes of the values themselves: vLLM's `fp8` with its default per-tensor scale
+    /// of 1.0 (values past ±448 saturate, below 2^-9 flush to zero), for drop-in comparison.
+    Fp8,
     /// 4-bit codes, two per byte, plus a bf16 scale per group of 32 values, symmetric (`int4.rs`).
     Int4,
     /// f32 values: the exact oracle that the other dtypes and HF transformers are compared with.
@@ -77,11 +80,12 @@ pub const fn kv_bytes_per_token(row: RowLayout, layers: usize, kv_heads: usize, 
 
 impl CacheDtype {
     /// Every dtype, in the order reports print them.
-    pub const ALL: [CacheDtype; 6] = [
+    pub const ALL: [CacheDtype; 7] = [
         CacheDtype::Bf16,
         CacheDtype::F16,
         CacheDtype::Int8,
         CacheDtype::Fp8PerTokenHead,
+        CacheDtype::Fp8,
         CacheDtype::Int4,
         CacheDtype::F32,
     ];
@@ -93,6 +97,7 @@ impl CacheDtype {
             CacheDtype::Int8 | CacheDtype::Fp8PerTokenHead => {
                 RowLayout { code_bits: 8, group: 0, side_bytes: 2 }
             }
+            CacheDtype::Fp8 => RowLayout { code_bits: 8, group: 0, side_bytes: 0 },
             CacheDtype::Int4 => RowLayout { code_bits: 4, group: INT4_GROUP, side_bytes: 2 },
             CacheDtype::F32 => RowLayout { code_bits: 32, group: 0, side_bytes: 0 },
         }
@@ -120,6 +125,7 @@ impl CacheDtype {
             CacheDtype::F16 => "f16",
             CacheDtype::Int8 => "int8",
             CacheDtype::Fp8PerTokenHead => "fp8_per_token_head",
+            CacheDtype::Fp8 => "fp8",
             CacheDtype::Int4 => "int4",
             CacheDtype::F32 => "f32",
         }
@@ -134,23 +140,22 @@ impl fmt::Display for CacheDtype {
 
 /// A name that is not a cache dtype.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown KV cache dtype {0:?}: expected bf16, f16, int8, fp8_per_token_head, int4 or f32 (vLLM's per-tensor fp8 is not offered: its one scale clips where a row's scale does not)"
-)]
+#[error("unknown KV cache dtype {0:?}: expected bf16, f16, int8, fp8_per_token_head, fp8, int4 or f32")]
 pub struct UnknownCacheDtype(pub String);
 
 impl FromStr for CacheDtype {
     type Err = UnknownCacheDtype;
 
     /// A dtype by its name, or by the name vLLM and PyTorch give it (`bfloat16`, `float16`,
-    /// `float32`, and `int8_per_token_head`, which in vLLM has f32 scales: the same rows, not the
-    /// same bytes).
+    /// `float32`, `fp8_e4m3`, and `int8_per_token_head`, which in vLLM has f32 scales: the same
+    /// rows, not the same bytes).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let alias = match s.to_ascii_lowercase().as_str() {
             "bfloat16" => Some(CacheDtype::Bf16),
             "float16" | "half" => Some(CacheDtype::F16),
             "float32" | "float" => Some(CacheDtype::F32),
             "int8_per_token_head" => Some(CacheDtype::Int8),
+            "fp8_e4m3" => Some(CacheDtype::Fp8),
             _ => None,
         };
         alias
@@ -184,7 +189,7 @@ mod tests {
         }
         assert_eq!(
             "int3".parse::<CacheDtype>().unwrap_err().to_string(),
-            "unknown KV cache dtype \"int3\": expected bf16, f16, int8, fp8_per_token_head, int4 or f32 (vLLM's per-tensor fp8 is not offered: its one scale clips where a row's scale does not)"
+            "unknown KV cache dtype \"int3\": expected bf16, f16, int8, fp8_per_token_head, fp8, int4 or f32"
         );
     }
 }

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nanovllm_cuda::Gpu;
-use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, Fp8, Int8, KvCache, StorageDtype};
+use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, Fp8PerTokenHead, Int8, KvCache, StorageDtype};
 use nanovllm_kv_quant::CacheDtype;
 use nanovllm_qwen3::cuda::{GpuGroup, GpuLimits, GpuQwen3, GpuSample, SampleBatch};
 use nanovllm_qwen3::{Checkpoint, DummyWeights, Qwen3Config, Qwen3Model, SeqInput, WeightSource, argmax};
@@ -244,7 +244,7 @@ fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
         for (schedule_name, cpu_schedule, gpu_schedule) in &schedules {
             let expected = match dtype {
                 CacheDtype::Int8 => cpu_logits::<Int8>(model, cpu_schedule),
-                CacheDtype::Fp8PerTokenHead => cpu_logits::<Fp8>(model, cpu_schedule),
+                CacheDtype::Fp8PerTokenHead => cpu_logits::<Fp8PerTokenHead>(model, cpu_schedule),
                 _ => cpu_logits::<Bf16>(model, cpu_schedule),
             };
             let mut gpu_model = gpu_model(gpu, model, dtype, NUM_BLOCKS, false);

@@ -85,12 +85,13 @@ struct Format {
     row: RowLayout,
 }
 
-const FORMATS: [Format; 5] = [
+const FORMATS: [Format; 6] = [
     Format { name: "bf16", row: CacheDtype::Bf16.row_layout() },
     Format { name: "int8 (nanovllm: bf16 scale)", row: CacheDtype::Int8.row_layout() },
     Format { name: "int8 (PR #184: f32 scale)", row: RowLayout { code_bits: 8, group: 0, side_bytes: 4 } },
     Format { name: "fp8_per_token_head (bf16 scale)", row: CacheDtype::Fp8PerTokenHead.row_layout() },
     Format { name: "int4 (bf16 scale per 32 values)", row: CacheDtype::Int4.row_layout() },
+    Format { name: "fp8 (vLLM: per-tensor scale)", row: CacheDtype::Fp8.row_layout() },
 ];
 
 /// GPUs of common sizes: a label and the memory the driver reports, in MiB.

@@ -163,13 +163,9 @@ pub struct GpuKvCache {
 }
 
 impl GpuKvCache {
-    /// A zeroed cache (bf16, INT8 and FP8 only: the GPU kernels read those).
+    /// A zeroed cache (bf16, INT8 and FP8 per token-head only: the GPU kernels read those).
     pub fn new(gpu: &Gpu, layout: CacheLayout, dtype: CacheDtype) -> Result<Self, GpuError> {
-        if !matches!(dtype, CacheDtype::Bf16 | CacheDtype::Int8 | CacheDtype::Fp8PerTokenHead) {
-            return Err(GpuError::Unsupported(format!(
-                "a {dtype} KV cache (the GPU kernels read bf16, int8 and fp8_per_token_head)"
-            )));
-        }
+        check_gpu_dtype(dtype)?;
         let rows = layout.num_slots() * layout.kv_heads;
         let plane = || -> Result<GpuPlane, GpuError> {
             let scales = if dtype.has_scales() { rows } else { 1 };
@@ -217,6 +213,16 @@ impl GpuKvCache {
         }
         Ok(())
     }
+}
+
+/// The cache dtypes the GPU kernels read; the others (f16, f32, per-tensor fp8, int4) are CPU only.
+fn check_gpu_dtype(dtype: CacheDtype) -> Result<(), GpuError> {
+    if matches!(dtype, CacheDtype::Bf16 | CacheDtype::Int8 | CacheDtype::Fp8PerTokenHead) {
+        return Ok(());
+    }
+    Err(GpuError::Unsupported(format!(
+        "a {dtype} KV cache (the GPU kernels read bf16, int8 and fp8_per_token_head; {dtype} runs on the CPU)"
+    )))
 }
 
 /// Queue the copy of `len` elements of `buffer` from `src` to `dst`, ranges that do not overlap.
@@ -476,6 +482,7 @@ impl CacheKernels {
                 gpu.describe()
             )));
         }
+        check_gpu_dtype(dtype)?;
         let fp8 = dtype == CacheDtype::Fp8PerTokenHead;
         if fp8 && gpu.modules.arch_number() < 89 {
             return Err(GpuError::Unsupported(format!(
