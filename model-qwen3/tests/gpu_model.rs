@@ -103,6 +103,15 @@ fn bounded_difference(got: &[Vec<f32>], expected: &[Vec<f32>], bound: f32) -> (f
     (worst, clear, changed)
 }
 
+/// The blocks of every prompt, allocated up front; the sequences' tokens and tables; an empty
+/// list of logits per sequence.
+#[allow(clippy::type_complexity)]
+fn allocate(prompts: &[Vec<u32>]) -> (BlockManager, Vec<Vec<u32>>, Vec<BlockTable>, Vec<Vec<Vec<f32>>>) {
+    let mut blocks = BlockManager::new(NUM_BLOCKS, BLOCK_SIZE).unwrap();
+    let tables = prompts.iter().map(|t| blocks.allocate(t).unwrap().0).collect();
+    (blocks, prompts.to_vec(), tables, vec![Vec::new(); prompts.len()])
+}
+
 /// Prompts of several lengths, then `steps` decode steps with fixed tokens, all sequences batched;
 /// returns every step's logits per sequence. `chunk` splits each prompt's prefill.
 fn run(
@@ -111,10 +120,7 @@ fn run(
     steps: usize,
     chunk: usize,
 ) -> Vec<Vec<Vec<f32>>> {
-    let mut blocks = BlockManager::new(NUM_BLOCKS, BLOCK_SIZE).unwrap();
-    let mut tokens: Vec<Vec<u32>> = prompts.to_vec();
-    let mut tables: Vec<BlockTable> = tokens.iter().map(|t| blocks.allocate(t).unwrap().0).collect();
-    let mut logits: Vec<Vec<Vec<f32>>> = vec![Vec::new(); prompts.len()];
+    let (mut blocks, mut tokens, mut tables, mut logits) = allocate(prompts);
     let longest = prompts.iter().map(Vec::len).max().unwrap();
     let mut start = 0;
     while start < longest {
@@ -162,11 +168,8 @@ fn run_mixed(
     steps: usize,
     chunk: usize,
 ) -> Vec<Vec<Vec<f32>>> {
-    let mut blocks = BlockManager::new(NUM_BLOCKS, BLOCK_SIZE).unwrap();
-    let mut tokens: Vec<Vec<u32>> = prompts.to_vec();
-    let mut tables: Vec<BlockTable> = tokens.iter().map(|t| blocks.allocate(t).unwrap().0).collect();
+    let (mut blocks, mut tokens, mut tables, mut logits) = allocate(prompts);
     let mut computed = vec![0; prompts.len()];
-    let mut logits: Vec<Vec<Vec<f32>>> = vec![Vec::new(); prompts.len()];
     let mut steps_left = steps;
     for step in 0.. {
         let decoding: Vec<usize> = (0..tokens.len()).filter(|&i| computed[i] == tokens[i].len()).collect();
