@@ -7,6 +7,10 @@
 //! - Asymmetric: `m = bf16(min_g)`, `s = bf16((max_g - m) / 15)`, `q = clamp(round_half_even((x -
 //!   m) / s), 0, 15)`, read back as `m + q * s`.
 //!
+//! The asymmetric minimum is rounded to bf16 like the scales, so a group whose span is small against
+//! its values' magnitude may err by up to 2^-9 of that magnitude rather than half a step; the
+//! `int4` cache dtype is symmetric.
+//!
 //! As INT8's: a group holding NaN or ±Inf poisons its row (every scale NaN, codes 0), and a group
 //! whose scale is below the smallest normal f32 reads back as zeros (symmetric) or its minimum.
 

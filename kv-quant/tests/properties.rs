@@ -2,8 +2,9 @@
 
 use half::{bf16, f16};
 use nanovllm_kv_quant::{
-    Element, F8E4M3, FP8_MAX, FP8_MAX_SCALE, MAX_SCALE, QMAX, dequantize_row, dequantize_row_fp8,
-    quantize_row, quantize_row_fp8,
+    Element, F8E4M3, FP8_MAX, FP8_MAX_SCALE, INT4_GROUP, Int4Group, Int4Scheme, MAX_SCALE, QMAX,
+    dequantize_row, dequantize_row_fp8, dequantize_row_int4, quantize_row, quantize_row_fp8,
+    quantize_row_int4,
 };
 use proptest::prelude::*;
 
@@ -265,6 +266,71 @@ proptest! {
         let (codes, scale, back) = fp8_round_trip(&row);
         prop_assert!(scale.is_nan());
         prop_assert!(codes.iter().all(|c| c.to_bits() == 0));
+        prop_assert!(back.iter().all(|y| y.is_nan()));
+    }
+}
+
+fn int4_round_trip(row: &[f32], scheme: Int4Scheme) -> (Vec<u8>, Vec<Int4Group>, Vec<f32>) {
+    let mut codes = vec![0u8; row.len()];
+    let mut groups = vec![Int4Group::default(); row.len().div_ceil(INT4_GROUP)];
+    quantize_row_int4(row, INT4_GROUP, scheme, &mut codes, &mut groups).unwrap();
+    let mut back = vec![0f32; row.len()];
+    dequantize_row_int4(&codes, INT4_GROUP, scheme, &groups, &mut back).unwrap();
+    (codes, groups, back)
+}
+
+/// Rows of values in a moderate range (no group's scale flushed or capped), in groups that each
+/// have their own magnitude and span about it (an asymmetric group's bf16 minimum is then within
+/// half a step).
+fn int4_row() -> impl Strategy<Value = Vec<f32>> {
+    prop::collection::vec((-30i32..30, prop::collection::vec(-1.0f32..1.0, INT4_GROUP)), 1..6).prop_map(
+        |groups| {
+            groups
+                .into_iter()
+                .flat_map(|(exp, unit)| unit.into_iter().map(move |u| u * 2f32.powi(exp)))
+                .collect()
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Every value within half a step of its group's scale (up to f32 rounding), for both schemes.
+    #[test]
+    fn int4_error_is_at_most_half_a_group_step(row in int4_row(), asymmetric in any::<bool>()) {
+        let scheme = if asymmetric { Int4Scheme::Asymmetric } else { Int4Scheme::Symmetric };
+        let (codes, groups, back) = int4_round_trip(&row, scheme);
+        prop_assert!(codes.iter().all(|&c| c <= 15 && (asymmetric || c >= 1)));
+        for (g, group) in groups.iter().enumerate() {
+            let step = group.scale.to_f32() as f64;
+            let span = g * INT4_GROUP..((g + 1) * INT4_GROUP).min(row.len());
+            for i in span {
+                let err = (row[i] as f64 - back[i] as f64).abs();
+                let bound = step * 0.5 * (1.0 + 2f64.powi(-6)) + (row[i].abs() as f64) * 2f64.powi(-20);
+                prop_assert!(err <= bound, "{scheme:?} x={:e} y={:e} step={step:e}", row[i], back[i]);
+            }
+        }
+    }
+
+    /// Symmetric codes read back as multiples of the scale, quantize to the same codes again.
+    #[test]
+    fn int4_symmetric_requantizing_gives_the_same_codes(row in int4_row()) {
+        let (codes, groups, back) = int4_round_trip(&row, Int4Scheme::Symmetric);
+        let (codes2, groups2, back2) = int4_round_trip(&back, Int4Scheme::Symmetric);
+        prop_assert_eq!(codes, codes2);
+        prop_assert_eq!(groups, groups2);
+        prop_assert_eq!(back, back2);
+    }
+
+    #[test]
+    fn int4_non_finite_elements_poison_the_row(mut row in int4_row(), at in any::<prop::sample::Index>(),
+                                               bad in prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(f32::NEG_INFINITY)],
+                                               asymmetric in any::<bool>()) {
+        let scheme = if asymmetric { Int4Scheme::Asymmetric } else { Int4Scheme::Symmetric };
+        let i = at.index(row.len());
+        row[i] = bad;
+        let (_, _, back) = int4_round_trip(&row, scheme);
         prop_assert!(back.iter().all(|y| y.is_nan()));
     }
 }
