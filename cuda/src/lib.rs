@@ -30,7 +30,7 @@ use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError, sys::CUre
 use cudarc::nccl::result::NcclError;
 
 pub use dependent_launch::DependentLaunch;
-pub use module_cache::ModuleCache;
+pub use module_cache::{KernelSource, ModuleCache};
 
 /// The device side of [`DependentLaunch`]: `wait_for_previous_kernel()`, to prepend to the source
 /// of every kernel launched that way.
@@ -175,10 +175,15 @@ impl Gpu {
     /// Compile (or fetch from the caches) a module from `source` with `#define`s prepended.
     pub fn module(
         &self,
-        name: &str,
+        name: &'static str,
         source: &str,
-        defines: &[(&str, String)],
+        defines: &[(&'static str, String)],
     ) -> Result<Arc<CudaModule>, GpuError> {
-        self.modules.load(&self.ctx, name, source, defines)
+        self.load(&KernelSource { name, source: source.to_owned(), defines: defines.to_vec() })
+    }
+
+    /// Compile (or fetch from the caches) `kernel`.
+    pub fn load(&self, kernel: &KernelSource) -> Result<Arc<CudaModule>, GpuError> {
+        self.modules.load(&self.ctx, kernel)
     }
 }

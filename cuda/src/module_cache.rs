@@ -11,6 +11,36 @@ use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 
 use super::GpuError;
 
+/// One kernel module to build: its name (for logs and the disk cache), its CUDA C, and the
+/// `#define`s prepended to it (the shape it is compiled for).
+#[derive(Debug, Clone)]
+pub struct KernelSource {
+    /// The module's name.
+    pub name: &'static str,
+    /// CUDA C, headers included: NVRTC is given no include path.
+    pub source: String,
+    /// `#define KEY VALUE` lines, in order, before the source.
+    pub defines: Vec<(&'static str, String)>,
+}
+
+impl KernelSource {
+    /// The text NVRTC compiles: the defines, then the source.
+    fn text(&self) -> String {
+        let mut full = String::new();
+        for (key, value) in &self.defines {
+            full.push_str(&format!("#define {key} {value}\n"));
+        }
+        full.push_str(&self.source);
+        full
+    }
+
+    /// PTX for `arch` (`sm_90`), from NVRTC alone: this needs libnvrtc but no GPU, so every
+    /// variant of a kernel can be checked to compile where none is installed.
+    pub fn compile(&self, arch: &str) -> Result<Ptx, GpuError> {
+        compile(self.name, &self.text(), arch)
+    }
+}
+
 /// Modules compiled for one device architecture.
 #[derive(Debug)]
 pub struct ModuleCache {
@@ -29,19 +59,13 @@ impl ModuleCache {
         self.major * 10 + self.minor
     }
 
-    /// The module for `source` with `defines`, compiled for this architecture.
+    /// The module for `kernel`, compiled for this architecture.
     pub(crate) fn load(
         &self,
         ctx: &Arc<CudaContext>,
-        name: &str,
-        source: &str,
-        defines: &[(&str, String)],
+        kernel: &KernelSource,
     ) -> Result<Arc<CudaModule>, GpuError> {
-        let mut full = String::new();
-        for (key, value) in defines {
-            full.push_str(&format!("#define {key} {value}\n"));
-        }
-        full.push_str(source);
+        let (name, full) = (kernel.name, kernel.text());
         let arch = format!("sm_{}", self.arch_number());
         let key = xxhash_rust::xxh64::xxh64(format!("{arch}\n{full}").as_bytes(), 0);
         if let Some(module) = self.loaded.lock().expect("no panics while held").get(&key) {
@@ -51,7 +75,7 @@ impl ModuleCache {
         let ptx = match disk.as_ref().and_then(|path| std::fs::read_to_string(path).ok()) {
             Some(text) => Ptx::from_src(text),
             None => {
-                let ptx = self.compile(name, &full, &arch)?;
+                let ptx = compile(name, &full, &arch)?;
                 if let Some(path) = &disk {
                     // A cache that cannot be written only costs a recompile next time.
                     let _ = write_atomically(path, &ptx.to_src());
@@ -63,16 +87,17 @@ impl ModuleCache {
         self.loaded.lock().expect("no panics while held").insert(key, module.clone());
         Ok(module)
     }
+}
 
-    fn compile(&self, name: &str, source: &str, arch: &str) -> Result<Ptx, GpuError> {
-        let options = CompileOptions {
-            name: Some(format!("{name}.cu")),
-            options: vec!["--std=c++17".into(), format!("--gpu-architecture={arch}")],
-            ..CompileOptions::default()
-        };
-        compile_ptx_with_opts(source, options)
-            .map_err(|e| GpuError::Compile { name: name.to_owned(), log: e.to_string() })
-    }
+/// `source` (defines included) as PTX for `arch`.
+fn compile(name: &str, source: &str, arch: &str) -> Result<Ptx, GpuError> {
+    let options = CompileOptions {
+        name: Some(format!("{name}.cu")),
+        options: vec!["--std=c++17".into(), format!("--gpu-architecture={arch}")],
+        ..CompileOptions::default()
+    };
+    compile_ptx_with_opts(source, options)
+        .map_err(|e| GpuError::Compile { name: name.to_owned(), log: e.to_string() })
 }
 
 /// Write `text` to `path` through a temporary file in the same folder and a rename, so that a

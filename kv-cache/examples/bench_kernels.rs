@@ -148,6 +148,10 @@ fn fill_bf16(gpu: &Gpu, buffer: &mut CudaSlice<bf16>, mode: i32, seed: u32) -> R
     fill(gpu, &mut bytes, mode, seed)
 }
 
+/// The cache dtypes the GPU kernels read.
+const DTYPES: [CacheDtype; 4] =
+    [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Int4];
+
 struct Shape {
     model: &'static str,
     heads: usize,
@@ -182,7 +186,7 @@ fn bench_decode(
         for (i, plane) in cache.keys.iter_mut().chain(cache.values.iter_mut()).enumerate() {
             let seed = (copy * 16 + i) as u32;
             let mode = match dtype {
-                CacheDtype::Int8 => 0,
+                CacheDtype::Int8 | CacheDtype::Int4 => 0,
                 CacheDtype::Fp8PerTokenHead => 3,
                 _ => 1,
             };
@@ -359,7 +363,7 @@ fn main() -> Result<(), GpuError> {
         );
     };
     for shape in &shapes {
-        for dtype in [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead] {
+        for dtype in DTYPES {
             if !format!("{} {}x{} {dtype}", shape.model, shape.batch, shape.context).contains(&filter) {
                 continue;
             }
@@ -376,7 +380,7 @@ fn main() -> Result<(), GpuError> {
         }
     }
     for pattern in [Slots::Shuffled, Slots::Blocks] {
-        for dtype in [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead] {
+        for dtype in DTYPES {
             if !format!("store {dtype} {pattern:?}").contains(&filter) {
                 continue;
             }

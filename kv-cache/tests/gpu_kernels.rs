@@ -1,13 +1,13 @@
-//! The CUDA store and attention kernels (decode and prefill), for bf16, INT8 and FP8 rows, against the CPU reference, on fresh random inputs
-//! each run, with outputs poisoned first. ignored by default: on a machine with a GPU,
+//! The CUDA store and attention kernels (decode and prefill), for bf16, INT8, FP8 and INT4 rows,
+//! against the CPU reference, on fresh random inputs each run, with outputs poisoned first. ignored by default: on a machine with a GPU,
 //! `cargo test --release -p nanovllm-kv-cache --features cuda --test gpu_kernels -- --ignored`
 //! (or the test binary it builds, run with `--ignored`).
 #![cfg(feature = "cuda")]
 
 use half::bf16;
 use nanovllm_cuda::Gpu;
-use nanovllm_kv_cache::CacheLayout;
 use nanovllm_kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache, cache_row};
+use nanovllm_kv_cache::{CacheLayout, Int4, StorageDtype};
 use nanovllm_kv_quant::{CacheDtype, F8E4M3};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -44,8 +44,10 @@ fn to_bf16(values: &[f32]) -> Vec<bf16> {
 fn store_matches_the_reference_bit_for_bit() {
     let gpu = gpu();
     let mut rng = rng();
-    for dtype in [CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Bf16] {
-        for head_dim in [32, 64, 128, 256] {
+    for dtype in [CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Int4, CacheDtype::Bf16] {
+        let head_dims: &[usize] =
+            if dtype == CacheDtype::Int4 { &[64, 128, 256] } else { &[32, 64, 128, 256] };
+        for &head_dim in head_dims {
             let (kv_heads, q_heads, tokens) = (8, 16, 333);
             let layout = CacheLayout { num_layers: 2, num_blocks: 80, block_size: 16, kv_heads, head_dim };
             // Tokens come as rows of a packed [q | k | v] projection, as the model produces them.
@@ -61,8 +63,12 @@ fn store_matches_the_reference_bit_for_bit() {
             for (i, x) in qkv[row_start(7, true, 2)..][..head_dim].iter_mut().enumerate() {
                 *x = bf16::from_f32(if i == 0 { 127.0 } else { (i % 254) as f32 * 0.5 - 63.5 });
             }
-            // The largest bf16s: the scale saturates at its cap (INT8 2^121, FP8 2^119) and the codes
-            // clamp at 127 (FP8: saturate at 448).
+            // INT4 ties: groups whose largest magnitude is 7 have scale 1, and their x.5 round to even.
+            for (i, x) in qkv[row_start(9, true, 5)..][..head_dim].iter_mut().enumerate() {
+                *x = bf16::from_f32(if i % 32 == 0 { 7.0 } else { (i % 15) as f32 * 0.5 - 3.5 });
+            }
+            // The largest bf16s: the scale saturates at its cap (INT8 and INT4 2^121, FP8 2^119) and
+            // the codes clamp at 127 (INT4: 7; FP8: saturate at 448).
             for (i, x) in qkv[row_start(8, false, 4)..][..head_dim].iter_mut().enumerate() {
                 *x = if i % 3 == 0 { -bf16::MAX } else { bf16::MAX };
             }
@@ -73,6 +79,7 @@ fn store_matches_the_reference_bit_for_bit() {
                 *s = -1; // padding
             }
             let mut cache = GpuKvCache::new(&gpu, layout, dtype).unwrap();
+            let (row_bytes, groups) = (dtype.code_bytes(head_dim), dtype.row_layout().groups(head_dim));
             let poison = vec![0x5Au8; cache.keys[1].data.len()];
             let poison_scales = vec![bf16::from_bits(0x5A5A); cache.keys[1].scales.len()];
             for plane in [&mut cache.keys[1], &mut cache.values[1]] {
@@ -116,6 +123,23 @@ fn store_matches_the_reference_bit_for_bit() {
                                     "scale of token {t} head {h}"
                                 );
                             }
+                            CacheDtype::Int4 => {
+                                // The CPU cache's store: the reference's codes, packed.
+                                let values: Vec<f32> = src.iter().map(|x| x.to_f32()).collect();
+                                let mut packed = vec![0u8; row_bytes];
+                                let mut expected_scales = vec![bf16::ZERO; groups];
+                                Int4::store_row(&values, &mut packed, &mut expected_scales);
+                                assert_eq!(
+                                    &data[row * row_bytes..][..row_bytes],
+                                    &packed[..],
+                                    "{dtype} d{head_dim} token {t} head {h} value {is_value}"
+                                );
+                                let at = (h * layout.num_slots() + slot as usize) * groups;
+                                let got: Vec<u16> =
+                                    scales[at..][..groups].iter().map(|s| s.to_bits()).collect();
+                                let want: Vec<u16> = expected_scales.iter().map(|s| s.to_bits()).collect();
+                                assert_eq!(got, want, "scales of token {t} head {h}");
+                            }
                             CacheDtype::Fp8PerTokenHead => {
                                 let mut codes = vec![F8E4M3::ZERO; head_dim];
                                 let scale = nanovllm_kv_quant::quantize_row_fp8(src, &mut codes).unwrap();
@@ -142,7 +166,6 @@ fn store_matches_the_reference_bit_for_bit() {
                         }
                     }
                 }
-                let row_bytes = dtype.code_bytes(head_dim);
                 for (slot, _) in written.iter().enumerate().filter(|(_, w)| !**w) {
                     for h in 0..kv_heads {
                         let bytes = &data[cache_row(&layout, slot, h) * row_bytes..][..row_bytes];
@@ -211,10 +234,27 @@ fn reference(
     out
 }
 
-/// Random rows stored as the cache stores them: the device bytes and the rows as f32.
+/// Random rows stored as the cache stores them: the device bytes, the scales (`[rows][groups]`)
+/// and the rows as f32.
 fn stored_rows(rng: &mut StdRng, dtype: CacheDtype, rows: usize, d: usize) -> (Vec<u8>, Vec<bf16>, Vec<f32>) {
     let raw = random_rows(rng, rows, d);
     match dtype {
+        CacheDtype::Int4 => {
+            let (row_bytes, groups) = (Int4::row_elems(d), Int4::row_sides(d));
+            let mut codes = vec![0u8; rows * row_bytes];
+            let mut scales = vec![bf16::ZERO; rows * groups];
+            let mut back = vec![0f32; rows * d];
+            for (((row, codes), scales), back) in raw
+                .chunks_exact(d)
+                .zip(codes.chunks_exact_mut(row_bytes))
+                .zip(scales.chunks_exact_mut(groups))
+                .zip(back.chunks_exact_mut(d))
+            {
+                Int4::store_row(row, codes, scales);
+                Int4::load_row(codes, scales, back);
+            }
+            (codes, scales, back)
+        }
         CacheDtype::Int8 => {
             let mut codes = vec![0i8; rows * d];
             let mut scales = vec![bf16::ZERO; rows];
@@ -257,14 +297,17 @@ fn gpu_order(bytes: &[u8], layout: &CacheLayout, row_bytes: usize) -> Vec<u8> {
     out
 }
 
-/// Scales in the CPU cache's `[slots][kv_heads]` order as the GPU cache keeps them,
-/// `[kv_heads][slots]` (a bf16 cache's single dummy scale stays as it is).
-fn head_major(scales: &[bf16], kv_heads: usize) -> Vec<bf16> {
-    let slots = scales.len() / kv_heads;
+/// Scales in the CPU cache's `[slots][kv_heads][groups]` order as the GPU cache keeps them,
+/// `[kv_heads][slots][groups]` (a bf16 cache's single dummy scale stays as it is).
+fn head_major(scales: &[bf16], kv_heads: usize, groups: usize) -> Vec<bf16> {
+    let slots = scales.len() / (kv_heads * groups.max(1));
     if slots == 0 {
         return scales.to_vec();
     }
-    (0..kv_heads).flat_map(|h| (0..slots).map(move |s| scales[s * kv_heads + h])).collect()
+    (0..kv_heads)
+        .flat_map(|h| (0..slots).flat_map(move |s| (0..groups).map(move |g| (s * kv_heads + h) * groups + g)))
+        .map(|i| scales[i])
+        .collect()
 }
 
 #[test]
@@ -428,12 +471,12 @@ fn attention_kernels_match_the_reference() {
             queries: 20,
         },
     ];
-    // Every INT8 case again with FP8 rows: the same kernels with E4M3 codes.
-    let fp8 = cases
-        .iter()
-        .filter(|c| c.dtype == CacheDtype::Int8)
-        .map(|c| DecodeCase { dtype: CacheDtype::Fp8PerTokenHead, ..c.clone() });
-    let cases: Vec<DecodeCase> = cases.iter().cloned().chain(fp8).collect();
+    // Every INT8 case again with FP8 rows and with INT4 rows: the same kernels with E4M3 codes, and
+    // with packed 4-bit codes and a scale per group.
+    let requantized = [CacheDtype::Fp8PerTokenHead, CacheDtype::Int4].into_iter().flat_map(|dtype| {
+        cases.iter().filter(|c| c.dtype == CacheDtype::Int8).map(move |c| DecodeCase { dtype, ..c.clone() })
+    });
+    let cases: Vec<DecodeCase> = cases.iter().cloned().chain(requantized).collect();
     for case in &cases {
         let bs = case.block_size;
         let needed: usize = case.contexts.iter().map(|c| c.div_ceil(bs)).sum();
@@ -455,10 +498,15 @@ fn attention_kernels_match_the_reference() {
         let (v_bytes, v_scales, values) = stored_rows(&mut rng, case.dtype, rows, case.head_dim);
         let mut cache = GpuKvCache::new(&gpu, layout, case.dtype).unwrap();
         let row_bytes = case.dtype.code_bytes(case.head_dim);
+        let groups = case.dtype.row_layout().groups(case.head_dim);
         gpu.stream.memcpy_htod(&gpu_order(&k_bytes, &layout, row_bytes), &mut cache.keys[0].data).unwrap();
         gpu.stream.memcpy_htod(&gpu_order(&v_bytes, &layout, row_bytes), &mut cache.values[0].data).unwrap();
-        gpu.stream.memcpy_htod(&head_major(&k_scales, case.kv_heads), &mut cache.keys[0].scales).unwrap();
-        gpu.stream.memcpy_htod(&head_major(&v_scales, case.kv_heads), &mut cache.values[0].scales).unwrap();
+        gpu.stream
+            .memcpy_htod(&head_major(&k_scales, case.kv_heads, groups), &mut cache.keys[0].scales)
+            .unwrap();
+        gpu.stream
+            .memcpy_htod(&head_major(&v_scales, case.kv_heads, groups), &mut cache.values[0].scales)
+            .unwrap();
         // Each sequence's queries: the last `case.queries` positions, in order.
         let (mut query_seq, mut query_contexts) = (Vec::new(), Vec::new());
         for (seq, &context) in case.contexts.iter().enumerate() {

@@ -1,5 +1,5 @@
 // Device-side KV quantization helpers: the nanovllm-kv-quant formats (INT8: the crate docs, steps
-// 1 to 7; FP8: fp8.rs), bit for bit. Prepended to every kernel source of the engine (no CUDA
+// 1 to 7; FP8: fp8.rs; INT4: int4.rs), bit for bit. Prepended to every kernel source of the engine (no CUDA
 // headers needed).
 #pragma once
 
@@ -22,13 +22,19 @@ __device__ __forceinline__ bf16_t float_to_bf16(float f) {
 #define KV_QMAX 127.0f
 #define KV_NEG_INF __int_as_float(0xff800000)
 
-// Steps 3-5: the stored scale of a row whose largest magnitude is `amax` (finite, >= 0).
-__device__ __forceinline__ bf16_t kv_scale_from_amax(float amax) {
-    bf16_t scale = float_to_bf16(amax / KV_QMAX);  // IEEE division (NVRTC's default --prec-div)
+// Steps 3-5, for a format whose largest code is `top` and whose scales stop at `cap`: the stored
+// scale of a row (or group) whose largest magnitude is `amax` (finite, >= 0).
+__device__ __forceinline__ bf16_t kv_scale_for(float amax, float top, bf16_t cap) {
+    bf16_t scale = float_to_bf16(amax / top);  // IEEE division (NVRTC's default --prec-div)
     float s = bf16_to_float(scale);
-    if (s < 1.17549435e-38f) return 0;              // below the smallest normal f32: zeros
-    if (scale > KV_MAX_SCALE_BITS) return KV_MAX_SCALE_BITS;  // positive bf16s order like their bits
+    if (s < 1.17549435e-38f) return 0;          // below the smallest normal f32: zeros
+    if (scale > cap) return cap;                // positive bf16s order like their bits
     return scale;
+}
+
+// An INT8 row's scale.
+__device__ __forceinline__ bf16_t kv_scale_from_amax(float amax) {
+    return kv_scale_for(amax, KV_QMAX, KV_MAX_SCALE_BITS);
 }
 
 // Step 6 (x / step rounded half to even, clamped to +-127) for four values at once, packed (first
@@ -72,11 +78,24 @@ __device__ __forceinline__ float kv_max_nan(float a, float b) {
 #define KV_FP8_MAX 448.0f
 #define KV_FP8_MAX_SCALE_BITS ((bf16_t)0x7b00)  // 2^119
 __device__ __forceinline__ bf16_t kv_fp8_scale_from_amax(float amax) {
-    bf16_t scale = float_to_bf16(amax / KV_FP8_MAX);
-    float s = bf16_to_float(scale);
-    if (s < 1.17549435e-38f) return 0;
-    if (scale > KV_FP8_MAX_SCALE_BITS) return KV_FP8_MAX_SCALE_BITS;
-    return scale;
+    return kv_scale_for(amax, KV_FP8_MAX, KV_FP8_MAX_SCALE_BITS);
+}
+
+// INT4 rows (int4.rs, symmetric): a group's scale is amax / 7 with INT8's cap; its codes are
+// round-half-even(x / step) clamped to +-7, stored plus 8, two a byte (the first value in the low
+// nibble). Eight values' codes packed in a word, with an IEEE division each, as the reference.
+#define KV_INT4_MAX 7.0f
+__device__ __forceinline__ bf16_t kv_int4_scale_from_amax(float amax) {
+    return kv_scale_for(amax, KV_INT4_MAX, KV_MAX_SCALE_BITS);
+}
+__device__ __forceinline__ unsigned int kv_int4_quantize8(const float* x, float step) {
+    unsigned int word = 0;
+    #pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const float q = fminf(fmaxf(rintf(__fdiv_rn(x[k], step)), -KV_INT4_MAX), KV_INT4_MAX);
+        word |= (unsigned int)((int)q + 8) << (4 * k);
+    }
+    return word;
 }
 
 #if __CUDA_ARCH__ >= 890

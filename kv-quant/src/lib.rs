@@ -80,6 +80,6 @@ pub use row::{MAX_SCALE, QMAX, dequantize_row, quantize_row, scale_for_amax};
 pub use size::{CacheDtype, RowLayout, UnknownCacheDtype, kv_bytes_per_token};
 
 /// The device side of the format (bf16 conversion, a row's scale, one code), bit for bit as
-/// [`quantize_row`]: CUDA C to prepend to the source of every kernel that writes or reads INT8
-/// rows. Plain text, so this crate needs no CUDA to build.
+/// [`quantize_row`], [`quantize_row_fp8`] and [`quantize_row_int4`]: CUDA C to prepend to the
+/// source of every kernel that writes or reads quantized rows. Plain text, so this crate needs no CUDA to build.
 pub const KV_QUANT_CUH: &str = include_str!("kv_quant.cuh");

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nanovllm_cuda::Gpu;
-use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, Fp8PerTokenHead, Int8, KvCache, StorageDtype};
+use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, Fp8PerTokenHead, Int4, Int8, KvCache, StorageDtype};
 use nanovllm_kv_quant::CacheDtype;
 use nanovllm_qwen3::cuda::{GpuGroup, GpuLimits, GpuQwen3, GpuSample, SampleBatch};
 use nanovllm_qwen3::{Checkpoint, DummyWeights, Qwen3Config, Qwen3Model, SeqInput, WeightSource, argmax};
@@ -222,7 +222,7 @@ fn cpu_logits<T: StorageDtype>(model: &Qwen3Model, schedule: &Schedule<'_>) -> V
     schedule(&mut |inputs| model.forward(inputs, &mut cache).unwrap())
 }
 
-/// The GPU against the CPU on `prompts`, for both cache dtypes: prefill whole and in chunks, then
+/// The GPU against the CPU on `prompts`, for every cache dtype the GPU reads: prefill whole and in chunks, then
 /// decode steps (the CPU prefilling whole); and the mixed policy's steps, decode rows beside
 /// prompt chunks (the CPU taking the same steps).
 fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
@@ -243,11 +243,12 @@ fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
             Box::new(|f| run_mixed(f, prompts, 4, 48)),
         ),
     ];
-    for dtype in [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead] {
+    for dtype in [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Int4] {
         for (schedule_name, cpu_schedule, gpu_schedule) in &schedules {
             let expected = match dtype {
                 CacheDtype::Int8 => cpu_logits::<Int8>(model, cpu_schedule),
                 CacheDtype::Fp8PerTokenHead => cpu_logits::<Fp8PerTokenHead>(model, cpu_schedule),
+                CacheDtype::Int4 => cpu_logits::<Int4>(model, cpu_schedule),
                 _ => cpu_logits::<Bf16>(model, cpu_schedule),
             };
             let mut gpu_model = gpu_model(gpu, model, dtype, NUM_BLOCKS, false);

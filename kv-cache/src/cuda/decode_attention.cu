@@ -2,9 +2,14 @@
 // integers in registers (two byte permutes and a subtraction per four codes; keys skip the
 // subtraction, their 1152 offset taken out once per row), FP8 rows exact fp16 values (the
 // hardware's E4M3 conversion); the K scale is folded into the score and the V scale into the
-// probability. bf16 rows go to the tensor cores as they are.
-// Defines: HEAD_DIM (32, 64, 128 or 256), GROUP (query heads per kv head, at most 8), QUANT (0/1:
-// one-byte codes and a bf16 scale per row), FP8 (0/1: the codes are E4M3, not INT8),
+// probability. bf16 rows go to the tensor cores as they are. INT4 codes become fp16 values times
+// their group's scale over a power of two (a byte permute, a mask, a subtraction and a
+// multiplication per two codes; exact, int4_pair_to_f16x2): for keys the power of two at least the
+// row's largest group scale, which then multiplies the score; for values the running bound that
+// INT8's V scales are divided by.
+// Defines: HEAD_DIM (32, 64, 128 or 256; 64 and up for INT4), GROUP (query heads per kv head, at
+// most 8), QUANT (0/1: codes and bf16 scales), FP8 (0/1: the codes are E4M3), INT4 (0/1: 4-bit
+// codes, two a byte, a scale per group of 32 values),
 // BLOCK_SIZE (slots per cache block, multiple of 16), THREADS (threads per block), MIN_BLOCKS
 // (thread blocks per SM the register allocation must allow).
 //
@@ -41,15 +46,17 @@
 #define WARPS (THREADS / 32)
 #define QUERIES (8 / GROUP)                 // query tokens per group
 #define TILE 16
-#define ELEM_BYTES (QUANT ? 1 : 2)
-#define KB (HEAD_DIM / 4 * ELEM_BYTES)      // bytes of a key row a lane loads
-#define VB (HEAD_DIM / 8 * ELEM_BYTES)      // ... of a value row
+#define CODE_BITS (INT4 ? 4 : QUANT ? 8 : 16)
+#define KB (HEAD_DIM / 4 * CODE_BITS / 8)   // bytes of a key row a lane loads
+#define VB (HEAD_DIM / 8 * CODE_BITS / 8)   // ... of a value row
 #define KU (KB < 16 ? KB : 16)              // bytes per copy
 #define VU (VB < 16 ? VB : 16)
 #define KW (KB / 4)                         // 32-bit words
 #define VW (VB / 4)
+#define KUNITS (KB / KU)                    // copies per key row; INT4: each one group's codes
+#define GROUPS (INT4 ? HEAD_DIM / 32 : 1)   // scales per row
 #define ACC_STRIDE (HEAD_DIM + (QUANT ? 4 : 1)) // padded rows of the warps' outputs: fewer bank conflicts
-#define ROW_BYTES (HEAD_DIM * ELEM_BYTES)
+#define ROW_BYTES (HEAD_DIM * CODE_BITS / 8)
 #define TAU 8.0f                            // lazy rescaling: probabilities stay below 2^TAU
 #define CHUNKS (HEAD_DIM / 16)              // k16 steps of QK, and m16 tiles of PV
 
@@ -70,15 +77,18 @@ __device__ __forceinline__ void load_bytes(const unsigned char* p, unsigned int*
 // The first element of key word w of lane q (row offsets as in the header), and of value word w of
 // lane j.
 __device__ __forceinline__ int key_element(int w, int q) {
-    return (((w / (KU / 4)) * 4 + q) * KU + (w % (KU / 4)) * 4) / ELEM_BYTES;
+    return (((w / (KU / 4)) * 4 + q) * KU + (w % (KU / 4)) * 4) * 8 / CODE_BITS;
 }
 __device__ __forceinline__ int value_element(int w, int j) {
-    return (((w / (VU / 4)) * 8 + j) * VU + (w % (VU / 4)) * 4) / ELEM_BYTES;
+    return (((w / (VU / 4)) * 8 + j) * VU + (w % (VU / 4)) * 4) * 8 / CODE_BITS;
 }
 
 // The value dim of output row j (+1 for row j + 8) of m-tile c, for lane j.
 __device__ __forceinline__ int value_dim(int c, int j) {
-#if QUANT
+#if INT4
+    // Word c/4 of a row holds eight dims; tile c takes the two of byte c%4.
+    return value_element(c / 4, j) + 2 * (c % 4);
+#elif QUANT
     return value_element(c / 2, j) + 2 * (c % 2);
 #else
     return value_element(c, j);
@@ -90,7 +100,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     long long q_stride,
     const unsigned char* __restrict__ key_cache,   // rows of HEAD_DIM elements, placed by cache_row (layout.cuh)
     const unsigned char* __restrict__ value_cache,
-    const bf16_t* __restrict__ key_scale,       // [kv_heads][slots] (QUANT only)
+    const bf16_t* __restrict__ key_scale,       // [kv_heads][slots][GROUPS] (QUANT only)
     const bf16_t* __restrict__ value_scale,
     long long num_slots,
     const int* __restrict__ block_tables,       // [sequences][max_blocks]
@@ -125,7 +135,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
                              + (long long)(kv_head * GROUP + j % GROUP) * HEAD_DIM;
         #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
-            const int element = QUANT ? key_element(c, qd) : key_element(2 * c, qd);
+            // INT4: a word holds two chunks' elements (bytes 0-1, then 2-3).
+            const int element = INT4 ? key_element(c / 2, qd) + 4 * (c % 2) : QUANT ? key_element(c, qd) : key_element(2 * c, qd);
             unsigned int w[2] = {0u, 0u};
             if (used) load_bytes<8>((const unsigned char*)(qrow + element), w);
             #pragma unroll
@@ -220,7 +231,35 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
                     load_bytes<VU>(tile.value + value_lane + value_rows[r] * ROW_BYTES + i * 8 * VU, w);
                 else for (int x = 0; x < VU / 4; ++x) w[x] = 0u;
             }
-#if QUANT
+#if INT4
+        // The scales this lane's codes need (0 past the context): each key unit's group in rows j
+        // and j + 8; its value group in rows 2q, 2q + 1, 2q + 8, 2q + 9. Key rows are scaled by
+        // their largest group scale's power of two (the four lanes of a j hold every group).
+        const bf16_t* tile_scales = key_scale + (kv_head * num_slots + tile.slot0) * GROUPS;
+        unsigned int kratio[2][KUNITS];
+        float knorm[2];
+        #pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float kscale[KUNITS], largest = FLT_MIN_NORMAL;
+            #pragma unroll
+            for (int u = 0; u < KUNITS; ++u) {
+                const int row = j + 8 * h;
+                kscale[u] = row < valid ? bf16_to_float(tile_scales[row * GROUPS + key_element(u * (KU / 4), qd) / 32]) : 0.0f;
+                largest = fmaxf(largest, kscale[u]);
+            }
+            knorm[h] = pow2_at_least(quad_max(largest));
+            const float inverse = pow2_inverse(knorm[h]);
+            #pragma unroll
+            for (int u = 0; u < KUNITS; ++u) kratio[h][u] = pack2(kscale[u] * inverse, kscale[u] * inverse * 0.0625f);
+        }
+        float vscale[4];
+        #pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int row = 2 * qd + value_rows[r];
+            vscale[r] = row < valid ? bf16_to_float(value_scale[(kv_head * num_slots + tile.slot0 + row) * GROUPS + value_element(0, j) / 32]) : 0.0f;
+        }
+        const float v_lane_max = fmaxf(fmaxf(vscale[0], vscale[1]), fmaxf(vscale[2], vscale[3]));
+#elif QUANT
         // Lane L holds the scale of token L % 16: K for L < 16, V after.
         const long long scale_at = kv_head * num_slots + tile.slot0 + lane % 16;
         const float my_scale = lane % 16 < valid ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 0.0f;
@@ -231,7 +270,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         float s[4] = {s_start[0], s_start[1], s_start[2], s_start[3]}, s_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
-#if QUANT
+#if INT4
+            // Word c/2 of a row holds two chunks' codes: bytes 0 and 1 for even c, 2 and 3 for odd.
+            const int w = c / 2, u = w / (KU / 4);
+            const unsigned int first = (2 * (c % 2)) * 0x101u, second = (2 * (c % 2) + 1) * 0x101u;
+            const unsigned int a0 = int4_pair_to_f16x2(__byte_perm(kraw[0][w], 0u, first), 0x00f0000fu, INT4_BIAS_LOW_HIGH, kratio[0][u]);
+            const unsigned int a2 = int4_pair_to_f16x2(__byte_perm(kraw[0][w], 0u, second), 0x00f0000fu, INT4_BIAS_LOW_HIGH, kratio[0][u]);
+            const unsigned int a1 = int4_pair_to_f16x2(__byte_perm(kraw[1][w], 0u, first), 0x00f0000fu, INT4_BIAS_LOW_HIGH, kratio[1][u]);
+            const unsigned int a3 = int4_pair_to_f16x2(__byte_perm(kraw[1][w], 0u, second), 0x00f0000fu, INT4_BIAS_LOW_HIGH, kratio[1][u]);
+#elif QUANT
             unsigned int a0, a1, a2, a3;
             key_codes4_to_f16x2(kraw[0][c], a0, a2);
             key_codes4_to_f16x2(kraw[1][c], a1, a3);
@@ -244,7 +291,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         float score[4];
         #pragma unroll
         for (int e = 0; e < 4; ++e) score[e] = s[e] + s_odd[e];
-#if QUANT
+#if QUANT && !INT4
         const float kscale[2] = {__shfl_sync(0xffffffffu, my_scale, j), __shfl_sync(0xffffffffu, my_scale, j + 8)};
         const float vscale[2] = {__shfl_sync(0xffffffffu, my_scale, 16 + j), __shfl_sync(0xffffffffu, my_scale, 24 + j)};
 #endif
@@ -252,7 +299,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int key = j + 8 * (e / 2), row = e % 2;
-#if QUANT
+#if INT4
+            score[e] *= score_scale * knorm[e / 2];
+#elif QUANT
             score[e] *= score_scale * kscale[e / 2];
 #else
             score[e] *= score_scale;
@@ -260,7 +309,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
             if (tile.first + key >= limit[row]) score[e] = KV_NEG_INF;
             grow |= score[e] > m[row] + TAU;
         }
-#if QUANT
+#if INT4
+        grow |= v_lane_max > vs_norm;
+#elif QUANT
         grow |= fmaxf(vscale[0], vscale[1]) > vs_norm;
 #endif
         if (__any_sync(0xffffffffu, grow)) {
@@ -280,9 +331,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
                 l[row] *= alpha[row];
             }
 #if QUANT
+            // INT8: the lanes of a j hold the same keys' scales; INT4: every lane its own.
+#if INT4
+            float vs_max = v_lane_max;
+#else
             float vs_max = fmaxf(vscale[0], vscale[1]);
+#endif
             #pragma unroll
-            for (int offset = 4; offset < 32; offset *= 2)
+            for (int offset = INT4 ? 1 : 4; offset < 32; offset *= 2)
                 vs_max = fmaxf(vs_max, __shfl_xor_sync(0xffffffffu, vs_max, offset));
             const float bound = pow2_at_least(fmaxf(fmaxf(vs_max, vs_norm), FLT_MIN_NORMAL));
             const float ratio = vs_norm == 0.0f ? 1.0f : vs_norm * pow2_inverse(bound);  // exact
@@ -302,7 +358,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         for (int e = 0; e < 4; ++e) p[e] = fast_exp2(score[e] - m_sub[e % 2]);
         l[0] += p[0] + p[2];
         l[1] += p[1] + p[3];
-#if QUANT
+#if INT4
+        // Value rows 2q, 2q + 1 (then 2q + 8, 2q + 9) pair up in a tile's A fragments.
+        const unsigned int vratio[2] = {pack2(vscale[0] * vs_inv, vscale[1] * vs_inv), pack2(vscale[2] * vs_inv, vscale[3] * vs_inv)};
+        const unsigned int vratio16[2] = {pack2(vscale[0] * vs_inv * 0.0625f, vscale[1] * vs_inv * 0.0625f),
+                                          pack2(vscale[2] * vs_inv * 0.0625f, vscale[3] * vs_inv * 0.0625f)};
+#elif QUANT
         const float vweight[2] = {vscale[0] * vs_inv, vscale[1] * vs_inv};
         #pragma unroll
         for (int e = 0; e < 4; ++e) p[e] *= vweight[e / 2];
@@ -313,7 +374,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         // O^T += V^T P^T, one m16 tile of dims at a time.
         #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
-#if QUANT
+#if INT4
+            // Byte c%4 of word c/4 of rows 2q and 2q + 1 (then + 8): low nibbles are dim d, high d + 1.
+            const int w = c / 4;
+            const unsigned int sel = (c % 4) | ((4 + c % 4) << 8);
+            const unsigned int rows01 = __byte_perm(vraw[0][w], vraw[1][w], sel), rows89 = __byte_perm(vraw[2][w], vraw[3][w], sel);
+            const unsigned int a0 = int4_pair_to_f16x2(rows01, 0x000f000fu, INT4_BIAS_LOW, vratio[0]);
+            const unsigned int a1 = int4_pair_to_f16x2(rows01, 0x00f000f0u, INT4_BIAS_HIGH, vratio16[0]);
+            const unsigned int a2 = int4_pair_to_f16x2(rows89, 0x000f000fu, INT4_BIAS_LOW, vratio[1]);
+            const unsigned int a3 = int4_pair_to_f16x2(rows89, 0x00f000f0u, INT4_BIAS_HIGH, vratio16[1]);
+#elif QUANT
             // Word c/2 of a row holds four dims; tile c takes the pair 2(c%2), 2(c%2)+1.
             const unsigned int sel = (c % 2) ? 0x7362u : 0x5140u;
             unsigned int a0, a1, a2, a3;

@@ -1,8 +1,8 @@
 // Tensor-core helpers shared by the attention kernels (decode_attention.cu, prefill_attention.cu):
-// the m16n8k16 MMA in the cache's input type, INT8 and FP8 codes widened to fp16 exactly, quad
-// reductions, and the decode kernel's exp2, powers of two and 8x8 transpose. Needs the QUANT
-// (one-byte codes with a scale per row) and FP8 (the codes are E4M3, not INT8) defines and
-// kv_quant.cuh.
+// the m16n8k16 MMA in the cache's input type, INT8, FP8 and INT4 codes widened to fp16 exactly,
+// quad reductions, and the decode kernel's exp2, powers of two and 8x8 transpose. Needs the QUANT
+// (codes with bf16 scales), FP8 (the codes are E4M3) and INT4 (4-bit codes, a scale per group of
+// 32) defines and kv_quant.cuh.
 
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
@@ -42,7 +42,7 @@ __device__ __forceinline__ void codes4_to_f16x2(unsigned int w, unsigned int& lo
 
 // Four codes of a key row for the QK MMA: INT8 codes biased by 1152 (KEY_CODES_BIASED: the decode
 // kernel takes the bias out once per row instead of once per code), FP8 codes as they are.
-#define KEY_CODES_BIASED (!FP8)
+#define KEY_CODES_BIASED (!FP8 && !INT4)
 __device__ __forceinline__ void key_codes4_to_f16x2(unsigned int w, unsigned int& lo, unsigned int& hi) {
 #if FP8
     fp8x4_to_f16x2(w, lo, hi);
@@ -51,6 +51,25 @@ __device__ __forceinline__ void key_codes4_to_f16x2(unsigned int w, unsigned int
 #endif
 }
 #endif
+
+// Two INT4 codes as an fp16x2 of (code - 8) * ratio, exactly: a code of at most 3 bits times a
+// bf16 ratio fits fp16's 11 (while the product is a normal fp16; the kernels keep ratios at most 1,
+// so only values far below their row's or tile's largest lose bits). `pair` holds the codes in its
+// two halves as `mask` selects them: 0x000f000f (low nibbles), 0x00f000f0 (high nibbles, read as 16
+// times the code) or 0x00f0000f (a low, then a high one); `bias` is 1032 (1024 + 8) in a half
+// holding a low nibble and 1152 (1024 + 128) in one holding a high nibble; `ratio` holds the ratio
+// in a low-nibble half and a sixteenth of it in a high-nibble half. The OR makes 1024 + the bits.
+#define INT4_BIAS_LOW 0x64086408u       // 1032 in both halves
+#define INT4_BIAS_HIGH 0x64806480u      // 1152 in both halves
+#define INT4_BIAS_LOW_HIGH 0x64806408u  // 1032, then 1152
+__device__ __forceinline__ unsigned int int4_pair_to_f16x2(unsigned int pair, unsigned int mask, unsigned int bias,
+                                                           unsigned int ratio) {
+    const unsigned int biased = (pair & mask) | 0x64006400u;
+    unsigned int r;
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(r) : "r"(biased), "r"(bias));
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(r), "r"(ratio));
+    return r;
+}
 
 // Two floats as one 16-bit pair (first in the low half), in the MMA's input type.
 __device__ __forceinline__ unsigned int pack2(float first, float second) {

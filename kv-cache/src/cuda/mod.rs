@@ -1,5 +1,5 @@
 //! The paged KV cache on the GPU: its storage, the store kernel (quantize on write) and paged
-//! decode attention, for bf16 and INT8 rows. Kernel sources sit beside this file; KERNELS.md at the
+//! decode attention, for bf16, INT8, FP8 (per token-head) and INT4 rows. Kernel sources sit beside this file; KERNELS.md at the
 //! crate root indexes them.
 
 use half::bf16;
@@ -9,7 +9,7 @@ use nanovllm_cuda::cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
     sys::CUdevice_attribute,
 };
-use nanovllm_cuda::{DEPENDENT_LAUNCH_CUH, DependentLaunch, Gpu, GpuError};
+use nanovllm_cuda::{DEPENDENT_LAUNCH_CUH, DependentLaunch, Gpu, GpuError, KernelSource};
 use nanovllm_kv_quant::KV_QUANT_CUH;
 
 use nanovllm_kv_quant::CacheDtype;
@@ -49,6 +49,7 @@ const THREADS: u32 = 128;
 /// Values of a row each lane of the store kernel takes (as `ELEMS` in store.cu), in 16-byte loads:
 /// a quantized row's per-row work (its maximum, scale and index) is spread over 32 values
 /// (measured faster than 16 for INT8: docs/perf-history.md, version 17), a bf16 row is one load.
+/// INT4 takes 32 values a lane whatever the head size: one group each.
 fn store_values_per_lane(dtype: CacheDtype, head_dim: usize) -> usize {
     if dtype.has_scales() { head_dim.min(32) } else { 8 }
 }
@@ -117,14 +118,20 @@ struct DecodeKernel {
 }
 
 impl DecodeKernel {
-    fn new(gpu: &Gpu, shape: &[(&str, String)], warps: usize, sms: usize) -> Result<Self, GpuError> {
-        let threads = 32 * warps as u32;
+    /// The source of the build with `warps` warps per block, for `shape` (the attention defines).
+    fn source(shape: &[(&'static str, String)], warps: usize) -> KernelSource {
+        let threads = 32 * warps;
         let bounds = [("THREADS", threads.to_string()), ("MIN_BLOCKS", decode_min_blocks(warps).to_string())];
-        let module = gpu.module(
-            "decode_attention",
-            &format!("{DEPENDENT_LAUNCH_CUH}\n{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
-            &[shape, &bounds[..]].concat(),
-        )?;
+        KernelSource {
+            name: "decode_attention",
+            source: format!("{DEPENDENT_LAUNCH_CUH}\n{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
+            defines: [shape, &bounds[..]].concat(),
+        }
+    }
+
+    fn new(gpu: &Gpu, source: &KernelSource, warps: usize, sms: usize) -> Result<Self, GpuError> {
+        let threads = 32 * warps as u32;
+        let module = gpu.load(source)?;
         let partial = module.load_function("decode_attention_partial")?;
         let resident = partial.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)?;
         Ok(DecodeKernel { module, partial, threads, block_slots: sms * resident.max(1) as usize })
@@ -138,13 +145,14 @@ pub fn cache_row(layout: &CacheLayout, slot: usize, kv_head: usize) -> usize {
     (slot / layout.block_size * layout.kv_heads + kv_head) * layout.block_size + slot % layout.block_size
 }
 
-/// One layer's K or V plane, and its scales for INT8 and FP8.
+/// One layer's K or V plane, and its scales for INT8, FP8 and INT4.
 #[derive(Debug)]
 pub struct GpuPlane {
-    /// Rows of `head_dim` elements (INT8 or FP8 codes, or bf16 bits), as bytes, placed by [`cache_row`].
+    /// Rows of `head_dim` elements (INT8 or FP8 codes, INT4 codes two a byte, or bf16 bits), as
+    /// bytes, placed by [`cache_row`].
     pub data: CudaSlice<u8>,
-    /// `[kv_heads][slots]` bf16 scales (one dummy element for bf16 caches): head-major, so that
-    /// the scales of a tile of tokens are contiguous.
+    /// `[kv_heads][slots][groups]` bf16 scales (groups: 1, or `head_dim / 32` for INT4; one dummy
+    /// element for bf16 caches): head-major, so that the scales of a tile of tokens are contiguous.
     pub scales: CudaSlice<bf16>,
 }
 
@@ -152,7 +160,7 @@ pub struct GpuPlane {
 /// rows ordered by kv head ([`cache_row`]).
 #[derive(Debug)]
 pub struct GpuKvCache {
-    /// bf16, INT8 or FP8 (`fp8_per_token_head`).
+    /// bf16, INT8, FP8 (`fp8_per_token_head`) or INT4.
     pub dtype: CacheDtype,
     /// The shape.
     pub layout: CacheLayout,
@@ -163,12 +171,12 @@ pub struct GpuKvCache {
 }
 
 impl GpuKvCache {
-    /// A zeroed cache (bf16, INT8 and FP8 per token-head only: the GPU kernels read those).
+    /// A zeroed cache (bf16, INT8, FP8 per token-head and INT4 only: the GPU kernels read those).
     pub fn new(gpu: &Gpu, layout: CacheLayout, dtype: CacheDtype) -> Result<Self, GpuError> {
         check_gpu_dtype(dtype)?;
         let rows = layout.num_slots() * layout.kv_heads;
         let plane = || -> Result<GpuPlane, GpuError> {
-            let scales = if dtype.has_scales() { rows } else { 1 };
+            let scales = rows * dtype.row_layout().groups(layout.head_dim);
             Ok(GpuPlane {
                 data: gpu.stream.alloc_zeros::<u8>(rows * dtype.code_bytes(layout.head_dim))?,
                 scales: gpu.stream.alloc_zeros::<bf16>(scales)?,
@@ -181,7 +189,7 @@ impl GpuKvCache {
 
     /// Queue the copy of block `from`'s K and V (and their scales) into block `to`, in every layer:
     /// the partly filled last block of a forked sequence. A block's rows are contiguous
-    /// ([`cache_row`]); its scales are one run of `block_size` per kv head.
+    /// ([`cache_row`]); its scales are one run of `block_size` rows per kv head.
     pub fn copy_block(&mut self, gpu: &Gpu, from: usize, to: usize) -> Result<(), GpuError> {
         let layout = self.layout;
         if from.max(to) >= layout.num_blocks || from == to {
@@ -191,20 +199,17 @@ impl GpuKvCache {
             )));
         }
         let block_bytes = layout.block_size * layout.kv_heads * self.dtype.code_bytes(layout.head_dim);
-        let runs: Vec<(usize, usize, usize)> = if self.dtype.has_scales() {
-            let slots = layout.num_slots();
-            (0..layout.kv_heads)
-                .map(|h| {
-                    (
-                        h * slots + from * layout.block_size,
-                        h * slots + to * layout.block_size,
-                        layout.block_size,
-                    )
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let groups = self.dtype.row_layout().groups(layout.head_dim);
+        let slots = layout.num_slots();
+        let runs: Vec<(usize, usize, usize)> = (0..layout.kv_heads * usize::from(groups > 0))
+            .map(|h| {
+                (
+                    (h * slots + from * layout.block_size) * groups,
+                    (h * slots + to * layout.block_size) * groups,
+                    layout.block_size * groups,
+                )
+            })
+            .collect();
         for plane in self.keys.iter_mut().chain(self.values.iter_mut()) {
             copy_within(gpu, &mut plane.data, from * block_bytes, to * block_bytes, block_bytes)?;
             for &(src, dst, len) in &runs {
@@ -215,13 +220,13 @@ impl GpuKvCache {
     }
 }
 
-/// The cache dtypes the GPU kernels read; the others (f16, f32, per-tensor fp8, int4) are CPU only.
+/// The cache dtypes the GPU kernels read; the others (f16, f32, per-tensor fp8) are CPU only.
 fn check_gpu_dtype(dtype: CacheDtype) -> Result<(), GpuError> {
-    if matches!(dtype, CacheDtype::Bf16 | CacheDtype::Int8 | CacheDtype::Fp8PerTokenHead) {
+    if matches!(dtype, CacheDtype::Bf16 | CacheDtype::Int8 | CacheDtype::Fp8PerTokenHead | CacheDtype::Int4) {
         return Ok(());
     }
     Err(GpuError::Unsupported(format!(
-        "a {dtype} KV cache (the GPU kernels read bf16, int8 and fp8_per_token_head; {dtype} runs on the CPU)"
+        "a {dtype} KV cache (the GPU kernels read bf16, int8, fp8_per_token_head and int4; {dtype} runs on the CPU)"
     )))
 }
 
@@ -455,11 +460,20 @@ pub struct CacheKernels {
     store_rows: u32,
 }
 
-impl CacheKernels {
-    /// Compile (or fetch) the kernels for `dtype`, with the head size, the query heads per kv head
-    /// and the block size as compile-time constants.
+/// The kernel sources of one cache shape: what [`CacheKernels::new`] compiles.
+#[derive(Debug, Clone)]
+pub struct CacheKernelSources {
+    store: KernelSource,
+    /// Decode attention with [`DecodeWarps::usual`], `short` and `long` warps per block.
+    decode: [KernelSource; 3],
+    prefill: KernelSource,
+    warps: [usize; 3],
+}
+
+impl CacheKernelSources {
+    /// The sources for `dtype`, with the head size, the query heads per kv head and the block size
+    /// as compile-time constants; an error for a shape or dtype the kernels do not take.
     pub fn new(
-        gpu: &Gpu,
         dtype: CacheDtype,
         head_dim: usize,
         group: usize,
@@ -476,60 +490,97 @@ impl CacheKernels {
                 "block size {block_size} (decode attention reads tiles of 16 tokens: use a multiple of 16)"
             )));
         }
+        check_gpu_dtype(dtype)?;
+        let int4 = dtype == CacheDtype::Int4;
+        if int4 && head_dim < 64 {
+            return Err(GpuError::Unsupported(format!(
+                "an int4 cache at head_dim {head_dim} (the GPU kernels read int4 rows of 64 values and up)"
+            )));
+        }
+        let codes = [
+            ("QUANT", u8::from(dtype.has_scales()).to_string()),
+            ("FP8", u8::from(dtype == CacheDtype::Fp8PerTokenHead).to_string()),
+            ("INT4", u8::from(int4).to_string()),
+        ];
+        let store = KernelSource {
+            name: "store_kv",
+            source: format!("{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{STORE_CU}"),
+            defines: [
+                &[("HEAD_DIM", head_dim.to_string())],
+                &codes[..],
+                &[
+                    ("ROWS", store_passes(dtype).to_string()),
+                    ("BLOCK_SIZE", block_size.to_string()),
+                    ("ELEMS", store_values_per_lane(dtype, head_dim).to_string()),
+                ],
+            ]
+            .concat(),
+        };
+        // The shape both attention kernels are compiled for; decode adds its launch bounds.
+        let shape = [
+            &[("HEAD_DIM", head_dim.to_string()), ("GROUP", group.to_string())],
+            &codes[..],
+            &[("BLOCK_SIZE", block_size.to_string())],
+        ]
+        .concat();
+        let warps = DecodeWarps::new(head_dim);
+        let warps = [warps.usual, warps.short, warps.long];
+        Ok(CacheKernelSources {
+            store,
+            decode: warps.map(|w| DecodeKernel::source(&shape, w)),
+            prefill: KernelSource {
+                name: "prefill_attention",
+                source: format!("{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{PREFILL_CU}"),
+                defines: shape,
+            },
+            warps,
+        })
+    }
+
+    /// Every module, as [`CacheKernels::new`] compiles them.
+    pub fn all(&self) -> impl Iterator<Item = &KernelSource> {
+        [&self.store, &self.prefill].into_iter().chain(&self.decode)
+    }
+}
+
+impl CacheKernels {
+    /// Compile (or fetch) the kernels for `dtype`, with the head size, the query heads per kv head
+    /// and the block size as compile-time constants.
+    pub fn new(
+        gpu: &Gpu,
+        dtype: CacheDtype,
+        head_dim: usize,
+        group: usize,
+        block_size: usize,
+    ) -> Result<Self, GpuError> {
+        let sources = CacheKernelSources::new(dtype, head_dim, group, block_size)?;
         if gpu.modules.arch_number() < 80 {
             return Err(GpuError::Unsupported(format!(
                 "{}: decode attention uses the m16n8k16 tensor-core MMA of compute capability 8.0 and later",
                 gpu.describe()
             )));
         }
-        check_gpu_dtype(dtype)?;
-        let fp8 = dtype == CacheDtype::Fp8PerTokenHead;
-        if fp8 && gpu.modules.arch_number() < 89 {
+        if dtype == CacheDtype::Fp8PerTokenHead && gpu.modules.arch_number() < 89 {
             return Err(GpuError::Unsupported(format!(
                 "{}: an fp8_per_token_head cache uses the E4M3 conversions of compute capability 8.9 and later (use int8)",
                 gpu.describe()
             )));
         }
-        let codes = [("QUANT", u8::from(dtype.has_scales()).to_string()), ("FP8", u8::from(fp8).to_string())];
-        let store = gpu.module(
-            "store_kv",
-            &format!("{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{STORE_CU}"),
-            &[
-                ("HEAD_DIM", head_dim.to_string()),
-                codes[0].clone(),
-                codes[1].clone(),
-                ("ROWS", store_passes(dtype).to_string()),
-                ("BLOCK_SIZE", block_size.to_string()),
-                ("ELEMS", store_values_per_lane(dtype, head_dim).to_string()),
-            ],
-        )?;
-        // The shape both attention kernels are compiled for; decode adds its launch bounds.
-        let shape = [
-            ("HEAD_DIM", head_dim.to_string()),
-            ("GROUP", group.to_string()),
-            codes[0].clone(),
-            codes[1].clone(),
-            ("BLOCK_SIZE", block_size.to_string()),
-        ];
         let sms =
             gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as usize;
-        let warps = DecodeWarps::new(head_dim);
-        let decode = DecodeKernel::new(gpu, &shape, warps.usual, sms)?;
-        let decode_short = DecodeKernel::new(gpu, &shape, warps.short, sms)?;
-        let decode_long = DecodeKernel::new(gpu, &shape, warps.long, sms)?;
-        let prefill = gpu.module(
-            "prefill_attention",
-            &format!("{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{PREFILL_CU}"),
-            &shape,
-        )?;
+        let [usual, short, long] = &sources.decode;
+        let [usual_warps, short_warps, long_warps] = sources.warps;
+        let decode = DecodeKernel::new(gpu, usual, usual_warps, sms)?;
+        let decode_short = DecodeKernel::new(gpu, short, short_warps, sms)?;
+        let decode_long = DecodeKernel::new(gpu, long, long_warps, sms)?;
         Ok(CacheKernels {
             reduce: decode.module.load_function("decode_attention_reduce")?,
             decode,
             decode_short,
             decode_long,
             sms,
-            prefill: prefill.load_function("prefill_attention")?,
-            store: store.load_function("store_kv")?,
+            prefill: gpu.load(&sources.prefill)?.load_function("prefill_attention")?,
+            store: gpu.load(&sources.store)?.load_function("store_kv")?,
             head_dim,
             group,
             block_size,

@@ -4,9 +4,12 @@
 // memory in tiles of KT keys, each loaded once for all 64 rows. Each row keeps its own causal
 // context and online softmax. INT8 and FP8 codes become exact fp16 values as they are staged; the K scale
 // multiplies the score, the V scale the probability (over the running maximum V scale, so that
-// fp16 keeps it in range). Output: normalized bf16, no splits.
-// Defines: HEAD_DIM (32, 64, 128 or 256), GROUP (query heads per kv head, at most 8), QUANT (0/1:
-// one-byte codes and a bf16 scale per row), FP8 (0/1: the codes are E4M3, not INT8),
+// fp16 keeps it in range). INT4 codes are staged times their group's scale over the power of two
+// at least the row's largest (exact in fp16: int4_pair_to_f16x2), and that power of two plays the
+// row scale's part. Output: normalized bf16, no splits.
+// Defines: HEAD_DIM (32, 64, 128 or 256; 64 and up for INT4), GROUP (query heads per kv head, at
+// most 8), QUANT (0/1: codes and bf16 scales), FP8 (0/1: the codes are E4M3), INT4 (0/1: 4-bit
+// codes, two a byte, a scale per group of 32 values),
 // BLOCK_SIZE (slots per cache block, multiple of 16).
 //
 // Warp w owns rows 16w .. 16w + 15 (row r: query r / GROUP of the group, head r % GROUP) and
@@ -20,8 +23,9 @@
 #define SMEM_STRIDE (HEAD_DIM + 8)           // 16-bit elements per staged row: no bank conflicts
 #define QK_CHUNKS (HEAD_DIM / 16)            // k16 steps of S = Q K^T
 #define O_TILES (HEAD_DIM / 8)               // n8 tiles of the output
-#define ROW_BYTES (HEAD_DIM * (QUANT ? 1 : 2))
-#define UNITS (ROW_BYTES / 16)               // 16-byte loads per cache row
+#define ROW_BYTES (HEAD_DIM * (INT4 ? 1 : QUANT ? 2 : 4) / 2)
+#define UNITS (ROW_BYTES / 16)               // 16-byte loads per cache row; INT4: one group each
+#define GROUPS (INT4 ? HEAD_DIM / 32 : 1)    // scales per row
 
 // Two 16-bit matrices of 8x8 from shared memory, transposed: the B operand of one m16n8k16 MMA.
 __device__ __forceinline__ void ldmatrix_x2_trans(const unsigned short* row, unsigned int& b0, unsigned int& b1) {
@@ -30,12 +34,38 @@ __device__ __forceinline__ void ldmatrix_x2_trans(const unsigned short* row, uns
                  : "=r"(b0), "=r"(b1) : "r"(address));
 }
 
+#if INT4
+// The power of two at least the largest finite scale of a row's groups (and the smallest normal):
+// what INT4 rows are staged over, and what their scores and probabilities are multiplied by.
+__device__ __forceinline__ float int4_row_scale(const bf16_t* scales) {
+    float largest = FLT_MIN_NORMAL;
+    #pragma unroll
+    for (int g = 0; g < GROUPS; ++g) largest = fmaxf(largest, bf16_to_float(scales[g]));
+    return pow2_at_least(largest);
+}
+
+// 32 codes (one group) as fp16 values of (code - 8) * ratio, into a staged row.
+__device__ __forceinline__ void stage_int4_group(uint4 codes, float ratio, unsigned short* dst) {
+    const unsigned int pair_ratio = pack2(ratio, ratio * 0.0625f);
+    const unsigned int words[4] = {codes.x, codes.y, codes.z, codes.w};
+    #pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        uint4 out;
+        unsigned int* o = &out.x;
+        #pragma unroll
+        for (int b = 0; b < 4; ++b)
+            o[b] = int4_pair_to_f16x2(__byte_perm(words[i], 0u, b * 0x101u), 0x00f0000fu, INT4_BIAS_LOW_HIGH, pair_ratio);
+        *(uint4*)&dst[8 * i] = out;
+    }
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_attention(
     const bf16_t* __restrict__ q,               // [queries][kv_heads * GROUP][HEAD_DIM], query stride q_stride
     long long q_stride,
     const unsigned char* __restrict__ key_cache,   // rows of HEAD_DIM elements, placed by cache_row (layout.cuh)
     const unsigned char* __restrict__ value_cache,
-    const bf16_t* __restrict__ key_scale,       // [kv_heads][slots] (QUANT only)
+    const bf16_t* __restrict__ key_scale,       // [kv_heads][slots][GROUPS] (QUANT only)
     const bf16_t* __restrict__ value_scale,
     long long num_slots,
     const int* __restrict__ block_tables,       // [sequences][max_blocks]
@@ -98,14 +128,24 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
         for (int u = threadIdx.x; u < KT * UNITS; u += PREFILL_WARPS * 32) {
             const int key = u / UNITS, unit = u % UNITS;
             uint4 kw = make_uint4(0u, 0u, 0u, 0u), vw = kw;
+            long long slot = 0;
             if (key < valid) {
                 const int pos = key0 + key;
-                const long long slot = (long long)table[pos / BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE;
+                slot = (long long)table[pos / BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE;
                 const long long at = cache_row(slot, kv_head, kv_heads) * ROW_BYTES + unit * 16;
                 kw = *(const uint4*)(key_cache + at);
                 vw = *(const uint4*)(value_cache + at);
             }
-#if QUANT
+#if INT4
+            float k_ratio = 0.0f, v_ratio = 0.0f;  // past the context: zeros
+            if (key < valid) {
+                const long long at = (kv_head * num_slots + slot) * GROUPS;
+                k_ratio = bf16_to_float(key_scale[at + unit]) * pow2_inverse(int4_row_scale(key_scale + at));
+                v_ratio = bf16_to_float(value_scale[at + unit]) * pow2_inverse(int4_row_scale(value_scale + at));
+            }
+            stage_int4_group(kw, k_ratio, &s_k[key][unit * 32]);
+            stage_int4_group(vw, v_ratio, &s_v[key][unit * 32]);
+#elif QUANT
             uint4 k_lo, k_hi, v_lo, v_hi;
             codes4_to_f16x2(kw.x, k_lo.x, k_lo.y); codes4_to_f16x2(kw.y, k_lo.z, k_lo.w);
             codes4_to_f16x2(kw.z, k_hi.x, k_hi.y); codes4_to_f16x2(kw.w, k_hi.z, k_hi.w);
@@ -124,8 +164,13 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
             if (lane < valid) {
                 const int pos = key0 + lane;
                 const long long slot = (long long)table[pos / BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE;
+#if INT4
+                ks = int4_row_scale(key_scale + (kv_head * num_slots + slot) * GROUPS);
+                vs = int4_row_scale(value_scale + (kv_head * num_slots + slot) * GROUPS);
+#else
                 ks = bf16_to_float(key_scale[kv_head * num_slots + slot]);
                 vs = bf16_to_float(value_scale[kv_head * num_slots + slot]);
+#endif
             }
             s_ks[lane] = ks;
             s_vs[lane] = vs;

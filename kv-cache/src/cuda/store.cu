@@ -1,25 +1,29 @@
-// Store a batch of tokens' K and V into the paged cache by slot, quantizing INT8 or FP8 rows on the
-// way. Defines: HEAD_DIM (32, 64, 128 or 256), QUANT (1: one-byte codes + bf16 scales; 0: bf16
-// rows), FP8 (1: the codes are E4M3, 0: INT8), ROWS, ELEMS, BLOCK_SIZE (for layout.cuh).
+// Store a batch of tokens' K and V into the paged cache by slot, quantizing INT8, FP8 or INT4 rows
+// on the way. Defines: HEAD_DIM (32, 64, 128 or 256), QUANT (1: codes + bf16 scales; 0: bf16
+// rows), FP8 (1: the codes are E4M3), INT4 (1: 4-bit codes, a scale per group of 32 values; ELEMS
+// is then 32, one group per lane), ROWS, ELEMS, BLOCK_SIZE (for layout.cuh).
 // Each lane owns ELEMS contiguous values of a row (16-byte loads: 32 values of an INT8 row, 8 of a
 // bf16 row), so HEAD_DIM / ELEMS lanes share a row and a warp takes 32 / (HEAD_DIM / ELEMS) rows
 // (token, kv head, K or V) at a time, ROWS times, all loaded before any is stored. Sharing a row
 // among few lanes spreads a row's fixed work (its index, slot, maximum and scale) over many values;
 // INT8 codes cost two float operations each, a fused multiply-add and an add (kv_quantize4 in
-// kv_quant.cuh); FP8 codes an IEEE division each and the hardware conversion (kv_fp8_quantize4).
+// kv_quant.cuh); FP8 codes an IEEE division each and the hardware conversion (kv_fp8_quantize4);
+// INT4 codes an IEEE division and a rounding each (kv_int4_quantize8).
 
 #define LOADS (ELEMS / 8)                   // 16-byte loads per lane
 #define LANES_PER_ROW (HEAD_DIM / ELEMS)
 #define ROWS_PER_PASS (32 / LANES_PER_ROW)
+#define CODE_BYTES(values) (INT4 ? (values) / 2 : QUANT ? (values) : 2 * (values))
+#define GROUPS (INT4 ? HEAD_DIM / 32 : 1)   // scales per row
 
 extern "C" __global__ void store_kv(
     const bf16_t* __restrict__ key,      // [tokens][kv_heads][HEAD_DIM], token stride `src_stride`
     const bf16_t* __restrict__ value,    // same layout and stride
     long long src_stride,
     const long long* __restrict__ slots, // [tokens]; negative: padding, skipped
-    void* __restrict__ key_cache,        // rows of HEAD_DIM int8 or bf16, placed by cache_row (layout.cuh)
+    void* __restrict__ key_cache,        // rows of HEAD_DIM codes or bf16s, placed by cache_row (layout.cuh)
     void* __restrict__ value_cache,
-    bf16_t* __restrict__ key_scale,      // [kv_heads][num_slots] (QUANT only)
+    bf16_t* __restrict__ key_scale,      // [kv_heads][num_slots][GROUPS] (QUANT only)
     bf16_t* __restrict__ value_scale,
     long long num_slots, int num_tokens, int kv_heads)
 {
@@ -65,7 +69,19 @@ extern "C" __global__ void store_kv(
             amax = kv_max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
         if (slot[r] < 0) continue;  // past the end or padding
         const bool finite = amax <= 3.4028235e38f;
-#if FP8
+#if INT4
+        // This lane's values are one group: its own largest magnitude sets its scale; a value that is
+        // not finite anywhere in the row poisons every group (NaN scales, codes 0).
+        float group_amax = 0.0f;
+        #pragma unroll
+        for (int i = 0; i < ELEMS; ++i) group_amax = fmaxf(group_amax, fabsf(x[i]));
+        const bf16_t scale = finite ? kv_int4_scale_from_amax(group_amax) : KV_BF16_NAN;
+        const float step = bf16_to_float(scale);
+        unsigned int codes[ELEMS / 8];
+        #pragma unroll
+        for (int i = 0; i < ELEMS / 8; ++i)
+            codes[i] = !finite ? 0u : step == 0.0f ? 0x88888888u : kv_int4_quantize8(&x[8 * i], step);
+#elif FP8
         const bf16_t scale = finite ? kv_fp8_scale_from_amax(amax) : KV_BF16_NAN;
         const float step = bf16_to_float(scale);
         unsigned int codes[ELEMS / 4] = {};
@@ -88,10 +104,13 @@ extern "C" __global__ void store_kv(
             }
         }
 #endif
-        uint4* dst = (uint4*)((signed char*)(is_value ? value_cache : key_cache) + dst_row * HEAD_DIM + part * ELEMS);
+        uint4* dst = (uint4*)((unsigned char*)(is_value ? value_cache : key_cache) + dst_row * CODE_BYTES(HEAD_DIM)
+                              + part * CODE_BYTES(ELEMS));
         #pragma unroll
-        for (int i = 0; i < ELEMS / 16; ++i) dst[i] = make_uint4(codes[4 * i], codes[4 * i + 1], codes[4 * i + 2], codes[4 * i + 3]);
-        if (part == 0) (is_value ? value_scale : key_scale)[head[r] * num_slots + slot[r]] = scale;
+        for (int i = 0; i < CODE_BYTES(ELEMS) / 16; ++i) dst[i] = make_uint4(codes[4 * i], codes[4 * i + 1], codes[4 * i + 2], codes[4 * i + 3]);
+        bf16_t* scales = (is_value ? value_scale : key_scale) + (head[r] * num_slots + slot[r]) * GROUPS;
+        if (INT4) scales[part] = scale;
+        else if (part == 0) scales[0] = scale;
 #else
         if (slot[r] < 0) continue;  // past the end or padding
         bf16_t* dst = (bf16_t*)(is_value ? value_cache : key_cache) + dst_row * HEAD_DIM + part * ELEMS;

@@ -21,9 +21,11 @@ mod weights;
 
 use half::bf16;
 use nanovllm_cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
-use nanovllm_cuda::{Gpu, GpuError};
+use nanovllm_cuda::{Gpu, GpuError, KernelSource};
 use nanovllm_kv_cache::BlockId;
-use nanovllm_kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache};
+use nanovllm_kv_cache::cuda::{
+    AttentionQueries, CacheKernelSources, CacheKernels, DecodeWorkspace, GpuKvCache,
+};
 use nanovllm_kv_quant::CacheDtype;
 
 use crate::{LogitAdjustment, ModelError, Qwen3Config, Sampled, SeqInput, TokenLogprobs, WeightSource};
@@ -31,6 +33,18 @@ use graphs::DecodeGraphs;
 use nccl::{Nccl, RankExchange, sum_over_ranks};
 use ops::Ops;
 pub use parallel::GpuGroup;
+
+/// Every kernel module a GPU model of `config` compiles with a `dtype` cache of `block_size`
+/// slots per block: its own and the cache's. For checking that each compiles (with NVRTC alone,
+/// no GPU) for the shapes the engine serves.
+pub fn kernel_sources(
+    config: &Qwen3Config,
+    dtype: CacheDtype,
+    block_size: usize,
+) -> Result<Vec<KernelSource>, GpuError> {
+    let cache = CacheKernelSources::new(dtype, config.head_dim, config.group_size(), block_size)?;
+    Ok(std::iter::once(ops::source(config)).chain(cache.all().cloned()).collect())
+}
 pub use step::GpuLimits;
 use step::{StagedInputs, StepInputs, StepShape};
 use weights::GpuWeights;

@@ -10,7 +10,7 @@ use nanovllm_cuda::cudarc::driver::{
     CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchArgs, LaunchConfig,
     PushKernelArg,
 };
-use nanovllm_cuda::{Gpu, GpuError};
+use nanovllm_cuda::{Gpu, GpuError, KernelSource};
 use nanovllm_kv_quant::KV_QUANT_CUH;
 
 use super::step::{StagedAdjustments, Truncation};
@@ -36,6 +36,15 @@ pub(super) struct Ops {
     pick_best_shard: CudaFunction,
 }
 
+/// This crate's kernels (`model.cu`) for `config`'s shape.
+pub(super) fn source(config: &Qwen3Config) -> KernelSource {
+    KernelSource {
+        name: "qwen3",
+        source: format!("{KV_QUANT_CUH}\n{MODEL_CU}"),
+        defines: vec![("HEAD_DIM", config.head_dim.to_string()), ("HIDDEN", config.hidden_size.to_string())],
+    }
+}
+
 impl Ops {
     pub(super) fn new(gpu: &Gpu, config: &Qwen3Config, vocab: Range<usize>) -> Result<Self, GpuError> {
         if !config.hidden_size.is_multiple_of(4) {
@@ -44,11 +53,7 @@ impl Ops {
                 config.hidden_size
             )));
         }
-        let module = gpu.module(
-            "qwen3",
-            &format!("{KV_QUANT_CUH}\n{MODEL_CU}"),
-            &[("HEAD_DIM", config.head_dim.to_string()), ("HIDDEN", config.hidden_size.to_string())],
-        )?;
+        let module = gpu.load(&source(config))?;
         Ok(Ops {
             blas: CudaBlas::new(gpu.stream.clone())?,
             embedding: module.load_function("embedding")?,
