@@ -3,7 +3,8 @@
 # token (`generate`, one 16-token prompt, one token out), Qwen3-0.6B's shape with dummy weights,
 # kernel cache cold (a fresh NANOVLLM_CACHE_DIR) then warm, at the default max_model_len (the
 # model's context, lowered to what the cache holds) and at --max-model-len 4096. The cache line
-# each run prints says the max_model_len and the graphs captured.
+# each run prints says the max_model_len and the graphs captured; its info log (RUST_LOG, info by
+# default) where start-up goes: kernels, weights, the warm-up step, graph capture.
 # Build here first: cargo build --release -p nanovllm-cli --features cuda, and carry
 # target/release/nanovllm-cli. One JSON line per run in $OUT/startup.jsonl, logs in $OUT/startup.log.
 set -uo pipefail
@@ -18,7 +19,7 @@ for setting in default 4096; do
   export NANOVLLM_CACHE_DIR=$(mktemp -d)
   for cache in cold warm; do
     started=$(date +%s.%N)
-    timeout 300 target/release/nanovllm-cli generate --model "$model" --load-format dummy --kv-cache-dtype int8 \
+    RUST_LOG=${RUST_LOG:-info} timeout 300 target/release/nanovllm-cli generate --model "$model" --load-format dummy --kv-cache-dtype int8 \
       "${flags[@]}" --prompt "one two three four five six seven eight nine ten eleven twelve" --max-tokens 1 \
       > /dev/null 2> "$out/run.err"
     status=$?

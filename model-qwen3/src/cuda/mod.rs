@@ -230,7 +230,9 @@ impl GpuQwen3 {
         limits: GpuLimits,
     ) -> Result<Self, GpuError> {
         let mut runner = Self::load(gpu, source, (0, 1), dtype, block_size, limits)?;
+        let started = std::time::Instant::now();
         runner.warm_up()?;
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "warm-up step (the largest, padding only)");
         Ok(runner)
     }
 
@@ -251,11 +253,24 @@ impl GpuQwen3 {
         let c = source.config().shard(world);
         let vocab_part = c.vocab_size / world;
         let vocab = vocab_part * rank..vocab_part * (rank + 1);
+        // Where start-up goes: the kernels (compiled, or read from the PTX cache, and loaded), then
+        // the weights.
+        let started = std::time::Instant::now();
+        let ops = Ops::new(gpu, &c, vocab.clone())?;
+        let cache_kernels = CacheKernels::new(gpu, dtype, c.head_dim, c.group_size(), block_size)?;
+        let kernels_seconds = started.elapsed().as_secs_f64();
+        let weights = GpuWeights::upload(gpu, source, rank, world)?;
+        tracing::info!(
+            rank,
+            kernels_seconds,
+            weights_seconds = started.elapsed().as_secs_f64() - kernels_seconds,
+            "kernels loaded and weights uploaded"
+        );
         Ok(GpuQwen3 {
-            ops: Ops::new(gpu, &c, vocab.clone())?,
+            ops,
             ranks: None,
-            weights: GpuWeights::upload(gpu, source, rank, world)?,
-            cache_kernels: CacheKernels::new(gpu, dtype, c.head_dim, c.group_size(), block_size)?,
+            weights,
+            cache_kernels,
             cache: GpuKvCache::new(gpu, c.cache_layout(1, block_size), dtype)?,
             inputs: StagedInputs::new(gpu, &limits, block_size)?,
             act: Activations::new(gpu, &c, &limits, vocab.len())?,
