@@ -218,6 +218,12 @@ fn report(
         json!(schedule.prefill_tokens as f64 / stats.prefill_seconds.max(1e-9));
     report["decode_tokens_per_second"] =
         json!(schedule.decode_tokens as f64 / stats.decode_seconds.max(1e-9));
+    // Where the steps' time goes: the engine's host work outside the forward pass, and the GPU
+    // model's preparation of each step before its kernels are queued; the GPU waits through both.
+    let step_seconds = stats.prefill_seconds + stats.decode_seconds;
+    report["step_seconds"] = json!(step_seconds);
+    report["host_seconds"] = json!(step_seconds - stats.forward_seconds);
+    report["prepare_seconds"] = json!(stats.prepare_seconds);
     if as_json {
         println!("{report}");
         return;
@@ -237,6 +243,12 @@ fn report(
         schedule.steps,
         schedule.peak_running,
         schedule.preemptions
+    );
+    println!(
+        "steps {:.2} s: {:.3} s of engine host work outside the forward pass, {:.3} s preparing steps before their kernels are queued",
+        step_seconds,
+        step_seconds - stats.forward_seconds,
+        stats.prepare_seconds
     );
     println!("{}", llm.describe_cache());
     println!("sampling: {}", report["sampling"]);

@@ -170,6 +170,16 @@ impl Backend {
         Ok(())
     }
 
+    /// Host seconds the GPU model spent preparing sampled steps until their work was queued,
+    /// summed (0 on the CPU, where the host does all the work anyway).
+    pub(crate) fn prepare_seconds(&self) -> f64 {
+        match self {
+            Backend::Cpu(..) => 0.0,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(gpu, _) => gpu.prepare_seconds(),
+        }
+    }
+
     /// What the backend adds to the cache's log line: the decode graphs on a GPU.
     pub(crate) fn describe(&self) -> String {
         match self {

@@ -165,6 +165,12 @@ pub struct EngineStats {
     pub prefill_seconds: f64,
     /// Seconds spent in decode steps.
     pub decode_seconds: f64,
+    /// Of the steps' seconds, those in the model's forward pass and draw; the rest is the engine's
+    /// own host work (scheduling, outputs, stop strings), during which the GPU waits.
+    pub forward_seconds: f64,
+    /// Of `forward_seconds`, the GPU model's host work before a step's kernels are queued (laying
+    /// out and uploading its inputs), during which the GPU waits too; 0 on the CPU.
+    pub prepare_seconds: f64,
 }
 
 /// The engine: a Qwen3 model, its tokenizer, a paged KV cache and a scheduler.
@@ -504,7 +510,10 @@ impl LLM {
             positions.extend(std::iter::repeat_n(item.start + item.num_tokens, item.samples));
         }
         let mut samplers: Vec<&mut Sampler> = states.iter_mut().map(|state| &mut state.sampler).collect();
+        let (forward_started, prepared_before) = (Instant::now(), self.backend.prepare_seconds());
         let sampled = self.backend.forward_and_sample(&inputs, &mut samplers, &positions);
+        self.stats.forward_seconds += forward_started.elapsed().as_secs_f64();
+        self.stats.prepare_seconds += self.backend.prepare_seconds() - prepared_before;
         let sampled = match sampled {
             Ok(sampled) => sampled,
             Err(e) => {

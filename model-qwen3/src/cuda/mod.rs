@@ -202,6 +202,9 @@ pub struct GpuQwen3 {
     cache: GpuKvCache,
     inputs: StagedInputs,
     act: Activations,
+    /// Host seconds from the start of each sampled step until its work was queued (laying out and
+    /// uploading its inputs, launching), summed: the GPU waits through most of it.
+    prepare_seconds: f64,
 }
 
 impl std::fmt::Debug for GpuQwen3 {
@@ -278,6 +281,7 @@ impl GpuQwen3 {
             vocab,
             config: c,
             limits,
+            prepare_seconds: 0.0,
         })
     }
 
@@ -340,10 +344,18 @@ impl GpuQwen3 {
         seqs: &[SeqInput<'_>],
         batch: &SampleBatch,
     ) -> Result<Vec<Sampled>, ModelError> {
+        let started = std::time::Instant::now();
         let step = self.lay_out(seqs)?;
         check_samples(&step, batch)?;
         let rows = self.launch(step)?;
+        self.prepare_seconds += started.elapsed().as_secs_f64();
         Ok(self.sample(batch, rows)?)
+    }
+
+    /// Host seconds spent preparing sampled steps until their work was queued, summed over this
+    /// model's life (one GPU; a tensor-parallel group lays its steps out elsewhere).
+    pub fn prepare_seconds(&self) -> f64 {
+        self.prepare_seconds
     }
 
     /// The first `outputs` rows of logits (this rank's columns), on the host.

@@ -224,6 +224,12 @@ impl GpuGroup {
         self.leader.decode_graphs()
     }
 
+    /// [`GpuQwen3::prepare_seconds`] of rank 0 (one GPU: the steps' preparation; under tensor
+    /// parallelism it is not counted).
+    pub fn prepare_seconds(&self) -> f64 {
+        self.leader.prepare_seconds()
+    }
+
     /// [`GpuQwen3::forward`], every rank's logit columns joined.
     pub fn forward(&mut self, seqs: &[SeqInput<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let step = self.leader.lay_out(seqs)?;
