@@ -257,9 +257,12 @@ fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
                 got.iter().map(Vec::len).collect::<Vec<_>>(),
                 expected.iter().map(Vec::len).collect::<Vec<_>>()
             );
-            // bf16 weights and activations move logits by up to MAX_ERROR of the largest; a top-1
-            // choice whose reference margin exceeds twice that must not change.
-            const MAX_ERROR: f32 = 5e-2;
+            // bf16 weights and activations move logits by up to `max_error` of the largest; a top-1
+            // choice whose reference margin exceeds twice that must not change. INT4: a K or V value
+            // that lies near a rounding boundary may take the next code on one side and not on the
+            // other, and a step is a seventh of its group's largest value (INT8's, a 127th), so
+            // its bound is twice the others'.
+            let max_error: f32 = if dtype == CacheDtype::Int4 { 1e-1 } else { 5e-2 };
             let (mut worst, mut agree, mut count, mut clear, mut clear_agree) = (0.0f32, 0, 0, 0, 0);
             for (g, e) in got.iter().flatten().zip(expected.iter().flatten()) {
                 assert!(g.iter().all(|x| x.is_finite()), "{name} {dtype}: non-finite logits");
@@ -267,7 +270,7 @@ fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
                 let same = usize::from(argmax(g) == argmax(e));
                 agree += same;
                 count += 1;
-                if relative_margin(e) > 2.0 * MAX_ERROR {
+                if relative_margin(e) > 2.0 * max_error {
                     clear += 1;
                     clear_agree += same;
                 }
@@ -275,7 +278,7 @@ fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
             eprintln!(
                 "{name}, {dtype} cache, {schedule_name}: worst relative logit error {worst:.3e}, top-1 agreement {agree}/{count}, {clear_agree}/{clear} where the reference is clear"
             );
-            assert!(worst < MAX_ERROR, "{name} {dtype} {schedule_name}: relative error {worst}");
+            assert!(worst < max_error, "{name} {dtype} {schedule_name}: relative error {worst}");
             assert_eq!(clear_agree, clear, "{name} {dtype} {schedule_name}: a clear top-1 choice changed");
             assert!(
                 agree * 10 >= count * 8,
