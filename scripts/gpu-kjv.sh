@@ -3,18 +3,25 @@
 # with nanovllm-cli on the GPU (generate, held-out eval) for both cache dtypes. Needs the git-ignored
 # models/kjv-qwen3/data/ (prepare_data.py) and target/release/nanovllm-cli (cargo build --release -p
 # nanovllm-cli --features cuda): copy both there. The checkpoint and logs go to $OUT/kjv-qwen3 (or ./gpu-out/...).
-# DTYPES picks the cache dtypes (default "bf16 int8"; fp8_per_token_head too).
+# DTYPES picks the cache dtypes (default "bf16 int8"; fp8_per_token_head and int4 too). PRESET=deep
+# trains train.py's 49M-parameter preset instead (into $OUT/kjv-qwen3-deep): each eval's KL and
+# top-1 agreement are then against the bf16 cache on the same GPU.
 set -uo pipefail
-out=${OUT:-gpu-out}/kjv-qwen3
+preset=${PRESET:-demo}
+out=${OUT:-gpu-out}/kjv-qwen3${PRESET:+-$PRESET}
 mkdir -p "$out"
+# The deep checkpoint (about 100 MB) stays outside $OUT; its logs and results go there.
+model=$out
+[ "$preset" = demo ] || model=$(mktemp -d)
 status=0
-timeout 420 python3 models/kjv-qwen3/train.py "$out" 2>&1 | tee "$out/train.log" || exit 1
+timeout 420 python3 models/kjv-qwen3/train.py "$model" --preset "$preset" 2>&1 | tee "$out/train.log" || exit 1
+[ "$model" = "$out" ] || cp "$model/train_log.json" "$model/hf_reference.json" "$out/"
 cli=target/release/nanovllm-cli
 for dtype in ${DTYPES:-bf16 int8}; do
   echo "== generate cuda $dtype" | tee -a "$out/run.log"
-  timeout 60 $cli generate --model "$out" --device cuda --kv-cache-dtype $dtype --prompt "In the beginning" \
+  timeout 60 $cli generate --model "$model" --device cuda --kv-cache-dtype $dtype --prompt "In the beginning" \
     --temperature 0 --max-tokens 48 >> "$out/run.log" 2>&1 || { echo FAILED | tee -a "$out/run.log"; status=1; }
-  timeout 120 $cli eval --model "$out" --device cuda --kv-cache-dtype $dtype \
+  timeout 120 $cli eval --model "$model" --device cuda --kv-cache-dtype $dtype \
     --text models/kjv-qwen3/data/heldout.txt --context 512 --json > "$out/eval-cuda-$dtype.json" 2>> "$out/run.log" \
     || { echo "eval $dtype FAILED" | tee -a "$out/run.log"; status=1; }
 done

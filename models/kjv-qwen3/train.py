@@ -2,7 +2,10 @@
 
 Run on a machine with a GPU (torch, transformers and tokenizers installed), from the repository root, after
 prepare_data.py has written data/:
-    python3 models/kjv-qwen3/train.py OUT_DIR
+    python3 models/kjv-qwen3/train.py OUT_DIR [--preset deep]
+The default preset is the committed 4.2M-parameter demo model; `deep` is a 49M-parameter one (12 layers,
+hidden 512, 8 query heads on 4 kv heads of 128) for the cache formats' accuracy table, where a small
+model may understate the outliers of deeper ones. It is too large to commit: train it where it is evaluated.
 OUT_DIR receives the checkpoint (config.json, generation_config.json, model.safetensors in bf16), the
 tokenizer files, train_log.json (losses, held-out perplexity) and hf_reference.json (HF greedy
 continuations and held-out perplexity of the saved bf16 weights, the references the Rust tests and
@@ -39,6 +42,10 @@ CONFIG = dict(vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidde
               num_attention_heads=4, num_key_value_heads=2, head_dim=128, max_position_embeddings=CONTEXT,
               rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=False,
               bos_token_id=EOS, eos_token_id=EOS)
+# Deeper and wider, the same data and tokenizer; a lower peak learning rate for the larger model.
+DEEP = dict(CONFIG, hidden_size=512, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=8,
+            num_key_value_heads=4)
+PRESETS = {"demo": (CONFIG, PEAK_LR), "deep": (DEEP, 1e-3)}
 PROMPTS = ["In the beginning", "And the LORD said unto Moses,", "Blessed are the",
            "For God so loved the world,"]
 GREEDY_TOKENS = 48
@@ -104,31 +111,31 @@ def greedy(model, prompt_ids, device):
     return out, margins
 
 
-def lr_at(step):
+def lr_at(step, peak):
     if step < WARMUP:
-        return PEAK_LR * (step + 1) / WARMUP
+        return peak * (step + 1) / WARMUP
     progress = (step - WARMUP) / max(1, STEPS - WARMUP)
-    return PEAK_LR * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(out_dir, device):
+def train(out_dir, device, config, peak_lr):
     tokenizer = Tokenizer.from_file(os.path.join(HERE, "tokenizer.json"))
     stream = tokens_of(tokenizer, "train.txt")
     train_part, validation = stream[:-VALIDATION_TOKENS], stream[-VALIDATION_TOKENS:]
     heldout = tokens_of(tokenizer, "heldout.txt")
     torch.manual_seed(SEED)
     generator = torch.Generator().manual_seed(SEED)
-    model = Qwen3ForCausalLM(Qwen3Config(**CONFIG)).to(device)
+    model = Qwen3ForCausalLM(Qwen3Config(**config)).to(device)
     parameters = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=PEAK_LR, betas=(0.9, 0.95), fused=True)
+                                  lr=peak_lr, betas=(0.9, 0.95), fused=True)
     log, best = [], (float("inf"), -1, None)
     started = time.time()
     for step in range(STEPS):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr_at(step, peak_lr)
         inputs, targets = batches(train_part, generator, device)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(inputs).logits
@@ -155,7 +162,7 @@ def train(out_dir, device):
         shutil.copy(os.path.join(HERE, name), out_dir)
     return {"parameters": parameters, "train_tokens": len(train_part), "validation_tokens": len(validation),
             "heldout_tokens": len(heldout), "seed": SEED, "steps": STEPS, "batch": BATCH, "context": CONTEXT,
-            "peak_lr": PEAK_LR, "best_step": best[1], "best_validation_loss": best[0],
+            "peak_lr": peak_lr, "best_step": best[1], "best_validation_loss": best[0],
             "train_seconds": round(time.time() - started, 1), "log": log}, tokenizer, heldout
 
 
@@ -175,10 +182,11 @@ def reference(out_dir, tokenizer, heldout, device):
             "greedy_tokens": GREEDY_TOKENS, "prompts": prompts}
 
 
-def main(out_dir):
+def main(out_dir, preset):
     device = "cuda"
     os.makedirs(out_dir, exist_ok=True)
-    summary, tokenizer, heldout = train(out_dir, device)
+    summary, tokenizer, heldout = train(out_dir, device, *PRESETS[preset])
+    summary["preset"] = preset
     ref = reference(out_dir, tokenizer, heldout, device)
     summary["heldout_perplexity_hf_f32"] = ref["heldout_perplexity"]
     print(f"best step {summary['best_step']}: validation loss {summary['best_validation_loss']:.4f}; "
@@ -190,4 +198,6 @@ def main(out_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if len(sys.argv) not in (2, 4) or (len(sys.argv) == 4 and (sys.argv[2] != "--preset" or sys.argv[3] not in PRESETS)):
+        sys.exit(f"usage: train.py OUT_DIR [--preset {'|'.join(PRESETS)}]")
+    main(sys.argv[1], sys.argv[3] if len(sys.argv) == 4 else "demo")
