@@ -3,7 +3,7 @@
 # shape (dummy weights) with bf16 and INT8 KV caches, then bench-memory --measure. Build here first:
 #   cargo build --release -p nanovllm-cli --features cuda && cargo build --release -p xtask --features cuda
 # and copy target/release/nanovllm-cli and target/release/xtask. Results go to $OUT (or ./gpu-out).
-# DTYPES picks the cache dtypes (default "bf16 int8"; fp8_per_token_head too).
+# DTYPES picks the cache dtypes (default "bf16 int8"; fp8_per_token_head and int4 too).
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
