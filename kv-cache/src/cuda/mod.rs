@@ -176,7 +176,8 @@ impl GpuKvCache {
         check_gpu_dtype(dtype)?;
         let rows = layout.num_slots() * layout.kv_heads;
         let plane = || -> Result<GpuPlane, GpuError> {
-            let scales = rows * dtype.row_layout().groups(layout.head_dim);
+            // One dummy element where a row has no scales: the driver allocates nothing of size 0.
+            let scales = (rows * dtype.row_layout().groups(layout.head_dim)).max(1);
             Ok(GpuPlane {
                 data: gpu.stream.alloc_zeros::<u8>(rows * dtype.code_bytes(layout.head_dim))?,
                 scales: gpu.stream.alloc_zeros::<bf16>(scales)?,
