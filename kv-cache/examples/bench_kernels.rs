@@ -149,8 +149,8 @@ fn fill_bf16(gpu: &Gpu, buffer: &mut CudaSlice<bf16>, mode: i32, seed: u32) -> R
 }
 
 /// The cache dtypes the GPU kernels read.
-const DTYPES: [CacheDtype; 4] =
-    [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Int4];
+const DTYPES: [CacheDtype; 5] =
+    [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Fp8, CacheDtype::Int4];
 
 struct Shape {
     model: &'static str,
@@ -187,7 +187,7 @@ fn bench_decode(
             let seed = (copy * 16 + i) as u32;
             let mode = match dtype {
                 CacheDtype::Int8 | CacheDtype::Int4 => 0,
-                CacheDtype::Fp8PerTokenHead => 3,
+                CacheDtype::Fp8PerTokenHead | CacheDtype::Fp8 => 3,
                 _ => 1,
             };
             fill(gpu, &mut plane.data.as_view_mut(), mode, seed)?;

@@ -1,4 +1,5 @@
-//! The CUDA store and attention kernels (decode and prefill), for bf16, INT8, FP8 and INT4 rows,
+//! The CUDA store and attention kernels (decode and prefill), for bf16, INT8, FP8 (per token-head
+//! and per-tensor) and INT4 rows,
 //! against the CPU reference, on fresh random inputs each run, with outputs poisoned first. ignored by default: on a machine with a GPU,
 //! `cargo test --release -p nanovllm-kv-cache --features cuda --test gpu_kernels -- --ignored`
 //! (or the test binary it builds, run with `--ignored`).
@@ -44,7 +45,9 @@ fn to_bf16(values: &[f32]) -> Vec<bf16> {
 fn store_matches_the_reference_bit_for_bit() {
     let gpu = gpu();
     let mut rng = rng();
-    for dtype in [CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Int4, CacheDtype::Bf16] {
+    for dtype in
+        [CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Fp8, CacheDtype::Int4, CacheDtype::Bf16]
+    {
         let head_dims: &[usize] =
             if dtype == CacheDtype::Int4 { &[64, 128, 256] } else { &[32, 64, 128, 256] };
         for &head_dim in head_dims {
@@ -139,6 +142,16 @@ fn store_matches_the_reference_bit_for_bit() {
                                     scales[at..][..groups].iter().map(|s| s.to_bits()).collect();
                                 let want: Vec<u16> = expected_scales.iter().map(|s| s.to_bits()).collect();
                                 assert_eq!(got, want, "scales of token {t} head {h}");
+                            }
+                            CacheDtype::Fp8 => {
+                                // The values themselves: saturating at 448, NaN staying NaN.
+                                let expected: Vec<u8> =
+                                    src.iter().map(|x| F8E4M3::from_f32(x.to_f32()).to_bits()).collect();
+                                assert_eq!(
+                                    &data[row * head_dim..][..head_dim],
+                                    &expected[..],
+                                    "{dtype} d{head_dim} token {t} head {h} value {is_value}"
+                                );
                             }
                             CacheDtype::Fp8PerTokenHead => {
                                 let mut codes = vec![F8E4M3::ZERO; head_dim];
@@ -262,6 +275,11 @@ fn stored_rows(rng: &mut StdRng, dtype: CacheDtype, rows: usize, d: usize) -> (V
             let mut back = vec![0f32; rows * d];
             nanovllm_kv_quant::dequantize_rows(&codes, &scales, d, &mut back).unwrap();
             (codes.iter().map(|&c| c as u8).collect(), scales, back)
+        }
+        CacheDtype::Fp8 => {
+            let codes: Vec<F8E4M3> = raw.iter().map(|&x| F8E4M3::from_f32(x)).collect();
+            let back = codes.iter().map(|c| c.to_f32()).collect();
+            (codes.iter().map(|c| c.to_bits()).collect(), vec![bf16::ZERO], back)
         }
         CacheDtype::Fp8PerTokenHead => {
             let mut codes = vec![F8E4M3::ZERO; rows * d];
@@ -471,11 +489,15 @@ fn attention_kernels_match_the_reference() {
             queries: 20,
         },
     ];
-    // Every INT8 case again with FP8 rows and with INT4 rows: the same kernels with E4M3 codes, and
-    // with packed 4-bit codes and a scale per group.
-    let requantized = [CacheDtype::Fp8PerTokenHead, CacheDtype::Int4].into_iter().flat_map(|dtype| {
-        cases.iter().filter(|c| c.dtype == CacheDtype::Int8).map(move |c| DecodeCase { dtype, ..c.clone() })
-    });
+    // Every INT8 case again with FP8 rows (scaled per row, and the values themselves) and with INT4
+    // rows: the same kernels with E4M3 codes, and with packed 4-bit codes and a scale per group.
+    let requantized =
+        [CacheDtype::Fp8PerTokenHead, CacheDtype::Fp8, CacheDtype::Int4].into_iter().flat_map(|dtype| {
+            cases
+                .iter()
+                .filter(|c| c.dtype == CacheDtype::Int8)
+                .map(move |c| DecodeCase { dtype, ..c.clone() })
+        });
     let cases: Vec<DecodeCase> = cases.iter().cloned().chain(requantized).collect();
     for case in &cases {
         let bs = case.block_size;

@@ -15,7 +15,9 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nanovllm_cuda::Gpu;
-use nanovllm_kv_cache::{Bf16, BlockManager, BlockTable, Fp8PerTokenHead, Int4, Int8, KvCache, StorageDtype};
+use nanovllm_kv_cache::{
+    Bf16, BlockManager, BlockTable, Fp8, Fp8PerTokenHead, Int4, Int8, KvCache, StorageDtype,
+};
 use nanovllm_kv_quant::CacheDtype;
 use nanovllm_qwen3::cuda::{GpuGroup, GpuLimits, GpuQwen3, GpuSample, SampleBatch};
 use nanovllm_qwen3::{Checkpoint, DummyWeights, Qwen3Config, Qwen3Model, SeqInput, WeightSource, argmax};
@@ -243,11 +245,14 @@ fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
             Box::new(|f| run_mixed(f, prompts, 4, 48)),
         ),
     ];
-    for dtype in [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Int4] {
+    let dtypes =
+        [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Fp8, CacheDtype::Int4];
+    for dtype in dtypes {
         for (schedule_name, cpu_schedule, gpu_schedule) in &schedules {
             let expected = match dtype {
                 CacheDtype::Int8 => cpu_logits::<Int8>(model, cpu_schedule),
                 CacheDtype::Fp8PerTokenHead => cpu_logits::<Fp8PerTokenHead>(model, cpu_schedule),
+                CacheDtype::Fp8 => cpu_logits::<Fp8>(model, cpu_schedule),
                 CacheDtype::Int4 => cpu_logits::<Int4>(model, cpu_schedule),
                 _ => cpu_logits::<Bf16>(model, cpu_schedule),
             };
@@ -258,11 +263,13 @@ fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
                 expected.iter().map(Vec::len).collect::<Vec<_>>()
             );
             // bf16 weights and activations move logits by up to `max_error` of the largest; a top-1
-            // choice whose reference margin exceeds twice that must not change. INT4: a K or V value
-            // that lies near a rounding boundary may take the next code on one side and not on the
-            // other, and a step is a seventh of its group's largest value (INT8's, a 127th), so
-            // its bound is twice the others'.
-            let max_error: f32 = if dtype == CacheDtype::Int4 { 1e-1 } else { 5e-2 };
+            // choice whose reference margin exceeds twice that must not change. INT4 and per-tensor
+            // FP8: a K or V value that lies near a rounding boundary may take the next code on one
+            // side and not on the other, and a step is a seventh of its group's largest value
+            // (INT4) or an eighth of the value itself, down to FP8's smallest subnormal (INT8's: a
+            // 127th of the row's largest), so their bound is twice the others'.
+            let coarse = matches!(dtype, CacheDtype::Int4 | CacheDtype::Fp8);
+            let max_error: f32 = if coarse { 1e-1 } else { 5e-2 };
             let (mut worst, mut agree, mut count, mut clear, mut clear_agree) = (0.0f32, 0, 0, 0, 0);
             for (g, e) in got.iter().flatten().zip(expected.iter().flatten()) {
                 assert!(g.iter().all(|x| x.is_finite()), "{name} {dtype}: non-finite logits");

@@ -33,7 +33,8 @@ fn every_kernel_compiles() {
         config(256, 8, 8, 32),
         config(512, 8, 1, 256),
     ];
-    let dtypes = [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Int4];
+    let dtypes =
+        [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Fp8, CacheDtype::Int4];
     // Every shape for Hopper with blocks of 16; the served shape also with blocks of 256 and for
     // the oldest architecture each dtype runs on (FP8's conversions need compute capability 8.9).
     let mut jobs = Vec::new();
@@ -51,7 +52,11 @@ fn every_kernel_compiles() {
                     }
                     Err(e) => panic!("{dtype} d{}: {e}", config.head_dim),
                 };
-                let oldest = if dtype == CacheDtype::Fp8PerTokenHead { "sm_89" } else { "sm_80" };
+                let oldest = if matches!(dtype, CacheDtype::Fp8PerTokenHead | CacheDtype::Fp8) {
+                    "sm_89"
+                } else {
+                    "sm_80"
+                };
                 let arches: &[&str] =
                     if std::ptr::eq(config, &served) { &[oldest, "sm_90"] } else { &["sm_90"] };
                 for source in sources {

@@ -8,8 +8,9 @@
 // row's largest group scale, which then multiplies the score; for values the running bound that
 // INT8's V scales are divided by.
 // Defines: HEAD_DIM (32, 64, 128 or 256; 64 and up for INT4), GROUP (query heads per kv head, at
-// most 8), QUANT (0/1: codes and bf16 scales), FP8 (0/1: the codes are E4M3), INT4 (0/1: 4-bit
-// codes, two a byte, a scale per group of 32 values),
+// most 8), QUANT (0/1: codes rather than bf16s), SCALED (0/1: bf16 scales beside the codes; 0 for
+// FP8 codes of the values themselves, vLLM's per-tensor scale of 1.0, read as scales of 1), FP8
+// (0/1: the codes are E4M3), INT4 (0/1: 4-bit codes, two a byte, a scale per group of 32 values),
 // BLOCK_SIZE (slots per cache block, multiple of 16), THREADS (threads per block), MIN_BLOCKS
 // (thread blocks per SM the register allocation must allow).
 //
@@ -100,7 +101,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     long long q_stride,
     const unsigned char* __restrict__ key_cache,   // rows of HEAD_DIM elements, placed by cache_row (layout.cuh)
     const unsigned char* __restrict__ value_cache,
-    const bf16_t* __restrict__ key_scale,       // [kv_heads][slots][GROUPS] (QUANT only)
+    const bf16_t* __restrict__ key_scale,       // [kv_heads][slots][GROUPS] (SCALED only)
     const bf16_t* __restrict__ value_scale,
     long long num_slots,
     const int* __restrict__ block_tables,       // [sequences][max_blocks]
@@ -209,10 +210,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     for (int k = 0; warp + k * WARPS < tiles; ++k) {
         const Tile tile = tile_at(k);
         const int valid = tile.valid;
-        // Quantized rows past the context in the last tile are read anyway (they lie in the sequence's
+        // Scaled rows past the context in the last tile are read anyway (they lie in the sequence's
         // block, and codes are always finite, FP8 ones never NaN): their scales are 0 and their scores masked, so no
-        // load needs a predicate. bf16 rows there may hold anything, NaN included: not read.
-        constexpr bool read_all = QUANT;
+        // load needs a predicate. bf16 rows and unscaled FP8 rows there may hold anything, NaN included: not read.
+        constexpr bool read_all = SCALED;
         unsigned int kraw[2][KW], vraw[4][VW];
         #pragma unroll
         for (int h = 0; h < 2; ++h)
@@ -262,7 +263,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
 #elif QUANT
         // Lane L holds the scale of token L % 16: K for L < 16, V after.
         const long long scale_at = kv_head * num_slots + tile.slot0 + lane % 16;
-        const float my_scale = lane % 16 < valid ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 0.0f;
+        const float my_scale = lane % 16 >= valid ? 0.0f
+                               : SCALED ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 1.0f;
 #endif
 
         // S^T = K Q^T: s[0..1] are keys j, s[2..3] keys j + 8, of rows 2q and 2q + 1. Two chains of

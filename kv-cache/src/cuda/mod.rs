@@ -1,5 +1,5 @@
 //! The paged KV cache on the GPU: its storage, the store kernel (quantize on write) and paged
-//! decode attention, for bf16, INT8, FP8 (per token-head) and INT4 rows. Kernel sources sit beside this file; KERNELS.md at the
+//! decode attention, for bf16, INT8, FP8 (per token-head, and per-tensor) and INT4 rows. Kernel sources sit beside this file; KERNELS.md at the
 //! crate root indexes them.
 
 use half::bf16;
@@ -51,7 +51,12 @@ const THREADS: u32 = 128;
 /// (measured faster than 16 for INT8: docs/perf-history.md, version 17), a bf16 row is one load.
 /// INT4 takes 32 values a lane whatever the head size: one group each.
 fn store_values_per_lane(dtype: CacheDtype, head_dim: usize) -> usize {
-    if dtype.has_scales() { head_dim.min(32) } else { 8 }
+    if is_quantized(dtype) { head_dim.min(32) } else { 8 }
+}
+
+/// Codes narrower than bf16 (INT8, FP8, INT4), which the kernels widen to fp16.
+fn is_quantized(dtype: CacheDtype) -> bool {
+    dtype.row_layout().code_bits < 16
 }
 
 /// Passes of the store kernel per warp, each over 32 / (head_dim / values per lane) rows (token, kv
@@ -59,7 +64,7 @@ fn store_values_per_lane(dtype: CacheDtype, head_dim: usize) -> usize {
 /// `NANOVLLM_STORE_ROWS` overrides it, for tuning.
 fn store_passes(dtype: CacheDtype) -> u32 {
     let tuned = std::env::var("NANOVLLM_STORE_ROWS").ok().and_then(|v| v.parse().ok());
-    tuned.filter(|&rows| (1..=8).contains(&rows)).unwrap_or(if dtype.has_scales() { 1 } else { 2 })
+    tuned.filter(|&rows| (1..=8).contains(&rows)).unwrap_or(if is_quantized(dtype) { 1 } else { 2 })
 }
 
 /// Warps per thread block of decode attention, for three kinds of launch: a block's warps take its
@@ -160,7 +165,7 @@ pub struct GpuPlane {
 /// rows ordered by kv head ([`cache_row`]).
 #[derive(Debug)]
 pub struct GpuKvCache {
-    /// bf16, INT8, FP8 (`fp8_per_token_head`) or INT4.
+    /// bf16, INT8, FP8 (`fp8_per_token_head` or per-tensor `fp8`) or INT4.
     pub dtype: CacheDtype,
     /// The shape.
     pub layout: CacheLayout,
@@ -171,7 +176,7 @@ pub struct GpuKvCache {
 }
 
 impl GpuKvCache {
-    /// A zeroed cache (bf16, INT8, FP8 per token-head and INT4 only: the GPU kernels read those).
+    /// A zeroed cache (bf16, INT8, FP8 and INT4 only: the GPU kernels read those).
     pub fn new(gpu: &Gpu, layout: CacheLayout, dtype: CacheDtype) -> Result<Self, GpuError> {
         check_gpu_dtype(dtype)?;
         let rows = layout.num_slots() * layout.kv_heads;
@@ -221,14 +226,19 @@ impl GpuKvCache {
     }
 }
 
-/// The cache dtypes the GPU kernels read; the others (f16, f32, per-tensor fp8) are CPU only.
+/// The cache dtypes the GPU kernels read; the others (f16, f32) are CPU only.
 fn check_gpu_dtype(dtype: CacheDtype) -> Result<(), GpuError> {
-    if matches!(dtype, CacheDtype::Bf16 | CacheDtype::Int8 | CacheDtype::Fp8PerTokenHead | CacheDtype::Int4) {
-        return Ok(());
+    if matches!(dtype, CacheDtype::F16 | CacheDtype::F32) {
+        return Err(GpuError::Unsupported(format!(
+            "a {dtype} KV cache (the GPU kernels read bf16, int8, fp8_per_token_head, fp8 and int4; {dtype} runs on the CPU)"
+        )));
     }
-    Err(GpuError::Unsupported(format!(
-        "a {dtype} KV cache (the GPU kernels read bf16, int8, fp8_per_token_head and int4; {dtype} runs on the CPU)"
-    )))
+    Ok(())
+}
+
+/// The E4M3 dtypes, whose conversions need compute capability 8.9.
+fn is_fp8(dtype: CacheDtype) -> bool {
+    matches!(dtype, CacheDtype::Fp8PerTokenHead | CacheDtype::Fp8)
 }
 
 /// Queue the copy of `len` elements of `buffer` from `src` to `dst`, ranges that do not overlap.
@@ -499,8 +509,9 @@ impl CacheKernelSources {
             )));
         }
         let codes = [
-            ("QUANT", u8::from(dtype.has_scales()).to_string()),
-            ("FP8", u8::from(dtype == CacheDtype::Fp8PerTokenHead).to_string()),
+            ("QUANT", u8::from(is_quantized(dtype)).to_string()),
+            ("SCALED", u8::from(dtype.has_scales()).to_string()),
+            ("FP8", u8::from(is_fp8(dtype)).to_string()),
             ("INT4", u8::from(int4).to_string()),
         ];
         let store = KernelSource {
@@ -561,9 +572,9 @@ impl CacheKernels {
                 gpu.describe()
             )));
         }
-        if dtype == CacheDtype::Fp8PerTokenHead && gpu.modules.arch_number() < 89 {
+        if is_fp8(dtype) && gpu.modules.arch_number() < 89 {
             return Err(GpuError::Unsupported(format!(
-                "{}: an fp8_per_token_head cache uses the E4M3 conversions of compute capability 8.9 and later (use int8)",
+                "{}: an {dtype} cache uses the E4M3 conversions of compute capability 8.9 and later (use int8)",
                 gpu.describe()
             )));
         }

@@ -8,8 +8,9 @@
 // at least the row's largest (exact in fp16: int4_pair_to_f16x2), and that power of two plays the
 // row scale's part. Output: normalized bf16, no splits.
 // Defines: HEAD_DIM (32, 64, 128 or 256; 64 and up for INT4), GROUP (query heads per kv head, at
-// most 8), QUANT (0/1: codes and bf16 scales), FP8 (0/1: the codes are E4M3), INT4 (0/1: 4-bit
-// codes, two a byte, a scale per group of 32 values),
+// most 8), QUANT (0/1: codes rather than bf16s), SCALED (0/1: bf16 scales beside the codes; 0 for
+// FP8 codes of the values themselves, read as scales of 1), FP8 (0/1: the codes are E4M3), INT4
+// (0/1: 4-bit codes, two a byte, a scale per group of 32 values),
 // BLOCK_SIZE (slots per cache block, multiple of 16).
 //
 // Warp w owns rows 16w .. 16w + 15 (row r: query r / GROUP of the group, head r % GROUP) and
@@ -65,7 +66,7 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
     long long q_stride,
     const unsigned char* __restrict__ key_cache,   // rows of HEAD_DIM elements, placed by cache_row (layout.cuh)
     const unsigned char* __restrict__ value_cache,
-    const bf16_t* __restrict__ key_scale,       // [kv_heads][slots][GROUPS] (QUANT only)
+    const bf16_t* __restrict__ key_scale,       // [kv_heads][slots][GROUPS] (SCALED only)
     const bf16_t* __restrict__ value_scale,
     long long num_slots,
     const int* __restrict__ block_tables,       // [sequences][max_blocks]
@@ -167,9 +168,11 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
 #if INT4
                 ks = int4_row_scale(key_scale + (kv_head * num_slots + slot) * GROUPS);
                 vs = int4_row_scale(value_scale + (kv_head * num_slots + slot) * GROUPS);
-#else
+#elif SCALED
                 ks = bf16_to_float(key_scale[kv_head * num_slots + slot]);
                 vs = bf16_to_float(value_scale[kv_head * num_slots + slot]);
+#else
+                ks = vs = 1.0f;
 #endif
             }
             s_ks[lane] = ks;

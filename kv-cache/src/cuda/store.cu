@@ -1,6 +1,7 @@
 // Store a batch of tokens' K and V into the paged cache by slot, quantizing INT8, FP8 or INT4 rows
-// on the way. Defines: HEAD_DIM (32, 64, 128 or 256), QUANT (1: codes + bf16 scales; 0: bf16
-// rows), FP8 (1: the codes are E4M3), INT4 (1: 4-bit codes, a scale per group of 32 values; ELEMS
+// on the way. Defines: HEAD_DIM (32, 64, 128 or 256), QUANT (1: codes; 0: bf16 rows), SCALED (1:
+// bf16 scales beside the codes; 0: FP8 codes of the values themselves, vLLM's per-tensor scale of
+// 1.0), FP8 (1: the codes are E4M3), INT4 (1: 4-bit codes, a scale per group of 32 values; ELEMS
 // is then 32, one group per lane), ROWS, ELEMS, BLOCK_SIZE (for layout.cuh).
 // Each lane owns ELEMS contiguous values of a row (16-byte loads: 32 values of an INT8 row, 8 of a
 // bf16 row), so HEAD_DIM / ELEMS lanes share a row and a warp takes 32 / (HEAD_DIM / ELEMS) rows
@@ -23,7 +24,7 @@ extern "C" __global__ void store_kv(
     const long long* __restrict__ slots, // [tokens]; negative: padding, skipped
     void* __restrict__ key_cache,        // rows of HEAD_DIM codes or bf16s, placed by cache_row (layout.cuh)
     void* __restrict__ value_cache,
-    bf16_t* __restrict__ key_scale,      // [kv_heads][num_slots][GROUPS] (QUANT only)
+    bf16_t* __restrict__ key_scale,      // [kv_heads][num_slots][GROUPS] (SCALED only)
     bf16_t* __restrict__ value_scale,
     long long num_slots, int num_tokens, int kv_heads)
 {
@@ -81,6 +82,12 @@ extern "C" __global__ void store_kv(
         #pragma unroll
         for (int i = 0; i < ELEMS / 8; ++i)
             codes[i] = !finite ? 0u : step == 0.0f ? 0x88888888u : kv_int4_quantize8(&x[8 * i], step);
+#elif FP8 && !SCALED
+        // The values themselves (a per-tensor scale of 1.0): saturating at 448; NaN stays NaN.
+        const bf16_t scale = 0;
+        unsigned int codes[ELEMS / 4];
+        #pragma unroll
+        for (int i = 0; i < ELEMS / 4; ++i) codes[i] = kv_fp8_quantize4(&x[4 * i], 1.0f);
 #elif FP8
         const bf16_t scale = finite ? kv_fp8_scale_from_amax(amax) : KV_BF16_NAN;
         const float step = bf16_to_float(scale);
@@ -108,9 +115,9 @@ extern "C" __global__ void store_kv(
                               + part * CODE_BYTES(ELEMS));
         #pragma unroll
         for (int i = 0; i < CODE_BYTES(ELEMS) / 16; ++i) dst[i] = make_uint4(codes[4 * i], codes[4 * i + 1], codes[4 * i + 2], codes[4 * i + 3]);
-        bf16_t* scales = (is_value ? value_scale : key_scale) + (head[r] * num_slots + slot[r]) * GROUPS;
-        if (INT4) scales[part] = scale;
-        else if (part == 0) scales[0] = scale;
+        // A row's scale (INT4: each lane its group's).
+        if (INT4 || (SCALED && part == 0))
+            (is_value ? value_scale : key_scale)[(head[r] * num_slots + slot[r]) * GROUPS + (INT4 ? part : 0)] = scale;
 #else
         if (slot[r] < 0) continue;  // past the end or padding
         bf16_t* dst = (bf16_t*)(is_value ? value_cache : key_cache) + dst_row * HEAD_DIM + part * ELEMS;
