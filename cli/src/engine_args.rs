@@ -14,10 +14,12 @@ pub(crate) struct EngineArgs {
     /// weights from config.json alone, seeded by --seed).
     #[arg(long, default_value_t = LoadFormat::Safetensors)]
     load_format: LoadFormat,
-    /// KV cache dtype: bf16, int8 (1.97x the tokens), f16 or f32 (exact reference; f16 and f32 on
-    /// the CPU only). vLLM's spellings work too: auto (bf16, the dtype the engine computes in),
-    /// bfloat16, float16, and int8_per_token_head (this engine's INT8 rows, whose scales are bf16:
-    /// not byte-compatible with vLLM's f32 scales).
+    /// KV cache dtype: bf16, int8 (1.97x the tokens), fp8_per_token_head (E4M3 codes with INT8's
+    /// row scale), fp8 (vLLM's: E4M3 at a per-tensor scale of 1.0), int4 (3.56x the tokens), f16
+    /// or f32 (exact reference; f16 and f32 on the CPU only). vLLM's spellings work too: auto
+    /// (bf16, the dtype the engine computes in), bfloat16, float16, fp8_e4m3, and
+    /// int8_per_token_head (this engine's INT8 rows, whose scales are bf16: not byte-compatible
+    /// with vLLM's f32 scales).
     #[arg(long, default_value = "bf16", value_parser = parse_cache_dtype)]
     pub(crate) kv_cache_dtype: CacheDtype,
     /// Where to run: auto (the GPU when this build has CUDA support and one is present), cpu or cuda.
