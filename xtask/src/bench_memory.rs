@@ -237,7 +237,9 @@ fn measure(config: &Qwen3Config, args: &Args, blocks: usize) -> anyhow::Result<s
     use nanovllm_kv_cache::cuda::GpuKvCache;
     let gpu = nanovllm_cuda::Gpu::open()?;
     let mut out = Vec::new();
-    for dtype in [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead] {
+    for dtype in
+        [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Fp8, CacheDtype::Int4]
+    {
         let layout = CacheLayout {
             num_layers: config.num_hidden_layers,
             num_blocks: blocks,
