@@ -33,6 +33,12 @@ fn a_jsonl_workload_generates_every_requested_token() {
     assert_eq!(report["peak_running_sequences"], 3);
     assert_eq!(report["kv_cache_dtype"], "int8");
     assert!(report["output_tokens_per_second"].as_f64().unwrap() > 0.0);
+    // The steps' time splits into the forward pass and the engine's host work around it; the
+    // CPU backend has no separate preparation.
+    let (steps, host) = (report["step_seconds"].as_f64().unwrap(), report["host_seconds"].as_f64().unwrap());
+    assert!(steps > 0.0 && steps <= report["seconds"].as_f64().unwrap(), "{report}");
+    assert!((0.0..steps).contains(&host), "{report}");
+    assert_eq!(report["prepare_seconds"], 0.0);
 }
 
 #[test]
