@@ -39,6 +39,34 @@ impl KernelSource {
     pub fn compile(&self, arch: &str) -> Result<Ptx, GpuError> {
         compile(self.name, &self.text(), arch)
     }
+
+    /// What ptxas reports for `arch` (a real architecture such as `sm_90`): each kernel's
+    /// registers, spills and shared memory, as `-Xptxas -v` prints them. NVRTC alone, no GPU: a
+    /// kernel that spills, or a change that brings it near its register budget, shows before any
+    /// device time is spent.
+    pub fn resource_report(&self, arch: &str) -> Result<String, GpuError> {
+        use cudarc::nvrtc::result;
+        use std::ffi::CString;
+        let failed = |log: String| GpuError::Compile { name: self.name.to_owned(), log };
+        let text = CString::new(self.text()).map_err(|e| failed(e.to_string()))?;
+        let file = CString::new(format!("{}.cu", self.name)).map_err(|e| failed(e.to_string()))?;
+        let program = result::create_program(&text, Some(&file)).map_err(|e| failed(e.to_string()))?;
+        let options =
+            ["--std=c++17".to_owned(), format!("--gpu-architecture={arch}"), "-Xptxas".into(), "-v".into()];
+        // SAFETY: `program` was created above and is destroyed once, after its last use.
+        #[allow(unsafe_code)]
+        let (compiled, log) = unsafe {
+            let compiled = result::compile_program(program, &options);
+            let log = result::get_program_log(program);
+            let _ = result::destroy_program(program);
+            (compiled, log)
+        };
+        let log: String = log
+            .map(|chars| chars.iter().map(|&c| c as u8 as char).take_while(|&c| c != '\0').collect())
+            .unwrap_or_default();
+        compiled.map_err(|_| failed(log.clone()))?;
+        Ok(log)
+    }
 }
 
 /// Modules compiled for one device architecture.

@@ -2,7 +2,7 @@
 //! of model shapes (head sizes 32 to 256, one to eight query heads per kv head) and architectures,
 //! with NVRTC alone: no GPU is needed, so a kernel that does not compile fails here rather than on
 //! the first machine with a card. Ignored by default: it needs libnvrtc (the CUDA runtime
-//! compiler), which `scripts/test-kernels-compile.sh` installs from PyPI, as CI does.
+//! compiler), which `scripts/with-nvrtc.sh` installs from PyPI and runs this test with, as CI does.
 #![cfg(feature = "cuda")]
 
 use nanovllm_kv_quant::CacheDtype;
