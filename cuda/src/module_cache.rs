@@ -51,8 +51,7 @@ impl KernelSource {
         let text = CString::new(self.text()).map_err(|e| failed(e.to_string()))?;
         let file = CString::new(format!("{}.cu", self.name)).map_err(|e| failed(e.to_string()))?;
         let program = result::create_program(&text, Some(&file)).map_err(|e| failed(e.to_string()))?;
-        let options =
-            ["--std=c++17".to_owned(), format!("--gpu-architecture={arch}"), "-Xptxas".into(), "-v".into()];
+        let options = [nvrtc_options(arch), vec!["-Xptxas".into(), "-v".into()]].concat();
         // SAFETY: `program` was created above and is destroyed once, after its last use.
         #[allow(unsafe_code)]
         let (compiled, log) = unsafe {
@@ -117,11 +116,16 @@ impl ModuleCache {
     }
 }
 
+/// What every module is compiled with: C++17, for `arch`.
+fn nvrtc_options(arch: &str) -> Vec<String> {
+    vec!["--std=c++17".into(), format!("--gpu-architecture={arch}")]
+}
+
 /// `source` (defines included) as PTX for `arch`.
 fn compile(name: &str, source: &str, arch: &str) -> Result<Ptx, GpuError> {
     let options = CompileOptions {
         name: Some(format!("{name}.cu")),
-        options: vec!["--std=c++17".into(), format!("--gpu-architecture={arch}")],
+        options: nvrtc_options(arch),
         ..CompileOptions::default()
     };
     compile_ptx_with_opts(source, options)
