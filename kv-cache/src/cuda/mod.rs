@@ -1,6 +1,6 @@
 //! The paged KV cache on the GPU: its storage, the store kernel (quantize on write) and paged
-//! decode attention, for bf16, INT8, FP8 (per token-head, and per-tensor) and INT4 rows. Kernel sources sit beside this file; KERNELS.md at the
-//! crate root indexes them.
+//! decode attention, for bf16, INT8, FP8 (per token-head, and per-tensor) and INT4 rows. Kernel
+//! sources sit beside this file; KERNELS.md at the crate root indexes them.
 
 use half::bf16;
 use std::sync::Arc;
@@ -228,12 +228,13 @@ impl GpuKvCache {
 
 /// The cache dtypes the GPU kernels read; the others (f16, f32) are CPU only.
 fn check_gpu_dtype(dtype: CacheDtype) -> Result<(), GpuError> {
-    if matches!(dtype, CacheDtype::F16 | CacheDtype::F32) {
-        return Err(GpuError::Unsupported(format!(
-            "a {dtype} KV cache (the GPU kernels read bf16, int8, fp8_per_token_head, fp8 and int4; {dtype} runs on the CPU)"
-        )));
+    use CacheDtype::{Bf16, Fp8, Fp8PerTokenHead, Int4, Int8};
+    if matches!(dtype, Bf16 | Int8 | Fp8PerTokenHead | Fp8 | Int4) {
+        return Ok(());
     }
-    Ok(())
+    Err(GpuError::Unsupported(format!(
+        "a {dtype} KV cache (the GPU kernels read bf16, int8, fp8_per_token_head, fp8 and int4; {dtype} runs on the CPU)"
+    )))
 }
 
 /// The E4M3 dtypes, whose conversions need compute capability 8.9.
