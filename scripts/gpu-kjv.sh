@@ -3,9 +3,9 @@
 # with nanovllm-cli on the GPU (generate, held-out eval) for both cache dtypes. Needs the git-ignored
 # models/kjv-qwen3/data/ (prepare_data.py) and target/release/nanovllm-cli (cargo build --release -p
 # nanovllm-cli --features cuda): copy both there. The checkpoint and logs go to $OUT/kjv-qwen3 (or ./gpu-out/...).
-# DTYPES picks the cache dtypes (default "bf16 int8"; fp8_per_token_head and int4 too). PRESET=deep
-# trains train.py's 49M-parameter preset instead (into $OUT/kjv-qwen3-deep): each eval's KL and
-# top-1 agreement are then against the bf16 cache on the same GPU.
+# DTYPES picks the cache dtypes (default "bf16 int8"; fp8_per_token_head, fp8 and int4 too); each
+# eval's KL and top-1 agreement are against the bf16 cache on the same GPU. PRESET=deep trains
+# train.py's 49M-parameter preset instead, its logs and results into $OUT/kjv-qwen3-deep.
 set -uo pipefail
 preset=${PRESET:-demo}
 out=${OUT:-gpu-out}/kjv-qwen3${PRESET:+-$PRESET}
