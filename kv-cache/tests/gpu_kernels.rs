@@ -1,6 +1,6 @@
 //! The CUDA store and attention kernels (decode and prefill), for bf16, INT8, FP8 (per token-head
-//! and per-tensor) and INT4 rows,
-//! against the CPU reference, on fresh random inputs each run, with outputs poisoned first. ignored by default: on a machine with a GPU,
+//! and per-tensor) and INT4 rows, against the CPU reference, on fresh random inputs each run, with
+//! outputs poisoned first. Ignored by default: on a machine with a GPU,
 //! `cargo test --release -p nanovllm-kv-cache --features cuda --test gpu_kernels -- --ignored`
 //! (or the test binary it builds, run with `--ignored`).
 #![cfg(feature = "cuda")]
