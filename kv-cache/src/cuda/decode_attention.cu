@@ -47,7 +47,6 @@
 #define WARPS (THREADS / 32)
 #define QUERIES (8 / GROUP)                 // query tokens per group
 #define TILE 16
-#define CODE_BITS (INT4 ? 4 : QUANT ? 8 : 16)
 #define KB (HEAD_DIM / 4 * CODE_BITS / 8)   // bytes of a key row a lane loads
 #define VB (HEAD_DIM / 8 * CODE_BITS / 8)   // ... of a value row
 #define KU (KB < 16 ? KB : 16)              // bytes per copy
@@ -55,9 +54,7 @@
 #define KW (KB / 4)                         // 32-bit words
 #define VW (VB / 4)
 #define KUNITS (KB / KU)                    // copies per key row; INT4: each one group's codes
-#define GROUPS (INT4 ? HEAD_DIM / 32 : 1)   // scales per row
 #define ACC_STRIDE (HEAD_DIM + (QUANT ? 4 : 1)) // padded rows of the warps' outputs: fewer bank conflicts
-#define ROW_BYTES (HEAD_DIM * CODE_BITS / 8)
 #define TAU 8.0f                            // lazy rescaling: probabilities stay below 2^TAU
 #define CHUNKS (HEAD_DIM / 16)              // k16 steps of QK, and m16 tiles of PV
 

@@ -24,9 +24,7 @@
 #define SMEM_STRIDE (HEAD_DIM + 8)           // 16-bit elements per staged row: no bank conflicts
 #define QK_CHUNKS (HEAD_DIM / 16)            // k16 steps of S = Q K^T
 #define O_TILES (HEAD_DIM / 8)               // n8 tiles of the output
-#define ROW_BYTES (HEAD_DIM * (INT4 ? 1 : QUANT ? 2 : 4) / 2)
 #define UNITS (ROW_BYTES / 16)               // 16-byte loads per cache row; INT4: one group each
-#define GROUPS (INT4 ? HEAD_DIM / 32 : 1)    // scales per row
 
 // Two 16-bit matrices of 8x8 from shared memory, transposed: the B operand of one m16n8k16 MMA.
 __device__ __forceinline__ void ldmatrix_x2_trans(const unsigned short* row, unsigned int& b0, unsigned int& b1) {

@@ -14,8 +14,7 @@
 #define LOADS (ELEMS / 8)                   // 16-byte loads per lane
 #define LANES_PER_ROW (HEAD_DIM / ELEMS)
 #define ROWS_PER_PASS (32 / LANES_PER_ROW)
-#define CODE_BYTES(values) (INT4 ? (values) / 2 : QUANT ? (values) : 2 * (values))
-#define GROUPS (INT4 ? HEAD_DIM / 32 : 1)   // scales per row
+#define CODE_BYTES(values) ((values) * CODE_BITS / 8)
 
 extern "C" __global__ void store_kv(
     const bf16_t* __restrict__ key,      // [tokens][kv_heads][HEAD_DIM], token stride `src_stride`
@@ -111,7 +110,7 @@ extern "C" __global__ void store_kv(
             }
         }
 #endif
-        uint4* dst = (uint4*)((unsigned char*)(is_value ? value_cache : key_cache) + dst_row * CODE_BYTES(HEAD_DIM)
+        uint4* dst = (uint4*)((unsigned char*)(is_value ? value_cache : key_cache) + dst_row * ROW_BYTES
                               + part * CODE_BYTES(ELEMS));
         #pragma unroll
         for (int i = 0; i < CODE_BYTES(ELEMS) / 16; ++i) dst[i] = make_uint4(codes[4 * i], codes[4 * i + 1], codes[4 * i + 2], codes[4 * i + 3]);
