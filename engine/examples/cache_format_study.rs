@@ -4,26 +4,36 @@
 //! KL(f32 || format) per token, top-1 agreement. The formats: INT8 and FP8 (the cache's own, as
 //! a check against `nanovllm-cli eval`), and 4-bit codes per row or per group of 32, symmetric or
 //! asymmetric, with and without a Hadamard rotation of every row (undone as it is read; in a
-//! kernel the queries would be rotated instead for keys, and the output for values).
+//! kernel the queries would be rotated instead for keys, and the output for values); and KIVI's
+//! layout: a sequence's newest tokens, up to a group of 32 positions, stay full precision, and a
+//! group that fills is quantized, keys per channel over its 32 tokens (a scale per channel per
+//! group, which lives per block rather than per row) and values per row in groups of 32. The same
+//! full-precision window with keys per row tells the window's share from the key axis's.
 //!
 //! `cargo run --release -p nanovllm --example cache_format_study -- models/kjv-qwen3 models/kjv-qwen3/data/heldout.txt [max_tokens]`
 //! (the held-out text is written by `models/kjv-qwen3/prepare_data.py`). Windows of 512 tokens,
 //! stride 256, as `nanovllm-cli eval --context 512`. One JSON line per format.
 
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::path::Path;
 
 use nanovllm::{Tokenizer, argmax, log_softmax};
-use nanovllm_kv_cache::{BlockManager, F32, KvCache, StorageDtype};
+use nanovllm_kv_cache::{BlockManager, BlockTable, F32, KvCache, Row, StorageDtype};
 use nanovllm_kv_quant::{
-    CacheDtype, F8E4M3, Int4Group, Int4Scheme, dequantize_row, dequantize_row_fp8, dequantize_row_int4,
-    hadamard_in_place, quantize_row, quantize_row_fp8, quantize_row_int4,
+    CacheDtype, F8E4M3, INT4_GROUP, Int4Group, Int4Scheme, dequantize_row, dequantize_row_fp8,
+    dequantize_row_int4, hadamard_in_place, quantize_row, quantize_row_fp8, quantize_row_int4,
 };
 use nanovllm_qwen3::{Qwen3Model, SeqInput};
 
 const CONTEXT: usize = 512;
 const STRIDE: usize = 256;
 const BLOCK: usize = 16;
+/// One-token queries per forward pass when the cache is not changed between passes.
+const SCORE_BATCH: usize = 256;
+/// Positions per KIVI group: the full-precision window, and the tokens a key channel's scale
+/// spans.
+const KIVI_GROUP: usize = 32;
 
 /// A format's round trip of one row, in place.
 trait RoundTrip: Send + Sync + 'static {
@@ -81,10 +91,7 @@ impl<const GROUP: usize, const ASYMMETRIC: bool, const ROTATED: bool> RoundTrip
         }
         let group = if GROUP == 0 { row.len() } else { GROUP };
         let scheme = if ASYMMETRIC { Int4Scheme::Asymmetric } else { Int4Scheme::Symmetric };
-        let mut codes = vec![0u8; row.len()];
-        let mut groups = vec![Int4Group::default(); row.len().div_ceil(group)];
-        quantize_row_int4(row, group, scheme, &mut codes, &mut groups).expect("shapes fit");
-        dequantize_row_int4(&codes, group, scheme, &groups, row).expect("shapes fit");
+        int4_round_trip(row, group, scheme);
         if ROTATED {
             hadamard_in_place(row).expect("head_dim is a power of two");
         }
@@ -92,8 +99,14 @@ impl<const GROUP: usize, const ASYMMETRIC: bool, const ROTATED: bool> RoundTrip
 }
 
 /// The logits at every position of each window, as `LLM::score` computes them: one-token queries
-/// over a fresh cache of `T`, 256 per forward pass.
-fn score<T: StorageDtype>(model: &Qwen3Model, windows: &[(usize, &[u32])]) -> Vec<Vec<Vec<f32>>> {
+/// over a fresh cache of `T`, `chunk` positions per forward pass, with `after_chunk` applied to
+/// the cache after each pass (to the chunk's positions).
+fn score<T: StorageDtype>(
+    model: &Qwen3Model,
+    windows: &[(usize, &[u32])],
+    chunk: usize,
+    after_chunk: impl Fn(&mut KvCache<T>, &BlockTable, Range<usize>),
+) -> Vec<Vec<Vec<f32>>> {
     let blocks = CONTEXT.div_ceil(BLOCK);
     windows
         .iter()
@@ -102,8 +115,10 @@ fn score<T: StorageDtype>(model: &Qwen3Model, windows: &[(usize, &[u32])]) -> Ve
             let mut manager = BlockManager::new(blocks, BLOCK).expect("blocks");
             let (table, _) = manager.allocate(window).expect("one window fits");
             let mut logits = Vec::new();
-            for start in (0..window.len()).step_by(256) {
-                let inputs: Vec<SeqInput<'_>> = (start..(start + 256).min(window.len()))
+            for start in (0..window.len()).step_by(chunk) {
+                let positions = start..(start + chunk).min(window.len());
+                let inputs: Vec<SeqInput<'_>> = positions
+                    .clone()
                     .map(|pos| SeqInput {
                         tokens: &window[pos..pos + 1],
                         start: pos,
@@ -112,28 +127,85 @@ fn score<T: StorageDtype>(model: &Qwen3Model, windows: &[(usize, &[u32])]) -> Ve
                     })
                     .collect();
                 logits.extend(model.forward(&inputs, &mut cache).expect("forward"));
+                after_chunk(&mut cache, &table, positions);
             }
             logits
         })
         .collect()
 }
 
-/// [`report`] for one cache type.
-type Report = fn(&str, &Qwen3Model, &[u32], &[(usize, &[u32])], &[Vec<Vec<f32>>]);
+/// Nothing between forward passes: the format's round trip happens as rows are stored.
+fn unchanged<T: StorageDtype>(_: &mut KvCache<T>, _: &BlockTable, _: Range<usize>) {}
 
-/// Score every window with a cache of `T`, each token once (in the first window that predicts it),
-/// against the f32 cache's logits; print one JSON line.
-fn report<T: StorageDtype>(
+/// The 4-bit round trip of `values` in groups of `group` (in place).
+fn int4_round_trip(values: &mut [f32], group: usize, scheme: Int4Scheme) {
+    let mut codes = vec![0u8; values.len()];
+    let mut groups = vec![Int4Group::default(); values.len().div_ceil(group)];
+    quantize_row_int4(values, group, scheme, &mut codes, &mut groups).expect("shapes fit");
+    dequantize_row_int4(&codes, group, scheme, &groups, values).expect("shapes fit");
+}
+
+/// KIVI's step: once `positions` fill a whole group, quantize that group's K and V in every layer
+/// of an f32 cache (the rows of a partial group, the newest tokens, stay as they are). Values are
+/// quantized per row in groups of 32; keys per channel over the group's tokens if
+/// `keys_per_channel`, else per row as the values.
+fn quantize_full_group(
+    cache: &mut KvCache<F32>,
+    table: &BlockTable,
+    positions: Range<usize>,
+    keys_per_channel: bool,
+    scheme: Int4Scheme,
+) {
+    if positions.len() < KIVI_GROUP {
+        return;
+    }
+    let layout = *cache.layout();
+    let (heads, dim) = (layout.kv_heads, layout.head_dim);
+    let slots = table.slot_mapping(positions.clone(), BLOCK).expect("the window's blocks");
+    let read = |rows: &mut Vec<f32>, row: Row<'_, F32>| rows.extend(row.to_f32());
+    for layer in 0..layout.num_layers {
+        // [token][kv_head][head_dim], as `KvCache::write` takes them.
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for pos in positions.clone() {
+            for head in 0..heads {
+                read(&mut keys, cache.key(layer, table, pos, head).expect("stored"));
+                read(&mut values, cache.value(layer, table, pos, head).expect("stored"));
+            }
+        }
+        for row in values.chunks_exact_mut(dim) {
+            int4_round_trip(row, INT4_GROUP, scheme);
+        }
+        if keys_per_channel {
+            let mut channel = vec![0.0f32; KIVI_GROUP];
+            for head in 0..heads {
+                for c in 0..dim {
+                    let at = |token: usize| (token * heads + head) * dim + c;
+                    channel.iter_mut().enumerate().for_each(|(t, x)| *x = keys[at(t)]);
+                    int4_round_trip(&mut channel, KIVI_GROUP, scheme);
+                    channel.iter().enumerate().for_each(|(t, &x)| keys[at(t)] = x);
+                }
+            }
+        } else {
+            for row in keys.chunks_exact_mut(dim) {
+                int4_round_trip(row, INT4_GROUP, scheme);
+            }
+        }
+        cache.write(layer, &slots, &keys, &values).expect("the group's slots");
+    }
+}
+
+/// Score every window's `logits`, each token once (in the first window that predicts it), against
+/// the f32 cache's; print one JSON line.
+fn report(
     name: &str,
-    model: &Qwen3Model,
     tokens: &[u32],
     windows: &[(usize, &[u32])],
+    logits: &[Vec<Vec<f32>>],
     reference: &[Vec<Vec<f32>>],
 ) {
-    let logits = score::<T>(model, windows);
     let (mut nll, mut reference_nll, mut kl, mut agree, mut count) = (0.0f64, 0.0f64, 0.0f64, 0usize, 0usize);
     let mut scored_until = 1;
-    for ((&(begin, window), got), expected) in windows.iter().zip(&logits).zip(reference) {
+    for ((&(begin, window), got), expected) in windows.iter().zip(logits).zip(reference) {
         let end = begin + window.len();
         for target in scored_until.max(begin + 1)..end {
             let row = target - begin - 1;
@@ -175,14 +247,42 @@ fn main() {
             break;
         }
     }
-    let reference = score::<F32>(&model, &windows);
-    let run = |name: &str, report: Report| report(name, &model, &tokens, &windows, &reference);
-    run("int8, per row", report::<Simulated<Int8>>);
-    run("fp8_per_token_head, per row", report::<Simulated<Fp8>>);
-    run("int4 symmetric, per row (66 B)", report::<Simulated<Int4<0, false, false>>>);
-    run("int4 symmetric, groups of 32 (72 B)", report::<Simulated<Int4<32, false, false>>>);
-    run("int4 asymmetric, groups of 32 (80 B)", report::<Simulated<Int4<32, true, false>>>);
-    run("int4 symmetric, per row, Hadamard (66 B)", report::<Simulated<Int4<0, false, true>>>);
-    run("int4 symmetric, groups of 32, Hadamard (72 B)", report::<Simulated<Int4<32, false, true>>>);
-    run("int4 asymmetric, groups of 32, Hadamard (80 B)", report::<Simulated<Int4<32, true, true>>>);
+    let reference = score::<F32>(&model, &windows, SCORE_BATCH, unchanged);
+    let run = |name: &str, logits: Vec<Vec<Vec<f32>>>| report(name, &tokens, &windows, &logits, &reference);
+    let (m, w) = (&model, &windows[..]);
+    run("int8, per row", score::<Simulated<Int8>>(m, w, SCORE_BATCH, unchanged));
+    run("fp8_per_token_head, per row", score::<Simulated<Fp8>>(m, w, SCORE_BATCH, unchanged));
+    run(
+        "int4 symmetric, per row (66 B)",
+        score::<Simulated<Int4<0, false, false>>>(m, w, SCORE_BATCH, unchanged),
+    );
+    run(
+        "int4 symmetric, groups of 32 (72 B)",
+        score::<Simulated<Int4<32, false, false>>>(m, w, SCORE_BATCH, unchanged),
+    );
+    run(
+        "int4 asymmetric, groups of 32 (80 B)",
+        score::<Simulated<Int4<32, true, false>>>(m, w, SCORE_BATCH, unchanged),
+    );
+    run(
+        "int4 symmetric, per row, Hadamard (66 B)",
+        score::<Simulated<Int4<0, false, true>>>(m, w, SCORE_BATCH, unchanged),
+    );
+    run(
+        "int4 symmetric, groups of 32, Hadamard (72 B)",
+        score::<Simulated<Int4<32, false, true>>>(m, w, SCORE_BATCH, unchanged),
+    );
+    run(
+        "int4 asymmetric, groups of 32, Hadamard (80 B)",
+        score::<Simulated<Int4<32, true, true>>>(m, w, SCORE_BATCH, unchanged),
+    );
+    let kivi = |name: &str, keys_per_channel: bool, scheme: Int4Scheme| {
+        let group = |cache: &mut KvCache<F32>, table: &BlockTable, positions: Range<usize>| {
+            quantize_full_group(cache, table, positions, keys_per_channel, scheme)
+        };
+        run(name, score::<F32>(m, w, KIVI_GROUP, group))
+    };
+    kivi("window of 32, int4 symmetric, groups of 32 (72 B)", false, Int4Scheme::Symmetric);
+    kivi("window of 32, keys per channel, int4 symmetric (72 B)", true, Int4Scheme::Symmetric);
+    kivi("window of 32, keys per channel, int4 asymmetric (KIVI, 80 B)", true, Int4Scheme::Asymmetric);
 }
