@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on a machine with a GPU, from the repository root: ncu's full report on one launch of each chosen
 # kernel of bench_kernels, as text (details page, and per-SASS-instruction counts and stall samples),
-# plus the registers, spills and SASS of every module bench_kernels compiled (ptxas -v, cuobjdump).
+# plus the registers and SASS of every module bench_kernels compiled (cuobjdump of its CUBIN).
 # Build here first: cargo build --release -p nanovllm-kv-cache --features cuda --example bench_kernels, and
 # copy target/release/examples/bench_kernels. Writes under $OUT (or ./gpu-out).
 # PROFILE lists "bench filter|kernel name" pairs, separated by ';' (the filter is bench_kernels'
@@ -22,8 +22,8 @@ for job in "${jobs[@]}"; do
   "$ncu" -i "$out/$name.ncu-rep" --page details --csv > "$out/$name-details.csv" 2>&1
   "$ncu" -i "$out/$name.ncu-rep" --page source --csv --print-source sass > "$out/$name-sass.csv" 2>&1
 done
-for ptx in "$modules"/ptx/*.ptx; do
-  base=$(basename "$ptx" .ptx)
-  ptxas -arch=sm_90 -v "$ptx" -o "$modules/$base.cubin" > "$out/$base.ptxas.txt" 2>&1
-  cuobjdump -sass "$modules/$base.cubin" > "$out/$base.sass.txt" 2>&1
+for cubin in "$modules"/kernels/*.cubin; do
+  base=$(basename "$cubin" .cubin)
+  cuobjdump -res-usage "$cubin" > "$out/$base.resources.txt" 2>&1
+  cuobjdump -sass "$cubin" > "$out/$base.sass.txt" 2>&1
 done

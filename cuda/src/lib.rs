@@ -1,5 +1,5 @@
 //! The GPU runtime of nanovllm, shared by every crate with kernels: finding the GPU, the one
-//! stream work is queued on, compiling CUDA C to PTX with NVRTC for the device's own compute
+//! stream work is queued on, compiling CUDA C to CUBIN with NVRTC for the device's own compute
 //! capability (with an on-disk cache), programmatic dependent launches, and [`GpuError`].
 //!
 //! This is the only crate of the workspace that depends on cudarc; the others reach the CUDA

@@ -66,8 +66,10 @@ fn every_kernel_compiles() {
         }
     }
     jobs.par_iter().for_each(|(source, arch, dtype)| {
-        if let Err(e) = source.compile(arch) {
-            panic!("{} for {arch}, {dtype}, {:?}: {e}", source.name, source.defines);
+        match source.compile(arch) {
+            // What the engine loads: machine code for the architecture, an ELF image.
+            Ok(cubin) => assert!(cubin.starts_with(b"\x7fELF"), "{} for {arch}: not a CUBIN", source.name),
+            Err(e) => panic!("{} for {arch}, {dtype}, {:?}: {e}", source.name, source.defines),
         }
     });
     eprintln!("{} modules compiled", jobs.len());

@@ -256,7 +256,7 @@ impl GpuQwen3 {
         let c = source.config().shard(world);
         let vocab_part = c.vocab_size / world;
         let vocab = vocab_part * rank..vocab_part * (rank + 1);
-        // Where start-up goes: the kernels (compiled, or read from the PTX cache, and loaded), then
+        // Where start-up goes: the kernels (compiled, or read from the disk cache, and loaded), then
         // the weights.
         let started = std::time::Instant::now();
         let ops = Ops::new(gpu, &c, vocab.clone())?;
