@@ -186,4 +186,16 @@ impl Gpu {
     pub fn load(&self, kernel: &KernelSource) -> Result<Arc<CudaModule>, GpuError> {
         self.modules.load(&self.ctx, kernel)
     }
+
+    /// Compile (or read from the disk cache) and load `kernels` side by side, a thread each, so
+    /// that a cold start waits for the slowest compilation rather than for all of them in turn;
+    /// the [`load`](Self::load)s that follow find the modules in memory. Errors are not reported
+    /// here: each module's own `load` reports its error, after its caller's checks.
+    pub fn load_ahead(&self, kernels: &[KernelSource]) {
+        std::thread::scope(|scope| {
+            for kernel in kernels {
+                scope.spawn(move || self.load(kernel).is_ok());
+            }
+        });
+    }
 }

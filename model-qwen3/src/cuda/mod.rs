@@ -259,6 +259,9 @@ impl GpuQwen3 {
         // Where start-up goes: the kernels (compiled, or read from the disk cache, and loaded), then
         // the weights.
         let started = std::time::Instant::now();
+        if let Ok(sources) = kernel_sources(&c, dtype, block_size) {
+            gpu.load_ahead(&sources);
+        }
         let ops = Ops::new(gpu, &c, vocab.clone())?;
         let cache_kernels = CacheKernels::new(gpu, dtype, c.head_dim, c.group_size(), block_size)?;
         let kernels_seconds = started.elapsed().as_secs_f64();
