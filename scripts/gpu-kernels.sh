@@ -19,7 +19,8 @@ for test in target/release/deps/gpu_kernels-* target/release/deps/gpu_model-* ta
   name=$(basename "${test%-*}")
   # The GPU tests are #[ignore]d (a run without a GPU lists them as such); the two-GPU ones run in
   # gpu-tp.sh.
-  timeout 180 "$test" --ignored --skip two_gpus --nocapture --test-threads 1 2>&1 | tee "$out/$name.log" || status=1
+  # A cold kernel cache compiles every variant the tests build: minutes for the attention cases.
+  timeout 420 "$test" --ignored --skip two_gpus --nocapture --test-threads 1 2>&1 | tee "$out/$name.log" || status=1
 done
 # The card's device-to-device copy bandwidth (TB/s, read + written), which the floors use: 4.27
 # measured on an H200, about 3.0 on an H100 (COPY_TBPS overrides).

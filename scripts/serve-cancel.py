@@ -6,7 +6,8 @@ installed); bounded in streams and time; loopback by default.
 Run A: STREAMS streaming completions (random token-id prompts, ignore_eos); once every stream has
 CANCEL_AFTER chunks, half of them close their connections at once. /metrics is polled every 10 ms
 for vllm:kv_cache_usage_perc and vllm:num_requests_running. Run B: STREAMS/2 streams alone, the
-survivors' baseline. Prints one JSON line: usage and running requests before the cancel, the
+survivors' baseline, measured over the same positions (from the chunk the survivors had reached at
+the cancel), since a decode step's time grows with the context. Prints one JSON line: usage and running requests before the cancel, the
 milliseconds until only the survivors run and the usage then, the usage at the end, and the
 survivors' chunks per second in both runs.
 """
@@ -106,6 +107,13 @@ def rate_after(times, since):
     return sum(rates) / len(rates) if rates else 0.0
 
 
+def rate_from_chunk(times, first):
+    """Chunks per second of each stream from its chunk `first` on, averaged: a decode step's time
+    grows with the context, so two runs compare over the same positions."""
+    rates = [(len(t) - 1 - first) / (t[-1] - t[first]) for t in times if len(t) > first + 1 and t[-1] > t[first]]
+    return sum(rates) / len(rates) if rates else 0.0
+
+
 def server_rate(samples, since, streams):
     """Tokens per second per stream from the server's generation counter, from `since` until
     the running requests fall below `streams`."""
@@ -132,15 +140,19 @@ def main():
     # The cancelled requests are gone once the engine runs only the survivors; the cache then
     # holds the survivors' blocks.
     gone = next(((t, u) for t, u, r, _ in samples if t >= cancelled_at and r <= args.streams // 2), None)
+    # Where the survivors were when the others went (the cancel waits for the slowest stream, so
+    # it can come well after CANCEL_AFTER chunks): the baseline is measured from there on.
+    position = sorted(sum(x < cancelled_at for x in t) for t in survivors)[len(survivors) // 2]
     alone, alone_samples, _ = asyncio.run(run(args, args.streams // 2, False))
-    start_alone = min(t[args.cancel_after] for t in alone if len(t) > args.cancel_after)
+    start_alone = min(t[position] for t in alone if len(t) > position)
     print(json.dumps({
         "streams": args.streams, "usage_before_cancel": before[0], "running_before_cancel": before[1],
         "ms_to_survivors_only": None if gone is None else (gone[0] - cancelled_at) * 1000,
         "usage_with_survivors_only": None if gone is None else gone[1],
         "usage_at_end": samples[-1][1] if samples else None,
+        "survivors_chunk_at_cancel": position,
         "survivor_chunks_per_s": rate_after(survivors, cancelled_at),
-        "alone_chunks_per_s": rate_after(alone, start_alone),
+        "alone_chunks_per_s": rate_from_chunk(alone, position),
         # The server's side of the same: tokens it generated per second per stream, so that a
         # client that cannot keep up shows as a gap between the two.
         "survivor_server_tokens_per_s": server_rate(samples, gone[0] if gone else cancelled_at, args.streams // 2),
