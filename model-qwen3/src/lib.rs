@@ -44,7 +44,7 @@ pub use error::ModelError;
 pub use forward::SeqInput;
 pub use logits::{LogitAdjustment, Sampled, TokenLogprobs, argmax, log_softmax};
 pub use model::Qwen3Model;
-pub use source::{DummyWeights, WeightSource, tensor_shapes};
+pub use source::{DummyMatrix, DummyWeights, WeightSource, tensor_shapes};
 pub use weights::{Checkpoint, SafetensorsIndex};
 
 impl Qwen3Model {

@@ -320,7 +320,8 @@ fn gpu_logits_match_the_cpu_reference() {
         run(|inputs| gpu_model.forward(inputs).unwrap(), &prompts, 4, 64)
     };
     assert_eq!(logits(&from_maps), logits(&model), "weights uploaded from the checkpoint");
-    // Dummy weights drawn as they are uploaded, against the host model drawn from them.
+    // Dummy weights drawn on the GPU (`draw_dummy`), against the host model drawn from the same
+    // seed and uploaded: the same bits, so the same logits.
     let dummy = DummyWeights::new(model.config().clone(), 11, 0.08);
     let drawn = Qwen3Model::from_source(&dummy);
     assert_eq!(logits(&dummy), logits(&drawn), "dummy weights drawn in the upload");

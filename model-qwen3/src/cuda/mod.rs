@@ -265,7 +265,7 @@ impl GpuQwen3 {
         let ops = Ops::new(gpu, &c, vocab.clone())?;
         let cache_kernels = CacheKernels::new(gpu, dtype, c.head_dim, c.group_size(), block_size)?;
         let kernels_seconds = started.elapsed().as_secs_f64();
-        let weights = GpuWeights::upload(gpu, source, rank, world)?;
+        let weights = GpuWeights::upload(gpu, &ops, source, rank, world)?;
         tracing::info!(
             rank,
             kernels_seconds,

@@ -516,3 +516,67 @@ extern "C" __global__ void pick_best_shard(const int* __restrict__ ids, const fl
         }
     out[row] = best_i;
 }
+
+// Dummy weights drawn in place: the values `DummyWeights::read` draws on the host (source.rs), bit
+// for bit. The same SplitMix hash of (stream, index / 2) gives two uniforms, and Box-Muller two
+// normals, through the same polynomial logarithm, sine and cosine; every operation is rounded as
+// on the host (the __f*_rn intrinsics keep NVRTC from fusing a multiply and an add that the host
+// keeps apart, and the constants fold to the same floats). out[i] is the matrix's value at
+// (row0 + i / cols) * width + col0 + i % cols, in bf16 (round to nearest even, as the host's
+// upload converts).
+__device__ float dummy_ln(float x) {
+    const unsigned int bits = __float_as_uint(x);
+    float m = __uint_as_float((bits & 0x007fffffu) | 0x3f800000u);
+    int e = (int)((bits >> 23) & 0xffu) - 127;
+    if (m > 1.41421356237309504880f) {
+        m = __fmul_rn(m, 0.5f);
+        e += 1;
+    }
+    const float s = __fdiv_rn(__fsub_rn(m, 1.0f), __fadd_rn(m, 1.0f));
+    const float z = __fmul_rn(s, s);
+    float p = __fmaf_rn(z, 1.0f / 9.0f, 1.0f / 7.0f);
+    p = __fmaf_rn(z, p, 1.0f / 5.0f);
+    p = __fmaf_rn(z, p, 1.0f / 3.0f);
+    p = __fmaf_rn(z, p, 1.0f);
+    return __fmaf_rn((float)e, 0.693147180559945309417f, __fmul_rn(__fadd_rn(s, s), p));
+}
+
+// sin and cos of 2 pi * turn / 2^24: the quadrant from the top two bits, Taylor series in t^2.
+__device__ float2 dummy_sin_cos_turn(unsigned int turn) {
+    const float t = __fmul_rn(__fdiv_rn((float)(turn & 0x3fffffu), 4194304.0f), 1.57079632679489661923f);
+    const float z = __fmul_rn(t, t);
+    float s = __fmaf_rn(z, 1.0f / 6227020800.0f, -1.0f / 39916800.0f);
+    s = __fmaf_rn(z, s, 1.0f / 362880.0f);
+    s = __fmaf_rn(z, s, -1.0f / 5040.0f);
+    s = __fmaf_rn(z, s, 1.0f / 120.0f);
+    s = __fmaf_rn(z, s, -1.0f / 6.0f);
+    s = __fmaf_rn(z, s, 1.0f);
+    const float sin = __fmul_rn(t, s);
+    float c = __fmaf_rn(z, -1.0f / 87178291200.0f, 1.0f / 479001600.0f);
+    c = __fmaf_rn(z, c, -1.0f / 3628800.0f);
+    c = __fmaf_rn(z, c, 1.0f / 40320.0f);
+    c = __fmaf_rn(z, c, -1.0f / 720.0f);
+    c = __fmaf_rn(z, c, 1.0f / 24.0f);
+    c = __fmaf_rn(z, c, -0.5f);
+    const float cos = __fmaf_rn(z, c, 1.0f);
+    switch (turn >> 22) {
+        case 0: return make_float2(sin, cos);
+        case 1: return make_float2(cos, -sin);
+        case 2: return make_float2(-sin, -cos);
+        default: return make_float2(-cos, sin);
+    }
+}
+
+extern "C" __global__ void draw_dummy(bf16_t* __restrict__ out, unsigned long long stream, long long width,
+                                      long long row0, long long col0, long long rows, long long cols, float std) {
+    const long long total = rows * cols;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const unsigned long long index = (unsigned long long)((row0 + i / cols) * width + col0 + i % cols);
+        const unsigned long long bits = mix64((stream ^ (index >> 1)) + 0x9e3779b97f4a7c15ull);
+        const float u1 = __fdiv_rn(__fadd_rn((float)(bits >> 40), 1.0f), 16777216.0f);
+        const float radius = __fmul_rn(std, __fsqrt_rn(__fmul_rn(-2.0f, dummy_ln(u1))));
+        const float2 sin_cos = dummy_sin_cos_turn((unsigned int)(bits & 0xffffffu));
+        out[i] = float_to_bf16(__fmul_rn(radius, (index & 1) ? sin_cos.x : sin_cos.y));
+    }
+}

@@ -14,7 +14,7 @@ use nanovllm_cuda::{Gpu, GpuError, KernelSource};
 use nanovllm_kv_quant::KV_QUANT_CUH;
 
 use super::step::{StagedAdjustments, Truncation};
-use crate::Qwen3Config;
+use crate::{DummyMatrix, Qwen3Config};
 
 const MODEL_CU: &str = include_str!("model.cu");
 
@@ -34,6 +34,7 @@ pub(super) struct Ops {
     adjust_logits: CudaFunction,
     token_logprobs: CudaFunction,
     pick_best_shard: CudaFunction,
+    draw_dummy: CudaFunction,
 }
 
 /// This crate's kernels (`model.cu`) for `config`'s shape.
@@ -64,6 +65,7 @@ impl Ops {
             adjust_logits: module.load_function("adjust_logits")?,
             token_logprobs: module.load_function("token_logprobs")?,
             pick_best_shard: module.load_function("pick_best_shard")?,
+            draw_dummy: module.load_function("draw_dummy")?,
             gpu: gpu.clone(),
             config: config.clone(),
             vocab,
@@ -230,6 +232,38 @@ impl Ops {
         launch.arg(gate_up).arg(act).arg(&inter_arg);
         // Each thread takes 8 values of a row.
         launch_blocks(&mut launch, (tokens, inter.div_ceil(8 * 128)), 128)
+    }
+
+    /// Rows `rows` and columns `cols` of a dummy matrix, drawn on the GPU into `out` (row-major,
+    /// `rows.len() * cols.len()` values): the bf16 values the host would read and convert.
+    pub(super) fn draw_dummy(
+        &self,
+        matrix: DummyMatrix,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        out: &mut CudaViewMut<'_, bf16>,
+    ) -> Result<(), GpuError> {
+        let total = rows.len() * cols.len();
+        if out.len() != total {
+            return Err(GpuError::Unsupported(format!(
+                "{total} dummy values into a buffer of {}",
+                out.len()
+            )));
+        }
+        let [width, row0, col0, rows, cols] =
+            [matrix.width, rows.start, cols.start, rows.len(), cols.len()].map(|n| n as i64);
+        let mut launch = self.gpu.stream.launch_builder(&self.draw_dummy);
+        launch
+            .arg(out)
+            .arg(&matrix.stream)
+            .arg(&width)
+            .arg(&row0)
+            .arg(&col0)
+            .arg(&rows)
+            .arg(&cols)
+            .arg(&matrix.std);
+        // A thread a value, in a grid-stride loop over at most 2^20 blocks.
+        launch_blocks(&mut launch, (total.div_ceil(256).clamp(1, 1 << 20), 1), 256)
     }
 
     /// One token per logit row (Gumbel-max with the row's temperature, seed and step), among this

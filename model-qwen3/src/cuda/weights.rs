@@ -7,6 +7,7 @@ use nanovllm_cuda::cudarc::driver::CudaSlice;
 use nanovllm_cuda::{Gpu, GpuError};
 use rayon::prelude::*;
 
+use super::ops::Ops;
 use crate::WeightSource;
 use crate::tensor_parallel::{Piece, shard_plan};
 
@@ -37,9 +38,11 @@ pub(super) struct GpuWeights {
     pub(super) layers: Vec<GpuLayer>,
 }
 
-/// Uploads from a source through one reused pair of host buffers.
+/// Uploads from a source through one reused pair of host buffers; dummy weights are drawn on the
+/// GPU instead, as the host would draw them.
 struct Uploader<'a> {
     gpu: &'a Gpu,
+    ops: &'a Ops,
     source: &'a dyn WeightSource,
     values: Vec<f32>,
     halves: Vec<bf16>,
@@ -52,6 +55,17 @@ impl Uploader<'_> {
         let mut device = self.gpu.stream.alloc_zeros::<bf16>(total)?;
         let mut at = 0;
         for piece in pieces {
+            if let Some(matrix) = self.source.as_dummy().and_then(|dummy| dummy.matrix(&piece.name)) {
+                let n = piece.rows.len() * piece.cols.len();
+                self.ops.draw_dummy(
+                    matrix,
+                    piece.rows.clone(),
+                    piece.cols.clone(),
+                    &mut device.slice_mut(at..at + n),
+                )?;
+                at += n;
+                continue;
+            }
             let rows_per_chunk = (CHUNK_VALUES / piece.cols.len().max(1)).max(1);
             for first in piece.rows.clone().step_by(rows_per_chunk) {
                 let rows = first..(first + rows_per_chunk).min(piece.rows.end);
@@ -81,6 +95,7 @@ impl GpuWeights {
     /// [`shard_plan`] as the CPU's shards are.
     pub(super) fn upload(
         gpu: &Gpu,
+        ops: &Ops,
         source: &dyn WeightSource,
         rank: usize,
         world: usize,
@@ -88,7 +103,7 @@ impl GpuWeights {
         let c = source.config();
         let (h, d) = (c.hidden_size, c.head_dim);
         let (plan, vocab_rows) = shard_plan(c, rank, world);
-        let mut up = Uploader { gpu, source, values: Vec::new(), halves: Vec::new() };
+        let mut up = Uploader { gpu, ops, source, values: Vec::new(), halves: Vec::new() };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for (layer, pieces) in plan.iter().enumerate() {
             let name = |part: &str| format!("model.layers.{layer}.{part}");
