@@ -24,6 +24,14 @@ for extra in "" "--kv-cache-memory-gib 4"; do
   done
   [ "${ONLY_DEFAULT:-0}" = 1 ] && break
 done
+# PREPARE_LOG=1: one more INT8 run, logging each step's preparation (lay out, upload, queue), a
+# separate run since the log itself costs host time; summarized into prepare-times.jsonl.
+if [ "${PREPARE_LOG:-0}" = 1 ]; then
+  RUST_LOG=nanovllm_qwen3=debug timeout "$limit" target/release/nanovllm-cli bench --model models/configs/qwen3-0.6b \
+    --load-format dummy --max-model-len 4096 --kv-cache-dtype int8 --json > /dev/null 2> "$out/prepare.log" || status=1
+  python3 scripts/prepare-times.py "$out/prepare.log" | tee "$out/prepare-times.jsonl"
+  rm -f "$out/prepare.log"
+fi
 [ "${SKIP_MEMORY:-0}" = 1 ] && exit $status
 target/release/xtask bench-memory --preset qwen3-0.6b --blocks 500 --block-size 256 --measure 2>&1 | tee "$out/bench-memory.log" || status=1
 exit $status

@@ -49,6 +49,16 @@ pub use step::GpuLimits;
 use step::{StagedInputs, StepInputs, StepShape};
 use weights::GpuWeights;
 
+/// A step queued by [`GpuQwen3::launch`].
+struct Queued {
+    /// The logit rows computed, padding included.
+    rows: usize,
+    /// The host's time to lay out padding (a replay) and upload the inputs.
+    upload: std::time::Duration,
+    /// Whether a decode graph was replayed (else the kernels were launched one by one).
+    replayed: bool,
+}
+
 /// The activations of the largest step, kept across steps.
 struct Activations {
     x: CudaSlice<f32>,
@@ -350,9 +360,20 @@ impl GpuQwen3 {
         let started = std::time::Instant::now();
         let step = self.lay_out(seqs)?;
         check_samples(&step, batch)?;
-        let rows = self.launch(step)?;
-        self.prepare_seconds += started.elapsed().as_secs_f64();
-        Ok(self.sample(batch, rows)?)
+        let laid_out = started.elapsed();
+        let queued = self.launch(step)?;
+        let prepared = started.elapsed();
+        self.prepare_seconds += prepared.as_secs_f64();
+        // Where the preparation goes, a line a step at debug level (`RUST_LOG=nanovllm_qwen3=debug`,
+        // summarized by scripts/prepare-times.py).
+        tracing::debug!(
+            graph = queued.replayed,
+            lay_out_us = laid_out.as_micros() as u64,
+            upload_us = queued.upload.as_micros() as u64,
+            queue_us = (prepared - laid_out - queued.upload).as_micros() as u64,
+            "step prepared"
+        );
+        Ok(self.sample(batch, queued.rows)?)
     }
 
     /// Host seconds spent preparing sampled steps until their work was queued, summed over this
@@ -379,22 +400,25 @@ impl GpuQwen3 {
     }
 
     /// Queue `step`: a decode step replays the smallest graph that holds it, padded; any other
-    /// step launches its kernels. Returns the logit rows computed (padding included).
-    fn launch(&mut self, mut step: StepInputs) -> Result<usize, GpuError> {
+    /// step launches its kernels.
+    fn launch(&mut self, mut step: StepInputs) -> Result<Queued, GpuError> {
         let stream = self.ops.gpu.stream.clone();
+        let started = std::time::Instant::now();
         if step.is_decode()
             && let Some((rows, table_width, graph)) =
                 self.graphs.for_step(step.num_tokens(), step.table_width)
         {
             step.pad_decode(rows, table_width);
             self.inputs.upload(&stream, &step)?;
+            let upload = started.elapsed();
             graph.launch()?;
-            return Ok(rows);
+            return Ok(Queued { rows, upload, replayed: true });
         }
         self.inputs.upload(&stream, &step)?;
+        let upload = started.elapsed();
         let shape = StepShape::of(&step);
         self.enqueue_forward(shape)?;
-        Ok(shape.outputs)
+        Ok(Queued { rows: shape.outputs, upload, replayed: false })
     }
 
     /// Sample `rows` logit rows on the GPU and bring back the first `batch.samples().len()`

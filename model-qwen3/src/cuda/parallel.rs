@@ -64,7 +64,7 @@ impl GpuQwen3 {
             }
             Command::Step { step, samples } => {
                 let outputs = step.logit_rows.len();
-                let rows = self.launch(step)?;
+                let rows = self.launch(step)?.rows;
                 match samples {
                     Some(samples) => Ok(Reply::Tokens(self.sample(&samples, rows)?)),
                     None => Ok(Reply::Logits(self.logits(outputs)?)),

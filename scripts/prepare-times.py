@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Where the GPU model's preparation of a step goes: reads a log written with
+RUST_LOG=nanovllm_qwen3=debug (one "step prepared" line per sampled step: whether it replayed a
+decode graph, and the microseconds spent laying it out, uploading its inputs and queuing its
+work) and prints one JSON line for graph replays and one for steps launched kernel by kernel, with
+the median and mean of each part. Standard library only.
+
+    python3 scripts/prepare-times.py LOG
+"""
+
+import json
+import re
+import statistics
+import sys
+
+LINE = re.compile(r"step prepared graph=(\w+) lay_out_us=(\d+) upload_us=(\d+) queue_us=(\d+)")
+PARTS = ["lay_out_us", "upload_us", "queue_us"]
+
+
+def main():
+    groups = {}
+    for line in open(sys.argv[1], errors="replace"):
+        m = LINE.search(re.sub(r"\x1b\[[0-9;]*m", "", line))
+        if m:
+            kind = "graph replay" if m.group(1) == "true" else "kernels launched"
+            groups.setdefault(kind, []).append([int(x) for x in m.groups()[1:]])
+    for kind, steps in groups.items():
+        summary = {"kind": kind, "steps": len(steps)}
+        for i, name in enumerate(PARTS):
+            values = [step[i] for step in steps]
+            summary[name + "_median"] = statistics.median(values)
+            summary[name + "_mean"] = round(statistics.mean(values), 1)
+        print(json.dumps(summary))
+
+
+main()
