@@ -22,7 +22,7 @@
 mod dependent_launch;
 mod module_cache;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use cudarc;
 use cudarc::cublas::result::CublasError;
@@ -106,6 +106,23 @@ impl GpuError {
     }
 }
 
+/// The primary context of each GPU this process has opened, kept for the process's life. Dropping
+/// the last handle of a primary context destroys it, and the engine opens a GPU several times as
+/// it starts (to name it, to read its free memory before taking any, to load the model): without
+/// this each of those would create the context again, a fraction of a second each.
+static PRIMARY_CONTEXTS: Mutex<Vec<(usize, Arc<CudaContext>)>> = Mutex::new(Vec::new());
+
+fn primary_context(ordinal: usize) -> Result<Arc<CudaContext>, DriverError> {
+    let mut held = PRIMARY_CONTEXTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, ctx)) = held.iter().find(|(held_ordinal, _)| *held_ordinal == ordinal) {
+        ctx.bind_to_thread()?;
+        return Ok(ctx.clone());
+    }
+    let ctx = CudaContext::new(ordinal)?;
+    held.push((ordinal, ctx.clone()));
+    Ok(ctx)
+}
+
 /// A GPU: its context, the stream work is queued on, and its compiled modules.
 #[derive(Debug, Clone)]
 pub struct Gpu {
@@ -151,7 +168,7 @@ impl Gpu {
                 "the driver reports {count} device(s), so there is no GPU {ordinal}"
             )));
         }
-        let ctx = CudaContext::new(ordinal)?;
+        let ctx = primary_context(ordinal)?;
         let (major, minor) = ctx.compute_capability()?;
         // All work runs in order on one stream, so cudarc's events that order buffers across
         // streams are not needed; without them a launch costs less host time, and a step can be
