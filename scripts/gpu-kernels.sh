@@ -4,8 +4,9 @@
 # Build here first (no CUDA needed):
 #   cargo test --release -p nanovllm-kv-cache -p nanovllm-qwen3 --features nanovllm-kv-cache/cuda,nanovllm-qwen3/cuda --test gpu_kernels --test gpu_model --no-run
 #   cargo test --release -p nanovllm --features cuda --test gpu_engine --no-run
+#   cargo test --release -p nanovllm-qwen3 --features cuda --lib --no-run   (the GEMV check)
 #   cargo build --release -p nanovllm-kv-cache --features cuda --example bench_kernels
-# and copy target/release/deps/gpu_kernels-*, gpu_model-*, gpu_engine-* and
+# and copy target/release/deps/gpu_kernels-*, gpu_model-*, gpu_engine-*, nanovllm_qwen3-* and
 # target/release/examples/bench_kernels there. Logs and bench_kernels.json go to $OUT (or ./gpu-out).
 # Kernel errors and timings go to gpu_kernels.log, gpu_model.log, gpu_engine.log, bench_kernels.log.
 set -uo pipefail
@@ -14,7 +15,8 @@ mkdir -p "$out"
 export OUT=$out
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
 status=0
-for test in target/release/deps/gpu_kernels-* target/release/deps/gpu_model-* target/release/deps/gpu_engine-*; do
+for test in target/release/deps/gpu_kernels-* target/release/deps/gpu_model-* target/release/deps/gpu_engine-* \
+  target/release/deps/nanovllm_qwen3-*; do
   [ -x "$test" ] && [ "${test%.d}" = "$test" ] || continue
   name=$(basename "${test%-*}")
   # The GPU tests are #[ignore]d (a run without a GPU lists them as such); the two-GPU ones run in

@@ -580,3 +580,47 @@ extern "C" __global__ void draw_dummy(bf16_t* __restrict__ out, unsigned long lo
         out[i] = float_to_bf16(__fmul_rn(radius, (index & 1) ? sin_cos.x : sin_cos.y));
     }
 }
+
+// A linear layer for a few rows of input: y[t][n] = sum_k x[t][k] * w[n][k] for t < rows (at most
+// GEMV_MAX_ROWS), bf16 in and out, f32 sums. At a decode step of a few sequences a layer reads its
+// whole weight matrix for a handful of dot products, so it is bound by the weight's bytes; a warp
+// takes one output row n and streams w[n] in 16-byte loads (several in flight per lane), each
+// multiplied by the same 16 bytes of every x row (small, so cached), then sums across the warp.
+// Needs k a multiple of 8 (16-byte rows).
+#define GEMV_MAX_ROWS 8
+__device__ __forceinline__ float dot_bf16x8(uint4 a, uint4 b) {
+    const unsigned int av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+    float sum = 0.0f;
+    #pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        sum = fmaf(__uint_as_float(av[i] << 16), __uint_as_float(bv[i] << 16), sum);
+        sum = fmaf(__uint_as_float(av[i] & 0xffff0000u), __uint_as_float(bv[i] & 0xffff0000u), sum);
+    }
+    return sum;
+}
+
+extern "C" __global__ void gemv_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w,
+                                     bf16_t* __restrict__ y, int rows, int n, int k) {
+    const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= n) return;
+    const uint4* weights = (const uint4*)(w + row * k);
+    const int vectors = k / 8;
+    float acc[GEMV_MAX_ROWS];
+    #pragma unroll
+    for (int t = 0; t < GEMV_MAX_ROWS; ++t) acc[t] = 0.0f;
+    #pragma unroll 4
+    for (int i = lane; i < vectors; i += 32) {
+        const uint4 wv = weights[i];
+        #pragma unroll
+        for (int t = 0; t < GEMV_MAX_ROWS; ++t)
+            if (t < rows) acc[t] += dot_bf16x8(wv, ((const uint4*)(x + (long long)t * k))[i]);
+    }
+    #pragma unroll
+    for (int t = 0; t < GEMV_MAX_ROWS; ++t) {
+        if (t >= rows) break;
+        float sum = acc[t];
+        for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+        if (lane == 0) y[(long long)t * n + row] = float_to_bf16(sum);
+    }
+}

@@ -18,6 +18,9 @@ use crate::{DummyMatrix, Qwen3Config};
 
 const MODEL_CU: &str = include_str!("model.cu");
 
+/// `GEMV_MAX_ROWS` of model.cu: the most input rows `gemv_bf16` takes.
+const GEMV_MAX_ROWS: usize = 8;
+
 /// The GPU, its cuBLAS handle and this crate's compiled kernels, for one model shape (one rank's,
 /// under tensor parallelism).
 pub(super) struct Ops {
@@ -35,6 +38,11 @@ pub(super) struct Ops {
     token_logprobs: CudaFunction,
     pick_best_shard: CudaFunction,
     draw_dummy: CudaFunction,
+    gemv: CudaFunction,
+    /// Linear layers of at most this many input rows run `gemv_bf16` rather than cuBLAS (0:
+    /// never): `NANOVLLM_GEMV_ROWS`, up to 8, for measuring it against cuBLAS before it is the
+    /// default.
+    gemv_rows: usize,
 }
 
 /// This crate's kernels (`model.cu`) for `config`'s shape.
@@ -66,6 +74,12 @@ impl Ops {
             token_logprobs: module.load_function("token_logprobs")?,
             pick_best_shard: module.load_function("pick_best_shard")?,
             draw_dummy: module.load_function("draw_dummy")?,
+            gemv: module.load_function("gemv_bf16")?,
+            gemv_rows: std::env::var("NANOVLLM_GEMV_ROWS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+                .min(GEMV_MAX_ROWS),
             gpu: gpu.clone(),
             config: config.clone(),
             vocab,
@@ -82,6 +96,13 @@ impl Ops {
         n: usize,
         k: usize,
     ) -> Result<(), GpuError> {
+        if t <= self.gemv_rows && k.is_multiple_of(8) {
+            let (rows, n_arg, k_arg) = (t as i32, n as i32, k as i32);
+            let mut launch = self.gpu.stream.launch_builder(&self.gemv);
+            launch.arg(x).arg(w).arg(y).arg(&rows).arg(&n_arg).arg(&k_arg);
+            // A warp per output row, eight to a block.
+            return launch_blocks(&mut launch, (n.div_ceil(8), 1), 256);
+        }
         let config = GemmConfig {
             transa: blas_sys::cublasOperation_t::CUBLAS_OP_T,
             transb: blas_sys::cublasOperation_t::CUBLAS_OP_N,
@@ -369,4 +390,68 @@ fn launch_blocks(launch: &mut LaunchArgs<'_>, blocks: (usize, usize), threads: u
         launch.launch(config)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `values` random bf16s in [-1, 1) from `seed` (SplitMix64).
+    fn random_bf16(values: usize, seed: u64) -> Vec<bf16> {
+        (0..values as u64)
+            .map(|i| {
+                let mut z = seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                bf16::from_f32(((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+            })
+            .collect()
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gemv_and_cublas_match_the_cpu_reference() {
+        let gpu = Gpu::open().unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
+        let config = Qwen3Config::from_json_str(
+            r#"{"model_type": "qwen3", "hidden_size": 1024, "num_hidden_layers": 1, "num_attention_heads": 16,
+                "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 3072, "vocab_size": 1000,
+                "max_position_embeddings": 4096}"#,
+        )
+        .unwrap();
+        let mut ops = Ops::new(&gpu, &config, 0..config.vocab_size).unwrap();
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        eprintln!("seed {seed}");
+        let stream = gpu.stream.clone();
+        for (case, &(t, n, k)) in
+            [(1, 4096, 1024), (3, 1024, 2048), (8, 6144, 1024), (5, 1024, 3072), (2, 24, 8)]
+                .iter()
+                .enumerate()
+        {
+            let (x, w) = (random_bf16(t * k, seed ^ case as u64), random_bf16(n * k, !seed ^ case as u64));
+            let expected: Vec<f64> = (0..t * n)
+                .map(|i| {
+                    let (row, col) = (i / n, i % n);
+                    (0..k)
+                        .map(|e| f64::from(x[row * k + e].to_f32()) * f64::from(w[col * k + e].to_f32()))
+                        .sum()
+                })
+                .collect();
+            let (x_gpu, w_gpu) = (stream.clone_htod(&x).unwrap(), stream.clone_htod(&w).unwrap());
+            for (path, rows) in [("gemv_bf16", GEMV_MAX_ROWS), ("cuBLAS", 0)] {
+                ops.gemv_rows = rows;
+                let mut y = stream.alloc_zeros::<bf16>(t * n).unwrap();
+                ops.linear(&x_gpu.slice(..), &w_gpu, &mut y.slice_mut(..), t, n, k).unwrap();
+                let got = stream.clone_dtoh(&y).unwrap();
+                let (error, norm) = got
+                    .iter()
+                    .zip(&expected)
+                    .fold((0.0, 0.0), |(e, s), (g, r)| (e + (f64::from(g.to_f32()) - r).powi(2), s + r * r));
+                let relative = (error / norm).sqrt();
+                eprintln!("{path}, {t} x {n} x {k}: relative L2 error {relative:.2e}");
+                // bf16 outputs: half a unit in the 8th bit, about 2e-3 of each value at most.
+                assert!(relative < 3e-3, "{path}, {t} x {n} x {k}: relative L2 error {relative}");
+            }
+        }
+    }
 }
