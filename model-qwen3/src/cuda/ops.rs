@@ -396,15 +396,10 @@ fn launch_blocks(launch: &mut LaunchArgs<'_>, blocks: (usize, usize), threads: u
 mod tests {
     use super::*;
 
-    /// `values` random bf16s in [-1, 1) from `seed` (SplitMix64).
+    /// `values` random bf16s in [-1, 1) from `seed`.
     fn random_bf16(values: usize, seed: u64) -> Vec<bf16> {
         (0..values as u64)
-            .map(|i| {
-                let mut z = seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                bf16::from_f32(((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
-            })
+            .map(|i| bf16::from_f32((crate::source::mix(seed ^ i) >> 40) as f32 / (1u64 << 23) as f32 - 1.0))
             .collect()
     }
 
