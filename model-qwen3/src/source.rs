@@ -46,10 +46,8 @@ pub fn tensor_shapes(config: &Qwen3Config) -> BTreeMap<String, (usize, usize)> {
 #[derive(Debug, Clone)]
 pub struct DummyWeights {
     config: Qwen3Config,
-    seed: u64,
-    std: f32,
-    /// Each tensor's number (mixed into its values' counters) and width; `None` for a norm.
-    tensors: BTreeMap<String, (u64, Option<usize>)>,
+    /// How each tensor is drawn; `None` for a norm, whose values are 1.
+    tensors: BTreeMap<String, Option<DummyMatrix>>,
 }
 
 impl DummyWeights {
@@ -59,19 +57,19 @@ impl DummyWeights {
             .into_iter()
             .enumerate()
             .map(|(index, (name, shape))| {
-                let width = (shape.len() == 2).then(|| shape[1]);
-                (name, (index as u64, width))
+                // The tensor's number, hashed, keys its values' counters.
+                let stream = seed ^ mix((index as u64).wrapping_add(0x9E37_79B9_7F4A_7C15));
+                let matrix = (shape.len() == 2).then(|| DummyMatrix { stream, width: shape[1], std });
+                (name, matrix)
             })
             .collect();
-        DummyWeights { config, seed, std, tensors }
+        DummyWeights { config, tensors }
     }
 
     /// How matrix `name` is drawn (`None` for a norm, whose values are 1): the value at `index`
     /// (row * width + column) is `normal_pair(mix(stream ^ (index / 2)), std)[index % 2]`.
     pub fn matrix(&self, name: &str) -> Option<DummyMatrix> {
-        let (tensor, width) = self.tensors[name];
-        let key = mix(tensor.wrapping_add(0x9E37_79B9_7F4A_7C15));
-        width.map(|width| DummyMatrix { stream: self.seed ^ key, width, std: self.std })
+        self.tensors[name]
     }
 }
 
