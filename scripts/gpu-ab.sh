@@ -6,7 +6,7 @@
 #   AB="- NANOVLLM_DECODE_MIN_BLOCKS=3" scripts/gpu-ab.sh bench [bench flags...]
 # kernels: target/release/examples/bench_kernels (optionally one filter, a substring of its case
 # names: "Qwen3-0.6B 256x1024 int8", "store int8 Shuffled"; "x" keeps every decode case);
-# bench: nanovllm-cli bench on Qwen3-0.6B's shape, bf16 then INT8 KV. A setting's CLI variable
+# bench: nanovllm-cli bench on Qwen3-0.6B's shape (MODEL: another config folder), bf16 then INT8 KV. A setting's CLI variable
 # names another build to run (AB="- CLI=target/release/nanovllm-cli-base": two builds side by side;
 # copy the binaries), and its KERNELS_BIN another bench_kernels. Output: $OUT/ab-kernels.log or
 # $OUT/ab-bench.log, each line tagged with its setting.
@@ -27,7 +27,7 @@ for round in $(seq "${ROUNDS:-1}"); do
     else
       for dtype in bf16 int8; do
         cli=$(env $vars sh -c 'echo "${CLI:-target/release/nanovllm-cli}"')
-        line=$(env $vars timeout 240 "$cli" bench --model models/configs/qwen3-0.6b \
+        line=$(env $vars timeout 240 "$cli" bench --model "${MODEL:-models/configs/qwen3-0.6b}" \
           --load-format dummy --max-model-len 4096 --kv-cache-dtype $dtype "$@" --json 2>>"$out/ab-bench.err") || status=1
         echo "round $round $setting $dtype $line" | tee -a "$out/ab-bench.log"
       done

@@ -7,7 +7,9 @@
 
 use half::bf16;
 use nanovllm_cuda::Gpu;
-use nanovllm_kv_cache::cuda::{AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache, cache_row};
+use nanovllm_kv_cache::cuda::{
+    AttentionQueries, CacheKernels, DecodeWorkspace, GpuKvCache, cache_row, to_gpu_row,
+};
 use nanovllm_kv_cache::{CacheLayout, Int4, StorageDtype};
 use nanovllm_kv_quant::{CacheDtype, F8E4M3};
 use rand::rngs::StdRng;
@@ -132,9 +134,11 @@ fn store_matches_the_reference_bit_for_bit() {
                                 let mut packed = vec![0u8; row_bytes];
                                 let mut expected_scales = vec![bf16::ZERO; groups];
                                 Int4::store_row(&values, &mut packed, &mut expected_scales);
+                                let mut expected = vec![0u8; row_bytes];
+                                to_gpu_row(dtype, head_dim, &packed, &mut expected);
                                 assert_eq!(
                                     &data[row * row_bytes..][..row_bytes],
-                                    &packed[..],
+                                    &expected[..],
                                     "{dtype} d{head_dim} token {t} head {h} value {is_value}"
                                 );
                                 let at = (h * layout.num_slots() + slot as usize) * groups;
@@ -305,12 +309,12 @@ fn stored_rows(rng: &mut StdRng, dtype: CacheDtype, rows: usize, d: usize) -> (V
 }
 
 /// Rows in the CPU cache's `[slots][kv_heads]` order (`row_bytes` each) placed as the GPU cache
-/// places them ([`cache_row`]).
-fn gpu_order(bytes: &[u8], layout: &CacheLayout, row_bytes: usize) -> Vec<u8> {
+/// places them ([`cache_row`], [`to_gpu_row`]).
+fn gpu_order(bytes: &[u8], dtype: CacheDtype, layout: &CacheLayout, row_bytes: usize) -> Vec<u8> {
     let mut out = vec![0u8; bytes.len()];
     for (row, src) in bytes.chunks_exact(row_bytes).enumerate() {
         let at = cache_row(layout, row / layout.kv_heads, row % layout.kv_heads);
-        out[at * row_bytes..][..row_bytes].copy_from_slice(src);
+        to_gpu_row(dtype, layout.head_dim, src, &mut out[at * row_bytes..][..row_bytes]);
     }
     out
 }
@@ -521,8 +525,12 @@ fn attention_kernels_match_the_reference() {
         let mut cache = GpuKvCache::new(&gpu, layout, case.dtype).unwrap();
         let row_bytes = case.dtype.code_bytes(case.head_dim);
         let groups = case.dtype.row_layout().groups(case.head_dim);
-        gpu.stream.memcpy_htod(&gpu_order(&k_bytes, &layout, row_bytes), &mut cache.keys[0].data).unwrap();
-        gpu.stream.memcpy_htod(&gpu_order(&v_bytes, &layout, row_bytes), &mut cache.values[0].data).unwrap();
+        gpu.stream
+            .memcpy_htod(&gpu_order(&k_bytes, case.dtype, &layout, row_bytes), &mut cache.keys[0].data)
+            .unwrap();
+        gpu.stream
+            .memcpy_htod(&gpu_order(&v_bytes, case.dtype, &layout, row_bytes), &mut cache.values[0].data)
+            .unwrap();
         gpu.stream
             .memcpy_htod(&head_major(&k_scales, case.kv_heads, groups), &mut cache.keys[0].scales)
             .unwrap();

@@ -2,11 +2,13 @@
 // integers in registers (two byte permutes and a subtraction per four codes; keys skip the
 // subtraction, their 1152 offset taken out once per row), FP8 rows exact fp16 values (the
 // hardware's E4M3 conversion); the K scale is folded into the score and the V scale into the
-// probability. bf16 rows go to the tensor cores as they are. INT4 codes become fp16 values times
-// their group's scale over a power of two (a byte permute, a mask, a subtraction and a
-// multiplication per two codes; exact, int4_pair_to_f16x2): for keys the power of two at least the
-// row's largest group scale, which then multiplies the score; for values the running bound that
-// INT8's V scales are divided by.
+// probability. bf16 rows go to the tensor cores as they are. INT4 rows interleave their groups
+// (int4_row_offset in layout.cuh), so that a lane's span of a row holds an equal share of every group
+// and each fp16x2 of codes is of one group: codes become fp16 integers plus a bias in one operation
+// (int4_low_biased, int4_high_biased). Each group of keys has its own QK accumulator, whose chain
+// starts at minus the bias times the group's sum of q, and a score is the accumulators times their
+// groups' scales; values, less their bias, meet P times their group's scale over the running bound
+// that INT8's V scales are divided by (one copy of P per group, for the group's two m16 tiles).
 // Defines: HEAD_DIM (32, 64, 128 or 256; 64 and up for INT4), GROUP (query heads per kv head, at
 // most 8), QUANT (0/1: codes rather than bf16s), SCALED (0/1: bf16 scales beside the codes; 0 for
 // FP8 codes of the values themselves, vLLM's per-tensor scale of 1.0, read as scales of 1), FP8
@@ -53,10 +55,10 @@
 #define VU (VB < 16 ? VB : 16)
 #define KW (KB / 4)                         // 32-bit words
 #define VW (VB / 4)
-#define KUNITS (KB / KU)                    // copies per key row; INT4: each one group's codes
 #define ACC_STRIDE (HEAD_DIM + (QUANT ? 4 : 1)) // padded rows of the warps' outputs: fewer bank conflicts
 #define TAU 8.0f                            // lazy rescaling: probabilities stay below 2^TAU
 #define CHUNKS (HEAD_DIM / 16)              // k16 steps of QK, and m16 tiles of PV
+#define HALF_GROUPS (GROUPS / 2)            // INT4: the groups whose bytes share a row's word
 
 // BYTES (4, 8 or 16) as 32-bit words, in one access.
 template <int BYTES>
@@ -72,24 +74,27 @@ __device__ __forceinline__ void load_bytes(const unsigned char* p, unsigned int*
     }
 }
 
-// The first element of key word w of lane q (row offsets as in the header), and of value word w of
-// lane j.
-__device__ __forceinline__ int key_element(int w, int q) {
-    return (((w / (KU / 4)) * 4 + q) * KU + (w % (KU / 4)) * 4) * 8 / CODE_BITS;
-}
-__device__ __forceinline__ int value_element(int w, int j) {
-    return (((w / (VU / 4)) * 8 + j) * VU + (w % (VU / 4)) * 4) * 8 / CODE_BITS;
-}
+// The row's word that is key word w of lane q (row offsets as in the header), and value word w of
+// lane j; the first element of each in an uninterleaved row.
+__device__ __forceinline__ int key_word(int w, int q) { return ((w / (KU / 4)) * 4 + q) * (KU / 4) + w % (KU / 4); }
+__device__ __forceinline__ int value_word(int w, int j) { return ((w / (VU / 4)) * 8 + j) * (VU / 4) + w % (VU / 4); }
+__device__ __forceinline__ int key_element(int w, int q) { return key_word(w, q) * 32 / CODE_BITS; }
+__device__ __forceinline__ int value_element(int w, int j) { return value_word(w, j) * 32 / CODE_BITS; }
 
-// The value dim of output row j (+1 for row j + 8) of m-tile c, for lane j.
-__device__ __forceinline__ int value_dim(int c, int j) {
+// The value dims of output rows j and j + 8 of m-tile c, for lane j.
+__device__ __forceinline__ int2 value_dims(int c, int j) {
 #if INT4
-    // Word c/4 of a row holds eight dims; tile c takes the two of byte c%4.
-    return value_element(c / 4, j) + 2 * (c % 4);
+    // Tiles 2g and 2g + 1 are group g, byte pair j of it (value word g / 2 of lane j: bytes g % 2 and
+    // g % 2 + 2): low nibbles in tile 2g, high ones in 2g + 1.
+    const int d = 32 * (c / 2) + 4 * j + c % 2;
+    return make_int2(d, d + 2);
 #elif QUANT
-    return value_element(c / 2, j) + 2 * (c % 2);
+    // Word c/2 of a row holds four dims; tile c takes the pair 2(c%2), 2(c%2)+1.
+    const int d = value_element(c / 2, j) + 2 * (c % 2);
+    return make_int2(d, d + 1);
 #else
-    return value_element(c, j);
+    const int d = value_element(c, j);
+    return make_int2(d, d + 1);
 #endif
 }
 
@@ -125,29 +130,43 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     auto row_used = [&](int r) { return r < QUERIES * GROUP && r / GROUP < queries; };
     unsigned int qb[CHUNKS][2];
     // Query fragments (the B operand): row j, the four elements of chunk c that this lane's keys hold
-    // (consecutive: one 8-byte load). Staging the rows through shared memory first measured slower
-    // (the git history of docs/PERF.md has the measurement).
+    // (consecutive: one 8-byte load; INT4: two chunks' elements, interleaved). Staging the rows
+    // through shared memory first measured slower (the git history of docs/PERF.md has the
+    // measurement).
     {
         const bool used = row_used(j);
         const bf16_t* qrow = q + (long long)(first_query + (used ? j / GROUP : 0)) * q_stride
                              + (long long)(kv_head * GROUP + j % GROUP) * HEAD_DIM;
+        // A bf16 of q in the MMA's input type: fp16 for codes (clamped to its range).
+        auto operand = [](unsigned int bits) {
+            return fminf(fmaxf(bf16_to_float((bf16_t)bits), -65504.0f), 65504.0f);
+        };
+#if INT4
+        // Chunks 2g (low nibbles) and 2g + 1 (high) are group g. Its codes lie in this lane's key
+        // words g / 2 and g / 2 + G / 2 (HALF_GROUPS), byte pair p = key_word / (G / 2) of the group
+        // in each: dims 32 g + 4 p + 0..3, the low nibbles even. B register i is word i's: q at 32 g
+        // + 4 p + t and + 2 + t for chunk 2g + t.
+        #pragma unroll
+        for (int g = 0; g < GROUPS; ++g)
+            #pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int pair = key_word(g / 2 + i * HALF_GROUPS, qd) / HALF_GROUPS;
+                unsigned int w[2] = {0u, 0u};
+                if (used) load_bytes<8>((const unsigned char*)(qrow + 32 * g + 4 * pair), w);
+                qb[2 * g][i] = pack2(operand(w[0] & 0xffffu), operand(w[1] & 0xffffu));
+                qb[2 * g + 1][i] = pack2(operand(w[0] >> 16), operand(w[1] >> 16));
+            }
+#else
         #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
-            // INT4: a word holds two chunks' elements (bytes 0-1, then 2-3).
-            const int element = INT4 ? key_element(c / 2, qd) + 4 * (c % 2) : QUANT ? key_element(c, qd) : key_element(2 * c, qd);
+            const int element = QUANT ? key_element(c, qd) : key_element(2 * c, qd);
             unsigned int w[2] = {0u, 0u};
             if (used) load_bytes<8>((const unsigned char*)(qrow + element), w);
             #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-#if QUANT
-                const float lo = fminf(fmaxf(bf16_to_float((bf16_t)(w[h] & 0xffffu)), -65504.0f), 65504.0f);
-                const float hi = fminf(fmaxf(bf16_to_float((bf16_t)(w[h] >> 16)), -65504.0f), 65504.0f);
-                qb[c][h] = pack2(lo, hi);
-#else
-                qb[c][h] = w[h];
-#endif
-            }
+            for (int h = 0; h < 2; ++h)
+                qb[c][h] = QUANT ? pack2(operand(w[h] & 0xffffu), operand(w[h] >> 16)) : w[h];
         }
+#endif
     }
     int context = 0;
     for (int i = 0; i < queries; ++i) context = max(context, context_lens[first_query + i]);
@@ -195,6 +214,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     #pragma unroll
     for (int e = 0; e < 4; ++e) s_start[e] = -s_start[e];
 #endif
+#if INT4
+    // INT4 keys enter as code + 1032 (low nibbles) and code + 72 (high): each group's chain starts
+    // at minus those biases times its sums of q, the same for every key row (columns 2q and 2q + 1).
+    float group_start[GROUPS][2];
+    #pragma unroll
+    for (int g = 0; g < GROUPS; ++g) {
+        float bias[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        mma(bias, INT4_LOW_BIAS, INT4_LOW_BIAS, INT4_LOW_BIAS, INT4_LOW_BIAS, qb[2 * g][0], qb[2 * g][1]);
+        mma(bias, INT4_HIGH_BIAS, INT4_HIGH_BIAS, INT4_HIGH_BIAS, INT4_HIGH_BIAS, qb[2 * g + 1][0], qb[2 * g + 1][1]);
+        group_start[g][0] = -bias[0];
+        group_start[g][1] = -bias[1];
+    }
+#endif
 
     float acc[CHUNKS][4];
     #pragma unroll
@@ -230,33 +262,29 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
                 else for (int x = 0; x < VU / 4; ++x) w[x] = 0u;
             }
 #if INT4
-        // The scales this lane's codes need (0 past the context): each key unit's group in rows j
-        // and j + 8; its value group in rows 2q, 2q + 1, 2q + 8, 2q + 9. Key rows are scaled by
-        // their largest group scale's power of two (the four lanes of a j hold every group).
-        const bf16_t* tile_scales = key_scale + (kv_head * num_slots + tile.slot0) * GROUPS;
-        unsigned int kratio[2][KUNITS];
-        float knorm[2];
+        // Every group's K and V scales of keys j and j + 8 (this lane's scores): one load per row and
+        // plane. V scales past the context are 0 (their probabilities are 0 and a stale scale may be
+        // NaN); K ones there only meet masked scores.
+        float kscale[2][GROUPS], vscale[2][GROUPS];
         #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            float kscale[KUNITS], largest = FLT_MIN_NORMAL;
+            const long long at = (kv_head * num_slots + tile.slot0 + j + 8 * h) * GROUPS;
+            unsigned int kw[HALF_GROUPS], vw[HALF_GROUPS];
+            load_bytes<2 * GROUPS>((const unsigned char*)(key_scale + at), kw);
+            load_bytes<2 * GROUPS>((const unsigned char*)(value_scale + at), vw);
+            const bool inside = j + 8 * h < valid;
             #pragma unroll
-            for (int u = 0; u < KUNITS; ++u) {
-                const int row = j + 8 * h;
-                kscale[u] = row < valid ? bf16_to_float(tile_scales[row * GROUPS + key_element(u * (KU / 4), qd) / 32]) : 0.0f;
-                largest = fmaxf(largest, kscale[u]);
+            for (int i = 0; i < HALF_GROUPS; ++i) {
+                const unsigned int v = inside ? vw[i] : 0u;
+                kscale[h][2 * i] = __uint_as_float(kw[i] << 16);
+                kscale[h][2 * i + 1] = __uint_as_float(kw[i] & 0xffff0000u);
+                vscale[h][2 * i] = __uint_as_float(v << 16);
+                vscale[h][2 * i + 1] = __uint_as_float(v & 0xffff0000u);
             }
-            knorm[h] = pow2_at_least(quad_max(largest));
-            const float inverse = pow2_inverse(knorm[h]);
-            #pragma unroll
-            for (int u = 0; u < KUNITS; ++u) kratio[h][u] = pack2(kscale[u] * inverse, kscale[u] * inverse * 0.0625f);
         }
-        float vscale[4];
+        float v_lane_max = 0.0f;
         #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const int row = 2 * qd + value_rows[r];
-            vscale[r] = row < valid ? bf16_to_float(value_scale[(kv_head * num_slots + tile.slot0 + row) * GROUPS + value_element(0, j) / 32]) : 0.0f;
-        }
-        const float v_lane_max = fmaxf(fmaxf(vscale[0], vscale[1]), fmaxf(vscale[2], vscale[3]));
+        for (int g = 0; g < GROUPS; ++g) v_lane_max = fmaxf(v_lane_max, fmaxf(vscale[0][g], vscale[1][g]));
 #elif QUANT
         // Lane L holds the scale of token L % 16: K for L < 16, V after.
         const long long scale_at = kv_head * num_slots + tile.slot0 + lane % 16;
@@ -264,20 +292,31 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
                                : SCALED ? bf16_to_float((lane < 16 ? key_scale : value_scale)[scale_at]) : 1.0f;
 #endif
 
-        // S^T = K Q^T: s[0..1] are keys j, s[2..3] keys j + 8, of rows 2q and 2q + 1. Two chains of
-        // MMAs, so that one waits on the other less.
+        // S^T = K Q^T: score[0..1] are keys j, score[2..3] keys j + 8, of rows 2q and 2q + 1.
+        float score[4];
+#if INT4
+        // One chain per group, its two chunks from key words g / 2 and g / 2 + G / 2 (bytes g % 2 and
+        // g % 2 + 2 of each: shifted down for odd groups), then times the group's scales.
+        #pragma unroll
+        for (int g = 0; g < GROUPS; ++g) {
+            const int shift = 8 * (g % 2);
+            const unsigned int j0 = kraw[0][g / 2] >> shift, j1 = kraw[0][g / 2 + HALF_GROUPS] >> shift;
+            const unsigned int j8 = kraw[1][g / 2] >> shift, j9 = kraw[1][g / 2 + HALF_GROUPS] >> shift;
+            const float chain_start[4] = {group_start[g][0], group_start[g][1], group_start[g][0], group_start[g][1]};
+            float dot[4];
+            mma_from(dot, chain_start, int4_low_biased(j0), int4_low_biased(j8), int4_low_biased(j1), int4_low_biased(j9),
+                     qb[2 * g][0], qb[2 * g][1]);
+            mma(dot, int4_high_biased(j0), int4_high_biased(j8), int4_high_biased(j1), int4_high_biased(j9),
+                qb[2 * g + 1][0], qb[2 * g + 1][1]);
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) score[e] = g == 0 ? dot[e] * kscale[e / 2][g] : fmaf(dot[e], kscale[e / 2][g], score[e]);
+        }
+#else
+        // Two chains of MMAs, so that one waits on the other less.
         float s[4] = {s_start[0], s_start[1], s_start[2], s_start[3]}, s_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
-#if INT4
-            // Word c/2 of a row holds two chunks' codes: bytes 0 and 1 for even c, 2 and 3 for odd.
-            const int w = c / 2, u = w / (KU / 4);
-            const unsigned int first = (2 * (c % 2)) * 0x101u, second = (2 * (c % 2) + 1) * 0x101u;
-            const unsigned int a0 = int4_pair_to_f16x2(__byte_perm(kraw[0][w], 0u, first), 0x00f0000fu, INT4_BIAS_LOW_HIGH, kratio[0][u]);
-            const unsigned int a2 = int4_pair_to_f16x2(__byte_perm(kraw[0][w], 0u, second), 0x00f0000fu, INT4_BIAS_LOW_HIGH, kratio[0][u]);
-            const unsigned int a1 = int4_pair_to_f16x2(__byte_perm(kraw[1][w], 0u, first), 0x00f0000fu, INT4_BIAS_LOW_HIGH, kratio[1][u]);
-            const unsigned int a3 = int4_pair_to_f16x2(__byte_perm(kraw[1][w], 0u, second), 0x00f0000fu, INT4_BIAS_LOW_HIGH, kratio[1][u]);
-#elif QUANT
+#if QUANT
             unsigned int a0, a1, a2, a3;
             key_codes4_to_f16x2(kraw[0][c], a0, a2);
             key_codes4_to_f16x2(kraw[1][c], a1, a3);
@@ -287,9 +326,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
 #endif
             mma(c % 2 ? s_odd : s, a0, a1, a2, a3, qb[c][0], qb[c][1]);
         }
-        float score[4];
         #pragma unroll
         for (int e = 0; e < 4; ++e) score[e] = s[e] + s_odd[e];
+#endif
 #if QUANT && !INT4
         const float kscale[2] = {__shfl_sync(0xffffffffu, my_scale, j), __shfl_sync(0xffffffffu, my_scale, j + 8)};
         const float vscale[2] = {__shfl_sync(0xffffffffu, my_scale, 16 + j), __shfl_sync(0xffffffffu, my_scale, 24 + j)};
@@ -298,12 +337,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int key = j + 8 * (e / 2), row = e % 2;
-#if INT4
-            score[e] *= score_scale * knorm[e / 2];
-#elif QUANT
+#if QUANT && !INT4
             score[e] *= score_scale * kscale[e / 2];
 #else
-            score[e] *= score_scale;
+            score[e] *= score_scale;  // INT4: the groups' scales are in already
 #endif
             if (tile.first + key >= limit[row]) score[e] = KV_NEG_INF;
             grow |= score[e] > m[row] + TAU;
@@ -330,14 +367,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
                 l[row] *= alpha[row];
             }
 #if QUANT
-            // INT8: the lanes of a j hold the same keys' scales; INT4: every lane its own.
+            // The lanes of a j hold the same keys' scales.
 #if INT4
             float vs_max = v_lane_max;
 #else
             float vs_max = fmaxf(vscale[0], vscale[1]);
 #endif
             #pragma unroll
-            for (int offset = INT4 ? 1 : 4; offset < 32; offset *= 2)
+            for (int offset = 4; offset < 32; offset *= 2)
                 vs_max = fmaxf(vs_max, __shfl_xor_sync(0xffffffffu, vs_max, offset));
             const float bound = pow2_at_least(fmaxf(fmaxf(vs_max, vs_norm), FLT_MIN_NORMAL));
             const float ratio = vs_norm == 0.0f ? 1.0f : vs_norm * pow2_inverse(bound);  // exact
@@ -357,31 +394,48 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         for (int e = 0; e < 4; ++e) p[e] = fast_exp2(score[e] - m_sub[e % 2]);
         l[0] += p[0] + p[2];
         l[1] += p[1] + p[3];
+        // P^T's fragment: the 8x8 blocks of keys 0..7 and 8..15, transposed (INT4: one per group,
+        // P times the group's V scales over their bound).
 #if INT4
-        // Value rows 2q, 2q + 1 (then 2q + 8, 2q + 9) pair up in a tile's A fragments.
-        const unsigned int vratio[2] = {pack2(vscale[0] * vs_inv, vscale[1] * vs_inv), pack2(vscale[2] * vs_inv, vscale[3] * vs_inv)};
-        const unsigned int vratio16[2] = {pack2(vscale[0] * vs_inv * 0.0625f, vscale[1] * vs_inv * 0.0625f),
-                                          pack2(vscale[2] * vs_inv * 0.0625f, vscale[3] * vs_inv * 0.0625f)};
-#elif QUANT
+        unsigned int pb[GROUPS][2];
+        #pragma unroll
+        for (int g = 0; g < GROUPS; ++g) {
+            const float weight_j = vscale[0][g] * vs_inv, weight_j8 = vscale[1][g] * vs_inv;
+            pb[g][0] = transpose8x8(pack2(p[0] * weight_j, p[1] * weight_j));
+            pb[g][1] = transpose8x8(pack2(p[2] * weight_j8, p[3] * weight_j8));
+        }
+#else
+#if QUANT
         const float vweight[2] = {vscale[0] * vs_inv, vscale[1] * vs_inv};
         #pragma unroll
         for (int e = 0; e < 4; ++e) p[e] *= vweight[e / 2];
 #endif
-        // P^T's fragment: the 8x8 blocks of keys 0..7 and 8..15, transposed.
         const unsigned int pb0 = transpose8x8(pack2(p[0], p[1])), pb1 = transpose8x8(pack2(p[2], p[3]));
+#endif
 
         // O^T += V^T P^T, one m16 tile of dims at a time.
         #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
 #if INT4
-            // Byte c%4 of word c/4 of rows 2q and 2q + 1 (then + 8): low nibbles are dim d, high d + 1.
-            const int w = c / 4;
-            const unsigned int sel = (c % 4) | ((4 + c % 4) << 8);
-            const unsigned int rows01 = __byte_perm(vraw[0][w], vraw[1][w], sel), rows89 = __byte_perm(vraw[2][w], vraw[3][w], sel);
-            const unsigned int a0 = int4_pair_to_f16x2(rows01, 0x000f000fu, INT4_BIAS_LOW, vratio[0]);
-            const unsigned int a1 = int4_pair_to_f16x2(rows01, 0x00f000f0u, INT4_BIAS_HIGH, vratio16[0]);
-            const unsigned int a2 = int4_pair_to_f16x2(rows89, 0x000f000fu, INT4_BIAS_LOW, vratio[1]);
-            const unsigned int a3 = int4_pair_to_f16x2(rows89, 0x00f000f0u, INT4_BIAS_HIGH, vratio16[1]);
+            // Group g = c / 2 (value_dims): bytes g % 2 and g % 2 + 2 of value word g / 2 of rows 2q
+            // and 2q + 1 (then + 8), as [row 2q's, its second, row 2q+1's, its second]: a pair of
+            // nibbles is one dim of both rows, the second bytes' after a shift. Low nibbles in tile
+            // 2g, high ones in 2g + 1; each less its bias.
+            const int g = c / 2;
+            const unsigned int sel = g % 2 ? 0x7531u : 0x6420u;
+            const unsigned int rows01 = __byte_perm(vraw[0][g / 2], vraw[1][g / 2], sel);
+            const unsigned int rows89 = __byte_perm(vraw[2][g / 2], vraw[3][g / 2], sel);
+            auto biased = [&](unsigned int x) { return c % 2 ? int4_high_biased(x) : int4_low_biased(x); };
+            const unsigned int bias = c % 2 ? INT4_HIGH_BIAS : INT4_LOW_BIAS;
+            const unsigned int pb0 = pb[g][0], pb1 = pb[g][1];
+#if INT4_VALUE_BIAS_MMA
+            const unsigned int negative = bias ^ 0x80008000u;
+            mma(acc[c], negative, negative, negative, negative, pb0, pb1);
+            const unsigned int a0 = biased(rows01), a1 = biased(rows01 >> 8), a2 = biased(rows89), a3 = biased(rows89 >> 8);
+#else
+            const unsigned int a0 = sub_f16x2(biased(rows01), bias), a1 = sub_f16x2(biased(rows01 >> 8), bias);
+            const unsigned int a2 = sub_f16x2(biased(rows89), bias), a3 = sub_f16x2(biased(rows89 >> 8), bias);
+#endif
 #elif QUANT
             // Word c/2 of a row holds four dims; tile c takes the pair 2(c%2), 2(c%2)+1.
             const unsigned int sel = (c % 2) ? 0x7362u : 0x5140u;
@@ -407,11 +461,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     __shared__ float s_acc[WARPS][8][ACC_STRIDE];
     #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
-        const int d = value_dim(c, j);
-        s_acc[warp][2 * qd][d] = acc[c][0];
-        s_acc[warp][2 * qd + 1][d] = acc[c][1];
-        s_acc[warp][2 * qd][d + 1] = acc[c][2];
-        s_acc[warp][2 * qd + 1][d + 1] = acc[c][3];
+        const int2 d = value_dims(c, j);
+        s_acc[warp][2 * qd][d.x] = acc[c][0];
+        s_acc[warp][2 * qd + 1][d.x] = acc[c][1];
+        s_acc[warp][2 * qd][d.y] = acc[c][2];
+        s_acc[warp][2 * qd + 1][d.y] = acc[c][3];
     }
     if (j == 0) {
         s_m[warp][2 * qd] = m[0]; s_l[warp][2 * qd] = l[0];

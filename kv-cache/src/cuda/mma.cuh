@@ -52,22 +52,20 @@ __device__ __forceinline__ void key_codes4_to_f16x2(unsigned int w, unsigned int
 }
 #endif
 
-// Two INT4 codes as an fp16x2 of (code - 8) * ratio, exactly: a code of at most 3 bits times a
-// bf16 ratio fits fp16's 11 (while the product is a normal fp16; the kernels keep ratios at most 1,
-// so only values far below their row's or tile's largest lose bits). `pair` holds the codes in its
-// two halves as `mask` selects them: 0x000f000f (low nibbles), 0x00f000f0 (high nibbles, read as 16
-// times the code) or 0x00f0000f (a low, then a high one); `bias` is 1032 (1024 + 8) in a half
-// holding a low nibble and 1152 (1024 + 128) in one holding a high nibble; `ratio` holds the ratio
-// in a low-nibble half and a sixteenth of it in a high-nibble half. The OR makes 1024 + the bits.
-#define INT4_BIAS_LOW 0x64086408u       // 1032 in both halves
-#define INT4_BIAS_HIGH 0x64806480u      // 1152 in both halves
-#define INT4_BIAS_LOW_HIGH 0x64806408u  // 1032, then 1152
-__device__ __forceinline__ unsigned int int4_pair_to_f16x2(unsigned int pair, unsigned int mask, unsigned int bias,
-                                                           unsigned int ratio) {
-    const unsigned int biased = (pair & mask) | 0x64006400u;
+// INT4 codes as fp16 integers plus a bias, exactly, in one operation each. Bytes 0 and 2 of `x`
+// hold two codes each, a nibble n = code + 8 apiece: the low nibbles become 1024 + n = code + 1032
+// (n lands in the lowest mantissa bits at exponent 10), the high nibbles 64 + n = code + 72 (mantissa
+// bits 4-7 count ones at exponent 6). Decode attention takes the bias out of keys once per row
+// (its QK chains start at minus the bias times the sum of q) and out of values per pair.
+#define INT4_LOW_BIAS 0x64086408u   // 1032 in both halves
+#define INT4_HIGH_BIAS 0x54805480u  // 72 in both halves
+__device__ __forceinline__ unsigned int int4_low_biased(unsigned int x) { return (x & 0x000f000fu) | 0x64006400u; }
+__device__ __forceinline__ unsigned int int4_high_biased(unsigned int x) { return (x & 0x00f000f0u) | 0x54005400u; }
+
+// a - b, two fp16 at a time.
+__device__ __forceinline__ unsigned int sub_f16x2(unsigned int a, unsigned int b) {
     unsigned int r;
-    asm("sub.f16x2 %0, %1, %2;" : "=r"(r) : "r"(biased), "r"(bias));
-    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(r), "r"(ratio));
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
     return r;
 }
 
@@ -89,6 +87,15 @@ __device__ __forceinline__ void mma(float* d, unsigned int a0, unsigned int a1, 
                  "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// d = A B + c for one m16n8k16 tile: a chain that starts from c without copying it first.
+__device__ __forceinline__ void mma_from(float* d, const float* c, unsigned int a0, unsigned int a1, unsigned int a2,
+                                         unsigned int a3, unsigned int b0, unsigned int b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." MMA_AB "." MMA_AB ".f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
 }
 
 __device__ __forceinline__ float quad_max(float x) {

@@ -126,7 +126,11 @@ impl DecodeKernel {
     /// The source of the build with `warps` warps per block, for `shape` (the attention defines).
     fn source(shape: &[(&'static str, String)], warps: usize) -> KernelSource {
         let threads = 32 * warps;
-        let bounds = [("THREADS", threads.to_string()), ("MIN_BLOCKS", decode_min_blocks(warps).to_string())];
+        let bounds = [
+            ("THREADS", threads.to_string()),
+            ("MIN_BLOCKS", decode_min_blocks(warps).to_string()),
+            ("INT4_VALUE_BIAS_MMA", std::env::var("NANOVLLM_INT4_VALUE_BIAS_MMA").unwrap_or_else(|_| "0".into())),
+        ];
         KernelSource {
             name: "decode_attention",
             source: format!("{DEPENDENT_LAUNCH_CUH}\n{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
@@ -150,11 +154,33 @@ pub fn cache_row(layout: &CacheLayout, slot: usize, kv_head: usize) -> usize {
     (slot / layout.block_size * layout.kv_heads + kv_head) * layout.block_size + slot % layout.block_size
 }
 
+/// Where byte `byte` of an INT4 row as the CPU cache packs it (groups of 32 codes one after
+/// another, two codes a byte) lies in the GPU cache's row of `head_dim` codes, as
+/// `int4_row_offset` in layout.cuh: the GPU interleaves the groups, so that each lane of decode
+/// attention reads an equal share of every group and the tensor cores take codes of one group at a
+/// time.
+pub fn int4_row_offset(head_dim: usize, byte: usize) -> usize {
+    let (group, byte) = (byte / 16, byte % 16);
+    4 * ((byte / 2) * (head_dim / 64) + group / 2) + group % 2 + 2 * (byte % 2)
+}
+
+/// A row as the CPU cache stores it (`dtype`'s codes of `head_dim` values), into `gpu_row` as the
+/// GPU cache places its bytes: the same bytes, INT4's interleaved by [`int4_row_offset`].
+pub fn to_gpu_row(dtype: CacheDtype, head_dim: usize, cpu_row: &[u8], gpu_row: &mut [u8]) {
+    if dtype == CacheDtype::Int4 {
+        for (byte, &code_pair) in cpu_row.iter().enumerate() {
+            gpu_row[int4_row_offset(head_dim, byte)] = code_pair;
+        }
+    } else {
+        gpu_row.copy_from_slice(cpu_row);
+    }
+}
+
 /// One layer's K or V plane, and its scales for INT8, FP8 and INT4.
 #[derive(Debug)]
 pub struct GpuPlane {
-    /// Rows of `head_dim` elements (INT8 or FP8 codes, INT4 codes two a byte, or bf16 bits), as
-    /// bytes, placed by [`cache_row`].
+    /// Rows of `head_dim` elements (INT8 or FP8 codes, INT4 codes two a byte with their groups
+    /// interleaved by [`int4_row_offset`], or bf16 bits), as bytes, placed by [`cache_row`].
     pub data: CudaSlice<u8>,
     /// `[kv_heads][slots][groups]` bf16 scales (groups: 1, or `head_dim / 32` for INT4; one dummy
     /// element for bf16 caches): head-major, so that the scales of a tile of tokens are contiguous.
@@ -525,6 +551,7 @@ impl CacheKernelSources {
                     ("ROWS", store_passes(dtype).to_string()),
                     ("BLOCK_SIZE", block_size.to_string()),
                     ("ELEMS", store_values_per_lane(dtype, head_dim).to_string()),
+                    ("THREADS", THREADS.to_string()),
                 ],
             ]
             .concat(),
@@ -880,4 +907,43 @@ fn check_len(what: &str, len: usize, needed: usize, tokens: usize) -> Result<(),
         return Ok(());
     }
     Err(GpuError::Unsupported(format!("{what} holds {len} elements; {tokens} tokens need {needed}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::int4_row_offset;
+
+    /// The interleaved INT4 row is a permutation of the CPU's bytes in which every span a decode
+    /// lane reads holds an equal share of every group: a key lane's `head_dim / 8` bytes (in
+    /// 16-byte units at row offsets (4 i + q) 16) 4 of each group, a value lane's `head_dim / 16`
+    /// contiguous bytes 2 of each.
+    #[test]
+    fn int4_rows_interleave_every_group_into_every_lane() {
+        for head_dim in [64, 128, 256] {
+            let (row_bytes, groups) = (head_dim / 2, head_dim / 32);
+            let mut group_at = vec![usize::MAX; row_bytes];
+            for byte in 0..row_bytes {
+                let at = int4_row_offset(head_dim, byte);
+                assert_eq!(group_at[at], usize::MAX, "head_dim {head_dim}: two bytes at {at}");
+                group_at[at] = byte / 16;
+            }
+            let shares = |offsets: &[usize]| {
+                let mut count = vec![0; groups];
+                offsets.iter().for_each(|&at| count[group_at[at]] += 1);
+                count
+            };
+            let key_unit = (head_dim / 8).min(16);
+            for lane in 0..4 {
+                let offsets: Vec<usize> = (0..head_dim / 8)
+                    .map(|b| ((b / key_unit) * 4 + lane) * key_unit + b % key_unit)
+                    .collect();
+                assert_eq!(shares(&offsets), vec![4; groups], "head_dim {head_dim}: key lane {lane}");
+            }
+            let value_bytes = head_dim / 16;
+            for lane in 0..8 {
+                let offsets: Vec<usize> = (lane * value_bytes..(lane + 1) * value_bytes).collect();
+                assert_eq!(shares(&offsets), vec![2; groups], "head_dim {head_dim}: value lane {lane}");
+            }
+        }
+    }
 }

@@ -4,9 +4,9 @@
 // memory in tiles of KT keys, each loaded once for all 64 rows. Each row keeps its own causal
 // context and online softmax. INT8 and FP8 codes become exact fp16 values as they are staged; the K scale
 // multiplies the score, the V scale the probability (over the running maximum V scale, so that
-// fp16 keeps it in range). INT4 codes are staged times their group's scale over the power of two
-// at least the row's largest (exact in fp16: int4_pair_to_f16x2), and that power of two plays the
-// row scale's part. Output: normalized bf16, no splits.
+// fp16 keeps it in range). INT4 codes are staged in dim order (their rows interleave the groups)
+// times their group's scale over the power of two at least the row's largest (exact in fp16:
+// int4_byte_to_f16x2), and that power of two plays the row scale's part. Output: normalized bf16, no splits.
 // Defines: HEAD_DIM (32, 64, 128 or 256; 64 and up for INT4), GROUP (query heads per kv head, at
 // most 8), QUANT (0/1: codes rather than bf16s), SCALED (0/1: bf16 scales beside the codes; 0 for
 // FP8 codes of the values themselves, read as scales of 1), FP8 (0/1: the codes are E4M3), INT4
@@ -24,7 +24,7 @@
 #define SMEM_STRIDE (HEAD_DIM + 8)           // 16-bit elements per staged row: no bank conflicts
 #define QK_CHUNKS (HEAD_DIM / 16)            // k16 steps of S = Q K^T
 #define O_TILES (HEAD_DIM / 8)               // n8 tiles of the output
-#define UNITS (ROW_BYTES / 16)               // 16-byte loads per cache row; INT4: one group each
+#define UNITS (ROW_BYTES / 16)               // 16-byte loads per cache row
 
 // Two 16-bit matrices of 8x8 from shared memory, transposed: the B operand of one m16n8k16 MMA.
 __device__ __forceinline__ void ldmatrix_x2_trans(const unsigned short* row, unsigned int& b0, unsigned int& b1) {
@@ -43,18 +43,34 @@ __device__ __forceinline__ float int4_row_scale(const bf16_t* scales) {
     return pow2_at_least(largest);
 }
 
-// 32 codes (one group) as fp16 values of (code - 8) * ratio, into a staged row.
-__device__ __forceinline__ void stage_int4_group(uint4 codes, float ratio, unsigned short* dst) {
-    const unsigned int pair_ratio = pack2(ratio, ratio * 0.0625f);
+// The two codes of byte 0 of `x` (low nibble, then high) as an fp16x2 of (code - 8) * ratio,
+// exactly: `x` holds the byte in bytes 0 and 2, the low nibble is read from byte 0 (1024 + n, less
+// 1032) and the high one from byte 2 (1024 + 16 n, less 1152: 16 times the code, so `ratio`'s high
+// half is a sixteenth). A code of at most 3 bits times a bf16 ratio fits fp16's 11 (while the product
+// is a normal fp16: ratios are at most 1, so only values far below their row's largest lose bits).
+__device__ __forceinline__ unsigned int int4_byte_to_f16x2(unsigned int x, unsigned int ratio) {
+    unsigned int r = sub_f16x2((x & 0x00f0000fu) | 0x64006400u, 0x64806408u);
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(r), "r"(ratio));
+    return r;
+}
+
+// One 16-byte unit of an INT4 row, into the staged row in dim order as fp16 values of (code - 8)
+// times its group's ratio (`ratios`: each group's, then a sixteenth of it, as int4_byte_to_f16x2
+// takes them). The row interleaves its groups (int4_row_offset in layout.cuh): word W holds 4 dims of
+// groups 2h and 2h + 1 (h = W % (G / 2), which is i % (G / 2) for the unit's word i: 4 is a multiple
+// of G / 2), starting at dim 4 (W / (G / 2)) of each.
+__device__ __forceinline__ void stage_int4_unit(uint4 codes, int unit, const unsigned int* ratios, unsigned short* row) {
     const unsigned int words[4] = {codes.x, codes.y, codes.z, codes.w};
     #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        uint4 out;
-        unsigned int* o = &out.x;
+        const int pair = (4 * unit + i) / (GROUPS / 2), h = i % (GROUPS / 2);
         #pragma unroll
-        for (int b = 0; b < 4; ++b)
-            o[b] = int4_pair_to_f16x2(__byte_perm(words[i], 0u, b * 0x101u), 0x00f0000fu, INT4_BIAS_LOW_HIGH, pair_ratio);
-        *(uint4*)&dst[8 * i] = out;
+        for (int k = 0; k < 2; ++k) {  // group 2h + k: bytes k and k + 2 of the word
+            const int group = 2 * h + k;
+            const uint2 out = make_uint2(int4_byte_to_f16x2(__byte_perm(words[i], 0u, k * 0x101u), ratios[group]),
+                                         int4_byte_to_f16x2(__byte_perm(words[i], 0u, (k + 2) * 0x101u), ratios[group]));
+            *(uint2*)&row[32 * group + 4 * pair] = out;
+        }
     }
 }
 #endif
@@ -136,14 +152,19 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
                 vw = *(const uint4*)(value_cache + at);
             }
 #if INT4
-            float k_ratio = 0.0f, v_ratio = 0.0f;  // past the context: zeros
-            if (key < valid) {
-                const long long at = (kv_head * num_slots + slot) * GROUPS;
-                k_ratio = bf16_to_float(key_scale[at + unit]) * pow2_inverse(int4_row_scale(key_scale + at));
-                v_ratio = bf16_to_float(value_scale[at + unit]) * pow2_inverse(int4_row_scale(value_scale + at));
+            unsigned int k_ratio[GROUPS], v_ratio[GROUPS];  // each group's scale over the row's
+            const long long at = (kv_head * num_slots + slot) * GROUPS;
+            const float k_inverse = key < valid ? pow2_inverse(int4_row_scale(key_scale + at)) : 0.0f;
+            const float v_inverse = key < valid ? pow2_inverse(int4_row_scale(value_scale + at)) : 0.0f;
+            #pragma unroll
+            for (int g = 0; g < GROUPS; ++g) {  // past the context: zeros
+                const float k = key < valid ? bf16_to_float(key_scale[at + g]) * k_inverse : 0.0f;
+                const float v = key < valid ? bf16_to_float(value_scale[at + g]) * v_inverse : 0.0f;
+                k_ratio[g] = pack2(k, k * 0.0625f);
+                v_ratio[g] = pack2(v, v * 0.0625f);
             }
-            stage_int4_group(kw, k_ratio, &s_k[key][unit * 32]);
-            stage_int4_group(vw, v_ratio, &s_v[key][unit * 32]);
+            stage_int4_unit(kw, unit, k_ratio, s_k[key]);
+            stage_int4_unit(vw, unit, v_ratio, s_v[key]);
 #elif QUANT
             uint4 k_lo, k_hi, v_lo, v_hi;
             codes4_to_f16x2(kw.x, k_lo.x, k_lo.y); codes4_to_f16x2(kw.y, k_lo.z, k_lo.w);

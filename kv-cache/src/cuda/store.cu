@@ -2,14 +2,17 @@
 // on the way. Defines: HEAD_DIM (32, 64, 128 or 256), QUANT (1: codes; 0: bf16 rows), SCALED (1:
 // bf16 scales beside the codes; 0: FP8 codes of the values themselves, vLLM's per-tensor scale of
 // 1.0), FP8 (1: the codes are E4M3), INT4 (1: 4-bit codes, a scale per group of 32 values; ELEMS
-// is then 32, one group per lane), ROWS, ELEMS, BLOCK_SIZE (for layout.cuh).
+// is then 32, one group per lane), ROWS, ELEMS, THREADS (threads per block), BLOCK_SIZE (for
+// layout.cuh).
 // Each lane owns ELEMS contiguous values of a row (16-byte loads: 32 values of an INT8 row, 8 of a
 // bf16 row), so HEAD_DIM / ELEMS lanes share a row and a warp takes 32 / (HEAD_DIM / ELEMS) rows
 // (token, kv head, K or V) at a time, ROWS times, all loaded before any is stored. Sharing a row
 // among few lanes spreads a row's fixed work (its index, slot, maximum and scale) over many values;
 // INT8 codes cost two float operations each, a fused multiply-add and an add (kv_quantize4 in
 // kv_quant.cuh); FP8 codes an IEEE division each and the hardware conversion (kv_fp8_quantize4);
-// INT4 codes an IEEE division and a rounding each (kv_int4_quantize8).
+// INT4 codes an IEEE division and a rounding each (kv_int4_quantize8); a row's lanes then trade
+// their groups' codes through shared memory and each writes its 16 bytes of the interleaved row
+// (int4_row_offset in layout.cuh).
 
 #define LOADS (ELEMS / 8)                   // 16-byte loads per lane
 #define LANES_PER_ROW (HEAD_DIM / ELEMS)
@@ -67,6 +70,9 @@ extern "C" __global__ void store_kv(
         #pragma unroll
         for (int offset = LANES_PER_ROW / 2; offset > 0; offset >>= 1)
             amax = kv_max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+#if INT4
+        const unsigned int live = __ballot_sync(0xffffffffu, slot[r] >= 0);  // the lanes that go on
+#endif
         if (slot[r] < 0) continue;  // past the end or padding
         const bool finite = amax <= 3.4028235e38f;
 #if INT4
@@ -109,6 +115,22 @@ extern "C" __global__ void store_kv(
                 for (int i = 0; i < ELEMS / 4; ++i) codes[i] = kv_quantize4<false>(&x[4 * i], inverse);
             }
         }
+#endif
+#if INT4
+        // This lane's group in CPU order, 8 byte pairs; then the 16 bytes of the GPU row that this
+        // lane writes: 4 words, word W of the row holding byte pair W / (G / 2) of groups 2h and
+        // 2h + 1 (h = W % (G / 2)), interleaved byte by byte.
+        __shared__ __align__(16) unsigned short s_pairs[THREADS / 32][32 * 8];
+        unsigned short* pairs = s_pairs[threadIdx.x / 32];
+        *(uint4*)&pairs[lane * 8] = make_uint4(codes[0], codes[1], codes[2], codes[3]);
+        __syncwarp(live);
+        const unsigned short* row_pairs = pairs + (lane - part) * 8;
+        #pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            const int word = 4 * part + w, pair = word / (GROUPS / 2), h = word % (GROUPS / 2);
+            codes[w] = __byte_perm(row_pairs[2 * h * 8 + pair], row_pairs[(2 * h + 1) * 8 + pair], 0x5140u);
+        }
+        __syncwarp(live);  // the next row's codes reuse the pairs
 #endif
         uint4* dst = (uint4*)((unsigned char*)(is_value ? value_cache : key_cache) + dst_row * ROW_BYTES
                               + part * CODE_BYTES(ELEMS));
