@@ -170,6 +170,17 @@ impl Backend {
         Ok(())
     }
 
+    /// Capture up to `at_most` of the CUDA graphs of decode steps that no step has needed yet:
+    /// how many remain (none on the CPU).
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    pub(crate) fn capture_graphs(&mut self, at_most: usize) -> Result<usize, EngineError> {
+        match self {
+            Backend::Cpu(..) => Ok(0),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(gpu, _) => Ok(gpu.capture_decode_graphs(at_most).map_err(ModelError::from)?),
+        }
+    }
+
     /// Host seconds the GPU model spent preparing sampled steps until their work was queued,
     /// summed (0 on the CPU, where the host does all the work anyway).
     pub(crate) fn prepare_seconds(&self) -> f64 {
@@ -188,7 +199,9 @@ impl Backend {
             Backend::Cuda(gpu, _) => {
                 let graphs = match gpu.decode_graphs() {
                     0 => "; CUDA graphs off".to_owned(),
-                    graphs => format!("; decode in CUDA graphs for {graphs} batch sizes"),
+                    graphs => format!(
+                        "; decode in CUDA graphs for {graphs} batch sizes, each captured on first use"
+                    ),
                 };
                 match gpu.world() {
                     1 => graphs,

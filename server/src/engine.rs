@@ -28,6 +28,9 @@ pub trait Engine {
     fn is_finished(&self) -> bool;
     /// How loaded it is now, for `/metrics`.
     fn load(&self) -> EngineLoad;
+    /// Prepare up to `at_most` pieces of work ahead while idle (the GPU's decode graphs that no
+    /// step has needed yet): how many remain.
+    fn prepare_ahead(&mut self, at_most: usize) -> Result<usize, EngineError>;
 }
 
 /// What the engine tells the server once it is built.
@@ -97,6 +100,10 @@ impl Engine for LLM {
 
     fn is_finished(&self) -> bool {
         LLM::is_finished(self)
+    }
+
+    fn prepare_ahead(&mut self, at_most: usize) -> Result<usize, EngineError> {
+        self.capture_cuda_graphs(at_most)
     }
 
     fn load(&self) -> EngineLoad {

@@ -97,8 +97,18 @@ impl EngineHandle {
                     thread_health.store(Health::Ready as u8, Ordering::Relaxed);
                     let _ = built.send(Ok(()));
                     let (live, health, outbox) = (HashMap::new(), thread_health, Vec::new());
-                    EngineLoop { engine, receiver, live, metrics, health, outbox, dispatch, last_step: None }
-                        .run();
+                    EngineLoop {
+                        engine,
+                        receiver,
+                        live,
+                        metrics,
+                        health,
+                        outbox,
+                        dispatch,
+                        last_step: None,
+                        ahead: usize::MAX,
+                    }
+                    .run();
                 }
                 Err(e) => {
                     thread_health.store(Health::Failed as u8, Ordering::Relaxed);
@@ -224,12 +234,14 @@ struct EngineLoop<E> {
     dispatch: std::sync::mpsc::Sender<Batch>,
     /// When the last step returned: the time until the next one is the loop's own.
     last_step: Option<Instant>,
+    /// Work the engine may still prepare ahead while idle (unknown until asked).
+    ahead: usize,
 }
 
 impl<E: Engine> EngineLoop<E> {
     fn run(mut self) {
         loop {
-            if self.engine.is_finished() {
+            if self.engine.is_finished() && !self.prepare_while_idle() {
                 // Idle: wait for work, or end when every handle is gone.
                 match self.receiver.blocking_recv() {
                     Some(command) => self.command(command),
@@ -248,6 +260,26 @@ impl<E: Engine> EngineLoop<E> {
                 let _ = self.dispatch.send(std::mem::take(&mut self.outbox));
             }
         }
+    }
+
+    /// Let the idle engine prepare ahead (capture decode graphs), a piece at a time, until it has
+    /// nothing left or a command comes: whether one came (and was handled).
+    fn prepare_while_idle(&mut self) -> bool {
+        while self.ahead > 0 {
+            match self.receiver.try_recv() {
+                Ok(command) => {
+                    self.command(command);
+                    return true;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            self.ahead = self.engine.prepare_ahead(1).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "preparing ahead failed; decode graphs are captured when first needed");
+                0
+            });
+        }
+        false
     }
 
     /// Queue `event` for request `id`'s handler, if it is still there.

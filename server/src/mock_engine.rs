@@ -240,6 +240,10 @@ impl Engine for MockEngine {
         self.running.is_empty() && self.waiting.is_empty()
     }
 
+    fn prepare_ahead(&mut self, _: usize) -> Result<usize, EngineError> {
+        Ok(0)
+    }
+
     fn load(&self) -> EngineLoad {
         EngineLoad {
             running: self.running.len(),

@@ -129,7 +129,10 @@ impl DecodeKernel {
         let bounds = [
             ("THREADS", threads.to_string()),
             ("MIN_BLOCKS", decode_min_blocks(warps).to_string()),
-            ("INT4_VALUE_BIAS_MMA", std::env::var("NANOVLLM_INT4_VALUE_BIAS_MMA").unwrap_or_else(|_| "0".into())),
+            (
+                "INT4_VALUE_BIAS_MMA",
+                std::env::var("NANOVLLM_INT4_VALUE_BIAS_MMA").unwrap_or_else(|_| "0".into()),
+            ),
         ];
         KernelSource {
             name: "decode_attention",

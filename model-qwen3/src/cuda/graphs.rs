@@ -1,8 +1,13 @@
 //! Decode steps replayed from CUDA graphs: one graph per batch size (1, 2, 4, 8, then every 16 up
-//! to `max_seqs`, as nano-vllm) and table width, captured once the cache exists. A step of `n`
-//! sequences replays the smallest graph of at least `n` rows whose tables hold its longest
-//! sequence, its other rows padding that stores and reads nothing. A replay is one launch where an
-//! eager step is some 300, each costing the host a few microseconds.
+//! to `max_seqs`, as nano-vllm) and table width. A step of `n` sequences replays the smallest
+//! graph of at least `n` rows whose tables hold its longest sequence, its other rows padding that
+//! stores and reads nothing. A replay is one launch where an eager step is some 300, each costing
+//! the host a few microseconds.
+//!
+//! Graphs are captured when a step first needs one (a few milliseconds each), not all at start-up:
+//! a process serves its first token without capturing the hundred or more it may never replay.
+//! [`GpuQwen3::capture_decode_graphs`] captures the others ahead: all at once where steady steps
+//! are timed (vLLM captures every graph before serving), or one at a time while a server is idle.
 //!
 //! Table widths: `max_model_len`, then halved while at least [`NARROWEST_TABLE_KEYS`]. Attention
 //! splits a context by the table width it is captured with, so tables far wider than the contexts
@@ -19,20 +24,37 @@ use super::step::{StepInputs, StepShape};
 /// The narrowest table a graph is captured with, in keys.
 const NARROWEST_TABLE_KEYS: usize = 1024;
 
-/// A captured decode step: its rows (batch size), its table width in blocks, and the graph.
+/// A decode step's shape, its rows (batch size) and table width in blocks, and its graph once
+/// captured.
 struct DecodeGraph {
     rows: usize,
     table_width: usize,
-    graph: CudaGraph,
+    graph: Option<CudaGraph>,
 }
 
-/// The captured graphs, by ascending table width, then batch size.
+/// The decode graphs, by ascending table width, then batch size.
 #[derive(Default)]
 pub(super) struct DecodeGraphs {
     graphs: Vec<DecodeGraph>,
 }
 
 impl DecodeGraphs {
+    /// Every shape for at most `max_seqs` sequences of up to `max_model_len` tokens in blocks of
+    /// `block_size`, none captured yet.
+    pub(super) fn planned(max_seqs: usize, max_model_len: usize, block_size: usize) -> Self {
+        let graphs = Self::table_widths(max_model_len, block_size)
+            .into_iter()
+            .flat_map(|table_width| {
+                Self::batch_sizes(max_seqs).into_iter().map(move |rows| DecodeGraph {
+                    rows,
+                    table_width,
+                    graph: None,
+                })
+            })
+            .collect();
+        DecodeGraphs { graphs }
+    }
+
     /// The batch sizes to capture for at most `max_seqs` sequences.
     fn batch_sizes(max_seqs: usize) -> Vec<usize> {
         let mut sizes: Vec<usize> = [1, 2, 4, 8].into_iter().filter(|&b| b < max_seqs).collect();
@@ -56,51 +78,75 @@ impl DecodeGraphs {
     }
 
     /// The graph for a decode step of `n` sequences whose longest table has `table_width`
-    /// blocks, with the rows and table width it was captured with.
-    pub(super) fn for_step(&self, n: usize, table_width: usize) -> Option<(usize, usize, &CudaGraph)> {
+    /// blocks: its index, rows and table width.
+    fn for_step(&self, n: usize, table_width: usize) -> Option<(usize, usize, usize)> {
         self.graphs
             .iter()
-            .find(|g| g.rows >= n && g.table_width >= table_width)
-            .map(|g| (g.rows, g.table_width, &g.graph))
+            .position(|g| g.rows >= n && g.table_width >= table_width)
+            .map(|i| (i, self.graphs[i].rows, self.graphs[i].table_width))
     }
 
-    /// Batch sizes captured (each at every table width).
-    pub(super) fn batch_sizes_captured(&self) -> usize {
+    /// Graph `i` of [`GpuQwen3::decode_graph`], with the rows and table width it was captured with.
+    pub(super) fn captured(&self, i: usize) -> Option<(usize, usize, &CudaGraph)> {
+        let g = &self.graphs[i];
+        g.graph.as_ref().map(|graph| (g.rows, g.table_width, graph))
+    }
+
+    /// Batch sizes with graphs (each at every table width), captured or not.
+    pub(super) fn batch_sizes_planned(&self) -> usize {
         self.graphs.iter().filter(|g| g.table_width == self.graphs[0].table_width).count()
     }
 }
 
 impl GpuQwen3 {
-    /// Capture a decode step for each table width and batch size. Nothing runs while capturing, so
-    /// the cache is untouched.
-    pub(super) fn capture_decode_graphs(&mut self) -> Result<(), GpuError> {
+    /// The graph for a decode step of `n` sequences whose longest table has `table_width` blocks,
+    /// captured now if no step has needed it yet: its index for [`DecodeGraphs::captured`].
+    pub(super) fn decode_graph(&mut self, n: usize, table_width: usize) -> Result<Option<usize>, GpuError> {
+        let Some((i, rows, width)) = self.graphs.for_step(n, table_width) else {
+            return Ok(None);
+        };
+        if self.graphs.graphs[i].graph.is_none() {
+            self.graphs.graphs[i].graph = Some(self.capture(rows, width)?);
+        }
+        Ok(Some(i))
+    }
+
+    /// Capture up to `at_most` of the decode graphs no step has needed yet: how many remain.
+    pub fn capture_decode_graphs(&mut self, at_most: usize) -> Result<usize, GpuError> {
         let started = std::time::Instant::now();
-        self.graphs = DecodeGraphs::default();
-        let mut graphs = Vec::new();
-        for table_width in DecodeGraphs::table_widths(self.limits.max_model_len, self.cache.layout.block_size)
-        {
-            for rows in DecodeGraphs::batch_sizes(self.limits.max_seqs) {
-                let step = StepInputs::padding(rows, rows, table_width);
-                // The inputs a replay reads are uploaded before it; these only give the shape.
-                self.inputs.upload(&self.ops.gpu.stream, &step)?;
-                let stream = self.ops.gpu.stream.clone();
-                stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-                let queued = self.enqueue_forward(StepShape::of(&step));
-                // End the capture even when queuing failed, so the stream is usable again.
-                let graph = stream.end_capture(CUgraphInstantiate_flags(0));
-                queued?;
-                let graph = graph?.ok_or_else(|| GpuError::Unsupported("an empty CUDA graph".into()))?;
-                graph.upload()?;
-                graphs.push(DecodeGraph { rows, table_width, graph });
+        let mut captured = 0;
+        for i in 0..self.graphs.graphs.len() {
+            let (rows, width) = (self.graphs.graphs[i].rows, self.graphs.graphs[i].table_width);
+            if captured < at_most && self.graphs.graphs[i].graph.is_none() {
+                self.graphs.graphs[i].graph = Some(self.capture(rows, width)?);
+                captured += 1;
             }
         }
-        tracing::info!(
-            graphs = graphs.len(),
+        let remaining = self.graphs.graphs.iter().filter(|g| g.graph.is_none()).count();
+        tracing::debug!(
+            captured,
+            remaining,
             seconds = started.elapsed().as_secs_f64(),
             "captured decode graphs"
         );
-        self.graphs = DecodeGraphs { graphs };
-        Ok(())
+        Ok(remaining)
+    }
+
+    /// Capture a decode step of `rows` rows and tables of `table_width` blocks. Nothing runs while
+    /// capturing, so the cache is untouched.
+    fn capture(&mut self, rows: usize, table_width: usize) -> Result<CudaGraph, GpuError> {
+        let step = StepInputs::padding(rows, rows, table_width);
+        // The inputs a replay reads are uploaded before it; these only give the shape.
+        self.inputs.upload(&self.ops.gpu.stream, &step)?;
+        let stream = self.ops.gpu.stream.clone();
+        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let queued = self.enqueue_forward(StepShape::of(&step));
+        // End the capture even when queuing failed, so the stream is usable again.
+        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+        queued?;
+        let graph = graph?.ok_or_else(|| GpuError::Unsupported("an empty CUDA graph".into()))?;
+        graph.upload()?;
+        Ok(graph)
     }
 }
 

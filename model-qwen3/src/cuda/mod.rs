@@ -224,7 +224,7 @@ impl std::fmt::Debug for GpuQwen3 {
             .field("vocab", &self.vocab)
             .field("limits", &self.limits)
             .field("cache", &self.cache.layout)
-            .field("decode_graphs", &self.graphs.batch_sizes_captured())
+            .field("decode_graphs", &self.graphs.batch_sizes_planned())
             .finish()
     }
 }
@@ -313,15 +313,17 @@ impl GpuQwen3 {
         Ok(stream.synchronize()?)
     }
 
-    /// Allocate the KV cache, `num_blocks` blocks, and capture the decode graphs (unless
-    /// `limits.cuda_graphs` is off), as wide as the longest sequence the cache holds.
+    /// Allocate the KV cache, `num_blocks` blocks, and plan the decode graphs (unless
+    /// `limits.cuda_graphs` is off), as wide as the longest sequence the cache holds: each is
+    /// captured when a step first needs it, or by [`GpuQwen3::capture_decode_graphs`].
     pub fn allocate_cache(&mut self, num_blocks: usize) -> Result<(), GpuError> {
         let layout = nanovllm_kv_cache::CacheLayout { num_blocks, ..self.cache.layout };
         self.limits.max_model_len = self.limits.max_model_len.min(num_blocks * layout.block_size);
         let dtype = self.cache.dtype;
         self.cache = GpuKvCache::new(&self.ops.gpu, layout, dtype)?;
         if self.limits.cuda_graphs {
-            self.capture_decode_graphs()?;
+            let limits = &self.limits;
+            self.graphs = DecodeGraphs::planned(limits.max_seqs, limits.max_model_len, layout.block_size);
         }
         Ok(self.ops.gpu.stream.synchronize()?)
     }
@@ -335,9 +337,10 @@ impl GpuQwen3 {
         Ok(())
     }
 
-    /// Decode batch sizes captured in CUDA graphs (0 when eager), each at several table widths.
+    /// Decode batch sizes replayed from CUDA graphs (0 when eager), each at several table widths,
+    /// captured or to be captured on first use.
     pub fn decode_graphs(&self) -> usize {
-        self.graphs.batch_sizes_captured()
+        self.graphs.batch_sizes_planned()
     }
 
     /// The forward pass of [`Qwen3Model::forward`], on the GPU: same inputs, same outputs.
@@ -399,15 +402,14 @@ impl GpuQwen3 {
         StepInputs::new(seqs, per_group, self.config.vocab_size, layout.block_size, layout.num_blocks)
     }
 
-    /// Queue `step`: a decode step replays the smallest graph that holds it, padded; any other
-    /// step launches its kernels.
+    /// Queue `step`: a decode step replays the smallest graph that holds it, padded (captured
+    /// first if no step has needed it yet); any other step launches its kernels.
     fn launch(&mut self, mut step: StepInputs) -> Result<Queued, GpuError> {
         let stream = self.ops.gpu.stream.clone();
+        let graph =
+            if step.is_decode() { self.decode_graph(step.num_tokens(), step.table_width)? } else { None };
         let started = std::time::Instant::now();
-        if step.is_decode()
-            && let Some((rows, table_width, graph)) =
-                self.graphs.for_step(step.num_tokens(), step.table_width)
-        {
+        if let Some((rows, table_width, graph)) = graph.and_then(|i| self.graphs.captured(i)) {
             step.pad_decode(rows, table_width);
             self.inputs.upload(&stream, &step)?;
             let upload = started.elapsed();

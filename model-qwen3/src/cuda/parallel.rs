@@ -26,6 +26,7 @@ enum Command {
     Connect(Id),
     FreeMemory,
     AllocateCache(usize),
+    CaptureGraphs(usize),
     CopyBlocks(Vec<(BlockId, BlockId)>),
     /// Run a step, then sample (all ranks take part) or return this rank's logit columns.
     Step {
@@ -36,7 +37,12 @@ enum Command {
 
 enum Reply {
     Done,
-    Memory { free: usize, total: usize },
+    Memory {
+        free: usize,
+        total: usize,
+    },
+    /// Decode graphs not captured yet.
+    Remaining(usize),
     Logits(Vec<f32>),
     Tokens(Vec<Sampled>),
 }
@@ -58,6 +64,7 @@ impl GpuQwen3 {
                 self.allocate_cache(num_blocks)?;
                 Ok(Reply::Done)
             }
+            Command::CaptureGraphs(at_most) => Ok(Reply::Remaining(self.capture_decode_graphs(at_most)?)),
             Command::CopyBlocks(copies) => {
                 self.copy_blocks(&copies)?;
                 Ok(Reply::Done)
@@ -209,9 +216,19 @@ impl GpuGroup {
     }
 
     /// Allocate `num_blocks` cache blocks on every rank (each holds its kv heads of every block)
-    /// and capture the decode graphs, as [`GpuQwen3::allocate_cache`].
+    /// and plan the decode graphs, as [`GpuQwen3::allocate_cache`].
     pub fn allocate_cache(&mut self, num_blocks: usize) -> Result<(), GpuError> {
         self.on_every_rank(Command::AllocateCache(num_blocks)).map(drop)
+    }
+
+    /// [`GpuQwen3::capture_decode_graphs`] on every rank (together: the graphs hold NCCL's work).
+    pub fn capture_decode_graphs(&mut self, at_most: usize) -> Result<usize, GpuError> {
+        let replies = self.on_every_rank(Command::CaptureGraphs(at_most))?;
+        Ok(replies
+            .iter()
+            .map(|reply| if let Reply::Remaining(n) = reply { *n } else { 0 })
+            .max()
+            .unwrap_or(0))
     }
 
     /// [`GpuQwen3::copy_blocks`] on every rank (each holds its kv heads of every block).
@@ -219,7 +236,7 @@ impl GpuGroup {
         self.on_every_rank(Command::CopyBlocks(copies.to_vec())).map(drop)
     }
 
-    /// Decode batch sizes captured in CUDA graphs (0 when eager).
+    /// Decode batch sizes replayed from CUDA graphs (0 when eager), captured or not yet.
     pub fn decode_graphs(&self) -> usize {
         self.leader.decode_graphs()
     }
