@@ -35,7 +35,7 @@ if [ "${1:-}" != "--no-bench" ]; then
   # Tuning: TUNE="NANOVLLM_DECODE_MIN_BLOCKS=3 NANOVLLM_DECODE_MIN_BLOCKS=5,NANOVLLM_STORE_ROWS=2"
   # times the kernels again under each setting (commas join variables; kv-cache/src/cuda/mod.rs
   # reads them: NANOVLLM_DECODE_WARPS, NANOVLLM_DECODE_MIN_BLOCKS, NANOVLLM_DECODE_PARTITION,
-  # NANOVLLM_STORE_ROWS).
+  # NANOVLLM_STORE_ROWS, NANOVLLM_INT4_VALUE_BIAS_MMA).
   for setting in ${TUNE:-}; do
     echo "== $setting" | tee -a "$out/tune.log"
     env ${setting//,/ } OUT= timeout 300 target/release/examples/bench_kernels "$copy" 2>&1 | grep -E 'decode|store' | tee -a "$out/tune.log"

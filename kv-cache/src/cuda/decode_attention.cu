@@ -14,7 +14,8 @@
 // FP8 codes of the values themselves, vLLM's per-tensor scale of 1.0, read as scales of 1), FP8
 // (0/1: the codes are E4M3), INT4 (0/1: 4-bit codes, two a byte, a scale per group of 32 values),
 // BLOCK_SIZE (slots per cache block, multiple of 16), THREADS (threads per block), MIN_BLOCKS
-// (thread blocks per SM the register allocation must allow).
+// (thread blocks per SM the register allocation must allow), INT4_VALUE_BIAS_MMA (0/1: INT4 values'
+// bias taken out by a subtraction per pair of codes, or by one more MMA per m16 tile).
 //
 // Queries come in groups: up to QUERIES (8 / GROUP) consecutive query tokens of one sequence (a
 // decode step has groups of one; a prefill chunk, groups of QUERIES consecutive positions), each with

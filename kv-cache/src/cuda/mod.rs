@@ -129,9 +129,12 @@ impl DecodeKernel {
         let bounds = [
             ("THREADS", threads.to_string()),
             ("MIN_BLOCKS", decode_min_blocks(warps).to_string()),
+            // INT4 values' bias taken out by one more MMA per m16 tile (1) rather than by a
+            // subtraction per pair of codes (0, the default): `NANOVLLM_INT4_VALUE_BIAS_MMA=1`, for
+            // tuning until the two are timed side by side.
             (
                 "INT4_VALUE_BIAS_MMA",
-                std::env::var("NANOVLLM_INT4_VALUE_BIAS_MMA").unwrap_or_else(|_| "0".into()),
+                u8::from(std::env::var("NANOVLLM_INT4_VALUE_BIAS_MMA").is_ok_and(|v| v == "1")).to_string(),
             ),
         ];
         KernelSource {

@@ -1,0 +1,68 @@
+// INT4 decode attention (decode_attention_partial) emulated on the host, against the reference of
+// int4_cache.h: sequences of several lengths, each query its own group; with one split the kernel
+// writes bf16 outputs, with more its partial results are combined here as the reduce kernel does.
+// Built by scripts/emulate-kernels.sh with HEAD_DIM, GROUP, BLOCK_SIZE, THREADS; arguments: seed,
+// split length.
+#include "host.cuh"
+#define QUANT 1
+#define SCALED 1
+#define FP8 0
+#define INT4 1
+#define MIN_BLOCKS 1
+#include "kv_quant.cuh"
+#include "layout.cuh"
+#include "mma_host.cuh"
+#include "decode_attention.cu"
+#include "int4_cache.h"
+
+int main(int argc, char** argv) {
+    std::mt19937 rng(std::stoul(argv[1]));
+    const int partition = std::atoi(argv[2]);
+    const std::vector<int> lens = {1, 17, 40, 77};
+    const int kv_heads = 2, heads = kv_heads * GROUP, batch = lens.size();
+    Int4Cache cache(rng, lens, kv_heads);
+    std::uniform_real_distribution<float> uniform(-3, 3);
+    std::vector<uint16_t> q((size_t)batch * heads * HEAD_DIM);
+    for (auto& x : q) x = to_bf16(uniform(rng));
+    std::vector<int> query_groups(batch + 1), group_tables(batch);
+    for (int i = 0; i <= batch; ++i) query_groups[i] = i;
+    for (int i = 0; i < batch; ++i) group_tables[i] = i;
+    const int splits = (*std::max_element(lens.begin(), lens.end()) + partition - 1) / partition;
+    std::vector<uint16_t> out((size_t)batch * heads * HEAD_DIM, 0xffff);
+    std::vector<float> part_out(out.size() * splits, NAN), part_max((size_t)batch * heads * splits, NAN), part_sum = part_max;
+    const float softmax_scale = 1.0f / std::sqrt((float)HEAD_DIM);
+    launch({(unsigned)splits, (unsigned)kv_heads, (unsigned)batch}, THREADS, [&] {
+        decode_attention_partial(q.data(), (long long)heads * HEAD_DIM, cache.rows[0].data(), cache.rows[1].data(),
+                                 cache.scales[0].data(), cache.scales[1].data(), cache.slots, cache.tables.data(),
+                                 cache.max_blocks, lens.data(), query_groups.data(), group_tables.data(), out.data(),
+                                 part_out.data(), part_max.data(), part_sum.data(), kv_heads, splits, partition,
+                                 softmax_scale);
+    });
+    Error error;
+    for (int b = 0; b < batch; ++b)
+        for (int head = 0; head < heads; ++head) {
+            const size_t row = (size_t)b * heads + head;
+            const auto want = cache.attend(&q[row * HEAD_DIM], b, lens[b], head / GROUP, softmax_scale);
+            const int used = (lens[b] + partition - 1) / partition;
+            double top = -1e300;
+            for (int s = 0; s < used; ++s) top = std::max(top, (double)part_max[row * splits + s]);
+            for (int d = 0; d < HEAD_DIM; ++d) {
+                double got = from_bf16(out[row * HEAD_DIM + d]);
+                if (splits > 1) {
+                    double num = 0, den = 0;
+                    for (int s = 0; s < used; ++s) {
+                        const size_t at = row * splits + s;
+                        const double w = std::exp(part_max[at] - top);
+                        num += w * part_out[at * HEAD_DIM + d];
+                        den += w * part_sum[at];
+                    }
+                    got = num / den;
+                }
+                error.add(got, want[d]);
+            }
+        }
+    char what[128];
+    snprintf(what, sizeof what, "decode HEAD_DIM %d GROUP %d BLOCK_SIZE %d THREADS %d, %d split(s)", HEAD_DIM, GROUP,
+             BLOCK_SIZE, THREADS, splits);
+    return error.judge(what);
+}
