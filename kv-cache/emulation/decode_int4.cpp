@@ -3,15 +3,8 @@
 // writes bf16 outputs, with more its partial results are combined here as the reduce kernel does.
 // Built by scripts/emulate-kernels.sh with HEAD_DIM, GROUP, BLOCK_SIZE, THREADS; arguments: seed,
 // split length.
-#include "host.cuh"
-#define QUANT 1
-#define SCALED 1
-#define FP8 0
-#define INT4 1
 #define MIN_BLOCKS 1
-#include "kv_quant.cuh"
-#include "layout.cuh"
-#include "mma_host.cuh"
+#include "int4_build.h"
 #include "decode_attention.cu"
 #include "int4_cache.h"
 

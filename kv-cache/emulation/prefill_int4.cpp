@@ -2,14 +2,7 @@
 // int4_cache.h: one sequence's positions, each query seeing the positions up to its own, in query
 // groups of 64 / GROUP. Built by scripts/emulate-kernels.sh with HEAD_DIM, GROUP, BLOCK_SIZE;
 // arguments: seed, sequence length.
-#include "host.cuh"
-#define QUANT 1
-#define SCALED 1
-#define FP8 0
-#define INT4 1
-#include "kv_quant.cuh"
-#include "layout.cuh"
-#include "mma_host.cuh"
+#include "int4_build.h"
 #include "prefill_attention.cu"
 #include "int4_cache.h"
 

@@ -5,17 +5,11 @@
 // not finite; codes rint(x / scale) clamped to +-7, plus 8, 0 in a poisoned row), packed as the
 // CPU cache packs them and placed by int4_row_offset. Built by scripts/emulate-kernels.sh with
 // HEAD_DIM; argument: seed.
-#include "host.cuh"
-#define QUANT 1
-#define SCALED 1
-#define FP8 0
-#define INT4 1
 #define ROWS 1
 #define ELEMS 32
 #define THREADS 128
 #define BLOCK_SIZE 16
-#include "kv_quant.cuh"
-#include "layout.cuh"
+#include "int4_build.h"
 #define __syncwarp syncwarp_mask
 #include "store.cu"
 #include "int4_cache.h"
