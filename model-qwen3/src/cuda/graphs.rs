@@ -123,12 +123,13 @@ impl GpuQwen3 {
             }
         }
         let remaining = self.graphs.graphs.iter().filter(|g| g.graph.is_none()).count();
-        tracing::debug!(
-            captured,
-            remaining,
-            seconds = started.elapsed().as_secs_f64(),
-            "captured decode graphs"
-        );
+        let seconds = started.elapsed().as_secs_f64();
+        // All at once (before a benchmark) at info; one at a time (an idle server) at debug.
+        if captured > 1 {
+            tracing::info!(captured, remaining, seconds, "captured decode graphs");
+        } else {
+            tracing::debug!(captured, remaining, seconds, "captured decode graphs");
+        }
         Ok(remaining)
     }
 
