@@ -42,8 +42,9 @@
 // and its B fragment is the same elements of query row j. Its scores are keys j and j + 8 of rows 2q
 // and 2q + 1. For PV, lane (j, q) loads value rows 2q, 2q+1, 2q+8, 2q+9 (the keys of its P^T
 // fragment), units at row offset (8 i + j) VU; output rows j and j + 8 of m-tile c are the two dims
-// of its c-th pair. The 32 scales of a tile (K and V of 16 tokens, each 32 contiguous bytes in the
-// head-major scale planes) are loaded one per lane and passed around by shuffles. A tile's rows of
+// of its c-th pair (INT4: value_dims). The 32 scales of a tile (K and V of 16 tokens, each 32 contiguous bytes in the
+// head-major scale planes) are loaded one per lane and passed around by shuffles (INT4: each lane
+// loads every group's K and V scales of its keys j and j + 8, one load per row and plane). A tile's rows of
 // one kv head are contiguous (layout.cuh), so each lane's loads are fixed offsets from the tile's
 // start.
 
