@@ -77,13 +77,10 @@ impl DecodeGraphs {
         widths
     }
 
-    /// The graph for a decode step of `n` sequences whose longest table has `table_width`
-    /// blocks: its index, rows and table width.
-    fn for_step(&self, n: usize, table_width: usize) -> Option<(usize, usize, usize)> {
-        self.graphs
-            .iter()
-            .position(|g| g.rows >= n && g.table_width >= table_width)
-            .map(|i| (i, self.graphs[i].rows, self.graphs[i].table_width))
+    /// The index of the graph for a decode step of `n` sequences whose longest table has
+    /// `table_width` blocks.
+    fn for_step(&self, n: usize, table_width: usize) -> Option<usize> {
+        self.graphs.iter().position(|g| g.rows >= n && g.table_width >= table_width)
     }
 
     /// Graph `i` of [`GpuQwen3::decode_graph`], with the rows and table width it was captured with.
@@ -102,28 +99,23 @@ impl GpuQwen3 {
     /// The graph for a decode step of `n` sequences whose longest table has `table_width` blocks,
     /// captured now if no step has needed it yet: its index for [`DecodeGraphs::captured`].
     pub(super) fn decode_graph(&mut self, n: usize, table_width: usize) -> Result<Option<usize>, GpuError> {
-        let Some((i, rows, width)) = self.graphs.for_step(n, table_width) else {
+        let Some(i) = self.graphs.for_step(n, table_width) else {
             return Ok(None);
         };
-        if self.graphs.graphs[i].graph.is_none() {
-            self.graphs.graphs[i].graph = Some(self.capture(rows, width)?);
-        }
+        self.capture_graph(i)?;
         Ok(Some(i))
     }
 
     /// Capture up to `at_most` of the decode graphs no step has needed yet: how many remain.
     pub fn capture_decode_graphs(&mut self, at_most: usize) -> Result<usize, GpuError> {
         let started = std::time::Instant::now();
-        let mut captured = 0;
-        for i in 0..self.graphs.graphs.len() {
-            let (rows, width) = (self.graphs.graphs[i].rows, self.graphs.graphs[i].table_width);
-            if captured < at_most && self.graphs.graphs[i].graph.is_none() {
-                self.graphs.graphs[i].graph = Some(self.capture(rows, width)?);
-                captured += 1;
-            }
+        let pending: Vec<usize> =
+            (0..self.graphs.graphs.len()).filter(|&i| self.graphs.graphs[i].graph.is_none()).collect();
+        let captured = pending.len().min(at_most);
+        for &i in &pending[..captured] {
+            self.capture_graph(i)?;
         }
-        let remaining = self.graphs.graphs.iter().filter(|g| g.graph.is_none()).count();
-        let seconds = started.elapsed().as_secs_f64();
+        let (remaining, seconds) = (pending.len() - captured, started.elapsed().as_secs_f64());
         // All at once (before a benchmark) at info; one at a time (an idle server) at debug.
         if captured > 1 {
             tracing::info!(captured, remaining, seconds, "captured decode graphs");
@@ -131,6 +123,15 @@ impl GpuQwen3 {
             tracing::debug!(captured, remaining, seconds, "captured decode graphs");
         }
         Ok(remaining)
+    }
+
+    /// Capture graph `i` unless it is already.
+    fn capture_graph(&mut self, i: usize) -> Result<(), GpuError> {
+        if self.graphs.graphs[i].graph.is_none() {
+            let (rows, width) = (self.graphs.graphs[i].rows, self.graphs.graphs[i].table_width);
+            self.graphs.graphs[i].graph = Some(self.capture(rows, width)?);
+        }
+        Ok(())
     }
 
     /// Capture a decode step of `rows` rows and tables of `table_width` blocks. Nothing runs while
