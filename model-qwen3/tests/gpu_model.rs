@@ -1,5 +1,5 @@
 //! The GPU forward pass against the CPU forward pass (itself checked against HF transformers) with
-//! the same cache dtype, bf16, INT8 and FP8: batched prefill, chunked prefill after a prefix, decode
+//! the same cache dtype, bf16, INT8, FP8 and INT4: batched prefill, chunked prefill after a prefix, decode
 //! steps (replayed from CUDA graphs, from the first step after capture), and mixed steps (decode
 //! rows beside prompt chunks, as the mixed step policy batches them); decode in graphs against
 //! eager decode; the GPU's reproducibility and batch invariance; and the model split over two GPUs
@@ -80,6 +80,90 @@ fn relative_error(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
+/// How far one run's logits lie from the reference's, over steps.
+struct Agreement {
+    /// Every logit is finite.
+    finite: bool,
+    /// The worst [`relative_error`].
+    worst: f32,
+    /// Steps whose top-1 choice is the reference's, of `count`.
+    agree: usize,
+    count: usize,
+    /// Steps whose reference margin exceeds twice the bound, and how many of those agree.
+    clear: usize,
+    clear_agree: usize,
+}
+
+impl Agreement {
+    /// Over (got, expected) logits, a pair per step; `bound` says which choices are clear.
+    fn of<'a>(steps: impl IntoIterator<Item = (&'a Vec<f32>, &'a Vec<f32>)>, bound: f32) -> Self {
+        let mut a = Self { finite: true, worst: 0.0, agree: 0, count: 0, clear: 0, clear_agree: 0 };
+        for (g, e) in steps {
+            a.finite &= g.iter().all(|x| x.is_finite());
+            a.worst = a.worst.max(relative_error(g, e));
+            let same = usize::from(argmax(g) == argmax(e));
+            a.agree += same;
+            a.count += 1;
+            if relative_margin(e) > 2.0 * bound {
+                a.clear += 1;
+                a.clear_agree += same;
+            }
+        }
+        a
+    }
+
+    /// Every step of every sequence of two runs, paired.
+    fn steps<'a>(
+        got: &'a [Vec<Vec<f32>>],
+        expected: &'a [Vec<Vec<f32>>],
+    ) -> impl Iterator<Item = (&'a Vec<f32>, &'a Vec<f32>)> {
+        got.iter().flatten().zip(expected.iter().flatten())
+    }
+
+    /// Clear choices that changed.
+    fn changed(&self) -> usize {
+        self.clear - self.clear_agree
+    }
+}
+
+/// `model`'s weights, each scaled by 1 + e with e drawn from a normal of bf16's rounding spread
+/// (2^-9 / sqrt 3): the CPU reference run on them moves about as far as the GPU's bf16 weights
+/// and activations move it, for every cache dtype alike (measured on the fixture: bf16 1.5-2.3e-2
+/// against the GPU's 1.9e-2, INT4 0.16-0.21 against 0.18).
+struct Jittered<'a> {
+    model: &'a Qwen3Model,
+    jitter: DummyWeights,
+}
+
+impl<'a> Jittered<'a> {
+    fn new(model: &'a Qwen3Model, seed: u64) -> Self {
+        Self { model, jitter: DummyWeights::new(model.config().clone(), seed, 2f32.powi(-9) / 3f32.sqrt()) }
+    }
+}
+
+impl WeightSource for Jittered<'_> {
+    fn config(&self) -> &Qwen3Config {
+        self.model.config()
+    }
+
+    fn read(
+        &self,
+        name: &str,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        out: &mut Vec<f32>,
+    ) {
+        let start = out.len();
+        self.model.read(name, rows.clone(), cols.clone(), out);
+        let mut jitter = Vec::with_capacity(out.len() - start);
+        self.jitter.read(name, rows, cols, &mut jitter);
+        // The dummy source reads norms as 1.0, and draws no value that large: norms stay as they are.
+        for (x, e) in out[start..].iter_mut().zip(jitter).filter(|(_, e)| *e != 1.0) {
+            *x *= 1.0 + e;
+        }
+    }
+}
+
 /// A two-layer random model with GQA (8 query heads on 2 kv heads of 128) and a tied head.
 fn small_gqa_model(seed: u64) -> Qwen3Model {
     let config = Qwen3Config::from_json_str(
@@ -89,20 +173,6 @@ fn small_gqa_model(seed: u64) -> Qwen3Model {
     )
     .unwrap();
     Qwen3Model::random(config, seed, 0.08)
-}
-
-/// `got` against `expected`, step by step: the worst relative logit difference, the steps whose
-/// expected top-1 margin exceeds twice `bound` (clear choices), and how many of those changed.
-fn bounded_difference(got: &[Vec<f32>], expected: &[Vec<f32>], bound: f32) -> (f32, usize, usize) {
-    let (mut worst, mut clear, mut changed) = (0.0f32, 0, 0);
-    for (g, e) in got.iter().zip(expected) {
-        worst = worst.max(relative_error(g, e));
-        if relative_margin(e) > 2.0 * bound {
-            clear += 1;
-            changed += usize::from(argmax(g) != argmax(e));
-        }
-    }
-    (worst, clear, changed)
 }
 
 /// The blocks of every prompt, allocated up front; the sequences' tokens and tables; an empty
@@ -247,50 +317,55 @@ fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
     ];
     let dtypes =
         [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Fp8, CacheDtype::Int4];
+    let jittered: Vec<Qwen3Model> =
+        (1..=2).map(|seed| Qwen3Model::from_source(&Jittered::new(model, seed))).collect();
     for dtype in dtypes {
+        let reference = |model: &Qwen3Model, schedule: &Schedule<'_>| match dtype {
+            CacheDtype::Int8 => cpu_logits::<Int8>(model, schedule),
+            CacheDtype::Fp8PerTokenHead => cpu_logits::<Fp8PerTokenHead>(model, schedule),
+            CacheDtype::Fp8 => cpu_logits::<Fp8>(model, schedule),
+            CacheDtype::Int4 => cpu_logits::<Int4>(model, schedule),
+            _ => cpu_logits::<Bf16>(model, schedule),
+        };
         for (schedule_name, cpu_schedule, gpu_schedule) in &schedules {
-            let expected = match dtype {
-                CacheDtype::Int8 => cpu_logits::<Int8>(model, cpu_schedule),
-                CacheDtype::Fp8PerTokenHead => cpu_logits::<Fp8PerTokenHead>(model, cpu_schedule),
-                CacheDtype::Fp8 => cpu_logits::<Fp8>(model, cpu_schedule),
-                CacheDtype::Int4 => cpu_logits::<Int4>(model, cpu_schedule),
-                _ => cpu_logits::<Bf16>(model, cpu_schedule),
-            };
+            let expected = reference(model, cpu_schedule);
             let mut gpu_model = gpu_model(gpu, model, dtype, NUM_BLOCKS, false);
             let got = gpu_schedule(&mut |inputs| gpu_model.forward(inputs).unwrap());
             assert_eq!(
                 got.iter().map(Vec::len).collect::<Vec<_>>(),
                 expected.iter().map(Vec::len).collect::<Vec<_>>()
             );
-            // bf16 weights and activations move logits by up to `max_error` of the largest; a top-1
-            // choice whose reference margin exceeds twice that must not change. INT4 and FP8 (per
-            // row or per tensor alike): a K or V value that lies near a rounding boundary may take
-            // the next code on one side and not on the other, and a step is a seventh of its
-            // group's largest value (INT4) or an eighth of the value itself, whatever the scale
-            // (E4M3's 3 mantissa bits; INT8's: a 127th of the row's largest), so their bound is
-            // twice the others'.
-            let coarse = matches!(dtype, CacheDtype::Int4 | CacheDtype::Fp8 | CacheDtype::Fp8PerTokenHead);
-            let max_error: f32 = if coarse { 1e-1 } else { 5e-2 };
-            let (mut worst, mut agree, mut count, mut clear, mut clear_agree) = (0.0f32, 0, 0, 0, 0);
-            for (g, e) in got.iter().flatten().zip(expected.iter().flatten()) {
-                assert!(g.iter().all(|x| x.is_finite()), "{name} {dtype}: non-finite logits");
-                worst = worst.max(relative_error(g, e));
-                let same = usize::from(argmax(g) == argmax(e));
-                agree += same;
-                count += 1;
-                if relative_margin(e) > 2.0 * max_error {
-                    clear += 1;
-                    clear_agree += same;
-                }
-            }
+            // bf16 weights and activations move the GPU's logits away from the CPU's f32 ones, and
+            // the cache's codes amplify that: a K or V value near a rounding boundary takes the
+            // next code on one side and not on the other, a step that is a 127th of the row's
+            // largest value (INT8), an eighth of the value itself (FP8) or a seventh of its
+            // group's largest (INT4). So the bounds are measured, not guessed, on the CPU reference
+            // run on weights moved by bf16's rounding (`Jittered`; INT4's worst error about 0.2 on
+            // the fixture, INT8's 0.04): the GPU's worst error within twice the jittered runs'
+            // (never below 5e-2), its top-1 agreement within a tenth of theirs (never required
+            // above 80%), and no top-1 choice whose reference margin exceeds twice the bound changed.
+            let jittered_runs: Vec<Agreement> = jittered
+                .iter()
+                .map(|j| Agreement::of(Agreement::steps(&reference(j, cpu_schedule), &expected), 0.0))
+                .collect();
+            let max_error = jittered_runs.iter().map(|a| 2.0 * a.worst).fold(5e-2, f32::max);
+            let least_agreement = jittered_runs.iter().map(|a| a.agree).min().unwrap_or(0);
+            let a = Agreement::of(Agreement::steps(&got, &expected), max_error);
+            assert!(a.finite, "{name} {dtype}: non-finite logits");
             eprintln!(
-                "{name}, {dtype} cache, {schedule_name}: worst relative logit error {worst:.3e}, top-1 agreement {agree}/{count}, {clear_agree}/{clear} where the reference is clear"
+                "{name}, {dtype} cache, {schedule_name}: worst relative logit error {:.3e} (bound {max_error:.3e}), top-1 agreement {}/{} (jittered CPU: {least_agreement}), {}/{} where the reference is clear",
+                a.worst, a.agree, a.count, a.clear_agree, a.clear
             );
-            assert!(worst < max_error, "{name} {dtype} {schedule_name}: relative error {worst}");
-            assert_eq!(clear_agree, clear, "{name} {dtype} {schedule_name}: a clear top-1 choice changed");
+            assert!(a.worst < max_error, "{name} {dtype} {schedule_name}: relative error {}", a.worst);
+            assert_eq!(
+                a.clear_agree, a.clear,
+                "{name} {dtype} {schedule_name}: a clear top-1 choice changed"
+            );
             assert!(
-                agree * 10 >= count * 8,
-                "{name} {dtype} {schedule_name}: top-1 agreement {agree}/{count}"
+                a.agree * 10 >= (a.count * 8).min((least_agreement * 10).saturating_sub(a.count)),
+                "{name} {dtype} {schedule_name}: top-1 agreement {}/{}",
+                a.agree,
+                a.count
             );
         }
     }
@@ -431,17 +506,17 @@ fn gpu_logits_are_reproducible_and_batch_invariant_within_a_bound() {
         };
         let together = run_batch(&prompts);
         assert_eq!(together, run_batch(&prompts), "{dtype}: the same batch twice differs");
-        let (mut worst, mut clear, mut changed) = (0.0f32, 0, 0);
-        for (i, prompt) in prompts.iter().enumerate() {
-            let alone = run_batch(std::slice::from_ref(prompt)).pop().unwrap();
-            let (w, c, ch) = bounded_difference(&together[i], &alone, BOUND);
-            (worst, clear, changed) = (worst.max(w), clear + c, changed + ch);
-        }
+        let alone: Vec<Vec<Vec<f32>>> =
+            prompts.iter().map(|prompt| run_batch(std::slice::from_ref(prompt)).pop().unwrap()).collect();
+        let a = Agreement::of(Agreement::steps(&together, &alone), BOUND);
         eprintln!(
-            "{dtype}: alone vs batched, worst relative logit difference {worst:.2e}; {changed} of {clear} clear top-1 choices changed"
+            "{dtype}: alone vs batched, worst relative logit difference {:.2e}; {} of {} clear top-1 choices changed",
+            a.worst,
+            a.changed(),
+            a.clear
         );
-        assert!(worst < BOUND, "{dtype}: batch changes logits by {worst:.3e} of the largest");
-        assert_eq!(changed, 0, "{dtype}: a clear top-1 choice depends on the batch");
+        assert!(a.worst < BOUND, "{dtype}: batch changes logits by {:.3e} of the largest", a.worst);
+        assert_eq!(a.changed(), 0, "{dtype}: a clear top-1 choice depends on the batch");
     }
 }
 
@@ -466,19 +541,21 @@ fn decode_in_cuda_graphs_matches_eager_decode() {
                 run(|inputs| gpu_model.forward(inputs).unwrap(), &prompts, 6, usize::MAX)
             });
             let [graphs, eager] = &mut logits;
-            let (mut worst, mut clear, mut changed) = (0.0f32, 0, 0);
             for (g, e) in graphs.iter().zip(eager.iter()) {
                 assert_eq!(g[0], e[0], "{dtype}: the eager prefill differs between the two models");
-                assert!(g.iter().flatten().all(|x| x.is_finite()), "{dtype}: non-finite logits from a graph");
-                let (w, c, ch) = bounded_difference(&g[1..], &e[1..], BOUND);
-                (worst, clear, changed) = (worst.max(w), clear + c, changed + ch);
             }
+            let decode_steps = graphs.iter().zip(eager.iter()).flat_map(|(g, e)| g[1..].iter().zip(&e[1..]));
+            let a = Agreement::of(decode_steps, BOUND);
             eprintln!(
-                "{} sequences, {dtype}: graph vs eager decode, worst relative logit difference {worst:.2e}; {changed} of {clear} clear top-1 choices changed",
-                prompts.len()
+                "{} sequences, {dtype}: graph vs eager decode, worst relative logit difference {:.2e}; {} of {} clear top-1 choices changed",
+                prompts.len(),
+                a.worst,
+                a.changed(),
+                a.clear
             );
-            assert!(worst < BOUND, "{dtype}: graphs change logits by {worst:.3e} of the largest");
-            assert_eq!(changed, 0, "{dtype}: a clear top-1 choice differs under graphs");
+            assert!(a.finite, "{dtype}: non-finite logits from a graph");
+            assert!(a.worst < BOUND, "{dtype}: graphs change logits by {:.3e} of the largest", a.worst);
+            assert_eq!(a.changed(), 0, "{dtype}: a clear top-1 choice differs under graphs");
         }
     }
 }
@@ -523,17 +600,16 @@ fn tensor_parallel_over_two_gpus_matches_one_gpu() {
                     let mut group = group(model, world, dtype, eager);
                     run(|inputs| group.forward(inputs).unwrap(), &prompts, 8, chunk)
                 });
-                let (mut worst, mut clear, mut changed) = (0.0f32, 0, 0);
-                for (t, o) in two.iter().zip(&one) {
-                    assert!(t.iter().flatten().all(|x| x.is_finite()), "{name} {dtype}: non-finite logits");
-                    let (w, c, ch) = bounded_difference(t, o, BOUND);
-                    (worst, clear, changed) = (worst.max(w), clear + c, changed + ch);
-                }
+                let a = Agreement::of(Agreement::steps(&two, &one), BOUND);
                 eprintln!(
-                    "{name}, {dtype}, prefill chunk {chunk}, eager {eager}: 2 GPUs vs 1, worst relative logit difference {worst:.2e}; {changed} of {clear} clear top-1 choices changed"
+                    "{name}, {dtype}, prefill chunk {chunk}, eager {eager}: 2 GPUs vs 1, worst relative logit difference {:.2e}; {} of {} clear top-1 choices changed",
+                    a.worst,
+                    a.changed(),
+                    a.clear
                 );
-                assert!(worst < BOUND, "{name} {dtype}: 2 GPUs change logits by {worst:.3e}");
-                assert_eq!(changed, 0, "{name} {dtype}: a clear top-1 choice differs on 2 GPUs");
+                assert!(a.finite, "{name} {dtype}: non-finite logits");
+                assert!(a.worst < BOUND, "{name} {dtype}: 2 GPUs change logits by {:.3e}", a.worst);
+                assert_eq!(a.changed(), 0, "{name} {dtype}: a clear top-1 choice differs on 2 GPUs");
             }
             let mut two = group(model, 2, dtype, false);
             let mut blocks = BlockManager::new(NUM_BLOCKS, BLOCK_SIZE).unwrap();
