@@ -4,7 +4,7 @@
 # Build here first (no CUDA needed):
 #   cargo test --release -p nanovllm-kv-cache -p nanovllm-qwen3 --features nanovllm-kv-cache/cuda,nanovllm-qwen3/cuda --test gpu_kernels --test gpu_model --no-run
 #   cargo test --release -p nanovllm --features cuda --test gpu_engine --no-run
-#   cargo test --release -p nanovllm-qwen3 --features cuda --lib --no-run   (the GEMV check)
+#   cargo test --release -p nanovllm-qwen3 --features cuda --lib --no-run   (the linear layer's check)
 #   cargo build --release -p nanovllm-kv-cache --features cuda --example bench_kernels
 # and copy target/release/deps/gpu_kernels-*, gpu_model-*, gpu_engine-*, nanovllm_qwen3-* and
 # target/release/examples/bench_kernels there. Logs and bench_kernels.json go to $OUT (or ./gpu-out).
@@ -35,7 +35,7 @@ if [ "${1:-}" != "--no-bench" ]; then
   # Tuning: TUNE="NANOVLLM_DECODE_MIN_BLOCKS=3 NANOVLLM_DECODE_MIN_BLOCKS=5,NANOVLLM_STORE_ROWS=2"
   # times the kernels again under each setting (commas join variables; kv-cache/src/cuda/mod.rs
   # reads them: NANOVLLM_DECODE_WARPS, NANOVLLM_DECODE_MIN_BLOCKS, NANOVLLM_DECODE_PARTITION,
-  # NANOVLLM_STORE_ROWS, NANOVLLM_INT4_VALUE_BIAS_MMA).
+  # NANOVLLM_STORE_ROWS).
   for setting in ${TUNE:-}; do
     echo "== $setting" | tee -a "$out/tune.log"
     env ${setting//,/ } OUT= timeout 300 target/release/examples/bench_kernels "$copy" 2>&1 | grep -E 'decode|store' | tee -a "$out/tune.log"

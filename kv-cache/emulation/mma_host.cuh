@@ -61,6 +61,7 @@ inline float quad_max(float x) {
 inline float fast_exp2(float x) { return std::exp2(x); }
 inline float pow2_at_least(float x) { return __uint_as_float((__float_as_uint(x) + 0x007fffffu) & 0x7f800000u); }
 inline float pow2_inverse(float p) { return __uint_as_float(0x7f000000u - __float_as_uint(p)); }
+inline float pow2_log2(float p) { return (float)((int)(__float_as_uint(p) >> 23) - 127); }
 inline unsigned int transpose8x8(unsigned int x) {
     WarpShare* w = my_warp; int lane = lane_id();
     w->slot[lane][0] = x; w->bar.arrive_and_wait();

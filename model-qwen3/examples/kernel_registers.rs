@@ -4,14 +4,17 @@
 //! registers that 16 warps per SM allow, shows before any device time is spent.
 //!
 //! ```sh
-//! scripts/with-nvrtc.sh cargo run --release -p nanovllm-qwen3 --features cuda --example kernel_registers
+//! scripts/with-nvrtc.sh cargo run --release -p nanovllm-qwen3 --features cuda --example kernel_registers [cubin_dir]
 //! ```
+//! With `cubin_dir`, every module's CUBIN is written there too, to read its SASS without a GPU
+//! (`nvdisasm`, from NVIDIA's `nvidia-cuda-nvdisasm` wheel).
 
 use nanovllm_kv_quant::CacheDtype;
 use nanovllm_qwen3::Qwen3Config;
 use nanovllm_qwen3::cuda::kernel_sources;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cubin_dir = std::env::args_os().nth(1).map(std::path::PathBuf::from);
     let shapes = [("Qwen3-0.6B", 1024, 16), ("Qwen3-8B", 4096, 32)];
     let dtypes =
         [CacheDtype::Bf16, CacheDtype::Int8, CacheDtype::Fp8PerTokenHead, CacheDtype::Fp8, CacheDtype::Int4];
@@ -36,6 +39,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .map(|(key, value)| format!("{key} {value}"))
                     .collect();
                 let report = source.resource_report("sm_90")?;
+                if let Some(dir) = &cubin_dir {
+                    let file =
+                        format!("{model}-{dtype}-{}-{}.cubin", source.name, build.join("-").replace(' ', ""));
+                    std::fs::create_dir_all(dir)?;
+                    std::fs::write(dir.join(file), source.compile("sm_90")?)?;
+                }
                 for (kernel, registers, spills) in kernels(&report) {
                     println!(
                         "| {model} | {dtype} | {} | {} | {kernel} | {registers} | {spills} |",

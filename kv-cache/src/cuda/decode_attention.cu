@@ -14,8 +14,7 @@
 // FP8 codes of the values themselves, vLLM's per-tensor scale of 1.0, read as scales of 1), FP8
 // (0/1: the codes are E4M3), INT4 (0/1: 4-bit codes, two a byte, a scale per group of 32 values),
 // BLOCK_SIZE (slots per cache block, multiple of 16), THREADS (threads per block), MIN_BLOCKS
-// (thread blocks per SM the register allocation must allow), INT4_VALUE_BIAS_MMA (0/1: INT4 values'
-// bias taken out by a subtraction per pair of codes, or by one more MMA per m16 tile).
+// (thread blocks per SM the register allocation must allow).
 //
 // Queries come in groups: up to QUERIES (8 / GROUP) consecutive query tokens of one sequence (a
 // decode step has groups of one; a prefill chunk, groups of QUERIES consecutive positions), each with
@@ -234,9 +233,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = 0.0f;
     // Softmax state of rows 2q and 2q + 1: the (lazy) maximum, what exp2 subtracts (0 while a row
-    // has seen no key), and the sum of this lane's keys' probabilities.
+    // has seen no key; QUANT: plus log2 vs_norm), and the sum of this lane's keys' probabilities.
     float m[2] = {KV_NEG_INF, KV_NEG_INF}, m_sub[2] = {0.0f, 0.0f}, l[2] = {0.0f, 0.0f};
-    float vs_norm = 0.0f, vs_inv = 0.0f;  // QUANT: V scales are multiplied by vs_inv = 1 / vs_norm
+    // QUANT: P is computed times 1 / vs_norm (exp2 subtracts its log2 too), so that P times a V scale
+    // stays within fp16 with no multiplication of the scales; l sums P itself.
+    float vs_norm = 0.0f;
 
     for (int k = 0; warp + k * WARPS < tiles; ++k) {
         const Tile tile = tile_at(k);
@@ -381,9 +382,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
             const float bound = pow2_at_least(fmaxf(fmaxf(vs_max, vs_norm), FLT_MIN_NORMAL));
             const float ratio = vs_norm == 0.0f ? 1.0f : vs_norm * pow2_inverse(bound);  // exact
             vs_norm = bound;
-            vs_inv = pow2_inverse(bound);
             alpha[0] *= ratio;
             alpha[1] *= ratio;
+            m_sub[0] += pow2_log2(bound);
+            m_sub[1] += pow2_log2(bound);
 #endif
             #pragma unroll
             for (int c = 0; c < CHUNKS; ++c) {
@@ -394,23 +396,26 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         float p[4];
         #pragma unroll
         for (int e = 0; e < 4; ++e) p[e] = fast_exp2(score[e] - m_sub[e % 2]);
+#if QUANT
+        l[0] = fmaf(p[2], vs_norm, fmaf(p[0], vs_norm, l[0]));
+        l[1] = fmaf(p[3], vs_norm, fmaf(p[1], vs_norm, l[1]));
+#else
         l[0] += p[0] + p[2];
         l[1] += p[1] + p[3];
+#endif
         // P^T's fragment: the 8x8 blocks of keys 0..7 and 8..15, transposed (INT4: one per group,
         // P times the group's V scales over their bound).
 #if INT4
         unsigned int pb[GROUPS][2];
         #pragma unroll
         for (int g = 0; g < GROUPS; ++g) {
-            const float weight_j = vscale[0][g] * vs_inv, weight_j8 = vscale[1][g] * vs_inv;
-            pb[g][0] = transpose8x8(pack2(p[0] * weight_j, p[1] * weight_j));
-            pb[g][1] = transpose8x8(pack2(p[2] * weight_j8, p[3] * weight_j8));
+            pb[g][0] = transpose8x8(pack2(p[0] * vscale[0][g], p[1] * vscale[0][g]));
+            pb[g][1] = transpose8x8(pack2(p[2] * vscale[1][g], p[3] * vscale[1][g]));
         }
 #else
 #if QUANT
-        const float vweight[2] = {vscale[0] * vs_inv, vscale[1] * vs_inv};
         #pragma unroll
-        for (int e = 0; e < 4; ++e) p[e] *= vweight[e / 2];
+        for (int e = 0; e < 4; ++e) p[e] *= vscale[e / 2];
 #endif
         const unsigned int pb0 = transpose8x8(pack2(p[0], p[1])), pb1 = transpose8x8(pack2(p[2], p[3]));
 #endif
@@ -430,14 +435,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
             auto biased = [&](unsigned int x) { return c % 2 ? int4_high_biased(x) : int4_low_biased(x); };
             const unsigned int bias = c % 2 ? INT4_HIGH_BIAS : INT4_LOW_BIAS;
             const unsigned int pb0 = pb[g][0], pb1 = pb[g][1];
-#if INT4_VALUE_BIAS_MMA
-            const unsigned int negative = bias ^ 0x80008000u;
-            mma(acc[c], negative, negative, negative, negative, pb0, pb1);
-            const unsigned int a0 = biased(rows01), a1 = biased(rows01 >> 8), a2 = biased(rows89), a3 = biased(rows89 >> 8);
-#else
             const unsigned int a0 = sub_f16x2(biased(rows01), bias), a1 = sub_f16x2(biased(rows01 >> 8), bias);
             const unsigned int a2 = sub_f16x2(biased(rows89), bias), a3 = sub_f16x2(biased(rows89 >> 8), bias);
-#endif
 #elif QUANT
             // Word c/2 of a row holds four dims; tile c takes the pair 2(c%2), 2(c%2)+1.
             const unsigned int sel = (c % 2) ? 0x7362u : 0x5140u;

@@ -57,10 +57,17 @@ __device__ __forceinline__ void key_codes4_to_f16x2(unsigned int w, unsigned int
 // (n lands in the lowest mantissa bits at exponent 10), the high nibbles 64 + n = code + 72 (mantissa
 // bits 4-7 count ones at exponent 6). Decode attention takes the bias out of keys once per row
 // (its QK chains start at minus the bias times the sum of q) and out of values per pair.
+// One LOP3 each, (x & mask) | exponent: written as C, ptxas splits it into two (a SASS LOP3 takes
+// one immediate), which cost the decode kernel a seventh of its instructions.
 #define INT4_LOW_BIAS 0x64086408u   // 1032 in both halves
 #define INT4_HIGH_BIAS 0x54805480u  // 72 in both halves
-__device__ __forceinline__ unsigned int int4_low_biased(unsigned int x) { return (x & 0x000f000fu) | 0x64006400u; }
-__device__ __forceinline__ unsigned int int4_high_biased(unsigned int x) { return (x & 0x00f000f0u) | 0x54005400u; }
+__device__ __forceinline__ unsigned int and_or(unsigned int x, unsigned int mask, unsigned int bits) {
+    unsigned int r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(x), "r"(mask), "r"(bits));
+    return r;
+}
+__device__ __forceinline__ unsigned int int4_low_biased(unsigned int x) { return and_or(x, 0x000f000fu, 0x64006400u); }
+__device__ __forceinline__ unsigned int int4_high_biased(unsigned int x) { return and_or(x, 0x00f000f0u, 0x54005400u); }
 
 // a - b, two fp16 at a time.
 __device__ __forceinline__ unsigned int sub_f16x2(unsigned int a, unsigned int b) {
@@ -121,6 +128,10 @@ __device__ __forceinline__ float pow2_at_least(float x) {
 }
 __device__ __forceinline__ float pow2_inverse(float power) {
     return __uint_as_float(0x7f000000u - __float_as_uint(power));
+}
+// log2 of a normal power of two, exactly.
+__device__ __forceinline__ float pow2_log2(float power) {
+    return (float)((int)(__float_as_uint(power) >> 23) - 127);
 }
 
 // The 8x8 matrix of 16-bit values whose row lane / 4, columns 2 (lane % 4) and + 1, this lane

@@ -126,17 +126,7 @@ impl DecodeKernel {
     /// The source of the build with `warps` warps per block, for `shape` (the attention defines).
     fn source(shape: &[(&'static str, String)], warps: usize) -> KernelSource {
         let threads = 32 * warps;
-        let bounds = [
-            ("THREADS", threads.to_string()),
-            ("MIN_BLOCKS", decode_min_blocks(warps).to_string()),
-            // INT4 values' bias taken out by one more MMA per m16 tile (1) rather than by a
-            // subtraction per pair of codes (0, the default): `NANOVLLM_INT4_VALUE_BIAS_MMA=1`, for
-            // tuning until the two are timed side by side.
-            (
-                "INT4_VALUE_BIAS_MMA",
-                u8::from(std::env::var("NANOVLLM_INT4_VALUE_BIAS_MMA").is_ok_and(|v| v == "1")).to_string(),
-            ),
-        ];
+        let bounds = [("THREADS", threads.to_string()), ("MIN_BLOCKS", decode_min_blocks(warps).to_string())];
         KernelSource {
             name: "decode_attention",
             source: format!("{DEPENDENT_LAUNCH_CUH}\n{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{DECODE_CU}"),
