@@ -18,9 +18,6 @@ use crate::{DummyMatrix, Qwen3Config};
 
 const MODEL_CU: &str = include_str!("model.cu");
 
-/// `GEMV_MAX_ROWS` of model.cu: the most input rows `gemv_bf16` takes.
-const GEMV_MAX_ROWS: usize = 8;
-
 /// The GPU, its cuBLAS handle and this crate's compiled kernels, for one model shape (one rank's,
 /// under tensor parallelism).
 pub(super) struct Ops {
@@ -38,11 +35,6 @@ pub(super) struct Ops {
     token_logprobs: CudaFunction,
     pick_best_shard: CudaFunction,
     draw_dummy: CudaFunction,
-    gemv: CudaFunction,
-    /// Linear layers of at most this many input rows run `gemv_bf16` rather than cuBLAS (0:
-    /// never): `NANOVLLM_GEMV_ROWS`, up to 8, for measuring it against cuBLAS before it is the
-    /// default.
-    gemv_rows: usize,
 }
 
 /// This crate's kernels (`model.cu`) for `config`'s shape.
@@ -74,12 +66,6 @@ impl Ops {
             token_logprobs: module.load_function("token_logprobs")?,
             pick_best_shard: module.load_function("pick_best_shard")?,
             draw_dummy: module.load_function("draw_dummy")?,
-            gemv: module.load_function("gemv_bf16")?,
-            gemv_rows: std::env::var("NANOVLLM_GEMV_ROWS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-                .min(GEMV_MAX_ROWS),
             gpu: gpu.clone(),
             config: config.clone(),
             vocab,
@@ -96,13 +82,6 @@ impl Ops {
         n: usize,
         k: usize,
     ) -> Result<(), GpuError> {
-        if t <= self.gemv_rows && k.is_multiple_of(8) {
-            let (rows, n_arg, k_arg) = (t as i32, n as i32, k as i32);
-            let mut launch = self.gpu.stream.launch_builder(&self.gemv);
-            launch.arg(x).arg(w).arg(y).arg(&rows).arg(&n_arg).arg(&k_arg);
-            // A warp per output row, eight to a block.
-            return launch_blocks(&mut launch, (n.div_ceil(8), 1), 256);
-        }
         let config = GemmConfig {
             transa: blas_sys::cublasOperation_t::CUBLAS_OP_T,
             transb: blas_sys::cublasOperation_t::CUBLAS_OP_N,
@@ -405,7 +384,7 @@ mod tests {
 
     #[test]
     #[ignore = "needs a CUDA GPU"]
-    fn gemv_and_cublas_match_the_cpu_reference() {
+    fn linear_matches_the_cpu_reference() {
         let gpu = Gpu::open().unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
         let config = Qwen3Config::from_json_str(
             r#"{"model_type": "qwen3", "hidden_size": 1024, "num_hidden_layers": 1, "num_attention_heads": 16,
@@ -413,7 +392,7 @@ mod tests {
                 "max_position_embeddings": 4096}"#,
         )
         .unwrap();
-        let mut ops = Ops::new(&gpu, &config, 0..config.vocab_size).unwrap();
+        let ops = Ops::new(&gpu, &config, 0..config.vocab_size).unwrap();
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
         eprintln!("seed {seed}");
@@ -433,20 +412,17 @@ mod tests {
                 })
                 .collect();
             let (x_gpu, w_gpu) = (stream.clone_htod(&x).unwrap(), stream.clone_htod(&w).unwrap());
-            for (path, rows) in [("gemv_bf16", GEMV_MAX_ROWS), ("cuBLAS", 0)] {
-                ops.gemv_rows = rows;
-                let mut y = stream.alloc_zeros::<bf16>(t * n).unwrap();
-                ops.linear(&x_gpu.slice(..), &w_gpu, &mut y.slice_mut(..), t, n, k).unwrap();
-                let got = stream.clone_dtoh(&y).unwrap();
-                let (error, norm) = got
-                    .iter()
-                    .zip(&expected)
-                    .fold((0.0, 0.0), |(e, s), (g, r)| (e + (f64::from(g.to_f32()) - r).powi(2), s + r * r));
-                let relative = (error / norm).sqrt();
-                eprintln!("{path}, {t} x {n} x {k}: relative L2 error {relative:.2e}");
-                // bf16 outputs: half a unit in the 8th bit, about 2e-3 of each value at most.
-                assert!(relative < 3e-3, "{path}, {t} x {n} x {k}: relative L2 error {relative}");
-            }
+            let mut y = stream.alloc_zeros::<bf16>(t * n).unwrap();
+            ops.linear(&x_gpu.slice(..), &w_gpu, &mut y.slice_mut(..), t, n, k).unwrap();
+            let got = stream.clone_dtoh(&y).unwrap();
+            let (error, norm) = got
+                .iter()
+                .zip(&expected)
+                .fold((0.0, 0.0), |(e, s), (g, r)| (e + (f64::from(g.to_f32()) - r).powi(2), s + r * r));
+            let relative = (error / norm).sqrt();
+            eprintln!("linear, {t} x {n} x {k}: relative L2 error {relative:.2e}");
+            // bf16 outputs: half a unit in the 8th bit, about 2e-3 of each value at most.
+            assert!(relative < 3e-3, "linear, {t} x {n} x {k}: relative L2 error {relative}");
         }
     }
 }
