@@ -102,7 +102,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let params = |max_tokens| SamplingParams { max_tokens, ignore_eos: true, ..sampling.clone() };
     // Steady steps are what is timed: every decode graph captured first, as vLLM does before
     // serving (outside the timing either way).
-    llm.capture_cuda_graphs(usize::MAX)?;
+    llm.capture_cuda_graphs()?;
     if !args.no_warmup {
         llm.generate(vec![Prompt::Tokens(vec![1, 2, 3, 4])], &params(4))?
             .into_iter()

@@ -170,14 +170,13 @@ impl Backend {
         Ok(())
     }
 
-    /// Capture up to `at_most` of the CUDA graphs of decode steps that no step has needed yet:
-    /// how many remain (none on the CPU).
-    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
-    pub(crate) fn capture_graphs(&mut self, at_most: usize) -> Result<usize, EngineError> {
+    /// Capture every CUDA graph of decode steps that no step has needed yet: how many that was
+    /// (none on the CPU).
+    pub(crate) fn capture_graphs(&mut self) -> Result<usize, EngineError> {
         match self {
             Backend::Cpu(..) => Ok(0),
             #[cfg(feature = "cuda")]
-            Backend::Cuda(gpu, _) => Ok(gpu.capture_decode_graphs(at_most).map_err(ModelError::from)?),
+            Backend::Cuda(gpu, _) => Ok(gpu.capture_decode_graphs().map_err(ModelError::from)?),
         }
     }
 

@@ -305,12 +305,11 @@ impl LLM {
         self.stats = EngineStats::default();
     }
 
-    /// Capture now up to `at_most` of the CUDA graphs of decode steps that no step has needed
-    /// yet (the GPU captures each on first use otherwise; the CPU has none): how many remain.
-    /// All before timing steady steps, as vLLM captures its graphs before serving; one at a time
-    /// while a server waits for work.
-    pub fn capture_cuda_graphs(&mut self, at_most: usize) -> Result<usize, EngineError> {
-        self.backend.capture_graphs(at_most)
+    /// Capture now every CUDA graph of decode steps that no step has needed yet (the GPU captures
+    /// each on first use otherwise; the CPU has none): how many that was. Before timing steady
+    /// steps, and before serving, as vLLM captures its graphs.
+    pub fn capture_cuda_graphs(&mut self) -> Result<usize, EngineError> {
+        self.backend.capture_graphs()
     }
 
     /// The engine's settings.

@@ -28,9 +28,9 @@ pub trait Engine {
     fn is_finished(&self) -> bool;
     /// How loaded it is now, for `/metrics`.
     fn load(&self) -> EngineLoad;
-    /// Prepare up to `at_most` pieces of work ahead while idle (the GPU's decode graphs that no
-    /// step has needed yet): how many remain.
-    fn prepare_ahead(&mut self, at_most: usize) -> Result<usize, EngineError>;
+    /// Prepare, before serving, what a step would otherwise prepare when it first needs it (the
+    /// GPU's decode graphs).
+    fn prepare(&mut self) -> Result<(), EngineError>;
 }
 
 /// What the engine tells the server once it is built.
@@ -102,8 +102,8 @@ impl Engine for LLM {
         LLM::is_finished(self)
     }
 
-    fn prepare_ahead(&mut self, at_most: usize) -> Result<usize, EngineError> {
-        self.capture_cuda_graphs(at_most)
+    fn prepare(&mut self) -> Result<(), EngineError> {
+        self.capture_cuda_graphs().map(drop)
     }
 
     fn load(&self) -> EngineLoad {

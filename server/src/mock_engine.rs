@@ -240,8 +240,9 @@ impl Engine for MockEngine {
         self.running.is_empty() && self.waiting.is_empty()
     }
 
-    fn prepare_ahead(&mut self, _: usize) -> Result<usize, EngineError> {
-        Ok(0)
+    /// Nothing to prepare: no model.
+    fn prepare(&mut self) -> Result<(), EngineError> {
+        Ok(())
     }
 
     fn load(&self) -> EngineLoad {

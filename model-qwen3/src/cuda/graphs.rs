@@ -6,8 +6,8 @@
 //!
 //! Graphs are captured when a step first needs one (a few milliseconds each), not all at start-up:
 //! a process serves its first token without capturing the hundred or more it may never replay.
-//! [`GpuQwen3::capture_decode_graphs`] captures the others ahead: all at once where steady steps
-//! are timed (vLLM captures every graph before serving), or one at a time while a server is idle.
+//! [`GpuQwen3::capture_decode_graphs`] captures all the others at once, where steady steps are timed
+//! and before a server is ready (as vLLM captures every graph before serving).
 //!
 //! Table widths: `max_model_len`, then halved while at least [`NARROWEST_TABLE_KEYS`]. Attention
 //! splits a context by the table width it is captured with, so tables far wider than the contexts
@@ -106,23 +106,17 @@ impl GpuQwen3 {
         Ok(Some(i))
     }
 
-    /// Capture up to `at_most` of the decode graphs no step has needed yet: how many remain.
-    pub fn capture_decode_graphs(&mut self, at_most: usize) -> Result<usize, GpuError> {
+    /// Capture every decode graph no step has needed yet: how many that was.
+    pub fn capture_decode_graphs(&mut self) -> Result<usize, GpuError> {
         let started = std::time::Instant::now();
         let pending: Vec<usize> =
             (0..self.graphs.graphs.len()).filter(|&i| self.graphs.graphs[i].graph.is_none()).collect();
-        let captured = pending.len().min(at_most);
-        for &i in &pending[..captured] {
+        for &i in &pending {
             self.capture_graph(i)?;
         }
-        let (remaining, seconds) = (pending.len() - captured, started.elapsed().as_secs_f64());
-        // All at once (before a benchmark) at info; one at a time (an idle server) at debug.
-        if captured > 1 {
-            tracing::info!(captured, remaining, seconds, "captured decode graphs");
-        } else {
-            tracing::debug!(captured, remaining, seconds, "captured decode graphs");
-        }
-        Ok(remaining)
+        let (captured, seconds) = (pending.len(), started.elapsed().as_secs_f64());
+        tracing::info!(captured, seconds, "captured decode graphs");
+        Ok(captured)
     }
 
     /// Capture graph `i` unless it is already.

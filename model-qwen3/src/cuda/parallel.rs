@@ -26,7 +26,7 @@ enum Command {
     Connect(Id),
     FreeMemory,
     AllocateCache(usize),
-    CaptureGraphs(usize),
+    CaptureGraphs,
     CopyBlocks(Vec<(BlockId, BlockId)>),
     /// Run a step, then sample (all ranks take part) or return this rank's logit columns.
     Step {
@@ -42,7 +42,7 @@ enum Reply {
         total: usize,
     },
     /// Decode graphs not captured yet.
-    Remaining(usize),
+    Captured(usize),
     Logits(Vec<f32>),
     Tokens(Vec<Sampled>),
 }
@@ -64,7 +64,7 @@ impl GpuQwen3 {
                 self.allocate_cache(num_blocks)?;
                 Ok(Reply::Done)
             }
-            Command::CaptureGraphs(at_most) => Ok(Reply::Remaining(self.capture_decode_graphs(at_most)?)),
+            Command::CaptureGraphs => Ok(Reply::Captured(self.capture_decode_graphs()?)),
             Command::CopyBlocks(copies) => {
                 self.copy_blocks(&copies)?;
                 Ok(Reply::Done)
@@ -222,13 +222,9 @@ impl GpuGroup {
     }
 
     /// [`GpuQwen3::capture_decode_graphs`] on every rank (together: the graphs hold NCCL's work).
-    pub fn capture_decode_graphs(&mut self, at_most: usize) -> Result<usize, GpuError> {
-        let replies = self.on_every_rank(Command::CaptureGraphs(at_most))?;
-        Ok(replies
-            .iter()
-            .map(|reply| if let Reply::Remaining(n) = reply { *n } else { 0 })
-            .max()
-            .unwrap_or(0))
+    pub fn capture_decode_graphs(&mut self) -> Result<usize, GpuError> {
+        let replies = self.on_every_rank(Command::CaptureGraphs)?;
+        Ok(replies.iter().map(|reply| if let Reply::Captured(n) = reply { *n } else { 0 }).max().unwrap_or(0))
     }
 
     /// [`GpuQwen3::copy_blocks`] on every rank (each holds its kv heads of every block).
