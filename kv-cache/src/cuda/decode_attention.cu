@@ -7,8 +7,8 @@
 // and each fp16x2 of codes is of one group: codes become fp16 integers plus a bias in one operation
 // (int4_low_biased, int4_high_biased). Each group of keys has its own QK accumulator, whose chain
 // starts at minus the bias times the group's sum of q, and a score is the accumulators times their
-// groups' scales; values, less their bias, meet P times their group's scale over the running bound
-// that INT8's V scales are divided by (one copy of P per group, for the group's two m16 tiles).
+// groups' scales; values, less their bias, meet P times their group's scale (one copy of P per
+// group, for the group's two m16 tiles).
 // Defines: HEAD_DIM (32, 64, 128 or 256; 64 and up for INT4), GROUP (query heads per kv head, at
 // most 8), QUANT (0/1: codes rather than bf16s), SCALED (0/1: bf16 scales beside the codes; 0 for
 // FP8 codes of the values themselves, vLLM's per-tensor scale of 1.0, read as scales of 1), FP8
@@ -31,8 +31,8 @@
 //
 // The online softmax rescales lazily (as FlashAttention-4 does): a row's running maximum moves only
 // when a score exceeds it by more than TAU (log2 units), so probabilities stay below 2^TAU and most
-// tiles rescale nothing; quantized rows' V scales are divided by a power of two at least as large as any seen,
-// which moves as rarely. One vote per tile decides whether anything moves.
+// tiles rescale nothing; for quantized rows P is computed over a power of two at least as large as
+// any V scale seen (so that P times a V scale fits fp16), which moves as rarely. One vote per tile decides whether anything moves.
 //
 // Lane roles in a warp: j = lane / 4, q = lane % 4. For QK, lane (j, q) loads key rows j and j + 8
 // of the tile (the A operand's rows): the units i of KU bytes at row offset (4 i + q) KU (a quad

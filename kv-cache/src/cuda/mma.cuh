@@ -58,7 +58,7 @@ __device__ __forceinline__ void key_codes4_to_f16x2(unsigned int w, unsigned int
 // bits 4-7 count ones at exponent 6). Decode attention takes the bias out of keys once per row
 // (its QK chains start at minus the bias times the sum of q) and out of values per pair.
 // One LOP3 each, (x & mask) | exponent: written as C, ptxas splits it into two (a SASS LOP3 takes
-// one immediate), which cost the decode kernel a seventh of its instructions.
+// one immediate), which cost the INT4 decode loop an eighth of its instructions.
 #define INT4_LOW_BIAS 0x64086408u   // 1032 in both halves
 #define INT4_HIGH_BIAS 0x54805480u  // 72 in both halves
 __device__ __forceinline__ unsigned int and_or(unsigned int x, unsigned int mask, unsigned int bits) {
