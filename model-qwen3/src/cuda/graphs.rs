@@ -109,13 +109,11 @@ impl GpuQwen3 {
     /// Capture every decode graph no step has needed yet: how many that was.
     pub fn capture_decode_graphs(&mut self) -> Result<usize, GpuError> {
         let started = std::time::Instant::now();
-        let pending: Vec<usize> =
-            (0..self.graphs.graphs.len()).filter(|&i| self.graphs.graphs[i].graph.is_none()).collect();
-        for &i in &pending {
+        let captured = self.graphs.graphs.iter().filter(|g| g.graph.is_none()).count();
+        for i in 0..self.graphs.graphs.len() {
             self.capture_graph(i)?;
         }
-        let (captured, seconds) = (pending.len(), started.elapsed().as_secs_f64());
-        tracing::info!(captured, seconds, "captured decode graphs");
+        tracing::info!(captured, seconds = started.elapsed().as_secs_f64(), "captured decode graphs");
         Ok(captured)
     }
 
