@@ -102,21 +102,23 @@ fn the_schedule_alone_needs_a_kv_budget() {
 fn a_run_reports_the_schedule_that_its_replay_predicts() {
     // A fresh workload each run: the seed is in every failure message.
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    // Any two sequences outgrow the budget: each ends at least 70 + 60 = 130 tokens long, 9 blocks,
+    // and two 7-block prompts fit beside each other, so every seed preempts.
     let flags = [
         "--kv-cache-memory-gib",
         "0.000244140625", // 256 bf16 tokens of this model: 16 blocks of 16
         "--max-model-len",
         "256",
         "--num-seqs",
-        "8",
+        "4",
         "--min-input-len",
-        "20",
+        "70",
         "--max-input-len",
         "100",
         "--min-output-len",
-        "20",
-        "--max-output-len",
         "60",
+        "--max-output-len",
+        "100",
         "--json",
     ];
     let seed_flag = seed.to_string();
