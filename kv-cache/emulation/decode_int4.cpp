@@ -2,7 +2,8 @@
 // int4_cache.h: sequences of several lengths, each query its own group; with one split the kernel
 // writes bf16 outputs, with more its partial results are combined here as the reduce kernel does.
 // Built by scripts/emulate-kernels.sh with HEAD_DIM, GROUP, BLOCK_SIZE, THREADS; arguments: seed,
-// split length.
+// split length, and how many more splits the grid has than the contexts need (as a CUDA graph
+// captured for longer contexts launches it).
 #define MIN_BLOCKS 1
 #include "int4_build.h"
 #include "decode_attention.cu"
@@ -10,7 +11,7 @@
 
 int main(int argc, char** argv) {
     std::mt19937 rng(std::stoul(argv[1]));
-    const int partition = std::atoi(argv[2]);
+    const int partition = std::atoi(argv[2]), extra_splits = std::atoi(argv[3]);
     const std::vector<int> lens = {1, 17, 40, 77};
     const int kv_heads = 2, heads = kv_heads * GROUP, batch = lens.size();
     Int4Cache cache(rng, lens, kv_heads);
@@ -20,16 +21,16 @@ int main(int argc, char** argv) {
     std::vector<int> query_groups(batch + 1), group_tables(batch);
     for (int i = 0; i <= batch; ++i) query_groups[i] = i;
     for (int i = 0; i < batch; ++i) group_tables[i] = i;
-    const int splits = (*std::max_element(lens.begin(), lens.end()) + partition - 1) / partition;
+    const int splits = (*std::max_element(lens.begin(), lens.end()) + partition - 1) / partition + extra_splits;
+    const int geometry[2] = {cache.max_blocks, partition};
     std::vector<uint16_t> out((size_t)batch * heads * HEAD_DIM, 0xffff);
     std::vector<float> part_out(out.size() * splits, NAN), part_max((size_t)batch * heads * splits, NAN), part_sum = part_max;
     const float softmax_scale = 1.0f / std::sqrt((float)HEAD_DIM);
     launch({(unsigned)splits, (unsigned)kv_heads, (unsigned)batch}, THREADS, [&] {
         decode_attention_partial(q.data(), (long long)heads * HEAD_DIM, cache.rows[0].data(), cache.rows[1].data(),
                                  cache.scales[0].data(), cache.scales[1].data(), cache.slots, cache.tables.data(),
-                                 cache.max_blocks, lens.data(), query_groups.data(), group_tables.data(), out.data(),
-                                 part_out.data(), part_max.data(), part_sum.data(), kv_heads, splits, partition,
-                                 softmax_scale);
+                                 geometry, lens.data(), query_groups.data(), group_tables.data(), out.data(),
+                                 part_out.data(), part_max.data(), part_sum.data(), kv_heads, splits, softmax_scale);
     });
     Error error;
     for (int b = 0; b < batch; ++b)

@@ -19,11 +19,12 @@ int main(int argc, char** argv) {
     std::vector<int> query_groups(groups + 1), group_tables(groups, 0);
     for (int i = 0; i <= groups; ++i) query_groups[i] = std::min(i * per_group, len);
     std::vector<uint16_t> out(q.size(), 0xffff);
+    const int geometry[2] = {cache.max_blocks, 16};  // the split length is decode's
     const float softmax_scale = 1.0f / std::sqrt((float)HEAD_DIM);
     launch({(unsigned)groups, (unsigned)kv_heads, 1}, PREFILL_WARPS * 32, [&] {
         prefill_attention(q.data(), (long long)heads * HEAD_DIM, cache.rows[0].data(), cache.rows[1].data(),
                           cache.scales[0].data(), cache.scales[1].data(), cache.slots, cache.tables.data(),
-                          cache.max_blocks, contexts.data(), query_groups.data(), group_tables.data(), out.data(),
+                          geometry, contexts.data(), query_groups.data(), group_tables.data(), out.data(),
                           kv_heads, softmax_scale);
     });
     Error error;

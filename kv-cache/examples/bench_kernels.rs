@@ -217,9 +217,11 @@ fn bench_decode(
     let mut workspace = DecodeWorkspace::new(gpu, shape.batch, shape.batch, shape.heads, d, shape.context)?;
     // Decode: each query is a group of one, reading its own sequence's table.
     let groups = gpu.stream.clone_htod(&(0..=shape.batch as i32).collect::<Vec<_>>())?;
+    let split = kernels.decode_split(&caches[0], &workspace, shape.batch, shape.batch, shape.context);
+    let geometry = gpu.stream.clone_htod(&split.geometry(blocks_per_seq))?;
     let queries = AttentionQueries {
         block_tables: tables.slice(..),
-        max_blocks: blocks_per_seq,
+        geometry: geometry.slice(..),
         context_lens: lens.slice(..),
         groups: groups.slice(..),
         group_tables: groups.slice(..shape.batch),
@@ -236,6 +238,7 @@ fn bench_decode(
             &q.slice(..),
             shape.heads * d,
             &queries,
+            split,
             &mut workspace,
             &mut out,
         )
@@ -245,7 +248,7 @@ fn bench_decode(
     Ok(serde_json::json!({
         "kernel": "decode_attention", "model": shape.model, "dtype": dtype.name(),
         "batch": shape.batch, "context": shape.context, "heads": shape.heads, "kv_heads": shape.kv_heads,
-        "block_size": BLOCK_SIZE, "us": times.gpu_us, "launch_us": times.launch_us, "floor_us": floor_us,
+        "block_size": BLOCK_SIZE, "splits": split.splits, "partition": split.partition, "us": times.gpu_us, "launch_us": times.launch_us, "floor_us": floor_us,
         "TBps": bytes / times.gpu_us / 1e6,
         "builds": builds,
     }))

@@ -576,15 +576,23 @@ fn attention_kernels_match_the_reference() {
             groups.push(batch as i32);
             let groups_gpu = gpu.stream.clone_htod(&groups).unwrap();
             let group_tables_gpu = gpu.stream.clone_htod(&group_tables).unwrap();
-            let queries = AttentionQueries {
+            let num_groups = groups.len() - 1;
+            let max_context = *query_contexts.iter().max().unwrap();
+            let mut workspace =
+                DecodeWorkspace::new(&gpu, batch, batch, case.heads, case.head_dim, 4 * max_context).unwrap();
+            let split = kernels.decode_split(&cache, &workspace, num_groups, batch, max_context);
+            // These queries over tables of this geometry (the tables' width and a split length).
+            let with_geometry = |geometry| AttentionQueries {
                 block_tables: tables_gpu.slice(..),
-                max_blocks,
+                geometry,
                 context_lens: lens_gpu.slice(..),
                 groups: groups_gpu.slice(..),
                 group_tables: group_tables_gpu.slice(..),
                 num_queries: batch,
-                num_groups: groups.len() - 1,
+                num_groups,
             };
+            let geometry = gpu.stream.clone_htod(&split.geometry(max_blocks)).unwrap();
+            let queries = with_geometry(geometry.slice(..));
             let mut out = gpu.stream.clone_htod(&vec![bf16::NAN; q.len()]).unwrap();
             let stride = case.heads * case.head_dim;
             // SAFETY (this and the launches below): the tables hold blocks of this cache, each
@@ -596,29 +604,45 @@ fn attention_kernels_match_the_reference() {
                 }
                 .unwrap();
             } else {
-                let max_context = max_blocks * bs; // the tables' width bounds the splits
-                let mut workspace =
-                    DecodeWorkspace::new(&gpu, batch, batch, case.heads, case.head_dim, max_context).unwrap();
                 let q = q_gpu.slice(..);
-                unsafe { kernels.attention(&gpu, &cache, 0, &q, stride, &queries, &mut workspace, &mut out) }
+                let ws = &mut workspace;
+                unsafe { kernels.attention(&gpu, &cache, 0, &q, stride, &queries, split, ws, &mut out) }
                     .unwrap();
                 // Again into poisoned memory, on the same workspace: nothing a launch leaves
                 // behind may change the next one's result.
                 let first = gpu.stream.clone_dtoh(&out).unwrap();
                 out = gpu.stream.clone_htod(&vec![bf16::NAN; out.len()]).unwrap();
-                unsafe { kernels.attention(&gpu, &cache, 0, &q, stride, &queries, &mut workspace, &mut out) }
+                unsafe { kernels.attention(&gpu, &cache, 0, &q, stride, &queries, split, ws, &mut out) }
                     .unwrap();
                 let second = gpu.stream.clone_dtoh(&out).unwrap();
                 assert!(
                     first.iter().zip(&second).all(|(a, b)| a.to_bits() == b.to_bits()),
                     "a second launch on the same workspace differs"
                 );
+                // As a CUDA graph replays it: the widest grid captured for contexts up to four
+                // times as long, the split length chosen for these contexts within it.
+                let graphs = kernels.graph_decode_splits(&cache, ws, num_groups, num_groups, 4 * max_context);
+                let captured = graphs.into_iter().max_by_key(|split| split.splits).unwrap();
+                let replay = kernels.decode_split_in(&cache, captured, num_groups, max_context);
+                let geometry = gpu.stream.clone_htod(&replay.geometry(max_blocks)).unwrap();
+                let replayed = with_geometry(geometry.slice(..));
+                let mut graph_out = gpu.stream.clone_htod(&vec![bf16::NAN; out.len()]).unwrap();
+                unsafe {
+                    kernels.attention(&gpu, &cache, 0, &q, stride, &replayed, replay, ws, &mut graph_out)
+                }
+                .unwrap();
+                let graph_out: Vec<f32> =
+                    gpu.stream.clone_dtoh(&graph_out).unwrap().iter().map(|x| x.to_f32()).collect();
+                let err = relative_error(&graph_out, &expected);
+                let used = max_context.div_ceil(replay.partition);
+                eprintln!(
+                    "decode kernel as a graph replays it, {} d{} block {bs}: {used} of {} splits, relative L2 error {err:.2e}",
+                    case.dtype, case.head_dim, replay.splits
+                );
+                assert!(err < 1e-2, "replayed: relative L2 error {err:.3e}");
             }
             let got: Vec<f32> = gpu.stream.clone_dtoh(&out).unwrap().iter().map(|x| x.to_f32()).collect();
-            assert!(got.iter().all(|x| x.is_finite()), "unwritten or NaN outputs");
-            let err: f64 =
-                got.iter().zip(&expected).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
-            let norm: f64 = expected.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+            let err = relative_error(&got, &expected);
             eprintln!(
                 "{} kernel, {} heads {}/{} d{} block {}, {} queries in {} groups: relative L2 error {:.2e}",
                 if prefill { "prefill" } else { "decode" },
@@ -628,10 +652,19 @@ fn attention_kernels_match_the_reference() {
                 case.head_dim,
                 bs,
                 batch,
-                groups.len() - 1,
-                err / norm
+                num_groups,
+                err
             );
-            assert!(err / norm < 1e-2, "relative L2 error {:.3e}", err / norm);
+            assert!(err < 1e-2, "relative L2 error {err:.3e}");
         }
     }
+}
+
+/// The relative L2 error of `got` against `expected`, after checking that every output was
+/// written and finite.
+fn relative_error(got: &[f32], expected: &[f32]) -> f64 {
+    assert!(got.iter().all(|x| x.is_finite()), "unwritten or NaN outputs");
+    let err: f64 = got.iter().zip(expected).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = expected.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+    err / norm
 }

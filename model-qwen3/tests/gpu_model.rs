@@ -523,8 +523,8 @@ fn gpu_logits_are_reproducible_and_batch_invariant_within_a_bound() {
 /// Decode steps replayed from CUDA graphs (padded to the captured batch sizes) against the same
 /// steps launched eagerly: the prefill, eager in both, must agree bit for bit, which shows the two
 /// models hold the same cache; decode logits within the batch-invariance bound (padding changes
-/// the GEMM shapes cuBLAS picks its algorithm by, and the tables' width changes attention's
-/// splits), every clear top-1 choice the same.
+/// the GEMM shapes cuBLAS picks its algorithm by, and a graph's grid may change attention's split
+/// length), every clear top-1 choice the same.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn decode_in_cuda_graphs_matches_eager_decode() {

@@ -21,9 +21,9 @@
 // its own causal context length. The MMA's 8 columns are (query token, query head) rows, so a
 // group's K/V rows are loaded once for all of its tokens and heads.
 //
-// Grid (splits, kv_heads, groups): a thread block takes `partition` key tokens (a multiple of 16,
-// chosen per launch so that small batches still fill the GPU) of one group's sequence for one kv
-// head; its warps take tiles of 16 key tokens in turn, each with its own online softmax, and
+// Grid (max_splits, kv_heads, groups): a thread block takes `partition` key tokens (a multiple of
+// 16, chosen per step so that small batches still fill the GPU; splits past a context read nothing)
+// of one group's sequence for one kv head; its warps take tiles of 16 key tokens in turn, each with its own online softmax, and
 // combine at the end. Per tile a warp computes S^T = K Q^T as m16n8k16 MMAs (the tile's 16 keys
 // are the MMA's rows, the 8 rows of the group its columns: no zero padding), turns the scores into
 // P^T's operand with two 8x8 transposes (movmatrix), and computes O^T += V^T P^T. The reduce kernel
@@ -108,7 +108,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     const bf16_t* __restrict__ value_scale,
     long long num_slots,
     const int* __restrict__ block_tables,       // [sequences][max_blocks]
-    int max_blocks,
+    const int* __restrict__ geometry,           // [2]: max_blocks, then the split length (keys, a multiple of 16)
     const int* __restrict__ context_lens,       // [batch]: a query's causal context
     const int* __restrict__ query_groups,       // [groups + 1]: each group's first query, then the end
     const int* __restrict__ group_tables,       // [groups]: the row of block_tables a group reads
@@ -116,11 +116,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     float* __restrict__ partial_out,            // [batch][heads][max_splits][HEAD_DIM]
     float* __restrict__ partial_max,            // [batch][heads][max_splits], natural log units
     float* __restrict__ partial_sum,
-    int kv_heads, int max_splits, int partition, float softmax_scale)
+    int kv_heads, int max_splits, float softmax_scale)
 {
     const int split = blockIdx.x, kv_head = blockIdx.y;
     const int first_query = query_groups[blockIdx.z], queries = query_groups[blockIdx.z + 1] - first_query;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, j = lane / 4, qd = lane % 4;
+    // The tables' width and the split length come from the device, so that a CUDA graph captured
+    // once for a batch size splits each replay's contexts by their own length; their loads run
+    // beside the group's, adding none to the chain before the first tile.
+    const int max_blocks = geometry[0], partition = geometry[1];
     const int start = split * partition;
     // Everything that depends only on the group is loaded before its context length is known: the
     // q fragments and the block id of this warp's first tile, so that fewer dependent loads stand
@@ -528,8 +532,9 @@ __device__ __forceinline__ float block_reduce(float x, bool is_max, float* scrat
 extern "C" __global__ void decode_attention_reduce(
     const float* __restrict__ partial_out, const float* __restrict__ partial_max,
     const float* __restrict__ partial_sum, const int* __restrict__ context_lens,
+    const int* __restrict__ geometry,           // as the partial kernel's: [1] is the split length
     bf16_t* __restrict__ out,                   // [batch][heads][HEAD_DIM]
-    int heads, int max_splits, int partition)
+    int heads, int max_splits)
 {
     extern __shared__ float s_weight[];         // [2][max_splits]: each split's maximum, then weight; its sum
     float* s_split_sum = s_weight + max_splits;
@@ -538,7 +543,7 @@ extern "C" __global__ void decode_attention_reduce(
     const int h = blockIdx.x, b = blockIdx.y, x = threadIdx.x, r = threadIdx.y;
     const int dims = blockDim.x, groups = blockDim.y, d = blockIdx.z * dims + x;
     const int tid = r * dims + x, threads = dims * groups;
-    const int splits = (context_lens[b] + partition - 1) / partition;
+    const int partition = geometry[1], splits = (context_lens[b] + partition - 1) / partition;
     const long long base = ((long long)b * heads + h) * max_splits;
     wait_for_previous_kernel();  // the partial kernel's results
     float early[REDUCE_PREFETCH];

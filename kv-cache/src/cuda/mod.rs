@@ -25,12 +25,12 @@ const PREFILL_CU: &str = include_str!("prefill_attention.cu");
 const PREFILL_ROWS: usize = 64;
 
 /// Tokens per split of decode attention, longest first: a context is cut into splits, each a
-/// thread block. Each launch picks one by `DecodeWorkspace::partition`'s cost: long splits spread
+/// thread block. Each launch picks one by `choose_partition`'s cost: long splits spread
 /// a block's setup and combining over many keys (2048 measured faster than 512 for batches:
 /// docs/perf-history.md, version 16), short ones let a few long contexts fill the GPU. Multiples of 16.
 const PARTITIONS: [usize; 7] = [4096, 2048, 1024, 512, 256, 128, 64];
 /// A thread block's fixed work (loading q, combining its warps, writing its results), in keys
-/// of streaming: its cost in `DecodeWorkspace::partition`.
+/// of streaming: its cost in `choose_partition`.
 const BLOCK_SETUP_KEYS: usize = 256;
 /// The reduce kernel's launch when a context takes more than one split, in keys of one block's
 /// streaming.
@@ -99,6 +99,43 @@ impl DecodeWarps {
 /// Contexts of at most this many keys, one per block, run as two-warp blocks when they fill the
 /// GPU ([`DecodeWarps::short`]).
 const SHORT_SPLIT_KEYS: usize = 1024;
+
+/// Which build of decode attention a launch runs ([`DecodeWarps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DecodeBuild {
+    Usual,
+    Short,
+    Long,
+}
+
+/// How one decode attention launch splits its contexts over thread blocks. The build and the
+/// grid's `splits` are fixed when the launch is queued (or captured in a CUDA graph); the split
+/// length is read from the device when it runs ([`AttentionQueries::geometry`]), so that a graph
+/// captured once for a batch size splits each replay's contexts by their own length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeSplit {
+    build: DecodeBuild,
+    /// Thread blocks per (query group, kv head): the grid's width, and the stride of the
+    /// workspace's results. 1: each block writes its context's output, with no reduce kernel.
+    pub splits: usize,
+    /// Keys per split, a multiple of 16, at most `splits` of them covering every context.
+    pub partition: usize,
+}
+
+impl DecodeSplit {
+    /// What [`AttentionQueries::geometry`] holds for this split over block tables `table_width`
+    /// blocks wide.
+    pub fn geometry(&self, table_width: usize) -> [i32; 2] {
+        [table_width as i32, self.partition as i32]
+    }
+
+    /// Whether a graph captured with `self` serves a step whose own split is `other`: both the
+    /// short build, or both whole contexts in other builds, or both split.
+    pub fn same_kind(&self, other: &DecodeSplit) -> bool {
+        let short = |s: &DecodeSplit| s.build == DecodeBuild::Short;
+        short(self) == short(other) && (self.splits == 1) == (other.splits == 1)
+    }
+}
 
 /// Thread blocks per SM, of `warps` warps each, that the register allocation of decode attention
 /// must allow: more warps keep more loads in flight, fewer registers may spill. Measured side by side
@@ -287,8 +324,10 @@ fn copy_within<T: DeviceRepr>(
 pub struct AttentionQueries<'a> {
     /// `[sequences][max_blocks]` i32: each sequence's block table.
     pub block_tables: CudaView<'a, i32>,
-    /// Width of `block_tables`.
-    pub max_blocks: usize,
+    /// `[2]` i32: the width of `block_tables` (`max_blocks`), then decode attention's split
+    /// length ([`DecodeSplit::geometry`]). On the device, so that a captured graph reads each
+    /// replay's own.
+    pub geometry: CudaView<'a, i32>,
     /// `[num_queries]` i32: each query's causal context length (its position + 1; 0 for a
     /// padding query, which reads nothing and gets zeros).
     pub context_lens: CudaView<'a, i32>,
@@ -345,7 +384,7 @@ impl<'a> AttentionQueries<'a> {
     ) -> AttentionQueries<'a> {
         AttentionQueries {
             block_tables: self.block_tables.slice(..),
-            max_blocks: self.max_blocks,
+            geometry: self.geometry.slice(..),
             context_lens: self.context_lens.slice(..),
             groups,
             group_tables,
@@ -389,37 +428,62 @@ impl DecodeWorkspace {
         })
     }
 
-    /// The split length for `groups` query groups with contexts up to `max_context`, and the
-    /// splits it makes: the one whose thread blocks, run in waves over the GPU's `slots` (SMs x
-    /// resident blocks per SM), leave each slot the least work, counting each block's setup and
-    /// the reduce kernel (ties go to the longer split). Only partitions whose results fit this
-    /// workspace for `queries` queries count; if none does, the whole context is one split.
-    fn partition(
-        &self,
-        slots: usize,
-        groups: usize,
-        queries: usize,
-        heads: usize,
-        kv_heads: usize,
-        max_context: usize,
-    ) -> (usize, usize) {
-        let mut chosen = (max_context.next_multiple_of(16).max(16), 1);
-        let mut least = usize::MAX;
-        let tuned = tuned_partition();
-        for partition in PARTITIONS.into_iter().filter(|&p| tuned.is_none_or(|t| t == p)) {
-            let splits = max_context.div_ceil(partition).max(1);
-            if queries * heads * splits > self.capacity {
-                continue;
-            }
-            let waves = (groups * kv_heads * splits).div_ceil(slots.max(1));
-            let reduce = if splits > 1 { REDUCE_KEYS } else { 0 };
-            let cost = waves * (partition.min(max_context) + BLOCK_SETUP_KEYS) + reduce;
-            if cost < least {
-                (least, chosen) = (cost, (partition, splits));
-            }
-        }
-        chosen
+    /// The most splits a launch of `queries` queries of `heads` heads may take: its results must
+    /// fit.
+    fn max_splits(&self, queries: usize, heads: usize) -> usize {
+        self.capacity / (queries * heads).max(1)
     }
+}
+
+/// The split length for `groups` query groups with contexts up to `max_context`, and the splits
+/// it makes: the one whose thread blocks, run in waves over the GPU's `slots` (SMs x resident
+/// blocks per SM), leave each slot the least work, counting each block's setup and the reduce
+/// kernel (ties go to the longer split). Only partitions of at most `max_splits` splits count; if
+/// none does, the whole context is one split.
+fn choose_partition(
+    slots: usize,
+    groups: usize,
+    kv_heads: usize,
+    max_context: usize,
+    max_splits: usize,
+) -> (usize, usize) {
+    let mut chosen = (max_context.next_multiple_of(16).max(16), 1);
+    let mut least = usize::MAX;
+    let tuned = tuned_partition();
+    for partition in PARTITIONS.into_iter().filter(|&p| tuned.is_none_or(|t| t == p)) {
+        let splits = max_context.div_ceil(partition).max(1);
+        if splits > max_splits {
+            continue;
+        }
+        let waves = (groups * kv_heads * splits).div_ceil(slots.max(1));
+        let reduce = if splits > 1 { REDUCE_KEYS } else { 0 };
+        let cost = waves * (partition.min(max_context) + BLOCK_SETUP_KEYS) + reduce;
+        if cost < least {
+            (least, chosen) = (cost, (partition, splits));
+        }
+    }
+    chosen
+}
+
+/// The most splits [`choose_partition`] gives a launch of any of `groups` query groups with any
+/// context of at most `max_context` keys: the grid a CUDA graph for those launches needs.
+fn most_splits(
+    slots: usize,
+    groups: std::ops::RangeInclusive<usize>,
+    kv_heads: usize,
+    max_context: usize,
+    max_splits: usize,
+) -> usize {
+    // The splits change only where a context crosses a multiple of the shortest partition, and
+    // within such a stretch its end favours splitting most (one split costs more the longer it is).
+    let shortest = PARTITIONS[PARTITIONS.len() - 1];
+    let contexts = (shortest..max_context).step_by(shortest).chain([max_context]);
+    contexts
+        .flat_map(|context| {
+            groups.clone().map(move |g| choose_partition(slots, g, kv_heads, context, max_splits).1)
+        })
+        .max()
+        .unwrap_or(1)
 }
 
 /// `NANOVLLM_DECODE_PARTITION` (one of [`PARTITIONS`]): every launch takes that split length where
@@ -436,16 +500,11 @@ fn tuned_partition() -> Option<usize> {
 struct AttentionScalars {
     q_stride: i64,
     num_slots: i64,
-    max_blocks: i32,
 }
 
 impl AttentionScalars {
-    fn new(cache: &GpuKvCache, q_stride: usize, queries: &AttentionQueries<'_>) -> Self {
-        AttentionScalars {
-            q_stride: q_stride as i64,
-            num_slots: cache.layout.num_slots() as i64,
-            max_blocks: queries.max_blocks as i32,
-        }
+    fn new(cache: &GpuKvCache, q_stride: usize) -> Self {
+        AttentionScalars { q_stride: q_stride as i64, num_slots: cache.layout.num_slots() as i64 }
     }
 
     /// Push the arguments both attention kernels begin with, in their order: q, the layer's K/V
@@ -467,7 +526,7 @@ impl AttentionScalars {
             .arg(&values.scales)
             .arg(&self.num_slots)
             .arg(&queries.block_tables)
-            .arg(&self.max_blocks)
+            .arg(&queries.geometry)
             .arg(&queries.context_lens)
             .arg(&queries.groups)
             .arg(&queries.group_tables);
@@ -490,7 +549,6 @@ pub struct CacheKernels {
     reduce: CudaFunction,
     head_dim: usize,
     group: usize,
-    block_size: usize,
     store_rows: u32,
 }
 
@@ -619,7 +677,6 @@ impl CacheKernels {
             store: gpu.load(&sources.store)?.load_function("store_kv")?,
             head_dim,
             group,
-            block_size,
             store_rows: store_passes(dtype)
                 * (32 / (head_dim / store_values_per_lane(dtype, head_dim))) as u32,
         })
@@ -742,7 +799,7 @@ impl CacheKernels {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let scalars = AttentionScalars::new(cache, q_stride, queries);
+        let scalars = AttentionScalars::new(cache, q_stride);
         let kv_heads = kv_heads as i32;
         let mut launch = gpu.stream.launch_builder(&self.prefill);
         scalars.push(&mut launch, q, keys, values, queries);
@@ -756,19 +813,110 @@ impl CacheKernels {
         Ok(())
     }
 
+    /// The split of a decode launch over `groups` query groups (`queries` queries) whose contexts
+    /// are at most `max_context` keys, as an eager launch takes it: eight-warp blocks when there
+    /// are fewer (group, kv head) pairs than SMs, else four, and the split length whose blocks
+    /// leave each of the GPU's block slots the least work (results within `workspace`); two-warp
+    /// blocks where whole contexts of at most [`SHORT_SPLIT_KEYS`] fill the GPU anyway.
+    pub fn decode_split(
+        &self,
+        cache: &GpuKvCache,
+        workspace: &DecodeWorkspace,
+        groups: usize,
+        queries: usize,
+        max_context: usize,
+    ) -> DecodeSplit {
+        let kv_heads = cache.layout.kv_heads;
+        let build = self.split_build(groups, kv_heads);
+        let max_splits = workspace.max_splits(queries, kv_heads * self.group);
+        let slots = self.kernel(build).block_slots;
+        let (partition, splits) = choose_partition(slots, groups, kv_heads, max_context, max_splits);
+        let one_short_split = splits == 1 && max_context <= SHORT_SPLIT_KEYS;
+        let short = one_short_split && kv_heads * groups >= self.decode_short.block_slots;
+        DecodeSplit { build: if short { DecodeBuild::Short } else { build }, splits, partition }
+    }
+
+    /// The splits CUDA graphs of decode steps of `rows` sequences are captured with, for steps of
+    /// `fewest` to `rows` sequences (the rest padding) with contexts of up to `max_context` keys:
+    /// whole contexts, one block each (no reduce kernel); where some such step splits its
+    /// contexts, a grid that holds the splits [`CacheKernels::decode_split`] gives any of them;
+    /// and, where `rows` whole contexts fill the GPU with two-warp blocks, the short build for
+    /// steps whose contexts are all short. A step replays the graph whose split is
+    /// [`DecodeSplit::same_kind`] as its own, with the split length
+    /// [`CacheKernels::decode_split_in`] gives.
+    pub fn graph_decode_splits(
+        &self,
+        cache: &GpuKvCache,
+        workspace: &DecodeWorkspace,
+        fewest: usize,
+        rows: usize,
+        max_context: usize,
+    ) -> Vec<DecodeSplit> {
+        let kv_heads = cache.layout.kv_heads;
+        let build = self.split_build(rows, kv_heads);
+        let max_splits = workspace.max_splits(rows, kv_heads * self.group);
+        let slots = self.kernel(build).block_slots;
+        let whole = max_context.next_multiple_of(16).max(16);
+        let mut graphs = vec![DecodeSplit { build, splits: 1, partition: whole }];
+        let groups = fewest.clamp(1, rows)..=rows;
+        let splits = most_splits(slots, groups, kv_heads, max_context, max_splits);
+        if splits > 1 {
+            let (partition, _) = choose_partition(slots, rows, kv_heads, max_context, splits);
+            graphs.push(DecodeSplit { build, splits, partition });
+        }
+        if kv_heads * rows >= self.decode_short.block_slots {
+            graphs.push(DecodeSplit { build: DecodeBuild::Short, splits: 1, partition: SHORT_SPLIT_KEYS });
+        }
+        graphs
+    }
+
+    /// The split of a step of `groups` query groups with contexts of at most `max_context` keys,
+    /// replayed from a graph captured with `captured`: its build and grid, and the split length
+    /// [`CacheKernels::decode_split`] would choose among those the grid holds.
+    pub fn decode_split_in(
+        &self,
+        cache: &GpuKvCache,
+        captured: DecodeSplit,
+        groups: usize,
+        max_context: usize,
+    ) -> DecodeSplit {
+        let slots = self.kernel(captured.build).block_slots;
+        let kv_heads = cache.layout.kv_heads;
+        let (partition, _) = choose_partition(slots, groups, kv_heads, max_context, captured.splits);
+        DecodeSplit { partition, ..captured }
+    }
+
+    /// The build for contexts split over the GPU: eight warps where fewer (group, kv head) pairs
+    /// than SMs leave it to a few long contexts, else four.
+    fn split_build(&self, groups: usize, kv_heads: usize) -> DecodeBuild {
+        if groups * kv_heads < self.sms { DecodeBuild::Long } else { DecodeBuild::Usual }
+    }
+
+    /// The compiled kernel of `build`.
+    fn kernel(&self, build: DecodeBuild) -> &DecodeKernel {
+        match build {
+            DecodeBuild::Usual => &self.decode,
+            DecodeBuild::Short => &self.decode_short,
+            DecodeBuild::Long => &self.decode_long,
+        }
+    }
+
     /// Paged attention of single-token queries (`q`: `[queries][heads][head_dim]` bf16, with
     /// `q_stride` elements between queries) over `layer`, each with its own causal context; writes
     /// `out` (`[queries][heads][head_dim]` bf16). Serves decode (groups of one query) and prefill
-    /// (groups of consecutive positions of one sequence, which share each K/V row they read).
+    /// (groups of consecutive positions of one sequence, which share each K/V row they read),
+    /// `split` as [`CacheKernels::decode_split`] or [`CacheKernels::decode_split_in`] gave it.
     /// The sizes of the views and the layer are checked; what the device buffers hold is not.
     ///
     /// # Safety
     ///
-    /// What `queries` holds on the device is the kernels' to trust: every block id in
+    /// What `queries` holds on the device is the kernels' to trust: `geometry` is
+    /// `split.geometry(max_blocks)` for the width `max_blocks` of `block_tables`; every block id in
     /// `block_tables` is a block of this cache; each query's context length is at most
-    /// `max_blocks * block_size`; `groups` ascends to at most `num_queries`, a group holding at most
-    /// [`CacheKernels::queries_per_group`] queries ([`CacheKernels::prefill_queries_per_group`] for
-    /// prefill) of one sequence; and each entry of `group_tables` is a row of `block_tables`.
+    /// `max_blocks * block_size` and `split.splits * split.partition`; `groups` ascends to at most
+    /// `num_queries`, a group holding at most [`CacheKernels::queries_per_group`] queries
+    /// ([`CacheKernels::prefill_queries_per_group`] for prefill) of one sequence; and each entry of
+    /// `group_tables` is a row of `block_tables`.
     #[allow(clippy::too_many_arguments, unsafe_code)]
     pub unsafe fn attention(
         &self,
@@ -778,45 +926,31 @@ impl CacheKernels {
         q: &CudaView<'_, bf16>,
         q_stride: usize,
         queries: &AttentionQueries<'_>,
+        split: DecodeSplit,
         workspace: &mut DecodeWorkspace,
         out: &mut CudaSlice<bf16>,
     ) -> Result<(), GpuError> {
         self.check_attention(cache, layer, q, q_stride, queries, out)?;
-        let (batch, max_blocks) = (queries.num_queries, queries.max_blocks);
+        let batch = queries.num_queries;
         let kv_heads = cache.layout.kv_heads;
         let heads = (kv_heads * self.group) as i32;
         let softmax_scale = 1.0f32 / (self.head_dim as f32).sqrt();
-        // Fewer (group, kv head) pairs than SMs: a few long contexts, split to fill the GPU.
-        let few_contexts = queries.num_groups * kv_heads < self.sms;
-        let split_kernel = if few_contexts { &self.decode_long } else { &self.decode };
-        let (partition, splits) = workspace.partition(
-            split_kernel.block_slots,
-            queries.num_groups,
-            batch,
-            heads as usize,
-            kv_heads,
-            max_blocks * self.block_size,
-        );
+        let splits = split.splits;
         if batch * heads as usize * splits > workspace.capacity {
             return Err(GpuError::Unsupported(format!(
                 "an attention workspace for {} results, asked for {batch} queries of {heads} heads and {splits} splits",
                 workspace.capacity
             )));
         }
-        let one_short_split = splits == 1 && max_blocks * self.block_size <= SHORT_SPLIT_KEYS;
-        let kernel = if one_short_split && kv_heads * queries.num_groups >= self.decode_short.block_slots {
-            &self.decode_short
-        } else {
-            split_kernel
-        };
-        let (kv_heads_arg, max_splits, partition) = (kv_heads as i32, splits as i32, partition as i32);
+        let kernel = self.kernel(split.build);
+        let (kv_heads_arg, max_splits) = (kv_heads as i32, splits as i32);
         let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
         let config = LaunchConfig {
             grid_dim: (splits as u32, kv_heads as u32, queries.num_groups as u32),
             block_dim: (kernel.threads, 1, 1),
             shared_mem_bytes: 0,
         };
-        let scalars = AttentionScalars::new(cache, q_stride, queries);
+        let scalars = AttentionScalars::new(cache, q_stride);
         let mut launch = gpu.stream.launch_builder(&kernel.partial);
         scalars.push(&mut launch, q, keys, values, queries);
         launch
@@ -826,7 +960,6 @@ impl CacheKernels {
             .arg(&mut workspace.partial_sum)
             .arg(&kv_heads_arg)
             .arg(&max_splits)
-            .arg(&partition)
             .arg(&softmax_scale);
         // SAFETY: the arguments match decode_attention_partial's signature and the buffers' sizes
         // were checked (the workspace holds every split's results); the tables, contexts and
@@ -851,10 +984,10 @@ impl CacheKernels {
             .buffer(&workspace.partial_max)
             .buffer(&workspace.partial_sum)
             .buffer(&queries.context_lens)
+            .buffer(&queries.geometry)
             .buffer_mut(out)
             .scalar(heads)
-            .scalar(max_splits)
-            .scalar(partition);
+            .scalar(max_splits);
         // SAFETY: the arguments match decode_attention_reduce's signature; it reads only the splits
         // the partial kernel wrote, after waiting for them, and writes only `out`, which that
         // kernel does not read.
@@ -886,7 +1019,8 @@ impl CacheKernels {
         check_len("context_lens", queries.context_lens.len(), n, n)?;
         check_len("groups", queries.groups.len(), queries.num_groups + 1, n)?;
         check_len("group_tables", queries.group_tables.len(), queries.num_groups, n)?;
-        check_len("block_tables", queries.block_tables.len(), queries.max_blocks, n)
+        check_len("block_tables", queries.block_tables.len(), 1, n)?;
+        check_len("geometry", queries.geometry.len(), 2, n)
     }
 }
 
@@ -907,7 +1041,32 @@ fn check_len(what: &str, len: usize, needed: usize, tokens: usize) -> Result<(),
 
 #[cfg(test)]
 mod tests {
-    use super::int4_row_offset;
+    use super::{choose_partition, int4_row_offset, most_splits};
+
+    /// A graph's grid holds the splits of every context it may replay, found from the multiples
+    /// of 64 alone: the same as trying every context a tile apart, on H100-like slot counts.
+    #[test]
+    fn a_graphs_grid_holds_every_contexts_splits() {
+        for (slots, groups, max_context) in [(264, 1..=1, 40960), (528, 17..=32, 8000), (264, 3..=4, 5000)] {
+            let kv_heads = 8;
+            let every = (1..=max_context)
+                .flat_map(|c| groups.clone().map(move |g| choose_partition(slots, g, kv_heads, c, 1000).1))
+                .max()
+                .unwrap();
+            assert_eq!(most_splits(slots, groups.clone(), kv_heads, max_context, 1000), every);
+        }
+    }
+
+    /// Splits fill the GPU's slots without a second wave where one wave does, and never pass the
+    /// cap.
+    #[test]
+    fn one_long_context_splits_to_fill_the_gpu() {
+        // 8 kv heads on 264 slots: 32 splits of 1024 keys are 256 blocks, one wave.
+        assert_eq!(choose_partition(264, 1, 8, 32768, 1000), (1024, 32));
+        assert_eq!(choose_partition(264, 1, 8, 32768, 20), (2048, 16));
+        // A cap no partition meets: the whole context in one split.
+        assert_eq!(choose_partition(264, 1, 8, 32768, 1).1, 1);
+    }
 
     /// The interleaved INT4 row is a permutation of the CPU's bytes in which every span a decode
     /// lane reads holds an equal share of every group: a key lane's `head_dim / 8` bytes (in

@@ -84,7 +84,7 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
     const bf16_t* __restrict__ value_scale,
     long long num_slots,
     const int* __restrict__ block_tables,       // [sequences][max_blocks]
-    int max_blocks,
+    const int* __restrict__ geometry,           // [2]: max_blocks, then decode's split length (unused here)
     const int* __restrict__ context_lens,       // [queries]: a query's causal context
     const int* __restrict__ query_groups,       // [groups + 1]: each group's first query, then the end
     const int* __restrict__ group_tables,       // [groups]: the row of block_tables a group reads
@@ -97,7 +97,7 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
     const int group = blockIdx.x, kv_head = blockIdx.y;
     const int first_query = query_groups[group], queries = query_groups[group + 1] - first_query;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int* table = block_tables + (long long)group_tables[group] * max_blocks;
+    const int* table = block_tables + (long long)group_tables[group] * geometry[0];
     int context = 0;
     for (int i = 0; i < queries; ++i) context = max(context, context_lens[first_query + i]);
 

@@ -1,55 +1,61 @@
-//! Decode steps replayed from CUDA graphs: one graph per batch size (1, 2, 4, 8, then every 16 up
-//! to `max_seqs`, as nano-vllm) and table width. A step of `n` sequences replays the smallest
-//! graph of at least `n` rows whose tables hold its longest sequence, its other rows padding that
-//! stores and reads nothing. A replay is one launch where an eager step is some 300, each costing
-//! the host a few microseconds.
+//! Decode steps replayed from CUDA graphs, for batch sizes 1, 2, 4, 8, then every 16 up to
+//! `max_seqs` (as nano-vllm), each in up to three kinds of attention split
+//! ([`CacheKernels::graph_decode_splits`]): whole contexts, one thread block each; contexts split
+//! over a grid wide enough for any step of that size; and, for sizes whose short contexts fill the
+//! GPU, whole short contexts in two-warp blocks. A step of `n` sequences replays the smallest graph
+//! of at least `n` rows whose kind is its own split's, its other rows padding that stores and reads
+//! nothing. A replay is one launch where an eager step is some 300, each costing the host a few
+//! microseconds.
+//!
+//! Nothing in a graph depends on the contexts' length: attention reads the tables' width and its
+//! split length from the device ([`StepInputs::geometry`]), chosen for each replay's own
+//! contexts within the grid the graph was captured with.
 //!
 //! Graphs are captured when a step first needs one (a few milliseconds each), not all at start-up:
-//! a process serves its first token without capturing the hundred or more it may never replay.
+//! a process serves its first token without capturing the dozens it may never replay.
 //! [`GpuQwen3::capture_decode_graphs`] captures all the others at once, where steady steps are timed
 //! and before a server is ready (as vLLM captures every graph before serving).
-//!
-//! Table widths: `max_model_len`, then halved while at least [`NARROWEST_TABLE_KEYS`]. Attention
-//! splits a context by the table width it is captured with, so tables far wider than the contexts
-//! leave splits empty and part of the GPU idle (nano-vllm's workload: bf16 2% faster end to end,
-//! INT8 0-1.4% on an H200: docs/PERF.md).
 
 use nanovllm_cuda::GpuError;
 use nanovllm_cuda::cudarc::driver::CudaGraph;
 use nanovllm_cuda::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use nanovllm_kv_cache::cuda::{CacheKernels, DecodeSplit, DecodeWorkspace, GpuKvCache};
 
 use super::GpuQwen3;
 use super::step::{StepInputs, StepShape};
 
-/// The narrowest table a graph is captured with, in keys.
-const NARROWEST_TABLE_KEYS: usize = 1024;
-
-/// A decode step's shape, its rows (batch size) and table width in blocks, and its graph once
-/// captured.
+/// A decode step's batch size (its rows), the split its attention is captured with, and its graph
+/// once captured.
 struct DecodeGraph {
     rows: usize,
-    table_width: usize,
+    split: DecodeSplit,
     graph: Option<CudaGraph>,
 }
 
-/// The decode graphs, by ascending table width, then batch size.
+/// The decode graphs, by ascending batch size (several kinds of split for one size side by side).
 #[derive(Default)]
 pub(super) struct DecodeGraphs {
     graphs: Vec<DecodeGraph>,
 }
 
 impl DecodeGraphs {
-    /// Every shape for at most `max_seqs` sequences of up to `max_model_len` tokens in blocks of
-    /// `block_size`, none captured yet.
-    pub(super) fn planned(max_seqs: usize, max_model_len: usize, block_size: usize) -> Self {
-        let graphs = Self::table_widths(max_model_len, block_size)
-            .into_iter()
-            .flat_map(|table_width| {
-                Self::batch_sizes(max_seqs).into_iter().map(move |rows| DecodeGraph {
-                    rows,
-                    table_width,
-                    graph: None,
-                })
+    /// Every graph for steps of at most `max_seqs` sequences of up to `max_model_len` tokens,
+    /// none captured yet.
+    pub(super) fn planned(
+        kernels: &CacheKernels,
+        cache: &GpuKvCache,
+        workspace: &DecodeWorkspace,
+        max_seqs: usize,
+        max_model_len: usize,
+    ) -> Self {
+        let sizes = Self::batch_sizes(max_seqs);
+        let fewest = std::iter::once(1).chain(sizes.iter().map(|&rows| rows + 1));
+        let graphs = sizes
+            .iter()
+            .zip(fewest)
+            .flat_map(|(&rows, fewest)| {
+                let splits = kernels.graph_decode_splits(cache, workspace, fewest, rows, max_model_len);
+                splits.into_iter().map(move |split| DecodeGraph { rows, split, graph: None })
             })
             .collect();
         DecodeGraphs { graphs }
@@ -63,43 +69,31 @@ impl DecodeGraphs {
         sizes
     }
 
-    /// The table widths (in blocks) to capture, narrowest first, for sequences of up to
-    /// `max_model_len` tokens.
-    fn table_widths(max_model_len: usize, block_size: usize) -> Vec<usize> {
-        let mut widths = vec![max_model_len.div_ceil(block_size)];
-        while let Some(&widest) = widths.last()
-            && widest > 1
-            && widest.div_ceil(2) * block_size >= NARROWEST_TABLE_KEYS
-        {
-            widths.push(widest.div_ceil(2));
-        }
-        widths.reverse();
-        widths
+    /// The index of the graph for a decode step of `n` sequences whose own split (launched
+    /// eagerly) would be `split`.
+    fn for_step(&self, n: usize, split: &DecodeSplit) -> Option<usize> {
+        self.graphs.iter().position(|g| g.rows >= n && g.split.same_kind(split))
     }
 
-    /// The index of the graph for a decode step of `n` sequences whose longest table has
-    /// `table_width` blocks.
-    fn for_step(&self, n: usize, table_width: usize) -> Option<usize> {
-        self.graphs.iter().position(|g| g.rows >= n && g.table_width >= table_width)
-    }
-
-    /// Graph `i` of [`GpuQwen3::decode_graph`], with the rows and table width it was captured with.
-    pub(super) fn captured(&self, i: usize) -> Option<(usize, usize, &CudaGraph)> {
+    /// Graph `i` of [`GpuQwen3::decode_graph`], with the rows and split it was captured with.
+    pub(super) fn captured(&self, i: usize) -> Option<(usize, DecodeSplit, &CudaGraph)> {
         let g = &self.graphs[i];
-        g.graph.as_ref().map(|graph| (g.rows, g.table_width, graph))
+        g.graph.as_ref().map(|graph| (g.rows, g.split, graph))
     }
 
-    /// Batch sizes with graphs (each at every table width), captured or not.
+    /// Batch sizes with graphs, captured or not.
     pub(super) fn batch_sizes_planned(&self) -> usize {
-        self.graphs.iter().filter(|g| g.table_width == self.graphs[0].table_width).count()
+        let mut sizes: Vec<usize> = self.graphs.iter().map(|g| g.rows).collect();
+        sizes.dedup();
+        sizes.len()
     }
 }
 
 impl GpuQwen3 {
-    /// The graph for a decode step of `n` sequences whose longest table has `table_width` blocks,
-    /// captured now if no step has needed it yet: its index for [`DecodeGraphs::captured`].
-    pub(super) fn decode_graph(&mut self, n: usize, table_width: usize) -> Result<Option<usize>, GpuError> {
-        let Some(i) = self.graphs.for_step(n, table_width) else {
+    /// The graph for a decode step of `n` sequences whose own split would be `split`, captured
+    /// now if no step has needed it yet: its index for [`DecodeGraphs::captured`].
+    pub(super) fn decode_graph(&mut self, n: usize, split: &DecodeSplit) -> Result<Option<usize>, GpuError> {
+        let Some(i) = self.graphs.for_step(n, split) else {
             return Ok(None);
         };
         self.capture_graph(i)?;
@@ -120,21 +114,21 @@ impl GpuQwen3 {
     /// Capture graph `i` unless it is already.
     fn capture_graph(&mut self, i: usize) -> Result<(), GpuError> {
         if self.graphs.graphs[i].graph.is_none() {
-            let (rows, width) = (self.graphs.graphs[i].rows, self.graphs.graphs[i].table_width);
-            self.graphs.graphs[i].graph = Some(self.capture(rows, width)?);
+            let (rows, split) = (self.graphs.graphs[i].rows, self.graphs.graphs[i].split);
+            self.graphs.graphs[i].graph = Some(self.capture(rows, split)?);
         }
         Ok(())
     }
 
-    /// Capture a decode step of `rows` rows and tables of `table_width` blocks. Nothing runs while
+    /// Capture a decode step of `rows` rows whose attention takes `split`. Nothing runs while
     /// capturing, so the cache is untouched.
-    fn capture(&mut self, rows: usize, table_width: usize) -> Result<CudaGraph, GpuError> {
-        let step = StepInputs::padding(rows, rows, table_width);
+    fn capture(&mut self, rows: usize, split: DecodeSplit) -> Result<CudaGraph, GpuError> {
+        let step = StepInputs::padding(rows, rows, 1);
         // The inputs a replay reads are uploaded before it; these only give the shape.
         self.inputs.upload(&self.ops.gpu.stream, &step)?;
         let stream = self.ops.gpu.stream.clone();
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        let queued = self.enqueue_forward(StepShape::of(&step));
+        let queued = self.enqueue_forward(StepShape::of(&step, split));
         // End the capture even when queuing failed, so the stream is usable again.
         let graph = stream.end_capture(CUgraphInstantiate_flags(0));
         queued?;
@@ -149,12 +143,9 @@ mod tests {
     use super::DecodeGraphs;
 
     #[test]
-    fn table_widths_halve_down_to_the_narrowest() {
-        assert_eq!(DecodeGraphs::table_widths(4096, 256), [4, 8, 16]);
-        assert_eq!(DecodeGraphs::table_widths(4096, 16), [64, 128, 256]);
-        assert_eq!(DecodeGraphs::table_widths(40960, 256), [5, 10, 20, 40, 80, 160]);
-        // Tables already at or below the narrowest: one width.
-        assert_eq!(DecodeGraphs::table_widths(512, 16), [32]);
-        assert_eq!(DecodeGraphs::table_widths(1024, 256), [4]);
+    fn batch_sizes_double_to_eight_then_step_by_sixteen() {
+        assert_eq!(DecodeGraphs::batch_sizes(1), [1]);
+        assert_eq!(DecodeGraphs::batch_sizes(8), [1, 2, 4, 8]);
+        assert_eq!(DecodeGraphs::batch_sizes(40), [1, 2, 4, 8, 16, 32, 40]);
     }
 }

@@ -24,7 +24,7 @@ use nanovllm_cuda::cudarc::driver::{CudaSlice, PinnedHostSlice};
 use nanovllm_cuda::{Gpu, GpuError, KernelSource};
 use nanovllm_kv_cache::BlockId;
 use nanovllm_kv_cache::cuda::{
-    AttentionQueries, CacheKernelSources, CacheKernels, DecodeWorkspace, GpuKvCache,
+    AttentionQueries, CacheKernelSources, CacheKernels, DecodeSplit, DecodeWorkspace, GpuKvCache,
 };
 use nanovllm_kv_quant::CacheDtype;
 
@@ -307,9 +307,10 @@ impl GpuQwen3 {
     /// Run the largest step once, on padding only.
     fn warm_up(&mut self) -> Result<(), GpuError> {
         let stream = self.ops.gpu.stream.clone();
-        let warm_up = StepInputs::padding(self.limits.max_tokens, self.limits.max_seqs, 1);
+        let mut warm_up = StepInputs::padding(self.limits.max_tokens, self.limits.max_seqs, 1);
+        let split = self.decode_split(&mut warm_up);
         self.inputs.upload(&stream, &warm_up)?;
-        self.enqueue_forward(StepShape::of(&warm_up))?;
+        self.enqueue_forward(StepShape::of(&warm_up, split))?;
         Ok(stream.synchronize()?)
     }
 
@@ -322,8 +323,9 @@ impl GpuQwen3 {
         let dtype = self.cache.dtype;
         self.cache = GpuKvCache::new(&self.ops.gpu, layout, dtype)?;
         if self.limits.cuda_graphs {
-            let limits = &self.limits;
-            self.graphs = DecodeGraphs::planned(limits.max_seqs, limits.max_model_len, layout.block_size);
+            let (kernels, workspace) = (&self.cache_kernels, &self.act.workspace);
+            let (max_seqs, max_model_len) = (self.limits.max_seqs, self.limits.max_model_len);
+            self.graphs = DecodeGraphs::planned(kernels, &self.cache, workspace, max_seqs, max_model_len);
         }
         Ok(self.ops.gpu.stream.synchronize()?)
     }
@@ -337,8 +339,8 @@ impl GpuQwen3 {
         Ok(())
     }
 
-    /// Decode batch sizes replayed from CUDA graphs (0 when eager), each at several table widths,
-    /// captured or to be captured on first use.
+    /// Decode batch sizes replayed from CUDA graphs (0 when eager), captured or to be captured on
+    /// first use.
     pub fn decode_graphs(&self) -> usize {
         self.graphs.batch_sizes_planned()
     }
@@ -406,11 +408,14 @@ impl GpuQwen3 {
     /// first if no step has needed it yet); any other step launches its kernels.
     fn launch(&mut self, mut step: StepInputs) -> Result<Queued, GpuError> {
         let stream = self.ops.gpu.stream.clone();
-        let graph =
-            if step.is_decode() { self.decode_graph(step.num_tokens(), step.table_width)? } else { None };
+        let split = self.decode_split(&mut step);
+        let (n, context) = (step.num_tokens(), step.decode_context());
+        let graph = if step.is_decode() { self.decode_graph(n, &split)? } else { None };
         let started = std::time::Instant::now();
-        if let Some((rows, table_width, graph)) = graph.and_then(|i| self.graphs.captured(i)) {
-            step.pad_decode(rows, table_width);
+        if let Some((rows, captured, graph)) = graph.and_then(|i| self.graphs.captured(i)) {
+            let split = self.cache_kernels.decode_split_in(&self.cache, captured, n, context);
+            step.geometry = split.geometry(step.table_width);
+            step.pad_decode(rows);
             self.inputs.upload(&stream, &step)?;
             let upload = started.elapsed();
             graph.launch()?;
@@ -418,9 +423,24 @@ impl GpuQwen3 {
         }
         self.inputs.upload(&stream, &step)?;
         let upload = started.elapsed();
-        let shape = StepShape::of(&step);
+        let shape = StepShape::of(&step, split);
         self.enqueue_forward(shape)?;
         Ok(Queued { rows: shape.outputs, upload, replayed: false })
+    }
+
+    /// How decode attention splits `step`'s leading single queries when its kernels are launched
+    /// one by one, written into the step's geometry.
+    fn decode_split(&self, step: &mut StepInputs) -> DecodeSplit {
+        let queries = step.single_queries.max(1);
+        let split = self.cache_kernels.decode_split(
+            &self.cache,
+            &self.act.workspace,
+            queries,
+            queries,
+            step.decode_context(),
+        );
+        step.geometry = split.geometry(step.table_width);
+        split
     }
 
     /// Sample `rows` logit rows on the GPU and bring back the first `batch.samples().len()`
@@ -558,7 +578,7 @@ impl GpuQwen3 {
         let qkv_size = q_size + 2 * kv_size;
         let queries = AttentionQueries {
             block_tables: inputs.tables(),
-            max_blocks: shape.table_width,
+            geometry: inputs.geometry(),
             context_lens: inputs.context_lens(),
             groups: inputs.groups(),
             group_tables: inputs.group_tables(),
@@ -594,13 +614,16 @@ impl GpuQwen3 {
                     // only the prompt chunks take the prefill kernel's tiles of 64 rows.
                     let (decodes, chunks) = queries.split_single_queries(shape.single_queries)?;
                     if decodes.num_groups > 0 {
-                        cache_kernels
-                            .attention(&ops.gpu, cache, index, &q, qkv_size, &decodes, workspace, out)?;
+                        let split = shape.decode;
+                        cache_kernels.attention(
+                            &ops.gpu, cache, index, &q, qkv_size, &decodes, split, workspace, out,
+                        )?;
                     }
                     cache_kernels.prefill_attention(&ops.gpu, cache, index, &q, qkv_size, &chunks, out)?;
                 } else {
+                    let split = shape.decode;
                     cache_kernels
-                        .attention(&ops.gpu, cache, index, &q, qkv_size, &queries, workspace, out)?;
+                        .attention(&ops.gpu, cache, index, &q, qkv_size, &queries, split, workspace, out)?;
                 }
             }
             ops.linear(&act.attended.slice(..), &layer.o_proj, &mut act.delta.slice_mut(..), t, h, q_size)?;

@@ -12,6 +12,7 @@ use nanovllm_cuda::{Gpu, GpuError};
 use super::{GpuSample, SampleBatch};
 use crate::forward::{lay_out, logit_rows};
 use crate::{ModelError, SeqInput};
+use nanovllm_kv_cache::cuda::DecodeSplit;
 
 /// The largest step a [`GpuQwen3`](super::GpuQwen3) takes: it sizes the buffers it keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +85,9 @@ pub(super) struct StepInputs {
     /// `[sequences][table_width]` block ids.
     pub(super) tables: Vec<i32>,
     pub(super) table_width: usize,
+    /// The tables' width and decode attention's split length, as the kernels read them
+    /// ([`DecodeSplit::geometry`]): set when the step is launched, by the split it runs with.
+    pub(super) geometry: [i32; 2],
     /// The token whose logits each output row takes.
     pub(super) logit_rows: Vec<i32>,
     /// Some sequence computes more than one token: attention runs the prefill kernel.
@@ -154,22 +158,22 @@ impl StepInputs {
         self.num_groups() == n && self.logit_rows.len() == n
     }
 
-    /// Pad a decode step to `rows` tokens and its tables to `table_width`, the shape a graph was
-    /// captured with. Padding tokens store nothing (slot -1) and read nothing (context 0).
-    pub(super) fn pad_decode(&mut self, rows: usize, table_width: usize) {
+    /// The longest context of the leading single queries, which decode attention reads.
+    pub(super) fn decode_context(&self) -> usize {
+        self.context_lens[..self.single_queries].iter().max().map_or(0, |&c| c as usize)
+    }
+
+    /// Pad a decode step to `rows` tokens, the batch size a graph was captured with. Padding
+    /// tokens store nothing (slot -1) and read nothing (context 0, table row 0); the tables stay as
+    /// wide as the step's, which the kernels read from [`StepInputs::geometry`].
+    pub(super) fn pad_decode(&mut self, rows: usize) {
         let n = self.num_tokens();
-        let mut tables = vec![0; rows * table_width];
-        for (row, table) in self.tables.chunks_exact(self.table_width).enumerate() {
-            tables[row * table_width..][..table.len()].copy_from_slice(table);
-        }
-        self.tables = tables;
-        self.table_width = table_width;
         self.ids.resize(rows, 0);
         self.positions.resize(rows, 0);
         self.slots.resize(rows, -1);
         self.context_lens.resize(rows, 0);
         self.groups = (0..=rows as i32).collect();
-        self.group_tables = (0..rows as i32).collect();
+        self.group_tables.resize(rows, 0);
         self.logit_rows = (0..rows as i32).collect();
         self.single_queries = rows;
         debug_assert!(rows >= n);
@@ -187,6 +191,7 @@ impl StepInputs {
             group_tables: vec![0; rows],
             tables: vec![0; table_width],
             table_width,
+            geometry: [table_width as i32, 16],
             logit_rows: (0..outputs as i32).map(|r| r.min(rows as i32 - 1)).collect(),
             prefill: false,
             single_queries: rows,
@@ -205,6 +210,7 @@ pub(super) struct StagedInputs {
     groups: Staged<i32>,
     group_tables: Staged<i32>,
     tables: Staged<i32>,
+    geometry: Staged<i32>,
     logit_rows: Staged<i32>,
     temperatures: Staged<f32>,
     seeds: Staged<u64>,
@@ -228,6 +234,7 @@ impl StagedInputs {
             groups: Staged::new(gpu, tokens + 1)?,
             group_tables: Staged::new(gpu, tokens)?,
             tables: Staged::new(gpu, seqs * table_width)?,
+            geometry: Staged::new(gpu, 2)?,
             logit_rows: Staged::new(gpu, seqs)?,
             temperatures: Staged::new(gpu, seqs)?,
             seeds: Staged::new(gpu, seqs)?,
@@ -249,6 +256,7 @@ impl StagedInputs {
         self.groups.upload(stream, &step.groups, "attention groups")?;
         self.group_tables.upload(stream, &step.group_tables, "attention groups")?;
         self.tables.upload(stream, &step.tables, "block-table entries")?;
+        self.geometry.upload(stream, &step.geometry, "geometry values")?;
         self.logit_rows.upload(stream, &step.logit_rows, "sequences with logits")?;
         Ok(self.copied.record(stream)?)
     }
@@ -306,6 +314,9 @@ impl StagedInputs {
     }
     pub(super) fn group_tables(&self) -> CudaView<'_, i32> {
         self.group_tables.device.slice(..)
+    }
+    pub(super) fn geometry(&self) -> CudaView<'_, i32> {
+        self.geometry.device.slice(..)
     }
     pub(super) fn tables(&self) -> CudaView<'_, i32> {
         self.tables.device.slice(..)
@@ -405,26 +416,27 @@ pub(super) struct Truncation<'a> {
     pub(super) log_min_ps: &'a CudaSlice<f32>,
 }
 
-/// The sizes a queued forward pass runs with; its inputs are in [`StagedInputs`].
+/// The sizes a queued forward pass runs with, and how decode attention splits its contexts; its
+/// inputs are in [`StagedInputs`].
 #[derive(Debug, Clone, Copy)]
 pub(super) struct StepShape {
     pub(super) tokens: usize,
     pub(super) groups: usize,
     pub(super) outputs: usize,
-    pub(super) table_width: usize,
     pub(super) prefill: bool,
     pub(super) single_queries: usize,
+    pub(super) decode: DecodeSplit,
 }
 
 impl StepShape {
-    pub(super) fn of(step: &StepInputs) -> Self {
+    pub(super) fn of(step: &StepInputs, decode: DecodeSplit) -> Self {
         StepShape {
             tokens: step.num_tokens(),
             groups: step.num_groups(),
             outputs: step.logit_rows.len(),
-            table_width: step.table_width,
             prefill: step.prefill,
             single_queries: step.single_queries,
+            decode,
         }
     }
 }
@@ -483,6 +495,8 @@ mod tests {
         // The leading rows are groups of one: the decode kernel's queries 0 and 1.
         assert_eq!(step.groups, [0, 1, 2, 5, 6]);
         assert_eq!(step.group_tables, [0, 1, 2, 3]);
+        // Decode attention reads the decode rows' contexts alone (positions 4 and 1).
+        assert_eq!(step.decode_context(), 5);
     }
 
     #[test]
@@ -502,15 +516,16 @@ mod tests {
             .collect();
         let mut step = StepInputs::new(&seqs, per_group, 16, BLOCK_SIZE, 8).unwrap();
         assert!(!step.prefill && step.is_decode());
-        step.pad_decode(4, 3);
+        assert_eq!(step.decode_context(), 6);
+        step.pad_decode(4);
         assert_eq!(step.ids, [6, 7, 10, 0]);
         assert_eq!(step.slots, [5, 8, 14, -1]);
         assert_eq!(step.context_lens, [6, 1, 3, 0]);
         assert_eq!(step.groups, [0, 1, 2, 3, 4]);
-        assert_eq!(step.group_tables, [0, 1, 2, 3]);
-        assert_eq!(step.tables, [0, 1, 0, 2, 0, 0, 3, 0, 0, 0, 0, 0]);
+        assert_eq!(step.group_tables, [0, 1, 2, 0]);
+        // The tables keep the step's width: a graph reads it from the device.
+        assert_eq!((step.table_width, step.tables.as_slice()), (2, &[0, 1, 2, 0, 3, 0][..]));
         assert_eq!(step.logit_rows, [0, 1, 2, 3]);
-        assert_eq!(StepShape::of(&step).table_width, 3);
     }
 
     #[test]
