@@ -23,8 +23,8 @@
 //
 // Grid (max_splits, kv_heads, groups): a thread block takes `partition` key tokens (a multiple of
 // 16, chosen per step so that small batches still fill the GPU; splits past a context read nothing)
-// of one group's sequence for one kv head; its warps take tiles of 16 key tokens in turn, each with its own online softmax, and
-// combine at the end. Per tile a warp computes S^T = K Q^T as m16n8k16 MMAs (the tile's 16 keys
+// of one group's sequence for one kv head; its warps take tiles of 16 key tokens in turn, each with
+// its own online softmax, and combine at the end. Per tile a warp computes S^T = K Q^T as m16n8k16 MMAs (the tile's 16 keys
 // are the MMA's rows, the 8 rows of the group its columns: no zero padding), turns the scores into
 // P^T's operand with two 8x8 transposes (movmatrix), and computes O^T += V^T P^T. The reduce kernel
 // combines the splits (log-sum-exp) into bf16.
