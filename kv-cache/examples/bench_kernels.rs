@@ -217,7 +217,7 @@ fn bench_decode(
     let mut workspace = DecodeWorkspace::new(gpu, shape.batch, shape.batch, shape.heads, d, shape.context)?;
     // Decode: each query is a group of one, reading its own sequence's table.
     let groups = gpu.stream.clone_htod(&(0..=shape.batch as i32).collect::<Vec<_>>())?;
-    let split = kernels.decode_split(&caches[0], &workspace, shape.batch, shape.batch, shape.context);
+    let split = kernels.split_planner(&caches[0], &workspace).eager(shape.batch, shape.batch, shape.context);
     let geometry = gpu.stream.clone_htod(&split.geometry(blocks_per_seq))?;
     let queries = AttentionQueries {
         block_tables: tables.slice(..),

@@ -580,7 +580,8 @@ fn attention_kernels_match_the_reference() {
             let max_context = *query_contexts.iter().max().unwrap();
             let mut workspace =
                 DecodeWorkspace::new(&gpu, batch, batch, case.heads, case.head_dim, 4 * max_context).unwrap();
-            let split = kernels.decode_split(&cache, &workspace, num_groups, batch, max_context);
+            let planner = kernels.split_planner(&cache, &workspace);
+            let split = planner.eager(num_groups, batch, max_context);
             // These queries over tables of this geometry (the tables' width and a split length).
             let with_geometry = |geometry| AttentionQueries {
                 block_tables: tables_gpu.slice(..),
@@ -621,9 +622,9 @@ fn attention_kernels_match_the_reference() {
                 );
                 // As a CUDA graph replays it: the widest grid captured for contexts up to four
                 // times as long, the split length chosen for these contexts within it.
-                let graphs = kernels.graph_decode_splits(&cache, ws, num_groups, num_groups, 4 * max_context);
+                let graphs = planner.graphs(num_groups, num_groups, 4 * max_context);
                 let captured = graphs.into_iter().max_by_key(|split| split.splits).unwrap();
-                let replay = kernels.decode_split_in(&cache, captured, num_groups, max_context);
+                let replay = planner.replay(captured, num_groups, max_context);
                 let geometry = gpu.stream.clone_htod(&replay.geometry(max_blocks)).unwrap();
                 let replayed = with_geometry(geometry.slice(..));
                 let mut graph_out = gpu.stream.clone_htod(&vec![bf16::NAN; out.len()]).unwrap();

@@ -16,6 +16,10 @@ use nanovllm_kv_quant::CacheDtype;
 
 use crate::CacheLayout;
 
+mod split;
+use split::{DecodeBuild, PARTITIONS};
+pub use split::{DecodeSplit, SplitPlanner};
+
 const STORE_CU: &str = include_str!("store.cu");
 const MMA_CUH: &str = include_str!("mma.cuh");
 const LAYOUT_CUH: &str = include_str!("layout.cuh");
@@ -24,17 +28,6 @@ const PREFILL_CU: &str = include_str!("prefill_attention.cu");
 /// (query, head) rows of one thread block of prefill attention.
 const PREFILL_ROWS: usize = 64;
 
-/// Tokens per split of decode attention, longest first: a context is cut into splits, each a
-/// thread block. Each launch picks one by `choose_partition`'s cost: long splits spread
-/// a block's setup and combining over many keys (2048 measured faster than 512 for batches:
-/// docs/perf-history.md, version 16), short ones let a few long contexts fill the GPU. Multiples of 16.
-const PARTITIONS: [usize; 7] = [4096, 2048, 1024, 512, 256, 128, 64];
-/// A thread block's fixed work (loading q, combining its warps, writing its results), in keys
-/// of streaming: its cost in `choose_partition`.
-const BLOCK_SETUP_KEYS: usize = 256;
-/// The reduce kernel's launch when a context takes more than one split, in keys of one block's
-/// streaming.
-const REDUCE_KEYS: usize = 128;
 /// Threads of one reduce block (`MAX_REDUCE_THREADS` in decode_attention.cu).
 const REDUCE_THREADS: usize = 512;
 /// The reduce kernel's block for `rows` (query, head) rows of `splits` splits: (dims, groups).
@@ -73,7 +66,7 @@ fn store_passes(dtype: CacheDtype) -> u32 {
 struct DecodeWarps {
     /// Most launches: four warps.
     usual: usize,
-    /// Every block a whole context of at most [`SHORT_SPLIT_KEYS`] (16 tiles per warp), and enough
+    /// Every block a whole context of at most 1,024 keys (16 tiles per warp), and enough
     /// of them to fill the GPU anyway: two warps per block halve how often blocks start and end
     /// (0.6B 256 x 1024 INT8 3% faster; one warp per block reads too narrowly and is up to 2.4x
     /// slower: docs/perf-history.md, version 25).
@@ -93,47 +86,6 @@ impl DecodeWarps {
             Some(w) => DecodeWarps { usual: w, short: w, long: w },
             None => DecodeWarps { usual: 4, short: 2, long: if head_dim <= 128 { 8 } else { 4 } },
         }
-    }
-}
-
-/// Contexts of at most this many keys, one per block, run as two-warp blocks when they fill the
-/// GPU ([`DecodeWarps::short`]).
-const SHORT_SPLIT_KEYS: usize = 1024;
-
-/// Which build of decode attention a launch runs ([`DecodeWarps`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DecodeBuild {
-    Usual,
-    Short,
-    Long,
-}
-
-/// How one decode attention launch splits its contexts over thread blocks. The build and the
-/// grid's `splits` are fixed when the launch is queued (or captured in a CUDA graph); the split
-/// length is read from the device when it runs ([`AttentionQueries::geometry`]), so that a graph
-/// captured once for a batch size splits each replay's contexts by their own length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecodeSplit {
-    build: DecodeBuild,
-    /// Thread blocks per (query group, kv head): the grid's width, and the stride of the
-    /// workspace's results. 1: each block writes its context's output, with no reduce kernel.
-    pub splits: usize,
-    /// Keys per split, a multiple of 16, at most `splits` of them covering every context.
-    pub partition: usize,
-}
-
-impl DecodeSplit {
-    /// What [`AttentionQueries::geometry`] holds for this split over block tables `table_width`
-    /// blocks wide.
-    pub fn geometry(&self, table_width: usize) -> [i32; 2] {
-        [table_width as i32, self.partition as i32]
-    }
-
-    /// Whether a graph captured with `self` serves a step whose own split is `other`: both the
-    /// short build, or both whole contexts in other builds, or both split.
-    pub fn same_kind(&self, other: &DecodeSplit) -> bool {
-        let short = |s: &DecodeSplit| s.build == DecodeBuild::Short;
-        short(self) == short(other) && (self.splits == 1) == (other.splits == 1)
     }
 }
 
@@ -427,73 +379,6 @@ impl DecodeWorkspace {
             capacity,
         })
     }
-
-    /// The most splits a launch of `queries` queries of `heads` heads may take: its results must
-    /// fit.
-    fn max_splits(&self, queries: usize, heads: usize) -> usize {
-        self.capacity / (queries * heads).max(1)
-    }
-}
-
-/// The split length for `groups` query groups with contexts up to `max_context`, and the splits
-/// it makes: the one whose thread blocks, run in waves over the GPU's `slots` (SMs x resident
-/// blocks per SM), leave each slot the least work, counting each block's setup and the reduce
-/// kernel (ties go to the longer split). Only partitions of at most `max_splits` splits count; if
-/// none does, the whole context is one split.
-fn choose_partition(
-    slots: usize,
-    groups: usize,
-    kv_heads: usize,
-    max_context: usize,
-    max_splits: usize,
-) -> (usize, usize) {
-    let mut chosen = (max_context.next_multiple_of(16).max(16), 1);
-    let mut least = usize::MAX;
-    let tuned = tuned_partition();
-    for partition in PARTITIONS.into_iter().filter(|&p| tuned.is_none_or(|t| t == p)) {
-        let splits = max_context.div_ceil(partition).max(1);
-        if splits > max_splits {
-            continue;
-        }
-        let waves = (groups * kv_heads * splits).div_ceil(slots.max(1));
-        let reduce = if splits > 1 { REDUCE_KEYS } else { 0 };
-        let cost = waves * (partition.min(max_context) + BLOCK_SETUP_KEYS) + reduce;
-        if cost < least {
-            (least, chosen) = (cost, (partition, splits));
-        }
-    }
-    chosen
-}
-
-/// The most splits [`choose_partition`] gives a launch of any of `groups` query groups with any
-/// context of at most `max_context` keys: the grid a CUDA graph for those launches needs.
-fn most_splits(
-    slots: usize,
-    groups: std::ops::RangeInclusive<usize>,
-    kv_heads: usize,
-    max_context: usize,
-    max_splits: usize,
-) -> usize {
-    // The splits change only where a context crosses a multiple of the shortest partition, and
-    // within such a stretch its end favours splitting most (one split costs more the longer it is).
-    let shortest = PARTITIONS[PARTITIONS.len() - 1];
-    let contexts = (shortest..max_context).step_by(shortest).chain([max_context]);
-    contexts
-        .flat_map(|context| {
-            groups.clone().map(move |g| choose_partition(slots, g, kv_heads, context, max_splits).1)
-        })
-        .max()
-        .unwrap_or(1)
-}
-
-/// `NANOVLLM_DECODE_PARTITION` (one of [`PARTITIONS`]): every launch takes that split length where
-/// its results fit the workspace, for tuning.
-fn tuned_partition() -> Option<usize> {
-    static TUNED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *TUNED.get_or_init(|| {
-        let tuned = std::env::var("NANOVLLM_DECODE_PARTITION").ok().and_then(|v| v.parse().ok());
-        tuned.filter(|p| PARTITIONS.contains(p))
-    })
 }
 
 /// The scalars both attention kernels take among their first arguments, alive for a launch.
@@ -813,83 +698,11 @@ impl CacheKernels {
         Ok(())
     }
 
-    /// The split of a decode launch over `groups` query groups (`queries` queries) whose contexts
-    /// are at most `max_context` keys, as an eager launch takes it: eight-warp blocks when there
-    /// are fewer (group, kv head) pairs than SMs, else four, and the split length whose blocks
-    /// leave each of the GPU's block slots the least work (results within `workspace`); two-warp
-    /// blocks where whole contexts of at most [`SHORT_SPLIT_KEYS`] fill the GPU anyway.
-    pub fn decode_split(
-        &self,
-        cache: &GpuKvCache,
-        workspace: &DecodeWorkspace,
-        groups: usize,
-        queries: usize,
-        max_context: usize,
-    ) -> DecodeSplit {
-        let kv_heads = cache.layout.kv_heads;
-        let build = self.split_build(groups, kv_heads);
-        let max_splits = workspace.max_splits(queries, kv_heads * self.group);
-        let slots = self.kernel(build).block_slots;
-        let (partition, splits) = choose_partition(slots, groups, kv_heads, max_context, max_splits);
-        let one_short_split = splits == 1 && max_context <= SHORT_SPLIT_KEYS;
-        let short = one_short_split && kv_heads * groups >= self.decode_short.block_slots;
-        DecodeSplit { build: if short { DecodeBuild::Short } else { build }, splits, partition }
-    }
-
-    /// The splits CUDA graphs of decode steps of `rows` sequences are captured with, for steps of
-    /// `fewest` to `rows` sequences (the rest padding) with contexts of up to `max_context` keys:
-    /// whole contexts, one block each (no reduce kernel); where some such step splits its
-    /// contexts, a grid that holds the splits [`CacheKernels::decode_split`] gives any of them;
-    /// and, where `rows` whole contexts fill the GPU with two-warp blocks, the short build for
-    /// steps whose contexts are all short. A step replays the graph whose split is
-    /// [`DecodeSplit::same_kind`] as its own, with the split length
-    /// [`CacheKernels::decode_split_in`] gives.
-    pub fn graph_decode_splits(
-        &self,
-        cache: &GpuKvCache,
-        workspace: &DecodeWorkspace,
-        fewest: usize,
-        rows: usize,
-        max_context: usize,
-    ) -> Vec<DecodeSplit> {
-        let kv_heads = cache.layout.kv_heads;
-        let build = self.split_build(rows, kv_heads);
-        let max_splits = workspace.max_splits(rows, kv_heads * self.group);
-        let slots = self.kernel(build).block_slots;
-        let whole = max_context.next_multiple_of(16).max(16);
-        let mut graphs = vec![DecodeSplit { build, splits: 1, partition: whole }];
-        let groups = fewest.clamp(1, rows)..=rows;
-        let splits = most_splits(slots, groups, kv_heads, max_context, max_splits);
-        if splits > 1 {
-            let (partition, _) = choose_partition(slots, rows, kv_heads, max_context, splits);
-            graphs.push(DecodeSplit { build, splits, partition });
-        }
-        if kv_heads * rows >= self.decode_short.block_slots {
-            graphs.push(DecodeSplit { build: DecodeBuild::Short, splits: 1, partition: SHORT_SPLIT_KEYS });
-        }
-        graphs
-    }
-
-    /// The split of a step of `groups` query groups with contexts of at most `max_context` keys,
-    /// replayed from a graph captured with `captured`: its build and grid, and the split length
-    /// [`CacheKernels::decode_split`] would choose among those the grid holds.
-    pub fn decode_split_in(
-        &self,
-        cache: &GpuKvCache,
-        captured: DecodeSplit,
-        groups: usize,
-        max_context: usize,
-    ) -> DecodeSplit {
-        let slots = self.kernel(captured.build).block_slots;
-        let kv_heads = cache.layout.kv_heads;
-        let (partition, _) = choose_partition(slots, groups, kv_heads, max_context, captured.splits);
-        DecodeSplit { partition, ..captured }
-    }
-
-    /// The build for contexts split over the GPU: eight warps where fewer (group, kv head) pairs
-    /// than SMs leave it to a few long contexts, else four.
-    fn split_build(&self, groups: usize, kv_heads: usize) -> DecodeBuild {
-        if groups * kv_heads < self.sms { DecodeBuild::Long } else { DecodeBuild::Usual }
+    /// The splits of decode launches over `cache` with `workspace`: this GPU's SMs and the block
+    /// slots of each build (from the occupancy API).
+    pub fn split_planner(&self, cache: &GpuKvCache, workspace: &DecodeWorkspace) -> SplitPlanner {
+        let slots = [&self.decode, &self.decode_short, &self.decode_long].map(|k| k.block_slots);
+        SplitPlanner::new(self.sms, slots, cache.layout.kv_heads, self.group, workspace.capacity)
     }
 
     /// The compiled kernel of `build`.
@@ -905,7 +718,7 @@ impl CacheKernels {
     /// `q_stride` elements between queries) over `layer`, each with its own causal context; writes
     /// `out` (`[queries][heads][head_dim]` bf16). Serves decode (groups of one query) and prefill
     /// (groups of consecutive positions of one sequence, which share each K/V row they read),
-    /// `split` as [`CacheKernels::decode_split`] or [`CacheKernels::decode_split_in`] gave it.
+    /// `split` as [`SplitPlanner::eager`] or [`SplitPlanner::replay`] gave it.
     /// The sizes of the views and the layer are checked; what the device buffers hold is not.
     ///
     /// # Safety
@@ -1041,32 +854,7 @@ fn check_len(what: &str, len: usize, needed: usize, tokens: usize) -> Result<(),
 
 #[cfg(test)]
 mod tests {
-    use super::{choose_partition, int4_row_offset, most_splits};
-
-    /// A graph's grid holds the splits of every context it may replay, found from the multiples
-    /// of 64 alone: the same as trying every context a tile apart, on H100-like slot counts.
-    #[test]
-    fn a_graphs_grid_holds_every_contexts_splits() {
-        for (slots, groups, max_context) in [(264, 1..=1, 40960), (528, 17..=32, 8000), (264, 3..=4, 5000)] {
-            let kv_heads = 8;
-            let every = (1..=max_context)
-                .flat_map(|c| groups.clone().map(move |g| choose_partition(slots, g, kv_heads, c, 1000).1))
-                .max()
-                .unwrap();
-            assert_eq!(most_splits(slots, groups.clone(), kv_heads, max_context, 1000), every);
-        }
-    }
-
-    /// Splits fill the GPU's slots without a second wave where one wave does, and never pass the
-    /// cap.
-    #[test]
-    fn one_long_context_splits_to_fill_the_gpu() {
-        // 8 kv heads on 264 slots: 32 splits of 1024 keys are 256 blocks, one wave.
-        assert_eq!(choose_partition(264, 1, 8, 32768, 1000), (1024, 32));
-        assert_eq!(choose_partition(264, 1, 8, 32768, 20), (2048, 16));
-        // A cap no partition meets: the whole context in one split.
-        assert_eq!(choose_partition(264, 1, 8, 32768, 1).1, 1);
-    }
+    use super::int4_row_offset;
 
     /// The interleaved INT4 row is a permutation of the CPU's bytes in which every span a decode
     /// lane reads holds an equal share of every group: a key lane's `head_dim / 8` bytes (in

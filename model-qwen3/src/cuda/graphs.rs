@@ -1,6 +1,6 @@
 //! Decode steps replayed from CUDA graphs, for batch sizes 1, 2, 4, 8, then every 16 up to
 //! `max_seqs` (as nano-vllm), each in up to three kinds of attention split
-//! ([`CacheKernels::graph_decode_splits`]): whole contexts, one thread block each; contexts split
+//! ([`SplitPlanner::graphs`]): whole contexts, one thread block each; contexts split
 //! over a grid wide enough for any step of that size; and, for sizes whose short contexts fill the
 //! GPU, whole short contexts in two-warp blocks. A step of `n` sequences replays the smallest graph
 //! of at least `n` rows whose kind is its own split's, its other rows padding that stores and reads
@@ -19,7 +19,7 @@
 use nanovllm_cuda::GpuError;
 use nanovllm_cuda::cudarc::driver::CudaGraph;
 use nanovllm_cuda::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use nanovllm_kv_cache::cuda::{CacheKernels, DecodeSplit, DecodeWorkspace, GpuKvCache};
+use nanovllm_kv_cache::cuda::{DecodeSplit, SplitPlanner};
 
 use super::GpuQwen3;
 use super::step::{StepInputs, StepShape};
@@ -41,21 +41,15 @@ pub(super) struct DecodeGraphs {
 impl DecodeGraphs {
     /// Every graph for steps of at most `max_seqs` sequences of up to `max_model_len` tokens,
     /// none captured yet.
-    pub(super) fn planned(
-        kernels: &CacheKernels,
-        cache: &GpuKvCache,
-        workspace: &DecodeWorkspace,
-        max_seqs: usize,
-        max_model_len: usize,
-    ) -> Self {
+    pub(super) fn planned(splits: &SplitPlanner, max_seqs: usize, max_model_len: usize) -> Self {
         let sizes = Self::batch_sizes(max_seqs);
         let fewest = std::iter::once(1).chain(sizes.iter().map(|&rows| rows + 1));
         let graphs = sizes
             .iter()
             .zip(fewest)
             .flat_map(|(&rows, fewest)| {
-                let splits = kernels.graph_decode_splits(cache, workspace, fewest, rows, max_model_len);
-                splits.into_iter().map(move |split| DecodeGraph { rows, split, graph: None })
+                let kinds = splits.graphs(fewest, rows, max_model_len);
+                kinds.into_iter().map(move |split| DecodeGraph { rows, split, graph: None })
             })
             .collect();
         DecodeGraphs { graphs }
@@ -140,7 +134,41 @@ impl GpuQwen3 {
 
 #[cfg(test)]
 mod tests {
+    use nanovllm_kv_cache::cuda::SplitPlanner;
+    use proptest::prelude::*;
+
     use super::DecodeGraphs;
+
+    proptest! {
+        /// Every decode step finds a graph of its eager split's kind, and the split it replays
+        /// with covers each context within the grid the graph was captured with and fits the
+        /// workspace, whatever the GPU, the model's heads and the limits.
+        #[test]
+        fn every_decode_step_replays_a_graph_whose_grid_holds_its_splits(
+            sms in 1usize..200,
+            blocks_per_sm in (1usize..5, 1usize..12, 1usize..3),
+            (kv_heads, group) in (1usize..9, 1usize..9),
+            (max_seqs, max_model_len) in (1usize..300, 1usize..50_000),
+            results_per_query in 1usize..64,
+            (step_share, context_share) in (0.0f64..=1.0, 0.0f64..=1.0),
+        ) {
+            let slots = [blocks_per_sm.0, blocks_per_sm.1, blocks_per_sm.2].map(|b| sms * b);
+            let capacity = kv_heads * group * max_seqs * results_per_query;
+            let planner = SplitPlanner::new(sms, slots, kv_heads, group, capacity);
+            let graphs = DecodeGraphs::planned(&planner, max_seqs, max_model_len);
+            let n = ((max_seqs as f64 * step_share) as usize).clamp(1, max_seqs);
+            let context = (max_model_len as f64 * context_share) as usize;
+            let eager = planner.eager(n, n, context);
+            let i = graphs.for_step(n, &eager).expect("a graph for every decode step");
+            let graph = &graphs.graphs[i];
+            prop_assert!(graph.rows >= n && graph.split.same_kind(&eager));
+            let replay = planner.replay(graph.split, n, context);
+            prop_assert_eq!(replay.splits, graph.split.splits);
+            prop_assert!(replay.partition.is_multiple_of(16) && replay.partition >= 16);
+            prop_assert!(context.div_ceil(replay.partition) <= replay.splits, "{replay:?} for {context} keys");
+            prop_assert!(graph.rows * kv_heads * group * replay.splits <= capacity);
+        }
+    }
 
     #[test]
     fn batch_sizes_double_to_eight_then_step_by_sixteen() {

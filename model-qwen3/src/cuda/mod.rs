@@ -25,6 +25,7 @@ use nanovllm_cuda::{Gpu, GpuError, KernelSource};
 use nanovllm_kv_cache::BlockId;
 use nanovllm_kv_cache::cuda::{
     AttentionQueries, CacheKernelSources, CacheKernels, DecodeSplit, DecodeWorkspace, GpuKvCache,
+    SplitPlanner,
 };
 use nanovllm_kv_quant::CacheDtype;
 
@@ -210,6 +211,8 @@ pub struct GpuQwen3 {
     weights: GpuWeights,
     cache_kernels: CacheKernels,
     cache: GpuKvCache,
+    /// How decode attention splits contexts over this GPU, for this cache and workspace.
+    splits: SplitPlanner,
     inputs: StagedInputs,
     act: Activations,
     /// Host seconds from the start of each sampled step until its work was queued (laying out and
@@ -282,14 +285,17 @@ impl GpuQwen3 {
             weights_seconds = started.elapsed().as_secs_f64() - kernels_seconds,
             "kernels loaded and weights uploaded"
         );
+        let cache = GpuKvCache::new(gpu, c.cache_layout(1, block_size), dtype)?;
+        let act = Activations::new(gpu, &c, &limits, vocab.len())?;
         Ok(GpuQwen3 {
             ops,
             ranks: None,
             weights,
+            splits: cache_kernels.split_planner(&cache, &act.workspace),
             cache_kernels,
-            cache: GpuKvCache::new(gpu, c.cache_layout(1, block_size), dtype)?,
+            cache,
             inputs: StagedInputs::new(gpu, &limits, block_size)?,
-            act: Activations::new(gpu, &c, &limits, vocab.len())?,
+            act,
             graphs: DecodeGraphs::default(),
             vocab,
             config: c,
@@ -323,9 +329,8 @@ impl GpuQwen3 {
         let dtype = self.cache.dtype;
         self.cache = GpuKvCache::new(&self.ops.gpu, layout, dtype)?;
         if self.limits.cuda_graphs {
-            let (kernels, workspace) = (&self.cache_kernels, &self.act.workspace);
             let (max_seqs, max_model_len) = (self.limits.max_seqs, self.limits.max_model_len);
-            self.graphs = DecodeGraphs::planned(kernels, &self.cache, workspace, max_seqs, max_model_len);
+            self.graphs = DecodeGraphs::planned(&self.splits, max_seqs, max_model_len);
         }
         Ok(self.ops.gpu.stream.synchronize()?)
     }
@@ -413,7 +418,7 @@ impl GpuQwen3 {
         let graph = if step.is_decode() { self.decode_graph(n, &split)? } else { None };
         let started = std::time::Instant::now();
         if let Some((rows, captured, graph)) = graph.and_then(|i| self.graphs.captured(i)) {
-            let split = self.cache_kernels.decode_split_in(&self.cache, captured, n, context);
+            let split = self.splits.replay(captured, n, context);
             step.geometry = split.geometry(step.table_width);
             step.pad_decode(rows);
             self.inputs.upload(&stream, &step)?;
@@ -432,13 +437,7 @@ impl GpuQwen3 {
     /// one by one, written into the step's geometry.
     fn decode_split(&self, step: &mut StepInputs) -> DecodeSplit {
         let queries = step.single_queries.max(1);
-        let split = self.cache_kernels.decode_split(
-            &self.cache,
-            &self.act.workspace,
-            queries,
-            queries,
-            step.decode_context(),
-        );
+        let split = self.splits.eager(queries, queries, step.decode_context());
         step.geometry = split.geometry(step.table_width);
         split
     }
