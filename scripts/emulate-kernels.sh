@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The INT4 cache kernels (store, decode and prefill attention) run on the host, without a GPU:
+# The INT4 cache kernels (store, decode attention and its reduce kernel, prefill attention) run on
+# the host, without a GPU:
 # kv-cache/emulation/ emulates the CUDA they use (a std::thread per CUDA thread, warp collectives
 # by exchange; its MMA sums in fp32) and checks them against a reference, for every head size and
 # several groups, block sizes, warps and splits, on fresh random inputs each run (the seed is
@@ -23,9 +24,12 @@ kvq = kvq[:kvq.index('#if __CUDA_ARCH__ >= 890')]
 kvq = re.sub(r'__device__ __forceinline__ float kv_max_nan\(float a, float b\) \{.*?\n\}',
              'inline float kv_max_nan(float a, float b) { return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b); }',
              kvq, flags=re.S)
-# decode: the partial kernel (the reduce kernel waits on a dependent launch; the test combines).
+# decode: the partial and reduce kernels; the reduce kernel's dynamic shared memory (a weight and a
+# sum per split) becomes a static array.
 decode = read('kv-cache/src/cuda/decode_attention.cu')
-decode = decode[:decode.index('// A sum or maximum over the block')]
+dynamic = 'extern __shared__ float s_weight[];'
+assert dynamic in decode
+decode = decode.replace(dynamic, 'static float s_weight[2 * 1024];')
 # prefill: ldmatrix and the fp16 multiplication by their host versions.
 prefill = re.sub(r'__device__ __forceinline__ void ldmatrix_x2_trans\(.*?\n\}\n', '', read('kv-cache/src/cuda/prefill_attention.cu'), flags=re.S)
 prefill = prefill.replace('asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(r), "r"(ratio));', 'r = mul_f16x2(r, ratio);')
@@ -47,7 +51,7 @@ for shape in "128 2 16 128" "128 4 256 128" "64 8 32 64" "256 1 16 256" "128 8 3
   read -r head_dim group block threads <<< "$shape"
   build -DHEAD_DIM=$head_dim -DGROUP=$group -DBLOCK_SIZE=$block -DTHREADS=$threads -o "$work/decode" "$work/decode_int4.cpp"
   # split length, then splits in the grid past the contexts' (a graph captured for longer ones)
-  for splits in "4096 0" "32 0" "16 0" "4096 2" "32 3"; do "$work/decode" "$seed" $splits || status=1; done
+  for splits in "4096 0" "32 0" "16 0" "4096 2" "32 3" "16 6"; do "$work/decode" "$seed" $splits || status=1; done
   build -DHEAD_DIM=$head_dim -DGROUP=$group -DBLOCK_SIZE=$block -o "$work/prefill" "$work/prefill_int4.cpp"
   "$work/prefill" "$seed" 70 || status=1
 done

@@ -1,9 +1,10 @@
-// INT4 decode attention (decode_attention_partial) emulated on the host, against the reference of
-// int4_cache.h: sequences of several lengths, each query its own group; with one split the kernel
-// writes bf16 outputs, with more its partial results are combined here as the reduce kernel does.
-// Built by scripts/emulate-kernels.sh with HEAD_DIM, GROUP, BLOCK_SIZE, THREADS; arguments: seed,
-// split length, and how many more splits the grid has than the contexts need (as a CUDA graph
-// captured for longer contexts launches it).
+// INT4 decode attention (decode_attention_partial, then decode_attention_reduce when a context
+// takes more than one split) emulated on the host, against the reference of int4_cache.h:
+// sequences of several lengths, each query its own group. The reduce kernel runs in both of its
+// shapes (each row's dims in one block, or over blocks of 32). Built by scripts/emulate-kernels.sh
+// with HEAD_DIM, GROUP, BLOCK_SIZE, THREADS; arguments: seed, split length, and how many more
+// splits the grid has than the contexts need (as a CUDA graph captured for longer ones launches
+// it).
 #define MIN_BLOCKS 1
 #include "int4_build.h"
 #include "decode_attention.cu"
@@ -32,29 +33,29 @@ int main(int argc, char** argv) {
                                  geometry, lens.data(), query_groups.data(), group_tables.data(), out.data(),
                                  part_out.data(), part_max.data(), part_sum.data(), kv_heads, splits, softmax_scale);
     });
+    // With more than one split the partial kernel leaves out bf16 outputs: the reduce kernel
+    // writes them, one thread group per 8 splits as the launch sizes it, from partial results of
+    // which those past each context were never written (NaN).
+    std::vector<std::vector<uint16_t>> outs;
+    if (splits == 1) outs.push_back(out);
+    for (int dims : {HEAD_DIM, 32}) {
+        if (splits == 1) break;
+        const unsigned groups = std::clamp((splits + 7) / 8, 1, 512 / dims);
+        std::vector<uint16_t> reduced(out.size(), 0xffff);
+        launch({(unsigned)heads, (unsigned)batch, (unsigned)(HEAD_DIM / dims)}, {(unsigned)dims, groups, 1}, [&] {
+            decode_attention_reduce(part_out.data(), part_max.data(), part_sum.data(), lens.data(), geometry,
+                                    reduced.data(), heads, splits);
+        });
+        outs.push_back(reduced);
+    }
     Error error;
-    for (int b = 0; b < batch; ++b)
-        for (int head = 0; head < heads; ++head) {
-            const size_t row = (size_t)b * heads + head;
-            const auto want = cache.attend(&q[row * HEAD_DIM], b, lens[b], head / GROUP, softmax_scale);
-            const int used = (lens[b] + partition - 1) / partition;
-            double top = -1e300;
-            for (int s = 0; s < used; ++s) top = std::max(top, (double)part_max[row * splits + s]);
-            for (int d = 0; d < HEAD_DIM; ++d) {
-                double got = from_bf16(out[row * HEAD_DIM + d]);
-                if (splits > 1) {
-                    double num = 0, den = 0;
-                    for (int s = 0; s < used; ++s) {
-                        const size_t at = row * splits + s;
-                        const double w = std::exp(part_max[at] - top);
-                        num += w * part_out[at * HEAD_DIM + d];
-                        den += w * part_sum[at];
-                    }
-                    got = num / den;
-                }
-                error.add(got, want[d]);
+    for (const auto& got : outs)
+        for (int b = 0; b < batch; ++b)
+            for (int head = 0; head < heads; ++head) {
+                const size_t row = (size_t)b * heads + head;
+                const auto want = cache.attend(&q[row * HEAD_DIM], b, lens[b], head / GROUP, softmax_scale);
+                for (int d = 0; d < HEAD_DIM; ++d) error.add(from_bf16(got[row * HEAD_DIM + d]), want[d]);
             }
-        }
     char what[128];
     snprintf(what, sizeof what, "decode HEAD_DIM %d GROUP %d BLOCK_SIZE %d THREADS %d, %d split(s)", HEAD_DIM, GROUP,
              BLOCK_SIZE, THREADS, splits);

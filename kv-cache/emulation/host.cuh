@@ -2,7 +2,8 @@
 // std::thread per CUDA thread, one thread block at a time; warp collectives (shuffles, votes, and
 // the MMA and transposes of mma_host.cuh) exchange values through a per-warp table between two
 // barriers; __syncwarp with a partial mask waits for that mask's lanes only. __shared__ variables
-// become statics, shared by the block's threads. Only what the kernels use is here.
+// become statics, shared by the block's threads. Kernels run one after another, so a dependent
+// launch's wait is a no-op. Only what the kernels use is here.
 #pragma once
 #include <barrier>
 #include <cmath>
@@ -98,9 +99,11 @@ inline unsigned __ballot_sync(unsigned, bool p) {
     unsigned r = 0; for (int l = 0; l < 32; ++l) r |= (my_warp->slot[l][0] != 0) << l;
     my_warp->bar.arrive_and_wait(); return r;
 }
-// Launch: every block in turn, each with its threads.
-inline void launch(dim3h grid, unsigned threads, const std::function<void()>& kernel) {
-    gridDim = grid; blockDim = {threads, 1, 1};
+inline void wait_for_previous_kernel() {}
+// Launch: every block in turn, each with its threads (warps of 32 consecutive linear thread ids).
+inline void launch(dim3h grid, dim3h block_dim, const std::function<void()>& kernel) {
+    gridDim = grid; blockDim = block_dim;
+    const unsigned threads = block_dim.x * block_dim.y;
     for (unsigned z = 0; z < grid.z; ++z) for (unsigned y = 0; y < grid.y; ++y) for (unsigned x = 0; x < grid.x; ++x) {
         std::barrier<> block(threads);
         std::vector<WarpShare> warps(threads / 32);
@@ -108,10 +111,13 @@ inline void launch(dim3h grid, unsigned threads, const std::function<void()>& ke
         std::vector<std::thread> pool;
         for (unsigned t = 0; t < threads; ++t)
             pool.emplace_back([&, t] {
-                threadIdx = {t, 0, 0}; blockIdx = {x, y, z};
+                threadIdx = {t % block_dim.x, t / block_dim.x, 0}; blockIdx = {x, y, z};
                 my_warp = &warps[t / 32]; my_block = &block; my_mask_barrier = &masks[t / 32];
                 kernel();
             });
         for (auto& th : pool) th.join();
     }
+}
+inline void launch(dim3h grid, unsigned threads, const std::function<void()>& kernel) {
+    launch(grid, {threads, 1, 1}, kernel);
 }
