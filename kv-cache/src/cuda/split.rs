@@ -2,7 +2,7 @@
 //! the GPU's block slots ([`SplitPlanner`]), so that it is tested without a GPU. Which build a
 //! launch runs and its grid are fixed when it is queued (or captured in a CUDA graph); the split
 //! length is read from the device when it runs ([`AttentionQueries::geometry`]), so that a graph
-//! captured once for a batch size splits each replay's contexts by their own length.
+//! replay splits its own contexts by their length, within the grid it was captured with.
 //!
 //! [`AttentionQueries::geometry`]: super::AttentionQueries::geometry
 
@@ -47,13 +47,6 @@ impl DecodeSplit {
     pub fn geometry(&self, table_width: usize) -> [i32; 2] {
         [table_width as i32, self.partition as i32]
     }
-
-    /// Whether a graph captured with `self` serves a step whose own split is `other`: both the
-    /// short build, or both whole contexts in other builds, or both split.
-    pub fn same_kind(&self, other: &DecodeSplit) -> bool {
-        let short = |s: &DecodeSplit| s.build == DecodeBuild::Short;
-        short(self) == short(other) && (self.splits == 1) == (other.splits == 1)
-    }
 }
 
 /// The facts splits are chosen from: the GPU's SMs, each build's block slots (SMs x blocks
@@ -93,34 +86,33 @@ impl SplitPlanner {
         DecodeSplit { build: if short { DecodeBuild::Short } else { build }, splits, partition }
     }
 
-    /// The splits CUDA graphs of decode steps of `rows` sequences are captured with, for steps of
-    /// `fewest` to `rows` sequences (the rest padding) with contexts of up to `max_context` keys:
-    /// whole contexts, one block each (no reduce kernel); where some such step splits its
-    /// contexts, a grid that holds the splits [`SplitPlanner::eager`] gives any of them; and,
-    /// where `rows` whole contexts fill the GPU with two-warp blocks, the short build for steps
-    /// whose contexts are all short. A step replays the graph whose split is
-    /// [`DecodeSplit::same_kind`] as its eager one, with [`SplitPlanner::replay`]'s split length.
-    pub fn graphs(&self, fewest: usize, rows: usize, max_context: usize) -> Vec<DecodeSplit> {
-        let build = self.split_build(rows);
-        let slots = self.slots(build);
-        let whole = max_context.next_multiple_of(16).max(16);
-        let mut graphs = vec![DecodeSplit { build, splits: 1, partition: whole }];
+    /// The split a CUDA graph of decode steps of `rows` sequences (the rest padding), with
+    /// contexts of more than `narrower` and at most `widest` keys, is captured with: the eager
+    /// split of `rows` contexts of `widest` keys, so that a graph of many sequences leaves few of
+    /// its blocks idle; for a few long contexts (the eight-warp build) its grid widened to hold
+    /// the split [`SplitPlanner::eager`] gives any of `fewest` to `rows` of them, so that one
+    /// sequence of 32,768 keys splits by its own length, not as 40,960 would.
+    pub fn graph(&self, fewest: usize, rows: usize, narrower: usize, widest: usize) -> DecodeSplit {
+        let split = self.eager(rows, rows, widest);
+        if split.build != DecodeBuild::Long {
+            return split;
+        }
         let groups = fewest.clamp(1, rows)..=rows;
-        let splits = most_splits(slots, groups, self.kv_heads, max_context, self.max_splits(rows));
-        if splits > 1 {
-            let (partition, _) = choose_partition(slots, rows, self.kv_heads, max_context, splits);
-            graphs.push(DecodeSplit { build, splits, partition });
-        }
-        if self.kv_heads * rows >= self.slots(DecodeBuild::Short) {
-            graphs.push(DecodeSplit { build: DecodeBuild::Short, splits: 1, partition: SHORT_SPLIT_KEYS });
-        }
-        graphs
+        let contexts = narrower.min(widest) + 1..=widest;
+        let most =
+            most_splits(self.slots(split.build), groups, self.kv_heads, contexts, self.max_splits(rows));
+        DecodeSplit { splits: split.splits.max(most), ..split }
     }
 
     /// The split of a step of `groups` query groups with contexts of at most `max_context` keys,
-    /// replayed from a graph captured with `captured`: its build and grid, and the split length
-    /// [`SplitPlanner::eager`] would choose among those the grid holds.
+    /// replayed from a graph captured with `captured`: its build and grid, and for the few long
+    /// contexts of the eight-warp build the split length [`SplitPlanner::eager`] would choose
+    /// among those the grid holds. Other graphs keep the split length they were captured with:
+    /// a shorter one would leave more of their many blocks idle, which the cost does not count.
     pub fn replay(&self, captured: DecodeSplit, groups: usize, max_context: usize) -> DecodeSplit {
+        if captured.build != DecodeBuild::Long {
+            return captured;
+        }
         let slots = self.slots(captured.build);
         let (partition, _) = choose_partition(slots, groups, self.kv_heads, max_context, captured.splits);
         DecodeSplit { partition, ..captured }
@@ -178,19 +170,20 @@ fn choose_partition(
 }
 
 /// The most splits [`choose_partition`] gives a launch of any of `groups` query groups with any
-/// context of at most `max_context` keys: the grid a CUDA graph for those launches needs.
+/// of `contexts` keys: the grid a CUDA graph for those launches needs.
 fn most_splits(
     slots: usize,
     groups: std::ops::RangeInclusive<usize>,
     kv_heads: usize,
-    max_context: usize,
+    contexts: std::ops::RangeInclusive<usize>,
     max_splits: usize,
 ) -> usize {
     // The splits change only where a context crosses a multiple of the shortest partition, and
     // within such a stretch its end favours splitting most (one split costs more the longer it is).
     let shortest = PARTITIONS[PARTITIONS.len() - 1];
-    let contexts = (shortest..max_context).step_by(shortest).chain([max_context]);
-    contexts
+    let (first, last) = (*contexts.start(), *contexts.end());
+    let ends = (first.next_multiple_of(shortest)..last).step_by(shortest).filter(|&c| c > 0);
+    ends.chain([last])
         .flat_map(|context| {
             groups.clone().map(move |g| choose_partition(slots, g, kv_heads, context, max_splits).1)
         })
@@ -222,7 +215,15 @@ mod tests {
                 .flat_map(|c| groups.clone().map(move |g| choose_partition(slots, g, kv_heads, c, 1000).1))
                 .max()
                 .unwrap();
-            assert_eq!(most_splits(slots, groups.clone(), kv_heads, max_context, 1000), every);
+            assert_eq!(most_splits(slots, groups.clone(), kv_heads, 1..=max_context, 1000), every);
+            // And over a stretch of contexts alone.
+            let stretch = max_context / 2 + 1..=max_context;
+            let every = stretch
+                .clone()
+                .flat_map(|c| groups.clone().map(move |g| choose_partition(slots, g, kv_heads, c, 1000).1))
+                .max()
+                .unwrap();
+            assert_eq!(most_splits(slots, groups.clone(), kv_heads, stretch, 1000), every);
         }
     }
 
@@ -237,15 +238,17 @@ mod tests {
         assert_eq!(choose_partition(264, 1, 8, 32768, 1).1, 1);
     }
 
-    /// A one-sequence graph captured for 40,960 keys replays 32,768 as the eager launch splits
-    /// it, not as the widest context would be.
+    /// A one-sequence graph captured for 20,481 to 40,960 keys replays 32,768 as the eager
+    /// launch splits it (32 splits of 1,024), not as 40,960 keys would be (20 of 2,048).
     #[test]
     fn a_replay_splits_by_its_own_context() {
         let planner = SplitPlanner::new(132, [528, 1056, 264], 8, 2, 16 * 4096);
-        let split_graph = *planner.graphs(1, 1, 40960).iter().max_by_key(|s| s.splits).unwrap();
-        let eager = planner.eager(1, 1, 32768);
-        assert_eq!((eager.partition, eager.splits), (1024, 32));
-        assert!(split_graph.splits >= 32 && split_graph.same_kind(&eager));
-        assert_eq!(planner.replay(split_graph, 1, 32768).partition, 1024);
+        let graph = planner.graph(1, 1, 20480, 40960);
+        let (eager, widest) = (planner.eager(1, 1, 32768), planner.eager(1, 1, 40960));
+        assert_eq!((eager.partition, eager.splits, widest.splits), (1024, 32, 20));
+        assert!(graph.splits >= 32);
+        assert_eq!(planner.replay(graph, 1, 32768).partition, 1024);
+        // Many sequences keep the widest context's grid.
+        assert_eq!(planner.graph(33, 48, 2048, 4096), planner.eager(48, 48, 4096));
     }
 }

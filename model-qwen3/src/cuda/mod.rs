@@ -330,7 +330,7 @@ impl GpuQwen3 {
         self.cache = GpuKvCache::new(&self.ops.gpu, layout, dtype)?;
         if self.limits.cuda_graphs {
             let (max_seqs, max_model_len) = (self.limits.max_seqs, self.limits.max_model_len);
-            self.graphs = DecodeGraphs::planned(&self.splits, max_seqs, max_model_len);
+            self.graphs = DecodeGraphs::planned(&self.splits, max_seqs, max_model_len, layout.block_size);
         }
         Ok(self.ops.gpu.stream.synchronize()?)
     }
@@ -344,8 +344,8 @@ impl GpuQwen3 {
         Ok(())
     }
 
-    /// Decode batch sizes replayed from CUDA graphs (0 when eager), captured or to be captured on
-    /// first use.
+    /// Decode batch sizes replayed from CUDA graphs (0 when eager), each at several table widths,
+    /// captured or to be captured on first use.
     pub fn decode_graphs(&self) -> usize {
         self.graphs.batch_sizes_planned()
     }
@@ -415,7 +415,7 @@ impl GpuQwen3 {
         let stream = self.ops.gpu.stream.clone();
         let split = self.decode_split(&mut step);
         let (n, context) = (step.num_tokens(), step.decode_context());
-        let graph = if step.is_decode() { self.decode_graph(n, &split)? } else { None };
+        let graph = if step.is_decode() { self.decode_graph(n, step.table_width)? } else { None };
         let started = std::time::Instant::now();
         if let Some((rows, captured, graph)) = graph.and_then(|i| self.graphs.captured(i)) {
             let split = self.splits.replay(captured, n, context);
