@@ -90,32 +90,34 @@ impl SplitPlanner {
     /// contexts of more than `narrower` and at most `widest` keys, is captured with: the eager
     /// split of `rows` contexts of `widest` keys, so that a graph of many sequences leaves few of
     /// its blocks idle; for a few long contexts (the eight-warp build) its grid widened to hold
-    /// the split [`SplitPlanner::eager`] gives any of `fewest` to `rows` of them, so that one
-    /// sequence of 32,768 keys splits by its own length, not as 40,960 would.
-    pub fn graph(&self, fewest: usize, rows: usize, narrower: usize, widest: usize) -> DecodeSplit {
+    /// the split [`SplitPlanner::eager`] gives `rows` of them at any of those lengths, up to one
+    /// wave of blocks, so that one sequence of 32,768 keys splits by its own length, not as
+    /// 40,960 would. (Fewer sequences than `rows` replay within that grid.)
+    pub fn graph(&self, rows: usize, narrower: usize, widest: usize) -> DecodeSplit {
         let split = self.eager(rows, rows, widest);
         if split.build != DecodeBuild::Long {
             return split;
         }
-        let groups = fewest.clamp(1, rows)..=rows;
+        let slots = self.slots(split.build);
         let contexts = narrower.min(widest) + 1..=widest;
-        let most =
-            most_splits(self.slots(split.build), groups, self.kv_heads, contexts, self.max_splits(rows));
-        DecodeSplit { splits: split.splits.max(most), ..split }
+        let most = most_splits(slots, rows, self.kv_heads, contexts, self.max_splits(rows));
+        let one_wave = slots / (rows * self.kv_heads).max(1);
+        DecodeSplit { splits: split.splits.max(most.min(one_wave)), ..split }
     }
 
     /// The split of a step of `groups` query groups with contexts of at most `max_context` keys,
-    /// replayed from a graph captured with `captured`: its build and grid, and for the few long
-    /// contexts of the eight-warp build the split length [`SplitPlanner::eager`] would choose
-    /// among those the grid holds. Other graphs keep the split length they were captured with:
-    /// a shorter one would leave more of their many blocks idle, which the cost does not count.
+    /// replayed from a graph captured with `captured`: its build and grid, and its split length,
+    /// or for a few long contexts (the eight-warp build) the split length [`SplitPlanner::eager`]
+    /// would choose within that grid where it is shorter. A replay splits more than its graph
+    /// where its own contexts want it, never less: a graph's grid is launched whole, and blocks
+    /// past the contexts would idle, which the cost does not count.
     pub fn replay(&self, captured: DecodeSplit, groups: usize, max_context: usize) -> DecodeSplit {
         if captured.build != DecodeBuild::Long {
             return captured;
         }
         let slots = self.slots(captured.build);
-        let (partition, _) = choose_partition(slots, groups, self.kv_heads, max_context, captured.splits);
-        DecodeSplit { partition, ..captured }
+        let (own, _) = choose_partition(slots, groups, self.kv_heads, max_context, captured.splits);
+        DecodeSplit { partition: own.min(captured.partition), ..captured }
     }
 
     /// The build for contexts split over the GPU: eight warps where fewer (group, kv head) pairs
@@ -169,11 +171,11 @@ fn choose_partition(
     chosen
 }
 
-/// The most splits [`choose_partition`] gives a launch of any of `groups` query groups with any
-/// of `contexts` keys: the grid a CUDA graph for those launches needs.
+/// The most splits [`choose_partition`] gives a launch of `groups` query groups with any of
+/// `contexts` keys: the grid a CUDA graph for those launches needs.
 fn most_splits(
     slots: usize,
-    groups: std::ops::RangeInclusive<usize>,
+    groups: usize,
     kv_heads: usize,
     contexts: std::ops::RangeInclusive<usize>,
     max_splits: usize,
@@ -184,9 +186,7 @@ fn most_splits(
     let (first, last) = (*contexts.start(), *contexts.end());
     let ends = (first.next_multiple_of(shortest)..last).step_by(shortest).filter(|&c| c > 0);
     ends.chain([last])
-        .flat_map(|context| {
-            groups.clone().map(move |g| choose_partition(slots, g, kv_heads, context, max_splits).1)
-        })
+        .map(|context| choose_partition(slots, groups, kv_heads, context, max_splits).1)
         .max()
         .unwrap_or(1)
 }
@@ -209,21 +209,13 @@ mod tests {
     /// of 64 alone: the same as trying every context, on H100-like slot counts.
     #[test]
     fn a_graphs_grid_holds_every_contexts_splits() {
-        for (slots, groups, max_context) in [(264, 1..=1, 40960), (528, 17..=32, 8000), (264, 3..=4, 5000)] {
+        for (slots, groups, max_context) in [(264, 1, 40960), (528, 17, 8000), (264, 3, 5000)] {
             let kv_heads = 8;
-            let every = (1..=max_context)
-                .flat_map(|c| groups.clone().map(move |g| choose_partition(slots, g, kv_heads, c, 1000).1))
-                .max()
-                .unwrap();
-            assert_eq!(most_splits(slots, groups.clone(), kv_heads, 1..=max_context, 1000), every);
-            // And over a stretch of contexts alone.
-            let stretch = max_context / 2 + 1..=max_context;
-            let every = stretch
-                .clone()
-                .flat_map(|c| groups.clone().map(move |g| choose_partition(slots, g, kv_heads, c, 1000).1))
-                .max()
-                .unwrap();
-            assert_eq!(most_splits(slots, groups.clone(), kv_heads, stretch, 1000), every);
+            for contexts in [1..=max_context, max_context / 2 + 1..=max_context] {
+                let every = contexts.clone().map(|c| choose_partition(slots, groups, kv_heads, c, 1000).1);
+                let every = every.max().unwrap();
+                assert_eq!(most_splits(slots, groups, kv_heads, contexts, 1000), every);
+            }
         }
     }
 
@@ -243,12 +235,12 @@ mod tests {
     #[test]
     fn a_replay_splits_by_its_own_context() {
         let planner = SplitPlanner::new(132, [528, 1056, 264], 8, 2, 16 * 4096);
-        let graph = planner.graph(1, 1, 20480, 40960);
+        let graph = planner.graph(1, 20480, 40960);
         let (eager, widest) = (planner.eager(1, 1, 32768), planner.eager(1, 1, 40960));
         assert_eq!((eager.partition, eager.splits, widest.splits), (1024, 32, 20));
         assert!(graph.splits >= 32);
         assert_eq!(planner.replay(graph, 1, 32768).partition, 1024);
         // Many sequences keep the widest context's grid.
-        assert_eq!(planner.graph(33, 48, 2048, 4096), planner.eager(48, 48, 4096));
+        assert_eq!(planner.graph(48, 2048, 4096), planner.eager(48, 48, 4096));
     }
 }

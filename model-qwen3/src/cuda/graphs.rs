@@ -13,8 +13,8 @@
 //! fixes attention's build and grid ([`SplitPlanner::graph`]: what its widest contexts take, so
 //! that tables far wider than the contexts do not leave the grid's blocks idle; nano-vllm's
 //! workload ran bf16 2% faster end to end, INT8 0-1.4%, on an H200 against one width:
-//! docs/PERF.md); the tables' width and the split length are read from the device, chosen for
-//! each replay's own contexts within that grid ([`SplitPlanner::replay`]).
+//! docs/PERF.md); the tables' width and the split length are read from the device, so that a
+//! replay of a few long contexts may split them by their own length ([`SplitPlanner::replay`]).
 
 use nanovllm_cuda::GpuError;
 use nanovllm_cuda::cudarc::driver::CudaGraph;
@@ -55,11 +55,10 @@ impl DecodeGraphs {
         let narrower = std::iter::once(0).chain(widths.iter().copied());
         let sizes = Self::batch_sizes(max_seqs);
         let mut graphs = Vec::with_capacity(widths.len() * sizes.len());
+        let keys = |width: usize| (width * block_size).min(max_model_len);
         for (&table_width, narrower) in widths.iter().zip(narrower) {
-            let fewest = std::iter::once(1).chain(sizes.iter().map(|&rows| rows + 1));
-            for (&rows, fewest) in sizes.iter().zip(fewest) {
-                let keys = |width: usize| (width * block_size).min(max_model_len);
-                let split = splits.graph(fewest, rows, keys(narrower), keys(table_width));
+            for &rows in &sizes {
+                let split = splits.graph(rows, keys(narrower), keys(table_width));
                 graphs.push(DecodeGraph { rows, table_width, split, graph: None });
             }
         }
