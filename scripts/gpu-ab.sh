@@ -2,8 +2,8 @@
 # Run on a machine with a GPU, from the repository root: time settings side by side, alternating them
 # ROUNDS times so that drift over the call falls on every setting alike. Each setting is a list of
 # environment variables joined by commas ("-" for none), as TUNE in gpu-kernels.sh:
-#   AB="- NANOVLLM_DECODE_MIN_BLOCKS=3" ROUNDS=3 scripts/gpu-ab.sh kernels [filter]
-#   AB="- NANOVLLM_DECODE_MIN_BLOCKS=3" scripts/gpu-ab.sh bench [bench flags...]
+#   AB="- NANOVLLM_DECODE_WARPS_PER_SM=20" ROUNDS=3 scripts/gpu-ab.sh kernels [filter]
+#   AB="- NANOVLLM_DECODE_WARPS_PER_SM=20" scripts/gpu-ab.sh bench [bench flags...]
 # kernels: target/release/examples/bench_kernels (optionally one filter, a substring of its case
 # names: "Qwen3-0.6B 256x1024 int8", "store int8 Shuffled"; "x" keeps every decode case);
 # bench: nanovllm-cli bench on Qwen3-0.6B's shape (MODEL: another config folder), bf16 then INT8 KV. A setting's CLI variable

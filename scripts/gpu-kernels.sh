@@ -32,9 +32,9 @@ case $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) in
 esac
 if [ "${1:-}" != "--no-bench" ]; then
   timeout 300 target/release/examples/bench_kernels "$copy" 2>&1 | tee "$out/bench_kernels.log" || status=1
-  # Tuning: TUNE="NANOVLLM_DECODE_MIN_BLOCKS=3 NANOVLLM_DECODE_MIN_BLOCKS=5,NANOVLLM_STORE_ROWS=2"
+  # Tuning: TUNE="NANOVLLM_DECODE_WARPS_PER_SM=12 NANOVLLM_DECODE_WARPS_PER_SM=20,NANOVLLM_STORE_ROWS=2"
   # times the kernels again under each setting (commas join variables; kv-cache/src/cuda/mod.rs
-  # reads them: NANOVLLM_DECODE_WARPS, NANOVLLM_DECODE_MIN_BLOCKS, NANOVLLM_DECODE_PARTITION,
+  # reads them: NANOVLLM_DECODE_WARPS, NANOVLLM_DECODE_WARPS_PER_SM, NANOVLLM_DECODE_PARTITION,
   # NANOVLLM_STORE_ROWS).
   for setting in ${TUNE:-}; do
     echo "== $setting" | tee -a "$out/tune.log"

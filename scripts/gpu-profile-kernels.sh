@@ -5,7 +5,7 @@
 # Build here first: cargo build --release -p nanovllm-kv-cache --features cuda --example bench_kernels, and
 # copy target/release/examples/bench_kernels. Writes under $OUT (or ./gpu-out).
 # PROFILE lists "bench filter|kernel name" pairs, separated by ';' (the filter is bench_kernels'
-# second argument). Variables such as NANOVLLM_DECODE_MIN_BLOCKS pass through to the kernels.
+# second argument). Variables such as NANOVLLM_DECODE_WARPS_PER_SM pass through to the kernels.
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"

@@ -92,13 +92,11 @@ impl DecodeWarps {
 /// Thread blocks per SM, of `warps` warps each, that the register allocation of decode attention
 /// must allow: more warps keep more loads in flight, fewer registers may spill. Measured side by side
 /// (docs/perf-history.md): 16 warps per SM for both dtypes since kernels version 17 (bf16 ran best at 12
-/// before it); 20 spill. `NANOVLLM_DECODE_MIN_BLOCKS` overrides it, for tuning.
+/// before it); 20 spilled then. `NANOVLLM_DECODE_WARPS_PER_SM` sets the warps per SM of every
+/// build, for tuning.
 fn decode_min_blocks(warps: usize) -> usize {
-    std::env::var("NANOVLLM_DECODE_MIN_BLOCKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&b| b >= 1)
-        .unwrap_or(16 / warps)
+    let tuned = std::env::var("NANOVLLM_DECODE_WARPS_PER_SM").ok().and_then(|v| v.parse::<usize>().ok());
+    (tuned.unwrap_or(16) / warps).max(1)
 }
 
 /// One build of decode attention: its block size and how many of its blocks the GPU runs at once.
