@@ -2,7 +2,8 @@
 //! the GPU's block slots ([`SplitPlanner`]), so that it is tested without a GPU. Which build a
 //! launch runs and its grid are fixed when it is queued (or captured in a CUDA graph); the split
 //! length is read from the device when it runs ([`AttentionQueries::geometry`]), so that a graph
-//! replay splits its own contexts by their length, within the grid it was captured with.
+//! replaying a few long contexts can split them by their own length, within the grid it was
+//! captured with.
 //!
 //! [`AttentionQueries::geometry`]: super::AttentionQueries::geometry
 

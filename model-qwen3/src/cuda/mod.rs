@@ -413,12 +413,11 @@ impl GpuQwen3 {
     /// first if no step has needed it yet); any other step launches its kernels.
     fn launch(&mut self, mut step: StepInputs) -> Result<Queued, GpuError> {
         let stream = self.ops.gpu.stream.clone();
-        let split = self.decode_split(&mut step);
-        let (n, context) = (step.num_tokens(), step.decode_context());
-        let graph = if step.is_decode() { self.decode_graph(n, step.table_width)? } else { None };
+        let graph =
+            if step.is_decode() { self.decode_graph(step.num_tokens(), step.table_width)? } else { None };
         let started = std::time::Instant::now();
         if let Some((rows, captured, graph)) = graph.and_then(|i| self.graphs.captured(i)) {
-            let split = self.splits.replay(captured, n, context);
+            let split = self.splits.replay(captured, step.num_tokens(), step.decode_context());
             step.geometry = split.geometry(step.table_width);
             step.pad_decode(rows);
             self.inputs.upload(&stream, &step)?;
@@ -426,6 +425,7 @@ impl GpuQwen3 {
             graph.launch()?;
             return Ok(Queued { rows, upload, replayed: true });
         }
+        let split = self.decode_split(&mut step);
         self.inputs.upload(&stream, &step)?;
         let upload = started.elapsed();
         let shape = StepShape::of(&step, split);
@@ -604,7 +604,9 @@ impl GpuQwen3 {
             // SAFETY: the inputs were laid out by `StepInputs::new`, which refuses block ids
             // outside this cache and positions without a slot in their table, so every slot is
             // this cache's or -1 (padding), every context fits its table, groups ascend within
-            // the step's tokens, and each group's table row exists.
+            // the step's tokens, and each group's table row exists; `launch` (or the warm-up)
+            // wrote the geometry of the step's tables and of a split whose `shape.decode.splits`
+            // splits cover every context (`SplitPlanner::eager` and `replay`).
             #[allow(unsafe_code)]
             unsafe {
                 cache_kernels.store(&ops.gpu, cache, index, &key, &value, qkv_size, &inputs.slots(), t)?;

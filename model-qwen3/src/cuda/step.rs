@@ -8,11 +8,11 @@ use nanovllm_cuda::cudarc::driver::{
     CudaEvent, CudaSlice, CudaStream, CudaView, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
 };
 use nanovllm_cuda::{Gpu, GpuError};
+use nanovllm_kv_cache::cuda::DecodeSplit;
 
 use super::{GpuSample, SampleBatch};
 use crate::forward::{lay_out, logit_rows};
 use crate::{ModelError, SeqInput};
-use nanovllm_kv_cache::cuda::DecodeSplit;
 
 /// The largest step a [`GpuQwen3`](super::GpuQwen3) takes: it sizes the buffers it keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
