@@ -1,5 +1,6 @@
 //! Times the cache kernels on the GPU against the bandwidth floor: paged decode attention (bf16,
-//! INT8 and FP8) at the Qwen3-8B and Qwen3-0.6B layer shapes, and the store kernel.
+//! INT8 and FP8) at the Qwen3-8B and Qwen3-0.6B layer shapes, and the store kernel; and prefill
+//! attention of a long context's last chunk, against its tensor-core work (TFLOP/s).
 //!
 //! `cargo run --release -p kv-cache --features cuda --example bench_kernels [copy_TBps] [filter]`
 //! (on a machine with a GPU: the binary from target/release/examples). `filter` keeps the benches whose
@@ -334,6 +335,77 @@ fn bench_store(
     }))
 }
 
+/// Prefill attention of the last `chunk` positions of one sequence of `context` tokens (each query
+/// sees the positions up to its own), at a layer shape: its time and its rate in TFLOP/s (QK and
+/// PV, 4 x head_dim flops per query, head and key seen).
+fn bench_prefill(
+    timer: &Timer,
+    shape: &Shape,
+    chunk: usize,
+    dtype: CacheDtype,
+) -> Result<serde_json::Value, GpuError> {
+    let gpu = &timer.gpu;
+    let (d, context) = (128, shape.context);
+    let blocks = context.div_ceil(BLOCK_SIZE);
+    let layout = CacheLayout {
+        num_layers: 1,
+        num_blocks: blocks,
+        block_size: BLOCK_SIZE,
+        kv_heads: shape.kv_heads,
+        head_dim: d,
+    };
+    let mut cache = GpuKvCache::new(gpu, layout, dtype)?;
+    for (i, plane) in cache.keys.iter_mut().chain(cache.values.iter_mut()).enumerate() {
+        let mode = match dtype {
+            CacheDtype::Int8 | CacheDtype::Int4 => 0,
+            CacheDtype::Fp8PerTokenHead | CacheDtype::Fp8 => 3,
+            _ => 1,
+        };
+        fill(gpu, &mut plane.data.as_view_mut(), mode, 100 + i as u32)?;
+        if dtype.has_scales() {
+            fill_bf16(gpu, &mut plane.scales, 2, 200 + i as u32)?;
+        }
+    }
+    let kernels = CacheKernels::new(gpu, dtype, d, shape.heads / shape.kv_heads, BLOCK_SIZE)?;
+    let per_group = kernels.prefill_queries_per_group();
+    let first = context - chunk;
+    let lens: Vec<i32> = (first..context).map(|p| p as i32 + 1).collect();
+    let groups: Vec<i32> = (0..chunk).step_by(per_group).chain([chunk]).map(|g| g as i32).collect();
+    let num_groups = groups.len() - 1;
+    let table: Vec<i32> = (0..blocks as i32).collect();
+    let (table, geometry) = (gpu.stream.clone_htod(&table)?, gpu.stream.clone_htod(&[blocks as i32, 16])?);
+    let (lens, groups, group_tables) = (
+        gpu.stream.clone_htod(&lens)?,
+        gpu.stream.clone_htod(&groups)?,
+        gpu.stream.clone_htod(&vec![0i32; num_groups])?,
+    );
+    let queries = AttentionQueries {
+        block_tables: table.slice(..),
+        geometry: geometry.slice(..),
+        context_lens: lens.slice(..),
+        groups: groups.slice(..),
+        group_tables: group_tables.slice(..),
+        num_queries: chunk,
+        num_groups,
+    };
+    let mut q = gpu.stream.alloc_zeros::<bf16>(chunk * shape.heads * d)?;
+    fill_bf16(gpu, &mut q, 1, 300)?;
+    let mut out = gpu.stream.alloc_zeros::<bf16>(chunk * shape.heads * d)?;
+    // SAFETY: the one table holds every block of this cache; each query's context fits it; the
+    // groups are consecutive positions of the one sequence, at most `per_group` each.
+    #[allow(unsafe_code)]
+    let times = timer.median_us(|_| unsafe {
+        kernels.prefill_attention(gpu, &cache, 0, &q.slice(..), shape.heads * d, &queries, &mut out)
+    })?;
+    let keys_seen: usize = (first + 1..=context).sum();
+    let flops = 4.0 * d as f64 * shape.heads as f64 * keys_seen as f64;
+    Ok(serde_json::json!({
+        "kernel": "prefill_attention", "model": shape.model, "dtype": dtype.name(), "context": context,
+        "chunk": chunk, "heads": shape.heads, "kv_heads": shape.kv_heads, "block_size": BLOCK_SIZE,
+        "us": times.gpu_us, "launch_us": times.launch_us, "TFLOPs": flops / times.gpu_us / 1e6,
+    }))
+}
+
 fn main() -> Result<(), GpuError> {
     let copy_bandwidth: f64 =
         std::env::args().nth(1).map_or(4.27e12, |a| a.parse::<f64>().expect("copy TB/s") * 1e12);
@@ -390,6 +462,23 @@ fn main() -> Result<(), GpuError> {
             let r = bench_store(&timer, dtype, pattern, &mut rng)?;
             let label = format!("16384 tokens x 8 kv heads x 128, {}", pattern.label());
             row("store (quantize on write)", label, "-", dtype, &r);
+            results.push(r);
+        }
+    }
+    // The long-context bench's prefill (16 x 30,000 tokens in chunks): a chunk's attention.
+    for (model, heads) in [("Qwen3-0.6B", 16), ("Qwen3-8B", 32)] {
+        let shape = Shape { model, heads, kv_heads: 8, batch: 1, context: 30000 };
+        for dtype in DTYPES {
+            if !format!("prefill {model} {dtype}").contains(&filter) {
+                continue;
+            }
+            let r = bench_prefill(&timer, &shape, 2048, dtype)?;
+            println!(
+                "prefill attention, {model} ({heads}/8 heads), the last 2048 of 30000 positions, {dtype}: {:.1} us ({:.1} launch included), {:.0} TFLOP/s",
+                r["us"].as_f64().unwrap(),
+                r["launch_us"].as_f64().unwrap(),
+                r["TFLOPs"].as_f64().unwrap()
+            );
             results.push(r);
         }
     }
