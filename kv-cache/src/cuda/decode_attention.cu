@@ -24,10 +24,10 @@
 // Grid (max_splits, kv_heads, groups): a thread block takes `partition` key tokens (a multiple of
 // 16, chosen per step so that small batches still fill the GPU; splits past a context read nothing)
 // of one group's sequence for one kv head; its warps take tiles of 16 key tokens in turn, each with
-// its own online softmax, and combine at the end. Per tile a warp computes S^T = K Q^T as m16n8k16 MMAs (the tile's 16 keys
-// are the MMA's rows, the 8 rows of the group its columns: no zero padding), turns the scores into
-// P^T's operand with two 8x8 transposes (movmatrix), and computes O^T += V^T P^T. The reduce kernel
-// combines the splits (log-sum-exp) into bf16.
+// its own online softmax, and combine at the end. Per tile a warp computes S^T = K Q^T as m16n8k16
+// MMAs (the tile's 16 keys are the MMA's rows, the 8 rows of the group its columns: no zero
+// padding), turns the scores into P^T's operand with two 8x8 transposes (movmatrix), and computes
+// O^T += V^T P^T. The reduce kernel combines the splits (log-sum-exp) into bf16.
 //
 // The online softmax rescales lazily (as FlashAttention-4 does): a row's running maximum moves only
 // when a score exceeds it by more than TAU (log2 units), so probabilities stay below 2^TAU and most
@@ -121,9 +121,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     const int split = blockIdx.x, kv_head = blockIdx.y;
     const int first_query = query_groups[blockIdx.z], queries = query_groups[blockIdx.z + 1] - first_query;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, j = lane / 4, qd = lane % 4;
-    // The tables' width and the split length come from the device, so that a CUDA graph captured
-    // once for a batch size splits each replay's contexts by their own length; their loads run
-    // beside the group's, adding none to the chain before the first tile.
+    // The tables' width and the split length come from the device, so that a CUDA graph's replay
+    // can split its contexts by their own length within the grid it was captured with; their
+    // loads run beside the group's, adding none to the chain before the first tile.
     const int max_blocks = geometry[0], partition = geometry[1];
     const int start = split * partition;
     // Everything that depends only on the group is loaded before its context length is known: the
