@@ -621,8 +621,10 @@ fn attention_kernels_match_the_reference() {
                     "a second launch on the same workspace differs"
                 );
                 // As a CUDA graph replays it: the grid captured for contexts up to four times as
-                // long, the split length chosen for these contexts within it.
-                let captured = planner.graph(num_groups, 0, 4 * max_context);
+                // long, the split length chosen for these contexts within it. A decode graph's
+                // rows are its queries (one per sequence), so the graph is planned for `batch`
+                // rows, whose results the workspace holds, though groups here may hold several.
+                let captured = planner.graph(batch, 0, 4 * max_context);
                 let replay = planner.replay(captured, num_groups, max_context);
                 let geometry = gpu.stream.clone_htod(&replay.geometry(max_blocks)).unwrap();
                 let replayed = with_geometry(geometry.slice(..));
