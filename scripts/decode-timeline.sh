@@ -7,7 +7,8 @@
 #   scripts/decode-timeline.sh run ["Qwen3-8B 1x32768 int8" ...]   # on a machine with a GPU; copy
 #                                                          # target/release/timeline
 # Output: $OUT/timeline-*.log (raw) and $OUT/timeline-summary.txt (scripts/timeline-summary.py).
-# printf delays the kernel after each block's last stamp; the stamps before it are measured.
+# printf delays the kernel after each block's last stamp, so the gap before the reduce kernel is
+# not measured; the stamps before it are.
 set -euo pipefail
 case "${1:?build or run}" in
   build)

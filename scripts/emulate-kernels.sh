@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The INT4 cache kernels (store, decode attention with its combining of splits, prefill attention) run on
+# The INT4 cache kernels (store, decode attention and its reduce kernel, prefill attention) run on
 # the host, without a GPU:
 # kv-cache/emulation/ emulates the CUDA they use (a std::thread per CUDA thread, warp collectives
 # by exchange; its MMA sums in fp32) and checks them against a reference, for every head size and
@@ -24,7 +24,12 @@ kvq = kvq[:kvq.index('#if __CUDA_ARCH__ >= 890')]
 kvq = re.sub(r'__device__ __forceinline__ float kv_max_nan\(float a, float b\) \{.*?\n\}',
              'inline float kv_max_nan(float a, float b) { return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b); }',
              kvq, flags=re.S)
+# decode: the partial and reduce kernels; the reduce kernel's dynamic shared memory (a weight and a
+# sum per split) becomes a static array.
 decode = read('kv-cache/src/cuda/decode_attention.cu')
+dynamic = 'extern __shared__ float s_weight[];'
+assert dynamic in decode
+decode = decode.replace(dynamic, 'static float s_weight[2 * 1024];')
 # prefill: ldmatrix and the fp16 multiplication by their host versions.
 prefill = re.sub(r'__device__ __forceinline__ void ldmatrix_x2_trans\(.*?\n\}\n', '', read('kv-cache/src/cuda/prefill_attention.cu'), flags=re.S)
 prefill = prefill.replace('asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(r), "r"(ratio));', 'r = mul_f16x2(r, ratio);')

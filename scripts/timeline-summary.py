@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
-"""Summarize the TLP lines (%globaltimer stamps of decode attention built with
-scripts/decode-timeline.patch) of each log given: per launch, where its blocks spend their time
-(a (group, kv head)'s last block combines the splits between its loop's end and its exit). Used by
-scripts/decode-timeline.sh."""
+"""Summarize the TLP/TLR lines (%globaltimer stamps of decode attention built with
+scripts/decode-timeline.patch) of each log given: per launch, where the partial kernel's blocks
+spend their time and when the reduce kernel runs. Used by scripts/decode-timeline.sh."""
 import sys, statistics as st
 from collections import defaultdict
 
@@ -11,13 +10,17 @@ def q(xs, p):
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 for path in sys.argv[1:]:
-    part = defaultdict(list)
+    part, red = defaultdict(list), defaultdict(list)
     for line in open(path, errors="replace"):
         f = line.split()
-        if not f or f[0] != "TLP":
+        if not f or f[0] not in ("TLP", "TLR"):
             continue
-        n, sm, x, y, z, t0, t1, t2, t3, cyc = f[1:11]
-        part[int(n)].append((int(sm), int(x), int(y), int(z), int(t0), int(t1), int(t2), int(t3), int(cyc)))
+        if f[0] == "TLP":
+            n, sm, x, y, z, t0, t1, t2, t3, cyc = f[1:11]
+            part[int(n)].append((int(sm), int(x), int(y), int(z), int(t0), int(t1), int(t2), int(t3), int(cyc)))
+        else:
+            n, sm, x, y, z, t0, t1 = f[1:8]
+            red[int(n)].append((int(t0), int(t1)))
     print(f"== {path}")
     for n in sorted(part):
         b = part[n]
@@ -36,3 +39,8 @@ for path in sys.argv[1:]:
         cyc = [r[8] for r in b]
         print(f"  block cycles (clock64) median {st.median(cyc):.0f}, vs globaltimer median "
               f"{st.median([r[7]-r[4] for r in b]):.0f} ns")
+        if n in red:
+            r = red[n]
+            print(f"  reduce: {len(r)} blocks, first start {(min(t for t,_ in r)-base)/1e3:.2f}, "
+                  f"last start {(max(t for t,_ in r)-base)/1e3:.2f}, last end {(max(e for _,e in r)-base)/1e3:.2f} us "
+                  f"(partial's last exit {max(end)/1e3:.2f})")

@@ -3,9 +3,7 @@
 // the MMA and transposes of mma_host.cuh) exchange values through a per-warp table between two
 // barriers; __syncwarp with a partial mask waits for that mask's lanes only. __shared__ variables
 // become statics, shared by the block's threads. Kernels run one after another, so a dependent
-// launch's wait is a no-op; they run in an order shuffled by `block_order` (seeded by the test), so
-// that any block may be the last of its (group, kv head) to count itself. Only what the kernels use
-// is here.
+// launch's wait is a no-op. Only what the kernels use is here.
 #pragma once
 #include <barrier>
 #include <cmath>
@@ -13,7 +11,6 @@
 #include <cstring>
 #include <algorithm>
 #include <functional>
-#include <random>
 #include <thread>
 #include <vector>
 using std::min; using std::max;
@@ -103,21 +100,11 @@ inline unsigned __ballot_sync(unsigned, bool p) {
     my_warp->bar.arrive_and_wait(); return r;
 }
 inline void wait_for_previous_kernel() {}
-// Blocks run one after another, so a fence has nothing to order; the count is atomic all the same.
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline int atomicAdd(int* address, int value) { return std::atomic_ref<int>(*address).fetch_add(value); }
-template <class T> inline T __ldcg(const T* address) { return *address; }
-inline std::mt19937 block_order;
-// Launch: every block in turn (in a shuffled order), each with its threads (warps of 32
-// consecutive linear thread ids).
+// Launch: every block in turn, each with its threads (warps of 32 consecutive linear thread ids).
 inline void launch(dim3h grid, dim3h block_dim, const std::function<void()>& kernel) {
     gridDim = grid; blockDim = block_dim;
     const unsigned threads = block_dim.x * block_dim.y;
-    std::vector<dim3h> blocks;
-    for (unsigned z = 0; z < grid.z; ++z) for (unsigned y = 0; y < grid.y; ++y) for (unsigned x = 0; x < grid.x; ++x)
-        blocks.push_back({x, y, z});
-    std::shuffle(blocks.begin(), blocks.end(), block_order);
-    for (const auto [x, y, z] : blocks) {
+    for (unsigned z = 0; z < grid.z; ++z) for (unsigned y = 0; y < grid.y; ++y) for (unsigned x = 0; x < grid.x; ++x) {
         std::barrier<> block(threads);
         std::vector<WarpShare> warps(threads / 32);
         std::vector<MaskBarrier> masks(threads / 32);

@@ -27,10 +27,7 @@
 // its own online softmax, and combine at the end. Per tile a warp computes S^T = K Q^T as m16n8k16
 // MMAs (the tile's 16 keys are the MMA's rows, the 8 rows of the group its columns: no zero
 // padding), turns the scores into P^T's operand with two 8x8 transposes (movmatrix), and computes
-// O^T += V^T P^T. With more than one split, each block writes its (unnormalized) output, maximum
-// and sum to the workspace, and the last block of a (group, kv head) to finish combines its splits
-// (log-sum-exp) into bf16 (combine_splits): a count per (group, kv head) says which block is last,
-// and that block sets it back to zero for the next launch, so no second kernel is launched.
+// O^T += V^T P^T. The reduce kernel combines the splits (log-sum-exp) into bf16.
 //
 // The online softmax rescales lazily (as FlashAttention-4 does): a row's running maximum moves only
 // when a score exceeds it by more than TAU (log2 units), so probabilities stay below 2^TAU and most
@@ -102,63 +99,6 @@ __device__ __forceinline__ int2 value_dims(int c, int j) {
 #endif
 }
 
-#define COMBINE_LOADS 8  // splits whose results a thread loads at once: one round trip for eight
-
-// Called by every block of a launch of more than one split once its results are in the workspace:
-// the last of a (group, kv head)'s blocks to get here combines its splits into bf16 outputs, out =
-// sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s, each thread merging one output's splits
-// online, COMBINE_LOADS at a time. The other blocks' results are made visible by their fence
-// before they count themselves, and read from L2 (__ldcg), where they were written. A row whose
-// context is empty (a padding row of a CUDA graph) gets zeros.
-__device__ __forceinline__ void combine_splits_if_last(
-    int* arrivals, const float* partial_out, const float* partial_max, const float* partial_sum,
-    const int* context_lens, const int* query_groups, const int* geometry, bf16_t* out, int kv_heads,
-    int max_splits)
-{
-    __shared__ bool s_last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int* count = arrivals + (long long)blockIdx.z * kv_heads + blockIdx.y;
-        s_last = atomicAdd(count, 1) == (int)gridDim.x - 1;
-        if (s_last) *count = 0;  // every block of this (group, kv head) has counted: ready for the next launch
-    }
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
-    // Read again rather than kept from the kernel's start: fewer registers live across its loop.
-    const int kv_head = blockIdx.y, first_query = query_groups[blockIdx.z];
-    const int queries = query_groups[blockIdx.z + 1] - first_query, partition = geometry[1];
-    const int heads = kv_heads * GROUP;
-    for (int i = threadIdx.x; i < queries * GROUP * HEAD_DIM; i += THREADS) {
-        const int g = i / HEAD_DIM, d = i % HEAD_DIM, token = first_query + g / GROUP;
-        const long long row = (long long)token * heads + kv_head * GROUP + g % GROUP;
-        const int splits = (context_lens[token] + partition - 1) / partition;
-        const long long base = row * max_splits;
-        float m = KV_NEG_INF, l = 0.0f, o = 0.0f;
-        for (int first = 0; first < splits; first += COMBINE_LOADS) {
-            float split_max[COMBINE_LOADS], split_sum[COMBINE_LOADS], split_out[COMBINE_LOADS];
-            #pragma unroll
-            for (int k = 0; k < COMBINE_LOADS; ++k) {
-                const bool used = first + k < splits;
-                split_max[k] = used ? __ldcg(partial_max + base + first + k) : KV_NEG_INF;
-                split_sum[k] = used ? __ldcg(partial_sum + base + first + k) : 0.0f;
-                split_out[k] = used ? __ldcg(partial_out + (base + first + k) * HEAD_DIM + d) : 0.0f;
-            }
-            #pragma unroll
-            for (int k = 0; k < COMBINE_LOADS; ++k) {
-                if (first + k >= splits) break;
-                const float next = fmaxf(m, split_max[k]);
-                const float kept = expf(m - next), weight = expf(split_max[k] - next);  // m = -inf: kept 0
-                l = l * kept + weight * split_sum[k];
-                o = o * kept + weight * split_out[k];
-                m = next;
-            }
-        }
-        out[row * HEAD_DIM + d] = float_to_bf16(l > 0.0f ? o / l : 0.0f);
-    }
-}
-
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attention_partial(
     const bf16_t* __restrict__ q,               // [batch][kv_heads * GROUP][HEAD_DIM], batch stride q_stride
     long long q_stride,
@@ -176,7 +116,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     float* __restrict__ partial_out,            // [batch][heads][max_splits][HEAD_DIM]
     float* __restrict__ partial_max,            // [batch][heads][max_splits], natural log units
     float* __restrict__ partial_sum,
-    int* __restrict__ arrivals,                 // [groups][kv_heads]: blocks finished; zero between launches
     int kv_heads, int max_splits, float softmax_scale)
 {
     const int split = blockIdx.x, kv_head = blockIdx.y;
@@ -194,9 +133,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     const int first_entry = (start + warp * TILE) / BLOCK_SIZE;
     const int first_block = first_entry < max_blocks ? table[first_entry] : 0;
     auto row_used = [&](int r) { return r < QUERIES * GROUP && r / GROUP < queries; };
-    // A dependent launch: what came before was read from the step's inputs; q and the cache are
-    // the kernels ahead's writes.
-    wait_for_previous_kernel();
     unsigned int qb[CHUNKS][2];
     // Query fragments (the B operand): row j, the four elements of chunk c that this lane's keys hold
     // (consecutive: one 8-byte load; INT4: two chunks' elements, interleaved). Staging the rows
@@ -241,17 +177,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     for (int i = 0; i < queries; ++i) context = max(context, context_lens[first_query + i]);
     const int heads = kv_heads * GROUP;
     if (start >= context) {
-        // A group with no context (padding rows of a CUDA graph) reads nothing and gets zeros
-        // (combine_splits writes them when there is more than one split). A split past the
-        // group's contexts still counts as finished, and may be the last.
+        // A group with no context (padding rows of a CUDA graph) reads nothing and gets zeros; with
+        // more than one split, the reduce kernel writes them.
         if (max_splits == 1)
             for (int i = threadIdx.x; i < queries * GROUP * HEAD_DIM; i += THREADS) {
                 const int g = i / HEAD_DIM, token = first_query + g / GROUP;
                 out[((long long)token * heads + kv_head * GROUP + g % GROUP) * HEAD_DIM + i % HEAD_DIM] = 0;
             }
-        else
-            combine_splits_if_last(arrivals, partial_out, partial_max, partial_sum, context_lens, query_groups,
-                                   geometry, out, kv_heads, max_splits);
         return;
     }
     const int n = min(context - start, partition);
@@ -571,7 +503,85 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
         partial_out[at * HEAD_DIM + d] = sum;
         if (d == 0) { partial_max[at] = big * LN2; partial_sum[at] = total; }
     }
-    if (max_splits > 1)
-        combine_splits_if_last(arrivals, partial_out, partial_max, partial_sum, context_lens, query_groups,
-                               geometry, out, kv_heads, max_splits);
+}
+
+// A sum or maximum over the block's threads, returned to every thread.
+__device__ __forceinline__ float block_reduce(float x, bool is_max, float* scratch) {
+    #pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float other = __shfl_xor_sync(0xffffffffu, x, offset);
+        x = is_max ? fmaxf(x, other) : x + other;
+    }
+    const int tid = threadIdx.y * blockDim.x + threadIdx.x, warps = blockDim.x * blockDim.y / 32;
+    if (tid % 32 == 0) scratch[tid / 32] = x;
+    __syncthreads();
+    float r = scratch[0];
+    for (int w = 1; w < warps; ++w) r = is_max ? fmaxf(r, scratch[w]) : r + scratch[w];
+    __syncthreads();  // scratch is reused
+    return r;
+}
+
+#define MAX_REDUCE_THREADS 512
+#define REDUCE_PREFETCH 8
+
+// Combine the splits of each (query, head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+// Grid (heads, batch, dim blocks), block (dims, groups): a few long contexts split their dims over
+// several blocks so that more SMs share the loads. Thread (d, r) sums dim d over splits r, r +
+// groups, ...; its first REDUCE_PREFETCH loads are issued before the splits' weights are known, so
+// that they wait for memory together with the maxima and sums (one round trip, not two).
+extern "C" __global__ void decode_attention_reduce(
+    const float* __restrict__ partial_out, const float* __restrict__ partial_max,
+    const float* __restrict__ partial_sum, const int* __restrict__ context_lens,
+    const int* __restrict__ geometry,           // as the partial kernel's: [1] is the split length
+    bf16_t* __restrict__ out,                   // [batch][heads][HEAD_DIM]
+    int heads, int max_splits)
+{
+    extern __shared__ float s_weight[];         // [2][max_splits]: each split's maximum, then weight; its sum
+    float* s_split_sum = s_weight + max_splits;
+    __shared__ float s_scratch[32];
+    __shared__ float s_sums[MAX_REDUCE_THREADS];
+    const int h = blockIdx.x, b = blockIdx.y, x = threadIdx.x, r = threadIdx.y;
+    const int dims = blockDim.x, groups = blockDim.y, d = blockIdx.z * dims + x;
+    const int tid = r * dims + x, threads = dims * groups;
+    const int partition = geometry[1], splits = (context_lens[b] + partition - 1) / partition;
+    const long long base = ((long long)b * heads + h) * max_splits;
+    wait_for_previous_kernel();  // the partial kernel's results
+    float early[REDUCE_PREFETCH];
+    #pragma unroll
+    for (int i = 0; i < REDUCE_PREFETCH; ++i) {
+        const int s = r + i * groups;
+        early[i] = s < splits ? partial_out[(base + s) * HEAD_DIM + d] : 0.0f;
+    }
+    // The maxima and sums load together (one round trip, not two), kept in shared memory for the
+    // weights.
+    float m = KV_NEG_INF;
+    for (int s = tid; s < splits; s += threads) {
+        const float split_max = partial_max[base + s];
+        s_split_sum[s] = partial_sum[base + s];
+        s_weight[s] = split_max;
+        m = fmaxf(m, split_max);
+    }
+    m = block_reduce(m, true, s_scratch);
+    float l = 0.0f;
+    for (int s = tid; s < splits; s += threads) {
+        const float w = expf(s_weight[s] - m);
+        s_weight[s] = w;
+        l += w * s_split_sum[s];
+    }
+    l = block_reduce(l, false, s_scratch);  // its barrier also publishes s_weight
+    float o = 0.0f;
+    #pragma unroll
+    for (int i = 0; i < REDUCE_PREFETCH; ++i) {
+        const int s = r + i * groups;
+        if (s < splits) o += s_weight[s] * early[i];
+    }
+    for (int s = r + REDUCE_PREFETCH * groups; s < splits; s += groups)
+        o += s_weight[s] * partial_out[(base + s) * HEAD_DIM + d];
+    s_sums[tid] = o;
+    __syncthreads();
+    if (r != 0) return;
+    o = 0.0f;
+    for (int g = 0; g < groups; ++g) o += s_sums[g * dims + x];
+    // A query with no context (a padding row of a CUDA graph) reads nothing and gets zeros.
+    out[((long long)b * heads + h) * HEAD_DIM + d] = float_to_bf16(l > 0.0f ? o / l : 0.0f);
 }

@@ -3,9 +3,11 @@
 //! sources sit beside this file; KERNELS.md at the crate root indexes them.
 
 use half::bf16;
+use std::sync::Arc;
 
 use nanovllm_cuda::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, sys::CUdevice_attribute,
+    CudaFunction, CudaModule, CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    sys::CUdevice_attribute,
 };
 use nanovllm_cuda::{DEPENDENT_LAUNCH_CUH, DependentLaunch, Gpu, GpuError, KernelSource};
 use nanovllm_kv_quant::KV_QUANT_CUH;
@@ -26,6 +28,16 @@ const PREFILL_CU: &str = include_str!("prefill_attention.cu");
 /// (query, head) rows of one thread block of prefill attention.
 const PREFILL_ROWS: usize = 64;
 
+/// Threads of one reduce block (`MAX_REDUCE_THREADS` in decode_attention.cu).
+const REDUCE_THREADS: usize = 512;
+/// The reduce kernel's block for `rows` (query, head) rows of `splits` splits: (dims, groups).
+/// Fewer rows than SMs split each row's dims over blocks of 32, so that one long context's loads
+/// are spread over more SMs (docs/perf-history.md, version 20); a group of threads per 8 splits,
+/// so that a few splits do not leave most threads idle and many are summed at once.
+fn reduce_shape(head_dim: usize, splits: usize, rows: usize, sms: usize) -> (usize, usize) {
+    let dims = if rows < sms { head_dim.min(32) } else { head_dim };
+    (dims, splits.div_ceil(8).clamp(1, REDUCE_THREADS / dims))
+}
 const THREADS: u32 = 128;
 /// Values of a row each lane of the store kernel takes (as `ELEMS` in store.cu), in 16-byte loads:
 /// a quantized row's per-row work (its maximum, scale and index) is spread over 32 values
@@ -90,6 +102,7 @@ fn decode_min_blocks(warps: usize) -> usize {
 /// One build of decode attention: its block size and how many of its blocks the GPU runs at once.
 #[derive(Debug)]
 struct DecodeKernel {
+    module: Arc<CudaModule>,
     partial: CudaFunction,
     threads: u32,
     /// SMs x the blocks each really holds (registers, shared memory), from the occupancy API.
@@ -113,7 +126,7 @@ impl DecodeKernel {
         let module = gpu.load(source)?;
         let partial = module.load_function("decode_attention_partial")?;
         let resident = partial.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)?;
-        Ok(DecodeKernel { partial, threads, block_slots: sms * resident.max(1) as usize })
+        Ok(DecodeKernel { module, partial, threads, block_slots: sms * resident.max(1) as usize })
     }
 }
 
@@ -337,9 +350,6 @@ pub struct DecodeWorkspace {
     partial_out: CudaSlice<f32>,
     partial_max: CudaSlice<f32>,
     partial_sum: CudaSlice<f32>,
-    /// Per (query group, kv head): how many of its blocks have finished, so that the last one
-    /// combines the splits. Zero between launches: each launch's last blocks set it back.
-    arrivals: CudaSlice<i32>,
     /// (query, head, split) results it holds.
     capacity: usize,
 }
@@ -364,8 +374,6 @@ impl DecodeWorkspace {
             partial_out: gpu.stream.alloc_zeros(capacity * head_dim)?,
             partial_max: gpu.stream.alloc_zeros(capacity)?,
             partial_sum: gpu.stream.alloc_zeros(capacity)?,
-            // At most a group per query, and at most as many kv heads as heads.
-            arrivals: gpu.stream.alloc_zeros(max_queries.max(1) * heads)?,
             capacity,
         })
     }
@@ -385,26 +393,26 @@ impl AttentionScalars {
     /// Push the arguments both attention kernels begin with, in their order: q, the layer's K/V
     /// planes and scales, and the queries.
     fn push<'a>(
-        &self,
-        launch: &mut DependentLaunch<'a>,
+        &'a self,
+        launch: &mut LaunchArgs<'a>,
         q: &'a CudaView<'_, bf16>,
         keys: &'a GpuPlane,
         values: &'a GpuPlane,
         queries: &'a AttentionQueries<'_>,
     ) {
         launch
-            .buffer(q)
-            .scalar(self.q_stride)
-            .buffer(&keys.data)
-            .buffer(&values.data)
-            .buffer(&keys.scales)
-            .buffer(&values.scales)
-            .scalar(self.num_slots)
-            .buffer(&queries.block_tables)
-            .buffer(&queries.geometry)
-            .buffer(&queries.context_lens)
-            .buffer(&queries.groups)
-            .buffer(&queries.group_tables);
+            .arg(q)
+            .arg(&self.q_stride)
+            .arg(&keys.data)
+            .arg(&values.data)
+            .arg(&keys.scales)
+            .arg(&values.scales)
+            .arg(&self.num_slots)
+            .arg(&queries.block_tables)
+            .arg(&queries.geometry)
+            .arg(&queries.context_lens)
+            .arg(&queries.groups)
+            .arg(&queries.group_tables);
     }
 }
 
@@ -417,10 +425,11 @@ pub struct CacheKernels {
     decode_short: DecodeKernel,
     /// Decode attention for a few long contexts split over the GPU ([`DecodeWarps::long`]).
     decode_long: DecodeKernel,
-    /// Streaming multiprocessors, which the split planner fills.
+    /// Streaming multiprocessors: the reduce kernel spreads a few rows over them.
     sms: usize,
     prefill: CudaFunction,
     store: CudaFunction,
+    reduce: CudaFunction,
     head_dim: usize,
     group: usize,
     store_rows: u32,
@@ -498,9 +507,7 @@ impl CacheKernelSources {
             decode: warps.map(|w| DecodeKernel::source(&shape, w)),
             prefill: KernelSource {
                 name: "prefill_attention",
-                source: format!(
-                    "{DEPENDENT_LAUNCH_CUH}\n{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{PREFILL_CU}"
-                ),
+                source: format!("{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{PREFILL_CU}"),
                 defines: shape,
             },
             warps,
@@ -544,6 +551,7 @@ impl CacheKernels {
         let decode_short = DecodeKernel::new(gpu, short, short_warps, sms)?;
         let decode_long = DecodeKernel::new(gpu, long, long_warps, sms)?;
         Ok(CacheKernels {
+            reduce: decode.module.load_function("decode_attention_reduce")?,
             decode,
             decode_short,
             decode_long,
@@ -676,15 +684,11 @@ impl CacheKernels {
         };
         let scalars = AttentionScalars::new(cache, q_stride);
         let kv_heads = kv_heads as i32;
-        // A dependent launch: its blocks start as the kernel ahead's last ones exit (the store
-        // of this step's K/V), and wait for its writes only before they read q and the cache.
-        let mut launch = DependentLaunch::new(gpu, &self.prefill);
+        let mut launch = gpu.stream.launch_builder(&self.prefill);
         scalars.push(&mut launch, q, keys, values, queries);
-        launch.buffer_mut(out).scalar(kv_heads).scalar(softmax_scale);
+        launch.arg(out).arg(&kv_heads).arg(&softmax_scale);
         // SAFETY: the arguments match prefill_attention's signature and the buffers' sizes were
         // checked; the tables, contexts and groups on the device are as the caller's contract says.
-        // The kernel waits for the kernel ahead before it reads q or the cache, and writes only
-        // `out`, which the kernels ahead of it (the projections, norms and store) do not read.
         #[allow(unsafe_code)]
         unsafe {
             launch.launch(config)?;
@@ -743,13 +747,10 @@ impl CacheKernels {
         let heads = (kv_heads * self.group) as i32;
         let softmax_scale = 1.0f32 / (self.head_dim as f32).sqrt();
         let splits = split.splits;
-        let groups_too_many = queries.num_groups * kv_heads > workspace.arrivals.len();
-        if batch * heads as usize * splits > workspace.capacity || groups_too_many {
+        if batch * heads as usize * splits > workspace.capacity {
             return Err(GpuError::Unsupported(format!(
-                "an attention workspace for {} results and {} (group, kv head) counts, asked for {batch} queries of {heads} heads in {} groups and {splits} splits",
-                workspace.capacity,
-                workspace.arrivals.len(),
-                queries.num_groups
+                "an attention workspace for {} results, asked for {batch} queries of {heads} heads and {splits} splits",
+                workspace.capacity
             )));
         }
         let kernel = self.kernel(split.build);
@@ -761,23 +762,46 @@ impl CacheKernels {
             shared_mem_bytes: 0,
         };
         let scalars = AttentionScalars::new(cache, q_stride);
-        // A dependent launch, as prefill's.
-        let mut launch = DependentLaunch::new(gpu, &kernel.partial);
+        let mut launch = gpu.stream.launch_builder(&kernel.partial);
         scalars.push(&mut launch, q, keys, values, queries);
         launch
-            .buffer_mut(out)
-            .buffer_mut(&mut workspace.partial_out)
-            .buffer_mut(&mut workspace.partial_max)
-            .buffer_mut(&mut workspace.partial_sum)
-            .buffer_mut(&mut workspace.arrivals)
-            .scalar(kv_heads_arg)
-            .scalar(max_splits)
-            .scalar(softmax_scale);
+            .arg(&mut *out)
+            .arg(&mut workspace.partial_out)
+            .arg(&mut workspace.partial_max)
+            .arg(&mut workspace.partial_sum)
+            .arg(&kv_heads_arg)
+            .arg(&max_splits)
+            .arg(&softmax_scale);
         // SAFETY: the arguments match decode_attention_partial's signature and the buffers' sizes
-        // were checked (the workspace holds every split's results and each group's count); the
-        // tables, contexts and groups on the device are as the caller's contract says. The kernel
-        // waits for the kernel ahead before it reads q or the cache, and writes only `out` and
-        // the workspace, which the kernels ahead of it do not read.
+        // were checked (the workspace holds every split's results); the tables, contexts and
+        // groups on the device are as the caller's contract says.
+        #[allow(unsafe_code)]
+        unsafe {
+            launch.launch(config)?;
+        }
+        if splits == 1 {
+            return Ok(()); // one split per context: the partial kernel wrote the output
+        }
+        let (dims, groups) = reduce_shape(self.head_dim, splits, batch * heads as usize, self.sms);
+        let config = LaunchConfig {
+            grid_dim: (heads as u32, batch as u32, (self.head_dim / dims) as u32),
+            block_dim: (dims as u32, groups as u32, 1),
+            shared_mem_bytes: 8 * splits as u32, // each split's weight and sum
+        };
+        // A dependent launch: its blocks start as the partial kernel's last ones exit.
+        let mut launch = DependentLaunch::new(gpu, &self.reduce);
+        launch
+            .buffer(&workspace.partial_out)
+            .buffer(&workspace.partial_max)
+            .buffer(&workspace.partial_sum)
+            .buffer(&queries.context_lens)
+            .buffer(&queries.geometry)
+            .buffer_mut(out)
+            .scalar(heads)
+            .scalar(max_splits);
+        // SAFETY: the arguments match decode_attention_reduce's signature; it reads only the splits
+        // the partial kernel wrote, after waiting for them, and writes only `out`, which that
+        // kernel does not read.
         #[allow(unsafe_code)]
         unsafe {
             launch.launch(config)?;

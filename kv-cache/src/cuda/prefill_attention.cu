@@ -110,9 +110,6 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
         row_head[h] = kv_head * GROUP + r % GROUP;
         row_context[h] = query < queries ? context_lens[first_query + query] : 0;
     }
-    // A dependent launch: what came before was read from the step's inputs; q and the cache are
-    // the kernels ahead's writes.
-    wait_for_previous_kernel();
     // Q fragments: a0 (row g, dims 2t, 2t+1 of chunk c), a1 (row g + 8), a2 and a3 (dims + 8).
     unsigned int qa[QK_CHUNKS][4];
     #pragma unroll
