@@ -7,13 +7,23 @@ ab-bench.log: output, prefill and decode tokens per second, and the mean step (m
 """
 import collections
 import json
+import re
 import statistics
 import sys
+
+
+PREFILL = re.compile(r"round \S+ (\S+) prefill attention, (.*?), the last (.*?), (\S+): (\S+) us \((\S+) launch")
 
 
 def kernels(path):
     runs = collections.defaultdict(list)
     for line in open(path):
+        # "round R SETTING prefill attention, SHAPE, the last N of M positions, DTYPE: T us (L launch included)"
+        prefill = PREFILL.match(line)
+        if prefill:
+            setting, shape, size, dtype, time, launch = prefill.groups()
+            runs[(("prefill attention", shape, size, dtype), setting)].append((float(time), float(launch)))
+            continue
         # "round R SETTING | kernel | shape | batch x context | dtype | time | with launch | ..."
         head, _, table = line.partition("|")
         cells = [c.strip() for c in table.split("|")]

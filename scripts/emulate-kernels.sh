@@ -52,7 +52,9 @@ for shape in "128 2 16 128" "128 4 256 128" "64 8 32 64" "256 1 16 256" "128 8 3
   build -DHEAD_DIM=$head_dim -DGROUP=$group -DBLOCK_SIZE=$block -DTHREADS=$threads -o "$work/decode" "$work/decode_int4.cpp"
   # split length, then splits in the grid past the contexts' (a graph captured for longer ones)
   for splits in "4096 0" "32 0" "16 0" "4096 2" "32 3" "16 6"; do "$work/decode" "$seed" $splits || status=1; done
-  build -DHEAD_DIM=$head_dim -DGROUP=$group -DBLOCK_SIZE=$block -o "$work/prefill" "$work/prefill_int4.cpp"
-  "$work/prefill" "$seed" 70 || status=1
+  for keys in 32 64; do  # keys per tile: the default, and the tuning alternative
+    build -DHEAD_DIM=$head_dim -DGROUP=$group -DBLOCK_SIZE=$block -DKT=$keys -o "$work/prefill" "$work/prefill_int4.cpp"
+    "$work/prefill" "$seed" 70 || status=1
+  done
 done
 exit $status

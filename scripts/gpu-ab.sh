@@ -23,7 +23,7 @@ for round in $(seq "${ROUNDS:-1}"); do
     if [ "$what" = kernels ]; then
       bin=$(env $vars sh -c 'echo "${KERNELS_BIN:-target/release/examples/bench_kernels}"')
       env $vars OUT= timeout 300 "$bin" 4.27 "$@" 2>&1 \
-        | grep -E '^\| (decode|store)|decode kernel' | sed "s|^|round $round $setting |" | tee -a "$out/ab-kernels.log" || status=1
+        | grep -E '^\| (decode|store)|decode kernel|^prefill attention' | sed "s|^|round $round $setting |" | tee -a "$out/ab-kernels.log" || status=1
     else
       for dtype in bf16 int8; do
         cli=$(env $vars sh -c 'echo "${CLI:-target/release/nanovllm-cli}"')

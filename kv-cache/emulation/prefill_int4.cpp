@@ -1,6 +1,6 @@
 // INT4 prefill attention (prefill_attention) emulated on the host, against the reference of
 // int4_cache.h: one sequence's positions, each query seeing the positions up to its own, in query
-// groups of 64 / GROUP. Built by scripts/emulate-kernels.sh with HEAD_DIM, GROUP, BLOCK_SIZE;
+// groups of 64 / GROUP. Built by scripts/emulate-kernels.sh with HEAD_DIM, GROUP, BLOCK_SIZE, KT;
 // arguments: seed, sequence length.
 #include "int4_build.h"
 #include "prefill_attention.cu"
@@ -35,6 +35,6 @@ int main(int argc, char** argv) {
             for (int d = 0; d < HEAD_DIM; ++d) error.add(from_bf16(out[row * HEAD_DIM + d]), want[d]);
         }
     char what[128];
-    snprintf(what, sizeof what, "prefill HEAD_DIM %d GROUP %d BLOCK_SIZE %d, %d positions", HEAD_DIM, GROUP, BLOCK_SIZE, len);
+    snprintf(what, sizeof what, "prefill HEAD_DIM %d GROUP %d BLOCK_SIZE %d KT %d, %d positions", HEAD_DIM, GROUP, BLOCK_SIZE, KT, len);
     return error.judge(what);
 }

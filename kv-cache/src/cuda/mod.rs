@@ -47,6 +47,13 @@ fn store_values_per_lane(dtype: CacheDtype, head_dim: usize) -> usize {
     if is_quantized(dtype) { head_dim.min(32) } else { 8 }
 }
 
+/// Keys per shared-memory tile of prefill attention (`KT` in prefill_attention.cu): 32, or
+/// `NANOVLLM_PREFILL_KEYS` (32 or 64), for tuning.
+fn prefill_tile_keys() -> usize {
+    let tuned = std::env::var("NANOVLLM_PREFILL_KEYS").ok().and_then(|v| v.parse().ok());
+    tuned.filter(|keys| [32, 64].contains(keys)).unwrap_or(32)
+}
+
 /// Codes narrower than bf16 (INT8, FP8, INT4), which the kernels widen to fp16.
 fn is_quantized(dtype: CacheDtype) -> bool {
     dtype.row_layout().code_bits < 16
@@ -508,7 +515,7 @@ impl CacheKernelSources {
             prefill: KernelSource {
                 name: "prefill_attention",
                 source: format!("{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{PREFILL_CU}"),
-                defines: shape,
+                defines: [&shape[..], &[("KT", prefill_tile_keys().to_string())]].concat(),
             },
             warps,
         })

@@ -11,7 +11,7 @@
 // most 8), QUANT (0/1: codes rather than bf16s), SCALED (0/1: bf16 scales beside the codes; 0 for
 // FP8 codes of the values themselves, read as scales of 1), FP8 (0/1: the codes are E4M3), INT4
 // (0/1: 4-bit codes, two a byte, a scale per group of 32 values),
-// BLOCK_SIZE (slots per cache block, multiple of 16).
+// BLOCK_SIZE (slots per cache block, multiple of 16), KT (keys per tile: 32, or 64 for tuning).
 //
 // Warp w owns rows 16w .. 16w + 15 (row r: query r / GROUP of the group, head r % GROUP) and
 // computes S = Q K^T (Q as the MMA's A operand, K rows from shared memory as B) and O += P V (P from
@@ -20,7 +20,8 @@
 
 #define PREFILL_WARPS 4
 #define PREFILL_ROWS (16 * PREFILL_WARPS)
-#define KT 32                                // keys per shared-memory tile
+// KT: keys per shared-memory tile (a define: 32, or 64 for tuning; warp 0 takes each key's scales)
+#define LANE_KEYS (KT / 32)                  // keys whose row scales each lane of warp 0 loads
 #define SMEM_STRIDE (HEAD_DIM + 8)           // 16-bit elements per staged row: no bank conflicts
 #define QK_CHUNKS (HEAD_DIM / 16)            // k16 steps of S = Q K^T
 #define O_TILES (HEAD_DIM / 8)               // n8 tiles of the output
@@ -75,7 +76,145 @@ __device__ __forceinline__ void stage_int4_unit(uint4 codes, int unit, const uns
 }
 #endif
 
-extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_attention(
+#define PREFILL_THREADS (PREFILL_WARPS * 32)
+#define TILE_UNITS ((KT * UNITS + PREFILL_THREADS - 1) / PREFILL_THREADS)  // units of K (and of V) per thread
+
+// One thread's share of a tile, as loaded: unit i is the thread's (threadIdx.x + i * PREFILL_THREADS)-th
+// of the tile's KT x UNITS, zeros past the context. INT4: each of its rows' group scales too. Lane l
+// of warp 0 also holds the row scales of keys l, l + 32... (QUANT), which the scores and
+// probabilities take.
+struct TileLoads {
+    uint4 k[TILE_UNITS], v[TILE_UNITS];
+#if INT4
+    bf16_t k_groups[TILE_UNITS][GROUPS], v_groups[TILE_UNITS][GROUPS];
+    bf16_t k_row[LANE_KEYS][GROUPS], v_row[LANE_KEYS][GROUPS];
+#elif QUANT
+    float k_row[LANE_KEYS], v_row[LANE_KEYS];
+#endif
+};
+
+// Where position `pos` of the sequence lies in the cache: its slot, by the block table.
+__device__ __forceinline__ long long slot_of(const int* table, int pos) {
+    return (long long)table[pos / BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE;
+}
+
+// Issue the loads of the tile of keys [key0, key0 + KT) of a context of `context` keys.
+__device__ __forceinline__ void load_tile(
+    TileLoads& t, int key0, int context, const int* table, const unsigned char* key_cache,
+    const unsigned char* value_cache, const bf16_t* key_scale, const bf16_t* value_scale, long long num_slots,
+    int kv_head, int kv_heads)
+{
+    const int valid = min(context - key0, KT);
+    #pragma unroll
+    for (int i = 0; i < TILE_UNITS; ++i) {
+        const int u = threadIdx.x + i * PREFILL_THREADS, key = u / UNITS, unit = u % UNITS;
+        t.k[i] = t.v[i] = make_uint4(0u, 0u, 0u, 0u);
+        const bool used = u < KT * UNITS && key < valid;
+        const long long slot = used ? slot_of(table, key0 + key) : 0;
+        if (used) {
+            const long long at = cache_row(slot, kv_head, kv_heads) * ROW_BYTES + unit * 16;
+            t.k[i] = *(const uint4*)(key_cache + at);
+            t.v[i] = *(const uint4*)(value_cache + at);
+        }
+#if INT4
+        #pragma unroll
+        for (int g = 0; g < GROUPS; ++g) {
+            const long long at = (kv_head * num_slots + slot) * GROUPS + g;
+            t.k_groups[i][g] = used ? key_scale[at] : (bf16_t)0;
+            t.v_groups[i][g] = used ? value_scale[at] : (bf16_t)0;
+        }
+#endif
+    }
+#if QUANT
+    if (threadIdx.x < 32)
+        #pragma unroll
+        for (int r = 0; r < LANE_KEYS; ++r) {
+            const int key = threadIdx.x + 32 * r;
+            const bool used = key < valid;
+            const long long slot = used ? slot_of(table, key0 + key) : 0;
+#if INT4
+            #pragma unroll
+            for (int g = 0; g < GROUPS; ++g) {
+                t.k_row[r][g] = used ? key_scale[(kv_head * num_slots + slot) * GROUPS + g] : (bf16_t)0;
+                t.v_row[r][g] = used ? value_scale[(kv_head * num_slots + slot) * GROUPS + g] : (bf16_t)0;
+            }
+#elif SCALED
+            t.k_row[r] = used ? bf16_to_float(key_scale[kv_head * num_slots + slot]) : 0.0f;
+            t.v_row[r] = used ? bf16_to_float(value_scale[kv_head * num_slots + slot]) : 0.0f;
+#else
+            t.k_row[r] = t.v_row[r] = used ? 1.0f : 0.0f;
+#endif
+        }
+#endif
+}
+
+// Stage a loaded tile of `valid` keys in shared memory as the MMAs take it: fp16 values for codes
+// (INT4: over its row's power of two), and (QUANT) each key's row scales and the tile's largest V
+// scale.
+__device__ __forceinline__ void stage_tile(
+    const TileLoads& t, int valid, unsigned short (*s_k)[SMEM_STRIDE], unsigned short (*s_v)[SMEM_STRIDE],
+    float* s_ks, float* s_vs, float* s_tile_vs_max)
+{
+    #pragma unroll
+    for (int i = 0; i < TILE_UNITS; ++i) {
+        const int u = threadIdx.x + i * PREFILL_THREADS, key = u / UNITS, unit = u % UNITS;
+        if (u >= KT * UNITS) break;
+#if INT4
+        // Each group's scale over the row's power of two (past the context: zeros).
+        unsigned int k_ratio[GROUPS], v_ratio[GROUPS];
+        float k_largest = FLT_MIN_NORMAL, v_largest = FLT_MIN_NORMAL;
+        #pragma unroll
+        for (int g = 0; g < GROUPS; ++g) {
+            k_largest = fmaxf(k_largest, bf16_to_float(t.k_groups[i][g]));
+            v_largest = fmaxf(v_largest, bf16_to_float(t.v_groups[i][g]));
+        }
+        const float k_inverse = key < valid ? pow2_inverse(pow2_at_least(k_largest)) : 0.0f;
+        const float v_inverse = key < valid ? pow2_inverse(pow2_at_least(v_largest)) : 0.0f;
+        #pragma unroll
+        for (int g = 0; g < GROUPS; ++g) {
+            const float k = bf16_to_float(t.k_groups[i][g]) * k_inverse;
+            const float v = bf16_to_float(t.v_groups[i][g]) * v_inverse;
+            k_ratio[g] = pack2(k, k * 0.0625f);
+            v_ratio[g] = pack2(v, v * 0.0625f);
+        }
+        stage_int4_unit(t.k[i], unit, k_ratio, s_k[key]);
+        stage_int4_unit(t.v[i], unit, v_ratio, s_v[key]);
+#elif QUANT
+        uint4 k_lo, k_hi, v_lo, v_hi;
+        codes4_to_f16x2(t.k[i].x, k_lo.x, k_lo.y); codes4_to_f16x2(t.k[i].y, k_lo.z, k_lo.w);
+        codes4_to_f16x2(t.k[i].z, k_hi.x, k_hi.y); codes4_to_f16x2(t.k[i].w, k_hi.z, k_hi.w);
+        codes4_to_f16x2(t.v[i].x, v_lo.x, v_lo.y); codes4_to_f16x2(t.v[i].y, v_lo.z, v_lo.w);
+        codes4_to_f16x2(t.v[i].z, v_hi.x, v_hi.y); codes4_to_f16x2(t.v[i].w, v_hi.z, v_hi.w);
+        *(uint4*)&s_k[key][unit * 16] = k_lo; *(uint4*)&s_k[key][unit * 16 + 8] = k_hi;
+        *(uint4*)&s_v[key][unit * 16] = v_lo; *(uint4*)&s_v[key][unit * 16 + 8] = v_hi;
+#else
+        *(uint4*)&s_k[key][unit * 8] = t.k[i];
+        *(uint4*)&s_v[key][unit * 8] = t.v[i];
+#endif
+    }
+#if QUANT
+    if (threadIdx.x < 32) {
+        float big = 0.0f;
+        #pragma unroll
+        for (int r = 0; r < LANE_KEYS; ++r) {
+            const int key = threadIdx.x + 32 * r;
+#if INT4
+            const float ks = key < valid ? int4_row_scale(t.k_row[r]) : 0.0f;
+            const float vs = key < valid ? int4_row_scale(t.v_row[r]) : 0.0f;
+#else
+            const float ks = t.k_row[r], vs = t.v_row[r];
+#endif
+            s_ks[key] = ks;
+            s_vs[key] = vs;
+            big = fmaxf(big, vs);
+        }
+        for (int offset = 16; offset > 0; offset >>= 1) big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, offset));
+        if (threadIdx.x == 0) *s_tile_vs_max = big;
+    }
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(PREFILL_THREADS, 2) prefill_attention(
     const bf16_t* __restrict__ q,               // [queries][kv_heads * GROUP][HEAD_DIM], query stride q_stride
     long long q_stride,
     const unsigned char* __restrict__ key_cache,   // rows of HEAD_DIM elements, placed by cache_row (layout.cuh)
@@ -137,71 +276,18 @@ extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 2) prefill_atte
     float vs_max = 0.0f;  // QUANT: the V scales are divided by this running maximum
     const float score_scale = softmax_scale * LOG2E;  // scores in log2 units: exp2 below
 
+    // The next tile's rows (and scales), loaded into registers while the current one is computed
+    // on, so that its two dependent loads (the block table, then the rows) wait behind the MMAs
+    // rather than before them: TILE_UNITS 16-byte units of K and of V per thread.
+    TileLoads next;
+    if (context > 0) load_tile(next, 0, context, table, key_cache, value_cache, key_scale, value_scale, num_slots, kv_head, kv_heads);
     for (int key0 = 0; key0 < context; key0 += KT) {
         const int valid = min(context - key0, KT);
         __syncthreads();  // the previous tile is no longer read
-        for (int u = threadIdx.x; u < KT * UNITS; u += PREFILL_WARPS * 32) {
-            const int key = u / UNITS, unit = u % UNITS;
-            uint4 kw = make_uint4(0u, 0u, 0u, 0u), vw = kw;
-            long long slot = 0;
-            if (key < valid) {
-                const int pos = key0 + key;
-                slot = (long long)table[pos / BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE;
-                const long long at = cache_row(slot, kv_head, kv_heads) * ROW_BYTES + unit * 16;
-                kw = *(const uint4*)(key_cache + at);
-                vw = *(const uint4*)(value_cache + at);
-            }
-#if INT4
-            unsigned int k_ratio[GROUPS], v_ratio[GROUPS];  // each group's scale over the row's
-            const long long at = (kv_head * num_slots + slot) * GROUPS;
-            const float k_inverse = key < valid ? pow2_inverse(int4_row_scale(key_scale + at)) : 0.0f;
-            const float v_inverse = key < valid ? pow2_inverse(int4_row_scale(value_scale + at)) : 0.0f;
-            #pragma unroll
-            for (int g = 0; g < GROUPS; ++g) {  // past the context: zeros
-                const float k = key < valid ? bf16_to_float(key_scale[at + g]) * k_inverse : 0.0f;
-                const float v = key < valid ? bf16_to_float(value_scale[at + g]) * v_inverse : 0.0f;
-                k_ratio[g] = pack2(k, k * 0.0625f);
-                v_ratio[g] = pack2(v, v * 0.0625f);
-            }
-            stage_int4_unit(kw, unit, k_ratio, s_k[key]);
-            stage_int4_unit(vw, unit, v_ratio, s_v[key]);
-#elif QUANT
-            uint4 k_lo, k_hi, v_lo, v_hi;
-            codes4_to_f16x2(kw.x, k_lo.x, k_lo.y); codes4_to_f16x2(kw.y, k_lo.z, k_lo.w);
-            codes4_to_f16x2(kw.z, k_hi.x, k_hi.y); codes4_to_f16x2(kw.w, k_hi.z, k_hi.w);
-            codes4_to_f16x2(vw.x, v_lo.x, v_lo.y); codes4_to_f16x2(vw.y, v_lo.z, v_lo.w);
-            codes4_to_f16x2(vw.z, v_hi.x, v_hi.y); codes4_to_f16x2(vw.w, v_hi.z, v_hi.w);
-            *(uint4*)&s_k[key][unit * 16] = k_lo; *(uint4*)&s_k[key][unit * 16 + 8] = k_hi;
-            *(uint4*)&s_v[key][unit * 16] = v_lo; *(uint4*)&s_v[key][unit * 16 + 8] = v_hi;
-#else
-            *(uint4*)&s_k[key][unit * 8] = kw;
-            *(uint4*)&s_v[key][unit * 8] = vw;
-#endif
-        }
-#if QUANT
-        if (warp == 0) {
-            float ks = 0.0f, vs = 0.0f;
-            if (lane < valid) {
-                const int pos = key0 + lane;
-                const long long slot = (long long)table[pos / BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE;
-#if INT4
-                ks = int4_row_scale(key_scale + (kv_head * num_slots + slot) * GROUPS);
-                vs = int4_row_scale(value_scale + (kv_head * num_slots + slot) * GROUPS);
-#elif SCALED
-                ks = bf16_to_float(key_scale[kv_head * num_slots + slot]);
-                vs = bf16_to_float(value_scale[kv_head * num_slots + slot]);
-#else
-                ks = vs = 1.0f;
-#endif
-            }
-            s_ks[lane] = ks;
-            s_vs[lane] = vs;
-            float big = vs;
-            for (int offset = 16; offset > 0; offset >>= 1) big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, offset));
-            if (lane == 0) s_tile_vs_max = big;
-        }
-#endif
+        stage_tile(next, valid, s_k, s_v, s_ks, s_vs, &s_tile_vs_max);
         __syncthreads();
+        if (key0 + KT < context)
+            load_tile(next, key0 + KT, context, table, key_cache, value_cache, key_scale, value_scale, num_slots, kv_head, kv_heads);
 
         // S = Q K^T: s[n] holds rows g (0, 1) and g + 8 (2, 3) at keys 8n + 2t, 8n + 2t + 1.
         float s[KT / 8][4];
