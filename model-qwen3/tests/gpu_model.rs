@@ -428,20 +428,22 @@ fn gpu_logits_match_the_cpu_reference() {
 #[ignore = "needs a CUDA GPU"]
 fn gpu_sampling_is_greedy_at_zero_and_follows_the_softmax() {
     let (gpu, _turn) = gpu();
-    // 300 logits per row take the sampler's four-per-load path, 301 its one-at-a-time path.
-    for vocab in [300, 301] {
-        sampling_follows_the_softmax(&gpu, vocab);
+    // 300 logits per row take the sampler's four-per-load path, 301 its one-at-a-time path; a row
+    // of 12,288 is drawn in three pieces, one block each, whose best is then chosen: four models,
+    // so that the top token lies in different pieces.
+    for (vocab, seed) in [(300, 11), (301, 11), (12_288, 11), (12_288, 12), (12_288, 13), (12_288, 14)] {
+        sampling_follows_the_softmax(&gpu, vocab, seed);
     }
 }
 
-fn sampling_follows_the_softmax(gpu: &Gpu, vocab: usize) {
+fn sampling_follows_the_softmax(gpu: &Gpu, vocab: usize, seed: u64) {
     let config = Qwen3Config::from_json_str(&format!(
         r#"{{"model_type": "qwen3", "hidden_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
             "num_key_value_heads": 1, "head_dim": 64, "intermediate_size": 256, "vocab_size": {vocab},
             "max_position_embeddings": 256, "tie_word_embeddings": true}}"#
     ))
     .unwrap();
-    let model = Qwen3Model::random(config, 11, 0.1);
+    let model = Qwen3Model::random(config, seed, 0.1);
     let mut gpu_model = gpu_model(gpu, &model, CacheDtype::Bf16, 8, false);
     let mut blocks = BlockManager::new(8, BLOCK_SIZE).unwrap();
     let prompt = [5u32, 9, 2, 7];
@@ -474,7 +476,9 @@ fn sampling_follows_the_softmax(gpu: &Gpu, vocab: usize) {
         .count();
     let freq = hits as f64 / draws as f64;
     let sigma = (p * (1.0 - p) / draws as f64).sqrt();
-    eprintln!("vocab {vocab}: top token probability {p:.3}, sampled {freq:.3} over {draws} seeds");
+    eprintln!(
+        "vocab {vocab}, model {seed}: top token {top}, probability {p:.3}, sampled {freq:.3} over {draws} seeds"
+    );
     assert!((freq - p).abs() <= 4.0 * sigma + 0.01, "sampled {freq}, softmax {p}");
     // The same seed and step give the same token.
     let spec = GpuSample::new(1.0, 77, 4);

@@ -32,7 +32,7 @@ use nanovllm_kv_quant::CacheDtype;
 use crate::{LogitAdjustment, ModelError, Qwen3Config, Sampled, SeqInput, TokenLogprobs, WeightSource};
 use graphs::DecodeGraphs;
 use nccl::{Nccl, RankExchange, sum_over_ranks};
-use ops::Ops;
+use ops::{Ops, SAMPLE_BLOCKS};
 pub use parallel::GpuGroup;
 
 /// Every kernel module a GPU model of `config` compiles with a `dtype` cache of `block_size`
@@ -72,6 +72,10 @@ struct Activations {
     last: CudaSlice<bf16>,
     logits: CudaSlice<f32>,
     sampled: CudaSlice<i32>,
+    /// Each piece's best token and score when a few rows are drawn in pieces of the vocabulary
+    /// (`Ops::sample_pieces`): `[pieces][rows]`, fewer than `2 * SAMPLE_BLOCKS`.
+    piece_ids: CudaSlice<i32>,
+    piece_values: CudaSlice<f32>,
     sampled_host: PinnedHostSlice<i32>,
     /// The logits that adjustments replaced, put back after the draw.
     saved_logits: CudaSlice<f32>,
@@ -96,6 +100,8 @@ impl Activations {
             last: stream.alloc_zeros(seqs * h)?,
             logits: stream.alloc_zeros(seqs * vocab_rows)?,
             sampled: stream.alloc_zeros(seqs)?,
+            piece_ids: stream.alloc_zeros(2 * SAMPLE_BLOCKS)?,
+            piece_values: stream.alloc_zeros(2 * SAMPLE_BLOCKS)?,
             sampled_host,
             saved_logits: stream.alloc_zeros(1)?,
             workspace: DecodeWorkspace::new(gpu, t, seqs, c.num_attention_heads, d, limits.max_model_len)?,
@@ -471,16 +477,26 @@ impl GpuQwen3 {
                 };
                 adjust(act, false)?;
                 let truncation = samples.iter().any(GpuSample::truncates).then(|| inputs.truncation());
-                ops.sample(
-                    &act.logits,
-                    temperatures,
-                    seeds,
-                    steps,
-                    &mut act.sampled,
-                    None,
-                    truncation,
-                    rows,
-                )?;
+                let pieces = if truncation.is_some() { 1 } else { ops.sample_pieces(rows) };
+                if pieces == 1 {
+                    let out = &mut act.sampled;
+                    ops.sample(&act.logits, temperatures, seeds, steps, out, None, truncation, rows, 1)?;
+                } else {
+                    // A few rows: each drawn in pieces over more blocks, then the best piece kept.
+                    let (ids, values) = (&mut act.piece_ids, &mut act.piece_values);
+                    ops.sample(
+                        &act.logits,
+                        temperatures,
+                        seeds,
+                        steps,
+                        ids,
+                        Some(values),
+                        None,
+                        rows,
+                        pieces,
+                    )?;
+                    ops.pick_best_shard(ids, values, &mut act.sampled, rows, pieces)?;
+                }
                 adjust(act, true)?;
             }
             Some(_) if samples.iter().any(GpuSample::truncates) || batch.needs_whole_rows() => {
@@ -490,7 +506,7 @@ impl GpuQwen3 {
             }
             Some(ranks) => {
                 let (ids, values) = (&mut ranks.candidate_ids, &mut ranks.candidate_values);
-                ops.sample(&act.logits, temperatures, seeds, steps, ids, Some(values), None, rows)?;
+                ops.sample(&act.logits, temperatures, seeds, steps, ids, Some(values), None, rows, 1)?;
                 ranks.gather_candidates(rows)?;
                 let world = ranks.nccl.world();
                 ops.pick_best_shard(

@@ -397,6 +397,10 @@ __device__ void sample_truncated(const float* l, int vocab_rows, int vocab_start
 // top_ks, top_ps and log_min_ps may be null (no truncation); a row truncates when its top_k > 0,
 // top_p < 1 or log_min_p > -inf, at a temperature above 0 (one GPU only: the ranks of a
 // tensor-parallel group hold slices of the vocabulary, and the engine truncates on the host).
+// Grid (rows, pieces): a few rows spread each row over `pieces` blocks, each drawing the best of
+// one piece of the vocabulary (a multiple of 4 logits long) into out[piece * rows + row] (and its
+// score into best_values), for pick_best_shard to choose among, as among tensor-parallel ranks. A
+// row that truncates needs the whole row in one block: pieces is then 1.
 extern "C" __global__ void __launch_bounds__(1024) sample_tokens(const float* __restrict__ logits, const float* __restrict__ temperatures,
                                          const unsigned long long* __restrict__ seeds,
                                          const unsigned long long* __restrict__ steps, int* __restrict__ out,
@@ -405,7 +409,7 @@ extern "C" __global__ void __launch_bounds__(1024) sample_tokens(const float* __
                                          const float* __restrict__ log_min_ps) {
     __shared__ float s_value[32];
     __shared__ int s_index[32];
-    const int row = blockIdx.x;
+    const int row = blockIdx.x, rows = gridDim.x, piece = blockIdx.y;
     const GumbelRow g(temperatures[row], seeds[row], steps[row]);
     const float* l = logits + (long long)row * vocab_rows;
     const int top_k = top_ks ? top_ks[row] : 0;
@@ -415,17 +419,18 @@ extern "C" __global__ void __launch_bounds__(1024) sample_tokens(const float* __
         sample_truncated(l, vocab_rows, vocab_start, g, top_k, top_p, log_min_p, out + row);
         return;
     }
+    const int piece_rows = ((vocab_rows + gridDim.y - 1) / gridDim.y + 3) / 4 * 4, first = piece * piece_rows;
     float best = KV_NEG_INF;
     int best_i = 0x7fffffff;
-    for_each_logit(l, vocab_rows, [&](float v, int local) {
-        const int i = vocab_start + local;
+    for_each_logit(l + first, max(min(piece_rows, vocab_rows - first), 0), [&](float v, int local) {
+        const int i = vocab_start + first + local;
         const float score = g.score(v, i);
         if (better(score, i, best, best_i)) { best = score; best_i = i; }
     });
     block_best(best, best_i, s_value, s_index);
     if (threadIdx.x == 0) {
-        out[row] = best_i;
-        if (best_values) best_values[row] = best;
+        out[piece * rows + row] = best_i;
+        if (best_values) best_values[piece * rows + row] = best;
     }
 }
 
