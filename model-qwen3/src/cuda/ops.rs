@@ -269,7 +269,8 @@ impl Ops {
     /// How many pieces [`Ops::sample`] may cut each of `rows` rows into: enough that a draw of a
     /// few rows spreads over [`SAMPLE_BLOCKS`] blocks (one block over the whole vocabulary took
     /// 48 us of a 1.4 ms batch-1 step on an H100), each piece at least [`SAMPLE_PIECE_MIN`]
-    /// logits; 1 where the vocabulary is not a multiple of 4 (its pieces' loads are aligned).
+    /// logits; 1 where the vocabulary is not a multiple of 4 (a piece's 16-byte loads must start
+    /// aligned).
     pub(super) fn sample_pieces(&self, rows: usize) -> usize {
         let vocab = self.vocab.len();
         if !vocab.is_multiple_of(4) {
