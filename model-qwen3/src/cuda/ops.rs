@@ -272,11 +272,7 @@ impl Ops {
     /// logits; 1 where the vocabulary is not a multiple of 4 (a piece's 16-byte loads must start
     /// aligned).
     pub(super) fn sample_pieces(&self, rows: usize) -> usize {
-        let vocab = self.vocab.len();
-        if !vocab.is_multiple_of(4) {
-            return 1;
-        }
-        SAMPLE_BLOCKS.div_ceil(rows.max(1)).min(vocab / SAMPLE_PIECE_MIN).max(1)
+        sample_pieces(self.vocab.len(), rows)
     }
 
     /// One token per logit row (Gumbel-max with the row's temperature, seed and step), among this
@@ -389,6 +385,14 @@ pub(super) const SAMPLE_BLOCKS: usize = 32;
 /// The fewest logits a piece of a row is drawn over.
 const SAMPLE_PIECE_MIN: usize = 4096;
 
+/// [`Ops::sample_pieces`] for a vocabulary (a rank's share) of `vocab` ids.
+fn sample_pieces(vocab: usize, rows: usize) -> usize {
+    if !vocab.is_multiple_of(4) {
+        return 1;
+    }
+    SAMPLE_BLOCKS.div_ceil(rows.max(1)).min(vocab / SAMPLE_PIECE_MIN).max(1)
+}
+
 /// Launch a grid of `blocks` (x, y) thread blocks of `threads` threads (one per row: `(rows, 1)`).
 fn launch_blocks(launch: &mut LaunchArgs<'_>, blocks: (usize, usize), threads: u32) -> Result<(), GpuError> {
     let config = LaunchConfig {
@@ -457,6 +461,25 @@ mod tests {
             eprintln!("linear, {t} x {n} x {k}: relative L2 error {relative:.2e}");
             // bf16 outputs: half a unit in the 8th bit, about 2e-3 of each value at most.
             assert!(relative < 3e-3, "linear, {t} x {n} x {k}: relative L2 error {relative}");
+        }
+    }
+
+    /// The pieces' results fit the model's buffers of `2 * SAMPLE_BLOCKS`, every piece holds at
+    /// least `SAMPLE_PIECE_MIN` logits, and many rows take one block each.
+    #[test]
+    fn sample_pieces_fit_their_buffers() {
+        for vocab in [300, 301, 4096, 12_288, 151_936, 151_937] {
+            for rows in 0..300 {
+                let pieces = sample_pieces(vocab, rows);
+                assert!(pieces >= 1);
+                assert!(pieces == 1 || rows * pieces < 2 * SAMPLE_BLOCKS, "{rows} rows x {pieces}");
+                assert!(pieces == 1 || vocab / pieces >= SAMPLE_PIECE_MIN, "vocab {vocab} in {pieces}");
+                assert!(pieces == 1 || vocab % 4 == 0);
+                assert_eq!(
+                    pieces == 1,
+                    rows >= SAMPLE_BLOCKS || vocab < 2 * SAMPLE_PIECE_MIN || vocab % 4 != 0
+                );
+            }
         }
     }
 }
