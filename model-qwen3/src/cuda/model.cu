@@ -29,7 +29,8 @@ __device__ T block_sum(T v, T* scratch) {
 
 // Residual add, then RMSNorm: x[r] += delta[r] (if delta), out[i] = norm(x[rows[i]]) (rows: null for
 // every row). One block of 128 threads per output row; each thread keeps its HIDDEN / 128 values in
-// registers (16-byte loads of x, 8-byte loads of delta), so x is read once.
+// registers (16-byte loads of x, 8-byte loads of delta), so x is read once, and loads its weights
+// beside them, so that they do not wait for the block's sum (a few rows: a round trip to memory less).
 #define NORM_THREADS 128
 #define NORM_VECTORS ((HIDDEN + 4 * NORM_THREADS - 1) / (4 * NORM_THREADS))
 extern "C" __global__ void add_rms_norm(float* __restrict__ x, const bf16_t* __restrict__ delta,
@@ -38,13 +39,14 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ x, const bf16_t* __r
     __shared__ float scratch[32];
     const long long r = rows ? rows[blockIdx.x] : blockIdx.x;
     float4* row = (float4*)(x + r * HIDDEN);
-    float4 v[NORM_VECTORS];
+    float4 v[NORM_VECTORS], w[NORM_VECTORS];
     float sum = 0.0f;
     #pragma unroll
     for (int k = 0; k < NORM_VECTORS; ++k) {
         const int i = k * NORM_THREADS + threadIdx.x;  // in float4s
         if (4 * i >= HIDDEN) break;
         v[k] = row[i];
+        w[k] = ((const float4*)weight)[i];
         if (delta) {
             const uint2 d = *(const uint2*)(delta + r * HIDDEN + 4 * i);
             v[k].x += bf16_to_float((bf16_t)(d.x & 0xffffu)); v[k].y += bf16_to_float((bf16_t)(d.x >> 16));
@@ -58,9 +60,8 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ x, const bf16_t* __r
     for (int k = 0; k < NORM_VECTORS; ++k) {
         const int i = k * NORM_THREADS + threadIdx.x;
         if (4 * i >= HIDDEN) break;
-        const float4 w = ((const float4*)weight)[i];
-        const unsigned int lo = float_to_bf16(w.x * (v[k].x * inverse)) | (unsigned int)float_to_bf16(w.y * (v[k].y * inverse)) << 16;
-        const unsigned int hi = float_to_bf16(w.z * (v[k].z * inverse)) | (unsigned int)float_to_bf16(w.w * (v[k].w * inverse)) << 16;
+        const unsigned int lo = float_to_bf16(w[k].x * (v[k].x * inverse)) | (unsigned int)float_to_bf16(w[k].y * (v[k].y * inverse)) << 16;
+        const unsigned int hi = float_to_bf16(w[k].z * (v[k].z * inverse)) | (unsigned int)float_to_bf16(w[k].w * (v[k].w * inverse)) << 16;
         *(uint2*)(out + (long long)blockIdx.x * HIDDEN + 4 * i) = make_uint2(lo, hi);
     }
 }
