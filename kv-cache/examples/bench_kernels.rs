@@ -183,20 +183,7 @@ fn bench_decode(
     let copies = (4 * L2_BYTES).div_ceil(kv_bytes).clamp(1, 8);
     let mut caches = Vec::new();
     for copy in 0..copies {
-        let mut cache = GpuKvCache::new(gpu, layout, dtype)?;
-        for (i, plane) in cache.keys.iter_mut().chain(cache.values.iter_mut()).enumerate() {
-            let seed = (copy * 16 + i) as u32;
-            let mode = match dtype {
-                CacheDtype::Int8 | CacheDtype::Int4 => 0,
-                CacheDtype::Fp8PerTokenHead | CacheDtype::Fp8 => 3,
-                _ => 1,
-            };
-            fill(gpu, &mut plane.data.as_view_mut(), mode, seed)?;
-            if dtype.has_scales() {
-                fill_bf16(gpu, &mut plane.scales, 2, seed + 1000)?;
-            }
-        }
-        caches.push(cache);
+        caches.push(random_cache(gpu, layout, dtype, (copy * 16) as u32)?);
     }
     let mut blocks: Vec<i32> = (0..num_blocks as i32).collect();
     blocks.shuffle(rng);
@@ -335,6 +322,30 @@ fn bench_store(
     }))
 }
 
+/// A cache of `layout` with random codes (or bf16 values) and scales, plane `i` drawn from
+/// `seed + i` (its scales from `seed + i + 1000`).
+fn random_cache(
+    gpu: &Gpu,
+    layout: CacheLayout,
+    dtype: CacheDtype,
+    seed: u32,
+) -> Result<GpuKvCache, GpuError> {
+    let mut cache = GpuKvCache::new(gpu, layout, dtype)?;
+    let mode = match dtype {
+        CacheDtype::Int8 | CacheDtype::Int4 => 0,
+        CacheDtype::Fp8PerTokenHead | CacheDtype::Fp8 => 3,
+        _ => 1,
+    };
+    for (i, plane) in cache.keys.iter_mut().chain(cache.values.iter_mut()).enumerate() {
+        let seed = seed + i as u32;
+        fill(gpu, &mut plane.data.as_view_mut(), mode, seed)?;
+        if dtype.has_scales() {
+            fill_bf16(gpu, &mut plane.scales, 2, seed + 1000)?;
+        }
+    }
+    Ok(cache)
+}
+
 /// Prefill attention of the last `chunk` positions of one sequence of `context` tokens (each query
 /// sees the positions up to its own), at a layer shape: its time and its rate in TFLOP/s (QK and
 /// PV, 4 x head_dim flops per query, head and key seen).
@@ -354,18 +365,7 @@ fn bench_prefill(
         kv_heads: shape.kv_heads,
         head_dim: d,
     };
-    let mut cache = GpuKvCache::new(gpu, layout, dtype)?;
-    for (i, plane) in cache.keys.iter_mut().chain(cache.values.iter_mut()).enumerate() {
-        let mode = match dtype {
-            CacheDtype::Int8 | CacheDtype::Int4 => 0,
-            CacheDtype::Fp8PerTokenHead | CacheDtype::Fp8 => 3,
-            _ => 1,
-        };
-        fill(gpu, &mut plane.data.as_view_mut(), mode, 100 + i as u32)?;
-        if dtype.has_scales() {
-            fill_bf16(gpu, &mut plane.scales, 2, 200 + i as u32)?;
-        }
-    }
+    let cache = random_cache(gpu, layout, dtype, 100)?;
     let kernels = CacheKernels::new(gpu, dtype, d, shape.heads / shape.kv_heads, BLOCK_SIZE)?;
     let per_group = kernels.prefill_queries_per_group();
     let first = context - chunk;
