@@ -47,11 +47,17 @@ fn store_values_per_lane(dtype: CacheDtype, head_dim: usize) -> usize {
     if is_quantized(dtype) { head_dim.min(32) } else { 8 }
 }
 
-/// Keys per shared-memory tile of prefill attention (`KT` in prefill_attention.cu): 32, or
-/// `NANOVLLM_PREFILL_KEYS` (32 or 64), for tuning.
-fn prefill_tile_keys() -> usize {
+/// Keys per shared-memory tile of prefill attention (`KT` in prefill_attention.cu): 64 for codes,
+/// whose narrower loads leave registers for a wider tile (faster on an H100 at 30,000 positions:
+/// docs/PERF.md), 32 for bf16, which spills at 64, and for heads wider than 128, whose 64-key K and V
+/// tiles would not fit a block's 48 KB of static shared memory. `NANOVLLM_PREFILL_KEYS` (32 or 64)
+/// overrides it where the tiles fit, for tuning.
+fn prefill_tile_keys(dtype: CacheDtype, head_dim: usize) -> usize {
+    if head_dim > 128 {
+        return 32;
+    }
     let tuned = std::env::var("NANOVLLM_PREFILL_KEYS").ok().and_then(|v| v.parse().ok());
-    tuned.filter(|keys| [32, 64].contains(keys)).unwrap_or(32)
+    tuned.filter(|keys| [32, 64].contains(keys)).unwrap_or(if is_quantized(dtype) { 64 } else { 32 })
 }
 
 /// Codes narrower than bf16 (INT8, FP8, INT4), which the kernels widen to fp16.
@@ -515,7 +521,7 @@ impl CacheKernelSources {
             prefill: KernelSource {
                 name: "prefill_attention",
                 source: format!("{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{MMA_CUH}\n{PREFILL_CU}"),
-                defines: [&shape[..], &[("KT", prefill_tile_keys().to_string())]].concat(),
+                defines: [&shape[..], &[("KT", prefill_tile_keys(dtype, head_dim).to_string())]].concat(),
             },
             warps,
         })

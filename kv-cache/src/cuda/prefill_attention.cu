@@ -11,7 +11,7 @@
 // most 8), QUANT (0/1: codes rather than bf16s), SCALED (0/1: bf16 scales beside the codes; 0 for
 // FP8 codes of the values themselves, read as scales of 1), FP8 (0/1: the codes are E4M3), INT4
 // (0/1: 4-bit codes, two a byte, a scale per group of 32 values),
-// BLOCK_SIZE (slots per cache block, multiple of 16), KT (keys per tile: 32, or 64 for tuning).
+// BLOCK_SIZE (slots per cache block, multiple of 16), KT (keys per tile: 32 or 64).
 //
 // Warp w owns rows 16w .. 16w + 15 (row r: query r / GROUP of the group, head r % GROUP) and
 // computes S = Q K^T (Q as the MMA's A operand, K rows from shared memory as B) and O += P V (P from
@@ -20,7 +20,7 @@
 
 #define PREFILL_WARPS 4
 #define PREFILL_ROWS (16 * PREFILL_WARPS)
-// KT: keys per shared-memory tile (a define: 32, or 64 for tuning; warp 0 takes each key's scales)
+// KT: keys per shared-memory tile (a define: 32 or 64; warp 0 takes each key's scales)
 #define LANE_KEYS (KT / 32)                  // keys whose row scales each lane of warp 0 loads
 #define SMEM_STRIDE (HEAD_DIM + 8)           // 16-bit elements per staged row: no bank conflicts
 #define QK_CHUNKS (HEAD_DIM / 16)            // k16 steps of S = Q K^T
