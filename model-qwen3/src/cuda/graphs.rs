@@ -141,7 +141,7 @@ impl GpuQwen3 {
     fn capture(&mut self, rows: usize, split: DecodeSplit) -> Result<CudaGraph, GpuError> {
         let step = StepInputs::padding(rows, rows, 1);
         // The inputs a replay reads are uploaded before it; these only give the shape.
-        self.inputs.upload(&self.ops.gpu.stream, &step)?;
+        self.inputs.upload(&self.ops.gpu.stream, &step, &[])?;
         let stream = self.ops.gpu.stream.clone();
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
         let queued = self.enqueue_forward(StepShape::of(&step, split));

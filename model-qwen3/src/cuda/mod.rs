@@ -321,7 +321,7 @@ impl GpuQwen3 {
         let stream = self.ops.gpu.stream.clone();
         let mut warm_up = StepInputs::padding(self.limits.max_tokens, self.limits.max_seqs, 1);
         let split = self.decode_split(&mut warm_up);
-        self.inputs.upload(&stream, &warm_up)?;
+        self.inputs.upload(&stream, &warm_up, &[])?;
         self.enqueue_forward(StepShape::of(&warm_up, split))?;
         Ok(stream.synchronize()?)
     }
@@ -360,7 +360,7 @@ impl GpuQwen3 {
     pub fn forward(&mut self, seqs: &[SeqInput<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let step = self.lay_out(seqs)?;
         let outputs = step.logit_rows.len();
-        self.launch(step)?;
+        self.launch(step, &[])?;
         let vocab = self.vocab.len();
         Ok(self.logits(outputs)?.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
@@ -377,7 +377,7 @@ impl GpuQwen3 {
         let step = self.lay_out(seqs)?;
         check_samples(&step, batch)?;
         let laid_out = started.elapsed();
-        let queued = self.launch(step)?;
+        let queued = self.launch(step, batch.samples())?;
         let prepared = started.elapsed();
         self.prepare_seconds += prepared.as_secs_f64();
         // Where the preparation goes, a line a step at debug level (`RUST_LOG=nanovllm_qwen3=debug`,
@@ -415,9 +415,10 @@ impl GpuQwen3 {
         StepInputs::new(seqs, per_group, self.config.vocab_size, layout.block_size, layout.num_blocks)
     }
 
-    /// Queue `step`: a decode step replays the smallest graph that holds it, padded (captured
-    /// first if no step has needed it yet); any other step launches its kernels.
-    fn launch(&mut self, mut step: StepInputs) -> Result<Queued, GpuError> {
+    /// Queue `step`, its draws' `samples` uploaded with it (none when it returns logits): a decode
+    /// step replays the smallest graph that holds it, padded (captured first if no step has needed
+    /// it yet); any other step launches its kernels.
+    fn launch(&mut self, mut step: StepInputs, samples: &[GpuSample]) -> Result<Queued, GpuError> {
         let stream = self.ops.gpu.stream.clone();
         let graph =
             if step.is_decode() { self.decode_graph(step.num_tokens(), step.table_width)? } else { None };
@@ -426,13 +427,13 @@ impl GpuQwen3 {
             let split = self.splits.replay(captured, step.num_tokens(), step.decode_context());
             step.geometry = split.geometry(step.table_width);
             step.pad_decode(rows);
-            self.inputs.upload(&stream, &step)?;
+            self.inputs.upload(&stream, &step, samples)?;
             let upload = started.elapsed();
             graph.launch()?;
             return Ok(Queued { rows, upload, replayed: true });
         }
         let split = self.decode_split(&mut step);
-        self.inputs.upload(&stream, &step)?;
+        self.inputs.upload(&stream, &step, samples)?;
         let upload = started.elapsed();
         let shape = StepShape::of(&step, split);
         self.enqueue_forward(shape)?;
@@ -448,21 +449,22 @@ impl GpuQwen3 {
         split
     }
 
-    /// Sample `rows` logit rows on the GPU and bring back the first `batch.samples().len()`
-    /// tokens. Adjustments change the logits in place for the draw and are undone after it, so
-    /// that log-probabilities come from the raw logits.
+    /// Sample `rows` logit rows on the GPU (their temperatures, seeds and counters uploaded with
+    /// the step) and bring back the first `batch.samples().len()` tokens. Adjustments change the
+    /// logits in place for the draw and are undone after it, so that log-probabilities come from
+    /// the raw logits.
     fn sample(&mut self, batch: &SampleBatch, rows: usize) -> Result<Vec<Sampled>, GpuError> {
         let samples = batch.samples();
         if samples.is_empty() {
             return Ok(Vec::new());
         }
         let stream = self.ops.gpu.stream.clone();
-        let adjusted = self.inputs.upload_samples(&self.ops.gpu, batch, rows, self.config.vocab_size)?;
+        let adjusted = self.inputs.upload_draw_options(&self.ops.gpu, batch, rows, self.config.vocab_size)?;
         if self.act.saved_logits.len() < adjusted {
             self.act.saved_logits = stream.alloc_zeros(adjusted.next_power_of_two())?;
         }
         let (ops, inputs, act) = (&self.ops, &self.inputs, &mut self.act);
-        let (temperatures, seeds, steps) = (inputs.temperatures(), inputs.seeds(), inputs.steps());
+        let (temperatures, seeds, steps) = (&inputs.temperatures(), &inputs.seeds(), &inputs.steps());
         match &mut self.ranks {
             None => {
                 let adjust = |act: &mut Activations, restore| match adjusted {
@@ -600,7 +602,7 @@ impl GpuQwen3 {
             num_queries: t,
             num_groups: shape.groups,
         };
-        ops.embedding(inputs.ids(), &weights.embed, &mut act.x, t)?;
+        ops.embedding(&inputs.ids(), &weights.embed, &mut act.x, t)?;
         sum_over_ranks(ranks, act.x.slice_mut(..t * h))?;
         for (index, layer) in weights.layers.iter().enumerate() {
             let delta = (index > 0).then_some(&act.delta);
@@ -608,7 +610,7 @@ impl GpuQwen3 {
             ops.linear(&act.normed.slice(..), &layer.qkv, &mut act.qkv.slice_mut(..), t, qkv_size, h)?;
             ops.qk_norm_rope(
                 &mut act.qkv,
-                inputs.positions(),
+                &inputs.positions(),
                 &layer.q_norm,
                 &layer.k_norm,
                 (&weights.inv_freq, weights.rope_scale),
@@ -661,7 +663,8 @@ impl GpuQwen3 {
         if shape.outputs == 0 {
             return Ok(());
         }
-        let rows = Some(inputs.logit_rows());
+        let rows = inputs.logit_rows();
+        let rows = Some(&rows);
         ops.add_rms_norm(&mut act.x, Some(&act.delta), rows, &weights.norm, &mut act.last, shape.outputs)?;
         let head = weights.lm_head.as_ref().unwrap_or(&weights.embed);
         ops.logits_gemm(&act.last, head, &mut act.logits, shape.outputs)

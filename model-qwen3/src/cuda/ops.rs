@@ -146,7 +146,7 @@ impl Ops {
     /// `x[t] = embed[ids[t]]` in f32, for `tokens` tokens; zero for ids outside this rank's rows.
     pub(super) fn embedding(
         &self,
-        ids: &CudaSlice<i32>,
+        ids: &CudaView<'_, i32>,
         embed: &CudaSlice<bf16>,
         x: &mut CudaSlice<f32>,
         tokens: usize,
@@ -165,7 +165,7 @@ impl Ops {
         &self,
         x: &mut CudaSlice<f32>,
         delta: Option<&CudaSlice<bf16>>,
-        rows: Option<&CudaSlice<i32>>,
+        rows: Option<&CudaView<'_, i32>>,
         weight: &CudaSlice<f32>,
         out: &mut CudaSlice<bf16>,
         count: usize,
@@ -191,7 +191,7 @@ impl Ops {
     pub(super) fn qk_norm_rope(
         &self,
         qkv: &mut CudaSlice<bf16>,
-        positions: &CudaSlice<i32>,
+        positions: &CudaView<'_, i32>,
         q_norm: &CudaSlice<f32>,
         k_norm: &CudaSlice<f32>,
         (inv_freq, rope_scale): (&CudaSlice<f32>, f32),
@@ -285,9 +285,9 @@ impl Ops {
     pub(super) fn sample(
         &self,
         logits: &CudaSlice<f32>,
-        temperatures: &CudaSlice<f32>,
-        seeds: &CudaSlice<u64>,
-        steps: &CudaSlice<u64>,
+        temperatures: &CudaView<'_, f32>,
+        seeds: &CudaView<'_, u64>,
+        steps: &CudaView<'_, u64>,
         out: &mut CudaSlice<i32>,
         best_values: Option<&mut CudaSlice<f32>>,
         truncation: Option<Truncation<'_>>,

@@ -71,7 +71,8 @@ impl GpuQwen3 {
             }
             Command::Step { step, samples } => {
                 let outputs = step.logit_rows.len();
-                let rows = self.launch(step)?.rows;
+                let draws = samples.as_ref().map_or(&[][..], SampleBatch::samples);
+                let rows = self.launch(step, draws)?.rows;
                 match samples {
                     Some(samples) => Ok(Reply::Tokens(self.sample(&samples, rows)?)),
                     None => Ok(Reply::Logits(self.logits(outputs)?)),
