@@ -73,6 +73,13 @@ impl<T: DeviceRepr + ValidAsZeroBits + Copy> Staged<T> {
     }
 }
 
+/// Each of `rows` output rows' draw: `samples`, then greedy draws for the padding rows of a graph,
+/// whose tokens are ignored.
+fn padded_draws(samples: &[GpuSample], rows: usize) -> impl Iterator<Item = GpuSample> + '_ {
+    let pad = GpuSample::new(0.0, 0, 0);
+    samples.iter().copied().chain(std::iter::repeat(pad)).take(rows.max(samples.len()))
+}
+
 /// Write `values` at byte `at` of `host`; the caller checked that they fit.
 fn put<T: Pod>(host: &mut [u8], at: usize, values: &[T]) {
     let bytes: &[u8] = bytemuck::cast_slice(values);
@@ -335,10 +342,7 @@ impl StagedInputs {
         put(host, layout.logit_rows, &step.logit_rows);
         put(host, layout.geometry, &step.geometry);
         if !samples.is_empty() {
-            let pad = GpuSample::new(0.0, 0, 0);
-            let padded =
-                || samples.iter().copied().chain(std::iter::repeat(pad)).take(rows.max(samples.len()));
-            for (row, sample) in padded().enumerate() {
+            for (row, sample) in padded_draws(samples, rows).enumerate() {
                 put(host, layout.temperatures + 4 * row, &[sample.temperature]);
                 put(host, layout.seeds + 8 * row, &[sample.seed]);
                 put(host, layout.steps + 8 * row, &[sample.step]);
@@ -366,9 +370,7 @@ impl StagedInputs {
         let stream = &gpu.stream;
         self.copied.synchronize()?;
         if samples.iter().any(GpuSample::truncates) {
-            let pad = GpuSample::new(0.0, 0, 0);
-            let padded =
-                || samples.iter().copied().chain(std::iter::repeat(pad)).take(rows.max(samples.len()));
+            let padded = || padded_draws(samples, rows);
             // ln(min_p) on the host, as the CPU sampler computes it, so both keep the same tokens.
             let log_min_p = |p: f32| if p > 0.0 { p.ln() } else { f32::NEG_INFINITY };
             let top_ks: Vec<i32> = padded().map(|s| s.top_k.min(i32::MAX as u32) as i32).collect();
@@ -662,10 +664,10 @@ mod tests {
             let regions = regions(&layout);
             for pair in regions.windows(2) {
                 let ((at, bytes), (next, _)) = (pair[0], pair[1]);
-                assert!(at % 16 == 0 && at + bytes <= next, "{tokens} tokens: {regions:?}");
+                assert!(at.is_multiple_of(16) && at + bytes <= next, "{tokens} tokens: {regions:?}");
             }
             let (last, bytes) = regions[regions.len() - 1];
-            assert!(last + bytes <= layout.tables && layout.tables % 16 == 0);
+            assert!(last + bytes <= layout.tables && layout.tables.is_multiple_of(16));
         }
     }
 
