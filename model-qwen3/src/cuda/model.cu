@@ -586,3 +586,58 @@ extern "C" __global__ void draw_dummy(bf16_t* __restrict__ out, unsigned long lo
         out[i] = float_to_bf16(__fmul_rn(radius, (index & 1) ? sin_cos.x : sin_cos.y));
     }
 }
+
+// A linear layer for a decode step of a few tokens: y[t][n] = sum_k x[t][k] * w[n][k] for t <
+// tokens (at most GEMV_MAX_TOKENS), bf16 in and out, f32 sums; k a multiple of 8. Such a step reads
+// the whole weight matrix for a few dot products, so it is bound by the weight's bytes and by how
+// many of them are in flight: a warp takes one output row, and each lane issues GEMV_LOADS 16-byte
+// loads of it before it multiplies any (GEMV_LOADS x 512 bytes in flight a warp: a row of up to
+// 4,096 values in one round trip); x, a few KB that every warp reads, comes through L1.
+#define GEMV_MAX_TOKENS 4
+#define GEMV_LOADS 8
+#define GEMV_WARPS 4
+__device__ __forceinline__ float dot8_bf16(uint4 a, uint4 b, float sum) {
+    const unsigned int av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+    #pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        sum = fmaf(__uint_as_float(av[i] << 16), __uint_as_float(bv[i] << 16), sum);
+        sum = fmaf(__uint_as_float(av[i] & 0xffff0000u), __uint_as_float(bv[i] & 0xffff0000u), sum);
+    }
+    return sum;
+}
+
+extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)
+gemv_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* __restrict__ y, int tokens,
+          int n, int k) {
+    const int lane = threadIdx.x % 32;
+    const long long row = (long long)blockIdx.x * GEMV_WARPS + threadIdx.x / 32;
+    if (row >= n) return;
+    const uint4* weights = (const uint4*)(w + row * k);
+    const uint4* xs = (const uint4*)x;
+    const int vectors = k / 8;
+    float acc[GEMV_MAX_TOKENS] = {};
+    for (int base = lane; base < vectors; base += 32 * GEMV_LOADS) {
+        uint4 wv[GEMV_LOADS];
+        #pragma unroll
+        for (int u = 0; u < GEMV_LOADS; ++u) {
+            const int i = base + 32 * u;
+            wv[u] = i < vectors ? __ldcs(weights + i) : make_uint4(0u, 0u, 0u, 0u);
+        }
+        #pragma unroll
+        for (int u = 0; u < GEMV_LOADS; ++u) {
+            const int i = base + 32 * u;
+            if (i >= vectors) break;
+            #pragma unroll
+            for (int t = 0; t < GEMV_MAX_TOKENS; ++t)
+                if (t < tokens) acc[t] = dot8_bf16(wv[u], __ldg(xs + (long long)t * vectors + i), acc[t]);
+        }
+    }
+    #pragma unroll
+    for (int t = 0; t < GEMV_MAX_TOKENS; ++t) {
+        if (t >= tokens) break;
+        float sum = acc[t];
+        #pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+        if (lane == 0) y[(long long)t * n + row] = float_to_bf16(sum);
+    }
+}

@@ -18,6 +18,11 @@ use crate::{DummyMatrix, Qwen3Config};
 
 const MODEL_CU: &str = include_str!("model.cu");
 
+/// `GEMV_MAX_TOKENS` and `GEMV_WARPS` of model.cu: the most tokens `gemv_bf16` takes, and the
+/// output rows (a warp each) of one of its blocks.
+const GEMV_MAX_TOKENS: usize = 4;
+const GEMV_WARPS: usize = 4;
+
 /// The GPU, its cuBLAS handle and this crate's compiled kernels, for one model shape (one rank's,
 /// under tensor parallelism).
 pub(super) struct Ops {
@@ -35,6 +40,12 @@ pub(super) struct Ops {
     token_logprobs: CudaFunction,
     pick_best_shard: CudaFunction,
     draw_dummy: CudaFunction,
+    gemv: CudaFunction,
+    /// Linear layers of at most this many tokens run `gemv_bf16` rather than cuBLAS (0: never):
+    /// one, a batch-1 decode step, where it is faster end to end (H100: 0.6B 4-5%, 8B 2-3%); two
+    /// and four tokens ran slower than cuBLAS (docs/perf-history.md). `NANOVLLM_GEMV_TOKENS`, up
+    /// to 4, sets it, for tuning.
+    gemv_tokens: usize,
 }
 
 /// This crate's kernels (`model.cu`) for `config`'s shape.
@@ -66,6 +77,12 @@ impl Ops {
             token_logprobs: module.load_function("token_logprobs")?,
             pick_best_shard: module.load_function("pick_best_shard")?,
             draw_dummy: module.load_function("draw_dummy")?,
+            gemv: module.load_function("gemv_bf16")?,
+            gemv_tokens: std::env::var("NANOVLLM_GEMV_TOKENS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1)
+                .min(GEMV_MAX_TOKENS),
             gpu: gpu.clone(),
             config: config.clone(),
             vocab,
@@ -82,6 +99,12 @@ impl Ops {
         n: usize,
         k: usize,
     ) -> Result<(), GpuError> {
+        if t <= self.gemv_tokens && k.is_multiple_of(8) {
+            let (tokens, n_arg, k_arg) = (t as i32, n as i32, k as i32);
+            let mut launch = self.gpu.stream.launch_builder(&self.gemv);
+            launch.arg(x).arg(w).arg(y).arg(&tokens).arg(&n_arg).arg(&k_arg);
+            return launch_blocks(&mut launch, (n.div_ceil(GEMV_WARPS), 1), 32 * GEMV_WARPS as u32);
+        }
         let config = GemmConfig {
             transa: blas_sys::cublasOperation_t::CUBLAS_OP_T,
             transb: blas_sys::cublasOperation_t::CUBLAS_OP_N,
@@ -430,15 +453,22 @@ mod tests {
                 "max_position_embeddings": 4096}"#,
         )
         .unwrap();
-        let ops = Ops::new(&gpu, &config, 0..config.vocab_size).unwrap();
+        let mut ops = Ops::new(&gpu, &config, 0..config.vocab_size).unwrap();
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
         eprintln!("seed {seed}");
         let stream = gpu.stream.clone();
-        for (case, &(t, n, k)) in
-            [(1, 4096, 1024), (3, 1024, 2048), (8, 6144, 1024), (5, 1024, 3072), (2, 24, 8)]
-                .iter()
-                .enumerate()
+        for (case, &(t, n, k)) in [
+            (1, 4096, 1024),
+            (3, 1024, 2048),
+            (8, 6144, 1024),
+            (5, 1024, 3072),
+            (2, 24, 8),
+            (4, 100, 5000),
+            (1, 1024, 12_288),
+        ]
+        .iter()
+        .enumerate()
         {
             let (x, w) = (random_bf16(t * k, seed ^ case as u64), random_bf16(n * k, !seed ^ case as u64));
             let expected: Vec<f64> = (0..t * n)
@@ -450,17 +480,21 @@ mod tests {
                 })
                 .collect();
             let (x_gpu, w_gpu) = (stream.clone_htod(&x).unwrap(), stream.clone_htod(&w).unwrap());
-            let mut y = stream.alloc_zeros::<bf16>(t * n).unwrap();
-            ops.linear(&x_gpu.slice(..), &w_gpu, &mut y.slice_mut(..), t, n, k).unwrap();
-            let got = stream.clone_dtoh(&y).unwrap();
-            let (error, norm) = got
-                .iter()
-                .zip(&expected)
-                .fold((0.0, 0.0), |(e, s), (g, r)| (e + (f64::from(g.to_f32()) - r).powi(2), s + r * r));
-            let relative = (error / norm).sqrt();
-            eprintln!("linear, {t} x {n} x {k}: relative L2 error {relative:.2e}");
-            // bf16 outputs: half a unit in the 8th bit, about 2e-3 of each value at most.
-            assert!(relative < 3e-3, "linear, {t} x {n} x {k}: relative L2 error {relative}");
+            // cuBLAS, then gemv_bf16 where the step is small enough for it.
+            for (path, gemv_tokens) in [("cuBLAS", 0), ("gemv_bf16", GEMV_MAX_TOKENS)] {
+                ops.gemv_tokens = gemv_tokens;
+                let mut y = stream.alloc_zeros::<bf16>(t * n).unwrap();
+                ops.linear(&x_gpu.slice(..), &w_gpu, &mut y.slice_mut(..), t, n, k).unwrap();
+                let got = stream.clone_dtoh(&y).unwrap();
+                let (error, norm) = got
+                    .iter()
+                    .zip(&expected)
+                    .fold((0.0, 0.0), |(e, s), (g, r)| (e + (f64::from(g.to_f32()) - r).powi(2), s + r * r));
+                let relative = (error / norm).sqrt();
+                eprintln!("linear ({path}), {t} x {n} x {k}: relative L2 error {relative:.2e}");
+                // bf16 outputs: half a unit in the 8th bit, about 2e-3 of each value at most.
+                assert!(relative < 3e-3, "linear ({path}), {t} x {n} x {k}: relative L2 error {relative}");
+            }
         }
     }
 
