@@ -590,9 +590,10 @@ extern "C" __global__ void draw_dummy(bf16_t* __restrict__ out, unsigned long lo
 // A linear layer for a decode step of a few tokens: y[t][n] = sum_k x[t][k] * w[n][k] for t <
 // tokens (at most GEMV_MAX_TOKENS), bf16 in and out, f32 sums; k a multiple of 8. Such a step reads
 // the whole weight matrix for a few dot products, so it is bound by the weight's bytes and by how
-// many of them are in flight: a warp takes one output row, and each lane issues GEMV_LOADS 16-byte
-// loads of it before it multiplies any (GEMV_LOADS x 512 bytes in flight a warp: a row of up to
-// 4,096 values in one round trip); x, a few KB that every warp reads, comes through L1.
+// many of them are in flight: SPLIT warps (1, 2 or 4) take one output row, side by side in
+// 512-byte pieces, and each lane issues GEMV_LOADS 16-byte loads before it multiplies any
+// (GEMV_LOADS x 512 bytes in flight a warp); x, a few KB that every warp reads, comes through L1.
+// The split warps' sums meet in shared memory.
 #define GEMV_MAX_TOKENS 4
 #define GEMV_LOADS 8
 #define GEMV_WARPS 4
@@ -606,30 +607,33 @@ __device__ __forceinline__ float dot8_bf16(uint4 a, uint4 b, float sum) {
     return sum;
 }
 
-extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)
-gemv_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* __restrict__ y, int tokens,
-          int n, int k) {
-    const int lane = threadIdx.x % 32;
-    const long long row = (long long)blockIdx.x * GEMV_WARPS + threadIdx.x / 32;
-    if (row >= n) return;
-    const uint4* weights = (const uint4*)(w + row * k);
-    const uint4* xs = (const uint4*)x;
+template <int SPLIT>
+__device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w,
+                                     bf16_t* __restrict__ y, int tokens, int n, int k) {
+    __shared__ float partial[GEMV_WARPS][GEMV_MAX_TOKENS];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const long long row = (long long)blockIdx.x * (GEMV_WARPS / SPLIT) + warp / SPLIT;
+    const int part = warp % SPLIT;
     const int vectors = k / 8;
     float acc[GEMV_MAX_TOKENS] = {};
-    for (int base = lane; base < vectors; base += 32 * GEMV_LOADS) {
-        uint4 wv[GEMV_LOADS];
-        #pragma unroll
-        for (int u = 0; u < GEMV_LOADS; ++u) {
-            const int i = base + 32 * u;
-            wv[u] = i < vectors ? __ldcs(weights + i) : make_uint4(0u, 0u, 0u, 0u);
-        }
-        #pragma unroll
-        for (int u = 0; u < GEMV_LOADS; ++u) {
-            const int i = base + 32 * u;
-            if (i >= vectors) break;
+    if (row < n) {
+        const uint4* weights = (const uint4*)(w + row * k);
+        const uint4* xs = (const uint4*)x;
+        for (int base = part * 32 + lane; base < vectors; base += 32 * SPLIT * GEMV_LOADS) {
+            uint4 wv[GEMV_LOADS];
             #pragma unroll
-            for (int t = 0; t < GEMV_MAX_TOKENS; ++t)
-                if (t < tokens) acc[t] = dot8_bf16(wv[u], __ldg(xs + (long long)t * vectors + i), acc[t]);
+            for (int u = 0; u < GEMV_LOADS; ++u) {
+                const int i = base + 32 * SPLIT * u;
+                wv[u] = i < vectors ? __ldcs(weights + i) : make_uint4(0u, 0u, 0u, 0u);
+            }
+            #pragma unroll
+            for (int u = 0; u < GEMV_LOADS; ++u) {
+                const int i = base + 32 * SPLIT * u;
+                if (i >= vectors) break;
+                #pragma unroll
+                for (int t = 0; t < GEMV_MAX_TOKENS; ++t)
+                    if (t < tokens) acc[t] = dot8_bf16(wv[u], __ldg(xs + (long long)t * vectors + i), acc[t]);
+            }
         }
     }
     #pragma unroll
@@ -638,6 +642,36 @@ gemv_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* __
         float sum = acc[t];
         #pragma unroll
         for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-        if (lane == 0) y[(long long)t * n + row] = float_to_bf16(sum);
+        if (lane != 0) continue;
+        if (SPLIT == 1) {
+            if (row < n) y[(long long)t * n + row] = float_to_bf16(sum);
+        } else {
+            partial[warp][t] = sum;
+        }
     }
+    if (SPLIT == 1) return;
+    __syncthreads();
+    if (part == 0 && row < n && lane < tokens) {
+        float sum = 0.0f;
+        #pragma unroll
+        for (int p = 0; p < SPLIT; ++p) sum += partial[warp + p][lane];
+        y[(long long)lane * n + row] = float_to_bf16(sum);
+    }
+}
+
+// One build per count of warps a row.
+extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)
+gemv_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* __restrict__ y, int tokens,
+          int n, int k) {
+    gemv<1>(x, w, y, tokens, n, k);
+}
+extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)
+gemv_bf16_split2(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* __restrict__ y,
+                 int tokens, int n, int k) {
+    gemv<2>(x, w, y, tokens, n, k);
+}
+extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)
+gemv_bf16_split4(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* __restrict__ y,
+                 int tokens, int n, int k) {
+    gemv<4>(x, w, y, tokens, n, k);
 }

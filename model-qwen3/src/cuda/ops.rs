@@ -18,6 +18,14 @@ use crate::{DummyMatrix, Qwen3Config};
 
 const MODEL_CU: &str = include_str!("model.cu");
 
+/// Warps of `gemv_bf16` that share an output row of `k` values: more for longer rows, whose loads
+/// then take fewer rounds. Measured on an H100 at batch 1 (docs/perf-history.md): two warps a row
+/// were fastest at Qwen3-0.6B's shape (rows of 1,024 to 3,072; four no faster than one), four at
+/// 8B's (4,096 to 12,288).
+fn gemv_split(k: usize) -> usize {
+    if k >= 4096 { 4 } else { 2 }
+}
+
 /// `GEMV_MAX_TOKENS` and `GEMV_WARPS` of model.cu: the most tokens `gemv_bf16` takes, and the
 /// output rows (a warp each) of one of its blocks.
 const GEMV_MAX_TOKENS: usize = 4;
@@ -40,12 +48,16 @@ pub(super) struct Ops {
     token_logprobs: CudaFunction,
     pick_best_shard: CudaFunction,
     draw_dummy: CudaFunction,
-    gemv: CudaFunction,
+    /// `gemv_bf16` with one, two and four warps a row.
+    gemv: [CudaFunction; 3],
     /// Linear layers of at most this many tokens run `gemv_bf16` rather than cuBLAS (0: never):
     /// one, a batch-1 decode step, where it is faster end to end (H100: 0.6B 4-5%, 8B 2-3%); two
     /// and four tokens ran slower than cuBLAS (docs/perf-history.md). `NANOVLLM_GEMV_TOKENS`, up
     /// to 4, sets it, for tuning.
     gemv_tokens: usize,
+    /// Warps of `gemv_bf16` that share one output row (1, 2 or 4), when `NANOVLLM_GEMV_SPLIT`
+    /// sets it, for tuning; else [`gemv_split`]'s choice.
+    gemv_split: Option<usize>,
 }
 
 /// This crate's kernels (`model.cu`) for `config`'s shape.
@@ -77,12 +89,20 @@ impl Ops {
             token_logprobs: module.load_function("token_logprobs")?,
             pick_best_shard: module.load_function("pick_best_shard")?,
             draw_dummy: module.load_function("draw_dummy")?,
-            gemv: module.load_function("gemv_bf16")?,
+            gemv: [
+                module.load_function("gemv_bf16")?,
+                module.load_function("gemv_bf16_split2")?,
+                module.load_function("gemv_bf16_split4")?,
+            ],
             gemv_tokens: std::env::var("NANOVLLM_GEMV_TOKENS")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1)
                 .min(GEMV_MAX_TOKENS),
+            gemv_split: std::env::var("NANOVLLM_GEMV_SPLIT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|split| [1, 2, 4].contains(split)),
             gpu: gpu.clone(),
             config: config.clone(),
             vocab,
@@ -100,10 +120,12 @@ impl Ops {
         k: usize,
     ) -> Result<(), GpuError> {
         if t <= self.gemv_tokens && k.is_multiple_of(8) {
+            let split = self.gemv_split.unwrap_or(gemv_split(k));
             let (tokens, n_arg, k_arg) = (t as i32, n as i32, k as i32);
-            let mut launch = self.gpu.stream.launch_builder(&self.gemv);
+            let mut launch = self.gpu.stream.launch_builder(&self.gemv[split.ilog2() as usize]);
             launch.arg(x).arg(w).arg(y).arg(&tokens).arg(&n_arg).arg(&k_arg);
-            return launch_blocks(&mut launch, (n.div_ceil(GEMV_WARPS), 1), 32 * GEMV_WARPS as u32);
+            let rows_per_block = GEMV_WARPS / split;
+            return launch_blocks(&mut launch, (n.div_ceil(rows_per_block), 1), 32 * GEMV_WARPS as u32);
         }
         let config = GemmConfig {
             transa: blas_sys::cublasOperation_t::CUBLAS_OP_T,
@@ -480,9 +502,15 @@ mod tests {
                 })
                 .collect();
             let (x_gpu, w_gpu) = (stream.clone_htod(&x).unwrap(), stream.clone_htod(&w).unwrap());
-            // cuBLAS, then gemv_bf16 where the step is small enough for it.
-            for (path, gemv_tokens) in [("cuBLAS", 0), ("gemv_bf16", GEMV_MAX_TOKENS)] {
-                ops.gemv_tokens = gemv_tokens;
+            // cuBLAS, then gemv_bf16 where the step is small enough for it, its rows taken by one,
+            // two and four warps.
+            for (path, gemv_tokens, split) in [
+                ("cuBLAS", 0, 1),
+                ("gemv_bf16", GEMV_MAX_TOKENS, 1),
+                ("gemv_bf16, 2 warps a row", GEMV_MAX_TOKENS, 2),
+                ("gemv_bf16, 4 warps a row", GEMV_MAX_TOKENS, 4),
+            ] {
+                (ops.gemv_tokens, ops.gemv_split) = (gemv_tokens, Some(split));
                 let mut y = stream.alloc_zeros::<bf16>(t * n).unwrap();
                 ops.linear(&x_gpu.slice(..), &w_gpu, &mut y.slice_mut(..), t, n, k).unwrap();
                 let got = stream.clone_dtoh(&y).unwrap();
