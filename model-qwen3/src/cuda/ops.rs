@@ -27,7 +27,7 @@ fn gemv_split(k: usize) -> usize {
 }
 
 /// `GEMV_MAX_TOKENS` and `GEMV_WARPS` of model.cu: the most tokens `gemv_bf16` takes, and the
-/// output rows (a warp each) of one of its blocks.
+/// warps of one of its blocks.
 const GEMV_MAX_TOKENS: usize = 4;
 const GEMV_WARPS: usize = 4;
 
@@ -51,9 +51,9 @@ pub(super) struct Ops {
     /// `gemv_bf16` with one, two and four warps a row.
     gemv: [CudaFunction; 3],
     /// Linear layers of at most this many tokens run `gemv_bf16` rather than cuBLAS (0: never):
-    /// one, a batch-1 decode step, where it is faster end to end (H100: 0.6B 4-5%, 8B 2-3%); two
-    /// and four tokens ran slower than cuBLAS (docs/perf-history.md). `NANOVLLM_GEMV_TOKENS`, up
-    /// to 4, sets it, for tuning.
+    /// one, a batch-1 decode step, where it is faster end to end (docs/PERF.md); two and four
+    /// tokens ran slower than cuBLAS (docs/perf-history.md). `NANOVLLM_GEMV_TOKENS`, up to 4, sets
+    /// it, for tuning.
     gemv_tokens: usize,
     /// Warps of `gemv_bf16` that share one output row (1, 2 or 4), when `NANOVLLM_GEMV_SPLIT`
     /// sets it, for tuning; else [`gemv_split`]'s choice.
