@@ -2,7 +2,8 @@
 """Each setting of an A/B run (scripts/gpu-ab.sh) beside the others: the median over its rounds.
 
 ab-kernels.log: a kernel's time and its time with the launch included (us), per case.
-ab-bench.log: output, prefill and decode tokens per second, and the mean step (ms), per KV dtype.
+ab-bench.log: output, prefill and decode tokens per second, and the mean step (ms), per KV dtype
+(and model, as gpu-ab.sh tags it) and workload, so that one log may hold several runs of each.
     python3 scripts/ab-summary.py gpu-out/ab-kernels.log gpu-out/ab-bench.log
 """
 import collections
@@ -43,7 +44,8 @@ def bench(path):
         except (IndexError, json.JSONDecodeError):
             continue
         step_ms = 1e3 * r["step_seconds"] / max(r["steps"], 1)
-        runs[(fields[3], fields[2])].append(
+        workload = f'{r["requests"]} requests, {r["prompt_tokens"]} prompt tokens'
+        runs[(fields[3], workload, fields[2])].append(
             (r["output_tokens_per_second"], r["prefill_tokens_per_second"], r["decode_tokens_per_second"], step_ms)
         )
     return {key: tuple(statistics.median(x[i] for x in v) for i in range(4)) for key, v in runs.items()}
@@ -56,9 +58,9 @@ def main(paths):
             for (case, setting), (time, launch) in sorted(kernels(path).items()):
                 print(f"{' | '.join(case):70} {setting:45} {time:9.1f} us {launch:9.1f} us with launch")
         else:
-            for (dtype, setting), (out, prefill, decode, step) in sorted(bench(path).items()):
-                print(f"{dtype:6} {setting:45} output {out:9.1f}  prefill {prefill:10.1f}  decode {decode:9.1f} tok/s"
-                      f"  step {step:.3f} ms")
+            for (dtype, workload, setting), (out, prefill, decode, step) in sorted(bench(path).items()):
+                print(f"{dtype:20} {workload:38} {setting:40} output {out:9.1f}  prefill {prefill:10.1f}"
+                      f"  decode {decode:9.1f} tok/s  step {step:.3f} ms")
 
 
 if __name__ == "__main__":

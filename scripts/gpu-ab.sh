@@ -9,7 +9,7 @@
 # bench: nanovllm-cli bench on Qwen3-0.6B's shape (MODEL: another config folder), bf16 then INT8 KV. A setting's CLI variable
 # names another build to run (AB="- CLI=target/release/nanovllm-cli-base": two builds side by side;
 # copy the binaries), and its KERNELS_BIN another bench_kernels. Output: $OUT/ab-kernels.log or
-# $OUT/ab-bench.log, each line tagged with its setting.
+# $OUT/ab-bench.log, each line tagged with its setting (bench: and its dtype@model).
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -27,9 +27,10 @@ for round in $(seq "${ROUNDS:-1}"); do
     else
       for dtype in bf16 int8; do
         cli=$(env $vars sh -c 'echo "${CLI:-target/release/nanovllm-cli}"')
-        line=$(env $vars timeout 240 "$cli" bench --model "${MODEL:-models/configs/qwen3-0.6b}" \
+        model=${MODEL:-models/configs/qwen3-0.6b}
+        line=$(env $vars timeout 240 "$cli" bench --model "$model" \
           --load-format dummy --max-model-len 4096 --kv-cache-dtype $dtype "$@" --json 2>>"$out/ab-bench.err") || status=1
-        echo "round $round $setting $dtype $line" | tee -a "$out/ab-bench.log"
+        echo "round $round $setting $dtype@${model##*/} $line" | tee -a "$out/ab-bench.log"
       done
     fi
   done
