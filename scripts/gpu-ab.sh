@@ -16,6 +16,7 @@ mkdir -p "$out"
 what=${1:?kernels or bench}
 shift
 status=0
+model=${MODEL:-models/configs/qwen3-0.6b}
 for round in $(seq "${ROUNDS:-1}"); do
   for setting in ${AB:?settings}; do
     vars=${setting//,/ }
@@ -27,7 +28,6 @@ for round in $(seq "${ROUNDS:-1}"); do
     else
       for dtype in bf16 int8; do
         cli=$(env $vars sh -c 'echo "${CLI:-target/release/nanovllm-cli}"')
-        model=${MODEL:-models/configs/qwen3-0.6b}
         line=$(env $vars timeout 240 "$cli" bench --model "$model" \
           --load-format dummy --max-model-len 4096 --kv-cache-dtype $dtype "$@" --json 2>>"$out/ab-bench.err") || status=1
         echo "round $round $setting $dtype@${model##*/} $line" | tee -a "$out/ab-bench.log"
