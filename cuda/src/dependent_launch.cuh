@@ -10,3 +10,13 @@ __device__ __forceinline__ void wait_for_previous_kernel() {
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
+
+// A kernel calls this where the kernel after it, if a dependent launch, may begin: that kernel's
+// blocks then take SMs as this one's leave them, once every block of this one has called it, and
+// run what comes before their wait_for_previous_kernel() (loading weights) beside this one. It
+// changes nothing for a kernel after it launched the usual way.
+__device__ __forceinline__ void start_next_kernel() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}

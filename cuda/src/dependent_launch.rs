@@ -1,6 +1,7 @@
 //! Kernel launches that may begin before the kernel ahead of them in the stream has finished.
 
 use std::mem::size_of;
+use std::sync::OnceLock;
 
 use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, SyncOnDrop, sys};
 
@@ -12,7 +13,9 @@ use super::{Gpu, GpuError};
 /// those writes (`griddepcontrol.wait`, `wait_for_previous_kernel` in dependent_launch.cuh) only where it
 /// reads them. For the split combine this saves 1.2-1.5 us of decode attention over one context of
 /// 32,768 keys (29 us; docs/perf-history.md, version 26).
-/// On older GPUs it is an ordinary launch. cudarc's `LaunchArgs` cannot pass launch attributes,
+/// On older GPUs, under `NANOVLLM_DEPENDENT_LAUNCH=0` (for measuring what the launches save), or
+/// after [`DependentLaunch::dependent`]`(false)`, it is an ordinary launch, with the same
+/// argument list. cudarc's `LaunchArgs` cannot pass launch attributes,
 /// hence this builder; CUDA graph capture keeps the dependency as a programmatic edge.
 pub struct DependentLaunch<'a> {
     gpu: &'a Gpu,
@@ -21,12 +24,30 @@ pub struct DependentLaunch<'a> {
     values: Vec<u64>,
     /// Each buffer's stream-ordering guard, alive until the launch is queued.
     guards: Vec<SyncOnDrop<'a>>,
+    /// Whether the launch asks to begin early ([`dependent_launches`] unless
+    /// [`DependentLaunch::dependent`] says).
+    dependent: bool,
+}
+
+/// Whether kernels launched through [`DependentLaunch`] ask to begin early, as they do unless the
+/// environment sets `NANOVLLM_DEPENDENT_LAUNCH=0` (read once).
+pub fn dependent_launches() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("NANOVLLM_DEPENDENT_LAUNCH").map_or(true, |v| v != "0"))
 }
 
 impl<'a> DependentLaunch<'a> {
     /// A launch of `function` on `gpu`'s stream, with no arguments yet.
     pub fn new(gpu: &'a Gpu, function: &'a CudaFunction) -> Self {
-        DependentLaunch { gpu, function, values: Vec::new(), guards: Vec::new() }
+        let dependent = dependent_launches();
+        DependentLaunch { gpu, function, values: Vec::new(), guards: Vec::new(), dependent }
+    }
+
+    /// Whether the launch is a dependent one or an ordinary one (for a kernel that does not wait,
+    /// or a test of both).
+    pub fn dependent(&mut self, dependent: bool) -> &mut Self {
+        self.dependent = dependent;
+        self
     }
 
     /// Pass a buffer the kernel reads.
@@ -71,7 +92,7 @@ impl<'a> DependentLaunch<'a> {
             value: sys::CUlaunchAttributeValue { pad: [0; 64] },
         };
         attribute.value.programmaticStreamSerializationAllowed = 1;
-        let dependent = self.gpu.modules.arch_number() >= 90;
+        let dependent = self.dependent && self.gpu.modules.arch_number() >= 90;
         let launch = sys::CUlaunchConfig {
             gridDimX: config.grid_dim.0,
             gridDimY: config.grid_dim.1,

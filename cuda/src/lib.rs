@@ -29,11 +29,11 @@ use cudarc::cublas::result::CublasError;
 use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError, sys::CUresult};
 use cudarc::nccl::result::NcclError;
 
-pub use dependent_launch::DependentLaunch;
+pub use dependent_launch::{DependentLaunch, dependent_launches};
 pub use module_cache::{KernelSource, ModuleCache};
 
-/// The device side of [`DependentLaunch`]: `wait_for_previous_kernel()`, to prepend to the source
-/// of every kernel launched that way.
+/// The device side of [`DependentLaunch`]: `wait_for_previous_kernel()` and `start_next_kernel()`,
+/// to prepend to the source of every kernel launched that way.
 pub const DEPENDENT_LAUNCH_CUH: &str = include_str!("dependent_launch.cuh");
 
 /// What can go wrong on the GPU path.

@@ -100,6 +100,7 @@ inline unsigned __ballot_sync(unsigned, bool p) {
     my_warp->bar.arrive_and_wait(); return r;
 }
 inline void wait_for_previous_kernel() {}
+inline void start_next_kernel() {}
 // Launch: every block in turn, each with its threads (warps of 32 consecutive linear thread ids).
 inline void launch(dim3h grid, dim3h block_dim, const std::function<void()>& kernel) {
     gridDim = grid; blockDim = block_dim;

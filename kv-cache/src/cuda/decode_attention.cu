@@ -543,6 +543,7 @@ extern "C" __global__ void decode_attention_reduce(
     const int h = blockIdx.x, b = blockIdx.y, x = threadIdx.x, r = threadIdx.y;
     const int dims = blockDim.x, groups = blockDim.y, d = blockIdx.z * dims + x;
     const int tid = r * dims + x, threads = dims * groups;
+    start_next_kernel();  // a few blocks: the next kernel's may load their weights beside them
     const int partition = geometry[1], splits = (context_lens[b] + partition - 1) / partition;
     const long long base = ((long long)b * heads + h) * max_splits;
     wait_for_previous_kernel();  // the partial kernel's results

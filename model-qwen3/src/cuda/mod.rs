@@ -648,15 +648,7 @@ impl GpuQwen3 {
             ops.linear(&act.attended.slice(..), &layer.o_proj, &mut act.delta.slice_mut(..), t, h, q_size)?;
             sum_over_ranks(ranks, act.delta.slice_mut(..t * h))?;
             ops.add_rms_norm(&mut act.x, Some(&act.delta), None, &layer.post_norm, &mut act.normed, t)?;
-            ops.linear(
-                &act.normed.slice(..),
-                &layer.gate_up,
-                &mut act.gate_up.slice_mut(..),
-                t,
-                2 * inter,
-                h,
-            )?;
-            ops.silu_mul(&act.gate_up, &mut act.act, t)?;
+            ops.gate_up_silu(&act.normed.slice(..), &layer.gate_up, &mut act.gate_up, &mut act.act, t)?;
             ops.linear(&act.act.slice(..), &layer.down, &mut act.delta.slice_mut(..), t, h, inter)?;
             sum_over_ranks(ranks, act.delta.slice_mut(..t * h))?;
         }

@@ -37,16 +37,22 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ x, const bf16_t* __r
                                         const int* __restrict__ rows, const float* __restrict__ weight,
                                         bf16_t* __restrict__ out, float eps) {
     __shared__ float scratch[32];
+    start_next_kernel();  // a few blocks: the next kernel's may load their weights beside them
+    float4 v[NORM_VECTORS], w[NORM_VECTORS];
+    #pragma unroll
+    for (int k = 0; k < NORM_VECTORS; ++k) {
+        const int i = k * NORM_THREADS + threadIdx.x;  // in float4s
+        if (4 * i < HIDDEN) w[k] = ((const float4*)weight)[i];
+    }
+    wait_for_previous_kernel();  // x and delta (a dependent launch: the weights went first)
     const long long r = rows ? rows[blockIdx.x] : blockIdx.x;
     float4* row = (float4*)(x + r * HIDDEN);
-    float4 v[NORM_VECTORS], w[NORM_VECTORS];
     float sum = 0.0f;
     #pragma unroll
     for (int k = 0; k < NORM_VECTORS; ++k) {
         const int i = k * NORM_THREADS + threadIdx.x;  // in float4s
         if (4 * i >= HIDDEN) break;
         v[k] = row[i];
-        w[k] = ((const float4*)weight)[i];
         if (delta) {
             const uint2 d = *(const uint2*)(delta + r * HIDDEN + 4 * i);
             v[k].x += bf16_to_float((bf16_t)(d.x & 0xffffu)); v[k].y += bf16_to_float((bf16_t)(d.x >> 16));
@@ -104,6 +110,12 @@ extern "C" __global__ void qk_norm_rope(bf16_t* __restrict__ qkv, const int* __r
     }
 }
 
+// silu(g) * u of the bf16 gate and up projections, as the model computes it on the CPU.
+__device__ __forceinline__ bf16_t silu_times(bf16_t g, bf16_t u) {
+    const float x = bf16_to_float(g);
+    return float_to_bf16(x / (1.0f + expf(-x)) * bf16_to_float(u));
+}
+
 // out[t][i] = silu(gate_up[t][i]) * gate_up[t][inter + i]. Grid (tokens, chunks of 8 x blockDim
 // values): each thread takes 8 consecutive values, in 16-byte loads when rows allow; no division.
 extern "C" __global__ void silu_mul(const bf16_t* __restrict__ gate_up, bf16_t* __restrict__ out,
@@ -113,10 +125,6 @@ extern "C" __global__ void silu_mul(const bf16_t* __restrict__ gate_up, bf16_t* 
     const bf16_t* gate = gate_up + (long long)blockIdx.x * 2 * inter + i0;
     const bf16_t* up = gate + inter;
     bf16_t* o = out + (long long)blockIdx.x * inter + i0;
-    auto silu_times = [](bf16_t g, bf16_t u) {
-        const float x = bf16_to_float(g);
-        return float_to_bf16(x / (1.0f + expf(-x)) * bf16_to_float(u));
-    };
     if (inter % 8 == 0) {
         union { uint4 v; bf16_t h[8]; } g, u, r;
         g.v = *(const uint4*)gate;
@@ -593,10 +601,13 @@ extern "C" __global__ void draw_dummy(bf16_t* __restrict__ out, unsigned long lo
 // many of them are in flight: SPLIT warps (1, 2 or 4) take one output row, side by side in
 // 512-byte pieces, and each lane issues GEMV_LOADS 16-byte loads before it multiplies any
 // (GEMV_LOADS x 512 bytes in flight a warp); x, a few KB that every warp reads, comes through L1.
-// The split warps' sums meet in shared memory.
+// The split warps' sums meet in shared memory. A block holds WARPS warps.
+//
+// SILU: w is the MLP's [gate | up] (n = 2 x inter rows) and y[t][i] = silu(gate_i) * up_i, of the
+// projections rounded to bf16 as silu_mul reads them: a block's rows go in pairs (gate row i, up
+// row inter + i), so the gate_up activations and silu_mul's launch are never needed.
 #define GEMV_MAX_TOKENS 4
 #define GEMV_LOADS 8
-#define GEMV_WARPS 4
 __device__ __forceinline__ float dot8_bf16(uint4 a, uint4 b, float sum) {
     const unsigned int av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
     #pragma unroll
@@ -607,35 +618,49 @@ __device__ __forceinline__ float dot8_bf16(uint4 a, uint4 b, float sum) {
     return sum;
 }
 
-template <int SPLIT>
+template <int SPLIT, int WARPS, bool SILU>
 __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w,
                                      bf16_t* __restrict__ y, int tokens, int n, int k) {
-    __shared__ float partial[GEMV_WARPS][GEMV_MAX_TOKENS];
+    static_assert(!SILU || (WARPS / SPLIT) % 2 == 0, "SILU pairs a block's rows");
+    __shared__ float partial[WARPS][GEMV_MAX_TOKENS];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const long long row = (long long)blockIdx.x * (GEMV_WARPS / SPLIT) + warp / SPLIT;
-    const int part = warp % SPLIT;
+    const int slot = warp / SPLIT, part = warp % SPLIT;  // the block's row this warp sums, its piece
+    constexpr int OUTPUTS_PER_BLOCK = WARPS / SPLIT / (SILU ? 2 : 1);
+    const int outputs = SILU ? n / 2 : n;
+    const long long output = (long long)blockIdx.x * OUTPUTS_PER_BLOCK + (SILU ? slot / 2 : slot);
+    const long long row = SILU ? output + (slot % 2) * (long long)outputs : output;
     const int vectors = k / 8;
-    float acc[GEMV_MAX_TOKENS] = {};
-    if (row < n) {
-        const uint4* weights = (const uint4*)(w + row * k);
-        const uint4* xs = (const uint4*)x;
-        for (int base = part * 32 + lane; base < vectors; base += 32 * SPLIT * GEMV_LOADS) {
-            uint4 wv[GEMV_LOADS];
-            #pragma unroll
-            for (int u = 0; u < GEMV_LOADS; ++u) {
-                const int i = base + 32 * SPLIT * u;
-                wv[u] = i < vectors ? __ldcs(weights + i) : make_uint4(0u, 0u, 0u, 0u);
-            }
-            #pragma unroll
-            for (int u = 0; u < GEMV_LOADS; ++u) {
-                const int i = base + 32 * SPLIT * u;
-                if (i >= vectors) break;
-                #pragma unroll
-                for (int t = 0; t < GEMV_MAX_TOKENS; ++t)
-                    if (t < tokens) acc[t] = dot8_bf16(wv[u], __ldg(xs + (long long)t * vectors + i), acc[t]);
-            }
+    const bool active = output < outputs;
+    start_next_kernel();
+    const uint4* weights = (const uint4*)(w + row * k);
+    const uint4* xs = (const uint4*)x;
+    uint4 wv[GEMV_LOADS];
+    auto load_weights = [&](int base) {
+        #pragma unroll
+        for (int u = 0; u < GEMV_LOADS; ++u) {
+            const int i = base + 32 * SPLIT * u;
+            wv[u] = i < vectors ? __ldcs(weights + i) : make_uint4(0u, 0u, 0u, 0u);
         }
+    };
+    // The weights are the model's, written by no kernel: their first loads go out before the wait
+    // for the kernel ahead (a dependent launch), beside it.
+    int base = part * 32 + lane;
+    if (active) load_weights(base);
+    wait_for_previous_kernel();
+    float acc[GEMV_MAX_TOKENS] = {};
+    while (active && base < vectors) {
+        #pragma unroll
+        for (int u = 0; u < GEMV_LOADS; ++u) {
+            const int i = base + 32 * SPLIT * u;
+            if (i >= vectors) break;
+            #pragma unroll
+            for (int t = 0; t < GEMV_MAX_TOKENS; ++t)
+                if (t < tokens) acc[t] = dot8_bf16(wv[u], __ldg(xs + (long long)t * vectors + i), acc[t]);
+        }
+        base += 32 * SPLIT * GEMV_LOADS;
+        if (base < vectors) load_weights(base);
     }
+    constexpr bool DIRECT = SPLIT == 1 && !SILU;  // a warp's sum is the output
     #pragma unroll
     for (int t = 0; t < GEMV_MAX_TOKENS; ++t) {
         if (t >= tokens) break;
@@ -643,35 +668,39 @@ __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t*
         #pragma unroll
         for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
         if (lane != 0) continue;
-        if (SPLIT == 1) {
-            if (row < n) y[(long long)t * n + row] = float_to_bf16(sum);
+        if (DIRECT) {
+            if (active) y[(long long)t * n + row] = float_to_bf16(sum);
         } else {
             partial[warp][t] = sum;
         }
     }
-    if (SPLIT == 1) return;
+    if (DIRECT) return;
     __syncthreads();
-    if (part == 0 && row < n && lane < tokens) {
-        float sum = 0.0f;
+    // The first warp of a row (of a pair's gate row, SILU) writes its output for each token.
+    if (part != 0 || (SILU && slot % 2 != 0) || !active || lane >= tokens) return;
+    float sum = 0.0f;
+    #pragma unroll
+    for (int p = 0; p < SPLIT; ++p) sum += partial[warp + p][lane];
+    if (SILU) {
+        float up = 0.0f;
         #pragma unroll
-        for (int p = 0; p < SPLIT; ++p) sum += partial[warp + p][lane];
+        for (int p = 0; p < SPLIT; ++p) up += partial[warp + SPLIT + p][lane];
+        y[(long long)lane * outputs + output] = silu_times(float_to_bf16(sum), float_to_bf16(up));
+    } else {
         y[(long long)lane * n + row] = float_to_bf16(sum);
     }
 }
 
-// One build per count of warps a row.
-extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)
-gemv_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* __restrict__ y, int tokens,
-          int n, int k) {
-    gemv<1>(x, w, y, tokens, n, k);
-}
-extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)
-gemv_bf16_split2(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* __restrict__ y,
-                 int tokens, int n, int k) {
-    gemv<2>(x, w, y, tokens, n, k);
-}
-extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)
-gemv_bf16_split4(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* __restrict__ y,
-                 int tokens, int n, int k) {
-    gemv<4>(x, w, y, tokens, n, k);
-}
+// One build per count of warps a row, plain and SILU; ops.rs names them and knows their WARPS.
+#define GEMV_BUILD(name, SPLIT, WARPS, SILU)                                                         \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS)                                         \
+    name(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* __restrict__ y,         \
+         int tokens, int n, int k) {                                                                \
+        gemv<SPLIT, WARPS, SILU>(x, w, y, tokens, n, k);                                             \
+    }
+GEMV_BUILD(gemv_bf16, 1, 4, false)
+GEMV_BUILD(gemv_bf16_split2, 2, 4, false)
+GEMV_BUILD(gemv_bf16_split4, 4, 4, false)
+GEMV_BUILD(gemv_silu_bf16, 1, 4, true)
+GEMV_BUILD(gemv_silu_bf16_split2, 2, 4, true)
+GEMV_BUILD(gemv_silu_bf16_split4, 4, 8, true)

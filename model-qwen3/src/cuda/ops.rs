@@ -10,7 +10,7 @@ use nanovllm_cuda::cudarc::driver::{
     CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchArgs, LaunchConfig,
     PushKernelArg,
 };
-use nanovllm_cuda::{Gpu, GpuError, KernelSource};
+use nanovllm_cuda::{DEPENDENT_LAUNCH_CUH, DependentLaunch, Gpu, GpuError, KernelSource, dependent_launches};
 use nanovllm_kv_quant::KV_QUANT_CUH;
 
 use super::step::{StagedAdjustments, Truncation};
@@ -26,10 +26,14 @@ fn gemv_split(k: usize) -> usize {
     if k >= 4096 { 4 } else { 2 }
 }
 
-/// `GEMV_MAX_TOKENS` and `GEMV_WARPS` of model.cu: the most tokens `gemv_bf16` takes, and the
-/// warps of one of its blocks.
+/// `GEMV_MAX_TOKENS` of model.cu: the most tokens `gemv_bf16` takes.
 const GEMV_MAX_TOKENS: usize = 4;
-const GEMV_WARPS: usize = 4;
+
+/// The warps of a block of model.cu's GEMV build for `split` warps a row (`GEMV_BUILD`): four, or
+/// for `silu` builds, which pair a gate row with an up row, enough for two rows.
+fn gemv_warps(split: usize, silu: bool) -> usize {
+    if silu { (2 * split).max(4) } else { 4 }
+}
 
 /// The GPU, its cuBLAS handle and this crate's compiled kernels, for one model shape (one rank's,
 /// under tensor parallelism).
@@ -50,6 +54,9 @@ pub(super) struct Ops {
     draw_dummy: CudaFunction,
     /// `gemv_bf16` with one, two and four warps a row.
     gemv: [CudaFunction; 3],
+    /// `gemv_silu_bf16`, the MLP's gate and up projections and SiLU in one, with one, two and four
+    /// warps a row.
+    gemv_silu: [CudaFunction; 3],
     /// Linear layers of at most this many tokens run `gemv_bf16` rather than cuBLAS (0: never):
     /// one, a batch-1 decode step, where it is faster end to end (docs/PERF.md); two and four
     /// tokens ran slower than cuBLAS (docs/perf-history.md). `NANOVLLM_GEMV_TOKENS`, up to 4, sets
@@ -58,13 +65,16 @@ pub(super) struct Ops {
     /// Warps of `gemv_bf16` that share one output row (1, 2 or 4), when `NANOVLLM_GEMV_SPLIT`
     /// sets it, for tuning; else [`gemv_split`]'s choice.
     gemv_split: Option<usize>,
+    /// Whether the GEMV and `add_rms_norm` are dependent launches, their weights loaded beside the
+    /// kernel ahead of them ([`dependent_launches`]; the tests set it to check both launches).
+    dependent: bool,
 }
 
 /// This crate's kernels (`model.cu`) for `config`'s shape.
 pub(super) fn source(config: &Qwen3Config) -> KernelSource {
     KernelSource {
         name: "qwen3",
-        source: format!("{KV_QUANT_CUH}\n{MODEL_CU}"),
+        source: format!("{DEPENDENT_LAUNCH_CUH}\n{KV_QUANT_CUH}\n{MODEL_CU}"),
         defines: vec![("HEAD_DIM", config.head_dim.to_string()), ("HIDDEN", config.hidden_size.to_string())],
     }
 }
@@ -94,6 +104,11 @@ impl Ops {
                 module.load_function("gemv_bf16_split2")?,
                 module.load_function("gemv_bf16_split4")?,
             ],
+            gemv_silu: [
+                module.load_function("gemv_silu_bf16")?,
+                module.load_function("gemv_silu_bf16_split2")?,
+                module.load_function("gemv_silu_bf16_split4")?,
+            ],
             gemv_tokens: std::env::var("NANOVLLM_GEMV_TOKENS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -103,6 +118,7 @@ impl Ops {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|split| [1, 2, 4].contains(split)),
+            dependent: dependent_launches(),
             gpu: gpu.clone(),
             config: config.clone(),
             vocab,
@@ -119,13 +135,8 @@ impl Ops {
         n: usize,
         k: usize,
     ) -> Result<(), GpuError> {
-        if t <= self.gemv_tokens && k.is_multiple_of(8) {
-            let split = self.gemv_split.unwrap_or(gemv_split(k));
-            let (tokens, n_arg, k_arg) = (t as i32, n as i32, k as i32);
-            let mut launch = self.gpu.stream.launch_builder(&self.gemv[split.ilog2() as usize]);
-            launch.arg(x).arg(w).arg(y).arg(&tokens).arg(&n_arg).arg(&k_arg);
-            let rows_per_block = GEMV_WARPS / split;
-            return launch_blocks(&mut launch, (n.div_ceil(rows_per_block), 1), 32 * GEMV_WARPS as u32);
+        if self.takes_gemv(t, k) {
+            return self.gemv(false, x, w, y, t, n, k);
         }
         let config = GemmConfig {
             transa: blas_sys::cublasOperation_t::CUBLAS_OP_T,
@@ -142,6 +153,62 @@ impl Ops {
         // SAFETY: w holds n * k, x t * k and y t * n elements, as the dimensions say.
         #[allow(unsafe_code)]
         unsafe { self.blas.gemm(config, w, x, y) }.map_err(GpuError::from)
+    }
+
+    /// Whether a linear layer of `t` tokens and rows of `k` values runs `gemv_bf16`.
+    fn takes_gemv(&self, t: usize, k: usize) -> bool {
+        t <= self.gemv_tokens && k.is_multiple_of(8)
+    }
+
+    /// Queue model.cu's GEMV (`silu`: its build that pairs gate and up rows) for `y = x w^T` with
+    /// weights `[n][k]` (`silu`: `y`'s rows of `n / 2` values).
+    #[allow(clippy::too_many_arguments)]
+    fn gemv(
+        &self,
+        silu: bool,
+        x: &CudaView<'_, bf16>,
+        w: &CudaSlice<bf16>,
+        y: &mut CudaViewMut<'_, bf16>,
+        t: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), GpuError> {
+        let split = self.gemv_split.unwrap_or(gemv_split(k));
+        let build = split.ilog2() as usize;
+        let kernel = if silu { &self.gemv_silu[build] } else { &self.gemv[build] };
+        let (tokens, n_arg, k_arg) = (t as i32, n as i32, k as i32);
+        let warps = gemv_warps(split, silu);
+        let (outputs, outputs_per_block) = if silu { (n / 2, warps / split / 2) } else { (n, warps / split) };
+        let blocks = (outputs.div_ceil(outputs_per_block), 1);
+        let mut launch = DependentLaunch::new(&self.gpu, kernel);
+        launch.dependent(self.dependent);
+        launch.buffer(x).buffer(w).buffer_mut(y).scalar(tokens).scalar(n_arg).scalar(k_arg);
+        // SAFETY: the arguments are gemv's, in order; the grid covers `outputs` rows of `y`, which
+        // holds t of them; the kernel reads only weights before it waits for the kernel ahead, and
+        // writes after.
+        #[allow(unsafe_code)]
+        unsafe {
+            launch.launch(grid(blocks, 32 * warps as u32))
+        }
+    }
+
+    /// The MLP's first half for `t` rows of `x`: `act = silu(x gate^T) * (x up^T)` with
+    /// `gate_up` the weights `[gate | up]`, each `[intermediate][hidden]`. A step small enough
+    /// for the GEMV takes one kernel; others a GEMM into `gate_up_out` and `silu_mul`.
+    pub(super) fn gate_up_silu(
+        &self,
+        x: &CudaView<'_, bf16>,
+        gate_up: &CudaSlice<bf16>,
+        gate_up_out: &mut CudaSlice<bf16>,
+        act: &mut CudaSlice<bf16>,
+        t: usize,
+    ) -> Result<(), GpuError> {
+        let (h, inter) = (self.config.hidden_size, self.config.intermediate_size);
+        if self.takes_gemv(t, h) {
+            return self.gemv(true, x, gate_up, &mut act.slice_mut(..t * inter), t, 2 * inter, h);
+        }
+        self.linear(x, gate_up, &mut gate_up_out.slice_mut(..), t, 2 * inter, h)?;
+        self.silu_mul(gate_up_out, act, t)
     }
 
     /// `logits[s][v] = sum_k last[s][k] * head[v][k]`, bf16 inputs, f32 output, for this rank's
@@ -216,19 +283,23 @@ impl Ops {
         count: usize,
     ) -> Result<(), GpuError> {
         let eps = self.config.rms_norm_eps as f32;
-        let null = 0u64;
-        let mut launch = self.gpu.stream.launch_builder(&self.add_rms_norm);
-        launch.arg(x);
+        let mut launch = DependentLaunch::new(&self.gpu, &self.add_rms_norm);
+        launch.dependent(self.dependent).buffer_mut(x);
         match delta {
-            Some(delta) => launch.arg(delta),
-            None => launch.arg(&null),
+            Some(delta) => launch.buffer(delta),
+            None => launch.scalar(0u64), // null
         };
         match rows {
-            Some(rows) => launch.arg(rows),
-            None => launch.arg(&null),
+            Some(rows) => launch.buffer(rows),
+            None => launch.scalar(0u64),
         };
-        launch.arg(weight).arg(out).arg(&eps);
-        launch_blocks(&mut launch, (count, 1), 128)
+        launch.buffer(weight).buffer_mut(out).scalar(eps);
+        // SAFETY: the arguments are add_rms_norm's, in order; a block per row of `out`, which holds
+        // `count`; the kernel reads only its weights before it waits for the kernel ahead.
+        #[allow(unsafe_code)]
+        unsafe {
+            launch.launch(grid((count, 1), 128))
+        }
     }
 
     /// q/k RMSNorm and RoPE in place on the Q and K heads of `qkv` (`stride` elements per token).
@@ -265,7 +336,7 @@ impl Ops {
     }
 
     /// `act = silu(gate) * up` for `tokens` rows of `[gate | up]`.
-    pub(super) fn silu_mul(
+    fn silu_mul(
         &self,
         gate_up: &CudaSlice<bf16>,
         act: &mut CudaSlice<bf16>,
@@ -438,13 +509,18 @@ fn sample_pieces(vocab: usize, rows: usize) -> usize {
     SAMPLE_BLOCKS.div_ceil(rows.max(1)).min(vocab / SAMPLE_PIECE_MIN).max(1)
 }
 
-/// Launch a grid of `blocks` (x, y) thread blocks of `threads` threads (one per row: `(rows, 1)`).
-fn launch_blocks(launch: &mut LaunchArgs<'_>, blocks: (usize, usize), threads: u32) -> Result<(), GpuError> {
-    let config = LaunchConfig {
+/// A grid of `blocks` (x, y) thread blocks of `threads` threads, without dynamic shared memory.
+fn grid(blocks: (usize, usize), threads: u32) -> LaunchConfig {
+    LaunchConfig {
         grid_dim: (blocks.0 as u32, blocks.1 as u32, 1),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
-    };
+    }
+}
+
+/// Launch a grid of `blocks` (x, y) thread blocks of `threads` threads (one per row: `(rows, 1)`).
+fn launch_blocks(launch: &mut LaunchArgs<'_>, blocks: (usize, usize), threads: u32) -> Result<(), GpuError> {
+    let config = grid(blocks, threads);
     // SAFETY: every caller pushes the arguments of its kernel in order, and its kernel touches only
     // the rows (and columns) its grid covers.
     #[allow(unsafe_code)]
@@ -476,9 +552,7 @@ mod tests {
         )
         .unwrap();
         let mut ops = Ops::new(&gpu, &config, 0..config.vocab_size).unwrap();
-        let seed =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-        eprintln!("seed {seed}");
+        let seed = fresh_seed();
         let stream = gpu.stream.clone();
         for (case, &(t, n, k)) in [
             (1, 4096, 1024),
@@ -504,24 +578,99 @@ mod tests {
             let (x_gpu, w_gpu) = (stream.clone_htod(&x).unwrap(), stream.clone_htod(&w).unwrap());
             // cuBLAS, then gemv_bf16 where the step is small enough for it, its rows taken by one,
             // two and four warps.
-            for (path, gemv_tokens, split) in [
-                ("cuBLAS", 0, 1),
-                ("gemv_bf16", GEMV_MAX_TOKENS, 1),
-                ("gemv_bf16, 2 warps a row", GEMV_MAX_TOKENS, 2),
-                ("gemv_bf16, 4 warps a row", GEMV_MAX_TOKENS, 4),
+            for (path, gemv_tokens, split, dependent) in [
+                ("cuBLAS", 0, 1, false),
+                ("gemv_bf16", GEMV_MAX_TOKENS, 1, false),
+                ("gemv_bf16, 2 warps a row", GEMV_MAX_TOKENS, 2, false),
+                ("gemv_bf16, 4 warps a row", GEMV_MAX_TOKENS, 4, false),
+                ("gemv_bf16, a dependent launch", GEMV_MAX_TOKENS, gemv_split(k), true),
             ] {
-                (ops.gemv_tokens, ops.gemv_split) = (gemv_tokens, Some(split));
+                (ops.gemv_tokens, ops.gemv_split, ops.dependent) = (gemv_tokens, Some(split), dependent);
                 let mut y = stream.alloc_zeros::<bf16>(t * n).unwrap();
                 ops.linear(&x_gpu.slice(..), &w_gpu, &mut y.slice_mut(..), t, n, k).unwrap();
-                let got = stream.clone_dtoh(&y).unwrap();
-                let (error, norm) = got
-                    .iter()
-                    .zip(&expected)
-                    .fold((0.0, 0.0), |(e, s), (g, r)| (e + (f64::from(g.to_f32()) - r).powi(2), s + r * r));
-                let relative = (error / norm).sqrt();
+                let relative = relative_error(&stream.clone_dtoh(&y).unwrap(), &expected);
                 eprintln!("linear ({path}), {t} x {n} x {k}: relative L2 error {relative:.2e}");
                 // bf16 outputs: half a unit in the 8th bit, about 2e-3 of each value at most.
                 assert!(relative < 3e-3, "linear ({path}), {t} x {n} x {k}: relative L2 error {relative}");
+            }
+        }
+    }
+
+    /// The relative L2 error of `got` against `expected`.
+    fn relative_error(got: &[bf16], expected: &[f64]) -> f64 {
+        let (error, norm) = got
+            .iter()
+            .zip(expected)
+            .fold((0.0, 0.0), |(e, s), (g, r)| (e + (f64::from(g.to_f32()) - r).powi(2), s + r * r));
+        (error / norm).sqrt()
+    }
+
+    /// The seed of a test's random inputs: fresh each run, and printed.
+    fn fresh_seed() -> u64 {
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        eprintln!("seed {seed}");
+        seed
+    }
+
+    /// The MLP's first half, `silu(x gate^T) * (x up^T)`, through cuBLAS and `silu_mul` and
+    /// through each build of `gemv_silu_bf16`, against an f64 product whose projections are rounded
+    /// to bf16 as the model's are.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gate_up_silu_matches_the_cpu_reference() {
+        let gpu = Gpu::open().unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"));
+        let seed = fresh_seed();
+        let stream = gpu.stream.clone();
+        for (case, &(h, inter)) in [(1024, 3072), (4096, 1000), (64, 40)].iter().enumerate() {
+            let config = Qwen3Config::from_json_str(&format!(
+                r#"{{"model_type": "qwen3", "hidden_size": {h}, "num_hidden_layers": 1, "num_attention_heads": 2,
+                    "num_key_value_heads": 1, "head_dim": 32, "intermediate_size": {inter}, "vocab_size": 100,
+                    "max_position_embeddings": 64}}"#
+            ))
+            .unwrap();
+            let mut ops = Ops::new(&gpu, &config, 0..config.vocab_size).unwrap();
+            for t in 1..=GEMV_MAX_TOKENS {
+                let case_seed = seed ^ (case * 8 + t) as u64;
+                let (x, w) = (random_bf16(t * h, case_seed), random_bf16(2 * inter * h, !case_seed));
+                let projection = |token: usize, row: usize| {
+                    let dot: f64 = (0..h)
+                        .map(|e| f64::from(x[token * h + e].to_f32()) * f64::from(w[row * h + e].to_f32()))
+                        .sum();
+                    f64::from(bf16::from_f64(dot).to_f32())
+                };
+                let expected: Vec<f64> = (0..t * inter)
+                    .map(|i| {
+                        let (token, col) = (i / inter, i % inter);
+                        let (gate, up) = (projection(token, col), projection(token, inter + col));
+                        gate / (1.0 + (-gate).exp()) * up
+                    })
+                    .collect();
+                let (x_gpu, w_gpu) = (stream.clone_htod(&x).unwrap(), stream.clone_htod(&w).unwrap());
+                for (path, gemv_tokens, split, dependent) in [
+                    ("cuBLAS and silu_mul", 0, 1, false),
+                    ("gemv_silu_bf16", GEMV_MAX_TOKENS, 1, false),
+                    ("gemv_silu_bf16, 2 warps a row", GEMV_MAX_TOKENS, 2, false),
+                    ("gemv_silu_bf16, 4 warps a row", GEMV_MAX_TOKENS, 4, false),
+                    ("gemv_silu_bf16, a dependent launch", GEMV_MAX_TOKENS, gemv_split(h), true),
+                ] {
+                    (ops.gemv_tokens, ops.gemv_split, ops.dependent) = (gemv_tokens, Some(split), dependent);
+                    let mut gate_up = stream.alloc_zeros::<bf16>(t * 2 * inter).unwrap();
+                    // A row more than the step's: the kernels must leave it alone.
+                    let mut act = stream.clone_htod(&vec![bf16::from_f32(7.0); (t + 1) * inter]).unwrap();
+                    ops.gate_up_silu(&x_gpu.slice(..), &w_gpu, &mut gate_up, &mut act, t).unwrap();
+                    let got = stream.clone_dtoh(&act).unwrap();
+                    assert!(
+                        got[t * inter..].iter().all(|&v| v == bf16::from_f32(7.0)),
+                        "{path} wrote past its rows"
+                    );
+                    let relative = relative_error(&got[..t * inter], &expected);
+                    eprintln!("gate_up_silu ({path}), {t} x {inter} x {h}: relative L2 error {relative:.2e}");
+                    assert!(
+                        relative < 3e-3,
+                        "gate_up_silu ({path}), {t} x {inter} x {h}: relative L2 error {relative}"
+                    );
+                }
             }
         }
     }
