@@ -27,9 +27,7 @@
 // its own online softmax, and combine at the end. Per tile a warp computes S^T = K Q^T as m16n8k16
 // MMAs (the tile's 16 keys are the MMA's rows, the 8 rows of the group its columns: no zero
 // padding), turns the scores into P^T's operand with two 8x8 transposes (movmatrix), and computes
-// O^T += V^T P^T. The reduce kernel combines the splits (log-sum-exp) into bf16. Both are
-// dependent launches (dependent_launch.cuh): each lets the kernel after it start at once, and
-// waits for the kernel ahead only before it reads what that kernel wrote.
+// O^T += V^T P^T. The reduce kernel combines the splits (log-sum-exp) into bf16.
 //
 // The online softmax rescales lazily (as FlashAttention-4 does): a row's running maximum moves only
 // when a score exceeds it by more than TAU (log2 units), so probabilities stay below 2^TAU and most
@@ -135,10 +133,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) decode_attenti
     const int first_entry = (start + warp * TILE) / BLOCK_SIZE;
     const int first_block = first_entry < max_blocks ? table[first_entry] : 0;
     auto row_used = [&](int r) { return r < QUERIES * GROUP && r / GROUP < queries; };
-    // A dependent launch: what came before is the step's inputs; q and the new keys are the
-    // kernels' ahead.
-    wait_for_previous_kernel();
-    start_next_kernel();  // the reduce kernel, or the output projection's GEMV, may load beside this one
     unsigned int qb[CHUNKS][2];
     // Query fragments (the B operand): row j, the four elements of chunk c that this lane's keys hold
     // (consecutive: one 8-byte load; INT4: two chunks' elements, interleaved). Staging the rows

@@ -6,7 +6,8 @@ use half::bf16;
 use std::sync::Arc;
 
 use nanovllm_cuda::cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, CudaView, DeviceRepr, LaunchConfig, sys::CUdevice_attribute,
+    CudaFunction, CudaModule, CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    sys::CUdevice_attribute,
 };
 use nanovllm_cuda::{DEPENDENT_LAUNCH_CUH, DependentLaunch, Gpu, GpuError, KernelSource};
 use nanovllm_kv_quant::KV_QUANT_CUH;
@@ -405,17 +406,26 @@ impl AttentionScalars {
     /// Push the arguments both attention kernels begin with, in their order: q, the layer's K/V
     /// planes and scales, and the queries.
     fn push<'a>(
-        &self,
-        launch: &mut DependentLaunch<'a>,
+        &'a self,
+        launch: &mut LaunchArgs<'a>,
         q: &'a CudaView<'_, bf16>,
         keys: &'a GpuPlane,
         values: &'a GpuPlane,
         queries: &'a AttentionQueries<'_>,
     ) {
-        launch.buffer(q).scalar(self.q_stride).buffer(&keys.data).buffer(&values.data);
-        launch.buffer(&keys.scales).buffer(&values.scales).scalar(self.num_slots);
-        launch.buffer(&queries.block_tables).buffer(&queries.geometry).buffer(&queries.context_lens);
-        launch.buffer(&queries.groups).buffer(&queries.group_tables);
+        launch
+            .arg(q)
+            .arg(&self.q_stride)
+            .arg(&keys.data)
+            .arg(&values.data)
+            .arg(&keys.scales)
+            .arg(&values.scales)
+            .arg(&self.num_slots)
+            .arg(&queries.block_tables)
+            .arg(&queries.geometry)
+            .arg(&queries.context_lens)
+            .arg(&queries.groups)
+            .arg(&queries.group_tables);
     }
 }
 
@@ -483,7 +493,7 @@ impl CacheKernelSources {
         ];
         let store = KernelSource {
             name: "store_kv",
-            source: format!("{DEPENDENT_LAUNCH_CUH}\n{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{STORE_CU}"),
+            source: format!("{KV_QUANT_CUH}\n{LAYOUT_CUH}\n{STORE_CU}"),
             defines: [
                 &[("HEAD_DIM", head_dim.to_string())],
                 &codes[..],
@@ -605,19 +615,27 @@ impl CacheKernels {
         let (keys, values) = (&mut cache.keys[layer], &mut cache.values[layer]);
         let (stride, tokens) = (src_stride as i64, num_tokens as i32);
         let num_slots = cache.layout.num_slots() as i64;
-        let mut launch = DependentLaunch::new(gpu, &self.store);
-        launch.buffer(key).buffer(value).scalar(stride).buffer(slots);
-        launch.buffer_mut(&mut keys.data).buffer_mut(&mut values.data);
-        launch.buffer_mut(&mut keys.scales).buffer_mut(&mut values.scales);
-        launch.scalar(num_slots).scalar(tokens).scalar(kv_heads);
+        let mut launch = gpu.stream.launch_builder(&self.store);
+        launch
+            .arg(key)
+            .arg(value)
+            .arg(&stride)
+            .arg(slots)
+            .arg(&mut keys.data)
+            .arg(&mut values.data)
+            .arg(&mut keys.scales)
+            .arg(&mut values.scales)
+            .arg(&num_slots)
+            .arg(&tokens)
+            .arg(&kv_heads);
         // SAFETY: the arguments match store_kv's signature; every row index the kernel forms is
         // below num_tokens * kv_heads of the inputs (checked above), and every slot is a slot of
-        // this cache or negative (the caller's contract); the kernel waits for the kernel ahead
-        // before it reads or writes anything.
+        // this cache or negative (the caller's contract).
         #[allow(unsafe_code)]
         unsafe {
-            launch.launch(config)
+            launch.launch(config)?;
         }
+        Ok(())
     }
 
     /// For benchmarks' reports, each decode attention build (usual, short contexts, long contexts):
@@ -679,17 +697,16 @@ impl CacheKernels {
         };
         let scalars = AttentionScalars::new(cache, q_stride);
         let kv_heads = kv_heads as i32;
-        // An ordinary launch: the prefill kernel does not wait for the one ahead.
-        let mut launch = DependentLaunch::new(gpu, &self.prefill);
-        launch.dependent(false);
+        let mut launch = gpu.stream.launch_builder(&self.prefill);
         scalars.push(&mut launch, q, keys, values, queries);
-        launch.buffer_mut(out).scalar(kv_heads).scalar(softmax_scale);
+        launch.arg(out).arg(&kv_heads).arg(&softmax_scale);
         // SAFETY: the arguments match prefill_attention's signature and the buffers' sizes were
         // checked; the tables, contexts and groups on the device are as the caller's contract says.
         #[allow(unsafe_code)]
         unsafe {
-            launch.launch(config)
+            launch.launch(config)?;
         }
+        Ok(())
     }
 
     /// The splits of decode launches over `cache` with `workspace`: this GPU's SMs and the block
@@ -758,15 +775,19 @@ impl CacheKernels {
             shared_mem_bytes: 0,
         };
         let scalars = AttentionScalars::new(cache, q_stride);
-        let mut launch = DependentLaunch::new(gpu, &kernel.partial);
+        let mut launch = gpu.stream.launch_builder(&kernel.partial);
         scalars.push(&mut launch, q, keys, values, queries);
-        launch.buffer_mut(&mut *out).buffer_mut(&mut workspace.partial_out);
-        launch.buffer_mut(&mut workspace.partial_max).buffer_mut(&mut workspace.partial_sum);
-        launch.scalar(kv_heads_arg).scalar(max_splits).scalar(softmax_scale);
+        launch
+            .arg(&mut *out)
+            .arg(&mut workspace.partial_out)
+            .arg(&mut workspace.partial_max)
+            .arg(&mut workspace.partial_sum)
+            .arg(&kv_heads_arg)
+            .arg(&max_splits)
+            .arg(&softmax_scale);
         // SAFETY: the arguments match decode_attention_partial's signature and the buffers' sizes
         // were checked (the workspace holds every split's results); the tables, contexts and
-        // groups on the device are as the caller's contract says; before it waits for the kernel
-        // ahead, the kernel reads only those (the step's inputs), and it writes after.
+        // groups on the device are as the caller's contract says.
         #[allow(unsafe_code)]
         unsafe {
             launch.launch(config)?;

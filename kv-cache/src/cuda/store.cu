@@ -12,8 +12,7 @@
 // kv_quant.cuh); FP8 codes an IEEE division each and the hardware conversion (kv_fp8_quantize4);
 // INT4 codes an IEEE division and a rounding each (kv_int4_quantize8); a row's lanes then trade
 // their groups' codes through shared memory and each writes its 16 bytes of the interleaved row
-// (int4_row_offset in layout.cuh). A dependent launch (dependent_launch.cuh): it lets the
-// attention kernel after it start at once, and waits for K and V before it reads them.
+// (int4_row_offset in layout.cuh).
 
 #define LOADS (ELEMS / 8)                   // 16-byte loads per lane
 #define LANES_PER_ROW (HEAD_DIM / ELEMS)
@@ -36,9 +35,6 @@ extern "C" __global__ void store_kv(
     const unsigned int first = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * (ROWS * ROWS_PER_PASS)
                                + lane / LANES_PER_ROW;
     const unsigned int rows = (unsigned int)num_tokens * kv_heads * 2;
-    // A dependent launch: only its start overlaps the kernel ahead, which writes K and V.
-    wait_for_previous_kernel();
-    start_next_kernel();
 
     // Every row's loads first, so that a warp has ROWS of them in flight.
     union { uint4 bits[LOADS]; bf16_t h[ELEMS]; } in[ROWS];

@@ -73,34 +73,18 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ x, const bf16_t* __r
 }
 
 // Per-head RMSNorm of q and k, then NeoX RoPE (cos and sin times rope_scale, YaRN's attention
-// factor), in place on the packed qkv rows. Grid (tokens, heads in blocks of 4), a warp per head:
-// lane l owns the pairs (d, d + HEAD_DIM / 2) for d = l, l + 32, ..., so the norm's sum is a warp
-// shuffle, with no shared memory or barrier. A dependent launch: the weights and the rotations
-// come before the wait for qkv.
+// factor), in place on the packed qkv rows. Grid (tokens,
+// heads in blocks of 4), a warp per head: lane l owns the pairs (d, d + HEAD_DIM / 2) for d = l,
+// l + 32, ..., so the norm's sum is a warp shuffle, with no shared memory or barrier.
 extern "C" __global__ void qk_norm_rope(bf16_t* __restrict__ qkv, const int* __restrict__ positions,
                                         const float* __restrict__ q_weight, const float* __restrict__ k_weight,
                                         const float* __restrict__ inv_freq, float rope_scale, int heads, int kv_heads,
                                         long long stride, float eps) {
     constexpr int HALF = HEAD_DIM / 2, PAIRS = (HALF + 31) / 32;
     const int lane = threadIdx.x % 32, head = blockIdx.y * (blockDim.x / 32) + threadIdx.x / 32;
-    const bool used = head < heads + kv_heads;
-    // What does not depend on the kernel ahead first (a dependent launch: beside it): this lane's
-    // weights and rotations.
-    const float* w = head < heads ? q_weight : k_weight;
-    const float position = used ? (float)positions[blockIdx.x] : 0.0f;
-    float wa[PAIRS], wb[PAIRS], sin_[PAIRS], cos_[PAIRS];
-    #pragma unroll
-    for (int p = 0; p < PAIRS; ++p) {
-        const int d = lane + 32 * p;
-        const bool inside = used && d < HALF;
-        wa[p] = inside ? w[d] : 0.0f;
-        wb[p] = inside ? w[d + HALF] : 0.0f;
-        sincosf(position * (inside ? inv_freq[d] : 0.0f), &sin_[p], &cos_[p]);
-    }
-    wait_for_previous_kernel();  // qkv
-    start_next_kernel();
-    if (!used) return;
+    if (head >= heads + kv_heads) return;
     bf16_t* x = qkv + (long long)blockIdx.x * stride + (long long)head * HEAD_DIM;
+    const float* w = head < heads ? q_weight : k_weight;
     float a[PAIRS], b[PAIRS], sum = 0.0f;
     #pragma unroll
     for (int p = 0; p < PAIRS; ++p) {
@@ -111,13 +95,16 @@ extern "C" __global__ void qk_norm_rope(bf16_t* __restrict__ qkv, const int* __r
     }
     #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    const float inverse = rsqrtf(sum / HEAD_DIM + eps);
+    const float inverse = rsqrtf(sum / HEAD_DIM + eps), position = (float)positions[blockIdx.x];
     #pragma unroll
     for (int p = 0; p < PAIRS; ++p) {
         const int d = lane + 32 * p;
         if (d >= HALF) break;
-        const float u = wa[p] * (a[p] * inverse), v = wb[p] * (b[p] * inverse);
-        const float s = sin_[p] * rope_scale, c = cos_[p] * rope_scale;
+        const float u = w[d] * (a[p] * inverse), v = w[d + HALF] * (b[p] * inverse);
+        float s, c;
+        sincosf(position * inv_freq[d], &s, &c);
+        s *= rope_scale;
+        c *= rope_scale;
         x[d] = float_to_bf16(u * c - v * s);
         x[d + HALF] = float_to_bf16(v * c + u * s);
     }

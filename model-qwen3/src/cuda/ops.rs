@@ -317,19 +317,22 @@ impl Ops {
         let c = &self.config;
         let heads = c.num_attention_heads as i32;
         let (stride, eps) = (stride as i64, c.rms_norm_eps as f32);
+        let mut launch = self.gpu.stream.launch_builder(&self.qk_norm_rope);
         let kv_heads = c.num_key_value_heads as i32;
-        let mut launch = DependentLaunch::new(&self.gpu, &self.qk_norm_rope);
-        launch.dependent(self.dependent).buffer_mut(qkv).buffer(positions).buffer(q_norm).buffer(k_norm);
-        launch.buffer(inv_freq).scalar(rope_scale).scalar(heads).scalar(kv_heads).scalar(stride).scalar(eps);
+        launch
+            .arg(qkv)
+            .arg(positions)
+            .arg(q_norm)
+            .arg(k_norm)
+            .arg(inv_freq)
+            .arg(&rope_scale)
+            .arg(&heads)
+            .arg(&kv_heads)
+            .arg(&stride)
+            .arg(&eps);
         // A warp per head, four heads per block.
         let blocks = (c.num_attention_heads + c.num_key_value_heads).div_ceil(4);
-        // SAFETY: the arguments are qk_norm_rope's, in order; the grid covers `tokens` rows of
-        // `qkv` and `positions`; the kernel reads only the step's positions and its weights
-        // before it waits for the kernel ahead, and writes after.
-        #[allow(unsafe_code)]
-        unsafe {
-            launch.launch(grid((tokens, blocks), 128))
-        }
+        launch_blocks(&mut launch, (tokens, blocks), 128)
     }
 
     /// `act = silu(gate) * up` for `tokens` rows of `[gate | up]`.
