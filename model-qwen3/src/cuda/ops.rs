@@ -576,23 +576,30 @@ mod tests {
                 })
                 .collect();
             let (x_gpu, w_gpu) = (stream.clone_htod(&x).unwrap(), stream.clone_htod(&w).unwrap());
-            // cuBLAS, then gemv_bf16 where the step is small enough for it, its rows taken by one,
-            // two and four warps.
-            for (path, gemv_tokens, split, dependent) in [
-                ("cuBLAS", 0, 1, false),
-                ("gemv_bf16", GEMV_MAX_TOKENS, 1, false),
-                ("gemv_bf16, 2 warps a row", GEMV_MAX_TOKENS, 2, false),
-                ("gemv_bf16, 4 warps a row", GEMV_MAX_TOKENS, 4, false),
-                ("gemv_bf16, a dependent launch", GEMV_MAX_TOKENS, gemv_split(k), true),
-            ] {
-                (ops.gemv_tokens, ops.gemv_split, ops.dependent) = (gemv_tokens, Some(split), dependent);
+            for_each_path(&mut ops, k, ("cuBLAS", "gemv_bf16"), |ops, path| {
                 let mut y = stream.alloc_zeros::<bf16>(t * n).unwrap();
                 ops.linear(&x_gpu.slice(..), &w_gpu, &mut y.slice_mut(..), t, n, k).unwrap();
                 let relative = relative_error(&stream.clone_dtoh(&y).unwrap(), &expected);
                 eprintln!("linear ({path}), {t} x {n} x {k}: relative L2 error {relative:.2e}");
                 // bf16 outputs: half a unit in the 8th bit, about 2e-3 of each value at most.
                 assert!(relative < 3e-3, "linear ({path}), {t} x {n} x {k}: relative L2 error {relative}");
-            }
+            });
+        }
+    }
+
+    /// Set `ops` to each way it runs a layer whose rows hold `k` values, and `check` it under the
+    /// path's name: the GEMM (`gemm`), then the GEMV (`gemv`) with one, two and four warps a row,
+    /// each an ordinary launch, and with its usual warps as a dependent launch.
+    fn for_each_path(ops: &mut Ops, k: usize, (gemm, gemv): (&str, &str), mut check: impl FnMut(&Ops, &str)) {
+        for (path, gemv_tokens, split, dependent) in [
+            (gemm.to_string(), 0, 1, false),
+            (gemv.to_string(), GEMV_MAX_TOKENS, 1, false),
+            (format!("{gemv}, 2 warps a row"), GEMV_MAX_TOKENS, 2, false),
+            (format!("{gemv}, 4 warps a row"), GEMV_MAX_TOKENS, 4, false),
+            (format!("{gemv}, a dependent launch"), GEMV_MAX_TOKENS, gemv_split(k), true),
+        ] {
+            (ops.gemv_tokens, ops.gemv_split, ops.dependent) = (gemv_tokens, Some(split), dependent);
+            check(ops, &path);
         }
     }
 
@@ -647,14 +654,7 @@ mod tests {
                     })
                     .collect();
                 let (x_gpu, w_gpu) = (stream.clone_htod(&x).unwrap(), stream.clone_htod(&w).unwrap());
-                for (path, gemv_tokens, split, dependent) in [
-                    ("cuBLAS and silu_mul", 0, 1, false),
-                    ("gemv_silu_bf16", GEMV_MAX_TOKENS, 1, false),
-                    ("gemv_silu_bf16, 2 warps a row", GEMV_MAX_TOKENS, 2, false),
-                    ("gemv_silu_bf16, 4 warps a row", GEMV_MAX_TOKENS, 4, false),
-                    ("gemv_silu_bf16, a dependent launch", GEMV_MAX_TOKENS, gemv_split(h), true),
-                ] {
-                    (ops.gemv_tokens, ops.gemv_split, ops.dependent) = (gemv_tokens, Some(split), dependent);
+                for_each_path(&mut ops, h, ("cuBLAS and silu_mul", "gemv_silu_bf16"), |ops, path| {
                     let mut gate_up = stream.alloc_zeros::<bf16>(t * 2 * inter).unwrap();
                     // A row more than the step's: the kernels must leave it alone.
                     let mut act = stream.clone_htod(&vec![bf16::from_f32(7.0); (t + 1) * inter]).unwrap();
@@ -670,7 +670,7 @@ mod tests {
                         relative < 3e-3,
                         "gate_up_silu ({path}), {t} x {inter} x {h}: relative L2 error {relative}"
                     );
-                }
+                });
             }
         }
     }
