@@ -249,7 +249,7 @@ fn rms_norm(x: &Array2<f32>, weight: &[f32], eps: f32) -> Array2<f32> {
     out
 }
 
-pub(crate) fn norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+fn norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let inverse = 1.0 / (mean_square + eps).sqrt();
     for (v, w) in x.iter_mut().zip(weight) {
@@ -259,7 +259,7 @@ pub(crate) fn norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
 
 /// NeoX-style rotary embedding: the first half of the head is rotated with the second, by cos and
 /// sin scaled by YaRN's attention factor (1 for plain RoPE).
-pub(crate) fn rotate(x: &mut [f32], pos: usize, (inv_freq, scale): &(Vec<f32>, f32)) {
+fn rotate(x: &mut [f32], pos: usize, (inv_freq, scale): &(Vec<f32>, f32)) {
     let half = x.len() / 2;
     for (i, &freq) in inv_freq.iter().enumerate() {
         let (sin, cos) = (pos as f32 * freq).sin_cos();

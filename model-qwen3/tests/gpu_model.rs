@@ -298,9 +298,7 @@ fn cpu_logits<T: StorageDtype>(model: &Qwen3Model, schedule: &Schedule<'_>) -> V
 /// decode steps (the CPU prefilling whole); and the mixed policy's steps, decode rows beside
 /// prompt chunks (the CPU taking the same steps).
 fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
-    // One sequence decodes a token a step: the GEMV, with the norms fused into its projections.
-    let alone = &prompts[prompts.len() - 1..];
-    let schedules: [(&str, Box<Schedule<'_>>, Box<Schedule<'_>>); 4] = [
+    let schedules: [(&str, Box<Schedule<'_>>, Box<Schedule<'_>>); 3] = [
         (
             "prefill whole",
             Box::new(|f| run(f, prompts, 8, usize::MAX)),
@@ -315,11 +313,6 @@ fn compare(name: &str, model: &Qwen3Model, gpu: &Gpu, prompts: &[Vec<u32>]) {
             "mixed steps, chunks 48",
             Box::new(|f| run_mixed(f, prompts, 4, 48)),
             Box::new(|f| run_mixed(f, prompts, 4, 48)),
-        ),
-        (
-            "one sequence",
-            Box::new(|f| run(f, alone, 8, usize::MAX)),
-            Box::new(|f| run(f, alone, 8, usize::MAX)),
         ),
     ];
     let dtypes =

@@ -32,7 +32,7 @@ use nanovllm_kv_quant::CacheDtype;
 use crate::{LogitAdjustment, ModelError, Qwen3Config, Sampled, SeqInput, TokenLogprobs, WeightSource};
 use graphs::DecodeGraphs;
 use nccl::{Nccl, RankExchange, sum_over_ranks};
-use ops::{AddNorm, Ops, QkNormRope, SAMPLE_BLOCKS};
+use ops::{Ops, SAMPLE_BLOCKS};
 pub use parallel::GpuGroup;
 
 /// Every kernel module a GPU model of `config` compiles with a `dtype` cache of `block_size`
@@ -80,9 +80,6 @@ struct Activations {
     /// The logits that adjustments replaced, put back after the draw.
     saved_logits: CudaSlice<f32>,
     workspace: DecodeWorkspace,
-    /// Counts of finished blocks of a GEMV with the kernel after it fused into it: one for the
-    /// norm (`AddNorm::done`), one per q and k head for their norm and RoPE; zero between launches.
-    finished_blocks: CudaSlice<u32>,
 }
 
 impl Activations {
@@ -108,7 +105,6 @@ impl Activations {
             sampled_host,
             saved_logits: stream.alloc_zeros(1)?,
             workspace: DecodeWorkspace::new(gpu, t, seqs, c.num_attention_heads, d, limits.max_model_len)?,
-            finished_blocks: stream.alloc_zeros(c.num_attention_heads + c.num_key_value_heads)?,
         })
     }
 }
@@ -608,18 +604,19 @@ impl GpuQwen3 {
         };
         ops.embedding(&inputs.ids(), &weights.embed, &mut act.x, t)?;
         sum_over_ranks(ranks, act.x.slice_mut(..t * h))?;
-        ops.add_rms_norm(&mut act.x, None, None, &weights.layers[0].input_norm, &mut act.normed, t)?;
-        let (positions, logit_rows) = (inputs.positions(), inputs.logit_rows());
         for (index, layer) in weights.layers.iter().enumerate() {
-            let rope = QkNormRope {
-                positions: &positions,
-                q_norm: &layer.q_norm,
-                k_norm: &layer.k_norm,
-                inv_freq: &weights.inv_freq,
-                rope_scale: weights.rope_scale,
-            };
-            let (normed, qkv, done) = (&act.normed.slice(..), &mut act.qkv, &mut act.finished_blocks);
-            ops.linear_qk_norm_rope(normed, &layer.qkv, qkv, (t, qkv_size, h), rope, done)?;
+            let delta = (index > 0).then_some(&act.delta);
+            ops.add_rms_norm(&mut act.x, delta, None, &layer.input_norm, &mut act.normed, t)?;
+            ops.linear(&act.normed.slice(..), &layer.qkv, &mut act.qkv.slice_mut(..), t, qkv_size, h)?;
+            ops.qk_norm_rope(
+                &mut act.qkv,
+                &inputs.positions(),
+                &layer.q_norm,
+                &layer.k_norm,
+                (&weights.inv_freq, weights.rope_scale),
+                t,
+                qkv_size,
+            )?;
             let (key, value) = (act.qkv.slice(q_size..), act.qkv.slice(q_size + kv_size..));
             let (q, out, workspace) = (act.qkv.slice(..), &mut act.attended, &mut act.workspace);
             // SAFETY: the inputs were laid out by `StepInputs::new`, which refuses block ids
@@ -648,49 +645,19 @@ impl GpuQwen3 {
                         .attention(&ops.gpu, cache, index, &q, qkv_size, &queries, split, workspace, out)?;
                 }
             }
-            let post_norm = AddNorm {
-                x: &mut act.x,
-                rows: None,
-                weight: &layer.post_norm,
-                out: &mut act.normed,
-                count: t,
-                done: &mut act.finished_blocks,
-            };
-            let o_proj = (t, h, q_size);
-            ops.linear_add_norm(
-                &act.attended.slice(..),
-                &layer.o_proj,
-                &mut act.delta,
-                o_proj,
-                ranks,
-                Some(post_norm),
-            )?;
+            ops.linear(&act.attended.slice(..), &layer.o_proj, &mut act.delta.slice_mut(..), t, h, q_size)?;
+            sum_over_ranks(ranks, act.delta.slice_mut(..t * h))?;
+            ops.add_rms_norm(&mut act.x, Some(&act.delta), None, &layer.post_norm, &mut act.normed, t)?;
             ops.gate_up_silu(&act.normed.slice(..), &layer.gate_up, &mut act.gate_up, &mut act.act, t)?;
-            // The norm after the MLP: the next layer's input norm, or the final norm of the rows
-            // that give logits (none when no row does).
-            let next_norm = match weights.layers.get(index + 1) {
-                Some(next) => Some((&next.input_norm, None, &mut act.normed, t)),
-                None => (shape.outputs > 0).then_some((
-                    &weights.norm,
-                    Some(&logit_rows),
-                    &mut act.last,
-                    shape.outputs,
-                )),
-            };
-            let next_norm = next_norm.map(|(weight, rows, out, count)| AddNorm {
-                x: &mut act.x,
-                rows,
-                weight,
-                out,
-                count,
-                done: &mut act.finished_blocks,
-            });
-            let down = (t, h, inter);
-            ops.linear_add_norm(&act.act.slice(..), &layer.down, &mut act.delta, down, ranks, next_norm)?;
+            ops.linear(&act.act.slice(..), &layer.down, &mut act.delta.slice_mut(..), t, h, inter)?;
+            sum_over_ranks(ranks, act.delta.slice_mut(..t * h))?;
         }
         if shape.outputs == 0 {
             return Ok(());
         }
+        let rows = inputs.logit_rows();
+        let rows = Some(&rows);
+        ops.add_rms_norm(&mut act.x, Some(&act.delta), rows, &weights.norm, &mut act.last, shape.outputs)?;
         let head = weights.lm_head.as_ref().unwrap_or(&weights.embed);
         ops.logits_gemm(&act.last, head, &mut act.logits, shape.outputs)
     }

@@ -33,22 +33,6 @@ __device__ T block_sum(T v, T* scratch) {
 // beside them, so that they do not wait for the block's sum (a few rows: a round trip to memory less).
 #define NORM_THREADS 128
 #define NORM_VECTORS ((HIDDEN + 4 * NORM_THREADS - 1) / (4 * NORM_THREADS))
-
-// The end of an RMSNorm whose row a block of NORM_THREADS threads holds in registers (v, in float4s,
-// with its weights w; sum, this thread's part of the sum of squares): out = bf16(w * v / rms).
-__device__ __forceinline__ void store_rms_norm(const float4 (&v)[NORM_VECTORS], const float4 (&w)[NORM_VECTORS],
-                                               float sum, float* scratch, bf16_t* __restrict__ out, float eps) {
-    const float inverse = rsqrtf(block_sum(sum, scratch) / HIDDEN + eps);
-    #pragma unroll
-    for (int k = 0; k < NORM_VECTORS; ++k) {
-        const int i = k * NORM_THREADS + threadIdx.x;
-        if (4 * i >= HIDDEN) break;
-        const unsigned int lo = float_to_bf16(w[k].x * (v[k].x * inverse)) | (unsigned int)float_to_bf16(w[k].y * (v[k].y * inverse)) << 16;
-        const unsigned int hi = float_to_bf16(w[k].z * (v[k].z * inverse)) | (unsigned int)float_to_bf16(w[k].w * (v[k].w * inverse)) << 16;
-        *(uint2*)(out + 4 * i) = make_uint2(lo, hi);
-    }
-}
-
 extern "C" __global__ void add_rms_norm(float* __restrict__ x, const bf16_t* __restrict__ delta,
                                         const int* __restrict__ rows, const float* __restrict__ weight,
                                         bf16_t* __restrict__ out, float eps) {
@@ -77,60 +61,41 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ x, const bf16_t* __r
         }
         sum += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
     }
-    store_rms_norm(v, w, sum, scratch, out + (long long)blockIdx.x * HIDDEN, eps);
-}
-
-// add_rms_norm's norm (no delta) of count rows of x (rows[i], or i) into out, by the one block of
-// NORM_THREADS threads of a grid that finished last: a GEMV whose outputs went into x calls it at
-// its end (gemv's FUSED), so that the norm after the projection needs no kernel of its own. done
-// counts the grid's blocks that have written their rows; the last sets it back to zero for the
-// next grid. x is read through L2 (__ldcg), where the other blocks' writes are.
-__device__ void rms_norm_by_last_block(const float* x, const int* __restrict__ rows, const float* __restrict__ weight,
-                                       bf16_t* __restrict__ out, int count, unsigned int* done, float eps) {
-    __shared__ float scratch[32];
-    __shared__ bool last;
-    __threadfence();  // this block's rows of x, seen by whichever block counts last
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    for (int row = 0; row < count; ++row) {
-        const float4* xs = (const float4*)(x + (long long)(rows ? rows[row] : row) * HIDDEN);
-        float4 v[NORM_VECTORS], w[NORM_VECTORS];
-        float sum = 0.0f;
-        #pragma unroll
-        for (int k = 0; k < NORM_VECTORS; ++k) {
-            const int i = k * NORM_THREADS + threadIdx.x;  // in float4s
-            if (4 * i >= HIDDEN) break;
-            w[k] = ((const float4*)weight)[i];
-            v[k] = __ldcg(xs + i);
-            sum += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
-        }
-        store_rms_norm(v, w, sum, scratch, out + (long long)row * HIDDEN, eps);
+    const float inverse = rsqrtf(block_sum(sum, scratch) / HIDDEN + eps);
+    #pragma unroll
+    for (int k = 0; k < NORM_VECTORS; ++k) {
+        const int i = k * NORM_THREADS + threadIdx.x;
+        if (4 * i >= HIDDEN) break;
+        const unsigned int lo = float_to_bf16(w[k].x * (v[k].x * inverse)) | (unsigned int)float_to_bf16(w[k].y * (v[k].y * inverse)) << 16;
+        const unsigned int hi = float_to_bf16(w[k].z * (v[k].z * inverse)) | (unsigned int)float_to_bf16(w[k].w * (v[k].w * inverse)) << 16;
+        *(uint2*)(out + (long long)blockIdx.x * HIDDEN + 4 * i) = make_uint2(lo, hi);
     }
-    if (threadIdx.x == 0) *done = 0u;
 }
 
-// Per-head RMSNorm, then NeoX RoPE (cos and sin times rope_scale, YaRN's attention factor), in
-// place on one head x of a token at position, by one warp: lane l owns the pairs (d, d + HEAD_DIM
-// / 2) for d = l, l + 32, ..., so the norm's sum is a warp shuffle, with no shared memory or
-// barrier. x is read through L2 (__ldcg), where a GEMV's other blocks wrote it (gemv's ROPE).
-__device__ __forceinline__ void norm_rope_head(bf16_t* x, const float* __restrict__ w, float position,
-                                               const float* __restrict__ inv_freq, float rope_scale, float eps) {
+// Per-head RMSNorm of q and k, then NeoX RoPE (cos and sin times rope_scale, YaRN's attention
+// factor), in place on the packed qkv rows. Grid (tokens,
+// heads in blocks of 4), a warp per head: lane l owns the pairs (d, d + HEAD_DIM / 2) for d = l,
+// l + 32, ..., so the norm's sum is a warp shuffle, with no shared memory or barrier.
+extern "C" __global__ void qk_norm_rope(bf16_t* __restrict__ qkv, const int* __restrict__ positions,
+                                        const float* __restrict__ q_weight, const float* __restrict__ k_weight,
+                                        const float* __restrict__ inv_freq, float rope_scale, int heads, int kv_heads,
+                                        long long stride, float eps) {
     constexpr int HALF = HEAD_DIM / 2, PAIRS = (HALF + 31) / 32;
-    const int lane = threadIdx.x % 32;
+    const int lane = threadIdx.x % 32, head = blockIdx.y * (blockDim.x / 32) + threadIdx.x / 32;
+    if (head >= heads + kv_heads) return;
+    bf16_t* x = qkv + (long long)blockIdx.x * stride + (long long)head * HEAD_DIM;
+    const float* w = head < heads ? q_weight : k_weight;
     float a[PAIRS], b[PAIRS], sum = 0.0f;
     #pragma unroll
     for (int p = 0; p < PAIRS; ++p) {
         const int d = lane + 32 * p;
-        a[p] = d < HALF ? bf16_to_float(__ldcg(x + d)) : 0.0f;
-        b[p] = d < HALF ? bf16_to_float(__ldcg(x + d + HALF)) : 0.0f;
+        a[p] = d < HALF ? bf16_to_float(x[d]) : 0.0f;
+        b[p] = d < HALF ? bf16_to_float(x[d + HALF]) : 0.0f;
         sum += a[p] * a[p] + b[p] * b[p];
     }
     #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    const float inverse = rsqrtf(sum / HEAD_DIM + eps);
+    const float inverse = rsqrtf(sum / HEAD_DIM + eps), position = (float)positions[blockIdx.x];
     #pragma unroll
     for (int p = 0; p < PAIRS; ++p) {
         const int d = lane + 32 * p;
@@ -143,18 +108,6 @@ __device__ __forceinline__ void norm_rope_head(bf16_t* x, const float* __restric
         x[d] = float_to_bf16(u * c - v * s);
         x[d + HALF] = float_to_bf16(v * c + u * s);
     }
-}
-
-// q/k norm and RoPE (norm_rope_head) on the packed qkv rows. Grid (tokens, heads in blocks of 4),
-// a warp per head.
-extern "C" __global__ void qk_norm_rope(bf16_t* __restrict__ qkv, const int* __restrict__ positions,
-                                        const float* __restrict__ q_weight, const float* __restrict__ k_weight,
-                                        const float* __restrict__ inv_freq, float rope_scale, int heads, int kv_heads,
-                                        long long stride, float eps) {
-    const int head = blockIdx.y * (blockDim.x / 32) + threadIdx.x / 32;
-    if (head >= heads + kv_heads) return;
-    bf16_t* x = qkv + (long long)blockIdx.x * stride + (long long)head * HEAD_DIM;
-    norm_rope_head(x, head < heads ? q_weight : k_weight, (float)positions[blockIdx.x], inv_freq, rope_scale, eps);
 }
 
 // silu(g) * u of the bf16 gate and up projections, as the model computes it on the CPU.
@@ -642,33 +595,6 @@ extern "C" __global__ void draw_dummy(bf16_t* __restrict__ out, unsigned long lo
     }
 }
 
-// The end of the qkv projection's GEMV (gemv's ROPE), for a block that has written its
-// OUTPUTS_PER_BLOCK rows of y (the packed qkv, n values a token), all in one head: the last of a q
-// or k head's blocks to finish applies norm_rope_head to that head of every token, with its first
-// warp, so that qk_norm_rope needs no launch. done holds a count of finished blocks per head; that
-// block sets its head's back to zero for the next grid.
-template <int OUTPUTS_PER_BLOCK>
-__device__ void norm_rope_by_last_block(bf16_t* y, int tokens, int n, const int* __restrict__ positions,
-                                        const float* __restrict__ q_weight, const float* __restrict__ k_weight,
-                                        const float* __restrict__ inv_freq, float rope_scale, int heads,
-                                        int kv_heads, unsigned int* done, float eps) {
-    if (HEAD_DIM % OUTPUTS_PER_BLOCK != 0) return;  // never launched so (ops.rs)
-    __shared__ bool last;
-    const int head = blockIdx.x * OUTPUTS_PER_BLOCK / HEAD_DIM;
-    if (head >= heads + kv_heads) return;  // a v head: nothing follows its projection
-    __threadfence();  // this block's rows of y, seen by whichever block counts last
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(done + head, 1u) == HEAD_DIM / OUTPUTS_PER_BLOCK - 1;
-    __syncthreads();
-    if (!last || threadIdx.x >= 32) return;
-    __threadfence();
-    const float* weight = head < heads ? q_weight : k_weight;
-    for (int t = 0; t < tokens; ++t)
-        norm_rope_head(y + (long long)t * n + (long long)head * HEAD_DIM, weight, (float)positions[t], inv_freq,
-                       rope_scale, eps);
-    if (threadIdx.x == 0) done[head] = 0u;
-}
-
 // A linear layer for a decode step of a few tokens: y[t][n] = sum_k x[t][k] * w[n][k] for t <
 // tokens (at most GEMV_MAX_TOKENS), bf16 in and out, f32 sums; k a multiple of 8. Such a step reads
 // the whole weight matrix for a few dot products, so it is bound by the weight's bytes and by how
@@ -680,14 +606,6 @@ __device__ void norm_rope_by_last_block(bf16_t* y, int tokens, int n, const int*
 // SILU: w is the MLP's [gate | up] (n = 2 x inter rows) and y[t][i] = silu(gate_i) * up_i, of the
 // projections rounded to bf16 as silu_mul reads them: a block's rows go in pairs (gate row i, up
 // row inter + i), so the gate_up activations and silu_mul's launch are never needed.
-//
-// FUSED (residual not null; n = HIDDEN, 32 x WARPS = NORM_THREADS, not SILU): the projection of the
-// attention's output or of the MLP's, with the residual add and RMSNorm after it. No y: each
-// output, rounded to bf16, is added into the f32 residual stream as add_rms_norm adds its delta,
-// and the grid's last block writes the norm (rms_norm_by_last_block).
-//
-// ROPE (positions not null; y the packed qkv, n = (heads + 2 kv_heads) x HEAD_DIM, not SILU): the
-// qkv projection with qk_norm_rope after it (norm_rope_by_last_block).
 #define GEMV_MAX_TOKENS 4
 #define GEMV_LOADS 8
 __device__ __forceinline__ float dot8_bf16(uint4 a, uint4 b, float sum) {
@@ -702,15 +620,8 @@ __device__ __forceinline__ float dot8_bf16(uint4 a, uint4 b, float sum) {
 
 template <int SPLIT, int WARPS, bool SILU>
 __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w,
-                                     bf16_t* __restrict__ y, int tokens, int n, int k, float* residual,
-                                     const int* __restrict__ norm_rows, const float* __restrict__ norm_weight,
-                                     bf16_t* __restrict__ norm_out, int norm_count, unsigned int* done, float eps,
-                                     const int* __restrict__ positions, const float* __restrict__ q_weight,
-                                     const float* __restrict__ k_weight, const float* __restrict__ inv_freq,
-                                     float rope_scale, int heads, int kv_heads) {
+                                     bf16_t* __restrict__ y, int tokens, int n, int k) {
     static_assert(!SILU || (WARPS / SPLIT) % 2 == 0, "SILU pairs a block's rows");
-    static_assert(SILU || 32 * WARPS == NORM_THREADS, "FUSED: the last block writes the norm");
-    const bool fused = !SILU && residual != nullptr;
     __shared__ float partial[WARPS][GEMV_MAX_TOKENS];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int slot = warp / SPLIT, part = warp % SPLIT;  // the block's row this warp sums, its piece
@@ -749,15 +660,6 @@ __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t*
         base += 32 * SPLIT * GEMV_LOADS;
         if (base < vectors) load_weights(base);
     }
-    // Token t's output of this row: to y, or (fused) added into the residual stream.
-    auto write = [&](int t, float sum) {
-        if (fused) {
-            float* r = residual + (long long)t * n + row;
-            *r += bf16_to_float(float_to_bf16(sum));
-        } else {
-            y[(long long)t * n + row] = float_to_bf16(sum);
-        }
-    };
     constexpr bool DIRECT = SPLIT == 1 && !SILU;  // a warp's sum is the output
     #pragma unroll
     for (int t = 0; t < GEMV_MAX_TOKENS; ++t) {
@@ -767,46 +669,34 @@ __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t*
         for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
         if (lane != 0) continue;
         if (DIRECT) {
-            if (active) write(t, sum);
+            if (active) y[(long long)t * n + row] = float_to_bf16(sum);
         } else {
             partial[warp][t] = sum;
         }
     }
-    if (!DIRECT) {
-        __syncthreads();
-        // The first warp of a row (of a pair's gate row, SILU) writes its output for each token.
-        if (part == 0 && !(SILU && slot % 2 != 0) && active && lane < tokens) {
-            float sum = 0.0f;
-            #pragma unroll
-            for (int p = 0; p < SPLIT; ++p) sum += partial[warp + p][lane];
-            if (SILU) {
-                float up = 0.0f;
-                #pragma unroll
-                for (int p = 0; p < SPLIT; ++p) up += partial[warp + SPLIT + p][lane];
-                y[(long long)lane * outputs + output] = silu_times(float_to_bf16(sum), float_to_bf16(up));
-            } else {
-                write(lane, sum);
-            }
-        }
+    if (DIRECT) return;
+    __syncthreads();
+    // The first warp of a row (of a pair's gate row, SILU) writes its output for each token.
+    if (part != 0 || (SILU && slot % 2 != 0) || !active || lane >= tokens) return;
+    float sum = 0.0f;
+    #pragma unroll
+    for (int p = 0; p < SPLIT; ++p) sum += partial[warp + p][lane];
+    if (SILU) {
+        float up = 0.0f;
+        #pragma unroll
+        for (int p = 0; p < SPLIT; ++p) up += partial[warp + SPLIT + p][lane];
+        y[(long long)lane * outputs + output] = silu_times(float_to_bf16(sum), float_to_bf16(up));
+    } else {
+        y[(long long)lane * n + row] = float_to_bf16(sum);
     }
-    if (fused) rms_norm_by_last_block(residual, norm_rows, norm_weight, norm_out, norm_count, done, eps);
-    if (!SILU && positions != nullptr)
-        norm_rope_by_last_block<OUTPUTS_PER_BLOCK>(y, tokens, n, positions, q_weight, k_weight, inv_freq, rope_scale,
-                                                   heads, kv_heads, done, eps);
 }
 
 // One build per count of warps a row, plain and SILU; ops.rs names them and knows their WARPS.
 #define GEMV_BUILD(name, SPLIT, WARPS, SILU)                                                         \
     extern "C" __global__ void __launch_bounds__(32 * WARPS)                                         \
     name(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w, bf16_t* __restrict__ y,         \
-         int tokens, int n, int k, float* residual, const int* __restrict__ norm_rows,               \
-         const float* __restrict__ norm_weight, bf16_t* __restrict__ norm_out, int norm_count,       \
-         unsigned int* done, float eps, const int* __restrict__ positions,                           \
-         const float* __restrict__ q_weight, const float* __restrict__ k_weight,                     \
-         const float* __restrict__ inv_freq, float rope_scale, int heads, int kv_heads) {            \
-        gemv<SPLIT, WARPS, SILU>(x, w, y, tokens, n, k, residual, norm_rows, norm_weight, norm_out,   \
-                                 norm_count, done, eps, positions, q_weight, k_weight, inv_freq,     \
-                                 rope_scale, heads, kv_heads);                                       \
+         int tokens, int n, int k) {                                                                \
+        gemv<SPLIT, WARPS, SILU>(x, w, y, tokens, n, k);                                             \
     }
 GEMV_BUILD(gemv_bf16, 1, 4, false)
 GEMV_BUILD(gemv_bf16_split2, 2, 4, false)
