@@ -3,7 +3,8 @@
 RUST_LOG=nanovllm_qwen3=debug (one "step prepared" line per sampled step: whether it replayed a
 decode graph, and the microseconds spent laying it out, uploading its inputs and queuing its
 work) and prints one JSON line for graph replays and one for steps launched kernel by kernel, with
-the median and mean of each part. Standard library only.
+the median, mean, 99th percentile, largest and total of each part, and how many steps' parts sum
+past 100 us (where a mean above the median comes from). Standard library only.
 
     python3 scripts/prepare-times.py LOG
 """
@@ -30,6 +31,10 @@ def main():
             values = [step[i] for step in steps]
             summary[name + "_median"] = statistics.median(values)
             summary[name + "_mean"] = round(statistics.mean(values), 1)
+            summary[name + "_p99"] = sorted(values)[int(0.99 * (len(values) - 1))]
+            summary[name + "_max"] = max(values)
+            summary[name + "_total"] = sum(values)
+        summary["steps_over_100_us"] = sum(1 for step in steps if sum(step) > 100)
         print(json.dumps(summary))
 
 
